@@ -1,0 +1,603 @@
+//! The relay protocol between an nginx worker running `ngx_http_chatup_module` and the
+//! `chatup-sidecar` on the same host.
+//!
+//! Every nginx worker holds one Unix-socket stream to the sidecar. Both directions carry
+//! length-prefixed binary frames:
+//!
+//! ```text
+//! frame   := length:u32be  kind:u8  body        length counts kind + body
+//! str     := len:u16be utf8-bytes
+//! bytes   := len:u32be bytes
+//! option  := 0 | 1 value
+//! ```
+//!
+//! Worker → sidecar ([`ToSidecar`]): `Hello`, `Subscribe` (with the worker's resume point
+//! when it already holds messages of that channel), `Unsubscribe`, `Stats`.
+//! Sidecar → worker ([`ToWorker`]): `Message`, `Backlog` (the answer to every `Subscribe`),
+//! `EpochReset`.
+//!
+//! The crate has no I/O: callers own their buffers and call [`encode`] and [`decode`].
+//! Decoding never panics on any input; malformed frames give a [`WireError`].
+
+use std::fmt;
+
+pub mod channel;
+pub mod close;
+
+/// Bumped whenever a frame changes shape; a sidecar refuses a worker that speaks another.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// Largest frame either side accepts (kind byte + body). A backlog of a full history of
+/// large messages stays well under it; anything bigger is a broken peer.
+pub const MAX_FRAME_LEN: usize = 16 << 20;
+
+/// Bytes before the body: the length prefix and the kind byte.
+pub const HEADER_LEN: usize = 5;
+
+/// Where a reader stands in a channel: the channel's epoch and the last id it has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Position {
+    pub epoch: u64,
+    pub id: u64,
+}
+
+/// How a [`ToWorker::Backlog`] relates to the `since` of the `Subscribe` it answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum BacklogKind {
+    /// No `since` was given: the messages are the channel's most recent ones.
+    Recent = 0,
+    /// The messages are exactly those after `since`; nothing is missing.
+    Continued = 1,
+    /// Same epoch, but history no longer reaches back to `since`: messages in between are lost.
+    Truncated = 2,
+    /// The channel's epoch is not the one in `since` (its history was lost): the messages are
+    /// the new epoch's most recent ones and the old position means nothing any more.
+    EpochChanged = 3,
+}
+
+impl BacklogKind {
+    fn from_u8(v: u8) -> Result<Self, WireError> {
+        Ok(match v {
+            0 => Self::Recent,
+            1 => Self::Continued,
+            2 => Self::Truncated,
+            3 => Self::EpochChanged,
+            other => return Err(WireError::InvalidValue("backlog kind", other)),
+        })
+    }
+}
+
+/// One message of a channel: its id and the exact bytes subscribers receive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub id: u64,
+    pub payload: Vec<u8>,
+}
+
+/// A channel and how many subscribers a worker has on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelCount {
+    pub channel: String,
+    pub subscribers: u32,
+}
+
+/// Frames an nginx worker sends to the sidecar.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ToSidecar {
+    /// First frame on every connection.
+    Hello { version: u16, pid: u32 },
+    /// Start receiving `channel`. `want` is how many recent messages to send when `since`
+    /// is absent or unusable; with `since`, everything after it is sent.
+    Subscribe {
+        channel: String,
+        want: u32,
+        since: Option<Position>,
+    },
+    /// The worker has no subscriber left on `channel`.
+    Unsubscribe { channel: String },
+    /// The worker's current subscriber counts (sent when they change, at most periodically).
+    Stats {
+        subscribers: u32,
+        channels: Vec<ChannelCount>,
+    },
+}
+
+/// Frames the sidecar sends to an nginx worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ToWorker {
+    /// A live message, in id order after everything already sent for the channel.
+    Message {
+        channel: String,
+        epoch: u64,
+        id: u64,
+        payload: Vec<u8>,
+    },
+    /// The answer to a `Subscribe`, always before any live `Message` of that channel.
+    Backlog {
+        channel: String,
+        epoch: u64,
+        kind: BacklogKind,
+        messages: Vec<Entry>,
+    },
+    /// The channel's history was lost while subscribed; ids restart in `epoch`.
+    EpochReset { channel: String, epoch: u64 },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    #[error("frame of {0} bytes exceeds the limit of {MAX_FRAME_LEN}")]
+    TooLarge(usize),
+    #[error("empty frame")]
+    Empty,
+    #[error("unknown frame kind {0:#04x}")]
+    UnknownKind(u8),
+    #[error("frame body ends inside a field")]
+    Truncated,
+    #[error("{0} trailing bytes after the frame body")]
+    Trailing(usize),
+    #[error("field is not valid UTF-8")]
+    InvalidUtf8,
+    #[error("invalid {0}: {1}")]
+    InvalidValue(&'static str, u8),
+    #[error("string of {0} bytes is too long for the protocol")]
+    StringTooLong(usize),
+}
+
+/// A frame kind of one direction.
+pub trait Frame: Sized {
+    /// Appends the body (without header) and returns the kind byte.
+    fn encode_body(&self, out: &mut Vec<u8>) -> Result<u8, WireError>;
+    fn decode_body(kind: u8, body: &[u8]) -> Result<Self, WireError>;
+}
+
+/// Appends one complete frame to `out`. On error `out` is left as it was.
+pub fn encode<F: Frame>(frame: &F, out: &mut Vec<u8>) -> Result<(), WireError> {
+    let start = out.len();
+    out.extend_from_slice(&[0; HEADER_LEN]);
+    let kind = match frame.encode_body(out) {
+        Ok(kind) => kind,
+        Err(e) => {
+            out.truncate(start);
+            return Err(e);
+        }
+    };
+    let len = out.len() - start - 4;
+    if len > MAX_FRAME_LEN {
+        out.truncate(start);
+        return Err(WireError::TooLarge(len));
+    }
+    out[start..start + 4].copy_from_slice(&(len as u32).to_be_bytes());
+    out[start + 4] = kind;
+    Ok(())
+}
+
+/// Decodes the first frame in `buf`: `Ok(None)` while it is incomplete, otherwise the frame
+/// and how many bytes of `buf` it used.
+pub fn decode<F: Frame>(buf: &[u8]) -> Result<Option<(F, usize)>, WireError> {
+    let Some(prefix) = buf.get(..4) else {
+        return Ok(None);
+    };
+    let len = u32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]) as usize;
+    if len == 0 {
+        return Err(WireError::Empty);
+    }
+    if len > MAX_FRAME_LEN {
+        return Err(WireError::TooLarge(len));
+    }
+    let Some(frame) = buf.get(4..4 + len) else {
+        return Ok(None);
+    };
+    let decoded = F::decode_body(frame[0], &frame[1..])?;
+    Ok(Some((decoded, 4 + len)))
+}
+
+const HELLO: u8 = 0x01;
+const SUBSCRIBE: u8 = 0x02;
+const UNSUBSCRIBE: u8 = 0x03;
+const STATS: u8 = 0x04;
+const MESSAGE: u8 = 0x81;
+const BACKLOG: u8 = 0x82;
+const EPOCH_RESET: u8 = 0x83;
+
+impl Frame for ToSidecar {
+    fn encode_body(&self, out: &mut Vec<u8>) -> Result<u8, WireError> {
+        Ok(match self {
+            Self::Hello { version, pid } => {
+                out.extend_from_slice(&version.to_be_bytes());
+                out.extend_from_slice(&pid.to_be_bytes());
+                HELLO
+            }
+            Self::Subscribe {
+                channel,
+                want,
+                since,
+            } => {
+                put_str(out, channel)?;
+                out.extend_from_slice(&want.to_be_bytes());
+                match since {
+                    None => out.push(0),
+                    Some(p) => {
+                        out.push(1);
+                        out.extend_from_slice(&p.epoch.to_be_bytes());
+                        out.extend_from_slice(&p.id.to_be_bytes());
+                    }
+                }
+                SUBSCRIBE
+            }
+            Self::Unsubscribe { channel } => {
+                put_str(out, channel)?;
+                UNSUBSCRIBE
+            }
+            Self::Stats {
+                subscribers,
+                channels,
+            } => {
+                out.extend_from_slice(&subscribers.to_be_bytes());
+                out.extend_from_slice(&(channels.len() as u32).to_be_bytes());
+                for c in channels {
+                    put_str(out, &c.channel)?;
+                    out.extend_from_slice(&c.subscribers.to_be_bytes());
+                }
+                STATS
+            }
+        })
+    }
+
+    fn decode_body(kind: u8, body: &[u8]) -> Result<Self, WireError> {
+        let mut r = Reader(body);
+        let frame = match kind {
+            HELLO => Self::Hello {
+                version: r.u16()?,
+                pid: r.u32()?,
+            },
+            SUBSCRIBE => Self::Subscribe {
+                channel: r.string()?,
+                want: r.u32()?,
+                since: match r.u8()? {
+                    0 => None,
+                    1 => Some(Position {
+                        epoch: r.u64()?,
+                        id: r.u64()?,
+                    }),
+                    other => return Err(WireError::InvalidValue("option flag", other)),
+                },
+            },
+            UNSUBSCRIBE => Self::Unsubscribe {
+                channel: r.string()?,
+            },
+            STATS => {
+                let subscribers = r.u32()?;
+                let count = r.u32()? as usize;
+                // Each entry takes at least 6 bytes: a bogus count cannot make us allocate.
+                let mut channels = Vec::with_capacity(count.min(r.0.len() / 6));
+                for _ in 0..count {
+                    channels.push(ChannelCount {
+                        channel: r.string()?,
+                        subscribers: r.u32()?,
+                    });
+                }
+                Self::Stats {
+                    subscribers,
+                    channels,
+                }
+            }
+            other => return Err(WireError::UnknownKind(other)),
+        };
+        r.finish()?;
+        Ok(frame)
+    }
+}
+
+impl Frame for ToWorker {
+    fn encode_body(&self, out: &mut Vec<u8>) -> Result<u8, WireError> {
+        Ok(match self {
+            Self::Message {
+                channel,
+                epoch,
+                id,
+                payload,
+            } => {
+                put_str(out, channel)?;
+                out.extend_from_slice(&epoch.to_be_bytes());
+                out.extend_from_slice(&id.to_be_bytes());
+                put_bytes(out, payload)?;
+                MESSAGE
+            }
+            Self::Backlog {
+                channel,
+                epoch,
+                kind,
+                messages,
+            } => {
+                put_str(out, channel)?;
+                out.extend_from_slice(&epoch.to_be_bytes());
+                out.push(*kind as u8);
+                out.extend_from_slice(&(messages.len() as u32).to_be_bytes());
+                for m in messages {
+                    out.extend_from_slice(&m.id.to_be_bytes());
+                    put_bytes(out, &m.payload)?;
+                }
+                BACKLOG
+            }
+            Self::EpochReset { channel, epoch } => {
+                put_str(out, channel)?;
+                out.extend_from_slice(&epoch.to_be_bytes());
+                EPOCH_RESET
+            }
+        })
+    }
+
+    fn decode_body(kind: u8, body: &[u8]) -> Result<Self, WireError> {
+        let mut r = Reader(body);
+        let frame = match kind {
+            MESSAGE => Self::Message {
+                channel: r.string()?,
+                epoch: r.u64()?,
+                id: r.u64()?,
+                payload: r.bytes()?.to_vec(),
+            },
+            BACKLOG => {
+                let channel = r.string()?;
+                let epoch = r.u64()?;
+                let kind = BacklogKind::from_u8(r.u8()?)?;
+                let count = r.u32()? as usize;
+                // Each entry takes at least 12 bytes.
+                let mut messages = Vec::with_capacity(count.min(r.0.len() / 12));
+                for _ in 0..count {
+                    messages.push(Entry {
+                        id: r.u64()?,
+                        payload: r.bytes()?.to_vec(),
+                    });
+                }
+                Self::Backlog {
+                    channel,
+                    epoch,
+                    kind,
+                    messages,
+                }
+            }
+            EPOCH_RESET => Self::EpochReset {
+                channel: r.string()?,
+                epoch: r.u64()?,
+            },
+            other => return Err(WireError::UnknownKind(other)),
+        };
+        r.finish()?;
+        Ok(frame)
+    }
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) -> Result<(), WireError> {
+    let len = u16::try_from(s.len()).map_err(|_| WireError::StringTooLong(s.len()))?;
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(s.as_bytes());
+    Ok(())
+}
+
+fn put_bytes(out: &mut Vec<u8>, b: &[u8]) -> Result<(), WireError> {
+    if b.len() > MAX_FRAME_LEN {
+        return Err(WireError::TooLarge(b.len()));
+    }
+    out.extend_from_slice(&(b.len() as u32).to_be_bytes());
+    out.extend_from_slice(b);
+    Ok(())
+}
+
+/// A cursor over a frame body.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], WireError> {
+        if self.0.len() < n {
+            return Err(WireError::Truncated);
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], WireError> {
+        let mut a = [0; N];
+        a.copy_from_slice(self.take(N)?);
+        Ok(a)
+    }
+
+    fn u8(&mut self) -> Result<u8, WireError> {
+        Ok(self.array::<1>()?[0])
+    }
+    fn u16(&mut self) -> Result<u16, WireError> {
+        self.array().map(u16::from_be_bytes)
+    }
+    fn u32(&mut self) -> Result<u32, WireError> {
+        self.array().map(u32::from_be_bytes)
+    }
+    fn u64(&mut self) -> Result<u64, WireError> {
+        self.array().map(u64::from_be_bytes)
+    }
+    fn string(&mut self) -> Result<String, WireError> {
+        let len = self.u16()? as usize;
+        let raw = self.take(len)?;
+        std::str::from_utf8(raw)
+            .map(str::to_owned)
+            .map_err(|_| WireError::InvalidUtf8)
+    }
+    fn bytes(&mut self) -> Result<&'a [u8], WireError> {
+        let len = self.u32()? as usize;
+        self.take(len)
+    }
+    fn finish(self) -> Result<(), WireError> {
+        match self.0.len() {
+            0 => Ok(()),
+            n => Err(WireError::Trailing(n)),
+        }
+    }
+}
+
+impl fmt::Display for Position {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.epoch, self.id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn roundtrip<F: Frame + PartialEq + fmt::Debug>(frame: F) {
+        let mut buf = Vec::new();
+        encode(&frame, &mut buf).unwrap();
+        // Every strict prefix is incomplete, never an error.
+        for cut in 0..buf.len() {
+            assert_eq!(decode::<F>(&buf[..cut]).unwrap().map(|(_, n)| n), None);
+        }
+        let (decoded, used) = decode::<F>(&buf).unwrap().unwrap();
+        assert_eq!(used, buf.len());
+        assert_eq!(decoded, frame);
+    }
+
+    #[test]
+    fn every_frame_roundtrips() {
+        roundtrip(ToSidecar::Hello { version: 1, pid: 42 });
+        roundtrip(ToSidecar::Subscribe {
+            channel: "room".into(),
+            want: 100,
+            since: None,
+        });
+        roundtrip(ToSidecar::Subscribe {
+            channel: "room".into(),
+            want: 0,
+            since: Some(Position { epoch: 7, id: 9 }),
+        });
+        roundtrip(ToSidecar::Unsubscribe {
+            channel: "r".into(),
+        });
+        roundtrip(ToSidecar::Stats {
+            subscribers: 3,
+            channels: vec![
+                ChannelCount {
+                    channel: "a".into(),
+                    subscribers: 1,
+                },
+                ChannelCount {
+                    channel: "b".into(),
+                    subscribers: 2,
+                },
+            ],
+        });
+        roundtrip(ToWorker::Message {
+            channel: "room".into(),
+            epoch: u64::MAX,
+            id: 1,
+            payload: b"{\"msg\":\"hi\"}".to_vec(),
+        });
+        roundtrip(ToWorker::Backlog {
+            channel: "room".into(),
+            epoch: 5,
+            kind: BacklogKind::Truncated,
+            messages: vec![
+                Entry {
+                    id: 4,
+                    payload: b"x".to_vec(),
+                },
+                Entry {
+                    id: 5,
+                    payload: vec![],
+                },
+            ],
+        });
+        roundtrip(ToWorker::EpochReset {
+            channel: "room".into(),
+            epoch: 8,
+        });
+    }
+
+    #[test]
+    fn frames_decode_one_after_another() {
+        let mut buf = Vec::new();
+        encode(&ToSidecar::Hello { version: 1, pid: 1 }, &mut buf).unwrap();
+        encode(
+            &ToSidecar::Unsubscribe {
+                channel: "x".into(),
+            },
+            &mut buf,
+        )
+        .unwrap();
+        let (first, n) = decode::<ToSidecar>(&buf).unwrap().unwrap();
+        assert_eq!(first, ToSidecar::Hello { version: 1, pid: 1 });
+        let (second, m) = decode::<ToSidecar>(&buf[n..]).unwrap().unwrap();
+        assert_eq!(
+            second,
+            ToSidecar::Unsubscribe {
+                channel: "x".into()
+            }
+        );
+        assert_eq!(n + m, buf.len());
+    }
+
+    #[test]
+    fn malformed_frames_are_errors() {
+        assert_eq!(decode::<ToWorker>(&[0, 0, 0, 0]), Err(WireError::Empty));
+        assert_eq!(
+            decode::<ToWorker>(&[0xff, 0, 0, 0]),
+            Err(WireError::TooLarge(0xff00_0000))
+        );
+        assert_eq!(
+            decode::<ToWorker>(&[0, 0, 0, 1, 0x7f]),
+            Err(WireError::UnknownKind(0x7f))
+        );
+        // A Hello with a byte too many.
+        assert_eq!(
+            decode::<ToSidecar>(&[0, 0, 0, 8, HELLO, 0, 1, 0, 0, 0, 1, 9]),
+            Err(WireError::Trailing(1))
+        );
+        // A Message whose payload length points past the frame.
+        let mut buf = Vec::new();
+        encode(
+            &ToWorker::Message {
+                channel: "c".into(),
+                epoch: 1,
+                id: 1,
+                payload: b"abc".to_vec(),
+            },
+            &mut buf,
+        )
+        .unwrap();
+        let last = buf.len() - 4;
+        buf[last - 1] = 200;
+        assert_eq!(decode::<ToWorker>(&buf), Err(WireError::Truncated));
+        // Invalid UTF-8 in a channel name.
+        assert_eq!(
+            decode::<ToSidecar>(&[0, 0, 0, 4, UNSUBSCRIBE, 0, 1, 0xff]),
+            Err(WireError::InvalidUtf8)
+        );
+        // A bad option flag.
+        let mut sub = vec![0, 0, 0, 0, SUBSCRIBE, 0, 1, b'a', 0, 0, 0, 1, 2];
+        let len = (sub.len() - 4) as u32;
+        sub[..4].copy_from_slice(&len.to_be_bytes());
+        assert_eq!(
+            decode::<ToSidecar>(&sub),
+            Err(WireError::InvalidValue("option flag", 2))
+        );
+    }
+
+    #[test]
+    fn huge_declared_counts_do_not_allocate() {
+        // Stats claiming 4 billion channels in a 9-byte body.
+        let buf = [0, 0, 0, 9, STATS, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff];
+        assert_eq!(decode::<ToSidecar>(&buf), Err(WireError::Truncated));
+    }
+
+    #[test]
+    fn encode_refuses_overlong_strings_and_leaves_buffer_intact() {
+        let mut buf = vec![1, 2, 3];
+        let err = encode(
+            &ToSidecar::Unsubscribe {
+                channel: "x".repeat(70_000),
+            },
+            &mut buf,
+        );
+        assert_eq!(err, Err(WireError::StringTooLong(70_000)));
+        assert_eq!(buf, vec![1, 2, 3]);
+    }
+}
