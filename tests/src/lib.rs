@@ -1,0 +1,69 @@
+//! Test harness: starts real nginx (with `ngx_http_chatup_module`) and a real
+//! `chatup-sidecar` per test, and talks to them the way clients do.
+//!
+//! - [`Chatup`] owns one test's processes, ports and temp folder; dropping it stops every
+//!   process (and prints the logs when the test failed).
+//! - [`http`]: a small HTTP/1.1 client (publishing with POST, handshake error checks).
+//! - [`ws`]: WebSocket subscribers and publishers (tokio-tungstenite).
+//! - [`raw`]: a raw WebSocket client that sends hand-made frames and reads the server's.
+//! - [`token`]: JWTs, good and bad.
+//! - [`procfs`]: which nginx worker owns a client connection.
+//!
+//! The artifacts come from `build/` (`scripts/setup` makes them); `CHATUP_BUILD_DIR` points
+//! elsewhere. Every wait is bounded, so a broken build fails instead of hanging.
+
+pub mod env;
+pub mod http;
+pub mod procfs;
+pub mod raw;
+pub mod token;
+pub mod ws;
+
+pub use env::{build_dir, nginx_config_test, repo_root, Chatup, Options};
+pub use http::HttpResponse;
+pub use raw::{Frame, RawWs};
+pub use ws::{Event, Publisher, Subscriber};
+
+use std::time::Duration;
+
+/// How long a test waits for something that should happen promptly (a message, a reply).
+pub const WAIT: Duration = Duration::from_secs(5);
+
+/// Checks that `msg` is a chat message of `ch` with `id` and text `text`, and returns its epoch.
+#[track_caller]
+pub fn assert_message(msg: &serde_json::Value, ch: &str, id: u64, text: &str) -> u64 {
+    assert_eq!(msg["ch"], ch, "channel of {msg}");
+    assert_eq!(msg["id"], id, "id of {msg}");
+    assert_eq!(msg["msg"], text, "text of {msg}");
+    msg["ep"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no epoch in {msg}"))
+}
+
+/// Checks that `msg` is the resync event of `ch` with `reason`, and returns the epoch it names.
+#[track_caller]
+pub fn assert_resync(msg: &serde_json::Value, ch: &str, reason: &str) -> u64 {
+    assert_eq!(msg["ch"], ch, "channel of {msg}");
+    assert_eq!(msg["ev"], "resync", "expected a resync event, got {msg}");
+    assert_eq!(msg["data"]["reason"], reason, "resync reason in {msg}");
+    msg["data"]["ep"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no epoch in the resync event {msg}"))
+}
+
+/// The exact key order the contract fixes for a message: ch, id, ep, t, then the rest.
+#[track_caller]
+pub fn assert_key_order(raw: &str) {
+    let positions: Vec<Option<usize>> = ["\"ch\":", "\"id\":", "\"ep\":", "\"t\":"]
+        .iter()
+        .map(|k| raw.find(k))
+        .collect();
+    assert!(
+        positions.iter().all(Option::is_some) && positions.windows(2).all(|w| w[0] < w[1]),
+        "message keys are not in the order ch, id, ep, t: {raw}"
+    );
+    assert!(
+        raw.starts_with("{\"ch\":"),
+        "message does not start with ch: {raw}"
+    );
+}

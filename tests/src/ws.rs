@@ -1,0 +1,359 @@
+//! WebSocket subscribers (`/sub/...`) and publishers (`/pub`), with tokio-tungstenite.
+//! Pings from the server are answered automatically while reading.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio::time::{timeout_at, Instant};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::WebSocketStream;
+
+use crate::http::HttpResponse;
+use crate::{Chatup, WAIT};
+
+/// What arrived on a WebSocket.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// A text frame (raw, as sent).
+    Text(String),
+    Binary(Vec<u8>),
+    Ping(Vec<u8>),
+    Pong(Vec<u8>),
+    /// A close frame: code and reason (None for an empty close frame).
+    Close(Option<(u16, String)>),
+    /// The connection ended (or failed) without a close frame.
+    End(String),
+}
+
+type Ws = WebSocketStream<TcpStream>;
+
+async fn connect_ws(
+    addr: SocketAddr,
+    path: &str,
+) -> Result<(Ws, u16), Result<HttpResponse, String>> {
+    let deadline = Instant::now() + WAIT;
+    let stream = timeout_at(deadline, TcpStream::connect(addr))
+        .await
+        .map_err(|_| Err("connect timed out".to_owned()))?
+        .map_err(|e| Err(format!("connect: {e}")))?;
+    let local_port = stream.local_addr().map_err(|e| Err(e.to_string()))?.port();
+    let url = format!("ws://{addr}{path}");
+    match timeout_at(
+        deadline,
+        tokio_tungstenite::client_async(url.as_str(), stream),
+    )
+    .await
+    {
+        Err(_) => Err(Err(format!(
+            "no handshake answer for {path} within {WAIT:?}"
+        ))),
+        Ok(Ok((ws, _resp))) => Ok((ws, local_port)),
+        Ok(Err(tungstenite::Error::Http(resp))) => Err(Ok(HttpResponse {
+            status: resp.status().as_u16(),
+            headers: resp
+                .headers()
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.to_string(),
+                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                    )
+                })
+                .collect(),
+            body: resp.body().clone().unwrap_or_default(),
+        })),
+        Ok(Err(e)) => Err(Err(format!("handshake for {path}: {e}"))),
+    }
+}
+
+async fn next_event(ws: &mut Ws, timeout: Duration) -> Option<Event> {
+    let msg = match tokio::time::timeout(timeout, ws.next()).await {
+        Err(_) => return None,
+        Ok(None) => return Some(Event::End("stream ended".into())),
+        Ok(Some(Err(e))) => return Some(Event::End(e.to_string())),
+        Ok(Some(Ok(msg))) => msg,
+    };
+    Some(match msg {
+        Message::Text(t) => Event::Text(t.as_str().to_owned()),
+        Message::Binary(b) => Event::Binary(b.to_vec()),
+        Message::Ping(p) => Event::Ping(p.to_vec()),
+        Message::Pong(p) => Event::Pong(p.to_vec()),
+        Message::Close(frame) => {
+            Event::Close(frame.map(|f| (u16::from(f.code), f.reason.as_str().to_owned())))
+        }
+        Message::Frame(_) => Event::End("unexpected raw frame".into()),
+    })
+}
+
+fn parse_json(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("text frame is not JSON ({e}): {text:?}"))
+}
+
+/// A subscriber on `/sub/...`.
+pub struct Subscriber {
+    ws: Ws,
+    /// The client's local port (see [`Chatup::worker_of`]).
+    pub local_port: u16,
+    /// Raw text of every message received, in order.
+    pub raw: Vec<String>,
+}
+
+impl Subscriber {
+    /// Subscribes to `path` (e.g. `/sub/room` or `/sub/a/b?since=a:1:2`); panics unless
+    /// the upgrade succeeds.
+    pub async fn connect(env: &Chatup, path: &str) -> Self {
+        match Self::try_connect(env, path).await {
+            Ok(s) => s,
+            Err(Ok(resp)) => panic!(
+                "subscribe to {path} refused: {} {}\n{}",
+                resp.status,
+                resp.text(),
+                env.error_log()
+            ),
+            Err(Err(e)) => panic!("subscribe to {path} failed: {e}\n{}", env.error_log()),
+        }
+    }
+
+    /// Like [`Subscriber::connect`], returning a refusal (the HTTP response) or failure.
+    pub async fn try_connect(
+        env: &Chatup,
+        path: &str,
+    ) -> Result<Self, Result<HttpResponse, String>> {
+        let (ws, local_port) = connect_ws(env.nginx_addr(), path).await?;
+        Ok(Self {
+            ws,
+            local_port,
+            raw: Vec::new(),
+        })
+    }
+
+    /// The next event within `timeout`, or None.
+    pub async fn next(&mut self, timeout: Duration) -> Option<Event> {
+        let ev = next_event(&mut self.ws, timeout).await;
+        if let Some(Event::Text(t)) = &ev {
+            self.raw.push(t.clone());
+        }
+        ev
+    }
+
+    /// The next text frame as JSON (pings and pongs skipped); panics on anything else or
+    /// after `WAIT`.
+    #[track_caller]
+    pub fn recv(&mut self) -> impl std::future::Future<Output = Value> + '_ {
+        let caller = std::panic::Location::caller();
+        async move {
+            let deadline = Instant::now() + WAIT;
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match self.next(left).await {
+                    Some(Event::Text(t)) => return parse_json(&t),
+                    Some(Event::Ping(_) | Event::Pong(_)) => continue,
+                    Some(other) => panic!("{caller}: expected a message, got {other:?}"),
+                    None => panic!("{caller}: no message within {WAIT:?}"),
+                }
+            }
+        }
+    }
+
+    /// The next `n` messages.
+    pub async fn recv_n(&mut self, n: usize) -> Vec<Value> {
+        let mut out = Vec::with_capacity(n);
+        for i in 0..n {
+            let deadline = Instant::now() + WAIT;
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match self.next(left).await {
+                    Some(Event::Text(t)) => {
+                        out.push(parse_json(&t));
+                        break;
+                    }
+                    Some(Event::Ping(_) | Event::Pong(_)) => continue,
+                    Some(other) => panic!(
+                        "expected message {} of {n}, got {other:?} after {:?}",
+                        i + 1,
+                        out
+                    ),
+                    None => panic!(
+                        "message {} of {n} did not arrive within {WAIT:?}; got {:?}",
+                        i + 1,
+                        out
+                    ),
+                }
+            }
+        }
+        out
+    }
+
+    /// Asserts that no message arrives for `quiet` (pings are fine).
+    pub async fn expect_no_message(&mut self, quiet: Duration) {
+        let deadline = Instant::now() + quiet;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            match self.next(left).await {
+                None => return,
+                Some(Event::Ping(_) | Event::Pong(_)) => continue,
+                Some(other) => panic!("expected no message, got {other:?}"),
+            }
+        }
+    }
+
+    /// Reads until a close frame; returns its code and the messages before it. Panics on
+    /// timeout or when the connection ends without a close frame.
+    pub async fn expect_close(&mut self, timeout: Duration) -> (Option<u16>, Vec<Value>) {
+        let deadline = Instant::now() + timeout;
+        let mut before = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.next(left).await {
+                Some(Event::Text(t)) => before.push(parse_json(&t)),
+                Some(Event::Close(c)) => return (c.map(|(code, _)| code), before),
+                Some(Event::Ping(_) | Event::Pong(_) | Event::Binary(_)) => continue,
+                Some(Event::End(why)) => {
+                    panic!("connection ended without a close frame ({why}); got {before:?}")
+                }
+                None => panic!("no close frame within {timeout:?}; got {before:?}"),
+            }
+        }
+    }
+
+    /// Sends a close frame with `code`.
+    pub async fn close(&mut self, code: u16) {
+        let _ = self
+            .ws
+            .send(Message::Close(Some(CloseFrame {
+                code: CloseCode::from(code),
+                reason: "".into(),
+            })))
+            .await;
+    }
+
+    pub async fn send(&mut self, msg: Message) {
+        self.ws.send(msg).await.expect("send on the WebSocket");
+    }
+
+    /// The `since` value resuming after the last message received on `ch`.
+    pub fn since_of(&self, ch: &str) -> Option<String> {
+        self.raw.iter().rev().find_map(|t| {
+            let v: Value = serde_json::from_str(t).ok()?;
+            if v["ch"] != ch {
+                return None;
+            }
+            Some(format!("{ch}:{}:{}", v["ep"].as_u64()?, v["id"].as_u64()?))
+        })
+    }
+}
+
+/// A publisher on `/pub` (through nginx), authenticated with a token.
+pub struct Publisher {
+    ws: Ws,
+    next_ref: u64,
+}
+
+impl Publisher {
+    /// Opens `/pub` and sends `token`; returns the publisher and the server's answer to the
+    /// token (`{"type":"auth",...}` or an error).
+    pub async fn connect(env: &Chatup, token: &str) -> (Self, Value) {
+        let (ws, _) = match connect_ws(env.nginx_addr(), "/pub").await {
+            Ok(ok) => ok,
+            Err(Ok(resp)) => panic!("/pub refused: {} {}", resp.status, resp.text()),
+            Err(Err(e)) => panic!("/pub failed: {e}"),
+        };
+        let mut p = Self { ws, next_ref: 1 };
+        p.send_text(token).await;
+        let reply = p.recv().await;
+        (p, reply)
+    }
+
+    /// Connects with `token` and panics unless it is accepted.
+    pub async fn connect_ok(env: &Chatup, token: &str) -> Self {
+        let (p, reply) = Self::connect(env, token).await;
+        assert_eq!(reply["type"], "auth", "token refused on /pub: {reply}");
+        p
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        self.ws
+            .send(Message::text(text.to_owned()))
+            .await
+            .expect("send on /pub");
+    }
+
+    pub async fn send_binary(&mut self, bytes: &[u8]) {
+        self.ws
+            .send(Message::binary(bytes.to_vec()))
+            .await
+            .expect("send on /pub");
+    }
+
+    pub async fn send_json(&mut self, v: &Value) {
+        self.send_text(&v.to_string()).await;
+    }
+
+    pub async fn next(&mut self, timeout: Duration) -> Option<Event> {
+        next_event(&mut self.ws, timeout).await
+    }
+
+    /// The next text frame as JSON; panics otherwise.
+    pub async fn recv(&mut self) -> Value {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.next(left).await {
+                Some(Event::Text(t)) => return parse_json(&t),
+                Some(Event::Ping(_) | Event::Pong(_)) => continue,
+                Some(other) => panic!("expected a reply on /pub, got {other:?}"),
+                None => panic!("no reply on /pub within {WAIT:?}"),
+            }
+        }
+    }
+
+    /// Sends `frame` (a JSON object; a fresh numeric `ref` is added when it has none) and
+    /// returns the reply carrying that ref.
+    pub async fn request(&mut self, mut frame: Value) -> Value {
+        if frame.get("ref").is_none() {
+            frame["ref"] = json!(self.next_ref);
+            self.next_ref += 1;
+        }
+        let r = frame["ref"].clone();
+        self.send_json(&frame).await;
+        loop {
+            let reply = self.recv().await;
+            if reply["ref"] == r {
+                return reply;
+            }
+        }
+    }
+
+    /// Publishes `msg` on `ch` and returns the ack; panics on an error reply.
+    pub async fn publish(&mut self, ch: &str, msg: &str) -> Value {
+        let reply = self.request(json!({"ch": ch, "msg": msg})).await;
+        assert_eq!(reply["type"], "ack", "publish on {ch} failed: {reply}");
+        reply
+    }
+
+    /// Reads until a close frame; returns its code and the text frames before it.
+    pub async fn expect_close(&mut self, timeout: Duration) -> (Option<u16>, Vec<Value>) {
+        let deadline = Instant::now() + timeout;
+        let mut before = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.next(left).await {
+                Some(Event::Text(t)) => before.push(parse_json(&t)),
+                Some(Event::Close(c)) => return (c.map(|(code, _)| code), before),
+                Some(Event::Ping(_) | Event::Pong(_) | Event::Binary(_)) => continue,
+                Some(Event::End(why)) => {
+                    panic!("/pub ended without a close frame ({why}); got {before:?}")
+                }
+                None => panic!("no close frame on /pub within {timeout:?}; got {before:?}"),
+            }
+        }
+    }
+}
