@@ -1,0 +1,505 @@
+//! The module's directives, declared in one place, with their defaults.
+//!
+//! | directive               | context                 | default                  |
+//! |-------------------------|-------------------------|--------------------------|
+//! | `chatup_subscribe`      | location (prefix)       | —                        |
+//! | `chatup_relay_socket`   | http                    | `/run/chatup/relay.sock` |
+//! | `chatup_cache_messages` | http                    | `100`                    |
+//! | `chatup_ping_interval`  | http, server, location  | `30s` (`off` disables)   |
+//! | `chatup_max_channels`   | http, server, location  | `16`                     |
+//! | `chatup_max_unsent`     | http, server, location  | `1m`                     |
+//!
+//! Values are parsed by plain functions (tested below); the setters only move them in and
+//! out of nginx, so `nginx -t` reports every mistake with the directive and what is allowed.
+
+use ngx::http::{Merge, MergeConfigError};
+
+pub const DEFAULT_RELAY_SOCKET: &str = "/run/chatup/relay.sock";
+pub const DEFAULT_CACHE_MESSAGES: usize = 100;
+pub const DEFAULT_PING_INTERVAL_MS: u64 = 30_000;
+pub const DEFAULT_MAX_CHANNELS: usize = 16;
+pub const DEFAULT_MAX_UNSENT: usize = 1 << 20;
+
+const MAX_CACHE_MESSAGES: usize = 100_000;
+const MAX_CHANNELS_LIMIT: usize = 1_000;
+/// `sun_path` holds 108 bytes including the terminating NUL.
+const MAX_SOCKET_PATH: usize = 107;
+
+#[derive(Debug, Default)]
+pub struct MainConf {
+    pub relay_socket: Option<String>,
+    pub cache_messages: Option<usize>,
+    /// Some location has `chatup_subscribe`: only then do workers connect to the sidecar.
+    pub enabled: bool,
+}
+
+impl MainConf {
+    pub fn relay_socket(&self) -> &str {
+        self.relay_socket.as_deref().unwrap_or(DEFAULT_RELAY_SOCKET)
+    }
+
+    pub fn cache_messages(&self) -> usize {
+        self.cache_messages.unwrap_or(DEFAULT_CACHE_MESSAGES)
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct LocConf {
+    pub subscribe: bool,
+    /// The location's prefix: what follows it in the URI is the channel list.
+    pub prefix: Vec<u8>,
+    /// Milliseconds; `Some(0)` is `off`.
+    pub ping_interval_ms: Option<u64>,
+    pub max_channels: Option<usize>,
+    pub max_unsent: Option<usize>,
+}
+
+impl LocConf {
+    pub fn ping_interval_ms(&self) -> u64 {
+        self.ping_interval_ms.unwrap_or(DEFAULT_PING_INTERVAL_MS)
+    }
+
+    pub fn max_channels(&self) -> usize {
+        self.max_channels.unwrap_or(DEFAULT_MAX_CHANNELS)
+    }
+
+    pub fn max_unsent(&self) -> usize {
+        self.max_unsent.unwrap_or(DEFAULT_MAX_UNSENT)
+    }
+}
+
+impl Merge for LocConf {
+    fn merge(&mut self, prev: &Self) -> Result<(), MergeConfigError> {
+        self.ping_interval_ms = self.ping_interval_ms.or(prev.ping_interval_ms);
+        self.max_channels = self.max_channels.or(prev.max_channels);
+        self.max_unsent = self.max_unsent.or(prev.max_unsent);
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfError {
+    #[error("\"{value}\" is not a whole number from {min} to {max}")]
+    Number {
+        value: String,
+        min: usize,
+        max: usize,
+    },
+    #[error("\"{0}\" is not a size (examples: 65536, 512k, 1m)")]
+    Size(String),
+    #[error("\"{0}\" is not a duration (examples: 500ms, 30s, 2m) or \"off\"")]
+    Duration(String),
+    #[error("\"{0}\" must not be 0")]
+    Zero(String),
+    #[error("is duplicate")]
+    Duplicate,
+    #[error("needs a prefix location such as \"location /sub/ {{ chatup_subscribe; }}\"")]
+    NotPrefixLocation,
+    #[error("\"{0}\" must be an absolute path")]
+    RelativePath(String),
+    #[error("\"{0}\" is longer than the {MAX_SOCKET_PATH} bytes a Unix socket path may have")]
+    PathTooLong(String),
+}
+
+pub fn parse_number(value: &str, min: usize, max: usize) -> Result<usize, ConfError> {
+    value
+        .parse::<usize>()
+        .ok()
+        .filter(|n| (min..=max).contains(n))
+        .ok_or_else(|| ConfError::Number {
+            value: value.into(),
+            min,
+            max,
+        })
+}
+
+pub fn parse_cache_messages(value: &str) -> Result<usize, ConfError> {
+    parse_number(value, 0, MAX_CACHE_MESSAGES)
+}
+
+pub fn parse_max_channels(value: &str) -> Result<usize, ConfError> {
+    parse_number(value, 1, MAX_CHANNELS_LIMIT)
+}
+
+/// Bytes, with an optional `k` or `m` suffix as nginx sizes have.
+pub fn parse_size(value: &str) -> Result<usize, ConfError> {
+    let err = || ConfError::Size(value.into());
+    let (digits, unit) = match value.as_bytes().last() {
+        Some(b'k' | b'K') => (&value[..value.len() - 1], 1 << 10),
+        Some(b'm' | b'M') => (&value[..value.len() - 1], 1 << 20),
+        _ => (value, 1),
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(err());
+    }
+    let n: usize = digits.parse().map_err(|_| err())?;
+    n.checked_mul(unit).ok_or_else(err)
+}
+
+/// Milliseconds from `500ms`, `30s`, `2m`, `1h`, or `off` (0).
+pub fn parse_duration_ms(value: &str) -> Result<u64, ConfError> {
+    if value == "off" {
+        return Ok(0);
+    }
+    let err = || ConfError::Duration(value.into());
+    let split = value.find(|c: char| !c.is_ascii_digit()).ok_or_else(err)?;
+    let (digits, unit) = value.split_at(split);
+    let scale = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        _ => return Err(err()),
+    };
+    let n: u64 = digits.parse().map_err(|_| err())?;
+    let ms = n.checked_mul(scale).ok_or_else(err)?;
+    if ms == 0 {
+        return Err(ConfError::Zero(value.into()));
+    }
+    Ok(ms)
+}
+
+pub fn parse_socket_path(value: &str) -> Result<String, ConfError> {
+    if !value.starts_with('/') {
+        return Err(ConfError::RelativePath(value.into()));
+    }
+    if value.len() > MAX_SOCKET_PATH {
+        return Err(ConfError::PathTooLong(value.into()));
+    }
+    Ok(value.into())
+}
+
+/// Stores a parsed value unless the directive was already given at this level.
+fn store<T>(slot: &mut Option<T>, value: Result<T, ConfError>) -> Result<(), ConfError> {
+    if slot.is_some() {
+        return Err(ConfError::Duplicate);
+    }
+    *slot = Some(value?);
+    Ok(())
+}
+
+/// The setters and the command table: the only part of the configuration that touches nginx.
+#[cfg(not(test))]
+mod directives {
+    use std::ffi::{c_char, c_void};
+
+    use ngx::core::{NGX_CONF_ERROR, NGX_CONF_OK};
+    use ngx::ffi::{
+        ngx_command_t, ngx_conf_t, ngx_str_t, ngx_uint_t, NGX_CONF_NOARGS, NGX_CONF_TAKE1,
+        NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF, NGX_HTTP_MAIN_CONF_OFFSET,
+        NGX_HTTP_SRV_CONF, NGX_LOG_EMERG,
+    };
+    use ngx::http::{HttpModuleLocationConf, HttpModuleMainConf, NgxHttpCoreModule};
+    use ngx::{ngx_conf_log_error, ngx_string};
+
+    use super::*;
+    use crate::Module;
+
+    /// The directive's name and its single argument (empty for a no-argument directive).
+    ///
+    /// # Safety
+    /// `cf` must be the configuration nginx passes to a directive setter.
+    unsafe fn directive_args<'a>(cf: *mut ngx_conf_t) -> (&'a str, &'a str) {
+        // SAFETY: while a setter runs, cf->args holds the directive's words as ngx_str_t, the
+        // first being its name; nginx checked the argument count against the command's flags.
+        let args = unsafe { (*(*cf).args).as_slice::<ngx_str_t>() };
+        let word = |i: usize| {
+            args.get(i)
+                .and_then(|s| std::str::from_utf8(s.as_bytes()).ok())
+                .unwrap_or("")
+        };
+        (word(0), word(1))
+    }
+
+    /// Turns a setter's result into what nginx expects, logging the reason for `nginx -t`.
+    ///
+    /// # Safety
+    /// `cf` must be the configuration nginx passes to a directive setter.
+    unsafe fn conf_result(cf: *mut ngx_conf_t, result: Result<(), ConfError>) -> *mut c_char {
+        match result {
+            Ok(()) => NGX_CONF_OK,
+            Err(err) => {
+                // SAFETY: same contract as this function's.
+                let (name, _) = unsafe { directive_args(cf) };
+                ngx_conf_log_error!(NGX_LOG_EMERG, cf, "\"{}\" {}", name, err);
+                NGX_CONF_ERROR
+            }
+        }
+    }
+
+    /// Runs `set` on this module's configuration struct of type `T` at the directive's level.
+    ///
+    /// # Safety
+    /// `cf` and `conf` must be what nginx passes to a setter whose command's `conf` offset
+    /// selects a struct of type `T` of this module.
+    unsafe fn with_conf<T>(
+        cf: *mut ngx_conf_t,
+        conf: *mut c_void,
+        set: impl FnOnce(&mut T, &str) -> Result<(), ConfError>,
+    ) -> *mut c_char {
+        // SAFETY: nginx hands the setter the struct the command's offset selects, which the
+        // caller guarantees is a T created by this module's create_*_conf.
+        let conf = unsafe { &mut *conf.cast::<T>() };
+        // SAFETY: forwarded from this function's contract.
+        let (_, value) = unsafe { directive_args(cf) };
+        let result = set(conf, value);
+        // SAFETY: forwarded from this function's contract.
+        unsafe { conf_result(cf, result) }
+    }
+
+    extern "C" fn set_subscribe(
+        cf: *mut ngx_conf_t,
+        _cmd: *mut ngx_command_t,
+        conf: *mut c_void,
+    ) -> *mut c_char {
+        // SAFETY: called by nginx while parsing a location block, so cf is valid.
+        let cf_ref = unsafe { &*cf };
+        let Some(clcf) = NgxHttpCoreModule::location_conf_mut(cf_ref) else {
+            return NGX_CONF_ERROR;
+        };
+        let regex = {
+            #[cfg(ngx_feature = "pcre")]
+            {
+                !clcf.regex.is_null()
+            }
+            #[cfg(not(ngx_feature = "pcre"))]
+            {
+                false
+            }
+        };
+        let result = if regex || clcf.named() != 0 || clcf.exact_match() != 0 || clcf.noname() != 0
+        {
+            Err(ConfError::NotPrefixLocation)
+        } else {
+            let prefix = clcf.name.as_bytes().to_vec();
+            clcf.handler = Some(crate::ffi::subscriber::content_handler);
+            if let Some(main) = Module::main_conf_mut(cf_ref) {
+                main.enabled = true;
+            }
+            // SAFETY: this command is declared with NGX_HTTP_LOC_CONF_OFFSET, so conf is our LocConf.
+            unsafe {
+                return with_conf::<LocConf>(cf, conf, |lc, _| {
+                    if lc.subscribe {
+                        return Err(ConfError::Duplicate);
+                    }
+                    lc.subscribe = true;
+                    lc.prefix = prefix;
+                    Ok(())
+                });
+            }
+        };
+        // SAFETY: cf is the setter's configuration.
+        unsafe { conf_result(cf, result) }
+    }
+
+    extern "C" fn set_relay_socket(
+        cf: *mut ngx_conf_t,
+        _cmd: *mut ngx_command_t,
+        conf: *mut c_void,
+    ) -> *mut c_char {
+        // SAFETY: declared with NGX_HTTP_MAIN_CONF_OFFSET: conf is our MainConf.
+        unsafe {
+            with_conf::<MainConf>(cf, conf, |mc, v| {
+                store(&mut mc.relay_socket, parse_socket_path(v))
+            })
+        }
+    }
+
+    extern "C" fn set_cache_messages(
+        cf: *mut ngx_conf_t,
+        _cmd: *mut ngx_command_t,
+        conf: *mut c_void,
+    ) -> *mut c_char {
+        // SAFETY: declared with NGX_HTTP_MAIN_CONF_OFFSET: conf is our MainConf.
+        unsafe {
+            with_conf::<MainConf>(cf, conf, |mc, v| {
+                store(&mut mc.cache_messages, parse_cache_messages(v))
+            })
+        }
+    }
+
+    extern "C" fn set_ping_interval(
+        cf: *mut ngx_conf_t,
+        _cmd: *mut ngx_command_t,
+        conf: *mut c_void,
+    ) -> *mut c_char {
+        // SAFETY: declared with NGX_HTTP_LOC_CONF_OFFSET: conf is our LocConf.
+        unsafe {
+            with_conf::<LocConf>(cf, conf, |lc, v| {
+                store(&mut lc.ping_interval_ms, parse_duration_ms(v))
+            })
+        }
+    }
+
+    extern "C" fn set_max_channels(
+        cf: *mut ngx_conf_t,
+        _cmd: *mut ngx_command_t,
+        conf: *mut c_void,
+    ) -> *mut c_char {
+        // SAFETY: declared with NGX_HTTP_LOC_CONF_OFFSET: conf is our LocConf.
+        unsafe {
+            with_conf::<LocConf>(cf, conf, |lc, v| {
+                store(&mut lc.max_channels, parse_max_channels(v))
+            })
+        }
+    }
+
+    extern "C" fn set_max_unsent(
+        cf: *mut ngx_conf_t,
+        _cmd: *mut ngx_command_t,
+        conf: *mut c_void,
+    ) -> *mut c_char {
+        // SAFETY: declared with NGX_HTTP_LOC_CONF_OFFSET: conf is our LocConf.
+        unsafe {
+            with_conf::<LocConf>(cf, conf, |lc, v| {
+                let size = parse_size(v).and_then(|n| match n {
+                    0 => Err(ConfError::Zero(v.into())),
+                    n => Ok(n),
+                });
+                store(&mut lc.max_unsent, size)
+            })
+        }
+    }
+
+    const ANY_LEVEL: u32 = NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF;
+
+    const fn command(
+        name: ngx_str_t,
+        flags: u32,
+        conf: usize,
+        set: extern "C" fn(*mut ngx_conf_t, *mut ngx_command_t, *mut c_void) -> *mut c_char,
+    ) -> ngx_command_t {
+        ngx_command_t {
+            name,
+            type_: flags as ngx_uint_t,
+            set: Some(set),
+            conf,
+            offset: 0,
+            post: std::ptr::null_mut(),
+        }
+    }
+
+    // nginx takes the table as `*mut` but never writes to it.
+    pub static mut COMMANDS: [ngx_command_t; 7] = [
+        command(
+            ngx_string!("chatup_subscribe"),
+            NGX_HTTP_LOC_CONF | NGX_CONF_NOARGS,
+            NGX_HTTP_LOC_CONF_OFFSET,
+            set_subscribe,
+        ),
+        command(
+            ngx_string!("chatup_relay_socket"),
+            NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
+            NGX_HTTP_MAIN_CONF_OFFSET,
+            set_relay_socket,
+        ),
+        command(
+            ngx_string!("chatup_cache_messages"),
+            NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
+            NGX_HTTP_MAIN_CONF_OFFSET,
+            set_cache_messages,
+        ),
+        command(
+            ngx_string!("chatup_ping_interval"),
+            ANY_LEVEL | NGX_CONF_TAKE1,
+            NGX_HTTP_LOC_CONF_OFFSET,
+            set_ping_interval,
+        ),
+        command(
+            ngx_string!("chatup_max_channels"),
+            ANY_LEVEL | NGX_CONF_TAKE1,
+            NGX_HTTP_LOC_CONF_OFFSET,
+            set_max_channels,
+        ),
+        command(
+            ngx_string!("chatup_max_unsent"),
+            ANY_LEVEL | NGX_CONF_TAKE1,
+            NGX_HTTP_LOC_CONF_OFFSET,
+            set_max_unsent,
+        ),
+        ngx_command_t::empty(),
+    ];
+}
+
+#[cfg(not(test))]
+pub use directives::COMMANDS;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_are_range_checked() {
+        assert_eq!(parse_number("100", 0, 1000), Ok(100));
+        assert_eq!(parse_number("0", 0, 10), Ok(0));
+        assert_eq!(parse_cache_messages("100000"), Ok(100_000));
+        assert!(parse_cache_messages("100001").is_err());
+        assert!(parse_max_channels("0").is_err());
+        for bad in ["-1", "", "1x", "1001", " 5"] {
+            let err = parse_number(bad, 0, 1000).unwrap_err();
+            assert!(err.to_string().contains("from 0 to 1000"), "{err}");
+        }
+    }
+
+    #[test]
+    fn sizes_take_k_and_m() {
+        assert_eq!(parse_size("65536"), Ok(65536));
+        assert_eq!(parse_size("512k"), Ok(512 << 10));
+        assert_eq!(parse_size("1M"), Ok(1 << 20));
+        for bad in ["", "k", "1g", "-1", "1.5m", "99999999999999999999m"] {
+            assert_eq!(parse_size(bad), Err(ConfError::Size(bad.into())), "{bad}");
+        }
+    }
+
+    #[test]
+    fn durations_take_units_or_off() {
+        assert_eq!(parse_duration_ms("500ms"), Ok(500));
+        assert_eq!(parse_duration_ms("30s"), Ok(30_000));
+        assert_eq!(parse_duration_ms("2m"), Ok(120_000));
+        assert_eq!(parse_duration_ms("off"), Ok(0));
+        assert_eq!(parse_duration_ms("0s"), Err(ConfError::Zero("0s".into())));
+        for bad in ["30", "s", "1d", "1.5s", "-1s", ""] {
+            assert_eq!(
+                parse_duration_ms(bad),
+                Err(ConfError::Duration(bad.into())),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn socket_paths_must_fit() {
+        assert_eq!(parse_socket_path("/run/x.sock"), Ok("/run/x.sock".into()));
+        assert!(matches!(
+            parse_socket_path("run/x.sock"),
+            Err(ConfError::RelativePath(_))
+        ));
+        let long = format!("/{}", "a".repeat(120));
+        assert!(matches!(
+            parse_socket_path(&long),
+            Err(ConfError::PathTooLong(_))
+        ));
+    }
+
+    #[test]
+    fn duplicates_are_refused_and_levels_inherit() {
+        let mut slot = None;
+        assert_eq!(store(&mut slot, Ok(1)), Ok(()));
+        assert_eq!(store(&mut slot, Ok(2)), Err(ConfError::Duplicate));
+
+        let parent = LocConf {
+            max_channels: Some(4),
+            ping_interval_ms: Some(0),
+            ..Default::default()
+        };
+        let mut child = LocConf {
+            max_unsent: Some(10),
+            ..Default::default()
+        };
+        child.merge(&parent).unwrap();
+        assert_eq!(child.max_channels(), 4);
+        assert_eq!(child.ping_interval_ms(), 0);
+        assert_eq!(child.max_unsent(), 10);
+        assert_eq!(LocConf::default().max_unsent(), DEFAULT_MAX_UNSENT);
+    }
+}

@@ -1,0 +1,730 @@
+//! The state of one nginx worker: its channels, their caches, its subscribers and what it
+//! owes the sidecar. Plain Rust: the FFI layer feeds it events (a subscriber came or went,
+//! a relay frame arrived) and then writes what it queued (subscriber frames, relay bytes).
+//!
+//! Generic over `H`, the handle the FFI layer needs to reach a subscriber's connection, so the
+//! logic is tested without nginx.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use chatup_wire::{BacklogKind, ChannelCount, Entry, Position, ToSidecar, ToWorker};
+use slab::Slab;
+
+use crate::cache::{ChannelCache, Frame, Resync};
+use crate::outbox::Outbox;
+use crate::ws::{self, Opcode};
+
+/// Index of a subscriber in its worker's hub.
+pub type SubscriberKey = usize;
+
+/// One channel a subscriber asks for, and where it resumes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscription {
+    pub channel: String,
+    pub since: Option<Position>,
+}
+
+#[derive(Debug)]
+struct Member {
+    key: SubscriberKey,
+    /// Ids up to this one were delivered elsewhere before: the subscriber resumed from a
+    /// point this worker had not reached yet, and must not get them twice.
+    skip_through: u64,
+}
+
+#[derive(Debug)]
+struct Channel {
+    cache: ChannelCache,
+    members: Vec<Member>,
+    /// Subscribers that arrived before the sidecar told us anything about the channel.
+    waiting: Vec<(SubscriberKey, Option<Position>)>,
+}
+
+impl Channel {
+    fn audience(&self) -> usize {
+        self.members.len() + self.waiting.len()
+    }
+}
+
+#[derive(Debug)]
+pub struct Subscriber<H> {
+    pub handle: H,
+    pub outbox: Outbox,
+    channels: Vec<Box<str>>,
+    /// Set once a close frame is queued; nothing else is queued after it.
+    closing: Option<u16>,
+    max_unsent: usize,
+    /// Already in the hub's list of subscribers to flush.
+    marked: bool,
+}
+
+impl<H> Subscriber<H> {
+    pub fn closing(&self) -> Option<u16> {
+        self.closing
+    }
+
+    /// Queues a frame, or starts closing with 4000 when the subscriber is too far behind.
+    fn enqueue(&mut self, frame: &Frame) {
+        if self.closing.is_some() {
+            return;
+        }
+        if self.outbox.unsent() + frame.len() > self.max_unsent {
+            self.start_close(
+                chatup_wire::close::SLOW_CONSUMER,
+                "too slow: reconnect and resume",
+            );
+            return;
+        }
+        self.outbox.push(frame.clone());
+    }
+
+    /// Drops what was not started and queues a close frame.
+    fn start_close(&mut self, code: u16, reason: &str) {
+        if self.closing.is_some() {
+            return;
+        }
+        self.outbox.drop_unstarted();
+        self.outbox.push(Arc::from(ws::close_frame(code, reason)));
+        self.closing = Some(code);
+    }
+}
+
+pub struct Hub<H> {
+    channels: HashMap<Box<str>, Channel>,
+    subscribers: Slab<Subscriber<H>>,
+    /// Messages kept per channel (`chatup_cache_messages`), also how many recent messages
+    /// to ask the sidecar for when a channel is new to this worker.
+    cache_capacity: usize,
+    /// Encoded frames for the sidecar, written by the FFI layer while the relay is up.
+    relay_out: Vec<u8>,
+    relay_up: bool,
+    /// Subscribers with something new in their outbox.
+    dirty: Vec<SubscriberKey>,
+    /// The subscriber counts changed since the last `Stats` frame.
+    counts_changed: bool,
+}
+
+impl<H: Copy> Hub<H> {
+    pub fn new(cache_capacity: usize) -> Self {
+        Self {
+            channels: HashMap::new(),
+            subscribers: Slab::new(),
+            cache_capacity,
+            relay_out: Vec::new(),
+            relay_up: false,
+            dirty: Vec::new(),
+            counts_changed: false,
+        }
+    }
+
+    pub fn subscriber_count(&self) -> usize {
+        self.subscribers.len()
+    }
+
+    pub fn channel_count(&self) -> usize {
+        self.channels.len()
+    }
+
+    pub fn subscriber(&mut self, key: SubscriberKey) -> Option<&mut Subscriber<H>> {
+        self.subscribers.get_mut(key)
+    }
+
+    /// Registers a subscriber and queues its replay for every channel already known.
+    pub fn add_subscriber(
+        &mut self,
+        handle: H,
+        subscriptions: Vec<Subscription>,
+        max_unsent: usize,
+    ) -> SubscriberKey {
+        let key = self.subscribers.insert(Subscriber {
+            handle,
+            outbox: Outbox::default(),
+            channels: Vec::with_capacity(subscriptions.len()),
+            closing: None,
+            max_unsent,
+            marked: false,
+        });
+        for Subscription { channel, since } in subscriptions {
+            let name: Box<str> = channel.into();
+            let channel = match self.channels.get_mut(&name) {
+                Some(channel) => channel,
+                None => {
+                    self.send_relay(&ToSidecar::Subscribe {
+                        channel: name.to_string(),
+                        want: self.cache_capacity as u32,
+                        since: None,
+                    });
+                    self.channels.entry(name.clone()).or_insert(Channel {
+                        cache: ChannelCache::new(self.cache_capacity),
+                        members: Vec::new(),
+                        waiting: Vec::new(),
+                    })
+                }
+            };
+            if channel.cache.is_known() {
+                let sub = &mut self.subscribers[key];
+                let member = replay_to(sub, key, &name, &channel.cache, since);
+                channel.members.push(member);
+            } else {
+                channel.waiting.push((key, since));
+            }
+            self.subscribers[key].channels.push(name);
+        }
+        self.mark(key);
+        self.counts_changed = true;
+        key
+    }
+
+    /// Forgets a subscriber; channels left without subscribers are unsubscribed.
+    pub fn remove_subscriber(&mut self, key: SubscriberKey) -> Option<H> {
+        let sub = self.subscribers.try_remove(key)?;
+        for name in sub.channels {
+            let Some(channel) = self.channels.get_mut(&name) else {
+                continue;
+            };
+            channel.members.retain(|m| m.key != key);
+            channel.waiting.retain(|(k, _)| *k != key);
+            if channel.audience() == 0 {
+                self.channels.remove(&name);
+                self.send_relay(&ToSidecar::Unsubscribe {
+                    channel: name.into(),
+                });
+            }
+        }
+        self.counts_changed = true;
+        Some(sub.handle)
+    }
+
+    /// Queues a frame for one subscriber (a pong, a ping).
+    pub fn send_to(&mut self, key: SubscriberKey, frame: Frame) {
+        if let Some(sub) = self.subscribers.get_mut(key) {
+            sub.enqueue(&frame);
+            self.mark(key);
+        }
+    }
+
+    /// Queues a close frame for a subscriber, after which nothing else is sent to it.
+    pub fn close(&mut self, key: SubscriberKey, code: u16, reason: &str) {
+        if let Some(sub) = self.subscribers.get_mut(key) {
+            sub.start_close(code, reason);
+            self.mark(key);
+        }
+    }
+
+    /// Closes every subscriber with `code` (worker shutdown); returns their handles.
+    pub fn close_all(&mut self, code: u16, reason: &str) -> Vec<(SubscriberKey, H)> {
+        let keys: Vec<_> = self
+            .subscribers
+            .iter()
+            .map(|(k, s)| (k, s.handle))
+            .collect();
+        for (key, _) in &keys {
+            self.close(*key, code, reason);
+        }
+        keys
+    }
+
+    /// Subscribers with new frames to write, each once.
+    pub fn take_dirty(&mut self) -> Vec<(SubscriberKey, H)> {
+        let mut out = Vec::with_capacity(self.dirty.len());
+        for key in self.dirty.drain(..) {
+            if let Some(sub) = self.subscribers.get_mut(key) {
+                sub.marked = false;
+                out.push((key, sub.handle));
+            }
+        }
+        out
+    }
+
+    fn mark(&mut self, key: SubscriberKey) {
+        if let Some(sub) = self.subscribers.get_mut(key) {
+            if !sub.marked {
+                sub.marked = true;
+                self.dirty.push(key);
+            }
+        }
+    }
+
+    /// Bytes waiting for the sidecar.
+    pub fn relay_output(&mut self) -> &mut Vec<u8> {
+        &mut self.relay_out
+    }
+
+    /// A new relay connection: say hello and (re)subscribe every channel from where it stands.
+    pub fn relay_connected(&mut self, pid: u32) {
+        self.relay_up = true;
+        self.relay_out.clear();
+        self.send_relay(&ToSidecar::Hello {
+            version: chatup_wire::PROTOCOL_VERSION,
+            pid,
+        });
+        let subscribes: Vec<_> = self
+            .channels
+            .iter()
+            .map(|(name, ch)| ToSidecar::Subscribe {
+                channel: name.to_string(),
+                want: self.cache_capacity as u32,
+                since: ch.cache.position(),
+            })
+            .collect();
+        for frame in &subscribes {
+            self.send_relay(frame);
+        }
+        self.counts_changed = true;
+    }
+
+    pub fn relay_disconnected(&mut self) {
+        self.relay_up = false;
+        self.relay_out.clear();
+    }
+
+    /// Queues a `Stats` frame when counts changed since the last one.
+    pub fn report_stats(&mut self) {
+        if !self.counts_changed || !self.relay_up {
+            return;
+        }
+        self.counts_changed = false;
+        let channels = self
+            .channels
+            .iter()
+            .map(|(name, ch)| ChannelCount {
+                channel: name.to_string(),
+                subscribers: ch.audience() as u32,
+            })
+            .collect();
+        self.send_relay(&ToSidecar::Stats {
+            subscribers: self.subscribers.len() as u32,
+            channels,
+        });
+    }
+
+    fn send_relay(&mut self, frame: &ToSidecar) {
+        if self.relay_up {
+            // Channel names are validated at subscribe time, so encoding cannot fail.
+            let _ = chatup_wire::encode(frame, &mut self.relay_out);
+        }
+    }
+
+    /// Applies a frame from the sidecar, queueing frames for the subscribers concerned.
+    pub fn handle_relay_frame(&mut self, frame: ToWorker) {
+        match frame {
+            ToWorker::Message {
+                channel,
+                epoch,
+                id,
+                payload,
+            } => {
+                let Some(ch) = self.channels.get_mut(channel.as_str()) else {
+                    return;
+                };
+                if !ch.cache.is_known() {
+                    // The backlog always comes first; a message before it belongs to an
+                    // earlier subscription of this channel.
+                    return;
+                }
+                if epoch != ch.cache.epoch() {
+                    reset_epoch(ch, &channel, epoch, &mut self.subscribers, &mut self.dirty);
+                }
+                deliver(ch, id, &payload, &mut self.subscribers, &mut self.dirty);
+            }
+            ToWorker::Backlog {
+                channel,
+                epoch,
+                kind,
+                messages,
+            } => self.apply_backlog(&channel, epoch, kind, messages),
+            ToWorker::EpochReset { channel, epoch } => {
+                if let Some(ch) = self.channels.get_mut(channel.as_str()) {
+                    if ch.cache.is_known() && ch.cache.epoch() != epoch {
+                        reset_epoch(ch, &channel, epoch, &mut self.subscribers, &mut self.dirty);
+                    }
+                }
+            }
+        }
+    }
+
+    fn apply_backlog(&mut self, name: &str, epoch: u64, kind: BacklogKind, messages: Vec<Entry>) {
+        let Some(ch) = self.channels.get_mut(name) else {
+            return;
+        };
+        if !ch.cache.is_known() {
+            ch.cache.reset(epoch);
+        } else if epoch != ch.cache.epoch() || kind == BacklogKind::EpochChanged {
+            reset_epoch(ch, name, epoch, &mut self.subscribers, &mut self.dirty);
+        } else if kind == BacklogKind::Truncated {
+            let notice = resync_frame(name, Resync::HistoryTruncated, epoch);
+            for m in &ch.members {
+                if let Some(sub) = self.subscribers.get_mut(m.key) {
+                    sub.enqueue(&notice);
+                    mark(sub, m.key, &mut self.dirty);
+                }
+            }
+        }
+        for entry in messages {
+            deliver(
+                ch,
+                entry.id,
+                &entry.payload,
+                &mut self.subscribers,
+                &mut self.dirty,
+            );
+        }
+        for (key, since) in std::mem::take(&mut ch.waiting) {
+            let Some(sub) = self.subscribers.get_mut(key) else {
+                continue;
+            };
+            ch.members.push(replay_to(sub, key, name, &ch.cache, since));
+            mark(sub, key, &mut self.dirty);
+        }
+    }
+}
+
+fn mark<H>(sub: &mut Subscriber<H>, key: SubscriberKey, dirty: &mut Vec<SubscriberKey>) {
+    if !sub.marked {
+        sub.marked = true;
+        dirty.push(key);
+    }
+}
+
+/// Queues what a subscriber resuming from `since` must get from `cache`.
+fn replay_to<H>(
+    sub: &mut Subscriber<H>,
+    key: SubscriberKey,
+    name: &str,
+    cache: &ChannelCache,
+    since: Option<Position>,
+) -> Member {
+    let (resync, frames) = cache.replay(since);
+    if let Some(reason) = resync {
+        sub.enqueue(&resync_frame(name, reason, cache.epoch()));
+    }
+    for frame in frames {
+        sub.enqueue(frame);
+    }
+    let skip_through = match since {
+        Some(p) if p.epoch == cache.epoch() && p.id > cache.last_id() => p.id,
+        _ => 0,
+    };
+    Member { key, skip_through }
+}
+
+/// Caches a message and queues it for every member that has not had it.
+fn deliver<H>(
+    ch: &mut Channel,
+    id: u64,
+    payload: &[u8],
+    subscribers: &mut Slab<Subscriber<H>>,
+    dirty: &mut Vec<SubscriberKey>,
+) {
+    if id <= ch.cache.last_id() {
+        return;
+    }
+    let mut bytes = Vec::with_capacity(ws::MAX_HEADER_LEN + payload.len());
+    ws::put_header(&mut bytes, Opcode::Text, payload.len());
+    bytes.extend_from_slice(payload);
+    let frame: Frame = Arc::from(bytes);
+    ch.cache.push(id, frame.clone());
+    for m in &ch.members {
+        if id <= m.skip_through {
+            continue;
+        }
+        if let Some(sub) = subscribers.get_mut(m.key) {
+            sub.enqueue(&frame);
+            mark(sub, m.key, dirty);
+        }
+    }
+}
+
+/// Starts a new epoch for a channel and tells its members that their positions are void.
+fn reset_epoch<H>(
+    ch: &mut Channel,
+    name: &str,
+    epoch: u64,
+    subscribers: &mut Slab<Subscriber<H>>,
+    dirty: &mut Vec<SubscriberKey>,
+) {
+    ch.cache.reset(epoch);
+    let notice = resync_frame(name, Resync::EpochChanged, epoch);
+    for m in &mut ch.members {
+        m.skip_through = 0;
+        if let Some(sub) = subscribers.get_mut(m.key) {
+            sub.enqueue(&notice);
+            mark(sub, m.key, dirty);
+        }
+    }
+}
+
+/// The event telling a subscriber its resume point could not be honoured.
+pub fn resync_frame(channel: &str, reason: Resync, epoch: u64) -> Frame {
+    // Channel names are validated to a charset that needs no JSON escaping.
+    let json = format!(
+        r#"{{"ch":"{channel}","ev":"resync","data":{{"reason":"{}","ep":{epoch}}}}}"#,
+        reason.as_str()
+    );
+    Arc::from(ws::frame(Opcode::Text, json.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chatup_wire::decode;
+
+    const BIG: usize = 1 << 20;
+
+    fn sub(channel: &str, since: Option<(u64, u64)>) -> Subscription {
+        Subscription {
+            channel: channel.into(),
+            since: since.map(|(epoch, id)| Position { epoch, id }),
+        }
+    }
+
+    fn msg(channel: &str, epoch: u64, id: u64) -> ToWorker {
+        ToWorker::Message {
+            channel: channel.into(),
+            epoch,
+            id,
+            payload: format!("m{id}").into_bytes(),
+        }
+    }
+
+    fn backlog(channel: &str, epoch: u64, kind: BacklogKind, ids: &[u64]) -> ToWorker {
+        ToWorker::Backlog {
+            channel: channel.into(),
+            epoch,
+            kind,
+            messages: ids
+                .iter()
+                .map(|id| Entry {
+                    id: *id,
+                    payload: format!("m{id}").into_bytes(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Drains a subscriber's outbox into the text payloads it would receive.
+    fn received(hub: &mut Hub<u32>, key: SubscriberKey) -> Vec<String> {
+        let sub = hub.subscriber(key).unwrap();
+        let mut bytes = Vec::new();
+        sub.outbox.gather(&mut bytes, usize::MAX);
+        sub.outbox.consume(bytes.len());
+        let mut out = Vec::new();
+        let mut rest = &bytes[..];
+        while !rest.is_empty() {
+            let (op, len, header) = match rest[1] {
+                126 => (rest[0], u16::from_be_bytes([rest[2], rest[3]]) as usize, 4),
+                n => (rest[0], n as usize, 2),
+            };
+            let payload = &rest[header..header + len];
+            out.push(match op {
+                0x81 => String::from_utf8(payload.to_vec()).unwrap(),
+                0x88 => format!("close {}", u16::from_be_bytes([payload[0], payload[1]])),
+                other => format!("opcode {other:#x}"),
+            });
+            rest = &rest[header + len..];
+        }
+        out
+    }
+
+    fn relay_frames(hub: &mut Hub<u32>) -> Vec<ToSidecar> {
+        let buf = std::mem::take(hub.relay_output());
+        let mut out = Vec::new();
+        let mut at = 0;
+        while let Some((f, n)) = decode::<ToSidecar>(&buf[at..]).unwrap() {
+            out.push(f);
+            at += n;
+        }
+        out
+    }
+
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn first_subscriber_subscribes_and_waits_for_the_backlog() {
+        let mut hub = Hub::new(3);
+        hub.relay_connected(7);
+        assert_eq!(relay_frames(&mut hub).len(), 1); // hello
+        let a = hub.add_subscriber(1u32, vec![sub("room", None)], BIG);
+        assert_eq!(
+            relay_frames(&mut hub),
+            vec![ToSidecar::Subscribe {
+                channel: "room".into(),
+                want: 3,
+                since: None
+            }]
+        );
+        assert!(received(&mut hub, a).is_empty());
+        hub.handle_relay_frame(backlog("room", 9, BacklogKind::Recent, &[4, 5]));
+        assert_eq!(received(&mut hub, a), strings(&["m4", "m5"]));
+        hub.handle_relay_frame(msg("room", 9, 6));
+        assert_eq!(received(&mut hub, a), strings(&["m6"]));
+        // A second subscriber is served from the cache, no new Subscribe.
+        let b = hub.add_subscriber(2, vec![sub("room", None)], BIG);
+        assert!(relay_frames(&mut hub).is_empty());
+        assert_eq!(received(&mut hub, b), strings(&["m4", "m5", "m6"]));
+    }
+
+    #[test]
+    fn resume_and_duplicates() {
+        let mut hub = Hub::new(10);
+        hub.relay_connected(1);
+        let a = hub.add_subscriber(1u32, vec![sub("c", None)], BIG);
+        hub.handle_relay_frame(backlog("c", 9, BacklogKind::Recent, &[1, 2, 3]));
+        received(&mut hub, a);
+        hub.handle_relay_frame(msg("c", 9, 3)); // duplicate
+        assert!(received(&mut hub, a).is_empty());
+        let b = hub.add_subscriber(2, vec![sub("c", Some((9, 2)))], BIG);
+        assert_eq!(received(&mut hub, b), strings(&["m3"]));
+        // Resumed ahead of this worker: ids up to 5 were seen elsewhere.
+        let ahead = hub.add_subscriber(3, vec![sub("c", Some((9, 5)))], BIG);
+        assert!(received(&mut hub, ahead).is_empty());
+        for id in 4..=6 {
+            hub.handle_relay_frame(msg("c", 9, id));
+        }
+        assert_eq!(received(&mut hub, ahead), strings(&["m6"]));
+        assert_eq!(received(&mut hub, b), strings(&["m4", "m5", "m6"]));
+        let old = hub.add_subscriber(4, vec![sub("c", Some((8, 2)))], BIG);
+        let got = received(&mut hub, old);
+        assert!(
+            got[0].contains(r#""reason":"epoch_changed","ep":9"#),
+            "{got:?}"
+        );
+        assert_eq!(got.len(), 7);
+    }
+
+    #[test]
+    fn relay_reconnect_resubscribes_from_the_last_position_and_fills_the_gap() {
+        let mut hub = Hub::new(10);
+        hub.relay_connected(1);
+        let a = hub.add_subscriber(1u32, vec![sub("c", None), sub("d", None)], BIG);
+        hub.handle_relay_frame(backlog("c", 9, BacklogKind::Recent, &[1, 2]));
+        received(&mut hub, a);
+        hub.relay_disconnected();
+        // Nothing is sent while the relay is down.
+        hub.add_subscriber(2, vec![sub("e", None)], BIG);
+        assert!(relay_frames(&mut hub).is_empty());
+        hub.relay_connected(1);
+        let mut frames = relay_frames(&mut hub);
+        frames.sort_by_key(|f| format!("{f:?}"));
+        assert!(frames.contains(&ToSidecar::Subscribe {
+            channel: "c".into(),
+            want: 10,
+            since: Some(Position { epoch: 9, id: 2 })
+        }));
+        assert!(frames.contains(&ToSidecar::Subscribe {
+            channel: "d".into(),
+            want: 10,
+            since: None
+        }));
+        assert!(frames.contains(&ToSidecar::Subscribe {
+            channel: "e".into(),
+            want: 10,
+            since: None
+        }));
+        hub.handle_relay_frame(backlog("c", 9, BacklogKind::Continued, &[2, 3, 4]));
+        assert_eq!(received(&mut hub, a), strings(&["m3", "m4"]));
+        // The sidecar came back with a new epoch: subscribers are told, then get it all.
+        hub.relay_disconnected();
+        hub.relay_connected(1);
+        hub.handle_relay_frame(backlog("c", 11, BacklogKind::EpochChanged, &[1]));
+        let got = received(&mut hub, a);
+        assert!(got[0].contains("epoch_changed"), "{got:?}");
+        assert_eq!(got[1], "m1");
+        hub.handle_relay_frame(backlog("c", 11, BacklogKind::Truncated, &[5]));
+        let got = received(&mut hub, a);
+        assert!(got[0].contains("history_truncated"), "{got:?}");
+        assert_eq!(got[1], "m5");
+    }
+
+    #[test]
+    fn last_subscriber_leaving_unsubscribes() {
+        let mut hub = Hub::new(10);
+        hub.relay_connected(1);
+        let a = hub.add_subscriber(1u32, vec![sub("c", None)], BIG);
+        let b = hub.add_subscriber(2, vec![sub("c", None)], BIG);
+        relay_frames(&mut hub);
+        hub.remove_subscriber(a);
+        assert!(relay_frames(&mut hub).is_empty());
+        hub.report_stats();
+        assert_eq!(
+            relay_frames(&mut hub),
+            vec![ToSidecar::Stats {
+                subscribers: 1,
+                channels: vec![ChannelCount {
+                    channel: "c".into(),
+                    subscribers: 1
+                }]
+            }]
+        );
+        hub.report_stats();
+        assert!(relay_frames(&mut hub).is_empty(), "stats only when changed");
+        hub.remove_subscriber(b);
+        assert_eq!(
+            relay_frames(&mut hub),
+            vec![ToSidecar::Unsubscribe {
+                channel: "c".into()
+            }]
+        );
+        assert_eq!(hub.channel_count(), 0);
+        assert_eq!(hub.remove_subscriber(b), None);
+    }
+
+    #[test]
+    fn slow_subscriber_is_closed_with_4000_and_others_keep_going() {
+        let mut hub = Hub::new(10);
+        hub.relay_connected(1);
+        let slow = hub.add_subscriber(1u32, vec![sub("c", None)], 10);
+        let fast = hub.add_subscriber(2, vec![sub("c", None)], BIG);
+        hub.handle_relay_frame(backlog("c", 9, BacklogKind::Recent, &[]));
+        for id in 1..=5 {
+            hub.handle_relay_frame(msg("c", 9, id));
+            received(&mut hub, fast);
+        }
+        assert_eq!(hub.subscriber(slow).unwrap().closing(), Some(4000));
+        let got = received(&mut hub, slow);
+        assert_eq!(got.last().unwrap(), "close 4000");
+        hub.handle_relay_frame(msg("c", 9, 6));
+        assert!(
+            received(&mut hub, slow).is_empty(),
+            "nothing after the close"
+        );
+        assert_eq!(received(&mut hub, fast), strings(&["m6"]));
+    }
+
+    #[test]
+    fn dirty_list_names_each_subscriber_once() {
+        let mut hub = Hub::new(10);
+        let a = hub.add_subscriber(5u32, vec![sub("c", None), sub("d", None)], BIG);
+        hub.relay_connected(1);
+        hub.handle_relay_frame(backlog("c", 1, BacklogKind::Recent, &[1]));
+        hub.handle_relay_frame(backlog("d", 1, BacklogKind::Recent, &[1]));
+        assert_eq!(hub.take_dirty(), vec![(a, 5)]);
+        assert!(hub.take_dirty().is_empty());
+        hub.close(a, 1001, "");
+        assert_eq!(hub.take_dirty(), vec![(a, 5)]);
+        assert_eq!(received(&mut hub, a).last().unwrap(), "close 1001");
+    }
+
+    #[test]
+    fn messages_for_unknown_channels_or_before_the_backlog_are_ignored() {
+        let mut hub = Hub::new(10);
+        hub.relay_connected(1);
+        let a = hub.add_subscriber(1u32, vec![sub("c", None)], BIG);
+        hub.handle_relay_frame(msg("c", 9, 1));
+        hub.handle_relay_frame(msg("zzz", 9, 1));
+        assert!(received(&mut hub, a).is_empty());
+        hub.handle_relay_frame(backlog("c", 9, BacklogKind::Recent, &[1]));
+        assert_eq!(received(&mut hub, a), strings(&["m1"]));
+        hub.handle_relay_frame(ToWorker::EpochReset {
+            channel: "c".into(),
+            epoch: 10,
+        });
+        hub.handle_relay_frame(msg("c", 10, 1));
+        let got = received(&mut hub, a);
+        assert!(got[0].contains("epoch_changed") && got[0].contains("\"ep\":10"));
+        assert_eq!(got[1], "m1");
+    }
+}

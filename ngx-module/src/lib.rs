@@ -1,0 +1,91 @@
+//! `ngx_http_chatup_module`: the subscriber side of chatup, inside nginx.
+//!
+//! Viewers hold a WebSocket to a location marked `chatup_subscribe`. Each nginx worker keeps,
+//! per channel its viewers follow, a cache of the last messages as ready-to-send frames, and
+//! one Unix-socket relay connection to `chatup-sidecar`, which feeds it the channels it asks
+//! for. Workers share nothing: no shared memory, no locks.
+//!
+//! Layout:
+//! - [`conf`]: the directives and their defaults.
+//! - Plain Rust, tested and fuzzed without nginx: [`ws`] (WebSocket codec), [`handshake`]
+//!   (upgrade checks, channels, `since`), [`cache`] (per-channel cache and resume),
+//!   [`outbox`] (a subscriber's unsent frames), [`hub`] (a worker's channels, subscribers and
+//!   relay state), [`backoff`] (relay reconnect delays). The relay frames live in the
+//!   `chatup-wire` crate shared with the sidecar.
+//! - `ffi`: the thin layer that touches nginx — the content handler and connection
+//!   events of subscribers, the relay connection, worker start and exit. Every `unsafe` block
+//!   is there, each with a `// SAFETY:` comment.
+#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
+pub mod backoff;
+pub mod cache;
+pub mod conf;
+pub mod handshake;
+pub mod hub;
+pub mod outbox;
+pub mod ws;
+
+#[cfg(not(test))]
+mod ffi;
+
+#[cfg(not(test))]
+pub use module::*;
+
+#[cfg(not(test))]
+mod module {
+    use std::ptr::{addr_of, addr_of_mut};
+
+    use ngx::ffi::{ngx_http_module_t, ngx_module_t, NGX_HTTP_MODULE};
+    use ngx::http::{HttpModule, HttpModuleLocationConf, HttpModuleMainConf};
+
+    use crate::conf::{LocConf, MainConf, COMMANDS};
+    use crate::ffi::worker;
+
+    pub struct Module;
+
+    impl HttpModule for Module {
+        fn module() -> &'static ngx_module_t {
+            // SAFETY: the module table is only written by nginx while loading the
+            // configuration, before any request or worker event reads it through here.
+            unsafe { &*addr_of!(ngx_http_chatup_module) }
+        }
+    }
+
+    // SAFETY: create_main_conf allocates a MainConf for this module.
+    unsafe impl HttpModuleMainConf for Module {
+        type MainConf = MainConf;
+    }
+
+    // SAFETY: create_loc_conf allocates a LocConf for this module.
+    unsafe impl HttpModuleLocationConf for Module {
+        type LocationConf = LocConf;
+    }
+
+    static MODULE_CTX: ngx_http_module_t = ngx_http_module_t {
+        preconfiguration: None,
+        postconfiguration: None,
+        create_main_conf: Some(Module::create_main_conf),
+        init_main_conf: None,
+        create_srv_conf: None,
+        merge_srv_conf: None,
+        create_loc_conf: Some(Module::create_loc_conf),
+        merge_loc_conf: Some(Module::merge_loc_conf),
+    };
+
+    #[cfg(feature = "export-modules")]
+    ngx::ngx_modules!(ngx_http_chatup_module);
+
+    #[used]
+    #[allow(non_upper_case_globals)]
+    #[cfg_attr(not(feature = "export-modules"), no_mangle)]
+    pub static mut ngx_http_chatup_module: ngx_module_t = ngx_module_t {
+        ctx: addr_of!(MODULE_CTX) as _,
+        // SAFETY: taking the address of the static command table; nginx only reads it.
+        commands: unsafe { addr_of_mut!(COMMANDS[0]) },
+        type_: NGX_HTTP_MODULE as _,
+        init_process: Some(worker::init_process),
+        exit_process: Some(worker::exit_process),
+        ..ngx_module_t::default()
+    };
+}
