@@ -101,6 +101,8 @@ pub struct Options {
     pub sub_extra: String,
     /// Extra parameters of the `listen` directive (e.g. `sndbuf=4k`).
     pub listen_extra: String,
+    /// Extra directives (e.g. more `location` blocks) in the `server` block.
+    pub server_extra: String,
     /// `--set key=value` arguments for the sidecar (e.g. `history.size=5`).
     pub sidecar_set: Vec<String>,
     /// Start the sidecar (and wait for it) before nginx.
@@ -115,6 +117,7 @@ impl Default for Options {
             http_extra: String::new(),
             sub_extra: String::new(),
             listen_extra: String::new(),
+            server_extra: String::new(),
             sidecar_set: Vec::new(),
             start_sidecar: true,
         }
@@ -131,7 +134,7 @@ impl Options {
         self.http_extra.push('\n');
         self
     }
-    pub fn sub(mut self, directives: &str) -> Self {
+    pub fn sub_location(mut self, directives: &str) -> Self {
         self.sub_extra.push_str(directives);
         self.sub_extra.push('\n');
         self
@@ -139,6 +142,11 @@ impl Options {
     pub fn listen(mut self, params: &str) -> Self {
         self.listen_extra.push(' ');
         self.listen_extra.push_str(params);
+        self
+    }
+    pub fn server(mut self, directives: &str) -> Self {
+        self.server_extra.push_str(directives);
+        self.server_extra.push('\n');
         self
     }
     pub fn sidecar_set(mut self, kv: &str) -> Self {
@@ -237,22 +245,7 @@ impl Chatup {
             self.port,
             self.sidecar_port,
             &self.relay_socket(),
-            "",
         )
-    }
-
-    /// Rewrites nginx.conf with extra `location` blocks in the server (applied by
-    /// [`Chatup::reload`]).
-    pub fn rewrite_nginx_config(&self, server_extra: &str) {
-        let conf = nginx_conf(
-            self.dir.path(),
-            &self.opts,
-            self.port,
-            self.sidecar_port,
-            &self.relay_socket(),
-            server_extra,
-        );
-        fs::write(self.path("nginx.conf"), conf).expect("write nginx.conf");
     }
 
     // ---- sidecar --------------------------------------------------------------------
@@ -306,7 +299,7 @@ impl Chatup {
     /// Sends SIGTERM to the sidecar and waits for it to exit (bounded); returns its status.
     pub fn stop_sidecar(&mut self) -> ExitStatus {
         let mut child = self.sidecar.take().expect("the sidecar is not running");
-        signal(child.id(), libc::SIGTERM);
+        signal_pid(child.id(), libc::SIGTERM);
         match wait_timeout(&mut child, STOP_TIMEOUT) {
             Some(status) => status,
             None => {
@@ -425,7 +418,7 @@ impl Chatup {
     /// workers' pids.
     pub fn reload(&self) -> Vec<u32> {
         let old = self.worker_pids();
-        signal(self.master_pid(), libc::SIGHUP);
+        signal_pid(self.master_pid(), libc::SIGHUP);
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             let now = self.worker_pids();
@@ -457,15 +450,25 @@ impl Chatup {
 
     /// Sends `sig` to the nginx master and waits (bounded) for it to exit.
     pub fn stop_nginx(&mut self, sig: i32) -> ExitStatus {
+        self.signal_nginx(sig);
+        self.wait_nginx_exit()
+    }
+
+    /// Sends `sig` to the nginx master.
+    pub fn signal_nginx(&self, sig: i32) {
+        signal_pid(self.master_pid(), sig);
+    }
+
+    /// Waits (bounded) for the nginx master to exit.
+    pub fn wait_nginx_exit(&mut self) -> ExitStatus {
         let mut child = self.nginx.take().expect("nginx is not running");
-        signal(child.id(), sig);
         match wait_timeout(&mut child, STOP_TIMEOUT) {
             Some(status) => status,
             None => {
                 kill_group(child.id());
                 let _ = child.wait();
                 panic!(
-                    "nginx did not exit within {STOP_TIMEOUT:?} of signal {sig}:\n{}",
+                    "nginx did not exit within {STOP_TIMEOUT:?}:\n{}",
                     self.error_log()
                 );
             }
@@ -559,7 +562,7 @@ impl Chatup {
 
     fn shutdown(&mut self) {
         if let Some(mut child) = self.nginx.take() {
-            signal(child.id(), libc::SIGTERM);
+            signal_pid(child.id(), libc::SIGTERM);
             if wait_timeout(&mut child, STOP_TIMEOUT).is_none() {
                 kill_group(child.id());
                 let _ = child.wait();
@@ -568,7 +571,7 @@ impl Chatup {
             kill_group(child.id());
         }
         if let Some(mut child) = self.sidecar.take() {
-            signal(child.id(), libc::SIGTERM);
+            signal_pid(child.id(), libc::SIGTERM);
             if wait_timeout(&mut child, STOP_TIMEOUT).is_none() {
                 kill_group(child.id());
                 let _ = child.wait();
@@ -598,14 +601,7 @@ impl Drop for Chatup {
 }
 
 /// nginx.conf for a test.
-fn nginx_conf(
-    dir: &Path,
-    opts: &Options,
-    port: u16,
-    sidecar_port: u16,
-    relay: &Path,
-    server_extra: &str,
-) -> String {
+fn nginx_conf(dir: &Path, opts: &Options, port: u16, sidecar_port: u16, relay: &Path) -> String {
     let d = dir.display();
     // Workers must be able to open the relay socket the sidecar (run by the same user) made.
     let user = if unsafe { libc::geteuid() } == 0 {
@@ -681,12 +677,20 @@ http {{
         http_extra = indent(&opts.http_extra, 4),
         sub_extra = indent(&opts.sub_extra, 12),
         listen_extra = opts.listen_extra,
+        server_extra = indent_block(&opts.server_extra, 8),
     )
 }
 
 fn indent(text: &str, by: usize) -> String {
     text.lines()
         .filter(|l| !l.trim().is_empty())
+        .map(|l| format!("{}{}\n", " ".repeat(by), l.trim()))
+        .collect()
+}
+
+/// Indents every line of a block of configuration by `by` spaces.
+fn indent_block(text: &str, by: usize) -> String {
+    text.lines()
         .map(|l| format!("{}{}\n", " ".repeat(by), l.trim()))
         .collect()
 }
@@ -757,7 +761,7 @@ fn health_ok(addr: SocketAddr) -> bool {
     buf.starts_with(b"HTTP/1.1 200") || buf.starts_with(b"HTTP/1.0 200")
 }
 
-pub(crate) fn signal(pid: u32, sig: i32) {
+pub fn signal_pid(pid: u32, sig: i32) {
     // SAFETY: kill(2) with a pid we spawned; no memory is involved.
     unsafe {
         libc::kill(pid as libc::pid_t, sig);

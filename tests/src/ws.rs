@@ -357,3 +357,34 @@ impl Publisher {
         }
     }
 }
+
+impl Chatup {
+    /// Subscribes to `path` again and again until every nginx worker holds at least one of
+    /// the subscribers (connections are spread over the workers by `reuseport`). Returns all
+    /// of them, each paired with the pid of its worker.
+    pub async fn subscribers_on_every_worker(&self, path: &str) -> Vec<(Subscriber, u32)> {
+        let workers = self.worker_pids();
+        let mut subs: Vec<(Subscriber, u32)> = Vec::new();
+        for _ in 0..40 {
+            let sub = Subscriber::connect(self, path).await;
+            let owner = self.worker_of(sub.local_port).unwrap_or_else(|| {
+                panic!(
+                    "no nginx worker owns the connection from port {}",
+                    sub.local_port
+                )
+            });
+            assert!(
+                workers.contains(&owner),
+                "connection owned by {owner}, not one of the workers {workers:?}"
+            );
+            subs.push((sub, owner));
+            if workers
+                .iter()
+                .all(|w| subs.iter().any(|(_, owner)| owner == w))
+            {
+                return subs;
+            }
+        }
+        panic!("40 connections did not reach every worker of {workers:?}");
+    }
+}

@@ -1,0 +1,111 @@
+//! `nginx -t` refuses bad module configuration with a clear message.
+
+use chatup_tests::nginx_config_test;
+
+#[test]
+fn a_complete_configuration_passes() {
+    let (ok, out) = nginx_config_test(
+        "chatup_cache_messages 100000;\nchatup_ping_interval 15s;\nchatup_max_channels 4;\nchatup_max_unsent 64k;",
+        "chatup_ping_interval off;\nlocation /sub/ {\n chatup_subscribe;\n chatup_max_unsent 2m;\n chatup_max_channels 32;\n chatup_ping_interval 5s;\n}",
+    );
+    assert!(ok, "nginx -t failed:\n{out}");
+    let (ok, out) = nginx_config_test(
+        "chatup_cache_messages 0;",
+        "location /sub/ { chatup_subscribe; }",
+    );
+    assert!(ok, "chatup_cache_messages 0 is allowed:\n{out}");
+}
+
+#[test]
+fn bad_directive_values_are_refused() {
+    let cases: &[(&str, &str, &str, &str)] = &[
+        (
+            "cache -1",
+            "chatup_cache_messages -1;",
+            "",
+            "chatup_cache_messages",
+        ),
+        (
+            "cache too big",
+            "chatup_cache_messages 100001;",
+            "",
+            "chatup_cache_messages",
+        ),
+        (
+            "cache not a number",
+            "chatup_cache_messages lots;",
+            "",
+            "chatup_cache_messages",
+        ),
+        (
+            "ping interval word",
+            "chatup_ping_interval sometimes;",
+            "",
+            "chatup_ping_interval",
+        ),
+        (
+            "max unsent 0",
+            "chatup_max_unsent 0;",
+            "",
+            "chatup_max_unsent",
+        ),
+        (
+            "max unsent word",
+            "chatup_max_unsent big;",
+            "",
+            "chatup_max_unsent",
+        ),
+        (
+            "max channels word",
+            "chatup_max_channels many;",
+            "",
+            "chatup_max_channels",
+        ),
+        (
+            "max channels -1",
+            "chatup_max_channels -1;",
+            "",
+            "chatup_max_channels",
+        ),
+        (
+            "subscribe takes no argument",
+            "",
+            "location /sub/ { chatup_subscribe now; }",
+            "chatup_subscribe",
+        ),
+        (
+            "subscribe in http",
+            "chatup_subscribe;",
+            "",
+            "chatup_subscribe",
+        ),
+        (
+            "relay socket in server",
+            "",
+            "chatup_relay_socket /tmp/x.sock;",
+            "chatup_relay_socket",
+        ),
+        (
+            "cache in a location",
+            "",
+            "location /sub/ { chatup_subscribe; chatup_cache_messages 5; }",
+            "chatup_cache_messages",
+        ),
+        (
+            "relay socket twice",
+            "chatup_relay_socket /tmp/other.sock;",
+            "",
+            "chatup_relay_socket",
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (what, http, server, needle) in cases {
+        let (ok, out) = nginx_config_test(http, server);
+        if ok {
+            failures.push(format!("{what}: nginx -t passed\n{out}"));
+        } else if !out.contains(needle) {
+            failures.push(format!("{what}: the error does not name {needle}:\n{out}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n---\n"));
+}

@@ -1,0 +1,16 @@
+//! Integration tests: real nginx with the module and a real chatup-sidecar per test, each
+//! on its own ports and in its own temp folder. Build first with scripts/setup.
+
+mod auth;
+mod channels;
+mod config;
+mod delivery;
+mod frames;
+mod handshake;
+mod limits;
+mod ping;
+mod reload;
+mod restart;
+mod resume;
+mod sidecar_cli;
+mod slow;
