@@ -6,25 +6,20 @@
 //! for. Workers share nothing: no shared memory, no locks.
 //!
 //! Layout:
+//! - `chatup-module-core` (in `core/`): the logic in plain Rust, tested and fuzzed without
+//!   nginx — WebSocket codec, handshake checks, channel cache and resume, subscriber outbox,
+//!   the per-worker hub, reconnect backoff. The relay frames live in `chatup-wire`, shared
+//!   with the sidecar.
 //! - [`conf`]: the directives and their defaults.
-//! - Plain Rust, tested and fuzzed without nginx: [`ws`] (WebSocket codec), [`handshake`]
-//!   (upgrade checks, channels, `since`), [`cache`] (per-channel cache and resume),
-//!   [`outbox`] (a subscriber's unsent frames), [`hub`] (a worker's channels, subscribers and
-//!   relay state), [`backoff`] (relay reconnect delays). The relay frames live in the
-//!   `chatup-wire` crate shared with the sidecar.
 //! - `ffi`: the thin layer that touches nginx — the content handler and connection
 //!   events of subscribers, the relay connection, worker start and exit. Every `unsafe` block
 //!   is there, each with a `// SAFETY:` comment.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
-pub mod backoff;
-pub mod cache;
 pub mod conf;
-pub mod handshake;
-pub mod hub;
-pub mod outbox;
-pub mod ws;
+
+pub use chatup_module_core::{backoff, cache, handshake, hub, outbox, ws};
 
 #[cfg(not(test))]
 mod ffi;

@@ -1,0 +1,54 @@
+//! A worker's hub fed arbitrary relay frames while subscribers come and go: no panic, and
+//! nothing is ever queued for a subscriber after its close frame.
+#![no_main]
+
+use chatup_module_core::hub::{Hub, Subscription};
+use chatup_wire::{decode, Position, ToWorker};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&selector, rest)) = data.split_first() else {
+        return;
+    };
+    let mut hub: Hub<u8> = Hub::new(usize::from(selector % 8));
+    hub.relay_connected(1);
+    let channels = ["a", "b", "c"];
+    let mut keys = Vec::new();
+    for (i, ch) in channels.iter().enumerate() {
+        let since = (selector & (1 << i) != 0).then_some(Position { epoch: 1, id: 2 });
+        let subs = vec![Subscription { channel: ch.to_string(), since }];
+        keys.push(hub.add_subscriber(i as u8, subs, 64 + usize::from(selector)));
+    }
+    let mut closed = std::collections::HashSet::new();
+    let mut at = 0;
+    let mut step = 0usize;
+    while let Ok(Some((frame, used))) = decode::<ToWorker>(&rest[at..]) {
+        at += used;
+        step += 1;
+        hub.handle_relay_frame(frame);
+        if step % 5 == 0 {
+            if let Some(key) = keys.pop() {
+                hub.remove_subscriber(key);
+            }
+        }
+        if step % 7 == 0 {
+            hub.relay_disconnected();
+            hub.relay_connected(1);
+        }
+        for (key, _) in hub.take_dirty() {
+            let Some(sub) = hub.subscriber(key) else { continue };
+            let mut bytes = Vec::new();
+            sub.outbox.gather(&mut bytes, usize::MAX);
+            sub.outbox.consume(bytes.len());
+            assert!(
+                bytes.is_empty() || !closed.contains(&key),
+                "bytes queued after the close frame"
+            );
+            if sub.closing().is_some() {
+                closed.insert(key);
+            }
+        }
+        hub.report_stats();
+        hub.relay_output().clear();
+    }
+});

@@ -1,0 +1,17 @@
+//! The logic of `ngx_http_chatup_module`, in plain Rust: no nginx types, no `unsafe`, tested
+//! and fuzzed on its own. The module crate feeds it nginx events and writes what it queues.
+//!
+//! - [`ws`]: the WebSocket codec (client frames in, server frames out, accept key).
+//! - [`handshake`]: upgrade checks, channels from the path, `since` resume points.
+//! - [`cache`]: a channel's recent messages as ready-to-send frames, and resume.
+//! - [`outbox`]: a subscriber's unsent frames.
+//! - [`hub`]: a worker's channels, subscribers and relay state.
+//! - [`backoff`]: relay reconnect delays.
+#![forbid(unsafe_code)]
+
+pub mod backoff;
+pub mod cache;
+pub mod handshake;
+pub mod hub;
+pub mod outbox;
+pub mod ws;
