@@ -1,0 +1,643 @@
+//! Publisher authentication: JSON Web Tokens checked against one configured key.
+//!
+//! The accepted algorithms are pinned by configuration and must all belong to the key's
+//! family, so a token cannot pick its own algorithm: `alg: none` and the classic "HS256 signed
+//! with the RSA public key as secret" forgery are refused before any signature check.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::config::AuthConfig;
+
+/// The public key shipped in `nginx-conf/example-keys/`, whose private half is public
+/// knowledge. Running with it is allowed (examples, tests) but never quietly.
+pub const EXAMPLE_PUBLIC_KEY: &str = include_str!("../../nginx-conf/example-keys/jwt-public.pem");
+
+/// The kind of key an algorithm needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyFamily {
+    Hmac,
+    Rsa,
+    Ec,
+    Ed,
+}
+
+impl KeyFamily {
+    pub fn of(alg: Algorithm) -> Self {
+        use Algorithm::*;
+        match alg {
+            HS256 | HS384 | HS512 => Self::Hmac,
+            RS256 | RS384 | RS512 | PS256 | PS384 | PS512 => Self::Rsa,
+            ES256 | ES384 => Self::Ec,
+            EdDSA => Self::Ed,
+        }
+    }
+}
+
+impl fmt::Display for KeyFamily {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Hmac => "HMAC",
+            Self::Rsa => "RSA",
+            Self::Ec => "EC",
+            Self::Ed => "Ed25519",
+        })
+    }
+}
+
+/// Why the configured key cannot be used. Reported at startup.
+#[derive(Debug, thiserror::Error)]
+pub enum KeySetupError {
+    #[error("cannot read auth.public_key_file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "auth.public_key_file {path} is not an {family} public key in PEM form ({reason}); \
+         auth.algorithms = {algorithms} needs one"
+    )]
+    NotAKey {
+        path: PathBuf,
+        family: KeyFamily,
+        algorithms: String,
+        reason: String,
+    },
+    #[error(
+        "auth.algorithms = {algorithms} uses a shared secret, but auth.public_key_file {path} \
+         holds a PEM key; using a public key as an HMAC secret would let anyone forge tokens"
+    )]
+    PemAsSecret { path: PathBuf, algorithms: String },
+    #[error("auth.public_key_file {path} is empty")]
+    Empty { path: PathBuf },
+}
+
+/// Why a token was refused. The message is shown to the publisher.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// Missing, malformed, badly signed, wrong algorithm, wrong issuer or audience, bad claims.
+    #[error("{0}")]
+    BadToken(String),
+    /// Expired, or not valid yet: a fresh token fixes it.
+    #[error("{0}")]
+    Expired(String),
+}
+
+impl AuthError {
+    /// The error code sent to publishers.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::BadToken(_) => "bad_token",
+            Self::Expired(_) => "token_expired",
+        }
+    }
+
+    /// The WebSocket close code that goes with it.
+    pub fn close_code(&self) -> u16 {
+        match self {
+            Self::BadToken(_) => chatup_wire::close::BAD_TOKEN,
+            Self::Expired(_) => chatup_wire::close::TOKEN_EXPIRED,
+        }
+    }
+}
+
+/// Who a verified token says the publisher is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The `sub` claim, the user's id, for logs (and bans).
+    pub sub: Option<String>,
+    /// The `_public` claim encoded once as a JSON object; copied into every message as `user`.
+    pub user: Arc<str>,
+    /// Whether the token allows publishing events (`_events: true`).
+    pub events: bool,
+    /// The `exp` claim (seconds since the Unix epoch): a long-lived publisher connection
+    /// stops publishing once it passes, until it sends a fresh token.
+    pub expires_at: u64,
+}
+
+/// The claims this server reads; the rest of the payload is ignored.
+#[derive(Deserialize)]
+struct Claims {
+    exp: Value,
+    #[serde(default)]
+    sub: Option<Value>,
+    #[serde(default, rename = "_public")]
+    public: Option<Value>,
+    #[serde(default, rename = "_events")]
+    events: Option<Value>,
+}
+
+/// Checks tokens against the configured key and rules.
+pub struct Verifier {
+    /// The key, of the family of every accepted algorithm.
+    key: DecodingKey,
+    /// The rules handed to `jsonwebtoken`: algorithms, leeway, `exp`, `nbf`, `iss`, `aud`.
+    validation: Validation,
+    /// Accepted algorithm names, to refuse others with a clear message before verifying.
+    algorithm_names: Vec<String>,
+    /// Kept to check `exp` again on every publish of a long-lived connection.
+    leeway: u64,
+    /// Whether the key is the example key from the repository (logged loudly at startup).
+    example_key: bool,
+}
+
+impl Verifier {
+    /// Loads the key file and builds the rules from `[auth]`.
+    pub fn from_config(cfg: &AuthConfig) -> Result<Self, KeySetupError> {
+        let path = &cfg.public_key_file;
+        let bytes = std::fs::read(path).map_err(|source| KeySetupError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        Self::from_key_bytes(cfg, path, &bytes)
+    }
+
+    fn from_key_bytes(cfg: &AuthConfig, path: &Path, bytes: &[u8]) -> Result<Self, KeySetupError> {
+        let algorithms = format!("{:?}", cfg.algorithms);
+        let Some(first) = cfg.algorithms.first() else {
+            return Err(KeySetupError::NotAKey {
+                path: path.to_owned(),
+                family: KeyFamily::Rsa,
+                algorithms,
+                reason: "no algorithm is configured".into(),
+            });
+        };
+        let family = KeyFamily::of(*first);
+        let not_a_key = |e: jsonwebtoken::errors::Error| KeySetupError::NotAKey {
+            path: path.to_owned(),
+            family,
+            algorithms: algorithms.clone(),
+            reason: e.to_string(),
+        };
+        let key = match family {
+            KeyFamily::Hmac => {
+                let secret = bytes.trim_ascii_end();
+                if secret.is_empty() {
+                    return Err(KeySetupError::Empty {
+                        path: path.to_owned(),
+                    });
+                }
+                if secret.trim_ascii_start().starts_with(b"-----BEGIN") {
+                    return Err(KeySetupError::PemAsSecret {
+                        path: path.to_owned(),
+                        algorithms,
+                    });
+                }
+                if secret.len() < 32 {
+                    tracing::warn!(
+                        path = %path.display(),
+                        bytes = secret.len(),
+                        "the HMAC secret in auth.public_key_file is shorter than 32 bytes; \
+                         use a long random secret"
+                    );
+                }
+                DecodingKey::from_secret(secret)
+            }
+            KeyFamily::Rsa => DecodingKey::from_rsa_pem(bytes).map_err(not_a_key)?,
+            KeyFamily::Ec => DecodingKey::from_ec_pem(bytes).map_err(not_a_key)?,
+            KeyFamily::Ed => DecodingKey::from_ed_pem(bytes).map_err(not_a_key)?,
+        };
+
+        let mut validation = Validation::new(*first);
+        validation.algorithms = cfg.algorithms.clone();
+        validation.leeway = cfg.leeway_seconds;
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        let mut required = vec!["exp"];
+        if cfg.issuer.is_empty() {
+            validation.iss = None;
+        } else {
+            validation.set_issuer(&[&cfg.issuer]);
+            required.push("iss");
+        }
+        if cfg.audience.is_empty() {
+            validation.validate_aud = false;
+            validation.aud = None;
+        } else {
+            validation.set_audience(&[&cfg.audience]);
+            required.push("aud");
+        }
+        validation.set_required_spec_claims(&required);
+
+        Ok(Self {
+            key,
+            validation,
+            algorithm_names: cfg.algorithms.iter().map(|a| format!("{a:?}")).collect(),
+            leeway: cfg.leeway_seconds,
+            example_key: family != KeyFamily::Hmac && same_pem(bytes, EXAMPLE_PUBLIC_KEY),
+        })
+    }
+
+    /// Whether the configured key is the repository's example key.
+    pub fn uses_example_key(&self) -> bool {
+        self.example_key
+    }
+
+    /// Verifies `token` and extracts the publisher's identity.
+    pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+        let bad = |m: &str| AuthError::BadToken(m.to_owned());
+        let token = token.trim();
+        if token.is_empty() {
+            return Err(bad("the token is empty"));
+        }
+        let mut parts = token.split('.');
+        let (Some(header), Some(_), Some(_), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(bad(
+                "the token is not a JWT (expected three base64url parts separated by '.')",
+            ));
+        };
+
+        // Read the algorithm ourselves first, so that "none" and unknown names get a clear
+        // answer instead of a parse error.
+        let header = URL_SAFE_NO_PAD
+            .decode(header.trim_end_matches('='))
+            .ok()
+            .and_then(|raw| serde_json::from_slice::<Value>(&raw).ok())
+            .ok_or_else(|| bad("the token header is not base64url-encoded JSON"))?;
+        let alg = header
+            .get("alg")
+            .and_then(Value::as_str)
+            .ok_or_else(|| bad("the token header has no \"alg\""))?;
+        if !self.algorithm_names.iter().any(|a| a == alg) {
+            return Err(AuthError::BadToken(format!(
+                "the token is signed with {alg:?}; this server accepts only {}",
+                self.algorithm_names.join(", ")
+            )));
+        }
+
+        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
+            .map_err(|e| describe(e.into_kind()))?;
+        let claims = data.claims;
+
+        let expires_at = match &claims.exp {
+            Value::Number(n) => n
+                .as_u64()
+                .or_else(|| n.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64)),
+            _ => None,
+        }
+        .ok_or_else(|| bad("the \"exp\" claim must be a number of seconds"))?;
+
+        let user = match claims.public {
+            None | Some(Value::Null) => return Err(bad("the token has no \"_public\" claim")),
+            Some(v @ Value::Object(_)) => serde_json::to_string(&v)
+                .map_err(|_| bad("the \"_public\" claim cannot be encoded"))?,
+            Some(other) => {
+                return Err(AuthError::BadToken(format!(
+                    "the \"_public\" claim must be a JSON object, not {}",
+                    json_kind(&other)
+                )))
+            }
+        };
+        let sub = match claims.sub {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(s),
+            Some(Value::Number(n)) => Some(n.to_string()),
+            Some(other) => {
+                return Err(AuthError::BadToken(format!(
+                    "the \"sub\" claim must be a string, not {}",
+                    json_kind(&other)
+                )))
+            }
+        };
+        Ok(Identity {
+            sub,
+            user: user.into(),
+            events: claims.events == Some(Value::Bool(true)),
+            expires_at,
+        })
+    }
+
+    /// Whether an identity verified earlier has expired since (with the configured leeway).
+    pub fn expired(&self, identity: &Identity, now_secs: u64) -> bool {
+        identity.expires_at.saturating_add(self.leeway) < now_secs
+    }
+}
+
+fn describe(kind: ErrorKind) -> AuthError {
+    let bad = |m: &str| AuthError::BadToken(m.to_owned());
+    match kind {
+        ErrorKind::ExpiredSignature => AuthError::Expired("the token has expired".into()),
+        ErrorKind::ImmatureSignature => {
+            AuthError::Expired("the token is not valid yet (its \"nbf\" is in the future)".into())
+        }
+        ErrorKind::InvalidSignature => {
+            bad("the token's signature does not match the configured key")
+        }
+        ErrorKind::InvalidAlgorithm => bad("the token's algorithm is not accepted"),
+        ErrorKind::MissingRequiredClaim(c) => {
+            AuthError::BadToken(format!("the token has no {c:?} claim"))
+        }
+        ErrorKind::InvalidIssuer => bad("the token's \"iss\" is not the expected issuer"),
+        ErrorKind::InvalidAudience => bad("the token's \"aud\" is not the expected audience"),
+        ErrorKind::Base64(_) => bad("the token is not valid base64url"),
+        ErrorKind::Json(e) => AuthError::BadToken(format!("the token's claims are malformed: {e}")),
+        ErrorKind::Utf8(_) => bad("the token's claims are not UTF-8"),
+        other => AuthError::BadToken(format!("the token is invalid: {other:?}")),
+    }
+}
+
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Whether two PEM texts hold the same data, whatever their line breaks.
+fn same_pem(a: &[u8], b: &str) -> bool {
+    fn body(pem: &[u8]) -> Vec<u8> {
+        let text = String::from_utf8_lossy(pem);
+        text.lines()
+            .map(str::trim)
+            .filter(|l| !l.starts_with("-----"))
+            .flat_map(|l| l.bytes())
+            .filter(|b| !b.is_ascii_whitespace())
+            .collect()
+    }
+    let a = body(a);
+    !a.is_empty() && a == body(b.as_bytes())
+}
+
+/// Logs, at WARN and impossible to miss, that the example key is in use.
+pub fn warn_example_key(path: &Path) {
+    let path = path.display().to_string();
+    let lines = [
+        "****************************************************************************",
+        "*  INSECURE: auth.public_key_file is the EXAMPLE key from chatup's sources *",
+        "*  Its private key is published: ANYONE can mint tokens this sidecar       *",
+        "*  accepts and post as any user. Fine for a demo, NEVER for production.    *",
+        "*  Make your own pair (see nginx-conf/example-keys/README.md) and point    *",
+        "*  auth.public_key_file at the new public key.                             *",
+        "****************************************************************************",
+    ];
+    for line in lines {
+        tracing::warn!(key_file = %path, "{line}");
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use jsonwebtoken::{EncodingKey, Header};
+    use serde_json::json;
+
+    pub(crate) const PRIVATE: &str = include_str!("../../nginx-conf/example-keys/jwt-private.pem");
+
+    pub(crate) fn now() -> u64 {
+        jsonwebtoken::get_current_timestamp()
+    }
+
+    pub(crate) fn sign(claims: &Value) -> String {
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::RS256),
+            claims,
+            &EncodingKey::from_rsa_pem(PRIVATE.as_bytes()).unwrap(),
+        )
+        .unwrap()
+    }
+
+    pub(crate) fn good_claims() -> Value {
+        json!({"exp": now() + 600, "sub": "u1", "_public": {"name": "ann", "color": "red"}})
+    }
+
+    pub(crate) fn verifier() -> Verifier {
+        Verifier::from_key_bytes(
+            &AuthConfig::default(),
+            Path::new("jwt-public.pem"),
+            EXAMPLE_PUBLIC_KEY.as_bytes(),
+        )
+        .unwrap()
+    }
+
+    fn b64(v: &Value) -> String {
+        URL_SAFE_NO_PAD.encode(serde_json::to_vec(v).unwrap())
+    }
+
+    #[test]
+    fn accepts_a_good_token() {
+        let id = verifier().verify(&sign(&good_claims())).unwrap();
+        assert_eq!(id.sub.as_deref(), Some("u1"));
+        assert_eq!(&*id.user, r#"{"color":"red","name":"ann"}"#);
+        assert!(!id.events);
+        let mut c = good_claims();
+        c["_events"] = json!(true);
+        c["sub"] = json!(42);
+        let id = verifier().verify(&sign(&c)).unwrap();
+        assert!(id.events);
+        assert_eq!(id.sub.as_deref(), Some("42"));
+    }
+
+    #[test]
+    fn example_key_is_recognised_with_other_line_endings() {
+        assert!(verifier().uses_example_key());
+        let crlf = EXAMPLE_PUBLIC_KEY.replace('\n', "\r\n");
+        assert!(same_pem(crlf.as_bytes(), EXAMPLE_PUBLIC_KEY));
+        assert!(!same_pem(
+            b"-----BEGIN PUBLIC KEY-----\nAAAA\n",
+            EXAMPLE_PUBLIC_KEY
+        ));
+    }
+
+    #[test]
+    fn refuses_a_bad_signature() {
+        let token = sign(&good_claims());
+        let (head, sig) = token.rsplit_once('.').unwrap();
+        let mut sig = sig.as_bytes().to_vec();
+        sig[10] = if sig[10] == b'A' { b'B' } else { b'A' };
+        let forged = format!("{head}.{}", String::from_utf8(sig).unwrap());
+        let err = verifier().verify(&forged).unwrap_err();
+        assert_eq!(err.code(), "bad_token");
+        assert!(err.to_string().contains("signature"), "{err}");
+
+        // Claims changed after signing.
+        let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
+        let mut c = good_claims();
+        c["_public"]["name"] = json!("mallory");
+        parts[1] = b64(&c);
+        assert_eq!(
+            verifier().verify(&parts.join(".")).unwrap_err().code(),
+            "bad_token"
+        );
+    }
+
+    #[test]
+    fn refuses_expired_and_not_yet_valid() {
+        let mut c = good_claims();
+        c["exp"] = json!(now() - 60);
+        let err = verifier().verify(&sign(&c)).unwrap_err();
+        assert_eq!(err.code(), "token_expired");
+        assert_eq!(err.close_code(), 4501);
+
+        // Within the leeway it still passes.
+        c["exp"] = json!(now() - 2);
+        assert!(verifier().verify(&sign(&c)).is_ok());
+
+        let mut c = good_claims();
+        c["nbf"] = json!(now() + 120);
+        let err = verifier().verify(&sign(&c)).unwrap_err();
+        assert_eq!(err.code(), "token_expired");
+        assert!(err.to_string().contains("nbf"), "{err}");
+        c["nbf"] = json!(now() - 1);
+        assert!(verifier().verify(&sign(&c)).is_ok());
+
+        let mut c = good_claims();
+        c.as_object_mut().unwrap().remove("exp");
+        let err = verifier().verify(&sign(&c)).unwrap_err();
+        assert_eq!(err.code(), "bad_token");
+        assert!(err.to_string().contains("exp"), "{err}");
+    }
+
+    #[test]
+    fn refuses_alg_none() {
+        let token = format!(
+            "{}.{}.",
+            b64(&json!({"alg": "none", "typ": "JWT"})),
+            b64(&good_claims())
+        );
+        let err = verifier().verify(&token).unwrap_err();
+        assert_eq!(err.code(), "bad_token");
+        assert!(err.to_string().contains("\"none\""), "{err}");
+        assert_eq!(err.close_code(), 4500);
+    }
+
+    #[test]
+    fn refuses_hs256_signed_with_the_public_key() {
+        let token = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &good_claims(),
+            &EncodingKey::from_secret(EXAMPLE_PUBLIC_KEY.as_bytes()),
+        )
+        .unwrap();
+        let err = verifier().verify(&token).unwrap_err();
+        assert_eq!(err.code(), "bad_token");
+        assert!(err.to_string().contains("HS256"), "{err}");
+    }
+
+    #[test]
+    fn refuses_missing_or_non_object_public() {
+        for (public, expect) in [
+            (None, "no \"_public\""),
+            (Some(json!(null)), "no \"_public\""),
+            (Some(json!("ann")), "not a string"),
+            (Some(json!(["ann"])), "not an array"),
+            (Some(json!(7)), "not a number"),
+        ] {
+            let mut c = good_claims();
+            match public {
+                None => {
+                    c.as_object_mut().unwrap().remove("_public");
+                }
+                Some(p) => c["_public"] = p,
+            }
+            let err = verifier().verify(&sign(&c)).unwrap_err();
+            assert_eq!(err.code(), "bad_token");
+            assert!(err.to_string().contains(expect), "{err} / {expect}");
+        }
+    }
+
+    #[test]
+    fn refuses_garbage() {
+        for token in ["", "abc", "a.b", "a.b.c.d", "!!.x.y"] {
+            assert_eq!(verifier().verify(token).unwrap_err().code(), "bad_token");
+        }
+    }
+
+    #[test]
+    fn checks_issuer_and_audience_when_configured() {
+        let cfg = AuthConfig {
+            issuer: "https://id.example".into(),
+            audience: "chat".into(),
+            ..AuthConfig::default()
+        };
+        let v =
+            Verifier::from_key_bytes(&cfg, Path::new("k"), EXAMPLE_PUBLIC_KEY.as_bytes()).unwrap();
+        assert!(v.verify(&sign(&good_claims())).is_err());
+        let mut c = good_claims();
+        c["iss"] = json!("https://id.example");
+        c["aud"] = json!("chat");
+        assert!(v.verify(&sign(&c)).is_ok());
+        c["aud"] = json!("other");
+        assert!(v.verify(&sign(&c)).unwrap_err().to_string().contains("aud"));
+        // Without configured audience, a token's aud is not a reason to refuse it.
+        assert!(verifier().verify(&sign(&c)).is_ok());
+    }
+
+    #[test]
+    fn key_setup_errors_are_clear() {
+        let cfg = AuthConfig {
+            public_key_file: "/nonexistent/key.pem".into(),
+            ..AuthConfig::default()
+        };
+        let msg = Verifier::from_config(&cfg).err().unwrap().to_string();
+        assert!(
+            msg.contains("/nonexistent/key.pem") && msg.contains("auth.public_key_file"),
+            "{msg}"
+        );
+
+        let msg = Verifier::from_key_bytes(&AuthConfig::default(), Path::new("k"), b"hello")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            msg.contains("RSA public key") && msg.contains("RS256"),
+            "{msg}"
+        );
+
+        let hs = AuthConfig {
+            algorithms: vec![Algorithm::HS256],
+            ..AuthConfig::default()
+        };
+        let msg = Verifier::from_key_bytes(&hs, Path::new("k"), EXAMPLE_PUBLIC_KEY.as_bytes())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(msg.contains("PEM key"), "{msg}");
+    }
+
+    #[test]
+    fn hmac_secrets_work_without_their_trailing_newline() {
+        let hs = AuthConfig {
+            algorithms: vec![Algorithm::HS256],
+            ..AuthConfig::default()
+        };
+        let secret = "a-long-random-secret-of-at-least-32-bytes";
+        let v = Verifier::from_key_bytes(&hs, Path::new("k"), format!("{secret}\n").as_bytes())
+            .unwrap();
+        assert!(!v.uses_example_key());
+        let token = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &good_claims(),
+            &EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .unwrap();
+        assert!(v.verify(&token).is_ok());
+        // An RS256 token is refused by an HS256 server.
+        assert_eq!(
+            v.verify(&sign(&good_claims())).unwrap_err().code(),
+            "bad_token"
+        );
+    }
+
+    #[test]
+    fn expiry_is_rechecked_for_long_sessions() {
+        let v = verifier();
+        let id = v.verify(&sign(&good_claims())).unwrap();
+        assert!(!v.expired(&id, now()));
+        assert!(v.expired(&id, id.expires_at + 6));
+        assert!(!v.expired(&id, id.expires_at + 5));
+    }
+}

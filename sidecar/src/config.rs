@@ -1,0 +1,798 @@
+//! Configuration: defaults, then a TOML file, then `CHATUP_<SECTION>_<KEY>` environment
+//! variables, then `--set section.key=value` flags (later layers win).
+//!
+//! The set of keys is not written down anywhere but in [`Config`]: the defaults are
+//! serialized to a TOML tree and its leaves are the keys. Every layer is checked against that
+//! tree, so an unknown or mistyped key fails loudly and names itself instead of being ignored.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use jsonwebtoken::Algorithm;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use toml::{Table, Value};
+
+use crate::auth::KeyFamily;
+
+/// Prefix of every environment variable that overrides a config key.
+pub const ENV_PREFIX: &str = "CHATUP_";
+
+/// Environment variable naming the config file (same as `--config`).
+pub const CONFIG_FILE_ENV: &str = "CHATUP_CONFIG";
+
+/// The sidecar's whole configuration. Every key is optional; see the field docs for why each
+/// exists and its default.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub relay: RelayConfig,
+    pub http: HttpConfig,
+    pub auth: AuthConfig,
+    pub limits: LimitsConfig,
+    pub history: HistoryConfig,
+    pub log: LogConfig,
+}
+
+/// The Unix socket that the nginx workers of this host connect to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RelayConfig {
+    /// Path of the socket. Must match nginx's `chatup_relay_socket`.
+    pub socket: PathBuf,
+    /// File mode given to the socket, so that nginx workers (often another user in the same
+    /// group) may connect while others may not.
+    pub socket_mode: SocketMode,
+    /// Messages queued for one nginx worker before its connection is closed as too slow.
+    /// Bounds the memory a stuck worker can pin; the worker reconnects and resumes.
+    pub queue_size: usize,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            socket: PathBuf::from("/run/chatup/relay.sock"),
+            socket_mode: SocketMode(0o660),
+            queue_size: 65_536,
+        }
+    }
+}
+
+/// The HTTP listener for the publisher endpoints and `/health`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address to listen on; nginx proxies the public paths to it, so loopback by default.
+    pub listen: SocketAddr,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7001)),
+        }
+    }
+}
+
+/// How publisher tokens (JWT) are verified.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// PEM public key (RSA, EC or Ed25519) or, for HS* algorithms, the file holding the
+    /// shared secret (trailing whitespace is not part of the secret).
+    pub public_key_file: PathBuf,
+    /// Algorithms a token may be signed with. Pinned so a token cannot choose its own
+    /// (e.g. `none`, or HS256 with the public key as secret); all must fit the key.
+    pub algorithms: Vec<Algorithm>,
+    /// Clock skew tolerated on `exp` and `nbf`, in seconds.
+    pub leeway_seconds: u64,
+    /// Required `iss` claim; empty means not checked.
+    pub issuer: String,
+    /// Required `aud` claim; empty means not checked.
+    pub audience: String,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            public_key_file: PathBuf::from("/etc/chatup/jwt-public.pem"),
+            algorithms: vec![Algorithm::RS256],
+            leeway_seconds: 5,
+            issuer: String::new(),
+            audience: String::new(),
+        }
+    }
+}
+
+/// Limits on what publishers may send.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Longest chat message, in characters (Unicode scalar values), not bytes.
+    pub max_message_chars: usize,
+    /// Largest serialized `data` of an event, in bytes.
+    pub max_event_bytes: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_message_chars: 1000,
+            max_event_bytes: 4096,
+        }
+    }
+}
+
+/// Message history kept by the memory broker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HistoryConfig {
+    /// Messages kept per channel, for replay and resume.
+    pub size: usize,
+    /// A channel without subscribers and without messages for this long is forgotten (its
+    /// next use starts a new epoch), so abandoned channels do not hold memory forever.
+    pub ttl_seconds: u64,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        Self {
+            size: 100,
+            ttl_seconds: 86_400,
+        }
+    }
+}
+
+/// Logging to stderr.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// A `tracing` filter such as `info` or `chatup_sidecar=debug,info`; `RUST_LOG` wins.
+    pub level: String,
+    /// `text` for people, `json` for log collectors.
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// A Unix file mode written in octal, as in `chmod` (`"0660"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocketMode(pub u32);
+
+impl fmt::Display for SocketMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:04o}", self.0)
+    }
+}
+
+impl Serialize for SocketMode {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for SocketMode {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        let digits = text.strip_prefix("0o").unwrap_or(&text);
+        match u32::from_str_radix(digits, 8) {
+            Ok(mode) if mode <= 0o777 && !digits.is_empty() => Ok(SocketMode(mode)),
+            _ => Err(serde::de::Error::custom(format!(
+                "{text:?} is not an octal file mode between 0000 and 0777 (e.g. \"0660\")"
+            ))),
+        }
+    }
+}
+
+/// Why the configuration could not be loaded. Each variant names the key and where the
+/// offending value came from.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    ReadFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid TOML: {message}")]
+    ParseFile { path: PathBuf, message: String },
+    #[error("unknown config key `{key}` in {origin}; known keys: {known}")]
+    UnknownKey {
+        key: String,
+        origin: String,
+        known: String,
+    },
+    #[error("config key `{key}` in {origin} must be {expected}, not {found}")]
+    WrongType {
+        key: String,
+        origin: String,
+        expected: &'static str,
+        found: &'static str,
+    },
+    #[error("invalid value for `{key}` in {origin}: {message}")]
+    BadValue {
+        key: String,
+        origin: String,
+        message: String,
+    },
+    #[error("--set expects section.key=value (e.g. --set http.listen=127.0.0.1:7001), got `{0}`")]
+    BadSet(String),
+    #[error("invalid value for `{key}`: {message}")]
+    Invalid { key: String, message: String },
+}
+
+/// A loaded configuration and the warnings met on the way (logged once logging is set up).
+#[derive(Debug)]
+pub struct Loaded {
+    pub config: Config,
+    pub warnings: Vec<String>,
+}
+
+impl Config {
+    /// The defaults as a TOML tree: the authoritative list of keys and their types.
+    pub fn defaults_tree() -> Table {
+        match Value::try_from(Config::default()) {
+            Ok(Value::Table(t)) => t,
+            // The defaults are plain data that always serialize to a table.
+            _ => Table::new(),
+        }
+    }
+
+    /// Every key as `section.key`, in file order of sections.
+    pub fn keys() -> Vec<String> {
+        leaves(&Config::defaults_tree())
+            .into_iter()
+            .map(|(path, _)| path.join("."))
+            .collect()
+    }
+
+    /// The environment variable that overrides `key` (`http.listen` → `CHATUP_HTTP_LISTEN`).
+    pub fn env_var(key: &str) -> String {
+        format!("{ENV_PREFIX}{}", key.replace('.', "_").to_uppercase())
+    }
+
+    /// Loads the layers in order: defaults, `file`, the `CHATUP_*` variables of `env`, then
+    /// the `--set` assignments.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (OsString, OsString)>,
+        sets: &[String],
+    ) -> Result<Loaded, ConfigError> {
+        let defaults = Config::defaults_tree();
+        let mut merged = defaults.clone();
+        let mut warnings = Vec::new();
+
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
+                path: path.to_owned(),
+                source,
+            })?;
+            let table: Table = toml::from_str(&text).map_err(|e| ConfigError::ParseFile {
+                path: path.to_owned(),
+                message: e.to_string(),
+            })?;
+            let origin = format!("config file {}", path.display());
+            merge_table(&defaults, &mut merged, &table, &mut Vec::new(), &origin)?;
+        }
+
+        let key_by_env: BTreeMap<String, Vec<String>> = leaves(&defaults)
+            .into_iter()
+            .map(|(path, _)| (Config::env_var(&path.join(".")), path))
+            .collect();
+        let mut env_values: BTreeMap<String, (Vec<String>, String)> = BTreeMap::new();
+        for (name, value) in env {
+            let Some(name) = name.to_str() else { continue };
+            if !name.starts_with(ENV_PREFIX) || name == CONFIG_FILE_ENV {
+                continue;
+            }
+            let Some(path) = key_by_env.get(name) else {
+                warnings.push(format!(
+                    "environment variable {name} matches no config key and is ignored"
+                ));
+                continue;
+            };
+            let value = value.into_string().map_err(|_| ConfigError::BadValue {
+                key: path.join("."),
+                origin: format!("environment variable {name}"),
+                message: "not valid UTF-8".into(),
+            })?;
+            env_values.insert(name.to_owned(), (path.clone(), value));
+        }
+        for (name, (path, raw)) in env_values {
+            let origin = format!("environment variable {name}");
+            set_leaf(&defaults, &mut merged, &path, &raw, &origin)?;
+        }
+
+        for assignment in sets {
+            let (key, raw) = assignment
+                .split_once('=')
+                .ok_or_else(|| ConfigError::BadSet(assignment.clone()))?;
+            let path: Vec<String> = key.trim().split('.').map(str::to_owned).collect();
+            if path.iter().any(String::is_empty) {
+                return Err(ConfigError::BadSet(assignment.clone()));
+            }
+            set_leaf(&defaults, &mut merged, &path, raw, "--set")?;
+        }
+
+        let config: Config = serde_path_to_error::deserialize(Value::Table(merged)).map_err(
+            |e: serde_path_to_error::Error<toml::de::Error>| ConfigError::Invalid {
+                key: e.path().to_string(),
+                message: e.inner().to_string(),
+            },
+        )?;
+        config.validate()?;
+        Ok(Loaded { config, warnings })
+    }
+
+    /// Checks what the types alone cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            key: key.into(),
+            message,
+        };
+        let algorithms = &self.auth.algorithms;
+        let Some(first) = algorithms.first() else {
+            return Err(invalid(
+                "auth.algorithms",
+                "at least one algorithm is needed (e.g. [\"RS256\"])".into(),
+            ));
+        };
+        let family = KeyFamily::of(*first);
+        if let Some(other) = algorithms.iter().find(|a| KeyFamily::of(**a) != family) {
+            return Err(invalid(
+                "auth.algorithms",
+                format!(
+                    "{first:?} ({family}) and {other:?} ({}) need different kinds of key; \
+                     one key file serves one family, so list algorithms of one family only",
+                    KeyFamily::of(*other)
+                ),
+            ));
+        }
+        if self.relay.socket.as_os_str().is_empty() {
+            return Err(invalid("relay.socket", "must not be empty".into()));
+        }
+        if self.relay.queue_size == 0 {
+            return Err(invalid("relay.queue_size", "must be at least 1".into()));
+        }
+        if self.limits.max_message_chars == 0 {
+            return Err(invalid(
+                "limits.max_message_chars",
+                "must be at least 1".into(),
+            ));
+        }
+        if self.history.ttl_seconds == 0 {
+            return Err(invalid("history.ttl_seconds", "must be at least 1".into()));
+        }
+        if self.log.level.trim().is_empty() {
+            return Err(invalid("log.level", "must not be empty".into()));
+        }
+        Ok(())
+    }
+
+    /// The configuration as TOML, e.g. for `chatup-sidecar config`.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_else(|e| format!("# cannot print the config: {e}\n"))
+    }
+}
+
+/// Text for `--help`: every key with its environment variable and default.
+pub fn keys_help() -> String {
+    let mut out = String::from(
+        "Configuration keys (TOML file section.key; environment variable; default).\n\
+         Precedence: --set > environment > config file > default. Lists in environment\n\
+         variables and --set are comma-separated (CHATUP_AUTH_ALGORITHMS=RS256,RS512).\n\n",
+    );
+    for (path, value) in leaves(&Config::defaults_tree()) {
+        let key = path.join(".");
+        out.push_str(&format!(
+            "  {key:<24} {:<32} {}\n",
+            Config::env_var(&key),
+            value
+        ));
+    }
+    out
+}
+
+/// The leaves of a tree, each with its path.
+fn leaves(table: &Table) -> Vec<(Vec<String>, Value)> {
+    fn walk(table: &Table, prefix: &mut Vec<String>, out: &mut Vec<(Vec<String>, Value)>) {
+        for (k, v) in table {
+            prefix.push(k.clone());
+            match v {
+                Value::Table(t) => walk(t, prefix, out),
+                other => out.push((prefix.clone(), other.clone())),
+            }
+            prefix.pop();
+        }
+    }
+    let mut out = Vec::new();
+    walk(table, &mut Vec::new(), &mut out);
+    out
+}
+
+fn known_keys() -> String {
+    Config::keys().join(", ")
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::String(_) => "a string",
+        Value::Integer(_) => "an integer",
+        Value::Float(_) => "a number",
+        Value::Boolean(_) => "true or false",
+        Value::Datetime(_) => "a date",
+        Value::Array(_) => "a list",
+        Value::Table(_) => "a table",
+    }
+}
+
+/// Copies `given` into `merged`, refusing keys that `defaults` does not have and values whose
+/// type differs from the default's.
+fn merge_table(
+    defaults: &Table,
+    merged: &mut Table,
+    given: &Table,
+    path: &mut Vec<String>,
+    origin: &str,
+) -> Result<(), ConfigError> {
+    for (k, v) in given {
+        path.push(k.clone());
+        let key = path.join(".");
+        let (Some(default), Some(slot)) = (defaults.get(k), merged.get_mut(k)) else {
+            return Err(ConfigError::UnknownKey {
+                key,
+                origin: origin.into(),
+                known: known_keys(),
+            });
+        };
+        match (default, v, slot) {
+            (Value::Table(d), Value::Table(g), Value::Table(m)) => {
+                merge_table(d, m, g, path, origin)?
+            }
+            (d, g, slot) => {
+                check_type(d, g, &key, origin)?;
+                *slot = g.clone();
+            }
+        }
+        path.pop();
+    }
+    Ok(())
+}
+
+fn check_type(default: &Value, given: &Value, key: &str, origin: &str) -> Result<(), ConfigError> {
+    let same = std::mem::discriminant(default) == std::mem::discriminant(given);
+    if same {
+        if let (Value::Array(_), Value::Array(items)) = (default, given) {
+            if let Some(bad) = items.iter().find(|i| !i.is_str()) {
+                return Err(ConfigError::WrongType {
+                    key: key.into(),
+                    origin: origin.into(),
+                    expected: "a list of strings",
+                    found: type_name(bad),
+                });
+            }
+        }
+        return Ok(());
+    }
+    Err(ConfigError::WrongType {
+        key: key.into(),
+        origin: origin.into(),
+        expected: type_name(default),
+        found: type_name(given),
+    })
+}
+
+/// Sets one leaf from text (an environment variable or `--set`), typed like its default.
+fn set_leaf(
+    defaults: &Table,
+    merged: &mut Table,
+    path: &[String],
+    raw: &str,
+    origin: &str,
+) -> Result<(), ConfigError> {
+    let key = path.join(".");
+    let unknown = || ConfigError::UnknownKey {
+        key: key.clone(),
+        origin: origin.into(),
+        known: known_keys(),
+    };
+    let (last, parents) = path.split_last().ok_or_else(unknown)?;
+    let mut d = defaults;
+    let mut m = merged;
+    for p in parents {
+        match (d.get(p), m.get_mut(p)) {
+            (Some(Value::Table(dt)), Some(Value::Table(mt))) => {
+                d = dt;
+                m = mt;
+            }
+            _ => return Err(unknown()),
+        }
+    }
+    let default = match d.get(last) {
+        Some(Value::Table(_)) | None => return Err(unknown()),
+        Some(v) => v,
+    };
+    let bad = |message: String| ConfigError::BadValue {
+        key: key.clone(),
+        origin: origin.into(),
+        message,
+    };
+    let raw_trimmed = raw.trim();
+    let value = match default {
+        Value::String(_) => Value::String(raw.to_owned()),
+        Value::Integer(_) => Value::Integer(
+            raw_trimmed
+                .parse()
+                .map_err(|_| bad(format!("expected an integer, got {raw:?}")))?,
+        ),
+        Value::Float(_) => Value::Float(
+            raw_trimmed
+                .parse()
+                .map_err(|_| bad(format!("expected a number, got {raw:?}")))?,
+        ),
+        Value::Boolean(_) => Value::Boolean(
+            raw_trimmed
+                .parse()
+                .map_err(|_| bad(format!("expected true or false, got {raw:?}")))?,
+        ),
+        Value::Array(_) => Value::Array(
+            raw.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| Value::String(s.to_owned()))
+                .collect(),
+        ),
+        Value::Datetime(_) | Value::Table(_) => {
+            return Err(bad("this key cannot be set from text".into()))
+        }
+    };
+    m.insert(last.clone(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(OsString, OsString)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (OsString::from(k), OsString::from(v)))
+            .collect()
+    }
+
+    fn file(text: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+        f
+    }
+
+    #[test]
+    fn defaults_match_the_documented_ones() {
+        let c = Config::load(None, env(&[]), &[]).unwrap().config;
+        assert_eq!(c.relay.socket, PathBuf::from("/run/chatup/relay.sock"));
+        assert_eq!(c.relay.socket_mode, SocketMode(0o660));
+        assert_eq!(c.http.listen.to_string(), "127.0.0.1:7001");
+        assert_eq!(c.auth.algorithms, vec![Algorithm::RS256]);
+        assert_eq!(c.auth.leeway_seconds, 5);
+        assert_eq!(c.limits.max_message_chars, 1000);
+        assert_eq!(c.limits.max_event_bytes, 4096);
+        assert_eq!(c.history.size, 100);
+        assert_eq!(c.history.ttl_seconds, 86400);
+        assert_eq!(c.log.format, LogFormat::Text);
+    }
+
+    #[test]
+    fn keys_come_from_the_struct() {
+        let keys = Config::keys();
+        for k in [
+            "relay.socket",
+            "relay.socket_mode",
+            "http.listen",
+            "auth.public_key_file",
+            "auth.algorithms",
+            "auth.leeway_seconds",
+            "auth.issuer",
+            "auth.audience",
+            "limits.max_message_chars",
+            "limits.max_event_bytes",
+            "history.size",
+            "history.ttl_seconds",
+            "log.level",
+            "log.format",
+        ] {
+            assert!(keys.contains(&k.to_string()), "{k} missing from {keys:?}");
+        }
+        assert_eq!(
+            Config::env_var("relay.socket_mode"),
+            "CHATUP_RELAY_SOCKET_MODE"
+        );
+        assert!(keys_help().contains("CHATUP_AUTH_ALGORITHMS"));
+    }
+
+    #[test]
+    fn layers_apply_in_order_flag_env_file_default() {
+        let f = file(
+            "[http]\nlisten = \"127.0.0.1:8000\"\n[history]\nsize = 7\nttl_seconds = 60\n\
+             [auth]\nissuer = \"file\"\n",
+        );
+        let e = env(&[
+            ("CHATUP_HISTORY_SIZE", "8"),
+            ("CHATUP_AUTH_ISSUER", "env"),
+            ("PATH", "/bin"),
+        ]);
+        let sets = vec!["auth.issuer=flag".to_string()];
+        let c = Config::load(Some(f.path()), e, &sets).unwrap().config;
+        assert_eq!(c.http.listen.to_string(), "127.0.0.1:8000"); // file
+        assert_eq!(c.history.ttl_seconds, 60); // file
+        assert_eq!(c.history.size, 8); // env beats file
+        assert_eq!(c.auth.issuer, "flag"); // flag beats env
+        assert_eq!(c.auth.leeway_seconds, 5); // default
+    }
+
+    #[test]
+    fn lists_from_env_are_comma_separated() {
+        let c = Config::load(
+            None,
+            env(&[("CHATUP_AUTH_ALGORITHMS", "RS256, RS512,PS256")]),
+            &[],
+        )
+        .unwrap()
+        .config;
+        assert_eq!(
+            c.auth.algorithms,
+            vec![Algorithm::RS256, Algorithm::RS512, Algorithm::PS256]
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let f = file("[relay]\nsockett = \"/x\"\n");
+        let err = Config::load(Some(f.path()), env(&[]), &[]).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("`relay.sockett`"), "{msg}");
+        assert!(msg.contains(&f.path().display().to_string()), "{msg}");
+        assert!(msg.contains("relay.socket,"), "{msg}");
+
+        let f = file("[nope]\nx = 1\n");
+        let msg = Config::load(Some(f.path()), env(&[]), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("`nope`"), "{msg}");
+
+        let msg = Config::load(None, env(&[]), &["http.port=1".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("`http.port`") && msg.contains("--set"),
+            "{msg}"
+        );
+
+        let msg = Config::load(None, env(&[]), &["http=1".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("`http`"), "{msg}");
+
+        let msg = Config::load(None, env(&[]), &["no-equals-sign".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("section.key=value"), "{msg}");
+    }
+
+    #[test]
+    fn unknown_env_vars_only_warn() {
+        let loaded = Config::load(None, env(&[("CHATUP_HTTP_LISTN", "x")]), &[]).unwrap();
+        assert_eq!(loaded.warnings.len(), 1);
+        assert!(loaded.warnings[0].contains("CHATUP_HTTP_LISTN"));
+    }
+
+    #[test]
+    fn type_errors_name_key_and_origin() {
+        let f = file("[history]\nsize = \"many\"\n");
+        let msg = Config::load(Some(f.path()), env(&[]), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("`history.size`") && msg.contains("an integer"),
+            "{msg}"
+        );
+
+        let msg = Config::load(None, env(&[("CHATUP_HISTORY_SIZE", "lots")]), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("history.size") && msg.contains("CHATUP_HISTORY_SIZE"),
+            "{msg}"
+        );
+
+        let msg = Config::load(None, env(&[]), &["http.listen=nowhere".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("http.listen"), "{msg}");
+
+        let msg = Config::load(None, env(&[]), &["history.size=-1".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("history.size"), "{msg}");
+
+        let msg = Config::load(None, env(&[]), &["auth.algorithms=RS257".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("auth.algorithms") && msg.contains("RS257"),
+            "{msg}"
+        );
+
+        let msg = Config::load(None, env(&[]), &["relay.socket_mode=999".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("relay.socket_mode") && msg.contains("octal"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn mixed_algorithm_families_are_refused() {
+        let msg = Config::load(None, env(&[("CHATUP_AUTH_ALGORITHMS", "RS256,ES256")]), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("auth.algorithms") && msg.contains("ES256"),
+            "{msg}"
+        );
+        let msg = Config::load(None, env(&[]), &["auth.algorithms=RS256,HS256".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("HS256"), "{msg}");
+        let msg = Config::load(None, env(&[]), &["auth.algorithms=".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("at least one"), "{msg}");
+    }
+
+    #[test]
+    fn missing_or_broken_file_is_a_clear_error() {
+        let msg = Config::load(Some(Path::new("/nonexistent/c.toml")), env(&[]), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("/nonexistent/c.toml"), "{msg}");
+        let f = file("[relay\n");
+        let msg = Config::load(Some(f.path()), env(&[]), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("not valid TOML"), "{msg}");
+    }
+
+    #[test]
+    fn printed_config_loads_back_identically() {
+        let c = Config::load(
+            None,
+            env(&[]),
+            &["relay.socket_mode=0600".into(), "log.format=json".into()],
+        )
+        .unwrap()
+        .config;
+        let printed = c.to_toml();
+        assert!(printed.contains("socket_mode = \"0600\""), "{printed}");
+        let f = file(&printed);
+        let again = Config::load(Some(f.path()), env(&[]), &[]).unwrap().config;
+        assert_eq!(again, c);
+    }
+}

@@ -1,0 +1,28 @@
+//! The errors that stop the sidecar, each naming what to fix.
+
+use crate::auth::KeySetupError;
+use crate::config::ConfigError;
+use crate::http::HttpBindError;
+use crate::logging::LogError;
+use crate::relay::RelayError;
+use crate::token::TokenError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Key(#[from] KeySetupError),
+    #[error(transparent)]
+    Relay(#[from] RelayError),
+    #[error(transparent)]
+    Http(#[from] HttpBindError),
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    #[error("the HTTP server failed: {0}")]
+    Serve(std::io::Error),
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+}

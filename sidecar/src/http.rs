@@ -1,0 +1,105 @@
+//! The HTTP listener: `/health` and the publisher endpoints, behind nginx.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::{Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::publish::{HttpError, HttpErrorBody, Publisher};
+
+/// Timing of WebSocket publisher sessions.
+#[derive(Debug, Clone, Copy)]
+pub struct WsSettings {
+    /// How long a new publisher has to send its token.
+    pub auth_timeout: Duration,
+    /// How often the server pings publishers.
+    pub ping_interval: Duration,
+}
+
+impl Default for WsSettings {
+    fn default() -> Self {
+        Self {
+            auth_timeout: Duration::from_secs(10),
+            ping_interval: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What the request handlers share.
+pub struct App {
+    /// Checks and publishes messages.
+    pub publisher: Publisher,
+    /// Cancelled at shutdown: publisher sessions close with 1001.
+    pub shutdown: CancellationToken,
+    /// Tracks publisher sessions, which outlive their HTTP request once upgraded, so that
+    /// shutdown can wait for their close frames to go out.
+    pub tracker: TaskTracker,
+    pub ws: WsSettings,
+}
+
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/pub", get(crate::publish::ws::upgrade))
+        .route("/pub/{channel}", post(crate::publish::post::publish))
+        .fallback(not_found)
+        .with_state(app)
+}
+
+async fn health() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok"}))
+}
+
+async fn not_found(method: Method, uri: Uri) -> Response {
+    let body = HttpErrorBody {
+        error: HttpError {
+            code: "not_found",
+            message: &format!("no such endpoint: {method} {}", uri.path()),
+        },
+    };
+    (StatusCode::NOT_FOUND, Json(body)).into_response()
+}
+
+/// A bound HTTP listener.
+pub struct HttpServer {
+    listener: TcpListener,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on http.listen {addr}: {source}")]
+pub struct HttpBindError {
+    pub addr: SocketAddr,
+    pub source: std::io::Error,
+}
+
+impl HttpServer {
+    pub async fn bind(addr: SocketAddr) -> Result<Self, HttpBindError> {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| HttpBindError { addr, source })?;
+        Ok(Self { listener })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown`; in-flight requests finish, publisher sessions close
+    /// themselves with 1001.
+    pub async fn run(self, app: Arc<App>, shutdown: CancellationToken) -> std::io::Result<()> {
+        let addr = self.listener.local_addr()?;
+        tracing::info!(%addr, "http listening");
+        let service = router(app).into_make_service_with_connect_info::<SocketAddr>();
+        axum::serve(self.listener, service)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await
+    }
+}

@@ -1,0 +1,48 @@
+//! `chatup-sidecar`: the Rust process that runs beside nginx on every chat host.
+//!
+//! nginx (with `ngx_http_chatup_module`) holds the subscribers' WebSockets; the sidecar
+//! gives their messages ids and history, checks who publishes, and feeds each nginx worker
+//! over a Unix socket. One process, tokio based:
+//!
+//! ```text
+//!  publishers ──HTTP/WS──▶ http ─▶ publish ─▶ broker ─▶ relay ──unix socket──▶ nginx workers
+//!                                  (auth,      (ids,     (one connection
+//!                                   limits)     history)  per worker)
+//! ```
+//!
+//! Layout, one concern per module:
+//!
+//! * [`config`]: the `[relay] [http] [auth] [limits] [history] [log]` settings, layered
+//!   default < file < `CHATUP_*` environment < `--set`.
+//! * [`cli`]: the command line (`run`, `token`, `config`).
+//! * [`auth`]: JWT verification with pinned algorithms; the example-key warning.
+//! * [`token`]: the `token` subcommand that mints publisher tokens.
+//! * [`message`]: the message JSON, encoded once; [`message::assemble`] puts `ch`, `id`,
+//!   `ep` in front of the publisher-encoded tail.
+//! * [`broker`]: the [`broker::Broker`] trait (publish with atomic id + history + fan-out,
+//!   subscribe with a gap-free backlog) and [`broker::memory`], the single-host engine.
+//! * [`codec`]: the relay frames of `chatup_wire` as a `tokio_util` codec.
+//! * [`relay`]: the Unix-socket server for nginx workers.
+//! * [`publish`]: the publisher endpoints, `GET /pub` (WebSocket) and `POST /pub/<ch>`.
+//! * [`http`]: the HTTP router and listener (`/health` too).
+//! * [`server`]: wires the above together and shuts it down in order.
+//! * [`shutdown`]: SIGTERM/SIGINT handling.
+//! * [`logging`]: `tracing` output to stderr, text or JSON.
+//! * [`error`]: the errors that stop the process.
+
+pub mod auth;
+pub mod broker;
+pub mod cli;
+pub mod codec;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod logging;
+pub mod message;
+pub mod publish;
+pub mod relay;
+pub mod server;
+pub mod shutdown;
+pub mod token;
+
+pub use error::Error;

@@ -1,0 +1,410 @@
+//! Publishing: the checks every message goes through, shared by the WebSocket publisher
+//! (`GET /pub`, [`ws`]) and the one-shot HTTP endpoint (`POST /pub/<ch>`, [`post`]).
+
+pub mod post;
+pub mod ws;
+
+use std::sync::Arc;
+
+use axum::http::StatusCode;
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::auth::{AuthError, Identity, Verifier};
+use crate::broker::{Broker, BrokerError, Published};
+use crate::message::{now_ms, Body, Tail};
+
+/// Longest event name, in bytes.
+pub const MAX_EVENT_NAME: usize = 64;
+
+/// Event names the platform itself emits; publishers may not impersonate them.
+pub const RESERVED_EVENTS: &[&str] = &["resync"];
+
+/// The error codes publishers see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    BadToken,
+    TokenExpired,
+    BadRequest,
+    BadChannel,
+    Empty,
+    TooLong,
+    InvalidUtf8,
+    EventsNotAllowed,
+    UnsupportedMediaType,
+    Unavailable,
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::BadToken => "bad_token",
+            Self::TokenExpired => "token_expired",
+            Self::BadRequest => "bad_request",
+            Self::BadChannel => "bad_channel",
+            Self::Empty => "empty",
+            Self::TooLong => "too_long",
+            Self::InvalidUtf8 => "invalid_utf8",
+            Self::EventsNotAllowed => "events_not_allowed",
+            Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::Unavailable => "unavailable",
+            Self::Internal => "internal",
+        }
+    }
+
+    /// The HTTP status of `POST /pub/<ch>` for this code.
+    pub fn status(self) -> StatusCode {
+        match self {
+            Self::BadToken | Self::TokenExpired => StatusCode::UNAUTHORIZED,
+            Self::BadRequest | Self::BadChannel | Self::Empty | Self::InvalidUtf8 => {
+                StatusCode::BAD_REQUEST
+            }
+            Self::EventsNotAllowed => StatusCode::FORBIDDEN,
+            Self::TooLong => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+/// A refused publish: a code for programs and a message for people.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code:?}: {message}")]
+pub struct PublishError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl PublishError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<AuthError> for PublishError {
+    fn from(e: AuthError) -> Self {
+        let code = match e {
+            AuthError::BadToken(_) => ErrorCode::BadToken,
+            AuthError::Expired(_) => ErrorCode::TokenExpired,
+        };
+        Self::new(code, e.to_string())
+    }
+}
+
+impl From<BrokerError> for PublishError {
+    fn from(e: BrokerError) -> Self {
+        let code = match e {
+            BrokerError::Unavailable(_) => ErrorCode::Unavailable,
+            BrokerError::Internal(_) => ErrorCode::Internal,
+        };
+        Self::new(code, e.to_string())
+    }
+}
+
+/// What publishers may send.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Longest message text, in characters.
+    pub max_message_chars: usize,
+    /// Largest serialized event `data`, in bytes.
+    pub max_event_bytes: usize,
+}
+
+impl Limits {
+    /// Largest request body or WebSocket frame worth reading: a message of the longest
+    /// allowed text, fully JSON-escaped, or the largest event, plus room for the envelope
+    /// and a token.
+    pub fn max_request_bytes(&self) -> usize {
+        let text = self.max_message_chars.saturating_mul(6);
+        let event = self.max_event_bytes.saturating_mul(2);
+        text.max(event).saturating_add(16 * 1024).max(64 * 1024)
+    }
+}
+
+/// Checks and publishes messages on behalf of authenticated users.
+pub struct Publisher {
+    /// Where messages go.
+    broker: Arc<dyn Broker>,
+    /// Checks tokens (also re-checks expiry on long-lived connections).
+    verifier: Arc<Verifier>,
+    limits: Limits,
+}
+
+impl Publisher {
+    pub fn new(broker: Arc<dyn Broker>, verifier: Arc<Verifier>, limits: Limits) -> Self {
+        Self {
+            broker,
+            verifier,
+            limits,
+        }
+    }
+
+    pub fn verifier(&self) -> &Verifier {
+        &self.verifier
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// Checks everything, encodes the message once and hands it to the broker.
+    pub async fn publish(
+        &self,
+        identity: &Identity,
+        channel: &str,
+        body: Body,
+    ) -> Result<Published, PublishError> {
+        if self.verifier.expired(identity, now_ms() / 1000) {
+            return Err(PublishError::new(
+                ErrorCode::TokenExpired,
+                "the token has expired; send a fresh one",
+            ));
+        }
+        check_channel(channel)?;
+        self.check_body(identity, &body)?;
+        let tail = Tail::encode(now_ms(), &identity.user, &body).map_err(|e| {
+            PublishError::new(ErrorCode::Internal, format!("cannot encode message: {e}"))
+        })?;
+        Ok(self.broker.publish(channel, &tail).await?)
+    }
+
+    fn check_body(&self, identity: &Identity, body: &Body) -> Result<(), PublishError> {
+        match body {
+            Body::Text(text) => {
+                if text.trim().is_empty() {
+                    return Err(PublishError::new(ErrorCode::Empty, "the message is empty"));
+                }
+                let chars = text.chars().count();
+                if chars > self.limits.max_message_chars {
+                    return Err(PublishError::new(
+                        ErrorCode::TooLong,
+                        format!(
+                            "the message is {chars} characters long; the limit is {}",
+                            self.limits.max_message_chars
+                        ),
+                    ));
+                }
+            }
+            Body::Event { name, data } => {
+                if !identity.events {
+                    return Err(PublishError::new(
+                        ErrorCode::EventsNotAllowed,
+                        "this token does not allow events (it needs \"_events\": true)",
+                    ));
+                }
+                if name.is_empty() || name.len() > MAX_EVENT_NAME {
+                    return Err(PublishError::new(
+                        ErrorCode::BadRequest,
+                        format!("\"ev\" must be 1 to {MAX_EVENT_NAME} bytes long"),
+                    ));
+                }
+                if RESERVED_EVENTS.contains(&name.as_str()) {
+                    return Err(PublishError::new(
+                        ErrorCode::BadRequest,
+                        format!("the event name {name:?} is reserved"),
+                    ));
+                }
+                if let Some(data) = data {
+                    let size = serde_json::to_vec(data).map(|v| v.len()).unwrap_or(0);
+                    if size > self.limits.max_event_bytes {
+                        return Err(PublishError::new(
+                            ErrorCode::TooLong,
+                            format!(
+                                "the event data is {size} bytes long; the limit is {}",
+                                self.limits.max_event_bytes
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Checks a channel name with the rule shared by the module and the relay.
+pub fn check_channel(channel: &str) -> Result<(), PublishError> {
+    chatup_wire::channel::validate(channel.as_bytes())
+        .map_err(|e| PublishError::new(ErrorCode::BadChannel, e.to_string()))
+}
+
+/// Reads `{"msg": ..}` or `{"ev": .., "data": ..}` from a JSON object.
+pub fn body_from_json(object: &Map<String, Value>) -> Result<Body, PublishError> {
+    let bad = |m: &str| PublishError::new(ErrorCode::BadRequest, m);
+    match (object.get("msg"), object.get("ev")) {
+        (Some(_), Some(_)) => Err(bad("give either \"msg\" or \"ev\", not both")),
+        (Some(Value::String(text)), None) => Ok(Body::Text(text.clone())),
+        (Some(_), None) => Err(bad("\"msg\" must be a string")),
+        (None, Some(Value::String(name))) => Ok(Body::Event {
+            name: name.clone(),
+            data: object.get("data").filter(|d| !d.is_null()).cloned(),
+        }),
+        (None, Some(_)) => Err(bad("\"ev\" must be a string")),
+        (None, None) => Err(bad(
+            "missing \"msg\" (the message text) or \"ev\" (an event name)",
+        )),
+    }
+}
+
+/// `{"error":{"code":..,"message":..}}`, the body of HTTP errors.
+#[derive(Serialize)]
+pub struct HttpErrorBody<'a> {
+    pub error: HttpError<'a>,
+}
+
+#[derive(Serialize)]
+pub struct HttpError<'a> {
+    pub code: &'a str,
+    pub message: &'a str,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::tests::{good_claims, sign, verifier};
+    use crate::broker::memory::{MemoryBroker, MemoryOptions};
+    use serde_json::json;
+    use std::time::Duration;
+
+    fn publisher() -> Publisher {
+        Publisher::new(
+            MemoryBroker::new(MemoryOptions {
+                history_size: 10,
+                ttl: Duration::from_secs(60),
+            }),
+            Arc::new(verifier()),
+            Limits {
+                max_message_chars: 5,
+                max_event_bytes: 10,
+            },
+        )
+    }
+
+    fn identity(events: bool) -> Identity {
+        let mut c = good_claims();
+        c["_events"] = json!(events);
+        verifier().verify(&sign(&c)).unwrap()
+    }
+
+    async fn code(body: Body, channel: &str, events: bool) -> Result<u64, ErrorCode> {
+        publisher()
+            .publish(&identity(events), channel, body)
+            .await
+            .map(|p| p.id)
+            .map_err(|e| e.code)
+    }
+
+    #[tokio::test]
+    async fn message_rules() {
+        let text = |s: &str| Body::Text(s.into());
+        assert_eq!(code(text("hi"), "r", false).await, Ok(1));
+        assert_eq!(code(text("ééééé"), "r", false).await, Ok(1));
+        assert_eq!(
+            code(text(" \n\t "), "r", false).await,
+            Err(ErrorCode::Empty)
+        );
+        assert_eq!(code(text(""), "r", false).await, Err(ErrorCode::Empty));
+        assert_eq!(
+            code(text("123456"), "r", false).await,
+            Err(ErrorCode::TooLong)
+        );
+        assert_eq!(
+            code(text("hi"), "a b", false).await,
+            Err(ErrorCode::BadChannel)
+        );
+        let err = publisher()
+            .publish(&identity(false), "r", text("toolong"))
+            .await
+            .unwrap_err();
+        assert!(
+            err.message.contains('7') && err.message.contains('5'),
+            "{err}"
+        );
+        let err = publisher()
+            .publish(&identity(false), "a:b", text("x"))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.message,
+            chatup_wire::channel::validate(b"a:b")
+                .unwrap_err()
+                .to_string()
+        );
+    }
+
+    #[tokio::test]
+    async fn event_rules() {
+        let ev = |name: &str, data: Option<Value>| Body::Event {
+            name: name.into(),
+            data,
+        };
+        assert_eq!(code(ev("typing", None), "r", true).await, Ok(1));
+        assert_eq!(
+            code(ev("typing", None), "r", false).await,
+            Err(ErrorCode::EventsNotAllowed)
+        );
+        assert_eq!(
+            code(ev("t", Some(json!("0123456789"))), "r", true).await,
+            Err(ErrorCode::TooLong)
+        );
+        assert_eq!(code(ev("t", Some(json!([1, 2]))), "r", true).await, Ok(1));
+        assert_eq!(
+            code(ev("", None), "r", true).await,
+            Err(ErrorCode::BadRequest)
+        );
+        assert_eq!(
+            code(ev("resync", None), "r", true).await,
+            Err(ErrorCode::BadRequest)
+        );
+    }
+
+    #[tokio::test]
+    async fn expired_identities_cannot_publish() {
+        let mut id = identity(false);
+        id.expires_at = 1;
+        let err = publisher()
+            .publish(&id, "r", Body::Text("x".into()))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code, ErrorCode::TokenExpired);
+    }
+
+    #[test]
+    fn json_bodies() {
+        let obj = |v: Value| v.as_object().unwrap().clone();
+        assert_eq!(
+            body_from_json(&obj(json!({"msg": "hi"}))),
+            Ok(Body::Text("hi".into()))
+        );
+        assert_eq!(
+            body_from_json(&obj(json!({"ev": "x", "data": {"a": 1}}))),
+            Ok(Body::Event {
+                name: "x".into(),
+                data: Some(json!({"a": 1}))
+            })
+        );
+        assert_eq!(
+            body_from_json(&obj(json!({"ev": "x", "data": null}))),
+            Ok(Body::Event {
+                name: "x".into(),
+                data: None
+            })
+        );
+        for bad in [
+            json!({}),
+            json!({"msg": 1}),
+            json!({"ev": 1}),
+            json!({"msg": "a", "ev": "b"}),
+        ] {
+            assert_eq!(
+                body_from_json(&obj(bad)).unwrap_err().code,
+                ErrorCode::BadRequest
+            );
+        }
+    }
+}

@@ -1,0 +1,186 @@
+//! `POST /pub/<ch>`: publish one message with `Authorization: Bearer <jwt>`.
+//!
+//! A `text/plain` body is the message text; an `application/json` body is `{"msg": ..}` or
+//! `{"ev": .., "data": ..}`. Success is `200 {"ch":..,"id":..,"ep":..}`; errors are
+//! `{"error":{"code":..,"message":..}}` with the status of their code.
+
+use std::sync::Arc;
+
+use axum::body::{to_bytes, Body as HttpBody};
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Serialize;
+use serde_json::Value;
+use tracing::{debug, Instrument};
+
+use super::{body_from_json, check_channel, ErrorCode, HttpError, HttpErrorBody, PublishError};
+use crate::http::App;
+use crate::message::Body;
+
+#[derive(Serialize)]
+struct Accepted<'a> {
+    ch: &'a str,
+    id: u64,
+    ep: u64,
+}
+
+pub async fn publish(
+    State(app): State<Arc<App>>,
+    channel: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: HttpBody,
+) -> Response {
+    let channel = match channel {
+        Ok(Path(channel)) => channel,
+        Err(e) => {
+            return error_response(&PublishError::new(
+                ErrorCode::BadChannel,
+                format!("bad channel in the URL: {e}"),
+            ))
+        }
+    };
+    let span = tracing::info_span!("publish", channel, sub = tracing::field::Empty);
+    async move {
+        match handle(&app, &channel, &headers, body).await {
+            Ok((id, ep)) => {
+                debug!(id, "published");
+                Json(Accepted {
+                    ch: &channel,
+                    id,
+                    ep,
+                })
+                .into_response()
+            }
+            Err(e) => {
+                debug!(code = e.code.as_str(), "publish refused: {}", e.message);
+                error_response(&e)
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+async fn handle(
+    app: &App,
+    channel: &str,
+    headers: &HeaderMap,
+    body: HttpBody,
+) -> Result<(u64, u64), PublishError> {
+    let token = bearer_token(headers)?;
+    let identity = app.publisher.verifier().verify(token)?;
+    if let Some(sub) = &identity.sub {
+        tracing::Span::current().record("sub", sub.as_str());
+    }
+    check_channel(channel)?;
+
+    let kind = content_kind(headers)?;
+    let limit = app.publisher.limits().max_request_bytes();
+    let bytes = to_bytes(body, limit).await.map_err(|_| {
+        PublishError::new(
+            ErrorCode::TooLong,
+            format!("the request body is larger than {limit} bytes"),
+        )
+    })?;
+    let text = std::str::from_utf8(&bytes).map_err(|e| {
+        PublishError::new(
+            ErrorCode::InvalidUtf8,
+            format!("the body is not valid UTF-8 (byte {})", e.valid_up_to()),
+        )
+    })?;
+    let body = match kind {
+        ContentKind::Text => Body::Text(text.to_owned()),
+        ContentKind::Json => {
+            let value: Value = serde_json::from_str(text).map_err(|e| {
+                PublishError::new(ErrorCode::BadRequest, format!("the body is not JSON: {e}"))
+            })?;
+            let Value::Object(object) = value else {
+                return Err(PublishError::new(
+                    ErrorCode::BadRequest,
+                    "the JSON body must be an object: {\"msg\": ..} or {\"ev\": .., \"data\": ..}",
+                ));
+            };
+            body_from_json(&object)?
+        }
+    };
+    let published = app.publisher.publish(&identity, channel, body).await?;
+    Ok((published.id, published.epoch))
+}
+
+enum ContentKind {
+    Text,
+    Json,
+}
+
+fn content_kind(headers: &HeaderMap) -> Result<ContentKind, PublishError> {
+    let unsupported = |what: &str| {
+        PublishError::new(
+            ErrorCode::UnsupportedMediaType,
+            format!("Content-Type must be text/plain or application/json, not {what}"),
+        )
+    };
+    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+        return Err(unsupported("missing"));
+    };
+    let value = value.to_str().map_err(|_| unsupported("unreadable"))?;
+    let mut parts = value.split(';');
+    let essence = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+    let charset_ok = parts.all(|param| match param.split_once('=') {
+        Some((name, v)) if name.trim().eq_ignore_ascii_case("charset") => {
+            let v = v.trim().trim_matches('"');
+            v.eq_ignore_ascii_case("utf-8") || v.eq_ignore_ascii_case("utf8")
+        }
+        _ => true,
+    });
+    if !charset_ok {
+        return Err(PublishError::new(
+            ErrorCode::UnsupportedMediaType,
+            format!("only UTF-8 bodies are accepted, not {value}"),
+        ));
+    }
+    match essence.as_str() {
+        "text/plain" => Ok(ContentKind::Text),
+        "application/json" => Ok(ContentKind::Json),
+        _ => Err(unsupported(value)),
+    }
+}
+
+fn bearer_token(headers: &HeaderMap) -> Result<&str, PublishError> {
+    let missing = || {
+        PublishError::new(
+            ErrorCode::BadToken,
+            "missing \"Authorization: Bearer <token>\" header",
+        )
+    };
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .ok_or_else(missing)?
+        .to_str()
+        .map_err(|_| missing())?
+        .trim();
+    match value.split_once(' ') {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => Ok(token.trim()),
+        _ => Err(missing()),
+    }
+}
+
+/// The JSON error response for `e`, with `WWW-Authenticate` on 401.
+pub fn error_response(e: &PublishError) -> Response {
+    let status = e.code.status();
+    let body = HttpErrorBody {
+        error: HttpError {
+            code: e.code.as_str(),
+            message: &e.message,
+        },
+    };
+    let mut response = (status, Json(body)).into_response();
+    if status == StatusCode::UNAUTHORIZED {
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    response
+}

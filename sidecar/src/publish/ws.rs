@@ -1,0 +1,372 @@
+//! `GET /pub`: the WebSocket publisher.
+//!
+//! The first frame is the JWT (raw, or `{"token": ".."}`), answered with
+//! `{"type":"auth","user":{..}}` or an error and a close (4500 bad token, 4501 expired; 4503
+//! when no token comes within the auth timeout). Then each frame
+//! `{"ref":..,"ch":..,"msg":..}` / `{"ref":..,"ch":..,"ev":..,"data":..}` is answered with an
+//! ack or an error carrying the same `ref`, in order. `{"token":".."}` re-authenticates.
+//! The server pings every `ping_interval`; a client that sent nothing at all between two
+//! pings is closed with 4001. At shutdown every publisher is closed with 1001.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use chatup_wire::close;
+use serde::Serialize;
+use serde_json::Value;
+use tracing::{debug, Instrument};
+
+use super::{body_from_json, ErrorCode, PublishError};
+use crate::auth::{AuthError, Identity};
+use crate::http::App;
+
+/// How long to wait for the client's close frame after sending ours.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+#[derive(Serialize)]
+struct Ack<'a> {
+    r#type: &'static str,
+    #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+    reference: Option<&'a Value>,
+    id: u64,
+    ep: u64,
+}
+
+#[derive(Serialize)]
+struct ErrorReply<'a> {
+    r#type: &'static str,
+    #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+    reference: Option<&'a Value>,
+    code: &'static str,
+    message: &'a str,
+}
+
+/// Why a session ends.
+enum End {
+    /// The client closed or the connection broke: nothing more to send.
+    Gone,
+    /// Close with this code and reason.
+    Close(u16, String),
+}
+
+pub async fn upgrade(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
+    let conn = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
+    let forwarded = headers
+        .get("x-forwarded-for")
+        .or_else(|| headers.get("x-real-ip"))
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let span = tracing::info_span!(
+        "publisher",
+        conn,
+        %peer,
+        forwarded,
+        sub = tracing::field::Empty
+    );
+    let limit = app.publisher.limits().max_request_bytes();
+    let tracker = app.tracker.clone();
+    ws.max_message_size(limit)
+        .max_frame_size(limit)
+        .on_upgrade(move |socket| tracker.track_future(session(socket, app).instrument(span)))
+}
+
+async fn session(mut socket: WebSocket, app: Arc<App>) {
+    debug!("publisher connected");
+    let end = match authenticate(&mut socket, &app).await {
+        Ok(identity) => serve(&mut socket, &app, identity).await,
+        Err(end) => end,
+    };
+    match end {
+        End::Gone => debug!("publisher disconnected"),
+        End::Close(code, reason) => {
+            debug!(code, reason, "closing publisher");
+            close_socket(&mut socket, code, &reason).await;
+        }
+    }
+}
+
+/// Waits for the first frame and verifies it as a token.
+async fn authenticate(socket: &mut WebSocket, app: &App) -> Result<Identity, End> {
+    let deadline = tokio::time::sleep(app.ws.auth_timeout);
+    tokio::pin!(deadline);
+    loop {
+        let message = tokio::select! {
+            _ = app.shutdown.cancelled() => {
+                return Err(End::Close(close::GOING_AWAY, "server shutting down".into()))
+            }
+            _ = &mut deadline => {
+                return Err(End::Close(
+                    close::BAD_REQUEST,
+                    format!("no token within {} s", app.ws.auth_timeout.as_secs()),
+                ))
+            }
+            message = socket.recv() => message,
+        };
+        let text = match message {
+            None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return Err(End::Gone),
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            Some(Ok(Message::Text(text))) => text.to_string(),
+            Some(Ok(Message::Binary(bytes))) => match String::from_utf8(bytes.to_vec()) {
+                Ok(text) => text,
+                Err(_) => {
+                    send_error(
+                        socket,
+                        None,
+                        ErrorCode::InvalidUtf8,
+                        "the token frame is not UTF-8",
+                    )
+                    .await?;
+                    return Err(End::Close(
+                        close::BAD_REQUEST,
+                        "token frame is not UTF-8".into(),
+                    ));
+                }
+            },
+        };
+        let token = token_from_frame(&text).unwrap_or(text);
+        return match app.publisher.verifier().verify(&token) {
+            Ok(identity) => {
+                send_auth(socket, &identity).await?;
+                Ok(identity)
+            }
+            Err(e) => Err(refuse(socket, None, e).await),
+        };
+    }
+}
+
+/// Serves an authenticated publisher until it leaves, fails, or the server stops.
+async fn serve(socket: &mut WebSocket, app: &App, mut identity: Identity) -> End {
+    record_sub(&identity);
+    let period = app.ws.ping_interval;
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut heard_since_ping = true;
+    loop {
+        let message = tokio::select! {
+            biased;
+            _ = app.shutdown.cancelled() => {
+                return End::Close(close::GOING_AWAY, "server shutting down".into())
+            }
+            _ = ping.tick() => {
+                if !heard_since_ping {
+                    return End::Close(close::PING_TIMEOUT, "no answer to ping".into());
+                }
+                heard_since_ping = false;
+                if socket.send(Message::Ping(Default::default())).await.is_err() {
+                    return End::Gone;
+                }
+                continue;
+            }
+            message = socket.recv() => message,
+        };
+        heard_since_ping = true;
+        let text = match message {
+            None | Some(Ok(Message::Close(_))) => return End::Gone,
+            Some(Err(e)) => {
+                debug!("publisher connection failed: {e}");
+                return too_big_or_gone(e);
+            }
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            Some(Ok(Message::Text(text))) => text,
+            Some(Ok(Message::Binary(bytes))) => match Utf8Bytes::try_from(bytes) {
+                Ok(text) => text,
+                Err(_) => {
+                    if let Err(end) = send_error(
+                        socket,
+                        None,
+                        ErrorCode::InvalidUtf8,
+                        "the frame is not valid UTF-8",
+                    )
+                    .await
+                    {
+                        return end;
+                    }
+                    continue;
+                }
+            },
+        };
+        if let Err(end) = handle_frame(socket, app, &mut identity, text.as_str()).await {
+            return end;
+        }
+    }
+}
+
+/// Handles one client frame: a message, an event or a new token.
+async fn handle_frame(
+    socket: &mut WebSocket,
+    app: &App,
+    identity: &mut Identity,
+    text: &str,
+) -> Result<(), End> {
+    let value: Value = match serde_json::from_str(text) {
+        Ok(v) => v,
+        Err(e) => {
+            let message =
+                format!("the frame is not JSON ({e}); send {{\"ref\":..,\"ch\":..,\"msg\":..}}");
+            return send_error(socket, None, ErrorCode::BadRequest, &message).await;
+        }
+    };
+    let Value::Object(object) = value else {
+        let message =
+            "the frame must be a JSON object like {\"ref\":1,\"ch\":\"room\",\"msg\":\"hi\"}";
+        return send_error(socket, None, ErrorCode::BadRequest, message).await;
+    };
+    let reference = object.get("ref");
+    if let Some(r) = reference {
+        if r.is_object() || r.is_array() {
+            let message = "\"ref\" must be a string, number, boolean or null";
+            return send_error(socket, None, ErrorCode::BadRequest, message).await;
+        }
+    }
+
+    if let Some(token) = object.get("token") {
+        let Some(token) = token.as_str() else {
+            let message = "\"token\" must be a string";
+            return send_error(socket, reference, ErrorCode::BadRequest, message).await;
+        };
+        return match app.publisher.verifier().verify(token) {
+            Ok(fresh) => {
+                *identity = fresh;
+                record_sub(identity);
+                send_auth(socket, identity).await
+            }
+            Err(e) => Err(refuse(socket, reference, e).await),
+        };
+    }
+
+    let channel = match object.get("ch") {
+        Some(Value::String(ch)) => ch,
+        Some(_) => {
+            return send_error(
+                socket,
+                reference,
+                ErrorCode::BadRequest,
+                "\"ch\" must be a string",
+            )
+            .await
+        }
+        None => {
+            let message = "missing \"ch\" (the channel to publish to)";
+            return send_error(socket, reference, ErrorCode::BadRequest, message).await;
+        }
+    };
+    let result = match body_from_json(&object) {
+        Ok(body) => app.publisher.publish(identity, channel, body).await,
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(published) => {
+            let ack = Ack {
+                r#type: "ack",
+                reference,
+                id: published.id,
+                ep: published.epoch,
+            };
+            send_json(socket, &ack).await
+        }
+        Err(PublishError { code, message }) => {
+            debug!(channel, code = code.as_str(), "publish refused: {message}");
+            send_error(socket, reference, code, &message).await
+        }
+    }
+}
+
+fn token_from_frame(text: &str) -> Option<String> {
+    if !text.trim_start().starts_with('{') {
+        return None;
+    }
+    let value: Value = serde_json::from_str(text).ok()?;
+    value.get("token")?.as_str().map(str::to_owned)
+}
+
+fn record_sub(identity: &Identity) {
+    if let Some(sub) = &identity.sub {
+        tracing::Span::current().record("sub", sub.as_str());
+    }
+}
+
+/// Sends the auth error and says how to close.
+async fn refuse(socket: &mut WebSocket, reference: Option<&Value>, e: AuthError) -> End {
+    let code = match e {
+        AuthError::BadToken(_) => ErrorCode::BadToken,
+        AuthError::Expired(_) => ErrorCode::TokenExpired,
+    };
+    debug!(code = code.as_str(), "token refused: {e}");
+    if let Err(end) = send_error(socket, reference, code, &e.to_string()).await {
+        return end;
+    }
+    End::Close(e.close_code(), code.as_str().into())
+}
+
+async fn send_auth(socket: &mut WebSocket, identity: &Identity) -> Result<(), End> {
+    // `user` is already encoded JSON.
+    let text = format!(r#"{{"type":"auth","user":{}}}"#, identity.user);
+    socket
+        .send(Message::Text(text.into()))
+        .await
+        .map_err(|_| End::Gone)
+}
+
+async fn send_error(
+    socket: &mut WebSocket,
+    reference: Option<&Value>,
+    code: ErrorCode,
+    message: &str,
+) -> Result<(), End> {
+    let reply = ErrorReply {
+        r#type: "error",
+        reference,
+        code: code.as_str(),
+        message,
+    };
+    send_json(socket, &reply).await
+}
+
+async fn send_json<T: Serialize>(socket: &mut WebSocket, value: &T) -> Result<(), End> {
+    let text = serde_json::to_string(value).map_err(|_| End::Gone)?;
+    socket
+        .send(Message::Text(text.into()))
+        .await
+        .map_err(|_| End::Gone)
+}
+
+/// A frame over the size limit gets close 1009; any other failure means the peer is gone.
+fn too_big_or_gone(e: axum::Error) -> End {
+    match e.into_inner().downcast::<tungstenite::Error>() {
+        Ok(e) if matches!(*e, tungstenite::Error::Capacity(_)) => {
+            End::Close(close::TOO_BIG, "frame too large".into())
+        }
+        _ => End::Gone,
+    }
+}
+
+/// Sends a close frame and waits briefly for the client's.
+async fn close_socket(socket: &mut WebSocket, code: u16, reason: &str) {
+    let frame = CloseFrame {
+        code,
+        reason: reason.into(),
+    };
+    if socket.send(Message::Close(Some(frame))).await.is_err() {
+        return;
+    }
+    let _ = tokio::time::timeout(CLOSE_GRACE, async {
+        while let Some(Ok(message)) = socket.recv().await {
+            if matches!(message, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
+}

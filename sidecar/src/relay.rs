@@ -1,0 +1,1084 @@
+//! The relay server: the Unix socket that this host's nginx workers connect to.
+//!
+//! Each worker holds one connection. It says `Hello`, then subscribes to the channels its
+//! subscribers watch. For every `Subscribe` the worker gets one `Backlog`, then the channel's
+//! live messages in id order, each id once. Live messages wait in a bounded queue per
+//! connection; a worker that lets it fill up is disconnected rather than allowed to hold up
+//! the broker. It reconnects and resubscribes from its last positions, so nothing is lost.
+
+use std::collections::HashMap;
+use std::io;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use chatup_wire::{
+    BacklogKind, ChannelCount, Position, ToSidecar, ToWorker, HEADER_LEN, MAX_FRAME_LEN,
+    PROTOCOL_VERSION,
+};
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::mpsc;
+use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, error, info, warn, Instrument};
+
+use crate::broker::{Backlog, Broker, Event, Subscriber};
+use crate::codec::{CodecError, WireCodec};
+
+/// How long a new connection may take to say `Hello`.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long queued messages may take to reach a worker at shutdown.
+const SHUTDOWN_FLUSH: Duration = Duration::from_secs(1);
+
+/// Live events written per batch before flushing the socket.
+const WRITE_BATCH: usize = 256;
+
+/// Settings of the relay server.
+#[derive(Debug, Clone)]
+pub struct RelayOptions {
+    /// Where the socket file is created.
+    pub socket: PathBuf,
+    /// File mode of the socket (who may connect).
+    pub mode: u32,
+    /// Live events queued per worker before the worker is disconnected as too slow.
+    pub queue_size: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error(
+        "relay.socket {path} is in use by a running process (another sidecar?); \
+         stop it or choose another path"
+    )]
+    InUse { path: PathBuf },
+    #[error("relay.socket {path} exists and is not a socket; refusing to replace it")]
+    NotASocket { path: PathBuf },
+    #[error("cannot create relay.socket {path}: {source}")]
+    Bind { path: PathBuf, source: io::Error },
+    #[error("cannot set relay.socket_mode {mode:04o} on {path}: {source}")]
+    Mode {
+        path: PathBuf,
+        mode: u32,
+        source: io::Error,
+    },
+}
+
+/// The latest `Stats` of one connected worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerStats {
+    /// The worker's process id, from its `Hello`.
+    pub pid: u32,
+    /// Its subscriber connections.
+    pub subscribers: u32,
+    /// Its subscribers per channel.
+    pub channels: Vec<ChannelCount>,
+}
+
+/// The connected workers and their latest counts, for load reporting.
+#[derive(Debug, Default)]
+pub struct Workers {
+    by_connection: Mutex<HashMap<u64, WorkerStats>>,
+}
+
+impl Workers {
+    /// The current workers' stats.
+    pub fn snapshot(&self) -> Vec<WorkerStats> {
+        let map = self
+            .by_connection
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        map.values().cloned().collect()
+    }
+
+    /// Subscribers on this host, summed over workers.
+    pub fn total_subscribers(&self) -> u64 {
+        self.snapshot().iter().map(|w| w.subscribers as u64).sum()
+    }
+
+    fn set(&self, conn: u64, stats: WorkerStats) {
+        self.by_connection
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(conn, stats);
+    }
+
+    fn remove(&self, conn: u64) {
+        self.by_connection
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&conn);
+    }
+}
+
+/// The socket file, removed when dropped unless another process has replaced it.
+#[derive(Debug)]
+struct SocketFile {
+    path: PathBuf,
+    /// Device and inode of the socket we created, to recognise it at removal.
+    identity: (u64, u64),
+}
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        match std::fs::symlink_metadata(&self.path) {
+            Ok(m) if (m.dev(), m.ino()) == self.identity => {
+                if let Err(e) = std::fs::remove_file(&self.path) {
+                    warn!(path = %self.path.display(), "cannot remove relay socket: {e}");
+                } else {
+                    debug!(path = %self.path.display(), "removed relay socket");
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// A bound relay socket, ready to serve.
+pub struct RelayServer {
+    listener: UnixListener,
+    file: SocketFile,
+    options: RelayOptions,
+    broker: Arc<dyn Broker>,
+    workers: Arc<Workers>,
+}
+
+impl RelayServer {
+    /// Creates the socket file (replacing a stale one left by a crashed process) with the
+    /// configured mode. Must run inside a Tokio runtime.
+    pub fn bind(options: RelayOptions, broker: Arc<dyn Broker>) -> Result<Self, RelayError> {
+        let path = options.socket.clone();
+        remove_stale_socket(&path)?;
+        let listener = UnixListener::bind(&path).map_err(|source| RelayError::Bind {
+            path: path.clone(),
+            source,
+        })?;
+        let meta = std::fs::symlink_metadata(&path).map_err(|source| RelayError::Bind {
+            path: path.clone(),
+            source,
+        })?;
+        let file = SocketFile {
+            path: path.clone(),
+            identity: (meta.dev(), meta.ino()),
+        };
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(options.mode)).map_err(
+            |source| RelayError::Mode {
+                path: path.clone(),
+                mode: options.mode,
+                source,
+            },
+        )?;
+        Ok(Self {
+            listener,
+            file,
+            options,
+            broker,
+            workers: Arc::default(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.file.path
+    }
+
+    /// The connected workers' latest stats.
+    pub fn workers(&self) -> Arc<Workers> {
+        self.workers.clone()
+    }
+
+    /// Accepts workers until `shutdown`, then closes every connection (after flushing what
+    /// is queued for it) and removes the socket file. Connection tasks are added to `tracker`.
+    pub async fn run(self, shutdown: CancellationToken, tracker: TaskTracker) {
+        static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
+        info!(path = %self.file.path.display(), "relay listening");
+        loop {
+            let accepted = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                accepted = self.listener.accept() => accepted,
+            };
+            match accepted {
+                Ok((stream, _)) => {
+                    let conn = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
+                    let span = tracing::info_span!("relay", conn, pid = tracing::field::Empty);
+                    let connection = Connection::new(
+                        conn,
+                        stream,
+                        self.broker.clone(),
+                        self.workers.clone(),
+                        self.options.queue_size,
+                        shutdown.clone(),
+                    );
+                    tracker.spawn(connection.run().instrument(span));
+                }
+                Err(e) => {
+                    // Typically out of file descriptors: wait a little instead of spinning.
+                    error!("relay accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+        drop(self.listener);
+        drop(self.file);
+        info!("relay stopped accepting");
+    }
+}
+
+fn remove_stale_socket(path: &Path) -> Result<(), RelayError> {
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => {
+            return Err(RelayError::Bind {
+                path: path.into(),
+                source,
+            })
+        }
+    };
+    if !meta.file_type().is_socket() {
+        return Err(RelayError::NotASocket { path: path.into() });
+    }
+    match std::os::unix::net::UnixStream::connect(path) {
+        Ok(_) => Err(RelayError::InUse { path: path.into() }),
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+            std::fs::remove_file(path).map_err(|source| RelayError::Bind {
+                path: path.into(),
+                source,
+            })?;
+            info!(path = %path.display(), "removed stale relay socket");
+            Ok(())
+        }
+        Err(source) => Err(RelayError::Bind {
+            path: path.into(),
+            source,
+        }),
+    }
+}
+
+/// Where a worker stands in a subscribed channel: what has been sent to it.
+#[derive(Debug, Clone, Copy)]
+struct Sent {
+    epoch: u64,
+    /// Highest id sent or already covered by the backlog; live messages up to it are dropped.
+    last_id: u64,
+}
+
+/// Why a connection ends.
+enum Stop {
+    /// The worker closed it.
+    Closed,
+    /// The worker broke the protocol or the socket failed (already logged).
+    Failed,
+    /// The worker could not keep up with its queue.
+    Overflow,
+    /// The sidecar is shutting down.
+    Shutdown,
+}
+
+/// One worker's connection.
+struct Connection {
+    id: u64,
+    reader: FramedRead<OwnedReadHalf, WireCodec<ToSidecar, ToWorker>>,
+    writer: FramedWrite<OwnedWriteHalf, WireCodec<ToSidecar, ToWorker>>,
+    broker: Arc<dyn Broker>,
+    workers: Arc<Workers>,
+    /// This connection's handle in the broker; its queue is `queue`.
+    subscriber: Subscriber,
+    queue: mpsc::Receiver<Event>,
+    /// The channels the worker is subscribed to.
+    channels: HashMap<String, Sent>,
+    shutdown: CancellationToken,
+}
+
+impl Connection {
+    fn new(
+        id: u64,
+        stream: UnixStream,
+        broker: Arc<dyn Broker>,
+        workers: Arc<Workers>,
+        queue_size: usize,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let (r, w) = stream.into_split();
+        let (subscriber, queue) = Subscriber::new(queue_size);
+        Self {
+            id,
+            reader: FramedRead::new(r, WireCodec::default()),
+            writer: FramedWrite::new(w, WireCodec::default()),
+            broker,
+            workers,
+            subscriber,
+            queue,
+            channels: HashMap::new(),
+            shutdown,
+        }
+    }
+
+    async fn run(mut self) {
+        let pid = match self.hello().await {
+            Ok(pid) => pid,
+            Err(why) => {
+                warn!("closing relay connection: {why}");
+                return;
+            }
+        };
+        tracing::Span::current().record("pid", pid);
+        info!("nginx worker connected");
+        self.workers.set(
+            self.id,
+            WorkerStats {
+                pid,
+                subscribers: 0,
+                channels: Vec::new(),
+            },
+        );
+
+        let stop = self.serve(pid).await;
+        match stop {
+            Stop::Closed => info!("nginx worker disconnected"),
+            Stop::Failed => {}
+            Stop::Overflow => warn!(
+                queued = self.queue.len(),
+                "nginx worker cannot keep up with its messages; disconnecting it \
+                 (it reconnects and resumes)"
+            ),
+            Stop::Shutdown => {
+                // Deliver what is already queued, briefly, then close.
+                let flush = self.flush_queue();
+                if tokio::time::timeout(SHUTDOWN_FLUSH, flush).await.is_err() {
+                    debug!("worker did not take its last messages in time");
+                }
+                info!("closed relay connection for shutdown");
+            }
+        }
+        for channel in std::mem::take(&mut self.channels).into_keys() {
+            self.broker
+                .unsubscribe(&channel, self.subscriber.id())
+                .await;
+        }
+        self.workers.remove(self.id);
+    }
+
+    /// Waits for `Hello` and checks its version; returns the worker's pid.
+    async fn hello(&mut self) -> Result<u32, String> {
+        let first = tokio::select! {
+            _ = self.shutdown.cancelled() => return Err("shutting down".into()),
+            first = tokio::time::timeout(HELLO_TIMEOUT, self.reader.next()) => first,
+        };
+        match first {
+            Err(_) => Err(format!("no Hello within {}s", HELLO_TIMEOUT.as_secs())),
+            Ok(None) => Err("closed before Hello".into()),
+            Ok(Some(Err(e))) => Err(e.to_string()),
+            Ok(Some(Ok(ToSidecar::Hello { version, pid }))) if version == PROTOCOL_VERSION => {
+                Ok(pid)
+            }
+            Ok(Some(Ok(ToSidecar::Hello { version, pid }))) => Err(format!(
+                "worker pid {pid} speaks relay protocol version {version}, this sidecar \
+                 speaks {PROTOCOL_VERSION}; upgrade the module and the sidecar together"
+            )),
+            Ok(Some(Ok(other))) => Err(format!(
+                "the first frame must be Hello, got {}",
+                frame_name(&other)
+            )),
+        }
+    }
+
+    async fn serve(&mut self, pid: u32) -> Stop {
+        let overflowed = self.subscriber.overflowed().clone();
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => return Stop::Shutdown,
+                _ = overflowed.cancelled() => return Stop::Overflow,
+                frame = self.reader.next() => {
+                    let frame = match frame {
+                        None => return Stop::Closed,
+                        Some(Err(CodecError::Io(e))) => {
+                            warn!("relay read failed: {e}");
+                            return Stop::Failed;
+                        }
+                        Some(Err(e)) => {
+                            warn!("closing relay connection: {e}");
+                            return Stop::Failed;
+                        }
+                        Some(Ok(frame)) => frame,
+                    };
+                    if let Err(stop) = self.handle_frame(frame, pid).await {
+                        return stop;
+                    }
+                }
+                event = self.queue.recv() => {
+                    let Some(event) = event else { return Stop::Failed };
+                    let mut out = Vec::new();
+                    self.handle_event(event, &mut out);
+                    while out.len() < WRITE_BATCH {
+                        match self.queue.try_recv() {
+                            Ok(event) => self.handle_event(event, &mut out),
+                            Err(_) => break,
+                        }
+                    }
+                    if let Err(stop) = self.send(out).await {
+                        return stop;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn handle_frame(&mut self, frame: ToSidecar, pid: u32) -> Result<(), Stop> {
+        match frame {
+            ToSidecar::Hello { .. } => {
+                warn!("closing relay connection: a second Hello");
+                Err(Stop::Failed)
+            }
+            ToSidecar::Subscribe {
+                channel,
+                want,
+                since,
+            } => self.subscribe(channel, want, since).await,
+            ToSidecar::Unsubscribe { channel } => {
+                if self.channels.remove(&channel).is_some() {
+                    self.broker
+                        .unsubscribe(&channel, self.subscriber.id())
+                        .await;
+                    debug!(channel, "unsubscribed");
+                }
+                Ok(())
+            }
+            ToSidecar::Stats {
+                subscribers,
+                channels,
+            } => {
+                debug!(subscribers, channels = channels.len(), "worker stats");
+                self.workers.set(
+                    self.id,
+                    WorkerStats {
+                        pid,
+                        subscribers,
+                        channels,
+                    },
+                );
+                Ok(())
+            }
+        }
+    }
+
+    async fn subscribe(
+        &mut self,
+        channel: String,
+        want: u32,
+        since: Option<Position>,
+    ) -> Result<(), Stop> {
+        if let Err(e) = chatup_wire::channel::validate(channel.as_bytes()) {
+            warn!(channel, "ignoring Subscribe with a bad channel name: {e}");
+            return Ok(());
+        }
+        let backlog = match self
+            .broker
+            .subscribe(&channel, want, since, &self.subscriber)
+            .await
+        {
+            Ok(b) => b,
+            Err(e) => {
+                // The worker keeps its subscribers and retries on reconnect.
+                error!(channel, "cannot subscribe: {e}; closing relay connection");
+                return Err(Stop::Failed);
+            }
+        };
+        let backlog = fit_backlog(&channel, backlog);
+        debug!(
+            channel,
+            since = %since.map(|p| p.to_string()).unwrap_or_default(),
+            kind = ?backlog.kind,
+            messages = backlog.messages.len(),
+            "subscribed"
+        );
+        self.channels.insert(
+            channel.clone(),
+            Sent {
+                epoch: backlog.epoch,
+                last_id: backlog.head,
+            },
+        );
+        self.send(vec![ToWorker::Backlog {
+            channel,
+            epoch: backlog.epoch,
+            kind: backlog.kind,
+            messages: backlog.messages,
+        }])
+        .await
+    }
+
+    /// Turns a live event into frames for the worker, dropping what it already has.
+    fn handle_event(&mut self, event: Event, out: &mut Vec<ToWorker>) {
+        match event {
+            Event::Message(p) => {
+                let Some(sent) = self.channels.get_mut(&*p.channel) else {
+                    return; // Unsubscribed since it was queued.
+                };
+                if p.epoch != sent.epoch {
+                    out.push(ToWorker::EpochReset {
+                        channel: p.channel.to_string(),
+                        epoch: p.epoch,
+                    });
+                    *sent = Sent {
+                        epoch: p.epoch,
+                        last_id: 0,
+                    };
+                }
+                if p.id <= sent.last_id {
+                    return;
+                }
+                sent.last_id = p.id;
+                out.push(ToWorker::Message {
+                    channel: p.channel.to_string(),
+                    epoch: p.epoch,
+                    id: p.id,
+                    payload: p.payload.to_vec(),
+                });
+            }
+            Event::EpochReset { channel, epoch } => {
+                let Some(sent) = self.channels.get_mut(&*channel) else {
+                    return;
+                };
+                if sent.epoch != epoch {
+                    *sent = Sent { epoch, last_id: 0 };
+                    out.push(ToWorker::EpochReset {
+                        channel: channel.to_string(),
+                        epoch,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Writes frames, giving up if the worker stops reading long enough for its queue to
+    /// overflow, or at shutdown.
+    async fn send(&mut self, frames: Vec<ToWorker>) -> Result<(), Stop> {
+        if frames.is_empty() {
+            return Ok(());
+        }
+        let overflowed = self.subscriber.overflowed().clone();
+        let writer = &mut self.writer;
+        let write = async move {
+            for frame in frames {
+                writer.feed(frame).await?;
+            }
+            writer.flush().await
+        };
+        tokio::select! {
+            result = write => result.map_err(|e| {
+                warn!("relay write failed: {e}");
+                Stop::Failed
+            }),
+            _ = overflowed.cancelled() => Err(Stop::Overflow),
+            _ = self.shutdown.cancelled() => Err(Stop::Shutdown),
+        }
+    }
+
+    /// Sends everything still queued (used at shutdown).
+    async fn flush_queue(&mut self) {
+        let mut out = Vec::new();
+        while let Ok(event) = self.queue.try_recv() {
+            self.handle_event(event, &mut out);
+        }
+        for frame in out {
+            if self.writer.feed(frame).await.is_err() {
+                return;
+            }
+        }
+        let _ = self.writer.flush().await;
+    }
+}
+
+/// Drops the oldest backlog messages that would push the frame past the protocol's limit
+/// (only possible with a very large history); a resume then reports `Truncated`.
+fn fit_backlog(channel: &str, mut backlog: Backlog) -> Backlog {
+    // kind byte, channel, epoch, backlog kind, count; then id and length per message.
+    let fixed = 1 + 2 + channel.len() + 8 + 1 + 4;
+    let mut size = fixed
+        + backlog
+            .messages
+            .iter()
+            .map(|e| 12 + e.payload.len())
+            .sum::<usize>();
+    let mut drop = 0;
+    while size > MAX_FRAME_LEN && drop < backlog.messages.len() {
+        size -= 12 + backlog.messages[drop].payload.len();
+        drop += 1;
+    }
+    if drop > 0 {
+        warn!(
+            channel,
+            dropped = drop,
+            "backlog exceeds the relay frame limit of {} bytes; sending only the newest messages",
+            MAX_FRAME_LEN + HEADER_LEN - 1
+        );
+        backlog.messages.drain(..drop);
+        if backlog.kind == BacklogKind::Continued {
+            backlog.kind = BacklogKind::Truncated;
+        }
+    }
+    backlog
+}
+
+fn frame_name(frame: &ToSidecar) -> &'static str {
+    match frame {
+        ToSidecar::Hello { .. } => "Hello",
+        ToSidecar::Subscribe { .. } => "Subscribe",
+        ToSidecar::Unsubscribe { .. } => "Unsubscribe",
+        ToSidecar::Stats { .. } => "Stats",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::memory::{MemoryBroker, MemoryOptions};
+    use crate::message::{Body, Tail};
+    use chatup_wire::Entry;
+    use futures_util::SinkExt;
+    use tokio_util::codec::Framed;
+
+    type Worker = Framed<UnixStream, WireCodec<ToWorker, ToSidecar>>;
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        path: PathBuf,
+        broker: Arc<MemoryBroker>,
+        workers: Arc<Workers>,
+        shutdown: CancellationToken,
+        tracker: TaskTracker,
+        server: tokio::task::JoinHandle<()>,
+    }
+
+    async fn start(queue_size: usize) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("relay.sock");
+        let broker = MemoryBroker::new(MemoryOptions {
+            history_size: 5,
+            ttl: Duration::from_secs(3600),
+        });
+        let relay = RelayServer::bind(
+            RelayOptions {
+                socket: path.clone(),
+                mode: 0o600,
+                queue_size,
+            },
+            broker.clone(),
+        )
+        .unwrap();
+        let workers = relay.workers();
+        let shutdown = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let server = tokio::spawn(relay.run(shutdown.clone(), tracker.clone()));
+        Fixture {
+            _dir: dir,
+            path,
+            broker,
+            workers,
+            shutdown,
+            tracker,
+            server,
+        }
+    }
+
+    async fn connect(path: &Path) -> Worker {
+        let stream = UnixStream::connect(path).await.unwrap();
+        let mut w = Framed::new(stream, WireCodec::default());
+        w.send(ToSidecar::Hello {
+            version: PROTOCOL_VERSION,
+            pid: 4242,
+        })
+        .await
+        .unwrap();
+        w
+    }
+
+    async fn next(w: &mut Worker) -> ToWorker {
+        tokio::time::timeout(Duration::from_secs(5), w.next())
+            .await
+            .expect("a frame within 5s")
+            .expect("connection open")
+            .expect("a valid frame")
+    }
+
+    /// Whether the server closes the connection within a second.
+    async fn closed(w: &mut Worker) -> bool {
+        loop {
+            match tokio::time::timeout(Duration::from_secs(5), w.next()).await {
+                Ok(None) | Ok(Some(Err(_))) => return true,
+                Ok(Some(Ok(_))) => continue,
+                Err(_) => return false,
+            }
+        }
+    }
+
+    async fn publish(b: &MemoryBroker, ch: &str, text: &str) -> u64 {
+        let tail = Tail::encode(1, "{}", &Body::Text(text.into())).unwrap();
+        b.publish(ch, &tail).await.unwrap().id
+    }
+
+    fn subscribe(channel: &str, want: u32, since: Option<Position>) -> ToSidecar {
+        ToSidecar::Subscribe {
+            channel: channel.into(),
+            want,
+            since,
+        }
+    }
+
+    #[tokio::test]
+    async fn subscribe_gets_backlog_then_live_messages() {
+        let f = start(1024).await;
+        for i in 0..7 {
+            publish(&f.broker, "room", &format!("m{i}")).await;
+        }
+        let mut w = connect(&f.path).await;
+        w.send(subscribe("room", 3, None)).await.unwrap();
+        let ToWorker::Backlog {
+            channel,
+            epoch,
+            kind,
+            messages,
+        } = next(&mut w).await
+        else {
+            panic!("expected a backlog");
+        };
+        assert_eq!(channel, "room");
+        assert_eq!(kind, BacklogKind::Recent);
+        assert_eq!(
+            messages.iter().map(|e| e.id).collect::<Vec<_>>(),
+            vec![5, 6, 7]
+        );
+        let payload = String::from_utf8(messages[2].payload.clone()).unwrap();
+        assert_eq!(
+            payload,
+            format!(r#"{{"ch":"room","id":7,"ep":{epoch},"t":1,"user":{{}},"msg":"m6"}}"#)
+        );
+
+        publish(&f.broker, "room", "live").await;
+        match next(&mut w).await {
+            ToWorker::Message {
+                channel,
+                epoch: e,
+                id,
+                payload,
+            } => {
+                assert_eq!((channel.as_str(), e, id), ("room", epoch, 8));
+                assert!(String::from_utf8(payload)
+                    .unwrap()
+                    .contains("\"msg\":\"live\""));
+            }
+            other => panic!("expected a message, got {other:?}"),
+        }
+
+        // Resume from a position: Continued with exactly what follows.
+        let mut w2 = connect(&f.path).await;
+        w2.send(subscribe("room", 0, Some(Position { epoch, id: 6 })))
+            .await
+            .unwrap();
+        match next(&mut w2).await {
+            ToWorker::Backlog { kind, messages, .. } => {
+                assert_eq!(kind, BacklogKind::Continued);
+                assert_eq!(
+                    messages,
+                    vec![
+                        Entry {
+                            id: 7,
+                            payload: messages[0].payload.clone()
+                        },
+                        Entry {
+                            id: 8,
+                            payload: messages[1].payload.clone()
+                        }
+                    ]
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // Too old: Truncated; other epoch: EpochChanged; both with the whole history (4..=8).
+        for (since, expect) in [
+            (Position { epoch, id: 1 }, BacklogKind::Truncated),
+            (
+                Position {
+                    epoch: epoch ^ 1,
+                    id: 8,
+                },
+                BacklogKind::EpochChanged,
+            ),
+        ] {
+            w2.send(subscribe("room", 0, Some(since))).await.unwrap();
+            match next(&mut w2).await {
+                ToWorker::Backlog { kind, messages, .. } => {
+                    assert_eq!(kind, expect);
+                    assert_eq!(
+                        messages.iter().map(|e| e.id).collect::<Vec<_>>(),
+                        vec![4, 5, 6, 7, 8]
+                    );
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        f.shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn live_stream_has_no_gap_or_duplicate_while_publishing() {
+        let f = start(100_000).await;
+        let mut w = connect(&f.path).await;
+        let broker = f.broker.clone();
+        let publisher = tokio::spawn(async move {
+            for i in 0..500 {
+                publish(&broker, "busy", &i.to_string()).await;
+                if i % 10 == 0 {
+                    tokio::task::yield_now().await;
+                }
+            }
+        });
+        w.send(subscribe("busy", 100, None)).await.unwrap();
+        publisher.await.unwrap();
+        let mut ids = match next(&mut w).await {
+            ToWorker::Backlog { messages, .. } => messages.iter().map(|e| e.id).collect::<Vec<_>>(),
+            other => panic!("{other:?}"),
+        };
+        while ids.last() != Some(&500) {
+            match next(&mut w).await {
+                ToWorker::Message { id, .. } => ids.push(id),
+                other => panic!("{other:?}"),
+            }
+        }
+        let first = ids.first().copied().unwrap_or(1);
+        assert_eq!(ids, (first..=500).collect::<Vec<_>>());
+        f.shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn resubscribing_does_not_repeat_messages_and_unsubscribe_stops_them() {
+        let f = start(1024).await;
+        let mut w = connect(&f.path).await;
+        w.send(subscribe("a", 10, None)).await.unwrap();
+        assert!(matches!(next(&mut w).await, ToWorker::Backlog { .. }));
+        publish(&f.broker, "a", "1").await;
+        assert!(matches!(
+            next(&mut w).await,
+            ToWorker::Message { id: 1, .. }
+        ));
+        w.send(subscribe("a", 10, None)).await.unwrap();
+        assert!(
+            matches!(next(&mut w).await, ToWorker::Backlog { ref messages, .. } if messages.len() == 1)
+        );
+        publish(&f.broker, "a", "2").await;
+        assert!(matches!(
+            next(&mut w).await,
+            ToWorker::Message { id: 2, .. }
+        ));
+
+        w.send(ToSidecar::Unsubscribe {
+            channel: "a".into(),
+        })
+        .await
+        .unwrap();
+        // A frame after the Unsubscribe proves it was handled before the next publish.
+        w.send(subscribe("b", 0, None)).await.unwrap();
+        assert!(
+            matches!(next(&mut w).await, ToWorker::Backlog { ref channel, .. } if channel == "b")
+        );
+        publish(&f.broker, "a", "3").await;
+        publish(&f.broker, "b", "x").await;
+        match next(&mut w).await {
+            ToWorker::Message { channel, id, .. } => assert_eq!((channel.as_str(), id), ("b", 1)),
+            other => panic!("{other:?}"),
+        }
+        f.shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn stats_are_kept_per_worker_and_dropped_on_disconnect() {
+        let f = start(16).await;
+        let mut w = connect(&f.path).await;
+        w.send(ToSidecar::Stats {
+            subscribers: 3,
+            channels: vec![ChannelCount {
+                channel: "room".into(),
+                subscribers: 3,
+            }],
+        })
+        .await
+        .unwrap();
+        // Round trip to be sure the Stats frame was processed.
+        w.send(subscribe("room", 0, None)).await.unwrap();
+        next(&mut w).await;
+        let stats = f.workers.snapshot();
+        assert_eq!(stats.len(), 1);
+        assert_eq!(stats[0].pid, 4242);
+        assert_eq!(stats[0].subscribers, 3);
+        assert_eq!(f.workers.total_subscribers(), 3);
+        drop(w);
+        for _ in 0..100 {
+            if f.workers.snapshot().is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(f.workers.snapshot().is_empty());
+        f.shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn refuses_missing_hello_and_wrong_version() {
+        let f = start(16).await;
+        let stream = UnixStream::connect(&f.path).await.unwrap();
+        let mut w: Worker = Framed::new(stream, WireCodec::default());
+        w.send(subscribe("room", 0, None)).await.unwrap();
+        assert!(closed(&mut w).await);
+
+        let stream = UnixStream::connect(&f.path).await.unwrap();
+        let mut w: Worker = Framed::new(stream, WireCodec::default());
+        w.send(ToSidecar::Hello {
+            version: PROTOCOL_VERSION + 1,
+            pid: 1,
+        })
+        .await
+        .unwrap();
+        assert!(closed(&mut w).await);
+
+        // Garbage after a good Hello closes too.
+        let mut w = connect(&f.path).await;
+        w.get_mut()
+            .try_write(&[0, 0, 0, 1, 0x7f])
+            .expect("write garbage");
+        assert!(closed(&mut w).await);
+        f.shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn bad_channel_names_are_ignored() {
+        let f = start(16).await;
+        let mut w = connect(&f.path).await;
+        w.send(subscribe("bad name", 0, None)).await.unwrap();
+        w.send(subscribe("good", 0, None)).await.unwrap();
+        assert!(
+            matches!(next(&mut w).await, ToWorker::Backlog { ref channel, .. } if channel == "good")
+        );
+        f.shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_worker_that_does_not_read_is_disconnected() {
+        let f = start(4).await;
+        let mut w = connect(&f.path).await;
+        w.send(subscribe("flood", 0, None)).await.unwrap();
+        assert!(matches!(next(&mut w).await, ToWorker::Backlog { .. }));
+        // Stop reading; publish far more than the socket buffers and the queue hold.
+        let big = "x".repeat(900);
+        for _ in 0..5000 {
+            publish(&f.broker, "flood", &big).await;
+        }
+        // The publisher was never blocked (we got here), and the worker gets dropped.
+        assert!(closed(&mut w).await);
+        // A reconnect resumes where it stopped.
+        let mut w = connect(&f.path).await;
+        w.send(subscribe("flood", 0, None)).await.unwrap();
+        assert!(matches!(next(&mut w).await, ToWorker::Backlog { .. }));
+        f.shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn stale_socket_is_replaced_live_one_is_not_and_shutdown_removes_it() {
+        let f = start(16).await;
+        // A second server on a live socket is refused.
+        let err = RelayServer::bind(
+            RelayOptions {
+                socket: f.path.clone(),
+                mode: 0o600,
+                queue_size: 1,
+            },
+            f.broker.clone(),
+        )
+        .err()
+        .unwrap();
+        assert!(matches!(err, RelayError::InUse { .. }), "{err}");
+        let mode = std::fs::metadata(&f.path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+
+        let mut w = connect(&f.path).await;
+        w.send(subscribe("room", 0, None)).await.unwrap();
+        next(&mut w).await;
+        f.shutdown.cancel();
+        f.server.await.unwrap();
+        f.tracker.close();
+        tokio::time::timeout(Duration::from_secs(5), f.tracker.wait())
+            .await
+            .unwrap();
+        assert!(closed(&mut w).await);
+        assert!(!f.path.exists(), "socket file removed at shutdown");
+
+        // A stale socket file (nobody listening) is replaced.
+        let stale = std::os::unix::net::UnixListener::bind(&f.path).unwrap();
+        drop(stale);
+        assert!(f.path.exists());
+        let relay = RelayServer::bind(
+            RelayOptions {
+                socket: f.path.clone(),
+                mode: 0o660,
+                queue_size: 1,
+            },
+            f.broker.clone(),
+        )
+        .unwrap();
+        assert_eq!(relay.path(), f.path);
+        drop(relay);
+        assert!(!f.path.exists());
+
+        // A regular file is never replaced.
+        std::fs::write(&f.path, "data").unwrap();
+        let err = RelayServer::bind(
+            RelayOptions {
+                socket: f.path.clone(),
+                mode: 0o660,
+                queue_size: 1,
+            },
+            f.broker.clone(),
+        )
+        .err()
+        .unwrap();
+        assert!(matches!(err, RelayError::NotASocket { .. }), "{err}");
+    }
+
+    #[test]
+    fn oversized_backlogs_keep_the_newest_messages() {
+        let big = vec![b'x'; 6 << 20];
+        let backlog = Backlog {
+            epoch: 1,
+            head: 3,
+            kind: BacklogKind::Continued,
+            messages: (1..=3)
+                .map(|id| Entry {
+                    id,
+                    payload: big.clone(),
+                })
+                .collect(),
+        };
+        let fitted = fit_backlog("c", backlog);
+        assert_eq!(fitted.kind, BacklogKind::Truncated);
+        assert_eq!(
+            fitted.messages.iter().map(|e| e.id).collect::<Vec<_>>(),
+            vec![2, 3]
+        );
+        let mut out = Vec::new();
+        chatup_wire::encode(
+            &ToWorker::Backlog {
+                channel: "c".into(),
+                epoch: 1,
+                kind: fitted.kind,
+                messages: fitted.messages,
+            },
+            &mut out,
+        )
+        .unwrap();
+    }
+}

@@ -1,0 +1,228 @@
+//! `chatup-sidecar token`: mints a publisher token, for tests, demos and scripts.
+//!
+//! Production tokens come from the site's own backend, which holds the private key; this
+//! command signs the same claims so that anything can be tried end to end from a shell.
+
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{json, Map, Value};
+
+use crate::auth::KeyFamily;
+
+#[derive(Debug, Clone, Args)]
+pub struct TokenArgs {
+    /// Private key in PEM form (RSA, EC or Ed25519), or the shared-secret file for HS*.
+    #[arg(long, value_name = "PEM")]
+    pub key: PathBuf,
+    /// Display name, put in `_public` as "name".
+    #[arg(long)]
+    pub name: String,
+    /// User id (`sub`).
+    #[arg(long)]
+    pub sub: Option<String>,
+    /// Lifetime in seconds (`exp` = now + ttl).
+    #[arg(long, default_value_t = 3600, value_name = "SECS")]
+    pub ttl: u64,
+    /// More public fields, a JSON object merged into `_public` (its keys win over --name).
+    #[arg(long, value_name = "JSON")]
+    pub public: Option<String>,
+    /// Allow the token to publish events (`_events: true`).
+    #[arg(long)]
+    pub events: bool,
+    /// Signing algorithm; must match the key and the sidecar's auth.algorithms.
+    #[arg(long, default_value = "RS256", value_parser = parse_algorithm)]
+    pub alg: Algorithm,
+    /// Issuer (`iss`), for sidecars configured with auth.issuer.
+    #[arg(long)]
+    pub iss: Option<String>,
+    /// Audience (`aud`), for sidecars configured with auth.audience.
+    #[arg(long)]
+    pub aud: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("cannot read --key {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "--key {path} is not an {family} private key in PEM form, as --alg {alg:?} needs: {reason}"
+    )]
+    Key {
+        path: PathBuf,
+        family: KeyFamily,
+        alg: Algorithm,
+        reason: String,
+    },
+    #[error("--key {path} holds a PEM key, but --alg {alg:?} needs a shared secret")]
+    PemAsSecret { path: PathBuf, alg: Algorithm },
+    #[error("--public must be a JSON object like '{{\"color\":\"red\"}}': {0}")]
+    Public(String),
+    #[error("cannot sign the token: {0}")]
+    Sign(String),
+}
+
+fn parse_algorithm(s: &str) -> Result<Algorithm, String> {
+    s.parse().map_err(|_| {
+        format!(
+            "unknown algorithm {s:?}; one of HS256, HS384, HS512, RS256, RS384, RS512, \
+             PS256, PS384, PS512, ES256, ES384, EdDSA"
+        )
+    })
+}
+
+/// Builds and signs the token; `now` is in seconds since the Unix epoch.
+pub fn make_token(args: &TokenArgs, now: u64) -> Result<String, TokenError> {
+    let key_bytes = std::fs::read(&args.key).map_err(|source| TokenError::Read {
+        path: args.key.clone(),
+        source,
+    })?;
+    let key = encoding_key(&args.key, args.alg, &key_bytes)?;
+
+    let mut public = Map::new();
+    public.insert("name".into(), Value::String(args.name.clone()));
+    if let Some(extra) = &args.public {
+        match serde_json::from_str::<Value>(extra) {
+            Ok(Value::Object(extra)) => public.extend(extra),
+            Ok(other) => return Err(TokenError::Public(format!("got {other}"))),
+            Err(e) => return Err(TokenError::Public(e.to_string())),
+        }
+    }
+    let mut claims = json!({
+        "iat": now,
+        "exp": now.saturating_add(args.ttl),
+        "_public": public,
+    });
+    if let Some(sub) = &args.sub {
+        claims["sub"] = json!(sub);
+    }
+    if args.events {
+        claims["_events"] = json!(true);
+    }
+    if let Some(iss) = &args.iss {
+        claims["iss"] = json!(iss);
+    }
+    if let Some(aud) = &args.aud {
+        claims["aud"] = json!(aud);
+    }
+    jsonwebtoken::encode(&Header::new(args.alg), &claims, &key)
+        .map_err(|e| TokenError::Sign(e.to_string()))
+}
+
+fn encoding_key(path: &Path, alg: Algorithm, bytes: &[u8]) -> Result<EncodingKey, TokenError> {
+    let family = KeyFamily::of(alg);
+    let bad = |e: jsonwebtoken::errors::Error| TokenError::Key {
+        path: path.to_owned(),
+        family,
+        alg,
+        reason: e.to_string(),
+    };
+    match family {
+        KeyFamily::Hmac => {
+            // Same rule as the sidecar: trailing whitespace is not part of the secret.
+            let secret = bytes.trim_ascii_end();
+            if secret.trim_ascii_start().starts_with(b"-----BEGIN") {
+                return Err(TokenError::PemAsSecret {
+                    path: path.to_owned(),
+                    alg,
+                });
+            }
+            Ok(EncodingKey::from_secret(secret))
+        }
+        KeyFamily::Rsa => EncodingKey::from_rsa_pem(bytes).map_err(bad),
+        KeyFamily::Ec => EncodingKey::from_ec_pem(bytes).map_err(bad),
+        KeyFamily::Ed => EncodingKey::from_ed_pem(bytes).map_err(bad),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::tests::{now, verifier};
+
+    fn args() -> TokenArgs {
+        TokenArgs {
+            key: PathBuf::from(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../nginx-conf/example-keys/jwt-private.pem"
+            )),
+            name: "ann".into(),
+            sub: None,
+            ttl: 3600,
+            public: None,
+            events: false,
+            alg: Algorithm::RS256,
+            iss: None,
+            aud: None,
+        }
+    }
+
+    #[test]
+    fn minted_tokens_verify() {
+        let token = make_token(&args(), now()).unwrap();
+        let id = verifier().verify(&token).unwrap();
+        assert_eq!(&*id.user, r#"{"name":"ann"}"#);
+        assert_eq!(id.sub, None);
+        assert!(!id.events);
+
+        let a = TokenArgs {
+            sub: Some("u7".into()),
+            public: Some(r#"{"color":"red","name":"Ann B."}"#.into()),
+            events: true,
+            ..args()
+        };
+        let id = verifier().verify(&make_token(&a, now()).unwrap()).unwrap();
+        assert_eq!(&*id.user, r#"{"color":"red","name":"Ann B."}"#);
+        assert_eq!(id.sub.as_deref(), Some("u7"));
+        assert!(id.events);
+        assert_eq!(id.expires_at, now() + 3600);
+    }
+
+    #[test]
+    fn ttl_is_honoured() {
+        let token = make_token(&args(), now() - 7200).unwrap();
+        assert_eq!(
+            verifier().verify(&token).unwrap_err().code(),
+            "token_expired"
+        );
+    }
+
+    #[test]
+    fn bad_inputs_are_explained() {
+        let a = TokenArgs {
+            public: Some("[1]".into()),
+            ..args()
+        };
+        assert!(make_token(&a, now())
+            .unwrap_err()
+            .to_string()
+            .contains("--public"));
+        let a = TokenArgs {
+            key: "/nonexistent.pem".into(),
+            ..args()
+        };
+        assert!(make_token(&a, now())
+            .unwrap_err()
+            .to_string()
+            .contains("/nonexistent.pem"));
+        let a = TokenArgs {
+            alg: Algorithm::ES256,
+            ..args()
+        };
+        let msg = make_token(&a, now()).unwrap_err().to_string();
+        assert!(msg.contains("EC") && msg.contains("ES256"), "{msg}");
+        let a = TokenArgs {
+            alg: Algorithm::HS256,
+            ..args()
+        };
+        assert!(matches!(
+            make_token(&a, now()),
+            Err(TokenError::PemAsSecret { .. })
+        ));
+        assert!(parse_algorithm("none").is_err());
+    }
+}
