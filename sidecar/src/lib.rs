@@ -46,3 +46,6 @@ pub mod shutdown;
 pub mod token;
 
 pub use error::Error;
+
+#[cfg(test)]
+mod tests;

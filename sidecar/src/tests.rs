@@ -1,0 +1,698 @@
+//! End-to-end tests: a whole sidecar on a real TCP port and a real Unix socket, driven by a
+//! WebSocket client, raw HTTP requests and a fake nginx worker speaking the relay protocol.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use chatup_wire::{BacklogKind, ToSidecar, ToWorker, PROTOCOL_VERSION};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UnixStream};
+use tokio::sync::oneshot;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::codec::Framed;
+
+use crate::auth::tests::{good_claims, now, sign};
+use crate::codec::WireCodec;
+use crate::config::Config;
+use crate::http::WsSettings;
+use crate::server::Sidecar;
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
+type Worker = Framed<UnixStream, WireCodec<ToWorker, ToSidecar>>;
+
+struct Running {
+    _dir: tempfile::TempDir,
+    addr: SocketAddr,
+    socket: PathBuf,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<(), crate::Error>>,
+}
+
+impl Running {
+    async fn stop(mut self) -> Result<(), crate::Error> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        tokio::time::timeout(Duration::from_secs(10), &mut self.task)
+            .await
+            .expect("sidecar stops within 10s")
+            .expect("sidecar task")
+    }
+}
+
+async fn start_with(ws: WsSettings) -> Running {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("relay.sock");
+    let sets = vec![
+        format!("relay.socket={}", socket.display()),
+        "http.listen=127.0.0.1:0".to_string(),
+        format!(
+            "auth.public_key_file={}/../nginx-conf/example-keys/jwt-public.pem",
+            env!("CARGO_MANIFEST_DIR")
+        ),
+        "limits.max_message_chars=10".to_string(),
+        "limits.max_event_bytes=32".to_string(),
+        "history.size=50".to_string(),
+    ];
+    let config = Config::load(None, Vec::new(), &sets).unwrap().config;
+    let sidecar = Sidecar::start(&config, ws).await.unwrap();
+    let addr = sidecar.http_addr();
+    assert_eq!(sidecar.relay_path(), socket);
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(sidecar.run(async move {
+        let _ = stopped.await;
+    }));
+    Running {
+        _dir: dir,
+        addr,
+        socket,
+        stop: Some(stop),
+        task,
+    }
+}
+
+async fn start() -> Running {
+    start_with(WsSettings::default()).await
+}
+
+fn token(events: bool) -> String {
+    let mut c = good_claims();
+    if events {
+        c["_events"] = json!(true);
+    }
+    sign(&c)
+}
+
+fn expired_token() -> String {
+    let mut c = good_claims();
+    c["exp"] = json!(now() - 3600);
+    sign(&c)
+}
+
+// --- WebSocket helpers -------------------------------------------------------------------
+
+async fn ws_connect(addr: SocketAddr) -> Ws {
+    let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/pub"))
+        .await
+        .unwrap();
+    ws
+}
+
+async fn ws_send(ws: &mut Ws, v: Value) {
+    ws.send(Message::text(v.to_string())).await.unwrap();
+}
+
+/// The next text frame, as JSON (pings are skipped).
+async fn ws_json(ws: &mut Ws) -> Value {
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("a frame within 5s")
+            .expect("connection open")
+            .expect("a valid frame");
+        match m {
+            Message::Text(t) => return serde_json::from_str(t.as_str()).unwrap(),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("expected text, got {other:?}"),
+        }
+    }
+}
+
+/// Reads until the close frame and returns its code.
+async fn ws_close_code(ws: &mut Ws) -> u16 {
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("a frame within 5s");
+        match m {
+            Some(Ok(Message::Close(Some(frame)))) => return u16::from(frame.code),
+            Some(Ok(Message::Close(None))) => return 1005,
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    }
+}
+
+async fn ws_authed(addr: SocketAddr, events: bool) -> Ws {
+    let mut ws = ws_connect(addr).await;
+    ws.send(Message::text(token(events))).await.unwrap();
+    let reply = ws_json(&mut ws).await;
+    assert_eq!(reply["type"], "auth", "{reply}");
+    ws
+}
+
+// --- Relay helpers -----------------------------------------------------------------------
+
+async fn worker(socket: &PathBuf, channel: &str) -> Worker {
+    let stream = UnixStream::connect(socket).await.unwrap();
+    let mut w = Framed::new(stream, WireCodec::default());
+    w.send(ToSidecar::Hello {
+        version: PROTOCOL_VERSION,
+        pid: 1,
+    })
+    .await
+    .unwrap();
+    w.send(ToSidecar::Subscribe {
+        channel: channel.into(),
+        want: 10,
+        since: None,
+    })
+    .await
+    .unwrap();
+    match next_frame(&mut w).await {
+        ToWorker::Backlog { kind, .. } => assert_eq!(kind, BacklogKind::Recent),
+        other => panic!("{other:?}"),
+    }
+    w
+}
+
+async fn next_frame(w: &mut Worker) -> ToWorker {
+    tokio::time::timeout(Duration::from_secs(5), w.next())
+        .await
+        .expect("a frame within 5s")
+        .expect("open")
+        .expect("valid")
+}
+
+// --- HTTP helper -------------------------------------------------------------------------
+
+struct HttpResponse {
+    status: u16,
+    headers: HashMap<String, String>,
+    body: String,
+}
+
+impl HttpResponse {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
+    }
+}
+
+async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> HttpResponse {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        request.push_str(&format!("{k}: {v}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    stream.write_all(body).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut raw))
+        .await
+        .expect("response within 5s")
+        .unwrap();
+    let text = String::from_utf8(raw).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").expect("a complete response");
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect::<HashMap<_, _>>();
+    assert!(
+        !headers.contains_key("transfer-encoding"),
+        "chunked bodies are not expected"
+    );
+    HttpResponse {
+        status,
+        headers,
+        body: body.to_owned(),
+    }
+}
+
+async fn post(
+    addr: SocketAddr,
+    path: &str,
+    token: Option<&str>,
+    ctype: &str,
+    body: &[u8],
+) -> HttpResponse {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let mut headers = vec![("Content-Type", ctype)];
+    if let Some(auth) = &auth {
+        headers.push(("Authorization", auth.as_str()));
+    }
+    http(addr, "POST", path, &headers, body).await
+}
+
+// --- Tests -------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn health() {
+    let s = start().await;
+    let r = http(s.addr, "GET", "/health", &[], b"").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json(), json!({"status": "ok"}));
+    let r = http(s.addr, "GET", "/nope", &[], b"").await;
+    assert_eq!(r.status, 404);
+    assert_eq!(r.json()["error"]["code"], "not_found");
+    s.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn websocket_publish_reaches_the_relay_with_acks_in_order() {
+    let s = start().await;
+    let mut w = worker(&s.socket, "room").await;
+    let mut ws = ws_authed(s.addr, false).await;
+
+    ws_send(&mut ws, json!({"ref": 1, "ch": "room", "msg": "hi"})).await;
+    let ack = ws_json(&mut ws).await;
+    assert_eq!(ack["type"], "ack");
+    assert_eq!(ack["ref"], 1);
+    assert_eq!(ack["id"], 1);
+    let ep = ack["ep"].as_u64().unwrap();
+    assert!((1..1 << 53).contains(&ep));
+
+    ws_send(&mut ws, json!({"ref": "b", "ch": "room", "msg": "again"})).await;
+    assert_eq!(
+        ws_json(&mut ws).await,
+        json!({"type": "ack", "ref": "b", "id": 2, "ep": ep})
+    );
+
+    // The relay carries exactly the message bytes, in order.
+    for (id, text) in [(1, "hi"), (2, "again")] {
+        match next_frame(&mut w).await {
+            ToWorker::Message {
+                channel,
+                epoch,
+                id: got,
+                payload,
+            } => {
+                assert_eq!((channel.as_str(), epoch, got), ("room", ep, id));
+                let payload = String::from_utf8(payload).unwrap();
+                let prefix = format!(r#"{{"ch":"room","id":{id},"ep":{ep},"t":"#);
+                assert!(payload.starts_with(&prefix), "{payload}");
+                assert!(
+                    payload.ends_with(&format!(
+                        r#","user":{{"color":"red","name":"ann"}},"msg":"{text}"}}"#
+                    )),
+                    "{payload}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    s.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn websocket_errors_carry_ref_code_and_reason() {
+    let s = start().await;
+    let mut ws = ws_authed(s.addr, false).await;
+    let cases = [
+        (
+            json!({"ref": 1, "ch": "bad name", "msg": "x"}),
+            "bad_channel",
+        ),
+        (json!({"ref": 2, "ch": "room", "msg": "   "}), "empty"),
+        (
+            json!({"ref": 3, "ch": "room", "msg": "12345678901"}),
+            "too_long",
+        ),
+        (json!({"ref": 4, "ch": "room"}), "bad_request"),
+        (json!({"ref": 5, "msg": "x"}), "bad_request"),
+        (
+            json!({"ref": 6, "ch": "room", "ev": "typing"}),
+            "events_not_allowed",
+        ),
+    ];
+    for (frame, code) in cases {
+        let reference = frame["ref"].clone();
+        ws_send(&mut ws, frame).await;
+        let reply = ws_json(&mut ws).await;
+        assert_eq!(reply["type"], "error", "{reply}");
+        assert_eq!(reply["code"], code, "{reply}");
+        assert_eq!(reply["ref"], reference, "{reply}");
+        assert!(!reply["message"].as_str().unwrap().is_empty());
+    }
+
+    ws_send(&mut ws, json!({"ref": 1, "ch": "a:b", "msg": "x"})).await;
+    let reply = ws_json(&mut ws).await;
+    assert_eq!(
+        reply["message"],
+        chatup_wire::channel::validate(b"a:b")
+            .unwrap_err()
+            .to_string()
+    );
+    ws_send(
+        &mut ws,
+        json!({"ref": 1, "ch": "room", "msg": "😀😀😀😀😀😀😀😀😀😀😀"}),
+    )
+    .await;
+    let reply = ws_json(&mut ws).await;
+    assert_eq!(reply["code"], "too_long");
+    assert!(
+        reply["message"].as_str().unwrap().contains("11 characters")
+            && reply["message"].as_str().unwrap().contains("10"),
+        "{reply}"
+    );
+
+    ws.send(Message::text("not json")).await.unwrap();
+    assert_eq!(ws_json(&mut ws).await["code"], "bad_request");
+    ws.send(Message::Binary(vec![0xff, 0xfe].into()))
+        .await
+        .unwrap();
+    assert_eq!(ws_json(&mut ws).await["code"], "invalid_utf8");
+    // A UTF-8 binary frame is read like text.
+    ws.send(Message::Binary(
+        json!({"ref": 9, "ch": "room", "msg": "bin"})
+            .to_string()
+            .into_bytes()
+            .into(),
+    ))
+    .await
+    .unwrap();
+    let ack = ws_json(&mut ws).await;
+    assert_eq!(
+        (ack["type"].as_str(), ack["id"].as_u64()),
+        (Some("ack"), Some(1))
+    );
+    s.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn websocket_refuses_bad_and_expired_tokens_with_close_codes() {
+    let s = start().await;
+    for (token, code, close) in [
+        ("garbage".to_string(), "bad_token", 4500),
+        (expired_token(), "token_expired", 4501),
+    ] {
+        let mut ws = ws_connect(s.addr).await;
+        ws.send(Message::text(token)).await.unwrap();
+        let reply = ws_json(&mut ws).await;
+        assert_eq!(reply["type"], "error");
+        assert_eq!(reply["code"], code);
+        assert_eq!(ws_close_code(&mut ws).await, close);
+    }
+    // The token may also come as {"token": ..}.
+    let mut ws = ws_connect(s.addr).await;
+    ws_send(&mut ws, json!({"token": token(false)})).await;
+    assert_eq!(
+        ws_json(&mut ws).await,
+        json!({"type": "auth", "user": {"color": "red", "name": "ann"}})
+    );
+    s.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn websocket_without_token_is_closed_4503() {
+    let s = start_with(WsSettings {
+        auth_timeout: Duration::from_millis(200),
+        ..WsSettings::default()
+    })
+    .await;
+    let mut ws = ws_connect(s.addr).await;
+    assert_eq!(ws_close_code(&mut ws).await, 4503);
+    s.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn websocket_reauthentication() {
+    let s = start().await;
+    let mut ws = ws_authed(s.addr, false).await;
+    ws_send(&mut ws, json!({"ref": 1, "ch": "r", "ev": "typing"})).await;
+    assert_eq!(ws_json(&mut ws).await["code"], "events_not_allowed");
+    ws_send(&mut ws, json!({"token": token(true)})).await;
+    assert_eq!(ws_json(&mut ws).await["type"], "auth");
+    ws_send(
+        &mut ws,
+        json!({"ref": 2, "ch": "r", "ev": "typing", "data": {"on": true}}),
+    )
+    .await;
+    let ack = ws_json(&mut ws).await;
+    assert_eq!(
+        (ack["type"].as_str(), ack["ref"].as_u64()),
+        (Some("ack"), Some(2))
+    );
+    // Event data over limits.max_event_bytes.
+    ws_send(
+        &mut ws,
+        json!({"ref": 3, "ch": "r", "ev": "t", "data": "x".repeat(40)}),
+    )
+    .await;
+    assert_eq!(ws_json(&mut ws).await["code"], "too_long");
+    // A bad token later ends the session like a bad first token.
+    ws_send(&mut ws, json!({"token": expired_token()})).await;
+    assert_eq!(ws_json(&mut ws).await["code"], "token_expired");
+    assert_eq!(ws_close_code(&mut ws).await, 4501);
+    s.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn websocket_pings_and_closes_silent_clients_4001() {
+    let s = start_with(WsSettings {
+        ping_interval: Duration::from_millis(150),
+        ..WsSettings::default()
+    })
+    .await;
+    let mut ws = ws_authed(s.addr, false).await;
+    // Not reading: no pong goes back, so the server hears nothing after its ping.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let mut saw_ping = false;
+    let code = loop {
+        match tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .unwrap()
+        {
+            Some(Ok(Message::Ping(_))) => saw_ping = true,
+            Some(Ok(Message::Close(Some(f)))) => break u16::from(f.code),
+            other => panic!("{other:?}"),
+        }
+    };
+    assert!(saw_ping);
+    assert_eq!(code, 4001);
+
+    // A client that reads (and so answers pings) stays connected.
+    let mut ws = ws_authed(s.addr, false).await;
+    let mut pings = 0;
+    let until = tokio::time::Instant::now() + Duration::from_millis(700);
+    while let Ok(m) = tokio::time::timeout_at(until, ws.next()).await {
+        match m {
+            Some(Ok(Message::Ping(_))) => pings += 1,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(pings >= 2, "{pings}");
+    ws_send(&mut ws, json!({"ref": 1, "ch": "r", "msg": "still here"})).await;
+    assert_eq!(ws_json(&mut ws).await["type"], "ack");
+    s.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn post_publishes_text_and_json() {
+    let s = start().await;
+    let mut w = worker(&s.socket, "room").await;
+    let t = token(true);
+
+    let r = post(
+        s.addr,
+        "/pub/room",
+        Some(&t),
+        "text/plain; charset=utf-8",
+        "héllo".as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = r.json();
+    assert_eq!(
+        (v["ch"].as_str(), v["id"].as_u64()),
+        (Some("room"), Some(1))
+    );
+    let ep = v["ep"].as_u64().unwrap();
+
+    let r = post(
+        s.addr,
+        "/pub/room",
+        Some(&t),
+        "application/json",
+        br#"{"msg":"json"}"#,
+    )
+    .await;
+    assert_eq!(r.json(), json!({"ch": "room", "id": 2, "ep": ep}));
+    let r = post(
+        s.addr,
+        "/pub/room",
+        Some(&t),
+        "application/json",
+        br#"{"ev":"poll","data":{"q":1}}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+
+    let mut payloads = Vec::new();
+    for _ in 0..3 {
+        match next_frame(&mut w).await {
+            ToWorker::Message { payload, .. } => payloads.push(String::from_utf8(payload).unwrap()),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(
+        payloads[0].ends_with(r#""msg":"héllo"}"#),
+        "{}",
+        payloads[0]
+    );
+    assert!(payloads[1].ends_with(r#""msg":"json"}"#), "{}", payloads[1]);
+    assert!(
+        payloads[2].ends_with(r#""ev":"poll","data":{"q":1}}"#),
+        "{}",
+        payloads[2]
+    );
+    s.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn post_errors_have_the_documented_statuses() {
+    let s = start().await;
+    let t = token(false);
+    let expired = expired_token();
+    /// Token, path, content type, body, expected status and code.
+    type Case<'a> = (Option<&'a str>, &'a str, &'a str, &'a [u8], u16, &'a str);
+    let cases: Vec<Case> = vec![
+        (None, "/pub/room", "text/plain", b"hi", 401, "bad_token"),
+        (
+            Some("nonsense"),
+            "/pub/room",
+            "text/plain",
+            b"hi",
+            401,
+            "bad_token",
+        ),
+        (
+            Some(&expired),
+            "/pub/room",
+            "text/plain",
+            b"hi",
+            401,
+            "token_expired",
+        ),
+        (
+            Some(&t),
+            "/pub/a:b",
+            "text/plain",
+            b"hi",
+            400,
+            "bad_channel",
+        ),
+        (Some(&t), "/pub/room", "text/plain", b"  \n", 400, "empty"),
+        (
+            Some(&t),
+            "/pub/room",
+            "text/plain",
+            b"\xff\xfe",
+            400,
+            "invalid_utf8",
+        ),
+        (
+            Some(&t),
+            "/pub/room",
+            "application/json",
+            b"{",
+            400,
+            "bad_request",
+        ),
+        (
+            Some(&t),
+            "/pub/room",
+            "application/json",
+            b"[1]",
+            400,
+            "bad_request",
+        ),
+        (
+            Some(&t),
+            "/pub/room",
+            "application/json",
+            br#"{"ev":"x"}"#,
+            403,
+            "events_not_allowed",
+        ),
+        (
+            Some(&t),
+            "/pub/room",
+            "text/plain",
+            b"12345678901",
+            413,
+            "too_long",
+        ),
+        (
+            Some(&t),
+            "/pub/room",
+            "application/x-www-form-urlencoded",
+            b"a=b",
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            Some(&t),
+            "/pub/room",
+            "text/plain; charset=latin1",
+            b"hi",
+            415,
+            "unsupported_media_type",
+        ),
+    ];
+    for (token, path, ctype, body, status, code) in cases {
+        let r = post(s.addr, path, token, ctype, body).await;
+        assert_eq!(r.status, status, "{path} {ctype} {body:?}: {}", r.body);
+        let v = r.json();
+        assert_eq!(v["error"]["code"], code, "{v}");
+        assert!(!v["error"]["message"].as_str().unwrap().is_empty());
+        assert_eq!(
+            r.headers.get("content-type").map(String::as_str),
+            Some("application/json")
+        );
+        if status == 401 {
+            assert_eq!(
+                r.headers.get("www-authenticate").map(String::as_str),
+                Some("Bearer")
+            );
+        }
+    }
+    // A huge body is refused without being read whole.
+    let big = vec![b'x'; 1 << 20];
+    let r = post(s.addr, "/pub/room", Some(&t), "text/plain", &big).await;
+    assert_eq!(
+        (r.status, r.json()["error"]["code"].as_str()),
+        (413, Some("too_long"))
+    );
+    s.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn shutdown_closes_publishers_1001_and_relay_and_removes_socket() {
+    let s = start().await;
+    let mut ws = ws_authed(s.addr, false).await;
+    let mut w = worker(&s.socket, "room").await;
+    let socket = s.socket.clone();
+    let addr = s.addr;
+    let stopping = tokio::spawn(s.stop());
+    assert_eq!(ws_close_code(&mut ws).await, 1001);
+    let end = tokio::time::timeout(Duration::from_secs(5), w.next())
+        .await
+        .unwrap();
+    assert!(matches!(end, None | Some(Err(_))), "{end:?}");
+    stopping.await.unwrap().unwrap();
+    assert!(!socket.exists());
+    assert!(TcpStream::connect(addr).await.is_err());
+}
