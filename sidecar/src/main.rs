@@ -18,7 +18,7 @@ fn main() -> ExitCode {
                 .map_err(Error::from)
         }
         Some(Command::Config) => load(&cli).map(|config| print!("{}", config.to_toml())),
-        Some(Command::Run) | None => run(&cli),
+        Some(Command::Run) | None => return run(&cli),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -37,10 +37,32 @@ fn load(cli: &Cli) -> Result<Config, Error> {
     Ok(loaded.config)
 }
 
-fn run(cli: &Cli) -> Result<(), Error> {
-    let loaded = Config::load(cli.config.as_deref(), std::env::vars_os(), &cli.set)?;
-    logging::init(&loaded.config.log)?;
-    for warning in &loaded.warnings {
+/// Runs the sidecar. Errors before logging is set up go to stderr as plain text, later ones
+/// through the configured log output.
+fn run(cli: &Cli) -> ExitCode {
+    let loaded = match Config::load(cli.config.as_deref(), std::env::vars_os(), &cli.set)
+        .map_err(Error::from)
+        .and_then(|loaded| {
+            logging::init(&loaded.config.log)?;
+            Ok(loaded)
+        }) {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            eprintln!("chatup-sidecar: error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match serve(cli, &loaded.config, &loaded.warnings) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(cli: &Cli, config: &Config, warnings: &[String]) -> Result<(), Error> {
+    for warning in warnings {
         tracing::warn!("{warning}");
     }
     tracing::info!(
@@ -57,9 +79,9 @@ fn run(cli: &Cli) -> Result<(), Error> {
         .thread_name("chatup-sidecar")
         .build()
         .map_err(Error::Serve)?;
-    let result = runtime.block_on(async {
+    runtime.block_on(async {
         let mut signals = Signals::install().map_err(Error::Signals)?;
-        let sidecar = Sidecar::start(&loaded.config, WsSettings::default()).await?;
+        let sidecar = Sidecar::start(config, WsSettings::default()).await?;
         sidecar
             .run(async move {
                 let name = signals.recv().await;
@@ -72,9 +94,5 @@ fn run(cli: &Cli) -> Result<(), Error> {
                 });
             })
             .await
-    });
-    if let Err(e) = &result {
-        tracing::error!("{e}");
-    }
-    result
+    })
 }

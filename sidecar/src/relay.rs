@@ -391,7 +391,6 @@ impl Connection {
         let overflowed = self.subscriber.overflowed().clone();
         loop {
             tokio::select! {
-                biased;
                 _ = self.shutdown.cancelled() => return Stop::Shutdown,
                 _ = overflowed.cancelled() => return Stop::Overflow,
                 frame = self.reader.next() => {

@@ -388,6 +388,9 @@ async fn websocket_errors_carry_ref_code_and_reason() {
         (ack["type"].as_str(), ack["id"].as_u64()),
         (Some("ack"), Some(1))
     );
+    // A frame far over any allowed message closes with 1009.
+    ws.send(Message::text("x".repeat(1 << 20))).await.unwrap();
+    assert_eq!(ws_close_code(&mut ws).await, 1009);
     s.stop().await.unwrap();
 }
 
