@@ -15,8 +15,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use chatup_wire::{
-    BacklogKind, ChannelCount, Position, ToSidecar, ToWorker, HEADER_LEN, MAX_FRAME_LEN,
-    PROTOCOL_VERSION,
+    BacklogKind, ChannelCount, Position, ToSidecar, ToWorker, MAX_FRAME_LEN, PROTOCOL_VERSION,
 };
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
@@ -321,7 +320,12 @@ impl Connection {
     async fn run(mut self) {
         let pid = match self.hello().await {
             Ok(pid) => pid,
-            Err(why) => {
+            // A bare connect-and-close is how a starting sidecar probes for a live socket.
+            Err(None) => {
+                debug!("relay connection closed before Hello");
+                return;
+            }
+            Err(Some(why)) => {
                 warn!("closing relay connection: {why}");
                 return;
             }
@@ -363,27 +367,31 @@ impl Connection {
         self.workers.remove(self.id);
     }
 
-    /// Waits for `Hello` and checks its version; returns the worker's pid.
-    async fn hello(&mut self) -> Result<u32, String> {
+    /// Waits for `Hello` and checks its version; returns the worker's pid, or why not (`None`
+    /// when the peer just closed).
+    async fn hello(&mut self) -> Result<u32, Option<String>> {
         let first = tokio::select! {
-            _ = self.shutdown.cancelled() => return Err("shutting down".into()),
+            _ = self.shutdown.cancelled() => return Err(Some("shutting down".into())),
             first = tokio::time::timeout(HELLO_TIMEOUT, self.reader.next()) => first,
         };
         match first {
-            Err(_) => Err(format!("no Hello within {}s", HELLO_TIMEOUT.as_secs())),
-            Ok(None) => Err("closed before Hello".into()),
-            Ok(Some(Err(e))) => Err(e.to_string()),
+            Err(_) => Err(Some(format!(
+                "no Hello within {}s",
+                HELLO_TIMEOUT.as_secs()
+            ))),
+            Ok(None) => Err(None),
+            Ok(Some(Err(e))) => Err(Some(e.to_string())),
             Ok(Some(Ok(ToSidecar::Hello { version, pid }))) if version == PROTOCOL_VERSION => {
                 Ok(pid)
             }
-            Ok(Some(Ok(ToSidecar::Hello { version, pid }))) => Err(format!(
+            Ok(Some(Ok(ToSidecar::Hello { version, pid }))) => Err(Some(format!(
                 "worker pid {pid} speaks relay protocol version {version}, this sidecar \
                  speaks {PROTOCOL_VERSION}; upgrade the module and the sidecar together"
-            )),
-            Ok(Some(Ok(other))) => Err(format!(
+            ))),
+            Ok(Some(Ok(other))) => Err(Some(format!(
                 "the first frame must be Hello, got {}",
                 frame_name(&other)
-            )),
+            ))),
         }
     }
 
@@ -614,8 +622,8 @@ fn fit_backlog(channel: &str, mut backlog: Backlog) -> Backlog {
         warn!(
             channel,
             dropped = drop,
-            "backlog exceeds the relay frame limit of {} bytes; sending only the newest messages",
-            MAX_FRAME_LEN + HEADER_LEN - 1
+            "backlog exceeds the relay frame limit of {MAX_FRAME_LEN} bytes; \
+             sending only the newest messages"
         );
         backlog.messages.drain(..drop);
         if backlog.kind == BacklogKind::Continued {
@@ -706,7 +714,7 @@ mod tests {
             .expect("a valid frame")
     }
 
-    /// Whether the server closes the connection within a second.
+    /// Whether the server closes the connection (within 5 s).
     async fn closed(w: &mut Worker) -> bool {
         loop {
             match tokio::time::timeout(Duration::from_secs(5), w.next()).await {
