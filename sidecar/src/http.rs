@@ -42,6 +42,7 @@ pub struct App {
     /// Tracks publisher sessions, which outlive their HTTP request once upgraded, so that
     /// shutdown can wait for their close frames to go out.
     pub tracker: TaskTracker,
+    /// Auth timeout and ping interval of publisher sessions.
     pub ws: WsSettings,
 }
 
@@ -70,6 +71,7 @@ async fn not_found(method: Method, uri: Uri) -> Response {
 
 /// A bound HTTP listener.
 pub struct HttpServer {
+    /// Bound before serving, so that startup fails early on a busy port.
     listener: TcpListener,
 }
 

@@ -82,6 +82,8 @@ pub struct WorkerStats {
 /// The connected workers and their latest counts, for load reporting.
 #[derive(Debug, Default)]
 pub struct Workers {
+    /// Keyed by relay connection, so a restarted worker reusing a pid is not confused
+    /// with the old one.
     by_connection: Mutex<HashMap<u64, WorkerStats>>,
 }
 
@@ -140,10 +142,15 @@ impl Drop for SocketFile {
 
 /// A bound relay socket, ready to serve.
 pub struct RelayServer {
+    /// The bound socket.
     listener: UnixListener,
+    /// Removes the socket file when the server goes away.
     file: SocketFile,
+    /// Per-connection settings (queue bound).
     options: RelayOptions,
+    /// Where connections subscribe.
     broker: Arc<dyn Broker>,
+    /// Stats of the connected workers, shared with whoever reports this host's load.
     workers: Arc<Workers>,
 }
 
@@ -280,16 +287,22 @@ enum Stop {
 
 /// One worker's connection.
 struct Connection {
+    /// Number of the connection in this process, for logs and the stats registry.
     id: u64,
+    /// Frames from the worker.
     reader: FramedRead<OwnedReadHalf, WireCodec<ToSidecar, ToWorker>>,
+    /// Frames to the worker; written only by this task, so frames never interleave.
     writer: FramedWrite<OwnedWriteHalf, WireCodec<ToSidecar, ToWorker>>,
+    /// Where subscriptions go.
     broker: Arc<dyn Broker>,
+    /// Where this worker's `Stats` are kept.
     workers: Arc<Workers>,
     /// This connection's handle in the broker; its queue is `queue`.
     subscriber: Subscriber,
     queue: mpsc::Receiver<Event>,
     /// The channels the worker is subscribed to.
     channels: HashMap<String, Sent>,
+    /// Cancelled at shutdown: flush what is queued and close.
     shutdown: CancellationToken,
 }
 

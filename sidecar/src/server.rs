@@ -25,10 +25,15 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// A sidecar whose sockets are bound, ready to [`run`](Sidecar::run).
 pub struct Sidecar {
+    /// The bound relay socket.
     relay: RelayServer,
+    /// Where it is, for callers (the server is consumed by `run`).
     relay_path: PathBuf,
+    /// The bound HTTP listener.
     http: HttpServer,
+    /// Its actual address (the configured port may be 0).
     http_addr: SocketAddr,
+    /// Shared state of the HTTP handlers.
     app: Arc<App>,
     /// Cancelled to stop everything.
     shutdown: CancellationToken,

@@ -47,6 +47,7 @@ pub struct MemoryBroker {
     /// Picks the shard of a channel name (randomly keyed, so names cannot be chosen to
     /// crowd one shard).
     hasher: RandomState,
+    /// History bound and idle time-to-live.
     options: MemoryOptions,
 }
 

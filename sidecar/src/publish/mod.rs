@@ -132,6 +132,7 @@ pub struct Publisher {
     broker: Arc<dyn Broker>,
     /// Checks tokens (also re-checks expiry on long-lived connections).
     verifier: Arc<Verifier>,
+    /// Message size limits from `[limits]`.
     limits: Limits,
 }
 
