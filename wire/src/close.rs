@@ -36,7 +36,10 @@ pub const BAD_REQUEST: u16 = 4503;
 
 /// Whether a client that got `code` should reconnect (with backoff) and resume.
 pub fn should_reconnect(code: u16) -> bool {
-    matches!(code, NORMAL | GOING_AWAY | INTERNAL_ERROR | 1006 | 4000..=4499)
+    matches!(
+        code,
+        NORMAL | GOING_AWAY | INTERNAL_ERROR | 1006 | 4000..=4499
+    )
 }
 
 #[cfg(test)]
@@ -48,7 +51,14 @@ mod tests {
         for code in [NORMAL, GOING_AWAY, SLOW_CONSUMER, PING_TIMEOUT, 4499] {
             assert!(should_reconnect(code), "{code}");
         }
-        for code in [PROTOCOL_ERROR, TOO_BIG, BAD_TOKEN, BANNED, BAD_REQUEST, 4999] {
+        for code in [
+            PROTOCOL_ERROR,
+            TOO_BIG,
+            BAD_TOKEN,
+            BANNED,
+            BAD_REQUEST,
+            4999,
+        ] {
             assert!(!should_reconnect(code), "{code}");
         }
     }

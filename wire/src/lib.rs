@@ -458,7 +458,10 @@ mod tests {
 
     #[test]
     fn every_frame_roundtrips() {
-        roundtrip(ToSidecar::Hello { version: 1, pid: 42 });
+        roundtrip(ToSidecar::Hello {
+            version: 1,
+            pid: 42,
+        });
         roundtrip(ToSidecar::Subscribe {
             channel: "room".into(),
             want: 100,
