@@ -29,6 +29,25 @@ use std::time::Duration;
 /// How long a test waits for something that should happen promptly (a message, a reply).
 pub const WAIT: Duration = Duration::from_secs(5);
 
+/// A short form of `text` for failure messages (long payloads are cut).
+pub fn brief(text: &str) -> String {
+    const MAX: usize = 160;
+    if text.len() <= MAX {
+        return text.to_owned();
+    }
+    let mut end = MAX;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…({} bytes)", &text[..end], text.len())
+}
+
+/// Short forms of messages for failure output.
+pub fn brief_all(msgs: &[serde_json::Value]) -> String {
+    let parts: Vec<String> = msgs.iter().map(|m| brief(&m.to_string())).collect();
+    format!("[{}]", parts.join(", "))
+}
+
 /// Checks that `msg` is a chat message of `ch` with `id` and text `text`, and returns its epoch.
 #[track_caller]
 pub fn assert_message(msg: &serde_json::Value, ch: &str, id: u64, text: &str) -> u64 {

@@ -283,7 +283,10 @@ impl RawWs {
                 Err(e) => panic!(
                     "expected a close frame within {timeout:?}, got {e:?} after {} frames: {:?}",
                     before.len(),
-                    before.iter().map(Frame::payload_text).collect::<Vec<_>>()
+                    before
+                        .iter()
+                        .map(|f| crate::brief(&f.payload_text()))
+                        .collect::<Vec<_>>()
                 ),
             }
         }
@@ -302,11 +305,19 @@ impl RawWs {
             match self.read_frame(left).await {
                 Ok(f) if f.opcode == OP_TEXT => {
                     return serde_json::from_slice(&f.payload).unwrap_or_else(|e| {
-                        panic!("text frame is not JSON ({e}): {:?}", f.payload_text())
+                        panic!(
+                            "text frame is not JSON ({e}): {}",
+                            crate::brief(&f.payload_text())
+                        )
                     })
                 }
                 Ok(f) if f.opcode == OP_PING || f.opcode == OP_PONG => continue,
-                other => panic!("expected a text frame, got {other:?}"),
+                Ok(f) => panic!(
+                    "expected a text frame, got opcode {} {}",
+                    f.opcode,
+                    crate::brief(&f.payload_text())
+                ),
+                Err(e) => panic!("expected a text frame, got {e:?}"),
             }
         }
     }

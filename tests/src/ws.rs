@@ -14,7 +14,7 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::WebSocketStream;
 
 use crate::http::HttpResponse;
-use crate::{Chatup, WAIT};
+use crate::{brief, brief_all, Chatup, WAIT};
 
 /// What arrived on a WebSocket.
 #[derive(Debug, Clone, PartialEq)]
@@ -91,7 +91,8 @@ async fn next_event(ws: &mut Ws, timeout: Duration) -> Option<Event> {
 }
 
 fn parse_json(text: &str) -> Value {
-    serde_json::from_str(text).unwrap_or_else(|e| panic!("text frame is not JSON ({e}): {text:?}"))
+    serde_json::from_str(text)
+        .unwrap_or_else(|e| panic!("text frame is not JSON ({e}): {}", brief(text)))
 }
 
 /// A subscriber on `/sub/...`.
@@ -101,6 +102,17 @@ pub struct Subscriber {
     pub local_port: u16,
     /// Raw text of every message received, in order.
     pub raw: Vec<String>,
+}
+
+impl Event {
+    /// A short form for failure messages.
+    pub fn brief(&self) -> String {
+        match self {
+            Event::Text(t) => format!("Text({})", brief(t)),
+            Event::Binary(b) => format!("Binary({} bytes)", b.len()),
+            other => format!("{other:?}"),
+        }
+    }
 }
 
 impl Subscriber {
@@ -153,7 +165,9 @@ impl Subscriber {
                 match self.next(left).await {
                     Some(Event::Text(t)) => return parse_json(&t),
                     Some(Event::Ping(_) | Event::Pong(_)) => continue,
-                    Some(other) => panic!("{caller}: expected a message, got {other:?}"),
+                    Some(other) => {
+                        panic!("{caller}: expected a message, got {}", other.brief())
+                    }
                     None => panic!("{caller}: no message within {WAIT:?}"),
                 }
             }
@@ -174,14 +188,15 @@ impl Subscriber {
                     }
                     Some(Event::Ping(_) | Event::Pong(_)) => continue,
                     Some(other) => panic!(
-                        "expected message {} of {n}, got {other:?} after {:?}",
+                        "expected message {} of {n}, got {} after {}",
                         i + 1,
-                        out
+                        other.brief(),
+                        brief_all(&out)
                     ),
                     None => panic!(
-                        "message {} of {n} did not arrive within {WAIT:?}; got {:?}",
+                        "message {} of {n} did not arrive within {WAIT:?}; got {}",
                         i + 1,
-                        out
+                        brief_all(&out)
                     ),
                 }
             }
@@ -200,7 +215,7 @@ impl Subscriber {
             match self.next(left).await {
                 None => return,
                 Some(Event::Ping(_) | Event::Pong(_)) => continue,
-                Some(other) => panic!("expected no message, got {other:?}"),
+                Some(other) => panic!("expected no message, got {}", other.brief()),
             }
         }
     }
@@ -217,9 +232,15 @@ impl Subscriber {
                 Some(Event::Close(c)) => return (c.map(|(code, _)| code), before),
                 Some(Event::Ping(_) | Event::Pong(_) | Event::Binary(_)) => continue,
                 Some(Event::End(why)) => {
-                    panic!("connection ended without a close frame ({why}); got {before:?}")
+                    panic!(
+                        "connection ended without a close frame ({why}); got {}",
+                        brief_all(&before)
+                    )
                 }
-                None => panic!("no close frame within {timeout:?}; got {before:?}"),
+                None => panic!(
+                    "no close frame within {timeout:?}; got {}",
+                    brief_all(&before)
+                ),
             }
         }
     }
@@ -309,7 +330,7 @@ impl Publisher {
             match self.next(left).await {
                 Some(Event::Text(t)) => return parse_json(&t),
                 Some(Event::Ping(_) | Event::Pong(_)) => continue,
-                Some(other) => panic!("expected a reply on /pub, got {other:?}"),
+                Some(other) => panic!("expected a reply on /pub, got {}", other.brief()),
                 None => panic!("no reply on /pub within {WAIT:?}"),
             }
         }
@@ -350,9 +371,15 @@ impl Publisher {
                 Some(Event::Close(c)) => return (c.map(|(code, _)| code), before),
                 Some(Event::Ping(_) | Event::Pong(_) | Event::Binary(_)) => continue,
                 Some(Event::End(why)) => {
-                    panic!("/pub ended without a close frame ({why}); got {before:?}")
+                    panic!(
+                        "/pub ended without a close frame ({why}); got {}",
+                        brief_all(&before)
+                    )
                 }
-                None => panic!("no close frame on /pub within {timeout:?}; got {before:?}"),
+                None => panic!(
+                    "no close frame on /pub within {timeout:?}; got {}",
+                    brief_all(&before)
+                ),
             }
         }
     }

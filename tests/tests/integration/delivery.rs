@@ -106,3 +106,20 @@ async fn events_reach_subscribers_with_their_data() {
     assert_eq!(msgs[1]["id"], 2);
     assert_key_order(&sub.raw[0]);
 }
+
+#[tokio::test]
+async fn messages_published_right_after_subscribing_are_not_lost() {
+    // A subscriber whose upgrade succeeded gets every message published afterwards, even a
+    // burst larger than the cache that starts at once.
+    let env = Chatup::start_with(chatup_tests::Options::default().cache_messages(5));
+    let mut sub = Subscriber::connect(&env, "/sub/burst").await;
+    let mut publisher = Publisher::connect_ok(&env, &token("bob")).await;
+    for i in 1..=30u64 {
+        let ack = publisher.publish("burst", &format!("b{i}")).await;
+        assert_eq!(ack["id"], i);
+    }
+    let msgs = sub.recv_n(30).await;
+    for (m, id) in msgs.iter().zip(1u64..) {
+        assert_message(m, "burst", id, &format!("b{id}"));
+    }
+}

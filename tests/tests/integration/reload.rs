@@ -60,27 +60,58 @@ async fn quit_closes_with_1001_and_leaves_no_socket() {
     for (sub, _) in &mut subs {
         assert_message(&sub.recv().await, "q", 1, "hello");
     }
-    // An idle HTTP keepalive connection too (nginx closes those itself).
-    let _idle = tokio::net::TcpStream::connect(env.nginx_addr())
-        .await
-        .expect("connect");
-
     let workers = env.all_worker_pids();
-    let quit = async {
-        for (sub, worker) in &mut subs {
-            let (code, _) = sub.expect_close(CLOSE_WAIT).await;
-            assert_eq!(code, Some(1001), "close code on quit (worker {worker})");
-        }
-    };
     env.signal_nginx(libc::SIGQUIT);
-    quit.await;
+    for (sub, worker) in &mut subs {
+        let (code, _) = sub.expect_close(CLOSE_WAIT).await;
+        assert_eq!(code, Some(1001), "close code on quit (worker {worker})");
+    }
     let status = env.wait_nginx_exit();
     assert!(status.success(), "nginx exits 0 on SIGQUIT, got {status}");
     assert!(env.wait_gone(&workers, CLOSE_WAIT), "workers gone");
     let alerts = env.grep_error_log("open socket");
     assert!(alerts.is_empty(), "open sockets left at quit: {alerts:?}");
-    let _ = Subscriber::try_connect(&env, "/sub/q")
-        .await
-        .err()
-        .expect("nginx is gone");
+    assert!(
+        Subscriber::try_connect(&env, "/sub/q").await.is_err(),
+        "nginx is gone"
+    );
+}
+
+#[tokio::test]
+async fn reload_tells_subscribers_at_once_while_other_connections_linger() {
+    // Publishers' proxied WebSockets (and other open HTTP connections) keep an old worker
+    // alive after a reload; its subscribers must still get 1001 right away, so they move
+    // to the new workers.
+    let env = Chatup::start();
+    let mut subs = env.subscribers_on_every_worker("/sub/linger").await;
+    // Hold a publisher and an idle connection on every worker.
+    let mut publishers = Vec::new();
+    let mut idle = Vec::new();
+    for _ in 0..6 {
+        publishers.push(
+            chatup_tests::Publisher::connect_ok(&env, &chatup_tests::token::token("pat")).await,
+        );
+        idle.push(
+            tokio::net::TcpStream::connect(env.nginx_addr())
+                .await
+                .expect("connect"),
+        );
+    }
+    env.publish("linger", "one").await;
+    for (sub, _) in &mut subs {
+        assert_message(&sub.recv().await, "linger", 1, "one");
+    }
+    let started = std::time::Instant::now();
+    env.reload();
+    for (sub, worker) in &mut subs {
+        let (code, _) = sub.expect_close(CLOSE_WAIT).await;
+        assert_eq!(code, Some(1001), "close code on reload (worker {worker})");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "subscribers were told after {:?}",
+        started.elapsed()
+    );
+    drop(publishers);
+    drop(idle);
 }

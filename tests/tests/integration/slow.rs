@@ -13,10 +13,10 @@ fn slow_setup() -> Options {
         .server("location /slow/ {\n    chatup_subscribe;\n    chatup_max_unsent 16k;\n}")
 }
 
-async fn publish_many(env: &Chatup, ch: &str, n: u64) {
+async fn publish_many(env: &Chatup, ch: &str, from: u64, n: u64) {
     let mut p = Publisher::connect_ok(env, &token("fast")).await;
     let text = "m".repeat(900);
-    for i in 1..=n {
+    for i in from..=n {
         let ack = p.publish(ch, &format!("{i} {text}")).await;
         assert_eq!(ack["id"], i);
     }
@@ -28,8 +28,14 @@ async fn slow_subscriber_is_closed_with_4000_others_get_everything() {
     let mut normal = Subscriber::connect(&env, "/sub/busy").await;
     let mut slow = RawWs::connect_with_rcvbuf(env.nginx_addr(), "/slow/busy", Some(4096)).await;
 
-    publish_many(&env, "busy", 300).await;
-    let msgs = normal.recv_n(300).await;
+    // Both are subscribed once each has its first message.
+    publish_many(&env, "busy", 1, 1).await;
+    assert_eq!(normal.recv().await["id"], 1);
+    assert_eq!(slow.expect_json(Duration::from_secs(5)).await["id"], 1);
+
+    publish_many(&env, "busy", 2, 300).await;
+    let mut msgs = vec![serde_json::json!({"id": 1})];
+    msgs.extend(normal.recv_n(299).await);
     for (m, id) in msgs.iter().zip(1u64..) {
         assert_eq!(m["id"], id, "normal subscriber in order");
     }
@@ -42,15 +48,17 @@ async fn slow_subscriber_is_closed_with_4000_others_get_everything() {
         Some(4000),
         "slow consumer close: {close:?}"
     );
-    let ids: Vec<u64> = before
-        .iter()
-        .filter(|f| f.opcode == chatup_tests::raw::OP_TEXT)
-        .map(|f| {
-            serde_json::from_slice::<serde_json::Value>(&f.payload).expect("JSON")["id"]
-                .as_u64()
-                .expect("id")
-        })
-        .collect();
+    let mut ids: Vec<u64> = vec![1];
+    ids.extend(
+        before
+            .iter()
+            .filter(|f| f.opcode == chatup_tests::raw::OP_TEXT)
+            .map(|f| {
+                serde_json::from_slice::<serde_json::Value>(&f.payload).expect("JSON")["id"]
+                    .as_u64()
+                    .expect("id")
+            }),
+    );
     assert!(
         ids.len() < 300,
         "the slow subscriber was cut off before the end"
@@ -66,7 +74,7 @@ async fn slow_subscriber_that_never_drains_is_dropped() {
     let env = Chatup::start_with(slow_setup());
     let slow = RawWs::connect_with_rcvbuf(env.nginx_addr(), "/slow/stuck", Some(4096)).await;
     let worker = env.worker_of(slow.local_port).expect("a worker owns it");
-    publish_many(&env, "stuck", 100).await;
+    publish_many(&env, "stuck", 1, 100).await;
     // The close cannot be sent; within 10 s (plus slack) the worker lets go of the socket.
     let deadline = std::time::Instant::now() + Duration::from_secs(16);
     while env.worker_of(slow.local_port).is_some() {
