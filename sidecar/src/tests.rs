@@ -542,9 +542,19 @@ async fn post_publishes_text_and_json() {
     )
     .await;
     assert_eq!(r.status, 200, "{}", r.body);
+    // What `curl --data 'a+b=c'` sends: the raw body is the text, not decoded as a form.
+    let r = post(
+        s.addr,
+        "/pub/room",
+        Some(&t),
+        "application/x-www-form-urlencoded",
+        b"a+b=c",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
 
     let mut payloads = Vec::new();
-    for _ in 0..3 {
+    for _ in 0..4 {
         match next_frame(&mut w).await {
             ToWorker::Message { payload, .. } => payloads.push(String::from_utf8(payload).unwrap()),
             other => panic!("{other:?}"),
@@ -560,6 +570,11 @@ async fn post_publishes_text_and_json() {
         payloads[2].ends_with(r#""ev":"poll","data":{"q":1}}"#),
         "{}",
         payloads[2]
+    );
+    assert!(
+        payloads[3].ends_with(r#""msg":"a+b=c"}"#),
+        "{}",
+        payloads[3]
     );
     s.stop().await.unwrap();
 }
@@ -641,7 +656,7 @@ async fn post_errors_have_the_documented_statuses() {
         (
             Some(&t),
             "/pub/room",
-            "application/x-www-form-urlencoded",
+            "multipart/form-data; boundary=x",
             b"a=b",
             415,
             "unsupported_media_type",

@@ -119,11 +119,12 @@ fn content_kind(headers: &HeaderMap) -> Result<ContentKind, PublishError> {
     let unsupported = |what: &str| {
         PublishError::new(
             ErrorCode::UnsupportedMediaType,
-            format!("Content-Type must be text/plain or application/json, not {what}"),
+            format!("Content-Type must be text/plain (or none) or application/json, not {what}"),
         )
     };
+    // No type, or the form type `curl --data` sends, is taken as the raw text it is.
     let Some(value) = headers.get(header::CONTENT_TYPE) else {
-        return Err(unsupported("missing"));
+        return Ok(ContentKind::Text);
     };
     let value = value.to_str().map_err(|_| unsupported("unreadable"))?;
     let mut parts = value.split(';');
@@ -142,7 +143,7 @@ fn content_kind(headers: &HeaderMap) -> Result<ContentKind, PublishError> {
         ));
     }
     match essence.as_str() {
-        "text/plain" => Ok(ContentKind::Text),
+        "text/plain" | "application/x-www-form-urlencoded" => Ok(ContentKind::Text),
         "application/json" => Ok(ContentKind::Json),
         _ => Err(unsupported(value)),
     }
