@@ -255,6 +255,8 @@ unsafe fn upgrade_connection(
             return NGX_ERROR as ngx_int_t;
         };
         (*conn).key = key;
+        // A channel new to this worker was just subscribed: tell the sidecar now.
+        super::relay::flush();
 
         Request::from_ngx_http_request(r).set_module_ctx(conn.cast(), Module::module());
         let timer = addr_of_mut!((*conn).timer);
@@ -297,6 +299,8 @@ extern "C" fn on_request_freed(data: *mut c_void) {
         }
         if (*conn).key != usize::MAX {
             forget_subscriber((*conn).key);
+            // Its last channels may have been unsubscribed.
+            super::relay::flush();
         }
         drop(Box::from_raw(conn));
     }

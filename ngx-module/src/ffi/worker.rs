@@ -12,7 +12,8 @@ use super::{free_timer, new_timer, relay};
 use crate::hub::{Hub, SubscriberKey};
 use crate::Module;
 
-/// How often subscriber counts are reported to the sidecar (when they changed).
+/// How often subscriber counts are reported to the sidecar (when they changed), and how
+/// soon after a reload or quit begins the subscribers of an old worker are told to move.
 const STATS_INTERVAL_MS: u64 = 1_000;
 
 pub struct Worker {
@@ -22,6 +23,8 @@ pub struct Worker {
     pub scratch: Vec<u8>,
     pub log: *mut ngx_log_t,
     stats_timer: *mut ngx_event_t,
+    /// Graceful shutdown began and the subscribers were sent 1001.
+    going_away: bool,
 }
 
 thread_local! {
@@ -81,6 +84,7 @@ pub extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
         scratch: Vec::new(),
         log,
         stats_timer: new_timer(Some(on_stats_timer), log),
+        going_away: false,
     };
     let stats_timer = worker.stats_timer;
     WORKER.with(|cell| {
@@ -118,7 +122,28 @@ pub extern "C" fn exit_process(_cycle: *mut ngx_cycle_t) {
     }
 }
 
+/// At reload or quit an old worker lives on while other connections (proxied publishers,
+/// keep-alives) finish; its subscribers must not wait for that: they get 1001 now and
+/// reconnect to a new worker.
+fn tell_subscribers_to_move() {
+    let closing = with_worker(|w| {
+        if std::mem::replace(&mut w.going_away, true) {
+            return Vec::new();
+        }
+        w.hub.close_all(close::GOING_AWAY, "server going away")
+    })
+    .unwrap_or_default();
+    for (_, conn) in closing {
+        // SAFETY: the hub only holds connections that are alive.
+        unsafe { subscriber::flush(conn) };
+    }
+}
+
 extern "C" fn on_stats_timer(ev: *mut ngx_event_t) {
+    // SAFETY: ngx_exiting is written by this thread's cycle between events.
+    if unsafe { ngx::ffi::ngx_exiting } != 0 {
+        tell_subscribers_to_move();
+    }
     with_worker(|w| w.hub.report_stats());
     relay::flush();
     // SAFETY: ev is the worker's stats timer, alive until exit_process.
