@@ -583,12 +583,20 @@ impl Chatup {
 impl Drop for Chatup {
     fn drop(&mut self) {
         self.shutdown();
-        let crashed = self.grep_error_log("exited on signal");
+        // Whatever the test checked, these must never happen.
+        let mut problems = self.grep_error_log("exited on signal");
+        problems.extend(self.grep_error_log("[alert]"));
+        problems.extend(
+            self.sidecar_log()
+                .lines()
+                .filter(|l| l.contains("panicked"))
+                .map(str::to_owned),
+        );
         if std::thread::panicking() {
             self.dump_logs();
-        } else if !crashed.is_empty() {
+        } else if !problems.is_empty() {
             self.dump_logs();
-            panic!("an nginx process crashed: {crashed:?}");
+            panic!("nginx alerts, crashes or sidecar panics: {problems:#?}");
         }
         if std::env::var_os("CHATUP_KEEP_TEST_DIRS").is_some() {
             let dir = std::mem::replace(

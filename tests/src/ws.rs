@@ -247,17 +247,18 @@ impl Subscriber {
 
     /// Sends a close frame with `code`.
     pub async fn close(&mut self, code: u16) {
-        let _ = self
-            .ws
-            .send(Message::Close(Some(CloseFrame {
-                code: CloseCode::from(code),
-                reason: "".into(),
-            })))
-            .await;
+        let frame = Message::Close(Some(CloseFrame {
+            code: CloseCode::from(code),
+            reason: "".into(),
+        }));
+        let _ = tokio::time::timeout(WAIT, self.ws.send(frame)).await;
     }
 
     pub async fn send(&mut self, msg: Message) {
-        self.ws.send(msg).await.expect("send on the WebSocket");
+        tokio::time::timeout(WAIT, self.ws.send(msg))
+            .await
+            .expect("send on the WebSocket timed out")
+            .expect("send on the WebSocket");
     }
 
     /// The `since` value resuming after the last message received on `ch`.
@@ -301,16 +302,16 @@ impl Publisher {
     }
 
     pub async fn send_text(&mut self, text: &str) {
-        self.ws
-            .send(Message::text(text.to_owned()))
+        tokio::time::timeout(WAIT, self.ws.send(Message::text(text.to_owned())))
             .await
+            .expect("send on /pub timed out")
             .expect("send on /pub");
     }
 
     pub async fn send_binary(&mut self, bytes: &[u8]) {
-        self.ws
-            .send(Message::binary(bytes.to_vec()))
+        tokio::time::timeout(WAIT, self.ws.send(Message::binary(bytes.to_vec())))
             .await
+            .expect("send on /pub timed out")
             .expect("send on /pub");
     }
 
@@ -345,11 +346,17 @@ impl Publisher {
         }
         let r = frame["ref"].clone();
         self.send_json(&frame).await;
+        let deadline = Instant::now() + WAIT;
         loop {
             let reply = self.recv().await;
             if reply["ref"] == r {
                 return reply;
             }
+            assert!(
+                Instant::now() < deadline,
+                "no reply with ref {r} within {WAIT:?} (last: {})",
+                brief(&reply.to_string())
+            );
         }
     }
 
