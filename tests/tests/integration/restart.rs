@@ -104,3 +104,50 @@ async fn subscribers_survive_a_sidecar_restart() {
         sub.expect_no_message(Duration::from_millis(300)).await;
     }
 }
+
+#[tokio::test]
+async fn publishers_get_1001_when_the_sidecar_stops() {
+    let mut env = Chatup::start();
+    let mut p = chatup_tests::Publisher::connect_ok(&env, &token("pub")).await;
+    p.publish("bye", "hello").await;
+    let status = env.stop_sidecar();
+    assert!(status.success(), "exit status {status}");
+    let (code, _) = p.expect_close(Duration::from_secs(5)).await;
+    assert_eq!(
+        code,
+        Some(1001),
+        "publisher close code when the sidecar stops"
+    );
+}
+
+#[tokio::test]
+async fn an_expired_history_changes_the_epoch_and_subscribers_are_told() {
+    // history.ttl_seconds=1: a channel idle for a second may lose its history. Whenever
+    // the epoch a subscriber sees changes, a resync event must come first, and no message
+    // may be lost.
+    let env =
+        Chatup::start_with(chatup_tests::Options::default().sidecar_set("history.ttl_seconds=1"));
+    let mut sub = Subscriber::connect(&env, "/sub/ttl").await;
+    let ep1 = env.publish("ttl", "first").await["ep"]
+        .as_u64()
+        .expect("ep");
+    assert_message(&sub.recv().await, "ttl", 1, "first");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let ack = env.publish("ttl", "second").await;
+    let ep2 = ack["ep"].as_u64().expect("ep");
+    let next = sub.recv().await;
+    eprintln!("epoch before {ep1}, after {ep2}");
+    if ep2 == ep1 {
+        assert_eq!(ack["id"], 2, "{ack}");
+        assert_message(&next, "ttl", 2, "second");
+    } else {
+        assert_eq!(ack["id"], 1, "a new epoch starts at id 1: {ack}");
+        assert_eq!(
+            assert_resync(&next, "ttl", "epoch_changed"),
+            ep2,
+            "resync before the first message of the new epoch"
+        );
+        assert_message(&sub.recv().await, "ttl", 1, "second");
+    }
+    sub.expect_no_message(Duration::from_millis(300)).await;
+}

@@ -173,3 +173,59 @@ async fn since_applies_per_channel() {
     assert_message(two[1], "two", 2, "m2");
     sub.expect_no_message(QUIET).await;
 }
+
+#[tokio::test]
+async fn a_channel_left_by_every_subscriber_is_fresh_when_joined_again() {
+    // When its last subscriber leaves, a worker stops receiving the channel; what it
+    // cached must not be served stale to the next subscriber.
+    let env = Chatup::start();
+    let mut first = env.subscribers_on_every_worker("/sub/again").await;
+    let ep = publish_n(&env, "again", 1, 2).await;
+    for (sub, _) in &mut first {
+        let msgs = sub.recv_n(2).await;
+        assert_message(&msgs[1], "again", 2, "m2");
+        sub.close(1000).await;
+    }
+    drop(first);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    publish_n(&env, "again", 3, 4).await;
+    for (mut sub, worker) in env.subscribers_on_every_worker("/sub/again").await {
+        let msgs = sub.recv_n(4).await;
+        for (m, id) in msgs.iter().zip(1..) {
+            assert_message(m, "again", id, &format!("m{id}"));
+        }
+        sub.expect_no_message(QUIET).await;
+        let _ = worker;
+    }
+    for (mut sub, _) in env
+        .subscribers_on_every_worker(&format!("/sub/again?since=again:{ep}:2"))
+        .await
+    {
+        let msgs = sub.recv_n(2).await;
+        assert_message(&msgs[0], "again", 3, "m3");
+        assert_message(&msgs[1], "again", 4, "m4");
+        sub.expect_no_message(QUIET).await;
+    }
+}
+
+#[tokio::test]
+async fn subscribers_leaving_do_not_disturb_the_others() {
+    let env = Chatup::start();
+    let mut stay = env.subscribers_on_every_worker("/sub/share").await;
+    let mut leave = env.subscribers_on_every_worker("/sub/share").await;
+    publish_n(&env, "share", 1, 1).await;
+    for (sub, _) in leave.iter_mut().chain(stay.iter_mut()) {
+        assert_message(&sub.recv().await, "share", 1, "m1");
+    }
+    for (sub, _) in &mut leave {
+        sub.close(1000).await;
+    }
+    drop(leave);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    publish_n(&env, "share", 2, 3).await;
+    for (sub, _) in &mut stay {
+        let msgs = sub.recv_n(2).await;
+        assert_message(&msgs[0], "share", 2, "m2");
+        assert_message(&msgs[1], "share", 3, "m3");
+    }
+}

@@ -223,3 +223,11 @@ async fn flags_override_env_which_overrides_the_file() {
         assert!(status.is_some_and(|s| s.success()), "exit 0 on SIGTERM");
     }
 }
+
+#[tokio::test]
+async fn health_through_nginx() {
+    let env = Chatup::start();
+    let resp = env.get("/health", &[]).await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(resp.json(), json!({"status": "ok"}));
+}
