@@ -151,3 +151,28 @@ async fn an_expired_history_changes_the_epoch_and_subscribers_are_told() {
     }
     sub.expect_no_message(Duration::from_millis(300)).await;
 }
+
+#[tokio::test]
+async fn resuming_after_the_history_expired_gets_resync() {
+    // No subscriber and no message for history.ttl_seconds: the channel's history is gone
+    // and it starts a new epoch; a subscriber resuming from the old one is told.
+    let env =
+        Chatup::start_with(chatup_tests::Options::default().sidecar_set("history.ttl_seconds=1"));
+    let mut sub = Subscriber::connect(&env, "/sub/gone").await;
+    let ep1 = env.publish("gone", "old").await["ep"].as_u64().expect("ep");
+    assert_message(&sub.recv().await, "gone", 1, "old");
+    sub.close(1000).await;
+    drop(sub);
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    let ack = env.publish("gone", "new").await;
+    let ep2 = ack["ep"].as_u64().expect("ep");
+    assert_ne!(ep2, ep1, "an expired channel starts a new epoch");
+    assert_eq!(ack["id"], 1, "{ack}");
+    let mut again = Subscriber::connect(&env, &format!("/sub/gone?since=gone:{ep1}:1")).await;
+    assert_eq!(
+        assert_resync(&again.recv().await, "gone", "epoch_changed"),
+        ep2
+    );
+    assert_message(&again.recv().await, "gone", 1, "new");
+    again.expect_no_message(Duration::from_millis(300)).await;
+}
