@@ -1,0 +1,611 @@
+//! Subscriber load: child processes that each hold a share of the subscribers, and the
+//! [`Fleet`] that starts them and adds up what they measured.
+//!
+//! One process may hold at most ~20,000 open files here, so the subscribers are spread over
+//! several `chatup-bench load` processes, each bound to its own loopback source addresses
+//! (127.0.0.2, 127.0.0.3, …) so ephemeral ports do not run out. A child speaks JSON lines:
+//! progress and a report on stdout, commands on stdin.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::process::Stdio;
+use std::rc::Rc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use hdrhistogram::serialization::{Deserializer, Serializer, V2Serializer};
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin, Command};
+use tokio::sync::{mpsc, Semaphore};
+
+use crate::payload::{now_ns, read_delivery};
+use crate::wsclient::{Frame, WsClient};
+use crate::BenchError;
+
+/// Subscribers one load process holds at most (the file limit is 20,000).
+pub const MAX_PER_PROCESS: usize = 15_000;
+/// Connections one source address gives at most (about half the ephemeral range).
+pub const MAX_PER_SOURCE: usize = 14_000;
+/// Latency is recorded in microseconds up to a minute.
+const MAX_LATENCY_US: u64 = 60_000_000;
+
+/// What a load process is asked to hold.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LoadArgs {
+    /// nginx address.
+    #[arg(long)]
+    pub addr: SocketAddr,
+    /// Host header.
+    #[arg(long, default_value = "localhost")]
+    pub host: String,
+    /// Subscriber location prefix.
+    #[arg(long, default_value = "/sub/")]
+    pub sub_path: String,
+    /// Channel names are this prefix and the room number.
+    #[arg(long)]
+    pub channel_prefix: String,
+    /// Rooms the subscribers are spread over (subscriber g joins room g % rooms).
+    #[arg(long)]
+    pub rooms: usize,
+    /// Global number of this process's first subscriber.
+    #[arg(long)]
+    pub first: usize,
+    /// Subscribers this process holds.
+    #[arg(long)]
+    pub count: usize,
+    /// Source addresses, used in turn.
+    #[arg(long, value_delimiter = ',')]
+    pub sources: Vec<IpAddr>,
+    /// Handshakes in flight at once.
+    #[arg(long, default_value_t = 200)]
+    pub concurrency: usize,
+}
+
+/// A line from a load process.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum FromLoad {
+    Progress(Progress),
+    /// Every subscriber has connected or failed to.
+    Ready(Progress),
+    Report(LoadReport),
+}
+
+/// A command to a load process.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum ToLoad {
+    /// Report against what was published: channel → (first id, last id).
+    Report {
+        published: BTreeMap<String, (u64, u64)>,
+    },
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Progress {
+    pub connected: u64,
+    pub failed: u64,
+    pub received: u64,
+    /// Subscribers the server closed (or whose connection broke) after the upgrade.
+    pub closed: u64,
+    /// The first few distinct connect errors.
+    pub errors: Vec<String>,
+}
+
+impl Progress {
+    fn add(&mut self, other: &Progress) {
+        self.connected += other.connected;
+        self.failed += other.failed;
+        self.received += other.received;
+        self.closed += other.closed;
+        for e in &other.errors {
+            if self.errors.len() < 5 && !self.errors.contains(e) {
+                self.errors.push(e.clone());
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct LoadReport {
+    pub progress: Progress,
+    /// Published messages a connected subscriber never got.
+    pub lost: u64,
+    /// Messages received twice or out of order.
+    pub duplicates: u64,
+    /// Close codes (or "io" for a broken connection) and how many subscribers got them.
+    pub close_codes: BTreeMap<String, u64>,
+    /// Publish-to-deliver latency in µs, hdrhistogram V2, base64.
+    pub latency: String,
+}
+
+/// One subscriber's account of its room.
+#[derive(Debug, Clone, Default)]
+struct SubStat {
+    room: usize,
+    connected: bool,
+    /// The id after the last one received, 0 before the first.
+    next: u64,
+    /// Distinct ids received in order.
+    ids: Vec<(u64, u64)>,
+    duplicates: u64,
+}
+
+impl SubStat {
+    fn record(&mut self, id: u64) {
+        if id < self.next {
+            self.duplicates += 1;
+            return;
+        }
+        // Runs of consecutive ids, so a subscriber's memory does not grow per message.
+        match self.ids.last_mut() {
+            Some((_, last)) if *last + 1 == id => *last = id,
+            _ => self.ids.push((id, id)),
+        }
+        self.next = id + 1;
+    }
+
+    fn received_within(&self, first: u64, last: u64) -> u64 {
+        self.ids
+            .iter()
+            .map(|&(a, b)| {
+                let (a, b) = (a.max(first), b.min(last));
+                if a > b {
+                    0
+                } else {
+                    b - a + 1
+                }
+            })
+            .sum()
+    }
+}
+
+struct LoadState {
+    subs: Vec<SubStat>,
+    progress: Progress,
+    attempts_done: usize,
+    close_codes: BTreeMap<String, u64>,
+    latency: Histogram<u64>,
+}
+
+fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("valid histogram bounds")
+}
+
+/// Channel name of room `room`.
+pub fn room_channel(prefix: &str, room: usize) -> String {
+    format!("{prefix}{room}")
+}
+
+/// Entry point of `chatup-bench load`: runs until stdin closes.
+pub fn run_child(args: LoadArgs) -> Result<(), BenchError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&runtime, child_main(args))
+}
+
+async fn child_main(args: LoadArgs) -> Result<(), BenchError> {
+    let state = Rc::new(RefCell::new(LoadState {
+        subs: (0..args.count)
+            .map(|i| SubStat {
+                room: (args.first + i) % args.rooms.max(1),
+                ..SubStat::default()
+            })
+            .collect(),
+        progress: Progress::default(),
+        attempts_done: 0,
+        close_codes: BTreeMap::new(),
+        latency: new_histogram(),
+    }));
+    let permits = Rc::new(Semaphore::new(args.concurrency.max(1)));
+    for i in 0..args.count {
+        let global = args.first + i;
+        let room = global % args.rooms.max(1);
+        let path = format!(
+            "{}{}",
+            args.sub_path,
+            room_channel(&args.channel_prefix, room)
+        );
+        let source = (!args.sources.is_empty()).then(|| args.sources[global % args.sources.len()]);
+        let state = state.clone();
+        let permits = permits.clone();
+        let (addr, host) = (args.addr, args.host.clone());
+        tokio::task::spawn_local(async move {
+            let permit = permits.acquire().await.ok();
+            let connected =
+                WsClient::connect(addr, source, &host, &path, (global as u64) << 8 | 7).await;
+            drop(permit);
+            let mut client = match connected {
+                Ok(c) => c,
+                Err(e) => {
+                    let mut st = state.borrow_mut();
+                    st.attempts_done += 1;
+                    st.progress.failed += 1;
+                    let text = e.to_string();
+                    if st.progress.errors.len() < 5 && !st.progress.errors.contains(&text) {
+                        st.progress.errors.push(text);
+                    }
+                    return;
+                }
+            };
+            {
+                let mut st = state.borrow_mut();
+                st.attempts_done += 1;
+                st.progress.connected += 1;
+                st.subs[i].connected = true;
+            }
+            let ended = loop {
+                match client.next_frame().await {
+                    Ok(Frame::Text(payload)) => {
+                        let Some(delivery) = read_delivery(payload) else {
+                            continue;
+                        };
+                        let mut st = state.borrow_mut();
+                        st.progress.received += 1;
+                        st.subs[i].record(delivery.id);
+                        if let Some(sent) = delivery.sent_ns {
+                            let us = now_ns().saturating_sub(sent) / 1000;
+                            st.latency.saturating_record(us.clamp(1, MAX_LATENCY_US));
+                        }
+                    }
+                    Ok(Frame::Close(code)) => break code.to_string(),
+                    Err(_) => break "io".to_owned(),
+                }
+            };
+            let mut st = state.borrow_mut();
+            st.progress.closed += 1;
+            *st.close_codes.entry(ended).or_default() += 1;
+        });
+    }
+
+    let printer = {
+        let state = state.clone();
+        let count = args.count;
+        tokio::task::spawn_local(async move {
+            let mut announced = false;
+            loop {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                let (progress, done) = {
+                    let st = state.borrow();
+                    (st.progress.clone(), st.attempts_done >= count)
+                };
+                let line = if done && !announced {
+                    announced = true;
+                    FromLoad::Ready(progress)
+                } else {
+                    FromLoad::Progress(progress)
+                };
+                if emit(&line).is_err() {
+                    return;
+                }
+            }
+        })
+    };
+
+    let mut commands = BufReader::new(tokio::io::stdin()).lines();
+    while let Some(line) = commands.next_line().await? {
+        match serde_json::from_str::<ToLoad>(&line) {
+            Ok(ToLoad::Report { published }) => {
+                let report = report(&state.borrow(), &args, &published)?;
+                emit(&FromLoad::Report(report))?;
+            }
+            Err(e) => eprintln!("chatup-bench load: bad command {line:?}: {e}"),
+        }
+    }
+    printer.abort();
+    Ok(())
+}
+
+fn report(
+    st: &LoadState,
+    args: &LoadArgs,
+    published: &BTreeMap<String, (u64, u64)>,
+) -> Result<LoadReport, BenchError> {
+    let ranges: Vec<Option<(u64, u64)>> = (0..args.rooms.max(1))
+        .map(|room| {
+            published
+                .get(&room_channel(&args.channel_prefix, room))
+                .copied()
+        })
+        .collect();
+    let mut lost = 0;
+    let mut duplicates = 0;
+    for sub in st.subs.iter().filter(|s| s.connected) {
+        duplicates += sub.duplicates;
+        if let Some((first, last)) = ranges[sub.room] {
+            lost += (last - first + 1) - sub.received_within(first, last);
+        }
+    }
+    let mut bytes = Vec::new();
+    V2Serializer::new()
+        .serialize(&st.latency, &mut bytes)
+        .map_err(|e| BenchError::Protocol(format!("serialize the histogram: {e:?}")))?;
+    Ok(LoadReport {
+        progress: st.progress.clone(),
+        lost,
+        duplicates,
+        close_codes: st.close_codes.clone(),
+        latency: base64::engine::general_purpose::STANDARD.encode(bytes),
+    })
+}
+
+fn emit(line: &FromLoad) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer(&mut out, line)?;
+    out.write_all(b"\n")?;
+    out.flush()
+}
+
+/// Decodes a report's latency histogram.
+pub fn decode_histogram(text: &str) -> Result<Histogram<u64>, BenchError> {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .map_err(|e| BenchError::Protocol(format!("histogram base64: {e}")))?;
+    Deserializer::new()
+        .deserialize(&mut bytes.as_slice())
+        .map_err(|e| BenchError::Protocol(format!("histogram: {e:?}")))
+}
+
+/// How the subscribers are laid out over rooms, processes and source addresses.
+#[derive(Debug, Clone)]
+pub struct LoadPlan {
+    pub addr: SocketAddr,
+    pub host: String,
+    pub sub_path: String,
+    pub channel_prefix: String,
+    pub rooms: usize,
+    pub subscribers: usize,
+    /// Load processes; 0 picks enough for the file limit.
+    pub processes: usize,
+    /// First source address is 127.0.0.<source_base>.
+    pub source_base: u8,
+    pub concurrency: usize,
+}
+
+impl LoadPlan {
+    fn process_count(&self) -> usize {
+        let needed = self.subscribers.div_ceil(MAX_PER_PROCESS).max(1);
+        self.processes.max(needed).min(self.subscribers.max(1))
+    }
+
+    fn sources(&self) -> Vec<IpAddr> {
+        let n = self.subscribers.div_ceil(MAX_PER_SOURCE).max(1);
+        (0..n)
+            .map(|i| IpAddr::from([127, 0, 0, self.source_base.saturating_add(i as u8)]))
+            .collect()
+    }
+}
+
+/// The running load processes.
+pub struct Fleet {
+    children: Vec<Child>,
+    stdins: Vec<ChildStdin>,
+    events: mpsc::UnboundedReceiver<(usize, FromLoad)>,
+    latest: Vec<Progress>,
+    ready: Vec<bool>,
+    pub pids: Vec<u32>,
+}
+
+impl Fleet {
+    /// Starts the load processes; they begin connecting at once.
+    pub fn spawn(plan: &LoadPlan) -> Result<Self, BenchError> {
+        let exe = std::env::current_exe()?;
+        let n = plan.process_count();
+        let sources = plan.sources();
+        let sources_arg: Vec<String> = sources.iter().map(|s| s.to_string()).collect();
+        let (tx, events) = mpsc::unbounded_channel();
+        let mut fleet = Self {
+            children: Vec::new(),
+            stdins: Vec::new(),
+            events,
+            latest: vec![Progress::default(); n],
+            ready: vec![false; n],
+            pids: Vec::new(),
+        };
+        let mut first = 0;
+        for k in 0..n {
+            let count = plan.subscribers / n + usize::from(k < plan.subscribers % n);
+            let mut child = Command::new(&exe)
+                .arg("load")
+                .args(["--addr", &plan.addr.to_string()])
+                .args(["--host", &plan.host])
+                .args(["--sub-path", &plan.sub_path])
+                .args(["--channel-prefix", &plan.channel_prefix])
+                .args(["--rooms", &plan.rooms.to_string()])
+                .args(["--first", &first.to_string()])
+                .args(["--count", &count.to_string()])
+                .args(["--sources", &sources_arg.join(",")])
+                .args(["--concurrency", &plan.concurrency.to_string()])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()?;
+            first += count;
+            fleet.pids.extend(child.id());
+            let stdout = child
+                .stdout
+                .take()
+                .ok_or(BenchError::Protocol("a load process has no stdout".into()))?;
+            let stdin = child
+                .stdin
+                .take()
+                .ok_or(BenchError::Protocol("a load process has no stdin".into()))?;
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(stdout).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    match serde_json::from_str::<FromLoad>(&line) {
+                        Ok(event) => {
+                            if tx.send((k, event)).is_err() {
+                                return;
+                            }
+                        }
+                        Err(e) => eprintln!("load process {k}: {e}: {line}"),
+                    }
+                }
+            });
+            fleet.children.push(child);
+            fleet.stdins.push(stdin);
+        }
+        Ok(fleet)
+    }
+
+    fn absorb(&mut self, k: usize, event: FromLoad) -> Option<LoadReport> {
+        match event {
+            FromLoad::Progress(p) => self.latest[k] = p,
+            FromLoad::Ready(p) => {
+                self.latest[k] = p;
+                self.ready[k] = true;
+            }
+            FromLoad::Report(r) => return Some(r),
+        }
+        None
+    }
+
+    /// Takes in whatever the processes said since the last call.
+    pub fn poll(&mut self) -> Result<(), BenchError> {
+        loop {
+            match self.events.try_recv() {
+                Ok((k, event)) => {
+                    if let Some(r) = self.absorb(k, event) {
+                        return Err(BenchError::Protocol(format!(
+                            "unexpected report from load process {k}: {r:?}"
+                        )));
+                    }
+                }
+                Err(mpsc::error::TryRecvError::Empty) => return Ok(()),
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    return Err(BenchError::Protocol("every load process has exited".into()))
+                }
+            }
+        }
+    }
+
+    /// The sum of the latest progress of every process.
+    pub fn totals(&self) -> Progress {
+        let mut sum = Progress::default();
+        for p in &self.latest {
+            sum.add(p);
+        }
+        sum
+    }
+
+    pub fn all_ready(&self) -> bool {
+        self.ready.iter().all(|r| *r)
+    }
+
+    /// Waits for the next line from any process.
+    pub async fn next_event(&mut self, timeout: Duration) -> Result<(), BenchError> {
+        match tokio::time::timeout(timeout, self.events.recv()).await {
+            Ok(Some((k, event))) => {
+                if let Some(r) = self.absorb(k, event) {
+                    return Err(BenchError::Protocol(format!(
+                        "unexpected report from load process {k}: {r:?}"
+                    )));
+                }
+                Ok(())
+            }
+            Ok(None) => Err(BenchError::Protocol("every load process has exited".into())),
+            Err(_) => Ok(()),
+        }
+    }
+
+    /// Asks every process for its report against `published` and adds them up.
+    pub async fn report(
+        &mut self,
+        published: &BTreeMap<String, (u64, u64)>,
+    ) -> Result<(LoadReport, Histogram<u64>), BenchError> {
+        let mut line = serde_json::to_vec(&ToLoad::Report {
+            published: published.clone(),
+        })?;
+        line.push(b'\n');
+        for stdin in &mut self.stdins {
+            stdin.write_all(&line).await?;
+            stdin.flush().await?;
+        }
+        let mut total = LoadReport::default();
+        let mut latency = new_histogram();
+        let mut pending = self.stdins.len();
+        while pending > 0 {
+            let (k, event) = tokio::time::timeout(Duration::from_secs(30), self.events.recv())
+                .await
+                .map_err(|_| BenchError::Protocol("a load process did not report".into()))?
+                .ok_or_else(|| BenchError::Protocol("a load process exited".into()))?;
+            if let Some(r) = self.absorb(k, event) {
+                pending -= 1;
+                total.progress.add(&r.progress);
+                total.lost += r.lost;
+                total.duplicates += r.duplicates;
+                for (code, n) in r.close_codes {
+                    *total.close_codes.entry(code).or_default() += n;
+                }
+                latency
+                    .add(decode_histogram(&r.latency)?)
+                    .map_err(|e| BenchError::Protocol(format!("merge histograms: {e:?}")))?;
+            }
+        }
+        Ok((total, latency))
+    }
+
+    /// Closes every subscriber (the processes exit when their stdin closes).
+    pub async fn stop(mut self) {
+        self.stdins.clear();
+        for child in &mut self.children {
+            if tokio::time::timeout(Duration::from_secs(10), child.wait())
+                .await
+                .is_err()
+            {
+                let _ = child.kill().await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_runs_gaps_and_duplicates() {
+        let mut s = SubStat::default();
+        for id in [1, 2, 3, 5, 6, 6, 4, 9] {
+            s.record(id);
+        }
+        assert_eq!(s.ids, vec![(1, 3), (5, 6), (9, 9)]);
+        assert_eq!(s.duplicates, 2);
+        assert_eq!(s.received_within(1, 9), 6);
+        assert_eq!(s.received_within(2, 5), 3);
+        assert_eq!(s.received_within(10, 20), 0);
+    }
+
+    #[test]
+    fn plans_processes_and_sources() {
+        let plan = LoadPlan {
+            addr: "127.0.0.1:1".parse().unwrap(),
+            host: "h".into(),
+            sub_path: "/sub/".into(),
+            channel_prefix: "c".into(),
+            rooms: 1,
+            subscribers: 50_000,
+            processes: 0,
+            source_base: 2,
+            concurrency: 10,
+        };
+        assert_eq!(plan.process_count(), 4);
+        let sources = plan.sources();
+        assert_eq!(sources.len(), 4);
+        assert_eq!(sources[0], IpAddr::from([127, 0, 0, 2]));
+        let small = LoadPlan {
+            subscribers: 3,
+            processes: 8,
+            ..plan
+        };
+        assert_eq!(small.process_count(), 3);
+    }
+}

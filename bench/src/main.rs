@@ -1,0 +1,94 @@
+//! `chatup-bench`: a load generator for chatup, for capacity planning.
+//!
+//! Layout:
+//! - [`scenario`]: idle, fanout, rooms, publish and floor runs, and their one-line JSON result.
+//! - [`stack`]: the server under test (a stack the bench starts from `build/`, or `--url`).
+//! - [`load`]: subscriber load spread over child processes and source addresses.
+//! - [`publish`]: publishers on the real path (`/pub` through nginx to the sidecar).
+//! - [`floor`]: the minimal server that measures what the kernel alone costs per delivery.
+//! - [`wsclient`], [`payload`], [`procfs`]: the lean subscriber client, the message stamp,
+//!   and what is read from /proc (CPU, RSS, steal).
+//!
+//! Progress goes to stderr once a second; the result is one JSON line on stdout.
+
+mod floor;
+mod load;
+mod payload;
+mod procfs;
+mod publish;
+mod scenario;
+mod stack;
+mod wsclient;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Everything that can stop a run, with what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("{0}")]
+    Setup(String),
+    #[error("{0}")]
+    Protocol(String),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("JSON: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "chatup-bench",
+    version,
+    about = "Load generator for chatup: idle subscribers, fan-out, rooms, publishers, and the \
+             kernel floor",
+    long_about = "Load generator for chatup. By default it starts its own stack (nginx with the \
+                  module and chatup-sidecar from build/) on free loopback ports; with --url it \
+                  measures a chatup that is already running. Progress goes to stderr; the \
+                  result is one JSON line on stdout."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    #[command(flatten)]
+    Scenario(scenario::Scenario),
+    /// (internal) one subscriber load process.
+    #[command(hide = true)]
+    Load(load::LoadArgs),
+    /// (internal) the floor's minimal server.
+    #[command(hide = true)]
+    FloorServer,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Load(args) => load::run_child(args),
+        Command::FloorServer => floor::run_server(),
+        Command::Scenario(scenario) => run_scenario(scenario),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("chatup-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_scenario(scenario: scenario::Scenario) -> Result<(), BenchError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let mut line = runtime.block_on(scenario.run())?;
+    line["machine"] = procfs::machine_summary().into();
+    line["command"] = std::env::args().collect::<Vec<_>>().join(" ").into();
+    println!("{line}");
+    Ok(())
+}

@@ -1,0 +1,256 @@
+//! Publishers on the real path: WebSocket `/pub` through nginx to the sidecar, each message
+//! answered by an ack with its id. Paced (a fixed rate, for delivery scenarios) or flooding
+//! (a window of messages in flight, for the publish scenario).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use serde_json::Value;
+use tokio::sync::Semaphore;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::payload::{message_text, now_ns};
+use crate::BenchError;
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A token valid for a day, signed RS256 with `private_key`, as the bench's user.
+pub fn mint_token(private_key: &Path) -> Result<String, BenchError> {
+    let pem = std::fs::read(private_key)
+        .map_err(|e| BenchError::Setup(format!("read {}: {e}", private_key.display())))?;
+    let key = jsonwebtoken::EncodingKey::from_rsa_pem(&pem).map_err(|e| {
+        BenchError::Setup(format!(
+            "{} is not an RSA private key: {e}",
+            private_key.display()
+        ))
+    })?;
+    let now = now_ns() / 1_000_000_000;
+    let claims = serde_json::json!({
+        "sub": "chatup-bench",
+        "iat": now,
+        "exp": now + 86_400,
+        "_public": {"name": "bench"},
+    });
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256),
+        &claims,
+        &key,
+    )
+    .map_err(|e| BenchError::Setup(format!("sign the bench token: {e}")))
+}
+
+/// What publishing achieved.
+#[derive(Debug)]
+pub struct PublishStats {
+    pub sent: u64,
+    pub acked: u64,
+    /// Error codes the sidecar answered, and how often.
+    pub errors: BTreeMap<String, u64>,
+    /// Channel → (first acked id, last acked id).
+    pub published: BTreeMap<String, (u64, u64)>,
+    /// Acked ids per channel, to tell gaps from other publishers' messages.
+    pub acked_per_channel: BTreeMap<String, u64>,
+    /// Send-to-ack latency in µs.
+    pub ack_latency: Histogram<u64>,
+    pub elapsed: Duration,
+}
+
+impl PublishStats {
+    fn new() -> Self {
+        Self {
+            sent: 0,
+            acked: 0,
+            errors: BTreeMap::new(),
+            published: BTreeMap::new(),
+            acked_per_channel: BTreeMap::new(),
+            ack_latency: Histogram::new_with_bounds(1, 60_000_000, 3)
+                .expect("valid histogram bounds"),
+            elapsed: Duration::ZERO,
+        }
+    }
+}
+
+/// How a publisher socket sends.
+#[derive(Debug, Clone, Copy)]
+pub enum Pace {
+    /// This many messages per second.
+    Rate(f64),
+    /// As fast as acks come back, with this many in flight.
+    Window(usize),
+}
+
+/// What every publisher socket shares.
+#[derive(Debug, Clone)]
+pub struct PublishPlan {
+    /// `ws://host:port/pub`.
+    pub url: String,
+    pub token: String,
+    pub channels: Vec<String>,
+    pub size: usize,
+    pub sockets: usize,
+    pub pace: Pace,
+    pub duration: Duration,
+}
+
+/// Opens a publisher socket and authenticates it.
+async fn open(url: &str, token: &str) -> Result<Ws, BenchError> {
+    let (mut ws, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .map_err(|e| BenchError::Setup(format!("publisher connect to {url}: {e}")))?;
+    ws.send(Message::text(token)).await.map_err(ws_err)?;
+    let reply = tokio::time::timeout(Duration::from_secs(10), ws.next())
+        .await
+        .map_err(|_| BenchError::Setup("no answer to the publisher's token".into()))?;
+    match reply {
+        Some(Ok(Message::Text(text))) if text.contains("\"auth\"") => Ok(ws),
+        other => Err(BenchError::Setup(format!(
+            "the publisher's token was refused: {other:?}"
+        ))),
+    }
+}
+
+fn ws_err(e: tokio_tungstenite::tungstenite::Error) -> BenchError {
+    BenchError::Protocol(format!("publisher: {e}"))
+}
+
+/// Publishes per `plan` and waits (up to 10 s) for the last acks.
+pub async fn run(plan: &PublishPlan) -> Result<PublishStats, BenchError> {
+    let stats = Arc::new(Mutex::new(PublishStats::new()));
+    let mut sockets = Vec::with_capacity(plan.sockets);
+    for _ in 0..plan.sockets.max(1) {
+        sockets.push(open(&plan.url, &plan.token).await?);
+    }
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    let n = sockets.len();
+    for (k, ws) in sockets.into_iter().enumerate() {
+        tasks.push(tokio::spawn(run_socket(
+            ws,
+            k,
+            n,
+            plan.clone(),
+            stats.clone(),
+            start,
+        )));
+    }
+    for task in tasks {
+        task.await
+            .map_err(|e| BenchError::Protocol(format!("publisher task: {e}")))??;
+    }
+    let mut stats = match stats.lock() {
+        Ok(mut st) => std::mem::replace(&mut *st, PublishStats::new()),
+        Err(_) => return Err(BenchError::Protocol("publisher stats poisoned".into())),
+    };
+    stats.elapsed = start.elapsed();
+    Ok(stats)
+}
+
+async fn run_socket(
+    ws: Ws,
+    k: usize,
+    sockets: usize,
+    plan: PublishPlan,
+    stats: Arc<Mutex<PublishStats>>,
+    start: Instant,
+) -> Result<(), BenchError> {
+    let (mut sink, mut stream) = ws.split();
+    // ref → (sent at, channel index)
+    let in_flight: Arc<Mutex<HashMap<u64, (Instant, usize)>>> = Arc::default();
+    let window = match plan.pace {
+        Pace::Window(w) => w.max(1),
+        Pace::Rate(_) => usize::MAX >> 4,
+    };
+    let permits = Arc::new(Semaphore::new(window));
+
+    let reader = {
+        let in_flight = in_flight.clone();
+        let stats = stats.clone();
+        let permits = permits.clone();
+        let channels = plan.channels.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(msg)) = stream.next().await {
+                let Message::Text(text) = msg else { continue };
+                let Ok(reply) = serde_json::from_str::<Value>(&text) else {
+                    continue;
+                };
+                let Some(r) = reply["ref"].as_u64() else {
+                    continue;
+                };
+                let Some((sent, ch)) = in_flight.lock().ok().and_then(|mut m| m.remove(&r)) else {
+                    continue;
+                };
+                permits.add_permits(1);
+                let Ok(mut st) = stats.lock() else { return };
+                match (reply["type"].as_str(), reply["id"].as_u64()) {
+                    (Some("ack"), Some(id)) => {
+                        st.acked += 1;
+                        let us = sent.elapsed().as_micros() as u64;
+                        st.ack_latency.saturating_record(us.max(1));
+                        let range = st.published.entry(channels[ch].clone()).or_insert((id, id));
+                        range.0 = range.0.min(id);
+                        range.1 = range.1.max(id);
+                        *st.acked_per_channel
+                            .entry(channels[ch].clone())
+                            .or_default() += 1;
+                    }
+                    _ => {
+                        let code = reply["code"].as_str().unwrap_or("unknown").to_owned();
+                        *st.errors.entry(code).or_default() += 1;
+                    }
+                }
+            }
+        })
+    };
+
+    let mut sent: u64 = 0;
+    let rate_per_socket = match plan.pace {
+        Pace::Rate(r) => r / sockets as f64,
+        Pace::Window(_) => 0.0,
+    };
+    while start.elapsed() < plan.duration {
+        if let Pace::Rate(_) = plan.pace {
+            let due = (start.elapsed().as_secs_f64() * rate_per_socket) as u64;
+            if sent >= due {
+                let next = Duration::from_secs_f64((sent + 1) as f64 / rate_per_socket);
+                tokio::time::sleep_until((start + next.min(plan.duration)).into()).await;
+                continue;
+            }
+        }
+        let permit = match tokio::time::timeout(Duration::from_secs(5), permits.acquire()).await {
+            Ok(Ok(p)) => p,
+            _ => {
+                return Err(BenchError::Protocol(
+                    "the sidecar stopped acking (5 s without an ack)".into(),
+                ))
+            }
+        };
+        permit.forget();
+        let ch = (sent as usize * sockets + k) % plan.channels.len();
+        let r = sent;
+        let text = message_text(now_ns(), plan.size);
+        let frame = format!(
+            r#"{{"ref":{r},"ch":"{}","msg":"{text}"}}"#,
+            plan.channels[ch]
+        );
+        if let Ok(mut m) = in_flight.lock() {
+            m.insert(r, (Instant::now(), ch));
+        }
+        sink.send(Message::text(frame)).await.map_err(ws_err)?;
+        sent += 1;
+    }
+    if let Ok(mut st) = stats.lock() {
+        st.sent += sent;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while in_flight.lock().map(|m| !m.is_empty()).unwrap_or(false) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let _ = sink.close().await;
+    reader.abort();
+    Ok(())
+}

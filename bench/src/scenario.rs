@@ -1,0 +1,754 @@
+//! The scenarios and their results.
+//!
+//! Every delivery scenario has the same shape: subscribers connect (spread over load
+//! processes), a source publishes at a fixed rate for a while, the bench waits for the
+//! deliveries to drain, then adds up what every subscriber saw: loss, duplicates and
+//! publish-to-deliver latency. The server's CPU is read from /proc over the publishing
+//! window, so the figure that matters, CPU per delivery, does not depend on how fast the
+//! generator sharing the machine is.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+use crate::floor::{FloorCommand, FloorEvent};
+use crate::load::{room_channel, Fleet, LoadPlan};
+use crate::procfs::{self, CpuMeter, CpuTimes};
+use crate::publish::{self, Pace, PublishPlan};
+use crate::stack::{Stack, StackArgs};
+use crate::BenchError;
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Scenario {
+    /// N idle subscribers: connect rate and nginx worker memory per subscriber.
+    Idle(IdleArgs),
+    /// N subscribers in one room, R messages/s: deliveries/s, latency, loss, CPU per delivery.
+    Fanout(FanoutArgs),
+    /// M rooms of K subscribers each, R messages/s in every room.
+    Rooms(RoomsArgs),
+    /// P publisher sockets flooding the sidecar: acked messages/s and ack latency.
+    Publish(PublishArgs),
+    /// The kernel floor: a minimal server writing the same frame to N open sockets.
+    Floor(FloorArgs),
+}
+
+impl Scenario {
+    pub async fn run(self) -> Result<Value, BenchError> {
+        match self {
+            Scenario::Idle(a) => idle(a).await,
+            Scenario::Fanout(a) => {
+                let spec = DeliverySpec {
+                    name: "fanout",
+                    rooms: 1,
+                    subscribers: a.subscribers,
+                    rate_per_room: a.rate,
+                    size: a.size,
+                    duration: a.duration,
+                    publishers: a.publishers,
+                };
+                deliver(a.target, spec).await
+            }
+            Scenario::Rooms(a) => {
+                let spec = DeliverySpec {
+                    name: "rooms",
+                    rooms: a.rooms,
+                    subscribers: a.rooms * a.per_room,
+                    rate_per_room: a.rate,
+                    size: a.size,
+                    duration: a.duration,
+                    publishers: a.publishers,
+                };
+                deliver(a.target, spec).await
+            }
+            Scenario::Publish(a) => publish_flood(a).await,
+            Scenario::Floor(a) => floor(a).await,
+        }
+    }
+}
+
+/// Where the load goes and how it is spread.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TargetArgs {
+    /// A running chatup's nginx (`http://host:port`); without it the bench starts its own
+    /// stack from build/.
+    #[arg(long, value_name = "URL")]
+    pub url: Option<String>,
+    /// With --url: the nginx master's pid, to read its workers' CPU and memory.
+    #[arg(long, value_name = "PID", requires = "url")]
+    pub nginx_pid: Option<u32>,
+    /// With --url: the sidecar's pid, to read its CPU.
+    #[arg(long, value_name = "PID", requires = "url")]
+    pub sidecar_pid: Option<u32>,
+    /// With --url: a publisher JWT (else one is signed with --key).
+    #[arg(long, requires = "url")]
+    pub token: Option<String>,
+    /// With --url: the RSA private key (PEM) the sidecar's public key matches.
+    #[arg(long, value_name = "PEM", requires = "url", conflicts_with = "token")]
+    pub key: Option<PathBuf>,
+    /// Subscriber location.
+    #[arg(long, default_value = "/sub/")]
+    pub sub_path: String,
+    /// Publisher WebSocket location.
+    #[arg(long, default_value = "/pub")]
+    pub pub_path: String,
+    #[command(flatten)]
+    pub stack: StackArgs,
+    /// Subscriber load processes (default: one per 15,000 subscribers).
+    #[arg(long, default_value_t = 0)]
+    pub processes: usize,
+    /// First source address is 127.0.0.<N>; one more per 14,000 subscribers.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(2..=200))]
+    pub source_base: u8,
+    /// Handshakes in flight per load process.
+    #[arg(long, default_value_t = 200)]
+    pub concurrency: usize,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct IdleArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// Subscribers.
+    #[arg(long, default_value_t = 10_000)]
+    pub subscribers: usize,
+    /// Rooms they are spread over.
+    #[arg(long, default_value_t = 1)]
+    pub rooms: usize,
+    /// Seconds to hold them before reading memory.
+    #[arg(long, default_value_t = 3.0)]
+    pub hold: f64,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct FanoutArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// Subscribers in the room.
+    #[arg(long, default_value_t = 5_000)]
+    pub subscribers: usize,
+    /// Messages per second.
+    #[arg(long, default_value_t = 10.0)]
+    pub rate: f64,
+    /// Bytes of message text.
+    #[arg(long, default_value_t = 100)]
+    pub size: usize,
+    /// Seconds of publishing.
+    #[arg(long, default_value_t = 20.0, value_parser = parse_seconds)]
+    pub duration: f64,
+    /// Publisher sockets sharing the rate.
+    #[arg(long, default_value_t = 1)]
+    pub publishers: usize,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct RoomsArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// Rooms.
+    #[arg(long, default_value_t = 100)]
+    pub rooms: usize,
+    /// Subscribers in each room.
+    #[arg(long, default_value_t = 50)]
+    pub per_room: usize,
+    /// Messages per second in each room.
+    #[arg(long, default_value_t = 1.0)]
+    pub rate: f64,
+    /// Bytes of message text.
+    #[arg(long, default_value_t = 100)]
+    pub size: usize,
+    /// Seconds of publishing.
+    #[arg(long, default_value_t = 20.0, value_parser = parse_seconds)]
+    pub duration: f64,
+    /// Publisher sockets sharing the rate.
+    #[arg(long, default_value_t = 4)]
+    pub publishers: usize,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct PublishArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// Publisher sockets.
+    #[arg(long, default_value_t = 8)]
+    pub publishers: usize,
+    /// Messages each socket keeps in flight (sent, not yet acked).
+    #[arg(long, default_value_t = 32)]
+    pub window: usize,
+    /// Channels the messages go to, in turn.
+    #[arg(long, default_value_t = 10)]
+    pub channels: usize,
+    /// Bytes of message text.
+    #[arg(long, default_value_t = 100)]
+    pub size: usize,
+    /// Seconds of publishing.
+    #[arg(long, default_value_t = 20.0, value_parser = parse_seconds)]
+    pub duration: f64,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct FloorArgs {
+    /// Subscribers (open sockets written to).
+    #[arg(long, default_value_t = 5_000)]
+    pub subscribers: usize,
+    /// Frames per second to each socket.
+    #[arg(long, default_value_t = 10.0)]
+    pub rate: f64,
+    /// Bytes of message text in the frame.
+    #[arg(long, default_value_t = 100)]
+    pub size: usize,
+    /// Seconds of sending.
+    #[arg(long, default_value_t = 20.0, value_parser = parse_seconds)]
+    pub duration: f64,
+    /// Subscriber load processes (default: one per 15,000 subscribers).
+    #[arg(long, default_value_t = 0)]
+    pub processes: usize,
+    /// First source address is 127.0.0.<N>.
+    #[arg(long, default_value_t = 2)]
+    pub source_base: u8,
+}
+
+fn parse_seconds(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(s) if s > 0.0 && s <= 86_400.0 => Ok(s),
+        _ => Err(format!(
+            "{text:?} is not a number of seconds from 0 to 86400"
+        )),
+    }
+}
+
+/// The server under test, however it came to be.
+struct Target {
+    addr: SocketAddr,
+    host: String,
+    stack: Option<Stack>,
+    nginx_master: Option<u32>,
+    sidecar: Option<u32>,
+    token: Option<String>,
+    key: Option<PathBuf>,
+    args: TargetArgs,
+}
+
+impl Target {
+    fn open(args: &TargetArgs) -> Result<Self, BenchError> {
+        if let Some(url) = &args.url {
+            let hostport = url
+                .strip_prefix("http://")
+                .or_else(|| url.strip_prefix("ws://"))
+                .ok_or_else(|| {
+                    BenchError::Setup(format!(
+                        "--url {url:?}: use http://host:port (TLS is not measured)"
+                    ))
+                })?
+                .trim_end_matches('/');
+            let addr = hostport
+                .to_socket_addrs()
+                .map_err(|e| BenchError::Setup(format!("--url {url:?}: {e}")))?
+                .find(SocketAddr::is_ipv4)
+                .ok_or_else(|| BenchError::Setup(format!("--url {url:?}: no IPv4 address")))?;
+            return Ok(Self {
+                addr,
+                host: hostport.to_owned(),
+                stack: None,
+                nginx_master: args.nginx_pid,
+                sidecar: args.sidecar_pid,
+                token: args.token.clone(),
+                key: args.key.clone(),
+                args: args.clone(),
+            });
+        }
+        let stack = args.stack.start()?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], stack.port));
+        Ok(Self {
+            addr,
+            host: addr.to_string(),
+            nginx_master: None,
+            sidecar: Some(stack.sidecar_pid()),
+            token: None,
+            key: Some(stack.private_key.clone()),
+            stack: Some(stack),
+            args: args.clone(),
+        })
+    }
+
+    fn worker_pids(&self) -> Vec<u32> {
+        match (&self.stack, self.nginx_master) {
+            (Some(stack), _) => stack.worker_pids(),
+            (None, Some(master)) => procfs::children_of(master),
+            (None, None) => Vec::new(),
+        }
+    }
+
+    fn token(&self) -> Result<String, BenchError> {
+        match (&self.token, &self.key) {
+            (Some(t), _) => Ok(t.clone()),
+            (None, Some(key)) => publish::mint_token(key),
+            (None, None) => Err(BenchError::Setup(
+                "publishing to --url needs --token or --key".into(),
+            )),
+        }
+    }
+
+    fn load_plan(&self, prefix: &str, rooms: usize, subscribers: usize) -> LoadPlan {
+        LoadPlan {
+            addr: self.addr,
+            host: self.host.clone(),
+            sub_path: self.args.sub_path.clone(),
+            channel_prefix: prefix.to_owned(),
+            rooms,
+            subscribers,
+            processes: self.args.processes,
+            source_base: self.args.source_base,
+            concurrency: self.args.concurrency,
+        }
+    }
+
+    /// What the result says about the server.
+    fn describe(&self) -> Value {
+        match &self.stack {
+            Some(_) => json!({
+                "started_by_bench": true,
+                "workers": self.args.stack.workers,
+                "broker": self.args.stack.broker,
+                "cache_messages": self.args.stack.cache,
+            }),
+            None => json!({
+                "started_by_bench": false,
+                "url": self.args.url,
+                "workers": self.worker_pids().len(),
+            }),
+        }
+    }
+}
+
+/// Channel names unique to this run, so no earlier history or cache is replayed.
+fn run_prefix(scenario: &str) -> String {
+    format!(
+        "bench-{scenario}-{:x}-{}-r",
+        crate::payload::now_ns() / 1_000_000,
+        std::process::id()
+    )
+}
+
+fn sum_rss(pids: &[u32]) -> u64 {
+    pids.iter().filter_map(|p| procfs::rss_bytes(*p)).sum()
+}
+
+/// Connects every subscriber, printing progress; returns the seconds it took.
+async fn connect_all(fleet: &mut Fleet, scenario: &str, total: usize) -> Result<f64, BenchError> {
+    let start = Instant::now();
+    let mut last_print = Instant::now();
+    let mut last_connected = 0;
+    let mut last_change = Instant::now();
+    while !fleet.all_ready() {
+        fleet.next_event(Duration::from_millis(250)).await?;
+        let p = fleet.totals();
+        if p.connected + p.failed != last_connected {
+            last_connected = p.connected + p.failed;
+            last_change = Instant::now();
+        }
+        if last_change.elapsed() > Duration::from_secs(60) {
+            return Err(BenchError::Protocol(format!(
+                "connecting stalled at {} of {total} for 60 s",
+                p.connected
+            )));
+        }
+        if last_print.elapsed() >= Duration::from_secs(1) {
+            last_print = Instant::now();
+            eprintln!(
+                "[{scenario}] connecting: {}/{total} connected, {} failed",
+                p.connected, p.failed
+            );
+        }
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    let p = fleet.totals();
+    eprintln!(
+        "[{scenario}] {} connected, {} failed in {seconds:.1} s",
+        p.connected, p.failed
+    );
+    if p.connected == 0 {
+        return Err(BenchError::Protocol(format!(
+            "no subscriber could connect: {}",
+            p.errors.join("; ")
+        )));
+    }
+    Ok(seconds)
+}
+
+pub async fn idle(args: IdleArgs) -> Result<Value, BenchError> {
+    let target = Target::open(&args.target)?;
+    let workers = target.worker_pids();
+    let rss_before = sum_rss(&workers);
+    let prefix = run_prefix("idle");
+    let mut fleet = Fleet::spawn(&target.load_plan(&prefix, args.rooms, args.subscribers))?;
+    let steal_start = CpuTimes::now();
+    let connect_seconds = connect_all(&mut fleet, "idle", args.subscribers).await?;
+    tokio::time::sleep(Duration::from_secs_f64(args.hold)).await;
+    fleet.poll()?;
+    let rss_after = sum_rss(&workers);
+    let per_worker: Vec<Value> = workers
+        .iter()
+        .map(|p| json!({"pid": p, "rss_kb": procfs::rss_bytes(*p).unwrap_or(0) / 1024}))
+        .collect();
+    let steal = CpuTimes::now().steal_pct_since(&steal_start);
+    let p = fleet.totals();
+    fleet.stop().await;
+    let connected = p.connected.max(1);
+    let per_sub = rss_after.saturating_sub(rss_before) as f64 / connected as f64;
+    Ok(json!({
+        "scenario": "idle",
+        "server": target.describe(),
+        "subscribers": args.subscribers,
+        "rooms": args.rooms,
+        "connected": p.connected,
+        "failed": p.failed,
+        "closed_while_idle": p.closed,
+        "connect_seconds": round(connect_seconds, 2),
+        "connects_per_s": round(p.connected as f64 / connect_seconds, 0),
+        "worker_rss_before_kb": rss_before / 1024,
+        "worker_rss_after_kb": rss_after / 1024,
+        "workers": per_worker,
+        "rss_per_subscriber_bytes": if workers.is_empty() { Value::Null } else { round(per_sub, 0).into() },
+        "steal_pct": round(steal, 1),
+        "errors": p.errors,
+    }))
+}
+
+/// A delivery run: rooms × subscribers, a rate per room.
+struct DeliverySpec {
+    name: &'static str,
+    rooms: usize,
+    subscribers: usize,
+    rate_per_room: f64,
+    size: usize,
+    duration: f64,
+    publishers: usize,
+}
+
+impl DeliverySpec {
+    /// Deliveries that are due when every subscriber is connected.
+    fn expected(&self, published: &BTreeMap<String, (u64, u64)>, prefix: &str) -> u64 {
+        (0..self.rooms)
+            .map(|room| {
+                let subs = self.subscribers / self.rooms
+                    + usize::from(room < self.subscribers % self.rooms);
+                let count = published
+                    .get(&room_channel(prefix, room))
+                    .map(|(a, b)| b - a + 1)
+                    .unwrap_or(0);
+                subs as u64 * count
+            })
+            .sum()
+    }
+}
+
+async fn deliver(target_args: TargetArgs, spec: DeliverySpec) -> Result<Value, BenchError> {
+    if spec.rooms == 0 || spec.subscribers == 0 {
+        return Err(BenchError::Setup(
+            "rooms and subscribers must be at least 1".into(),
+        ));
+    }
+    let target = Target::open(&target_args)?;
+    let token = target.token()?;
+    let prefix = run_prefix(spec.name);
+    let mut fleet = Fleet::spawn(&target.load_plan(&prefix, spec.rooms, spec.subscribers))?;
+    let connect_seconds = connect_all(&mut fleet, spec.name, spec.subscribers).await?;
+
+    let workers = target.worker_pids();
+    let sidecar: Vec<u32> = target.sidecar.into_iter().collect();
+    let nginx_cpu = CpuMeter::start(&workers);
+    let sidecar_cpu = CpuMeter::start(&sidecar);
+    let load_cpu = CpuMeter::start(&fleet.pids);
+    let machine_start = CpuTimes::now();
+
+    let plan = PublishPlan {
+        url: format!("ws://{}{}", target.host, target_args.pub_path),
+        token,
+        channels: (0..spec.rooms).map(|r| room_channel(&prefix, r)).collect(),
+        size: spec.size,
+        sockets: spec.publishers,
+        pace: Pace::Rate(spec.rate_per_room * spec.rooms as f64),
+        duration: Duration::from_secs_f64(spec.duration),
+    };
+    let publishing = tokio::spawn(async move { publish::run(&plan).await });
+    let started = Instant::now();
+    let mut last_received = fleet.totals().received;
+    let mut last_print = Instant::now();
+    while !publishing.is_finished() {
+        fleet.next_event(Duration::from_millis(250)).await?;
+        if last_print.elapsed() >= Duration::from_secs(1) {
+            let p = fleet.totals();
+            eprintln!(
+                "[{}] {:.0} s: {} delivered ({:.0}/s), nginx CPU {:.0}%",
+                spec.name,
+                started.elapsed().as_secs_f64(),
+                p.received,
+                (p.received - last_received) as f64 / last_print.elapsed().as_secs_f64(),
+                100.0 * nginx_cpu.used().as_secs_f64() / started.elapsed().as_secs_f64(),
+            );
+            last_received = p.received;
+            last_print = Instant::now();
+        }
+    }
+    let stats = publishing
+        .await
+        .map_err(|e| BenchError::Protocol(format!("publisher task: {e}")))??;
+    let expected = spec.expected(&stats.published, &prefix);
+    drain(&mut fleet, expected, spec.name).await?;
+    let nginx_used = nginx_cpu.used();
+    let sidecar_used = sidecar_cpu.used();
+    let load_used = load_cpu.used();
+    let machine_end = CpuTimes::now();
+    let window = started.elapsed().as_secs_f64();
+
+    let (report, latency) = fleet.report(&stats.published).await?;
+    fleet.stop().await;
+    let delivered = report.progress.received;
+    let published: u64 = stats.published.values().map(|(a, b)| b - a + 1).sum();
+    let mut result = json!({
+        "scenario": spec.name,
+        "server": target.describe(),
+        "subscribers": spec.subscribers,
+        "rooms": spec.rooms,
+        "rate_per_room": spec.rate_per_room,
+        "size": spec.size,
+        "duration_s": spec.duration,
+        "connected": report.progress.connected,
+        "connect_failed": report.progress.failed,
+        "connect_seconds": round(connect_seconds, 2),
+        "published": published,
+        "publish_errors": stats.errors,
+        "expected_deliveries": expected,
+        "deliveries": delivered,
+        "deliveries_per_s": round(delivered as f64 / spec.duration, 0),
+        "lost": report.lost,
+        "duplicates": report.duplicates,
+        "closed": report.close_codes,
+        "latency_ms": percentiles_ms(&latency),
+        "ack_latency_ms": percentiles_ms(&stats.ack_latency),
+        "steal_pct": round(machine_end.steal_pct_since(&machine_start), 1),
+        "machine_busy_pct": round(machine_end.busy_pct_since(&machine_start), 1),
+        "window_s": round(window, 2),
+        "load_cpu_us_per_delivery": per(load_used, delivered),
+    });
+    if !workers.is_empty() {
+        result["nginx_cpu_s"] = round(nginx_used.as_secs_f64(), 3).into();
+        result["nginx_cpu_us_per_delivery"] = per(nginx_used, delivered);
+    }
+    if !sidecar.is_empty() {
+        result["sidecar_cpu_s"] = round(sidecar_used.as_secs_f64(), 3).into();
+        result["sidecar_cpu_us_per_message"] = per(sidecar_used, published);
+    }
+    Ok(result)
+}
+
+/// Waits until `expected` deliveries arrived, or nothing more arrives for 3 s.
+async fn drain(fleet: &mut Fleet, expected: u64, scenario: &str) -> Result<(), BenchError> {
+    let mut last = fleet.totals().received;
+    let mut last_change = Instant::now();
+    loop {
+        let received = fleet.totals().received;
+        if received >= expected {
+            return Ok(());
+        }
+        if received != last {
+            last = received;
+            last_change = Instant::now();
+        }
+        if last_change.elapsed() > Duration::from_secs(3) {
+            eprintln!("[{scenario}] {received} of {expected} deliveries arrived; no more came");
+            return Ok(());
+        }
+        fleet.next_event(Duration::from_millis(100)).await?;
+    }
+}
+
+pub async fn publish_flood(args: PublishArgs) -> Result<Value, BenchError> {
+    if args.channels == 0 || args.publishers == 0 {
+        return Err(BenchError::Setup(
+            "channels and publishers must be at least 1".into(),
+        ));
+    }
+    let target = Target::open(&args.target)?;
+    let prefix = run_prefix("publish");
+    let plan = PublishPlan {
+        url: format!("ws://{}{}", target.host, args.target.pub_path),
+        token: target.token()?,
+        channels: (0..args.channels)
+            .map(|r| room_channel(&prefix, r))
+            .collect(),
+        size: args.size,
+        sockets: args.publishers,
+        pace: Pace::Window(args.window),
+        duration: Duration::from_secs_f64(args.duration),
+    };
+    let workers = target.worker_pids();
+    let sidecar: Vec<u32> = target.sidecar.into_iter().collect();
+    let nginx_cpu = CpuMeter::start(&workers);
+    let sidecar_cpu = CpuMeter::start(&sidecar);
+    let machine_start = CpuTimes::now();
+    eprintln!(
+        "[publish] {} sockets, {} in flight each, for {} s",
+        args.publishers, args.window, args.duration
+    );
+    let stats = publish::run(&plan).await?;
+    let machine_end = CpuTimes::now();
+    let gaps: u64 = stats
+        .published
+        .iter()
+        .map(|(ch, (a, b))| (b - a + 1).saturating_sub(stats.acked_per_channel[ch]))
+        .sum();
+    let secs = stats.elapsed.as_secs_f64().max(1e-9);
+    Ok(json!({
+        "scenario": "publish",
+        "server": target.describe(),
+        "publishers": args.publishers,
+        "window": args.window,
+        "channels": args.channels,
+        "size": args.size,
+        "duration_s": args.duration,
+        "sent": stats.sent,
+        "acked": stats.acked,
+        "acked_per_s": round(stats.acked as f64 / secs, 0),
+        "errors": stats.errors,
+        "unacked": stats.sent.saturating_sub(stats.acked + stats.errors.values().sum::<u64>()),
+        "id_gaps": gaps,
+        "ack_latency_ms": percentiles_ms(&stats.ack_latency),
+        "sidecar_cpu_us_per_message": per(sidecar_cpu.used(), stats.acked),
+        "nginx_cpu_us_per_message": per(nginx_cpu.used(), stats.acked),
+        "steal_pct": round(machine_end.steal_pct_since(&machine_start), 1),
+        "machine_busy_pct": round(machine_end.busy_pct_since(&machine_start), 1),
+    }))
+}
+
+pub async fn floor(args: FloorArgs) -> Result<Value, BenchError> {
+    let exe = std::env::current_exe()?;
+    let mut server = tokio::process::Command::new(exe)
+        .arg("floor-server")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let pid = server.id().unwrap_or(0);
+    let mut stdin = server
+        .stdin
+        .take()
+        .ok_or_else(|| BenchError::Protocol("floor server without stdin".into()))?;
+    let stdout = server
+        .stdout
+        .take()
+        .ok_or_else(|| BenchError::Protocol("floor server without stdout".into()))?;
+    let mut lines = BufReader::new(stdout).lines();
+    let mut next_event = async || -> Result<FloorEvent, BenchError> {
+        let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+            .await
+            .map_err(|_| BenchError::Protocol("the floor server went quiet".into()))??
+            .ok_or_else(|| BenchError::Protocol("the floor server exited".into()))?;
+        Ok(serde_json::from_str(&line)?)
+    };
+    let FloorEvent::Listening { addr } = next_event().await? else {
+        return Err(BenchError::Protocol(
+            "the floor server did not listen".into(),
+        ));
+    };
+    let addr: SocketAddr = addr
+        .parse()
+        .map_err(|e| BenchError::Protocol(format!("floor address {addr:?}: {e}")))?;
+    let channel = "floor".to_owned();
+    let plan = LoadPlan {
+        addr,
+        host: addr.to_string(),
+        sub_path: "/sub/".into(),
+        channel_prefix: channel.clone(),
+        rooms: 1,
+        subscribers: args.subscribers,
+        processes: args.processes,
+        source_base: args.source_base,
+        concurrency: 100,
+    };
+    let mut fleet = Fleet::spawn(&plan)?;
+    let connect_seconds = connect_all(&mut fleet, "floor", args.subscribers).await?;
+    let channel_name = room_channel(&channel, 0);
+    let command = serde_json::to_string(&FloorCommand::Send {
+        channel: channel_name.clone(),
+        rate: args.rate,
+        seconds: args.duration,
+        size: args.size,
+    })?;
+    let server_cpu = CpuMeter::start(&[pid]);
+    let load_cpu = CpuMeter::start(&fleet.pids);
+    let machine_start = CpuTimes::now();
+    stdin.write_all(format!("{command}\n").as_bytes()).await?;
+    stdin.flush().await?;
+    let sent = loop {
+        tokio::select! {
+            event = next_event() => match event? {
+                FloorEvent::Sent(sent) => break sent,
+                FloorEvent::Listening { .. } => {}
+            },
+            progress = fleet.next_event(Duration::from_secs(1)) => progress?,
+        }
+    };
+    let expected = sent.sockets as u64 * (sent.last - sent.first + 1);
+    drain(&mut fleet, expected, "floor").await?;
+    let server_used = server_cpu.used();
+    let load_used = load_cpu.used();
+    let machine_end = CpuTimes::now();
+    let published = BTreeMap::from([(channel_name, (sent.first, sent.last))]);
+    let (report, latency) = fleet.report(&published).await?;
+    fleet.stop().await;
+    drop(stdin);
+    let _ = tokio::time::timeout(Duration::from_secs(5), server.wait()).await;
+    let delivered = report.progress.received;
+    Ok(json!({
+        "scenario": "floor",
+        "subscribers": args.subscribers,
+        "rate": args.rate,
+        "size": args.size,
+        "frame_bytes": sent.frame_bytes,
+        "duration_s": args.duration,
+        "connect_seconds": round(connect_seconds, 2),
+        "expected_deliveries": expected,
+        "deliveries": delivered,
+        "short_writes": sent.short_writes,
+        "lost": report.lost,
+        "latency_ms": percentiles_ms(&latency),
+        "server_cpu_s": round(server_used.as_secs_f64(), 3),
+        "server_cpu_us_per_delivery": per(server_used, delivered),
+        "load_cpu_us_per_delivery": per(load_used, delivered),
+        "steal_pct": round(machine_end.steal_pct_since(&machine_start), 1),
+        "machine_busy_pct": round(machine_end.busy_pct_since(&machine_start), 1),
+    }))
+}
+
+fn percentiles_ms(h: &Histogram<u64>) -> Value {
+    if h.is_empty() {
+        return Value::Null;
+    }
+    let ms = |us: u64| round(us as f64 / 1000.0, 3);
+    json!({
+        "p50": ms(h.value_at_quantile(0.50)),
+        "p90": ms(h.value_at_quantile(0.90)),
+        "p99": ms(h.value_at_quantile(0.99)),
+        "p999": ms(h.value_at_quantile(0.999)),
+        "max": ms(h.max()),
+        "count": h.len(),
+    })
+}
+
+fn per(used: Duration, count: u64) -> Value {
+    if count == 0 {
+        return Value::Null;
+    }
+    round(used.as_secs_f64() * 1e6 / count as f64, 3).into()
+}
+
+fn round(value: f64, digits: i32) -> f64 {
+    let scale = 10f64.powi(digits);
+    (value * scale).round() / scale
+}
