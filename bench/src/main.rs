@@ -6,6 +6,7 @@
 //! - [`load`]: subscriber load spread over child processes and source addresses.
 //! - [`publish`]: publishers on the real path (`/pub` through nginx to the sidecar).
 //! - [`floor`]: the minimal server that measures what the kernel alone costs per delivery.
+//! - [`report`]: the results section of BENCHMARKS.md, targets marked met or missed.
 //! - [`wsclient`], [`payload`], [`procfs`]: the lean subscriber client, the message stamp,
 //!   and what is read from /proc (CPU, RSS, steal).
 //!
@@ -16,6 +17,7 @@ mod load;
 mod payload;
 mod procfs;
 mod publish;
+mod report;
 mod scenario;
 mod stack;
 mod wsclient;
@@ -57,6 +59,8 @@ struct Cli {
 enum Command {
     #[command(flatten)]
     Scenario(scenario::Scenario),
+    /// Writes the results section of BENCHMARKS.md from a file of result lines.
+    Report(report::ReportArgs),
     /// (internal) one subscriber load process.
     #[command(hide = true)]
     Load(load::LoadArgs),
@@ -70,6 +74,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Load(args) => load::run_child(args),
         Command::FloorServer => floor::run_server(),
+        Command::Report(args) => report::run(&args),
         Command::Scenario(scenario) => run_scenario(scenario),
     };
     match result {

@@ -1,0 +1,411 @@
+//! `chatup-bench report`: turns the JSON lines of a benchmark run into the results section
+//! of BENCHMARKS.md, with each target marked met or missed.
+//!
+//! Only the part between the two marker lines is rewritten, so the hand-written parts of
+//! the file (method notes, profiles, before/after of changes) survive a new run.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use crate::BenchError;
+
+pub const BEGIN: &str = "<!-- chatup-bench report: begin (generated, do not edit) -->";
+pub const END: &str = "<!-- chatup-bench report: end -->";
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ReportArgs {
+    /// JSON lines written by the scenarios (one result per line).
+    pub results: PathBuf,
+    /// Markdown file whose generated section is replaced (created when missing);
+    /// without it the section goes to stdout.
+    #[arg(long, value_name = "FILE")]
+    pub into: Option<PathBuf>,
+}
+
+pub fn run(args: &ReportArgs) -> Result<(), BenchError> {
+    let text = std::fs::read_to_string(&args.results)
+        .map_err(|e| BenchError::Setup(format!("read {}: {e}", args.results.display())))?;
+    let mut runs = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let value: Value = serde_json::from_str(line).map_err(|e| {
+            BenchError::Setup(format!("{} line {}: {e}", args.results.display(), n + 1))
+        })?;
+        runs.push(value);
+    }
+    let section = render(&runs, &args.results);
+    match &args.into {
+        None => print!("{section}"),
+        Some(path) => write_into(path, &section)?,
+    }
+    Ok(())
+}
+
+fn write_into(path: &Path, section: &str) -> Result<(), BenchError> {
+    let old = std::fs::read_to_string(path).unwrap_or_default();
+    let new = match (old.find(BEGIN), old.find(END)) {
+        (Some(b), Some(e)) if b < e => {
+            format!("{}{section}{}", &old[..b], &old[e + END.len()..])
+        }
+        _ if old.is_empty() => format!("# chatup benchmarks\n\n{section}\n"),
+        _ => format!("{old}\n{section}\n"),
+    };
+    std::fs::write(path, new)?;
+    Ok(())
+}
+
+/// A target: what it measures, the bound, and where the figure comes from.
+struct Target {
+    name: &'static str,
+    /// Picks the run the target is judged on.
+    applies: fn(&Value) -> bool,
+    /// The figure, from that run.
+    figure: fn(&Value) -> Option<f64>,
+    /// Whether the figure meets the target.
+    met: fn(f64) -> bool,
+    bound: &'static str,
+    unit: &'static str,
+}
+
+fn f(v: &Value, path: &[&str]) -> Option<f64> {
+    path.iter().try_fold(v, |v, k| v.get(k))?.as_f64()
+}
+
+fn is_fanout_5000(v: &Value) -> bool {
+    v["scenario"] == "fanout"
+        && v["subscribers"] == 5000
+        && v["server"]["workers"] == 1
+        && f(v, &["rate_per_room"]) == Some(10.0)
+}
+
+fn is_sidecar_path(v: &Value) -> bool {
+    v["scenario"] == "fanout" && v["subscribers"] == 100 && f(v, &["rate_per_room"]) == Some(1000.0)
+}
+
+fn is_idle_50k(v: &Value) -> bool {
+    v["scenario"] == "idle" && v["subscribers"] == 50_000 && v["server"]["workers"] == 4
+}
+
+const TARGETS: &[Target] = &[
+    Target {
+        name: "idle: worker RSS per subscriber, 50,000 subscribers, 4 workers",
+        applies: is_idle_50k,
+        figure: |v| f(v, &["rss_per_subscriber_bytes"]).map(|b| b / 1024.0),
+        met: |x| x <= 3.0,
+        bound: "≤ 3",
+        unit: "KB",
+    },
+    Target {
+        name: "fanout 5,000 × 10 msg/s, 1 worker: nginx CPU per delivery",
+        applies: is_fanout_5000,
+        figure: |v| f(v, &["nginx_cpu_us_per_delivery"]),
+        met: |x| x <= 5.0,
+        bound: "≤ 5",
+        unit: "µs",
+    },
+    Target {
+        name: "fanout 5,000 × 10 msg/s, 1 worker: latency p50",
+        applies: is_fanout_5000,
+        figure: |v| f(v, &["latency_ms", "p50"]),
+        met: |x| x <= 15.0,
+        bound: "≤ 15",
+        unit: "ms",
+    },
+    Target {
+        name: "fanout 5,000 × 10 msg/s, 1 worker: latency p99",
+        applies: is_fanout_5000,
+        figure: |v| f(v, &["latency_ms", "p99"]),
+        met: |x| x <= 30.0,
+        bound: "≤ 30",
+        unit: "ms",
+    },
+    Target {
+        name: "through the sidecar (memory broker), 100 subscribers × 1,000 msg/s: latency p99",
+        applies: is_sidecar_path,
+        figure: |v| f(v, &["latency_ms", "p99"]),
+        met: |x| x <= 5.0,
+        bound: "≤ 5",
+        unit: "ms",
+    },
+    Target {
+        name: "publish: acked messages/s through one sidecar",
+        applies: |v| v["scenario"] == "publish",
+        figure: |v| f(v, &["acked_per_s"]),
+        met: |x| x >= 20_000.0,
+        bound: "≥ 20,000",
+        unit: "msg/s",
+    },
+];
+
+/// Messages lost in a run (for the publish scenario: ids skipped or never acked).
+fn lost(v: &Value) -> f64 {
+    if v["scenario"] == "publish" {
+        f(v, &["id_gaps"]).unwrap_or(0.0) + f(v, &["unacked"]).unwrap_or(0.0)
+    } else {
+        f(v, &["lost"]).unwrap_or(0.0)
+    }
+}
+
+fn num(x: Option<f64>) -> String {
+    match x {
+        None => "–".into(),
+        Some(x) if x.abs() >= 100.0 => format!("{x:.0}"),
+        Some(x) if x.abs() >= 10.0 => format!("{x:.1}"),
+        Some(x) => format!("{x:.2}"),
+    }
+}
+
+fn render(runs: &[Value], source: &Path) -> String {
+    let mut md = String::new();
+    let _ = writeln!(md, "{BEGIN}\n");
+    let machine = runs
+        .iter()
+        .find_map(|r| r["machine"].as_str())
+        .unwrap_or("unknown machine");
+    let _ = writeln!(md, "## Results\n");
+    let _ = writeln!(
+        md,
+        "Machine: {machine}. Raw results: `{}`.\n",
+        source.display()
+    );
+
+    let _ = writeln!(md, "### Targets\n");
+    let _ = writeln!(md, "| target | bound | measured | met |");
+    let _ = writeln!(md, "|---|---|---|---|");
+    for t in TARGETS {
+        let figure = runs
+            .iter()
+            .rev()
+            .find(|r| (t.applies)(r))
+            .and_then(t.figure);
+        let met = match figure {
+            Some(x) if (t.met)(x) => "yes",
+            Some(_) => "**no**",
+            None => "not run",
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {} {} | {} {} | {met} |",
+            t.name,
+            t.bound,
+            t.unit,
+            num(figure),
+            t.unit
+        );
+    }
+    let total_lost: f64 = runs.iter().map(lost).sum();
+    let _ = writeln!(
+        md,
+        "| zero loss in every scenario | 0 | {} | {} |",
+        num(Some(total_lost)),
+        if total_lost == 0.0 { "yes" } else { "**no**" }
+    );
+    let floor = runs
+        .iter()
+        .rev()
+        .find(|r| r["scenario"] == "floor")
+        .and_then(|r| f(r, &["server_cpu_us_per_delivery"]));
+    let module = runs
+        .iter()
+        .rev()
+        .find(|r| is_fanout_5000(r))
+        .and_then(|r| f(r, &["nginx_cpu_us_per_delivery"]));
+    if let (Some(floor), Some(module)) = (floor, module) {
+        let _ = writeln!(
+            md,
+            "\nThe kernel floor here is {} µs per delivery; the module spends {} µs, \
+             **{:.2}×** the floor.",
+            num(Some(floor)),
+            num(Some(module)),
+            module / floor
+        );
+    }
+
+    let _ = writeln!(md, "\n### Runs\n");
+    for r in runs {
+        let scenario = r["scenario"].as_str().unwrap_or("?");
+        let _ = writeln!(md, "#### {scenario}\n");
+        let _ = writeln!(md, "```sh\n{}\n```\n", r["command"].as_str().unwrap_or("?"));
+        let _ = writeln!(md, "| figure | value |\n|---|---|");
+        for (label, path) in figures(scenario) {
+            let value = path.iter().try_fold(r, |v, k| v.get(*k));
+            let shown = match value {
+                None | Some(Value::Null) => continue,
+                Some(Value::Number(_)) => num(value.and_then(Value::as_f64)),
+                Some(Value::Object(m)) if m.is_empty() => "none".into(),
+                Some(other) => other.to_string(),
+            };
+            let _ = writeln!(md, "| {label} | {shown} |");
+        }
+        let _ = writeln!(md);
+    }
+    let _ = writeln!(md, "{END}");
+    md
+}
+
+type Row = (String, Vec<&'static str>);
+
+fn rows(list: &[(&str, &[&'static str])]) -> Vec<Row> {
+    list.iter()
+        .map(|(l, p)| (l.to_string(), p.to_vec()))
+        .collect()
+}
+
+/// Percentile rows of the latency histogram at `key`, labelled `what`.
+fn latency_rows(key: &'static str, what: &str) -> Vec<Row> {
+    [
+        ("p50", "p50"),
+        ("p90", "p90"),
+        ("p99", "p99"),
+        ("p99.9", "p999"),
+        ("max", "max"),
+    ]
+    .iter()
+    .map(|(label, field)| (format!("{what} {label} (ms)"), vec![key, *field]))
+    .collect()
+}
+
+fn figures(scenario: &str) -> Vec<Row> {
+    let mut list = match scenario {
+        "idle" => rows(&[
+            ("subscribers", &["subscribers"]),
+            ("nginx workers", &["server", "workers"]),
+            ("connected", &["connected"]),
+            ("failed", &["failed"]),
+            ("connects/s", &["connects_per_s"]),
+            ("worker RSS before (KB)", &["worker_rss_before_kb"]),
+            ("worker RSS after (KB)", &["worker_rss_after_kb"]),
+            ("RSS per subscriber (bytes)", &["rss_per_subscriber_bytes"]),
+            ("closed while idle", &["closed_while_idle"]),
+        ]),
+        "publish" => {
+            let mut list = rows(&[
+                ("publisher sockets", &["publishers"]),
+                ("in flight per socket", &["window"]),
+                ("acked", &["acked"]),
+                ("acked/s", &["acked_per_s"]),
+                ("errors", &["errors"]),
+                ("unacked", &["unacked"]),
+                ("id gaps", &["id_gaps"]),
+                (
+                    "sidecar CPU per message (µs)",
+                    &["sidecar_cpu_us_per_message"],
+                ),
+                ("nginx CPU per message (µs)", &["nginx_cpu_us_per_message"]),
+            ]);
+            list.extend(latency_rows("ack_latency_ms", "ack latency"));
+            list
+        }
+        "floor" => {
+            let mut list = rows(&[
+                ("subscribers", &["subscribers"]),
+                ("frames/s to each", &["rate"]),
+                ("frame bytes", &["frame_bytes"]),
+                ("deliveries", &["deliveries"]),
+                ("lost", &["lost"]),
+                (
+                    "server CPU per delivery (µs)",
+                    &["server_cpu_us_per_delivery"],
+                ),
+                (
+                    "generator CPU per delivery (µs)",
+                    &["load_cpu_us_per_delivery"],
+                ),
+            ]);
+            list.extend(latency_rows("latency_ms", "latency"));
+            list
+        }
+        _ => {
+            let mut list = rows(&[
+                ("subscribers", &["subscribers"]),
+                ("rooms", &["rooms"]),
+                ("nginx workers", &["server", "workers"]),
+                ("messages/s per room", &["rate_per_room"]),
+                ("published", &["published"]),
+                ("deliveries", &["deliveries"]),
+                ("deliveries/s", &["deliveries_per_s"]),
+                ("lost", &["lost"]),
+                ("duplicates", &["duplicates"]),
+                ("closed by the server", &["closed"]),
+                (
+                    "nginx CPU per delivery (µs)",
+                    &["nginx_cpu_us_per_delivery"],
+                ),
+                (
+                    "sidecar CPU per message (µs)",
+                    &["sidecar_cpu_us_per_message"],
+                ),
+                (
+                    "generator CPU per delivery (µs)",
+                    &["load_cpu_us_per_delivery"],
+                ),
+            ]);
+            list.extend(latency_rows("latency_ms", "latency"));
+            list.extend(latency_rows("ack_latency_ms", "ack latency"));
+            list
+        }
+    };
+    list.extend(rows(&[
+        ("CPU steal (%)", &["steal_pct"]),
+        ("machine busy (%)", &["machine_busy_pct"]),
+    ]));
+    list
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn fanout(cpu: f64, p50: f64, lost: u64) -> Value {
+        json!({"scenario":"fanout","subscribers":5000,"rate_per_room":10.0,
+               "server":{"workers":1},"nginx_cpu_us_per_delivery":cpu,
+               "latency_ms":{"p50":p50,"p99":20.0},"lost":lost,"command":"chatup-bench fanout"})
+    }
+
+    #[test]
+    fn marks_targets_met_and_missed() {
+        let floor = json!({"scenario":"floor","server_cpu_us_per_delivery":2.0,"lost":0});
+        let md = render(&[floor, fanout(4.0, 20.0, 0)], Path::new("r.jsonl"));
+        assert!(
+            md.contains("nginx CPU per delivery | ≤ 5 µs | 4.00 µs | yes |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("latency p50 | ≤ 15 ms | 20.0 ms | **no** |"),
+            "{md}"
+        );
+        assert!(md.contains("publish: acked messages/s through one sidecar | ≥ 20,000 msg/s | – msg/s | not run |"), "{md}");
+        assert!(md.contains("**2.00×** the floor"), "{md}");
+        assert!(
+            md.contains("| zero loss in every scenario | 0 | 0.00 | yes |"),
+            "{md}"
+        );
+        let lossy = render(&[fanout(4.0, 10.0, 3)], Path::new("r.jsonl"));
+        assert!(
+            lossy.contains("| zero loss in every scenario | 0 | 3.00 | **no** |"),
+            "{lossy}"
+        );
+    }
+
+    #[test]
+    fn replaces_only_the_generated_section() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("B.md");
+        std::fs::write(
+            &path,
+            format!("# B\n\nmethod\n\n{BEGIN}\nold\n{END}\n\nnotes\n"),
+        )
+        .unwrap();
+        write_into(&path, &format!("{BEGIN}\nnew\n{END}")).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(
+            text,
+            format!("# B\n\nmethod\n\n{BEGIN}\nnew\n{END}\n\nnotes\n")
+        );
+    }
+}
