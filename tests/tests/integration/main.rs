@@ -2,6 +2,7 @@
 //! on its own ports and in its own temp folder. Build first with scripts/setup.
 
 mod auth;
+mod bench;
 mod channels;
 mod config;
 mod delivery;

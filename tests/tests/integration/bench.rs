@@ -1,0 +1,193 @@
+//! chatup-bench keeps working: short runs of each scenario against a stack it starts
+//! itself, the report it writes, and its refusals of bad input.
+
+use chatup_tests::env::build_dir;
+use serde_json::Value;
+use std::process::{Command, Output};
+
+fn bench(args: &[&str]) -> Output {
+    Command::new(build_dir().join("chatup-bench"))
+        .args(args)
+        .output()
+        .expect("run build/chatup-bench (scripts/setup builds it)")
+}
+
+/// Runs a scenario that must succeed and returns its one-line JSON result.
+fn result_of(args: &[&str]) -> Value {
+    let out = bench(args);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "chatup-bench {args:?} failed ({}):\n{stderr}",
+        out.status
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "one JSON line expected, got:\n{stdout}");
+    serde_json::from_str(lines[0]).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+}
+
+#[test]
+fn fanout_delivers_everything_to_every_subscriber() {
+    let r = result_of(&[
+        "fanout",
+        "--workers",
+        "2",
+        "--subscribers",
+        "300",
+        "--rate",
+        "20",
+        "--duration",
+        "2",
+        "--processes",
+        "2",
+    ]);
+    assert_eq!(r["scenario"], "fanout");
+    assert_eq!(r["connected"], 300, "{r}");
+    let published = r["published"].as_u64().expect("published");
+    assert!(
+        published >= 30,
+        "20 msg/s for 2 s published {published}: {r}"
+    );
+    assert_eq!(r["expected_deliveries"], published * 300, "{r}");
+    assert_eq!(r["deliveries"], r["expected_deliveries"], "{r}");
+    assert_eq!(r["lost"], 0, "{r}");
+    assert_eq!(r["duplicates"], 0, "{r}");
+    assert!(r["latency_ms"]["p50"].as_f64().expect("p50") > 0.0, "{r}");
+    assert_eq!(r["latency_ms"]["count"], r["deliveries"], "{r}");
+    assert!(
+        r["nginx_cpu_us_per_delivery"].as_f64().expect("nginx CPU") > 0.0,
+        "{r}"
+    );
+    assert!(r["command"].as_str().unwrap().contains("fanout"), "{r}");
+}
+
+#[test]
+fn rooms_idle_publish_and_floor_report_their_figures() {
+    let rooms = result_of(&[
+        "rooms",
+        "--rooms",
+        "5",
+        "--per-room",
+        "20",
+        "--rate",
+        "10",
+        "--duration",
+        "1",
+        "--publishers",
+        "2",
+    ]);
+    assert_eq!(rooms["connected"], 100, "{rooms}");
+    assert_eq!(rooms["lost"], 0, "{rooms}");
+    assert_eq!(rooms["deliveries"], rooms["expected_deliveries"], "{rooms}");
+    assert_eq!(
+        rooms["deliveries"],
+        rooms["published"].as_u64().unwrap() * 20,
+        "{rooms}"
+    );
+
+    let idle = result_of(&[
+        "idle",
+        "--workers",
+        "2",
+        "--subscribers",
+        "400",
+        "--hold",
+        "0.5",
+    ]);
+    assert_eq!(idle["connected"], 400, "{idle}");
+    assert_eq!(idle["workers"].as_array().map(Vec::len), Some(2), "{idle}");
+    let after = idle["worker_rss_after_kb"].as_u64().unwrap();
+    let before = idle["worker_rss_before_kb"].as_u64().unwrap();
+    assert!(after > before, "400 subscribers cost no memory? {idle}");
+
+    let publish = result_of(&[
+        "publish",
+        "--publishers",
+        "2",
+        "--window",
+        "4",
+        "--duration",
+        "1",
+    ]);
+    assert!(publish["acked"].as_u64().unwrap() > 0, "{publish}");
+    assert_eq!(publish["unacked"], 0, "{publish}");
+    assert_eq!(publish["id_gaps"], 0, "{publish}");
+
+    let floor = result_of(&[
+        "floor",
+        "--subscribers",
+        "200",
+        "--rate",
+        "10",
+        "--duration",
+        "1",
+    ]);
+    assert_eq!(floor["deliveries"], floor["expected_deliveries"], "{floor}");
+    assert_eq!(floor["lost"], 0, "{floor}");
+    assert!(
+        floor["server_cpu_us_per_delivery"].as_f64().unwrap() > 0.0,
+        "{floor}"
+    );
+
+    // The report turns these lines into a results section with the targets judged.
+    let dir = tempfile::tempdir().unwrap();
+    let lines: String = [&rooms, &idle, &publish, &floor]
+        .iter()
+        .map(|v| format!("{v}\n"))
+        .collect();
+    let results = dir.path().join("results.jsonl");
+    std::fs::write(&results, lines).unwrap();
+    let md = dir.path().join("BENCHMARKS.md");
+    std::fs::write(&md, "# Benchmarks\n\nhand-written method\n").unwrap();
+    let out = bench(&[
+        "report",
+        results.to_str().unwrap(),
+        "--into",
+        md.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&md).unwrap();
+    assert!(
+        text.starts_with("# Benchmarks\n\nhand-written method\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("| publish: acked messages/s through one sidecar | ≥ 20,000 msg/s |"),
+        "{text}"
+    );
+    assert!(
+        text.contains("| zero loss in every scenario | 0 | 0.00 | yes |"),
+        "{text}"
+    );
+    assert!(text.contains("#### floor"), "{text}");
+}
+
+#[test]
+fn bad_input_is_refused_with_a_reason() {
+    let cases: [(&[&str], &str); 4] = [
+        (&["fanout", "--duration", "0"], "is not a number of seconds"),
+        (
+            &["fanout", "--url", "https://example.com"],
+            "use http://host:port",
+        ),
+        (
+            &["idle", "--build-dir", "/nonexistent"],
+            "does not hold nginx",
+        ),
+        (&["fanout", "--token", "x"], "--url"),
+    ];
+    for (args, reason) in cases {
+        let out = bench(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} was accepted");
+        assert!(
+            stderr.contains(reason),
+            "{args:?}: expected {reason:?} in:\n{stderr}"
+        );
+    }
+}
