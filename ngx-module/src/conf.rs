@@ -5,6 +5,7 @@
 //! | `chatup_subscribe`      | location (prefix)       | —                        |
 //! | `chatup_relay_socket`   | http                    | `/run/chatup/relay.sock` |
 //! | `chatup_cache_messages` | http                    | `100`                    |
+//! | `chatup_cache_bytes`    | http                    | `256k`                   |
 //! | `chatup_ping_interval`  | http, server, location  | `30s` (`off` disables)   |
 //! | `chatup_max_channels`   | http, server, location  | `16`                     |
 //! | `chatup_max_unsent`     | http, server, location  | `1m`                     |
@@ -16,6 +17,7 @@ use ngx::http::{Merge, MergeConfigError};
 
 pub const DEFAULT_RELAY_SOCKET: &str = "/run/chatup/relay.sock";
 pub const DEFAULT_CACHE_MESSAGES: usize = 100;
+pub const DEFAULT_CACHE_BYTES: usize = 256 << 10;
 pub const DEFAULT_PING_INTERVAL_MS: u64 = 30_000;
 pub const DEFAULT_MAX_CHANNELS: usize = 16;
 pub const DEFAULT_MAX_UNSENT: usize = 1 << 20;
@@ -29,6 +31,7 @@ const MAX_SOCKET_PATH: usize = 107;
 pub struct MainConf {
     pub relay_socket: Option<String>,
     pub cache_messages: Option<usize>,
+    pub cache_bytes: Option<usize>,
     /// Some location has `chatup_subscribe`: only then do workers connect to the sidecar.
     pub enabled: bool,
 }
@@ -40,6 +43,10 @@ impl MainConf {
 
     pub fn cache_messages(&self) -> usize {
         self.cache_messages.unwrap_or(DEFAULT_CACHE_MESSAGES)
+    }
+
+    pub fn cache_bytes(&self) -> usize {
+        self.cache_bytes.unwrap_or(DEFAULT_CACHE_BYTES)
     }
 }
 
@@ -134,6 +141,14 @@ pub fn parse_size(value: &str) -> Result<usize, ConfError> {
     }
     let n: usize = digits.parse().map_err(|_| err())?;
     n.checked_mul(unit).ok_or_else(err)
+}
+
+/// A size that must not be 0.
+pub fn parse_nonzero_size(value: &str) -> Result<usize, ConfError> {
+    match parse_size(value)? {
+        0 => Err(ConfError::Zero(value.into())),
+        n => Ok(n),
+    }
 }
 
 /// Milliseconds from `500ms`, `30s`, `2m`, `1h`, or `off` (0).
@@ -318,6 +333,19 @@ mod directives {
         }
     }
 
+    extern "C" fn set_cache_bytes(
+        cf: *mut ngx_conf_t,
+        _cmd: *mut ngx_command_t,
+        conf: *mut c_void,
+    ) -> *mut c_char {
+        // SAFETY: declared with NGX_HTTP_MAIN_CONF_OFFSET: conf is our MainConf.
+        unsafe {
+            with_conf::<MainConf>(cf, conf, |mc, v| {
+                store(&mut mc.cache_bytes, parse_nonzero_size(v))
+            })
+        }
+    }
+
     extern "C" fn set_ping_interval(
         cf: *mut ngx_conf_t,
         _cmd: *mut ngx_command_t,
@@ -352,11 +380,7 @@ mod directives {
         // SAFETY: declared with NGX_HTTP_LOC_CONF_OFFSET: conf is our LocConf.
         unsafe {
             with_conf::<LocConf>(cf, conf, |lc, v| {
-                let size = parse_size(v).and_then(|n| match n {
-                    0 => Err(ConfError::Zero(v.into())),
-                    n => Ok(n),
-                });
-                store(&mut lc.max_unsent, size)
+                store(&mut lc.max_unsent, parse_nonzero_size(v))
             })
         }
     }
@@ -380,7 +404,7 @@ mod directives {
     }
 
     // nginx takes the table as `*mut` but never writes to it.
-    pub static mut COMMANDS: [ngx_command_t; 7] = [
+    pub static mut COMMANDS: [ngx_command_t; 8] = [
         command(
             ngx_string!("chatup_subscribe"),
             NGX_HTTP_LOC_CONF | NGX_CONF_NOARGS,
@@ -398,6 +422,12 @@ mod directives {
             NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
             NGX_HTTP_MAIN_CONF_OFFSET,
             set_cache_messages,
+        ),
+        command(
+            ngx_string!("chatup_cache_bytes"),
+            NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
+            NGX_HTTP_MAIN_CONF_OFFSET,
+            set_cache_bytes,
         ),
         command(
             ngx_string!("chatup_ping_interval"),
@@ -449,6 +479,8 @@ mod tests {
         for bad in ["", "k", "1g", "-1", "1.5m", "99999999999999999999m"] {
             assert_eq!(parse_size(bad), Err(ConfError::Size(bad.into())), "{bad}");
         }
+        assert_eq!(parse_nonzero_size("0k"), Err(ConfError::Zero("0k".into())));
+        assert_eq!(parse_nonzero_size("1k"), Ok(1024));
     }
 
     #[test]

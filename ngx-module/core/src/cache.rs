@@ -35,6 +35,26 @@ impl Resync {
     }
 }
 
+/// How much one channel's cache may hold: whichever bound is reached first evicts the
+/// oldest messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheLimits {
+    /// `chatup_cache_messages`.
+    pub messages: usize,
+    /// `chatup_cache_bytes`: frame bytes, so a few huge events cannot hold a worker's memory.
+    pub bytes: usize,
+}
+
+impl From<usize> for CacheLimits {
+    /// A bound on messages only.
+    fn from(messages: usize) -> Self {
+        Self {
+            messages,
+            bytes: usize::MAX,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct ChannelCache {
     /// 0 until the sidecar told us the channel's epoch (real epochs are never 0).
@@ -42,17 +62,25 @@ pub struct ChannelCache {
     /// Highest id received in this epoch, kept even when the message itself is not.
     last_id: u64,
     entries: VecDeque<Cached>,
-    capacity: usize,
+    limits: CacheLimits,
+    /// Frame bytes held in `entries`.
+    bytes: usize,
 }
 
 impl ChannelCache {
-    pub fn new(capacity: usize) -> Self {
+    pub fn new(limits: impl Into<CacheLimits>) -> Self {
         Self {
             epoch: 0,
             last_id: 0,
             entries: VecDeque::new(),
-            capacity,
+            limits: limits.into(),
+            bytes: 0,
         }
+    }
+
+    /// Frame bytes held.
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     /// Whether the cache has heard from the sidecar at all.
@@ -81,6 +109,7 @@ impl ChannelCache {
         self.epoch = epoch;
         self.last_id = 0;
         self.entries.clear();
+        self.bytes = 0;
     }
 
     /// Appends a message; `false` (and nothing stored) when the id is not newer than the last.
@@ -89,12 +118,22 @@ impl ChannelCache {
             return false;
         }
         self.last_id = id;
-        if self.capacity == 0 {
+        if self.limits.messages == 0 || frame.len() > self.limits.bytes {
+            // What is kept must run without a gap up to last_id, or a resume would skip
+            // this message silently: keep nothing instead.
+            self.entries.clear();
+            self.bytes = 0;
             return true;
         }
-        if self.entries.len() == self.capacity {
-            self.entries.pop_front();
+        while self.entries.len() >= self.limits.messages
+            || self.bytes + frame.len() > self.limits.bytes
+        {
+            match self.entries.pop_front() {
+                Some(old) => self.bytes -= old.frame.len(),
+                None => break,
+            }
         }
+        self.bytes += frame.len();
         self.entries.push_back(Cached { id, frame });
         true
     }
@@ -204,6 +243,39 @@ mod tests {
         assert_eq!(replayed(&c, at(7, 3)).0, Some(Resync::HistoryTruncated));
         c.reset(9);
         assert_eq!(c.position(), at(9, 0));
+    }
+
+    #[test]
+    fn bytes_bound_evicts_oldest_and_never_leaves_a_gap() {
+        let limits = CacheLimits {
+            messages: 10,
+            bytes: 5,
+        };
+        let mut c = ChannelCache::new(limits);
+        c.reset(7);
+        // Frames "1".."9" are 1 byte, "10".. are 2 bytes.
+        for id in 1..=9 {
+            assert!(c.push(id, frame(id)));
+        }
+        assert_eq!(c.bytes(), 5);
+        assert_eq!(replayed(&c, None).1, vec!["5", "6", "7", "8", "9"]);
+        assert!(c.push(10, frame(10)));
+        assert_eq!(c.bytes(), 5);
+        assert_eq!(replayed(&c, None).1, vec!["7", "8", "9", "10"]);
+        assert_eq!(replayed(&c, at(7, 6)).0, None);
+        assert_eq!(replayed(&c, at(7, 5)).0, Some(Resync::HistoryTruncated));
+
+        // A frame larger than the bound is not kept, and neither is anything before it.
+        assert!(c.push(11, Arc::from(&b"too big"[..])));
+        assert_eq!(c.bytes(), 0);
+        assert_eq!(c.position(), at(7, 11));
+        assert_eq!(
+            replayed(&c, at(7, 10)),
+            (Some(Resync::HistoryTruncated), vec![])
+        );
+        assert_eq!(replayed(&c, at(7, 11)), (None, vec![]));
+        assert!(c.push(12, frame(12)));
+        assert_eq!(replayed(&c, at(7, 11)), (None, vec!["12".to_string()]));
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use chatup_wire::{BacklogKind, ChannelCount, Entry, Position, ToSidecar, ToWorker};
 use slab::Slab;
 
-use crate::cache::{ChannelCache, Frame, Resync};
+use crate::cache::{CacheLimits, ChannelCache, Frame, Resync};
 use crate::outbox::Outbox;
 use crate::ws::{self, Opcode};
 
@@ -93,9 +93,9 @@ impl<H> Subscriber<H> {
 pub struct Hub<H> {
     channels: HashMap<Box<str>, Channel>,
     subscribers: Slab<Subscriber<H>>,
-    /// Messages kept per channel (`chatup_cache_messages`), also how many recent messages
+    /// What each channel's cache keeps; its message count is also how many recent messages
     /// to ask the sidecar for when a channel is new to this worker.
-    cache_capacity: usize,
+    cache_limits: CacheLimits,
     /// Encoded frames for the sidecar, written by the FFI layer while the relay is up.
     relay_out: Vec<u8>,
     relay_up: bool,
@@ -106,11 +106,11 @@ pub struct Hub<H> {
 }
 
 impl<H: Copy> Hub<H> {
-    pub fn new(cache_capacity: usize) -> Self {
+    pub fn new(cache_limits: impl Into<CacheLimits>) -> Self {
         Self {
             channels: HashMap::new(),
             subscribers: Slab::new(),
-            cache_capacity,
+            cache_limits: cache_limits.into(),
             relay_out: Vec::new(),
             relay_up: false,
             dirty: Vec::new(),
@@ -152,11 +152,11 @@ impl<H: Copy> Hub<H> {
                 None => {
                     self.send_relay(&ToSidecar::Subscribe {
                         channel: name.to_string(),
-                        want: self.cache_capacity as u32,
+                        want: u32::try_from(self.cache_limits.messages).unwrap_or(u32::MAX),
                         since: None,
                     });
                     self.channels.entry(name.clone()).or_insert(Channel {
-                        cache: ChannelCache::new(self.cache_capacity),
+                        cache: ChannelCache::new(self.cache_limits),
                         members: Vec::new(),
                         waiting: Vec::new(),
                     })
@@ -264,7 +264,7 @@ impl<H: Copy> Hub<H> {
             .iter()
             .map(|(name, ch)| ToSidecar::Subscribe {
                 channel: name.to_string(),
-                want: self.cache_capacity as u32,
+                want: u32::try_from(self.cache_limits.messages).unwrap_or(u32::MAX),
                 since: ch.cache.position(),
             })
             .collect();

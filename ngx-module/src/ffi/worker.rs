@@ -9,6 +9,7 @@ use ngx::ngx_log_error;
 
 use super::subscriber::{self, SubscriberConn};
 use super::{free_timer, new_timer, relay};
+use crate::cache::CacheLimits;
 use crate::hub::{Hub, SubscriberKey};
 use crate::Module;
 
@@ -79,7 +80,10 @@ pub extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
     }
     let log = cycle.log;
     let worker = Worker {
-        hub: Hub::new(conf.cache_messages()),
+        hub: Hub::new(CacheLimits {
+            messages: conf.cache_messages(),
+            bytes: conf.cache_bytes(),
+        }),
         relay: relay::Relay::new(conf.relay_socket(), log),
         scratch: Vec::new(),
         log,

@@ -5,7 +5,7 @@ use chatup_tests::nginx_config_test;
 #[test]
 fn a_complete_configuration_passes() {
     let (ok, out) = nginx_config_test(
-        "chatup_cache_messages 100000;\nchatup_ping_interval 15s;\nchatup_max_channels 4;\nchatup_max_unsent 64k;",
+        "chatup_cache_messages 100000;\nchatup_cache_bytes 4m;\nchatup_ping_interval 15s;\nchatup_max_channels 4;\nchatup_max_unsent 64k;",
         "chatup_ping_interval off;\nlocation /sub/ {\n chatup_subscribe;\n chatup_max_unsent 2m;\n chatup_max_channels 32;\n chatup_ping_interval 5s;\n}",
     );
     assert!(ok, "nginx -t failed:\n{out}");
@@ -36,6 +36,18 @@ fn bad_directive_values_are_refused() {
             "chatup_cache_messages lots;",
             "",
             "chatup_cache_messages",
+        ),
+        (
+            "cache bytes 0",
+            "chatup_cache_bytes 0;",
+            "",
+            "chatup_cache_bytes",
+        ),
+        (
+            "cache bytes word",
+            "chatup_cache_bytes plenty;",
+            "",
+            "chatup_cache_bytes",
         ),
         (
             "ping interval word",

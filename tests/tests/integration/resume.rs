@@ -229,3 +229,28 @@ async fn subscribers_leaving_do_not_disturb_the_others() {
         assert_message(&msgs[1], "share", 3, "m3");
     }
 }
+
+#[tokio::test]
+async fn cache_bytes_bounds_the_replay_and_resume_says_so() {
+    // ~390-byte frames: two fit in 1k, three do not.
+    let env = Chatup::start_with(Options::default().http("chatup_cache_bytes 1k;"));
+    let text = |i: u64| format!("{i:03}{}", "x".repeat(297));
+    let mut ep = 0;
+    for i in 1..=10 {
+        let ack = env.publish("bulky", &text(i)).await;
+        ep = ack["ep"].as_u64().expect("ep");
+    }
+    let mut sub = Subscriber::connect(&env, "/sub/bulky").await;
+    let msgs = sub.recv_n(2).await;
+    assert_message(&msgs[0], "bulky", 9, &text(9));
+    assert_message(&msgs[1], "bulky", 10, &text(10));
+    sub.expect_no_message(QUIET).await;
+
+    // Resuming from before what the bytes bound kept is flagged, then gets what there is.
+    let mut resumed = Subscriber::connect(&env, &format!("/sub/bulky?since=bulky:{ep}:7")).await;
+    let msgs = resumed.recv_n(3).await;
+    assert_resync(&msgs[0], "bulky", "history_truncated");
+    assert_message(&msgs[1], "bulky", 9, &text(9));
+    assert_message(&msgs[2], "bulky", 10, &text(10));
+    resumed.expect_no_message(QUIET).await;
+}
