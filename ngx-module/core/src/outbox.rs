@@ -59,7 +59,7 @@ impl Outbox {
         self.unsent = self.unsent.saturating_sub(n);
         while n > 0 {
             let Some(front) = self.frames.front() else {
-                return;
+                break;
             };
             let left = front.len() - self.written;
             if n < left {
@@ -69,6 +69,10 @@ impl Outbox {
             n -= left;
             self.frames.pop_front();
             self.written = 0;
+        }
+        // An idle subscriber keeps no queue storage (a replay may have grown it a lot).
+        if self.frames.is_empty() && self.frames.capacity() > 0 {
+            self.frames = VecDeque::new();
         }
     }
 
@@ -108,6 +112,19 @@ mod tests {
         o.consume(1);
         assert!(o.is_empty());
         assert_eq!(o.unsent(), 0);
+    }
+
+    #[test]
+    fn a_drained_outbox_holds_no_storage() {
+        let mut o = Outbox::default();
+        for _ in 0..100 {
+            o.push(f(b"abc"));
+        }
+        o.consume(150);
+        assert!(o.frames.capacity() >= 50);
+        o.consume(150);
+        assert!(o.is_empty());
+        assert_eq!(o.frames.capacity(), 0);
     }
 
     #[test]

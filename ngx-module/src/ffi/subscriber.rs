@@ -1,7 +1,17 @@
 //! A subscriber's connection: the content handler that upgrades it, then its read, write and
-//! timer events. The request is kept alive (its count raised) and finalized when the socket
-//! closes; a cleanup on its pool removes the subscriber from the hub, whoever closes it.
+//! timer events.
+//!
+//! Right after the 101 the connection still belongs to its HTTP request, kept alive by a
+//! raised count. The request's module ctx ([`Attached`], in its pool) points at the
+//! subscriber and holds the ping timer, and a cleanup on its pool removes the subscriber from
+//! the hub should nginx end the request. At the connection's first event once the 101 is out
+//! and nothing else holds the request, the request is released: nginx logs it and frees its
+//! pool, and the connection's header buffers are freed too. From then on the connection is
+//! the module's alone: `c->data` is its [`SubscriberConn`], its read and write handlers are
+//! ours, the read event's timer is the ping (or close) timer, and closing removes the
+//! subscriber from the hub, then goes through `ngx_http_close_connection`.
 
+use std::cell::Cell;
 use std::ffi::c_void;
 use std::mem::offset_of;
 use std::ptr::{self, addr_of_mut};
@@ -9,13 +19,15 @@ use std::sync::Arc;
 
 use chatup_wire::close;
 use ngx::ffi::{
-    ngx_chain_t, ngx_create_temp_buf, ngx_event_t, ngx_http_block_reading,
-    ngx_http_finalize_request, ngx_http_output_filter, ngx_http_request_empty_handler,
-    ngx_http_request_t, ngx_http_run_posted_requests, ngx_http_send_header, ngx_http_send_special,
-    ngx_int_t, ngx_list_push, ngx_pool_cleanup_add, ngx_post_event, ngx_posted_events,
+    ngx_chain_t, ngx_connection_t, ngx_create_temp_buf, ngx_event_t, ngx_http_block_reading,
+    ngx_http_close_connection, ngx_http_connection_t, ngx_http_empty_handler,
+    ngx_http_finalize_request, ngx_http_free_request, ngx_http_output_filter,
+    ngx_http_request_empty_handler, ngx_http_request_t, ngx_http_run_posted_requests,
+    ngx_http_send_header, ngx_http_send_special, ngx_int_t, ngx_list_push, ngx_msec_int_t,
+    ngx_pcalloc, ngx_pfree, ngx_pool_cleanup_add, ngx_post_event, ngx_posted_events,
     ngx_table_elt_t, ngx_uint_t, NGX_AGAIN, NGX_DONE, NGX_ERROR, NGX_HTTP_CLOSE, NGX_HTTP_FLUSH,
     NGX_HTTP_GET, NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_SWITCHING_PROTOCOLS,
-    NGX_HTTP_VERSION_11, NGX_LOG_INFO, NGX_OK,
+    NGX_HTTP_VERSION_11, NGX_LOG_INFO, NGX_LOG_NOTICE, NGX_OK,
 };
 use ngx::http::{HttpModule, HttpModuleLocationConf, Request};
 use ngx::{ngx_log_error, ngx_string};
@@ -32,23 +44,43 @@ const CLOSE_TIMEOUT_MS: u64 = 10_000;
 const COALESCE_LIMIT: usize = 64 * 1024;
 /// Bytes read from a client per recv.
 const READ_CHUNK: usize = 4096;
+/// What the error log says the connection was doing.
+const ACTION: &std::ffi::CStr = c"serving a chatup subscriber";
 
+/// What the module keeps per subscriber connection (besides its hub entry).
 pub struct SubscriberConn {
+    c: *mut ngx_connection_t,
+    /// The HTTP request until it is released; null after.
     r: *mut ngx_http_request_t,
     key: SubscriberKey,
-    /// Ping interval, or the close timeout once closing.
-    timer: ngx_event_t,
-    ping_interval_ms: u64,
+    /// Part of a client frame carried over to the next read.
+    inbuf: Vec<u8>,
+    ping_interval_ms: u32,
     /// The client sent a frame since the last ping.
     heard: bool,
     /// A ping was sent and its answer is due before the next one.
     ping_due: bool,
-    /// Part of a client frame carried over to the next read.
-    inbuf: Vec<u8>,
     /// The client's close frame arrived, or it broke the protocol: its input is ignored.
     input_done: bool,
-    /// The close timeout is running.
+    /// The close timeout is running (on the timer, instead of the ping).
     closing_armed: bool,
+}
+
+// What stays of each subscriber once its request is released; keep it small.
+const _: () = assert!(std::mem::size_of::<SubscriberConn>() <= 64);
+
+/// The request's module ctx while the connection is still the request's (in its pool).
+struct Attached {
+    conn: *mut SubscriberConn,
+    /// The ping (or close) timer until the request is released. Not the read event's timer
+    /// yet: nginx code still working on the request (a mirror subrequest's upstream, for one)
+    /// may delete that one.
+    timer: ngx_event_t,
+}
+
+thread_local! {
+    /// Whether this worker already said that some module keeps subscribers' requests alive.
+    static KEPT_LOGGED: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Sets the response to a WebSocket upgrade, or answers why not.
@@ -66,6 +98,12 @@ unsafe fn handle(r: *mut ngx_http_request_t) -> ngx_int_t {
     let rc = req.discard_request_body();
     if rc.0 != NGX_OK as ngx_int_t {
         return rc.0;
+    }
+    // SAFETY: r is live.
+    if unsafe { (*r).discard_body() } != 0 {
+        // A body is still arriving: its bytes would be taken for WebSocket frames.
+        // SAFETY: r is live and no response was sent yet.
+        return unsafe { refuse_body(r) };
     }
     let mut upgrade = None;
     let mut connection = None;
@@ -199,6 +237,22 @@ unsafe fn push_header(r: *mut ngx_http_request_t, name: &str, value: &str) -> bo
     true
 }
 
+/// Answers an upgrade that came with a body still being read.
+///
+/// # Safety
+/// `r` must be a live request with no response sent.
+unsafe fn refuse_body(r: *mut ngx_http_request_t) -> ngx_int_t {
+    // SAFETY: r is live (caller's contract), and so are its connection and log.
+    let log = unsafe { (*(*r).connection).log };
+    ngx_log_error!(
+        NGX_LOG_INFO,
+        log,
+        "chatup: subscribe refused: the upgrade request has a body"
+    );
+    // SAFETY: caller's contract.
+    unsafe { send_text(r, 400, "a WebSocket upgrade request has no body\n", &[]) }
+}
+
 /// Sends the 101, registers the subscriber and takes over the connection's events.
 ///
 /// # Safety
@@ -235,13 +289,13 @@ unsafe fn upgrade_connection(
             return NGX_ERROR as ngx_int_t;
         }
         let conn = Box::into_raw(Box::new(SubscriberConn {
+            c,
             r,
             key: usize::MAX,
-            timer: std::mem::zeroed(),
-            ping_interval_ms,
+            inbuf: Vec::new(),
+            ping_interval_ms: u32::try_from(ping_interval_ms).unwrap_or(u32::MAX),
             heard: false,
             ping_due: false,
-            inbuf: Vec::new(),
             input_done: false,
             closing_armed: false,
         }));
@@ -257,45 +311,74 @@ unsafe fn upgrade_connection(
         (*conn).key = key;
         // A channel new to this worker was just subscribed: tell the sidecar now.
         super::relay::flush();
-
-        Request::from_ngx_http_request(r).set_module_ctx(conn.cast(), Module::module());
-        let timer = addr_of_mut!((*conn).timer);
-        (*timer).handler = Some(on_timer);
+        let attached = ngx_pcalloc((*r).pool, std::mem::size_of::<Attached>()).cast::<Attached>();
+        if attached.is_null() {
+            return NGX_ERROR as ngx_int_t;
+        }
+        (*attached).conn = conn;
+        let timer = addr_of_mut!((*attached).timer);
+        (*timer).handler = Some(on_attached_timer);
         (*timer).data = c.cast();
         (*timer).log = (*c).log;
         (*timer).set_cancelable(1);
-        if ping_interval_ms > 0 {
-            ngx::ffi::ngx_add_timer(timer, ping_interval_ms as _);
+        Request::from_ngx_http_request(r).set_module_ctx(attached.cast(), Module::module());
+
+        // Frames that arrived with the upgrade request sit in its header buffer, which is
+        // freed with the request: decode them now (what they ask for goes out with the
+        // first write).
+        let hin = (*r).header_in;
+        if !hin.is_null() && (*hin).pos < (*hin).last {
+            let len = (*hin).last.offset_from((*hin).pos) as usize;
+            let early = std::slice::from_raw_parts((*hin).pos, len);
+            handle_input(conn, early);
+            (*hin).pos = (*hin).last;
         }
 
-        (*(*c).log).action = c"serving a chatup subscriber".as_ptr().cast_mut();
-        (*r).read_event_handler = Some(on_read);
-        (*r).write_event_handler = Some(on_write);
-        // Keep the request alive after the content phase.
+        (*(*c).log).action = ACTION.as_ptr().cast_mut();
+        let rev = (*c).read;
+        let wev = (*c).write;
+        // The connection's events come to us from now on, not to nginx's request handler.
+        (*rev).handler = Some(on_read_attached);
+        (*wev).handler = Some(on_write_attached);
+        if ping_interval_ms > 0 {
+            ngx::ffi::ngx_add_timer(timer, (*conn).ping_interval_ms as _);
+        }
+        // Keep the request alive after the content phase, until it is released.
         (*(*r).main).set_count((*(*r).main).count() + 1);
 
-        // The replay goes out from the write event: the content handler must not finalize.
-        ngx_post_event((*c).write, addr_of_mut!(ngx_posted_events));
-        // Frames may have arrived with the upgrade request (in header_in) or be waiting.
-        let hin = (*r).header_in;
-        if (!hin.is_null() && (*hin).pos < (*hin).last) || (*(*c).read).ready() != 0 {
-            ngx_post_event((*c).read, addr_of_mut!(ngx_posted_events));
+        // The replay goes out from the write event, which also releases the request (the
+        // content handler must not finalize it).
+        ngx_post_event(wev, addr_of_mut!(ngx_posted_events));
+        if (*rev).ready() != 0 {
+            ngx_post_event(rev, addr_of_mut!(ngx_posted_events));
         }
-        if ngx::ffi::ngx_handle_read_event((*c).read, 0) != NGX_OK as isize {
+        if ngx::ffi::ngx_handle_read_event(rev, 0) != NGX_OK as isize {
             return NGX_ERROR as ngx_int_t;
         }
         NGX_DONE as ngx_int_t
     }
 }
 
-/// The request's pool is being destroyed: the subscriber leaves the hub.
+/// The request's pool is being destroyed while the connection is still the request's: the
+/// subscriber leaves the hub.
 extern "C" fn on_request_freed(data: *mut c_void) {
     let conn = data.cast::<SubscriberConn>();
-    // SAFETY: data is the SubscriberConn registered with this cleanup, freed only here.
+    // SAFETY: data is the SubscriberConn registered with this cleanup, freed only here or,
+    // once the request is released (which disarms this cleanup), in `finalize`.
     unsafe {
-        let timer = addr_of_mut!((*conn).timer);
+        let c = (*conn).c;
+        // The pool (and the timer in it) is about to go.
+        let timer = timer_of(conn);
         if (*timer).timer_set() != 0 {
             ngx::ffi::ngx_del_timer(timer);
+        }
+        // Events still pointing at us must not reach the freed subscriber. (nginx closes the
+        // connection right after; this only matters if it did not.)
+        let rev = (*c).read;
+        let ours = on_read_attached as extern "C" fn(*mut ngx_event_t) as *const ();
+        if (*rev).handler.map(|h| h as *const ()) == Some(ours) {
+            (*rev).handler = Some(ngx_http_empty_handler);
+            (*(*c).write).handler = Some(ngx_http_empty_handler);
         }
         if (*conn).key != usize::MAX {
             forget_subscriber((*conn).key);
@@ -306,41 +389,334 @@ extern "C" fn on_request_freed(data: *mut c_void) {
     }
 }
 
+/// Frees the request once the 101 is out and nothing but us holds it; the connection is then
+/// ours. Does nothing when it is already released or cannot be yet.
+///
+/// # Safety
+/// `conn` must be a live subscriber, called from one of its connection's event handlers
+/// (no nginx request code of this connection further up the stack).
+unsafe fn try_release(conn: *mut SubscriberConn) {
+    // SAFETY: conn is live (caller's contract); while r is set, it is the live request.
+    unsafe {
+        let r = (*conn).r;
+        if r.is_null() {
+            return;
+        }
+        let c = (*conn).c;
+        if (*r).count() != 1
+            || (*r).blocked() != 0
+            || !(*r).out.is_null()
+            || (*c).buffered() != 0
+            || !(*r).postponed.is_null()
+            || !(*r).posted_requests.is_null()
+            || (*r).discard_body() != 0
+        {
+            // The 101 is still going out, or something else uses the request: next event.
+            return;
+        }
+        // Another module's cleanup (limit_conn counting connections, for one) expects the
+        // request to live as long as the connection: then keep it.
+        let mut ours = ptr::null_mut();
+        let mut cln = (*(*r).pool).cleanup;
+        while !cln.is_null() {
+            if (*cln).data == conn.cast() {
+                ours = cln;
+            } else if (*cln).handler.is_some() {
+                note_kept((*c).log);
+                return;
+            }
+            cln = (*cln).next;
+        }
+        let mut hcln = (*r).cleanup;
+        while !hcln.is_null() {
+            // A finished upstream (a mirror's, say) leaves its entry with no handler.
+            if (*hcln).handler.is_some() {
+                note_kept((*c).log);
+                return;
+            }
+            hcln = (*hcln).next;
+        }
+        if ours.is_null() {
+            return;
+        }
+        (*ours).handler = None;
+        let hc = (*r).http_connection;
+        // The timer moves to the read event, which nothing else uses from now on.
+        let rev = (*c).read;
+        if (*rev).timer_set() != 0 {
+            ngx::ffi::ngx_del_timer(rev);
+        }
+        (*rev).set_timedout(0);
+        (*rev).set_cancelable(1);
+        let timer = timer_of(conn);
+        if (*timer).timer_set() != 0 {
+            let left =
+                (*timer).timer.key.wrapping_sub(ngx::ffi::ngx_current_msec) as ngx_msec_int_t;
+            ngx::ffi::ngx_del_timer(timer);
+            ngx::ffi::ngx_add_timer(rev, left.max(1) as _);
+        }
+
+        // Logs the request (status 101) and destroys its pool; the error log's context
+        // lives in the connection's pool and forgets the request.
+        ngx_http_free_request(r, 0);
+        (*conn).r = ptr::null_mut();
+        (*c).data = conn.cast();
+        // ngx_http_free_request marks the connection destroyed; it lives on, as ours.
+        (*c).set_destroyed(0);
+        (*(*c).log).action = ACTION.as_ptr().cast_mut();
+        (*(*c).read).handler = Some(on_read);
+        let wev = (*c).write;
+        (*wev).handler = Some(on_write);
+        // A send_timeout or limit_rate delay nginx may have set while writing the 101.
+        if (*wev).timer_set() != 0 {
+            ngx::ffi::ngx_del_timer(wev);
+        }
+        (*wev).set_delayed(0);
+        free_header_buffers(c, hc);
+    }
+}
+
+/// Frees the connection's header buffers, as nginx does for an idle keep-alive connection.
+///
+/// # Safety
+/// `c` must be a live HTTP connection without a request; `hc` its HTTP connection or null.
+unsafe fn free_header_buffers(c: *mut ngx_connection_t, hc: *mut ngx_http_connection_t) {
+    // SAFETY: c is live (caller's contract); its buffers were allocated from its pool, and
+    // ngx_pfree only frees the large allocations it finds there.
+    unsafe {
+        let pool = (*c).pool;
+        let b = (*c).buffer;
+        if !b.is_null() && !(*b).start.is_null() {
+            if ngx_pfree(pool, (*b).start.cast()) == NGX_OK as ngx_int_t {
+                (*b).start = ptr::null_mut();
+                (*b).end = ptr::null_mut();
+                (*b).pos = ptr::null_mut();
+                (*b).last = ptr::null_mut();
+            } else {
+                (*b).pos = (*b).start;
+                (*b).last = (*b).start;
+            }
+        }
+        if hc.is_null() {
+            return;
+        }
+        // Large header buffers (large_client_header_buffers), free or busy.
+        for list in [addr_of_mut!((*hc).free), addr_of_mut!((*hc).busy)] {
+            let mut cl = *list;
+            while !cl.is_null() {
+                let next = (*cl).next;
+                let buf = (*cl).buf;
+                if !buf.is_null() && !(*buf).start.is_null() {
+                    ngx_pfree(pool, (*buf).start.cast());
+                }
+                // ngx_free_chain: the link goes back to the pool's free list.
+                (*cl).next = (*pool).chain;
+                (*pool).chain = cl;
+                cl = next;
+            }
+            *list = ptr::null_mut();
+        }
+        (*hc).nbusy = 0;
+    }
+}
+
+/// Says once per worker that subscribers keep their requests (more memory each).
+fn note_kept(log: *mut ngx::ffi::ngx_log_t) {
+    if !KEPT_LOGGED.with(|k| k.replace(true)) {
+        ngx_log_error!(
+            NGX_LOG_NOTICE,
+            log,
+            "chatup: another module (limit_conn or the like) holds subscribers' requests: \
+             they keep their request memory until they close"
+        );
+    }
+}
+
 /// The subscriber of a request this module upgraded.
 ///
 /// # Safety
 /// `r` must be a live request.
 unsafe fn conn_of(r: *mut ngx_http_request_t) -> Option<*mut SubscriberConn> {
-    // SAFETY: r is live; our ctx slot holds a SubscriberConn or nothing.
-    let req = unsafe { Request::from_ngx_http_request(r) };
-    req.get_module_ctx::<SubscriberConn>(Module::module())
-        .map(|c| ptr::from_ref(c).cast_mut())
+    // SAFETY: r is live (caller's contract).
+    let attached = unsafe { attached_of(r) };
+    // SAFETY: a non-null ctx of ours is an Attached in the request's pool.
+    let conn = (!attached.is_null()).then(|| unsafe { (*attached).conn })?;
+    (!conn.is_null()).then_some(conn)
 }
 
-extern "C" fn on_write(r: *mut ngx_http_request_t) {
-    // SAFETY: nginx calls the write handler with the live request.
-    if let Some(conn) = unsafe { conn_of(r) } {
-        // SAFETY: the ctx is alive as long as its request.
-        unsafe { flush(conn) };
-    }
-}
-
-extern "C" fn on_read(r: *mut ngx_http_request_t) {
-    // SAFETY: nginx calls the read handler with the live request.
-    if let Some(conn) = unsafe { conn_of(r) } {
-        // SAFETY: the ctx is alive as long as its request.
-        unsafe { read_client(conn) };
-    }
-}
-
-extern "C" fn on_timer(ev: *mut ngx_event_t) {
-    // SAFETY: this handler is only installed on SubscriberConn::timer, so ev points into a
-    // live SubscriberConn (its cleanup deletes the timer before freeing it).
+/// Our module ctx of a request: an [`Attached`], or null.
+///
+/// # Safety
+/// `r` must be a live request.
+unsafe fn attached_of(r: *mut ngx_http_request_t) -> *mut Attached {
+    // SAFETY: r is live; its ctx array has a slot for every module.
     unsafe {
-        let conn = ev
+        let ctx = (*r).ctx;
+        if ctx.is_null() {
+            return ptr::null_mut();
+        }
+        (*ctx.add(Module::module().ctx_index)).cast()
+    }
+}
+
+/// The subscriber's ping (or close) timer: in the request's ctx while it has one, then the
+/// connection's read event.
+///
+/// # Safety
+/// `conn` must be a live subscriber.
+unsafe fn timer_of(conn: *mut SubscriberConn) -> *mut ngx_event_t {
+    // SAFETY: conn is live; while r is set it is the live request and its ctx an Attached.
+    unsafe {
+        let r = (*conn).r;
+        if !r.is_null() {
+            let attached = attached_of(r);
+            if !attached.is_null() {
+                return addr_of_mut!((*attached).timer);
+            }
+        }
+        (*(*conn).c).read
+    }
+}
+
+/// The subscriber of a connection that still belongs to its request.
+///
+/// # Safety
+/// `ev` must be an event of a live connection whose `data` is its request.
+unsafe fn attached_conn(ev: *mut ngx_event_t) -> Option<*mut SubscriberConn> {
+    // SAFETY: caller's contract; the request's main request holds our ctx.
+    unsafe {
+        let c = (*ev).data.cast::<ngx_connection_t>();
+        let r = (*c).data.cast::<ngx_http_request_t>();
+        if r.is_null() {
+            return None;
+        }
+        conn_of((*r).main)
+    }
+}
+
+/// The subscriber of a released connection.
+///
+/// # Safety
+/// `ev` must be an event of a live connection whose `data` is its `SubscriberConn`.
+unsafe fn released_conn(ev: *mut ngx_event_t) -> Option<*mut SubscriberConn> {
+    // SAFETY: caller's contract.
+    let conn = unsafe {
+        (*(*ev).data.cast::<ngx_connection_t>())
+            .data
+            .cast::<SubscriberConn>()
+    };
+    (!conn.is_null()).then_some(conn)
+}
+
+/// Read event (and ping timer) while the connection still belongs to its request.
+extern "C" fn on_read_attached(ev: *mut ngx_event_t) {
+    // SAFETY: installed by upgrade_connection on the connection's read event; until the
+    // request is released, c->data is the request (nginx restores nothing else there).
+    unsafe {
+        let Some(conn) = attached_conn(ev) else {
+            return;
+        };
+        if (*(*conn).c).close() != 0 {
+            finalize(conn);
+            return;
+        }
+        // A timeout on this event is not ours yet (ours is in the request's ctx).
+        (*ev).set_timedout(0);
+        try_release(conn);
+        read_client(conn);
+    }
+}
+
+/// The ping (or close) timer while the connection still belongs to its request.
+extern "C" fn on_attached_timer(ev: *mut ngx_event_t) {
+    // SAFETY: this handler is only installed on Attached::timer, so ev points into a live
+    // Attached, whose conn is live (the pool cleanup deletes the timer before either goes).
+    unsafe {
+        let attached = ev
             .cast::<u8>()
-            .sub(offset_of!(SubscriberConn, timer))
-            .cast::<SubscriberConn>();
+            .sub(offset_of!(Attached, timer))
+            .cast::<Attached>();
+        let conn = (*attached).conn;
+        // ev (in the request's pool) may be freed from here on.
+        try_release(conn);
+        on_timer(conn);
+    }
+}
+
+/// Write event while the connection still belongs to its request.
+extern "C" fn on_write_attached(ev: *mut ngx_event_t) {
+    // SAFETY: as for on_read_attached, on the write event.
+    unsafe {
+        let Some(conn) = attached_conn(ev) else {
+            return;
+        };
+        if (*(*conn).c).close() != 0 {
+            finalize(conn);
+            return;
+        }
+        // A limit_rate delay of the 101 ended (as ngx_http_request_handler does).
+        if (*ev).delayed() != 0 && (*ev).timedout() != 0 {
+            (*ev).set_delayed(0);
+            (*ev).set_timedout(0);
+        }
+        try_release(conn);
+        flush(conn);
+    }
+}
+
+/// Read event (and ping timer) of a released connection.
+extern "C" fn on_read(ev: *mut ngx_event_t) {
+    // SAFETY: installed by try_release, which made c->data the SubscriberConn; finalize
+    // detaches it from the connection's events before freeing it.
+    unsafe {
+        let Some(conn) = released_conn(ev) else {
+            return;
+        };
+        // worker_shutdown_timeout ran out: nginx asks every connection to close.
+        if (*(*conn).c).close() != 0 {
+            finalize(conn);
+            return;
+        }
+        read_event(conn, ev);
+    }
+}
+
+/// Write event of a released connection.
+extern "C" fn on_write(ev: *mut ngx_event_t) {
+    // SAFETY: as for on_read.
+    unsafe {
+        let Some(conn) = released_conn(ev) else {
+            return;
+        };
+        if (*(*conn).c).close() != 0 {
+            finalize(conn);
+            return;
+        }
+        flush(conn);
+    }
+}
+
+/// # Safety
+/// `conn` must be a live subscriber and `ev` its connection's read event.
+unsafe fn read_event(conn: *mut SubscriberConn, ev: *mut ngx_event_t) {
+    // SAFETY: caller's contract.
+    unsafe {
+        if (*ev).timedout() != 0 {
+            (*ev).set_timedout(0);
+            on_timer(conn);
+        } else {
+            read_client(conn);
+        }
+    }
+}
+
+/// The ping interval passed, or the close timeout.
+///
+/// # Safety
+/// `conn` must be a live subscriber.
+unsafe fn on_timer(conn: *mut SubscriberConn) {
+    // SAFETY: conn is live (caller's contract); flush reports whether it still is.
+    unsafe {
         if (*conn).closing_armed {
             finalize(conn);
             return;
@@ -354,8 +730,8 @@ extern "C" fn on_timer(ev: *mut ngx_event_t) {
             let ping: Arc<[u8]> = Arc::from(ws::frame(Opcode::Ping, b""));
             with_worker(|w| w.hub.send_to(key, ping));
         }
-        if flush(conn) && !(*conn).closing_armed {
-            ngx::ffi::ngx_add_timer(ev, (*conn).ping_interval_ms as _);
+        if flush(conn) && !(*conn).closing_armed && (*conn).ping_interval_ms > 0 {
+            ngx::ffi::ngx_add_timer(timer_of(conn), (*conn).ping_interval_ms as _);
         }
     }
 }
@@ -365,17 +741,9 @@ extern "C" fn on_timer(ev: *mut ngx_event_t) {
 /// # Safety
 /// `conn` must be a live subscriber.
 unsafe fn read_client(conn: *mut SubscriberConn) {
-    // SAFETY: conn is live (caller's contract); r and c belong to it.
+    // SAFETY: conn is live (caller's contract); c belongs to it.
     unsafe {
-        let r = (*conn).r;
-        let c = (*r).connection;
-        let hin = (*r).header_in;
-        if !hin.is_null() && (*hin).pos < (*hin).last {
-            let len = (*hin).last.offset_from((*hin).pos) as usize;
-            let early = std::slice::from_raw_parts((*hin).pos, len).to_vec();
-            (*hin).pos = (*hin).last;
-            handle_input(conn, &early);
-        }
+        let c = (*conn).c;
         let Some(recv) = (*c).recv else {
             finalize(conn);
             return;
@@ -437,8 +805,8 @@ unsafe fn handle_input(conn: *mut SubscriberConn, bytes: &[u8]) {
             }
             Ok(None) => break,
             Err(err) => {
-                // SAFETY: the request and its connection are alive while conn is.
-                let log = unsafe { (*(*conn.r).connection).log };
+                // SAFETY: the connection is alive while conn is.
+                let log = unsafe { (*conn.c).log };
                 ngx_log_error!(NGX_LOG_INFO, log, "chatup: closing subscriber: {}", err);
                 conn.input_done = true;
                 let reason = err.to_string();
@@ -452,7 +820,7 @@ unsafe fn handle_input(conn: *mut SubscriberConn, bytes: &[u8]) {
     } else {
         conn.inbuf.drain(..at);
         // Idle subscribers should not keep a read buffer around.
-        if conn.inbuf.is_empty() && conn.inbuf.capacity() > 256 {
+        if conn.inbuf.is_empty() && conn.inbuf.capacity() > 0 {
             conn.inbuf = Vec::new();
         }
     }
@@ -476,12 +844,12 @@ enum Written {
 /// # Safety
 /// `conn` must be a live subscriber.
 pub unsafe fn flush(conn: *mut SubscriberConn) -> bool {
-    // SAFETY: conn is live (caller's contract); r and c belong to it.
+    // SAFETY: conn is live (caller's contract); r (while set) and c belong to it.
     unsafe {
         let r = (*conn).r;
-        let c = (*r).connection;
+        let c = (*conn).c;
         // The 101 response may still sit in nginx's output chain: it goes first.
-        if !(*r).out.is_null() || (*c).buffered() != 0 {
+        if !r.is_null() && (!(*r).out.is_null() || (*c).buffered() != 0) {
             if ngx_http_output_filter(r, ptr::null_mut()) == NGX_ERROR as ngx_int_t {
                 finalize(conn);
                 return false;
@@ -555,11 +923,11 @@ pub unsafe fn flush(conn: *mut SubscriberConn) -> bool {
 /// # Safety
 /// `conn` must be a live subscriber.
 unsafe fn arm_close_timeout(conn: *mut SubscriberConn) {
-    // SAFETY: conn is live; its timer belongs to it.
+    // SAFETY: conn is live, and so is its timer.
     unsafe {
         if !(*conn).closing_armed {
             (*conn).closing_armed = true;
-            ngx::ffi::ngx_add_timer(addr_of_mut!((*conn).timer), CLOSE_TIMEOUT_MS as _);
+            ngx::ffi::ngx_add_timer(timer_of(conn), CLOSE_TIMEOUT_MS as _);
         }
     }
 }
@@ -567,9 +935,9 @@ unsafe fn arm_close_timeout(conn: *mut SubscriberConn) {
 /// # Safety
 /// `conn` must be a live subscriber.
 unsafe fn watch_writes(conn: *mut SubscriberConn) -> bool {
-    // SAFETY: conn is live; its request and connection too.
+    // SAFETY: conn is live; its connection too.
     unsafe {
-        let c = (*(*conn).r).connection;
+        let c = (*conn).c;
         if ngx::ffi::ngx_handle_write_event((*c).write, 0) != NGX_OK as isize {
             finalize(conn);
             return false;
@@ -591,24 +959,46 @@ pub unsafe fn close_now(conn: *mut SubscriberConn) {
     }
 }
 
-/// Closes the connection. `conn` is freed when this returns.
+/// Closes the connection. `conn` is freed when this returns, and the subscriber has left the
+/// hub.
 ///
 /// # Safety
 /// `conn` must be a live subscriber, and the worker state must not be in use.
 unsafe fn finalize(conn: *mut SubscriberConn) {
-    // SAFETY: conn and its request are live until the posted termination runs below.
+    // SAFETY: conn is live (caller's contract); so are its connection and, while set, its
+    // request.
     unsafe {
+        let c = (*conn).c;
         let r = (*conn).r;
-        let c = (*r).connection;
-        let timer = addr_of_mut!((*conn).timer);
-        if (*timer).timer_set() != 0 {
-            ngx::ffi::ngx_del_timer(timer);
+        if !r.is_null() {
+            // Still the request's: nginx ends it, and the pool cleanup removes the
+            // subscriber from the hub and frees conn.
+            let timer = timer_of(conn);
+            if (*timer).timer_set() != 0 {
+                ngx::ffi::ngx_del_timer(timer);
+            }
+            (*r).read_event_handler = Some(ngx_http_block_reading);
+            (*r).write_event_handler = Some(ngx_http_request_empty_handler);
+            ngx_http_finalize_request(r, NGX_HTTP_CLOSE as ngx_int_t);
+            // Termination is posted; run it now, whatever event we are in.
+            ngx_http_run_posted_requests(c);
+            return;
         }
-        (*r).read_event_handler = Some(ngx_http_block_reading);
-        (*r).write_event_handler = Some(ngx_http_request_empty_handler);
-        ngx_http_finalize_request(r, NGX_HTTP_CLOSE as ngx_int_t);
-        // Termination is posted; run it now, whatever event we are in. nginx checks
-        // c->destroyed afterwards, so this is safe inside its own request handler too.
-        ngx_http_run_posted_requests(c);
+        let key = (*conn).key;
+        (*c).data = ptr::null_mut();
+        // Nothing of ours may run on the connection any more (a TLS shutdown may keep it
+        // open a little longer, with its own handlers and timer).
+        let rev = (*c).read;
+        if (*rev).timer_set() != 0 {
+            ngx::ffi::ngx_del_timer(rev);
+        }
+        (*rev).handler = Some(ngx_http_empty_handler);
+        (*(*c).write).handler = Some(ngx_http_empty_handler);
+        drop(Box::from_raw(conn));
+        forget_subscriber(key);
+        // Its last channels may have been unsubscribed.
+        super::relay::flush();
+        // Deletes the connection's timers and posted events, keeps stub_status right.
+        ngx_http_close_connection(c);
     }
 }

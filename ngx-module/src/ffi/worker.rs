@@ -30,8 +30,8 @@ pub struct Worker {
 
 thread_local! {
     static WORKER: RefCell<Option<Worker>> = const { RefCell::new(None) };
-    /// Subscribers whose request was freed while the worker state was in use; they leave
-    /// the hub at the next access, before anyone can reach their freed connection.
+    /// Subscribers closed (or whose request nginx ended) while the worker state was in use;
+    /// they leave the hub at the next access, before anyone can reach their freed connection.
     static ORPHANS: RefCell<Vec<SubscriberKey>> = const { RefCell::new(Vec::new()) };
 }
 
@@ -109,7 +109,8 @@ pub extern "C" fn exit_process(_cycle: *mut ngx_cycle_t) {
     };
     let count = closing.len();
     for (_, conn) in closing {
-        // SAFETY: the hub only holds connections that are alive (their cleanup removes them).
+        // SAFETY: the hub only holds connections that are alive (closing one, or nginx
+        // ending its request, removes it).
         unsafe { subscriber::close_now(conn) };
     }
     relay::shut_down();
