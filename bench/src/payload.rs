@@ -57,7 +57,8 @@ fn digits_after(haystack: &[u8], key: &[u8]) -> Option<u64> {
     any.then_some(value)
 }
 
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+/// Where `needle` first occurs in `haystack`.
+pub fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 

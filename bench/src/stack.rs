@@ -60,17 +60,6 @@ impl StackArgs {
                 .iter()
                 .all(|f| d.join(f).is_file())
         };
-        let candidates: Vec<PathBuf> = [
-            self.build_dir.clone(),
-            std::env::var_os("CHATUP_BUILD_DIR").map(PathBuf::from),
-            std::env::current_exe()
-                .ok()
-                .and_then(|p| p.parent().map(Path::to_path_buf)),
-            Some(PathBuf::from("build")),
-        ]
-        .into_iter()
-        .flatten()
-        .collect();
         if let Some(explicit) = self.build_dir.as_ref() {
             return if holds_all(explicit) {
                 Ok(explicit.clone())
@@ -82,8 +71,16 @@ impl StackArgs {
                 )))
             };
         }
+        let candidates = [
+            std::env::var_os("CHATUP_BUILD_DIR").map(PathBuf::from),
+            std::env::current_exe()
+                .ok()
+                .and_then(|p| p.parent().map(Path::to_path_buf)),
+            Some(PathBuf::from("build")),
+        ];
         candidates
             .into_iter()
+            .flatten()
             .find(|d| holds_all(d))
             .ok_or_else(|| {
                 BenchError::Setup(
@@ -240,12 +237,9 @@ impl Stack {
 
 impl Drop for Stack {
     fn drop(&mut self) {
-        for (child, sig) in [
-            (&mut self.nginx, libc::SIGTERM),
-            (&mut self.sidecar, libc::SIGTERM),
-        ] {
+        for child in [&mut self.nginx, &mut self.sidecar] {
             // SAFETY: kill(2) with the pid of a child we have not reaped yet.
-            unsafe { libc::kill(child.id() as libc::pid_t, sig) };
+            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
             let deadline = Instant::now() + Duration::from_secs(10);
             while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(20));

@@ -10,6 +10,8 @@ use base64::Engine as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
+use crate::payload::find;
+
 /// The GUID of RFC 6455 section 1.3.
 const WS_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 const MAX_HEADER: usize = 8192;
@@ -238,10 +240,6 @@ fn parse_header(bytes: &[u8]) -> Option<io::Result<(u8, usize, usize)>> {
         n => (2, n as usize),
     };
     Some(Ok((opcode, header_len, len)))
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 /// An unmasked server text frame carrying `payload`.

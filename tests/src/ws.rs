@@ -90,6 +90,37 @@ async fn next_event(ws: &mut Ws, timeout: Duration) -> Option<Event> {
     })
 }
 
+/// Reads until a close frame; returns its code and the text frames before it. Panics on
+/// timeout or when `what`'s connection ends without a close frame.
+async fn read_until_close(
+    ws: &mut Ws,
+    timeout: Duration,
+    what: &str,
+) -> (Option<u16>, Vec<String>) {
+    let deadline = Instant::now() + timeout;
+    let mut before: Vec<String> = Vec::new();
+    let listed = |texts: &[String]| {
+        let parts: Vec<String> = texts.iter().map(|t| brief(t)).collect();
+        format!("[{}]", parts.join(", "))
+    };
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match next_event(ws, left).await {
+            Some(Event::Text(t)) => before.push(t),
+            Some(Event::Close(c)) => return (c.map(|(code, _)| code), before),
+            Some(Event::Ping(_) | Event::Pong(_) | Event::Binary(_)) => continue,
+            Some(Event::End(why)) => panic!(
+                "{what} ended without a close frame ({why}); got {}",
+                listed(&before)
+            ),
+            None => panic!(
+                "no close frame on {what} within {timeout:?}; got {}",
+                listed(&before)
+            ),
+        }
+    }
+}
+
 fn parse_json(text: &str) -> Value {
     serde_json::from_str(text)
         .unwrap_or_else(|e| panic!("text frame is not JSON ({e}): {}", brief(text)))
@@ -223,26 +254,9 @@ impl Subscriber {
     /// Reads until a close frame; returns its code and the messages before it. Panics on
     /// timeout or when the connection ends without a close frame.
     pub async fn expect_close(&mut self, timeout: Duration) -> (Option<u16>, Vec<Value>) {
-        let deadline = Instant::now() + timeout;
-        let mut before = Vec::new();
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.next(left).await {
-                Some(Event::Text(t)) => before.push(parse_json(&t)),
-                Some(Event::Close(c)) => return (c.map(|(code, _)| code), before),
-                Some(Event::Ping(_) | Event::Pong(_) | Event::Binary(_)) => continue,
-                Some(Event::End(why)) => {
-                    panic!(
-                        "connection ended without a close frame ({why}); got {}",
-                        brief_all(&before)
-                    )
-                }
-                None => panic!(
-                    "no close frame within {timeout:?}; got {}",
-                    brief_all(&before)
-                ),
-            }
-        }
+        let (code, texts) = read_until_close(&mut self.ws, timeout, "the subscriber").await;
+        self.raw.extend(texts.iter().cloned());
+        (code, texts.iter().map(|t| parse_json(t)).collect())
     }
 
     /// Sends a close frame with `code`.
@@ -369,26 +383,8 @@ impl Publisher {
 
     /// Reads until a close frame; returns its code and the text frames before it.
     pub async fn expect_close(&mut self, timeout: Duration) -> (Option<u16>, Vec<Value>) {
-        let deadline = Instant::now() + timeout;
-        let mut before = Vec::new();
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.next(left).await {
-                Some(Event::Text(t)) => before.push(parse_json(&t)),
-                Some(Event::Close(c)) => return (c.map(|(code, _)| code), before),
-                Some(Event::Ping(_) | Event::Pong(_) | Event::Binary(_)) => continue,
-                Some(Event::End(why)) => {
-                    panic!(
-                        "/pub ended without a close frame ({why}); got {}",
-                        brief_all(&before)
-                    )
-                }
-                None => panic!(
-                    "no close frame on /pub within {timeout:?}; got {}",
-                    brief_all(&before)
-                ),
-            }
-        }
+        let (code, texts) = read_until_close(&mut self.ws, timeout, "/pub").await;
+        (code, texts.iter().map(|t| parse_json(t)).collect())
     }
 }
 
