@@ -21,8 +21,8 @@ use chatup_wire::{Entry, Position};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    new_epoch, plan_backlog, Backlog, Broker, BrokerError, Delivery, Event, Published, Subscriber,
-    SubscriberId,
+    new_epoch, plan_backlog, Backlog, Broker, BrokerError, Delivery, Event, History, Published,
+    Subscriber, SubscriberId,
 };
 use crate::message::{assemble, Tail};
 
@@ -228,6 +228,35 @@ impl MemoryBroker {
         })
     }
 
+    pub(crate) fn history_at(
+        &self,
+        channel: &str,
+        before: Option<u64>,
+        limit: usize,
+        now: Instant,
+    ) -> Result<History, BrokerError> {
+        let mut map = self.shard(channel);
+        let ch = Self::touch(&mut map, channel, now, self.options.ttl)?;
+        let below = before.unwrap_or(u64::MAX);
+        let mut messages: Vec<Entry> = ch
+            .history
+            .iter()
+            .rev()
+            .filter(|(id, _)| *id < below)
+            .take(limit)
+            .map(|(id, payload)| Entry {
+                id: *id,
+                payload: payload.to_vec(),
+            })
+            .collect();
+        messages.reverse();
+        Ok(History {
+            epoch: ch.epoch,
+            head: ch.last_id,
+            messages,
+        })
+    }
+
     pub(crate) fn unsubscribe_at(&self, channel: &str, subscriber: SubscriberId, now: Instant) {
         let mut map = self.shard(channel);
         if let Some(ch) = map.get_mut(channel) {
@@ -268,6 +297,15 @@ impl Broker for MemoryBroker {
 
     async fn unsubscribe(&self, channel: &str, subscriber: SubscriberId) {
         self.unsubscribe_at(channel, subscriber, Instant::now())
+    }
+
+    async fn history(
+        &self,
+        channel: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<History, BrokerError> {
+        self.history_at(channel, before, limit, Instant::now())
     }
 }
 
@@ -322,6 +360,32 @@ mod tests {
         // Other channels count on their own, with their own epoch.
         let other = b.publish("other", &tail("x")).await.unwrap();
         assert_eq!(other.id, 1);
+    }
+
+    #[tokio::test]
+    async fn history_pages_oldest_first_below_an_id() {
+        let b = broker(5);
+        for i in 0..8 {
+            b.publish("room", &tail(&format!("m{i}"))).await.unwrap();
+        }
+        let all = b.history("room", None, 100).await.unwrap();
+        assert_eq!(all.head, 8);
+        assert_eq!(
+            all.messages.iter().map(|e| e.id).collect::<Vec<_>>(),
+            [4, 5, 6, 7, 8]
+        );
+        let page = b.history("room", Some(7), 2).await.unwrap();
+        assert_eq!(
+            page.messages.iter().map(|e| e.id).collect::<Vec<_>>(),
+            [5, 6]
+        );
+        assert!(b
+            .history("room", Some(4), 10)
+            .await
+            .unwrap()
+            .messages
+            .is_empty());
+        assert_eq!(b.history("empty", None, 10).await.unwrap().head, 0);
     }
 
     #[tokio::test]

@@ -68,6 +68,18 @@ pub struct Backlog {
     pub messages: Vec<Entry>,
 }
 
+/// A page of a channel's history, for readers that do not subscribe (the dispatcher, the
+/// admin API).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct History {
+    /// The channel's current epoch.
+    pub epoch: u64,
+    /// The channel's last id (0 when it has none).
+    pub head: u64,
+    /// The page, oldest first.
+    pub messages: Vec<Entry>,
+}
+
 /// A subscriber's identity, unique in this process.
 pub type SubscriberId = u64;
 
@@ -161,6 +173,15 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Stops delivering `channel` to the subscriber. Unknown pairs are ignored.
     async fn unsubscribe(&self, channel: &str, subscriber: SubscriberId);
+
+    /// Up to `limit` of the newest kept messages with an id below `before` (all kept ones
+    /// when `None`), oldest first.
+    async fn history(
+        &self,
+        channel: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<History, BrokerError>;
 }
 
 /// Chooses the backlog for a subscription, from a history holding the contiguous ids
