@@ -1,16 +1,21 @@
-//! One test's nginx + sidecar, in a temp folder, on free loopback ports.
+//! One test's nginx + sidecar (a chat host), in a temp folder, on free loopback ports; and a
+//! dispatcher-only sidecar ([`Dispatcher`]) for tests with several hosts.
+//!
+//! Several hosts in one test each take their own loopback address ([`Options::address`]:
+//! Linux routes all of 127/8 to `lo`), so each has a distinct public URL, as real hosts do.
 
 use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::fs;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::http::{build_request, HttpResponse};
 use crate::procfs;
 
 /// The repository's root folder.
@@ -60,9 +65,18 @@ pub fn example_keys() -> PathBuf {
     repo_root().join("nginx-conf/example-keys")
 }
 
-/// A loopback port nobody in this process was given before and that is free now. Ports come
-/// from below the kernel's ephemeral range, so client sockets never sit on them.
+/// A port on 127.0.0.1 nobody in this process was given before and that is free now; see
+/// [`free_port_on`].
 pub fn free_port() -> u16 {
+    free_port_on(Ipv4Addr::LOCALHOST)
+}
+
+/// A port for a listener on `ip`: never given before in this process (for any address), and
+/// free now on `ip` and on every other address (the wildcard bind fails when any address
+/// has a listener on it), so hosts on 127.0.0.2 and 127.0.0.3 never collide, nor with other
+/// test processes. Ports come from below the kernel's ephemeral range, so client sockets
+/// never sit on them.
+pub fn free_port_on(ip: Ipv4Addr) -> u16 {
     static GIVEN: OnceLock<Mutex<HashSet<u16>>> = OnceLock::new();
     let given = GIVEN.get_or_init(Default::default);
     let mut seed = SystemTime::now()
@@ -80,7 +94,9 @@ pub fn free_port() -> u16 {
         if given.contains(&port) {
             continue;
         }
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        if TcpListener::bind((ip, port)).is_ok()
+            && TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)).is_ok()
+        {
             given.insert(port);
             return port;
         }
@@ -107,6 +123,15 @@ pub struct Options {
     pub sidecar_set: Vec<String>,
     /// Start the sidecar (and wait for it) before nginx.
     pub start_sidecar: bool,
+    /// The loopback address nginx and the sidecar's HTTP listen on; one per host when a test
+    /// runs several.
+    pub address: Ipv4Addr,
+    /// `redis.url`; empty: not written (memory broker unless `redis_cluster` is set).
+    pub redis_url: String,
+    /// `redis.cluster_nodes`; empty: not written.
+    pub redis_cluster: Vec<String>,
+    /// `host.id`; `None` leaves the sidecar's default (hostname and port).
+    pub host_id: Option<String>,
 }
 
 impl Default for Options {
@@ -120,6 +145,10 @@ impl Default for Options {
             server_extra: String::new(),
             sidecar_set: Vec::new(),
             start_sidecar: true,
+            address: Ipv4Addr::LOCALHOST,
+            redis_url: String::new(),
+            redis_cluster: Vec::new(),
+            host_id: None,
         }
     }
 }
@@ -157,14 +186,57 @@ impl Options {
         self.workers = n;
         self
     }
+    /// Listen on loopback address `ip` (e.g. "127.0.0.2") instead of 127.0.0.1.
+    pub fn address(mut self, ip: &str) -> Self {
+        self.address = parse_loopback(ip);
+        self
+    }
+    /// Use the Redis at `url` (`redis.url`).
+    pub fn redis(mut self, url: &str) -> Self {
+        self.redis_url = url.to_owned();
+        self
+    }
+    /// Use the Redis Cluster with these seed nodes (`redis.cluster_nodes`).
+    pub fn redis_cluster(mut self, nodes: &[String]) -> Self {
+        self.redis_cluster = nodes.to_vec();
+        self
+    }
+    /// This host's name among hosts (`host.id`).
+    pub fn host_id(mut self, id: &str) -> Self {
+        self.host_id = Some(id.to_owned());
+        self
+    }
+
+    /// The `[redis]` section for these options; empty when no Redis is configured.
+    fn redis_toml(&self) -> String {
+        let mut out = String::new();
+        if !self.redis_url.is_empty() || !self.redis_cluster.is_empty() {
+            out.push_str("[redis]\n");
+        }
+        if !self.redis_url.is_empty() {
+            let _ = writeln!(out, "url = {:?}", self.redis_url);
+        }
+        if !self.redis_cluster.is_empty() {
+            let _ = writeln!(out, "cluster_nodes = {:?}", self.redis_cluster);
+        }
+        out
+    }
+}
+
+pub(crate) fn parse_loopback(ip: &str) -> Ipv4Addr {
+    let addr: Ipv4Addr = ip
+        .parse()
+        .unwrap_or_else(|_| panic!("{ip:?} is not an IPv4 address"));
+    assert!(addr.is_loopback(), "{ip} is not a loopback address (127/8)");
+    addr
 }
 
 /// A running nginx + sidecar pair for one test.
 pub struct Chatup {
     dir: tempfile::TempDir,
-    /// nginx's port on 127.0.0.1.
+    /// nginx's port on [`address`](Self::address).
     pub port: u16,
-    /// The sidecar's HTTP port on 127.0.0.1.
+    /// The sidecar's HTTP port on [`address`](Self::address).
     pub sidecar_port: u16,
     opts: Options,
     nginx: Option<Child>,
@@ -187,8 +259,8 @@ impl Chatup {
             .expect("create a temp folder");
         let mut env = Self {
             dir,
-            port: free_port(),
-            sidecar_port: free_port(),
+            port: free_port_on(opts.address),
+            sidecar_port: free_port_on(opts.address),
             opts,
             nginx: None,
             sidecar: None,
@@ -212,29 +284,51 @@ impl Chatup {
         self.path("relay.sock")
     }
 
+    /// The loopback address this host's nginx and sidecar listen on.
+    pub fn address(&self) -> Ipv4Addr {
+        self.opts.address
+    }
+
     pub fn nginx_addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.port))
+        SocketAddr::from((self.opts.address, self.port))
     }
 
     pub fn sidecar_addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.sidecar_port))
+        SocketAddr::from((self.opts.address, self.sidecar_port))
     }
 
-    /// `ws://127.0.0.1:<port><path>`.
+    /// `ws://<address>:<port><path>`.
     pub fn ws_url(&self, path: &str) -> String {
-        format!("ws://127.0.0.1:{}{path}", self.port)
+        format!("ws://{}{path}", self.nginx_addr())
+    }
+
+    /// `http://<address>:<port>`: where clients reach this host's nginx, written to the
+    /// sidecar's `host.public_url` so a dispatcher hands out real URLs.
+    pub fn public_url(&self) -> String {
+        format!("http://{}", self.nginx_addr())
+    }
+
+    /// The `host.id` this host was given, if any.
+    pub fn host_id(&self) -> Option<&str> {
+        self.opts.host_id.as_deref()
     }
 
     fn sidecar_config(&self) -> String {
         let keys = example_keys();
+        let mut host = format!("[host]\npublic_url = {:?}\n", self.public_url());
+        if let Some(id) = &self.opts.host_id {
+            let _ = writeln!(host, "id = {id:?}");
+        }
         format!(
             "[relay]\nsocket = {socket:?}\nsocket_mode = \"0666\"\n\n\
-             [http]\nlisten = \"127.0.0.1:{port}\"\n\n\
+             [http]\nlisten = \"{listen}\"\n\n\
              [auth]\npublic_key_file = {key:?}\nalgorithms = [\"RS256\"]\nleeway_seconds = 5\n\n\
+             {redis}\n{host}\n\
              [log]\nlevel = \"debug\"\nformat = \"text\"\n",
             socket = self.relay_socket().display().to_string(),
-            port = self.sidecar_port,
+            listen = self.sidecar_addr(),
             key = keys.join("jwt-public.pem").display().to_string(),
+            redis = self.opts.redis_toml(),
         )
     }
 
@@ -242,8 +336,8 @@ impl Chatup {
         nginx_conf(
             self.dir.path(),
             &self.opts,
-            self.port,
-            self.sidecar_port,
+            self.nginx_addr(),
+            self.sidecar_addr(),
             &self.relay_socket(),
         )
     }
@@ -253,23 +347,11 @@ impl Chatup {
     /// Starts the sidecar and waits until `/health` answers and the relay socket exists.
     pub fn start_sidecar(&mut self) {
         assert!(self.sidecar.is_none(), "the sidecar is already running");
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.path("sidecar.log"))
-            .expect("open sidecar.log");
-        let mut cmd = Command::new(sidecar_bin());
-        cmd.arg("--config").arg(self.path("chatup.toml"));
-        for kv in &self.opts.sidecar_set {
-            cmd.arg("--set").arg(kv);
-        }
-        cmd.arg("run")
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("dup log"))
-            .stderr(log)
-            .process_group(0);
-        let child = cmd.spawn().expect("spawn chatup-sidecar");
+        let child = spawn_sidecar(
+            &self.path("chatup.toml"),
+            &self.opts.sidecar_set,
+            &self.path("sidecar.log"),
+        );
         self.sidecar = Some(child);
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
@@ -324,6 +406,54 @@ impl Chatup {
         self.sidecar.as_ref().map(Child::id)
     }
 
+    // ---- the whole host -------------------------------------------------------------
+
+    /// Stops this host as an operator would: nginx (SIGTERM, fast shutdown: subscribers are
+    /// disconnected), then the sidecar (SIGTERM). Either may already be stopped. Panics if
+    /// one exits with a failure, so a clean stop is part of what a test checks.
+    pub fn stop_host(&mut self) {
+        if self.nginx.is_some() {
+            let status = self.stop_nginx(libc::SIGTERM);
+            assert!(
+                status.success(),
+                "nginx exited with {status} on SIGTERM:\n{}",
+                self.error_log()
+            );
+        }
+        if self.sidecar.is_some() {
+            let status = self.stop_sidecar();
+            assert!(
+                status.success(),
+                "chatup-sidecar exited with {status} on SIGTERM"
+            );
+        }
+    }
+
+    /// Kills nginx (master and workers) and the sidecar with SIGKILL, as when a machine dies:
+    /// nothing is closed or deregistered, so others notice only through timeouts.
+    pub fn kill_host(&mut self) {
+        for child in [self.nginx.take(), self.sidecar.take()]
+            .into_iter()
+            .flatten()
+        {
+            let mut child = child;
+            kill_group(child.id());
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts whatever of this host is not running (the sidecar first, then nginx) with the
+    /// same configuration, addresses and ports, after [`stop_host`](Self::stop_host) or
+    /// [`kill_host`](Self::kill_host).
+    pub fn start_host(&mut self) {
+        if self.sidecar.is_none() {
+            self.start_sidecar();
+        }
+        if self.nginx.is_none() {
+            self.start_nginx();
+        }
+    }
+
     // ---- nginx ----------------------------------------------------------------------
 
     fn nginx_command(&self) -> Command {
@@ -338,6 +468,7 @@ impl Chatup {
     }
 
     fn start_nginx(&mut self) {
+        assert!(self.nginx.is_none(), "nginx is already running");
         let out = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -608,8 +739,281 @@ impl Drop for Chatup {
     }
 }
 
+/// A sidecar with only the dispatcher role (`roles.worker = false`, `roles.dispatcher =
+/// true`): what a deployment runs behind its load balancer to send clients to chat hosts.
+/// It finds the hosts through Redis, so it needs [`Options::redis`] or
+/// [`Options::redis_cluster`]; of the rest of [`Options`] only `address` and `sidecar_set`
+/// apply. It has no relay socket (no nginx workers) and serves `POST /join/<channel>`.
+///
+/// Like [`Chatup`], it lives in its own temp folder, prints its log when the test fails,
+/// fails the test if it panicked, and is stopped on drop.
+pub struct Dispatcher {
+    dir: tempfile::TempDir,
+    addr: SocketAddr,
+    opts: Options,
+    child: Option<Child>,
+}
+
+impl Dispatcher {
+    /// A dispatcher on a free port of 127.0.0.1 using the Redis at `redis_url`.
+    pub fn start(redis_url: &str) -> Self {
+        Self::start_with(Options::default().redis(redis_url))
+    }
+
+    /// A dispatcher on a free port of 127.0.0.1 using the Redis Cluster seeded by `nodes`.
+    pub fn start_cluster(nodes: &[String]) -> Self {
+        Self::start_with(Options::default().redis_cluster(nodes))
+    }
+
+    pub fn start_with(opts: Options) -> Self {
+        assert!(
+            !opts.redis_url.is_empty() || !opts.redis_cluster.is_empty(),
+            "a dispatcher finds the chat hosts through Redis: give it Options::redis or \
+             Options::redis_cluster"
+        );
+        let dir = tempfile::Builder::new()
+            .prefix("chatup-dispatcher-")
+            .tempdir()
+            .expect("create a temp folder");
+        let addr = SocketAddr::from((opts.address, free_port_on(opts.address)));
+        let mut d = Self {
+            dir,
+            addr,
+            opts,
+            child: None,
+        };
+        let keys = example_keys();
+        // The relay socket is unused without the worker role, but kept in the temp folder so
+        // a sidecar that opened it anyway could not touch the system default path.
+        let config = format!(
+            "[relay]\nsocket = {socket:?}\n\n\
+             [http]\nlisten = \"{addr}\"\n\n\
+             [auth]\npublic_key_file = {key:?}\nalgorithms = [\"RS256\"]\nleeway_seconds = 5\n\n\
+             {redis}\n\
+             [roles]\nworker = false\ndispatcher = true\n\n\
+             [log]\nlevel = \"debug\"\nformat = \"text\"\n",
+            socket = d.path("relay.sock").display().to_string(),
+            key = keys.join("jwt-public.pem").display().to_string(),
+            redis = d.opts.redis_toml(),
+        );
+        fs::write(d.path("chatup.toml"), config).expect("write chatup.toml");
+        d.start_again();
+        d
+    }
+
+    /// A path inside this dispatcher's temp folder.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Where it listens for HTTP.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://<addr>`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Starts the process (again, after [`stop`](Self::stop) or [`kill`](Self::kill)) on the
+    /// same address with the same configuration, and waits until it answers HTTP. Any answer
+    /// to `GET /health` counts: whether a dispatcher that sees no hosts calls itself healthy
+    /// is for the tests of the dispatcher to check, not for the harness to presume.
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "the dispatcher is already running");
+        self.child = Some(spawn_sidecar(
+            &self.path("chatup.toml"),
+            &self.opts.sidecar_set,
+            &self.path("sidecar.log"),
+        ));
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                self.child = None;
+                panic!("the dispatcher exited at start ({status}):\n{}", self.log());
+            }
+            if http_status(self.addr, "/health").is_some() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the dispatcher did not answer HTTP on {} within {READY_TIMEOUT:?}:\n{}",
+                self.addr,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the exit; returns its status.
+    pub fn stop(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("the dispatcher is not running");
+        signal_pid(child.id(), libc::SIGTERM);
+        match wait_timeout(&mut child, STOP_TIMEOUT) {
+            Some(status) => status,
+            None => {
+                kill_group(child.id());
+                let _ = child.wait();
+                panic!("the dispatcher did not exit within {STOP_TIMEOUT:?} of SIGTERM");
+            }
+        }
+    }
+
+    /// [`stop`](Self::stop) (which must succeed), then [`start_again`](Self::start_again).
+    pub fn restart(&mut self) {
+        let status = self.stop();
+        assert!(
+            status.success(),
+            "the dispatcher exited with {status} on SIGTERM"
+        );
+        self.start_again();
+    }
+
+    /// SIGKILL.
+    pub fn kill(&mut self) {
+        let mut child = self.child.take().expect("the dispatcher is not running");
+        kill_group(child.id());
+        let _ = child.wait();
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.path("sidecar.log")).unwrap_or_default()
+    }
+
+    /// Waits until the log has a line containing `needle`.
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.log().contains(needle) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `POST /join/<ch>`, with `body` as JSON (e.g. naming a failed host) or no body.
+    pub async fn join(&self, ch: &str, body: Option<&serde_json::Value>) -> HttpResponse {
+        let path = format!("/join/{ch}");
+        let request = match body {
+            Some(body) => build_request(
+                "POST",
+                &path,
+                &[("Content-Type", "application/json")],
+                Some(body.to_string().as_bytes()),
+            ),
+            None => build_request("POST", &path, &[], Some(b"")),
+        };
+        crate::http::request(self.addr, &request, crate::WAIT).await
+    }
+
+    /// Any request to the dispatcher: `method path` with `headers` and an optional body.
+    pub async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+    ) -> HttpResponse {
+        crate::http::request(
+            self.addr,
+            &build_request(method, path, headers, body),
+            crate::WAIT,
+        )
+        .await
+    }
+}
+
+impl Drop for Dispatcher {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            signal_pid(child.id(), libc::SIGTERM);
+            if wait_timeout(&mut child, STOP_TIMEOUT).is_none() {
+                kill_group(child.id());
+                let _ = child.wait();
+            }
+        }
+        let panics: Vec<String> = self
+            .log()
+            .lines()
+            .filter(|l| l.contains("panicked"))
+            .map(str::to_owned)
+            .collect();
+        let failed = std::thread::panicking();
+        if failed || !panics.is_empty() {
+            let text = self.log();
+            let lines: Vec<&str> = text.lines().collect();
+            let skip = lines.len().saturating_sub(300);
+            eprintln!(
+                "---- dispatcher {} log, in {} ({} lines{}):\n{}",
+                self.addr,
+                self.dir.path().display(),
+                lines.len(),
+                if skip > 0 { ", last 300" } else { "" },
+                lines[skip..].join("\n")
+            );
+        }
+        if !failed && !panics.is_empty() {
+            panic!("the dispatcher panicked: {panics:#?}");
+        }
+        if std::env::var_os("CHATUP_KEEP_TEST_DIRS").is_some() {
+            let dir = std::mem::replace(
+                &mut self.dir,
+                tempfile::tempdir().expect("create a temp folder"),
+            );
+            eprintln!("kept {}", dir.keep().display());
+        }
+    }
+}
+
+/// Spawns `chatup-sidecar --config <config> [--set kv]… run` in its own process group, its
+/// stdout and stderr appended to `log`.
+fn spawn_sidecar(config: &Path, set: &[String], log: &Path) -> Child {
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap_or_else(|e| panic!("open {}: {e}", log.display()));
+    let mut cmd = Command::new(sidecar_bin());
+    cmd.arg("--config").arg(config);
+    for kv in set {
+        cmd.arg("--set").arg(kv);
+    }
+    cmd.arg("run")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("dup log"))
+        .stderr(log)
+        .process_group(0);
+    cmd.spawn().expect("spawn chatup-sidecar")
+}
+
 /// nginx.conf for a test.
-fn nginx_conf(dir: &Path, opts: &Options, port: u16, sidecar_port: u16, relay: &Path) -> String {
+fn nginx_conf(
+    dir: &Path,
+    opts: &Options,
+    listen: SocketAddr,
+    sidecar: SocketAddr,
+    relay: &Path,
+) -> String {
     let d = dir.display();
     // Workers must be able to open the relay socket the sidecar (run by the same user) made.
     let user = if unsafe { libc::geteuid() } == 0 {
@@ -649,14 +1053,14 @@ http {{
     }}
 
     server {{
-        listen 127.0.0.1:{port} reuseport{listen_extra};
+        listen {listen} reuseport{listen_extra};
 
         location /sub/ {{
             chatup_subscribe;
 {sub_extra}        }}
 
         location = /pub {{
-            proxy_pass http://127.0.0.1:{sidecar_port};
+            proxy_pass http://{sidecar};
             proxy_http_version 1.1;
             proxy_set_header Upgrade $http_upgrade;
             proxy_set_header Connection $chatup_connection_upgrade;
@@ -665,15 +1069,25 @@ http {{
         }}
 
         location /pub/ {{
-            proxy_pass http://127.0.0.1:{sidecar_port};
+            proxy_pass http://{sidecar};
             proxy_http_version 1.1;
             proxy_set_header Connection "";
         }}
 
         location = /health {{
-            proxy_pass http://127.0.0.1:{sidecar_port};
+            proxy_pass http://{sidecar};
             proxy_http_version 1.1;
             proxy_set_header Connection "";
+        }}
+
+        # The dispatcher (POST /join/<ch>). The client's Host reaches it, for answers that
+        # name the origin the client used.
+        location /join/ {{
+            proxy_pass http://{sidecar};
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $http_host;
+            proxy_set_header X-Forwarded-Proto $scheme;
         }}
 {server_extra}
     }}
@@ -754,19 +1168,28 @@ pub fn nginx_config_test(http_directives: &str, server_directives: &str) -> (boo
 
 /// GET /health on `addr` answers 200.
 fn health_ok(addr: SocketAddr) -> bool {
-    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(300)) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    let _ = s.set_write_timeout(Some(Duration::from_secs(2)));
-    if s.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .is_err()
-    {
-        return false;
-    }
+    http_status(addr, "/health") == Some(200)
+}
+
+/// The status of `GET <path>` on `addr`, or `None` if nothing answered HTTP (blocking, for
+/// readiness loops; each try is bounded).
+pub fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(300)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.set_write_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .ok()?;
     let mut buf = Vec::new();
     let _ = s.read_to_end(&mut buf);
-    buf.starts_with(b"HTTP/1.1 200") || buf.starts_with(b"HTTP/1.0 200")
+    let line = buf.split(|&b| b == b'\r').next()?;
+    let line = std::str::from_utf8(line).ok()?;
+    let mut parts = line.split(' ');
+    if !parts.next()?.starts_with("HTTP/1.") {
+        return None;
+    }
+    parts.next()?.parse().ok()
 }
 
 pub fn signal_pid(pid: u32, sig: i32) {

@@ -2,7 +2,9 @@
 //! `chatup-sidecar` per test, and talks to them the way clients do.
 //!
 //! - [`Chatup`] owns one test's processes, ports and temp folder; dropping it stops every
-//!   process (and prints the logs when the test failed).
+//!   process (and prints the logs when the test failed). A test may run several, one chat
+//!   host per loopback address ([`Options::address`]), sharing a Redis.
+//! - [`Dispatcher`]: a sidecar with only the dispatcher role, for multi-host tests.
 //! - [`http`]: a small HTTP/1.1 client (publishing with POST, handshake error checks).
 //! - [`ws`]: WebSocket subscribers and publishers (tokio-tungstenite).
 //! - [`raw`]: a raw WebSocket client that sends hand-made frames and reads the server's.
@@ -19,7 +21,9 @@ pub mod raw;
 pub mod token;
 pub mod ws;
 
-pub use env::{build_dir, nginx_config_test, repo_root, Chatup, Options};
+pub use env::{
+    build_dir, free_port, free_port_on, nginx_config_test, repo_root, Chatup, Dispatcher, Options,
+};
 pub use http::HttpResponse;
 pub use raw::{Frame, RawWs};
 pub use ws::{Event, Publisher, Subscriber};
