@@ -5,6 +5,8 @@
 //!   process (and prints the logs when the test failed). A test may run several, one chat
 //!   host per loopback address ([`Options::address`]), sharing a Redis.
 //! - [`Dispatcher`]: a sidecar with only the dispatcher role, for multi-host tests.
+//! - [`redis`]: real `redis-server` processes, alone ([`RedisServer`]) or as a cluster
+//!   ([`RedisCluster`]), and a tiny RESP client to check what is in them.
 //! - [`http`]: a small HTTP/1.1 client (publishing with POST, handshake error checks).
 //! - [`ws`]: WebSocket subscribers and publishers (tokio-tungstenite).
 //! - [`raw`]: a raw WebSocket client that sends hand-made frames and reads the server's.
@@ -18,6 +20,7 @@ pub mod env;
 pub mod http;
 pub mod procfs;
 pub mod raw;
+pub mod redis;
 pub mod token;
 pub mod ws;
 
@@ -26,6 +29,7 @@ pub use env::{
 };
 pub use http::HttpResponse;
 pub use raw::{Frame, RawWs};
+pub use redis::{RedisCluster, RedisServer};
 pub use ws::{Event, Publisher, Subscriber};
 
 use std::time::Duration;
