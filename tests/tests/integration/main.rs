@@ -8,6 +8,7 @@ mod config;
 mod delivery;
 mod frames;
 mod handshake;
+mod harness_redis;
 mod limits;
 mod ping;
 mod reload;
