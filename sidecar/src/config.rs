@@ -33,6 +33,11 @@ pub struct Config {
     pub auth: AuthConfig,
     pub limits: LimitsConfig,
     pub history: HistoryConfig,
+    pub redis: RedisConfig,
+    pub host: HostConfig,
+    pub roles: RolesConfig,
+    pub dispatch: DispatchConfig,
+    pub presence: PresenceConfig,
     pub log: LogConfig,
 }
 
@@ -142,6 +147,133 @@ impl Default for HistoryConfig {
             size: 100,
             ttl_seconds: 86_400,
         }
+    }
+}
+
+/// Redis, for many hosts. With neither `url` nor `cluster_nodes` set the sidecar uses its
+/// in-process memory broker and serves one host.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisConfig {
+    /// One Redis server: `redis://[[user]:password@]host[:port][/db]` or
+    /// `unix:///path/to/redis.sock`. TLS is not built in: reach a remote TLS-only Redis
+    /// through a local tunnel.
+    pub url: String,
+    /// Seed nodes of a Redis Cluster (same URL form). When set, channels use sharded
+    /// pub/sub (SPUBLISH/SSUBSCRIBE) so a message travels only within its channel's shard.
+    pub cluster_nodes: Vec<String>,
+    /// Prefix of every key and pub/sub channel, so several deployments can share one Redis.
+    pub key_prefix: String,
+    /// How long a Redis command may take; past it a publish fails with `unavailable`
+    /// instead of hanging the publisher.
+    pub timeout_ms: u64,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            cluster_nodes: Vec::new(),
+            key_prefix: "chatup".into(),
+            timeout_ms: 1000,
+        }
+    }
+}
+
+impl RedisConfig {
+    /// Whether Redis is configured at all (otherwise: memory broker).
+    pub fn enabled(&self) -> bool {
+        !self.url.is_empty() || !self.cluster_nodes.is_empty()
+    }
+}
+
+/// How this host announces itself to the dispatcher (through Redis).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HostConfig {
+    /// This host's name among hosts; must be unique. Empty: the machine's hostname and the
+    /// HTTP port (`chat1:7001`).
+    pub id: String,
+    /// Base URL at which clients reach this host's nginx, e.g. `https://chat1.example.com`.
+    /// Empty means "the origin the client used for the dispatcher", which suits one host.
+    pub public_url: String,
+    /// Where nginx mounts the subscriber and publisher endpoints under `public_url`.
+    pub sub_path: String,
+    pub pub_path: String,
+    /// How often this host writes its load and channel counts.
+    pub report_interval_ms: u64,
+    /// A host that has not reported for this long is dead to the dispatcher.
+    pub ttl_ms: u64,
+}
+
+impl Default for HostConfig {
+    fn default() -> Self {
+        Self {
+            id: String::new(),
+            public_url: String::new(),
+            sub_path: "/sub/".into(),
+            pub_path: "/pub".into(),
+            report_interval_ms: 1000,
+            ttl_ms: 3000,
+        }
+    }
+}
+
+/// Which roles this process plays. A single-host install runs them all.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RolesConfig {
+    /// Relay for the local nginx workers, publisher endpoints, load reports.
+    pub worker: bool,
+    /// `POST /join/<channel>`: picks a chat host for a client.
+    pub dispatcher: bool,
+}
+
+impl Default for RolesConfig {
+    fn default() -> Self {
+        Self {
+            worker: true,
+            dispatcher: true,
+        }
+    }
+}
+
+/// The dispatcher's choices.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DispatchConfig {
+    /// Origins allowed to call the dispatcher from a browser (`*` for any). Empty: no CORS
+    /// headers, so only same-origin pages can read the answer.
+    pub cors_origins: Vec<String>,
+    /// In a host's load score one publisher weighs as much as this many viewers (a
+    /// publisher costs JWT checks, plugins and a socket on the sidecar).
+    pub publisher_weight: u64,
+    /// Recent messages of the channel returned by `/join`.
+    pub history: usize,
+}
+
+impl Default for DispatchConfig {
+    fn default() -> Self {
+        Self {
+            cors_origins: Vec::new(),
+            publisher_weight: 10,
+            history: 20,
+        }
+    }
+}
+
+/// Presence of publishers in channels.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PresenceConfig {
+    /// Publish `join`/`leave` events when an authenticated publisher enters or leaves a
+    /// channel.
+    pub events: bool,
+}
+
+impl Default for PresenceConfig {
+    fn default() -> Self {
+        Self { events: true }
     }
 }
 
@@ -377,6 +509,88 @@ impl Config {
         }
         if self.history.ttl_seconds == 0 {
             return Err(invalid("history.ttl_seconds", "must be at least 1".into()));
+        }
+        let redis_url = |key: &str, url: &str| {
+            if ["redis://", "unix://", "redis+unix://"]
+                .iter()
+                .any(|scheme| url.starts_with(scheme))
+            {
+                Ok(())
+            } else {
+                Err(invalid(
+                    key,
+                    format!(
+                        "{url:?} is not a Redis URL (redis://host:port or unix:///path; \
+                         rediss:// is not supported, use a local TLS tunnel)"
+                    ),
+                ))
+            }
+        };
+        if !self.redis.url.is_empty() {
+            redis_url("redis.url", &self.redis.url)?;
+            if !self.redis.cluster_nodes.is_empty() {
+                return Err(invalid(
+                    "redis.cluster_nodes",
+                    "set either redis.url (one server) or redis.cluster_nodes (a cluster), not both"
+                        .into(),
+                ));
+            }
+        }
+        for node in &self.redis.cluster_nodes {
+            redis_url("redis.cluster_nodes", node)?;
+        }
+        if self.redis.key_prefix.is_empty() || self.redis.key_prefix.contains(['{', '}', ' ']) {
+            return Err(invalid(
+                "redis.key_prefix",
+                "must be non-empty, without spaces or braces (braces are Redis Cluster hash tags)"
+                    .into(),
+            ));
+        }
+        if self.redis.timeout_ms == 0 {
+            return Err(invalid("redis.timeout_ms", "must be at least 1".into()));
+        }
+        if !self.host.public_url.is_empty()
+            && !["http://", "https://"]
+                .iter()
+                .any(|s| self.host.public_url.starts_with(s))
+        {
+            return Err(invalid(
+                "host.public_url",
+                format!(
+                    "{:?} must start with http:// or https:// (the WebSocket URLs are derived from it)",
+                    self.host.public_url
+                ),
+            ));
+        }
+        for (key, path) in [
+            ("host.sub_path", &self.host.sub_path),
+            ("host.pub_path", &self.host.pub_path),
+        ] {
+            if !path.starts_with('/') {
+                return Err(invalid(key, format!("{path:?} must start with /")));
+            }
+        }
+        if self.host.report_interval_ms == 0 || self.host.ttl_ms <= self.host.report_interval_ms {
+            return Err(invalid(
+                "host.ttl_ms",
+                "must be larger than host.report_interval_ms (which must be at least 1), so a \
+                 live host never looks dead between two reports"
+                    .into(),
+            ));
+        }
+        if !self.roles.worker && !self.roles.dispatcher {
+            return Err(invalid(
+                "roles",
+                "at least one of roles.worker and roles.dispatcher must be true".into(),
+            ));
+        }
+        if !self.roles.worker && !self.redis.enabled() {
+            return Err(invalid(
+                "roles.worker",
+                "a dispatcher without the worker role needs Redis (redis.url or \
+                 redis.cluster_nodes) to find the chat hosts"
+                    .into(),
+            ));
         }
         if self.log.level.trim().is_empty() {
             return Err(invalid("log.level", "must not be empty".into()));

@@ -40,6 +40,7 @@ pub mod http;
 pub mod logging;
 pub mod message;
 pub mod publish;
+pub mod redis;
 pub mod relay;
 pub mod server;
 pub mod shutdown;

@@ -1,0 +1,333 @@
+//! The connection to Redis, one server or a Redis Cluster, shared by the Redis broker and the
+//! host registry.
+//!
+//! Two connections are made: one for commands ([`Commands`], cheap to clone, multiplexed)
+//! and one for pub/sub ([`Subscriptions`]), whose messages arrive as RESP3 pushes on a
+//! channel. Both reconnect by themselves, for ever, with a short capped backoff; the
+//! pub/sub one also re-subscribes, and says so with a fresh confirmation per channel, which
+//! is when the broker fills what it missed.
+//!
+//! Every command is bounded by `redis.timeout_ms`: while Redis is down a call fails after
+//! that long with [`RedisError::Unavailable`] instead of waiting for the reconnect.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, IntoConnectionInfo, Pipeline, ProtocolVersion, PushInfo, RedisFuture, Value};
+use tokio::sync::mpsc;
+
+use crate::config::RedisConfig;
+
+/// Reconnect backoff bounds: short, because a chat without its broker is down.
+const RECONNECT_MIN: Duration = Duration::from_millis(100);
+const RECONNECT_MAX: Duration = Duration::from_millis(1000);
+/// One TCP connect attempt.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(1000);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RedisError {
+    /// The configured address cannot be used at all.
+    #[error("invalid Redis address {address}: {message}")]
+    Config { address: String, message: String },
+    /// Redis did not answer in time or the connection is down.
+    #[error("Redis at {address} is unavailable: {message}")]
+    Unavailable { address: String, message: String },
+    /// Redis answered with an error.
+    #[error("Redis at {address} answered with an error: {message}")]
+    Command { address: String, message: String },
+}
+
+/// The command connection: one server or a cluster, usable wherever the `redis` crate takes
+/// a connection.
+#[derive(Clone)]
+pub enum Commands {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Commands {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Single(c) => c.req_packed_command(cmd),
+            Self::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(c) => c.get_db(),
+            Self::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// The pub/sub connection. Messages, confirmations and disconnections arrive on the
+/// receiver handed out by [`RedisLink::connect`].
+#[derive(Clone)]
+pub enum Subscriptions {
+    /// `SUBSCRIBE`/`PUBLISH`: a single server delivers each message to its subscribers only.
+    Single(ConnectionManager),
+    /// `SSUBSCRIBE`/`SPUBLISH`: a channel lives on the shard of its hash slot, so a message
+    /// does not travel to every node of the cluster.
+    Cluster(ClusterConnection),
+}
+
+impl Subscriptions {
+    /// Subscribes to one channel; returns once Redis has confirmed it.
+    pub async fn subscribe(&mut self, channel: &str) -> redis::RedisResult<()> {
+        match self {
+            Self::Single(c) => c.subscribe(channel).await,
+            Self::Cluster(c) => c.ssubscribe(channel).await,
+        }
+    }
+
+    pub async fn unsubscribe(&mut self, channel: &str) -> redis::RedisResult<()> {
+        match self {
+            Self::Single(c) => c.unsubscribe(channel).await,
+            Self::Cluster(c) => c.sunsubscribe(channel).await,
+        }
+    }
+}
+
+/// A connected Redis: the command connection and what every user of it needs to know.
+#[derive(Clone)]
+pub struct RedisLink {
+    /// Commands and scripts.
+    commands: Commands,
+    /// Pub/sub; its pushes go to the receiver returned by `connect`.
+    subscriptions: Subscriptions,
+    /// Bound on every call.
+    timeout: Duration,
+    /// Prefix of every key and channel.
+    key_prefix: Arc<str>,
+    /// Whether this is a cluster (sharded pub/sub, one slot per pipeline).
+    cluster: bool,
+    /// The address for messages, without credentials.
+    address: Arc<str>,
+}
+
+impl RedisLink {
+    /// Connects both connections and checks that Redis answers. Returns the link and the
+    /// receiver of pub/sub pushes.
+    pub async fn connect(
+        config: &RedisConfig,
+    ) -> Result<(Self, mpsc::UnboundedReceiver<PushInfo>), RedisError> {
+        let timeout = Duration::from_millis(config.timeout_ms);
+        let cluster = !config.cluster_nodes.is_empty();
+        let address: Arc<str> = if cluster {
+            config
+                .cluster_nodes
+                .iter()
+                .map(|n| without_credentials(n))
+                .collect::<Vec<_>>()
+                .join(",")
+                .into()
+        } else {
+            without_credentials(&config.url).into()
+        };
+        let config_error = |e: redis::RedisError| RedisError::Config {
+            address: address.to_string(),
+            message: e.to_string(),
+        };
+        let unavailable = |e: redis::RedisError| RedisError::Unavailable {
+            address: address.to_string(),
+            message: e.to_string(),
+        };
+        let (push_tx, push_rx) = mpsc::unbounded_channel();
+        let (commands, subscriptions) = if cluster {
+            let builder = |protocol| {
+                ClusterClientBuilder::new(config.cluster_nodes.clone())
+                    .use_protocol(protocol)
+                    .connection_timeout(CONNECT_TIMEOUT)
+                    .response_timeout(timeout)
+                    .min_retry_wait(RECONNECT_MIN.as_millis() as u64)
+                    .max_retry_wait(RECONNECT_MAX.as_millis() as u64)
+            };
+            let commands = builder(ProtocolVersion::RESP2)
+                .build()
+                .map_err(config_error)?
+                .get_async_connection()
+                .await
+                .map_err(unavailable)?;
+            let subscriptions = builder(ProtocolVersion::RESP3)
+                .push_sender(push_tx)
+                .build()
+                .map_err(config_error)?
+                .get_async_connection()
+                .await
+                .map_err(unavailable)?;
+            (
+                Commands::Cluster(commands),
+                Subscriptions::Cluster(subscriptions),
+            )
+        } else {
+            let info = config
+                .url
+                .as_str()
+                .into_connection_info()
+                .map_err(config_error)?;
+            let manager_config = || {
+                ConnectionManagerConfig::new()
+                    .set_number_of_retries(usize::MAX)
+                    .set_min_delay(RECONNECT_MIN)
+                    .set_max_delay(RECONNECT_MAX)
+                    .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                    .set_response_timeout(Some(timeout))
+            };
+            let command_client = redis::Client::open(info.clone()).map_err(config_error)?;
+            let resp3 = info.redis_settings().clone().set_protocol(ProtocolVersion::RESP3);
+            let push_client =
+                redis::Client::open(info.set_redis_settings(resp3)).map_err(config_error)?;
+            let first_contact = |e: redis::RedisError| e;
+            let commands = tokio::time::timeout(
+                timeout.max(CONNECT_TIMEOUT),
+                ConnectionManager::new_with_config(command_client, manager_config()),
+            )
+            .await
+            .map_err(|_| RedisError::Unavailable {
+                address: address.to_string(),
+                message: "no answer".into(),
+            })?
+            .map_err(first_contact)
+            .map_err(unavailable)?;
+            let subscriptions = tokio::time::timeout(
+                timeout.max(CONNECT_TIMEOUT),
+                ConnectionManager::new_with_config(
+                    push_client,
+                    manager_config()
+                        .set_push_sender(push_tx)
+                        .set_automatic_resubscription(),
+                ),
+            )
+            .await
+            .map_err(|_| RedisError::Unavailable {
+                address: address.to_string(),
+                message: "no answer".into(),
+            })?
+            .map_err(unavailable)?;
+            (
+                Commands::Single(commands),
+                Subscriptions::Single(subscriptions),
+            )
+        };
+        let link = Self {
+            commands,
+            subscriptions,
+            timeout,
+            key_prefix: config.key_prefix.as_str().into(),
+            cluster,
+            address,
+        };
+        link.run(redis::cmd("PING")).await.map(|_: Value| ())?;
+        Ok((link, push_rx))
+    }
+
+    /// A handle for commands (clones share the connection).
+    pub fn commands(&self) -> Commands {
+        self.commands.clone()
+    }
+
+    /// A handle for subscribing (clones share the connection).
+    pub fn subscriptions(&self) -> Subscriptions {
+        self.subscriptions.clone()
+    }
+
+    /// The bound on every call.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    pub fn key_prefix(&self) -> &str {
+        &self.key_prefix
+    }
+
+    pub fn is_cluster(&self) -> bool {
+        self.cluster
+    }
+
+    /// The address, without credentials, for messages.
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// Runs one command within the time bound.
+    pub async fn run<T: redis::FromRedisValue>(&self, cmd: Cmd) -> Result<T, RedisError> {
+        let mut conn = self.commands();
+        self.bounded(async move { cmd.query_async(&mut conn).await })
+            .await
+    }
+
+    /// Awaits a Redis call within the time bound, turning its failure into a [`RedisError`].
+    pub async fn bounded<T>(
+        &self,
+        call: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, RedisError> {
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => Err(self.error(e)),
+            Err(_) => Err(RedisError::Unavailable {
+                address: self.address.to_string(),
+                message: format!("no answer within {} ms", self.timeout.as_millis()),
+            }),
+        }
+    }
+
+    /// Classifies an error of the `redis` crate.
+    pub fn error(&self, e: redis::RedisError) -> RedisError {
+        let address = self.address.to_string();
+        let message = e.to_string();
+        if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal()
+        {
+            RedisError::Unavailable { address, message }
+        } else {
+            RedisError::Command { address, message }
+        }
+    }
+}
+
+/// `redis://user:secret@host:6379/0` → `redis://host:6379/0`, for logs and errors.
+pub fn without_credentials(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://{}", &rest[at + 1..]),
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_are_hidden() {
+        assert_eq!(
+            without_credentials("redis://user:pw@host:6379/0"),
+            "redis://host:6379/0"
+        );
+        assert_eq!(without_credentials("redis://:pw@h"), "redis://h");
+        assert_eq!(without_credentials("redis://h:1"), "redis://h:1");
+        assert_eq!(
+            without_credentials("unix:///run/redis.sock"),
+            "unix:///run/redis.sock"
+        );
+    }
+}
