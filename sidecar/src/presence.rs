@@ -1,0 +1,588 @@
+//! Presence: which authenticated publishers are in which channels on this host.
+//!
+//! A WebSocket publisher joins and leaves channels explicitly (`{"join":..}`,
+//! `{"leave":..}`, see [`crate::publish::ws`]); closing the session leaves them all. A user
+//! is counted once per channel however many sessions (tabs, devices) it has here: the key is
+//! the token's `sub`, or the encoded `_public` object when there is no `sub`.
+//!
+//! The counts feed the host registry ([`crate::registry`]) and so the dispatcher's
+//! `pubCount`. With `presence.events` on, the user's first session entering a channel on
+//! this host publishes an event `join`, and its last session leaving publishes `leave`, both
+//! carrying the user's `_public` object as `user`, through the broker like any message.
+//!
+//! Counting is synchronous under one short lock, so a [`Session`] can leave everything from
+//! `Drop`. Events are handed, in the order of the transitions, to one [`EventPump`] task that
+//! publishes them one after the other: a channel's `join` and `leave` for a user are never
+//! reordered, and a slow or unreachable broker never holds up a join. When the pump's queue
+//! is full (the broker is failing) further events are dropped and counted in the log; the
+//! counts stay exact.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::auth::Identity;
+use crate::broker::Broker;
+use crate::message::{now_ms, Body, Tail};
+
+/// Channels one publisher session may be in at once: bounds what one token can make a host
+/// remember.
+pub const MAX_CHANNELS_PER_SESSION: usize = 256;
+
+/// Presence events waiting to be published; past it new ones are dropped.
+const EVENT_QUEUE: usize = 4096;
+
+/// How long the pump goes on publishing the `leave` events of sessions closed by a
+/// shutdown, once the shutdown has begun.
+const SHUTDOWN_DRAIN: Duration = Duration::from_secs(1);
+
+/// The event names presence publishes (reserved: publishers cannot send them).
+pub const JOIN_EVENT: &str = "join";
+pub const LEAVE_EVENT: &str = "leave";
+
+/// Why a join or leave was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PresenceError {
+    /// The channel name breaks the shared rule (the message says why).
+    #[error("{0}")]
+    BadChannel(String),
+    /// The session is already in [`MAX_CHANNELS_PER_SESSION`] channels.
+    #[error("this session is already in {MAX_CHANNELS_PER_SESSION} channels; leave one first")]
+    TooManyChannels,
+}
+
+/// How a user is told apart from others: `sub`, else the `_public` JSON. The two kinds are
+/// prefixed so that a `sub` can never equal someone's `_public` text.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct UserKey(Arc<str>);
+
+impl UserKey {
+    fn of(identity: &Identity) -> Self {
+        Self(match &identity.sub {
+            Some(sub) => format!("sub:{sub}").into(),
+            None => format!("public:{}", identity.user).into(),
+        })
+    }
+}
+
+/// One user in one channel on this host.
+#[derive(Debug)]
+struct Member {
+    /// Its sessions here that joined the channel; the entry goes when it reaches 0.
+    sessions: u32,
+    /// The `_public` object of the session that joined first: the `leave` event carries
+    /// the same `user` as the `join` did.
+    user: Arc<str>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Channel → users in it.
+    channels: HashMap<String, HashMap<UserKey, Member>>,
+    /// Authenticated publisher sessions connected to this host, joined or not: part of the
+    /// host's load.
+    sessions: u64,
+}
+
+/// Which way a user moved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Move {
+    Join,
+    Leave,
+}
+
+impl Move {
+    fn event(self) -> &'static str {
+        match self {
+            Self::Join => JOIN_EVENT,
+            Self::Leave => LEAVE_EVENT,
+        }
+    }
+}
+
+/// A presence event waiting to be published.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Notice {
+    channel: String,
+    user: Arc<str>,
+    kind: Move,
+}
+
+/// The presence of this host's publishers. Shared by the publisher sessions (which change
+/// it) and the host registry (which reports it).
+#[derive(Debug)]
+pub struct Presence {
+    /// Counts; every critical section is a few map operations.
+    state: Mutex<State>,
+    /// The pump's queue; `None` when `presence.events` is off.
+    events: Option<mpsc::Sender<Notice>>,
+    /// Events dropped because the queue was full, for the log.
+    dropped: AtomicU64,
+}
+
+/// Publishes presence events in order; spawn [`EventPump::run`] once.
+pub struct EventPump {
+    /// The other end of [`Presence::events`].
+    queue: mpsc::Receiver<Notice>,
+}
+
+impl Presence {
+    /// A presence registry; with `events`, also the pump that publishes its events.
+    pub fn new(events: bool) -> (Arc<Self>, Option<EventPump>) {
+        let (sender, pump) = if events {
+            let (tx, rx) = mpsc::channel(EVENT_QUEUE);
+            (Some(tx), Some(EventPump { queue: rx }))
+        } else {
+            (None, None)
+        };
+        let presence = Arc::new(Self {
+            state: Mutex::default(),
+            events: sender,
+            dropped: AtomicU64::new(0),
+        });
+        (presence, pump)
+    }
+
+    /// Registers an authenticated publisher session. Dropping the [`Session`] leaves every
+    /// channel it joined.
+    pub fn connect(self: &Arc<Self>, identity: &Identity) -> Session {
+        self.lock().sessions += 1;
+        Session {
+            presence: self.clone(),
+            key: UserKey::of(identity),
+            user: identity.user.clone(),
+            channels: BTreeSet::new(),
+        }
+    }
+
+    /// Distinct users in `channel` on this host.
+    pub fn publishers(&self, channel: &str) -> u64 {
+        self.lock()
+            .channels
+            .get(channel)
+            .map_or(0, |users| users.len() as u64)
+    }
+
+    /// Authenticated publisher sessions connected to this host (joined to channels or not).
+    pub fn total(&self) -> u64 {
+        self.lock().sessions
+    }
+
+    /// Distinct users per channel, for every channel with at least one.
+    pub fn snapshot(&self) -> HashMap<String, u64> {
+        self.lock()
+            .channels
+            .iter()
+            .map(|(channel, users)| (channel.clone(), users.len() as u64))
+            .collect()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // The critical sections cannot panic halfway through an update.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Counts `key` in (or out of) `channel`; on the user's first join or last leave, queues
+    /// the event while still holding the lock, so events queue in transition order.
+    fn apply(&self, channel: &str, key: &UserKey, user: &Arc<str>, kind: Move) {
+        let mut state = self.lock();
+        let notice_user = match kind {
+            Move::Join => {
+                let users = state.channels.entry(channel.to_owned()).or_default();
+                let member = users.entry(key.clone()).or_insert_with(|| Member {
+                    sessions: 0,
+                    user: user.clone(),
+                });
+                member.sessions += 1;
+                (member.sessions == 1).then(|| member.user.clone())
+            }
+            Move::Leave => {
+                let Some(users) = state.channels.get_mut(channel) else {
+                    return;
+                };
+                let Some(member) = users.get_mut(key) else {
+                    return;
+                };
+                member.sessions = member.sessions.saturating_sub(1);
+                let gone = (member.sessions == 0).then(|| member.user.clone());
+                if gone.is_some() {
+                    users.remove(key);
+                    if users.is_empty() {
+                        state.channels.remove(channel);
+                    }
+                }
+                gone
+            }
+        };
+        if let Some(user) = notice_user {
+            debug!(channel, user = %key.0, event = kind.event(), "presence changed");
+            self.queue(Notice {
+                channel: channel.to_owned(),
+                user,
+                kind,
+            });
+        }
+    }
+
+    fn queue(&self, notice: Notice) {
+        let Some(events) = &self.events else { return };
+        match events.try_send(notice) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(notice)) => {
+                let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                if dropped.is_power_of_two() {
+                    warn!(
+                        channel = notice.channel,
+                        dropped,
+                        "presence events are not being published fast enough (is the broker \
+                         reachable?); dropping some"
+                    );
+                }
+            }
+            // The pump stopped (shutdown): nothing will publish it any more.
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+}
+
+/// Whether `identity` may join `channel`.
+///
+/// Always yes today. The ban plugin (a later issue) answers here, so that a banned user
+/// can neither join nor make a `join` event appear.
+pub fn may_join(_identity: &Identity, _channel: &str) -> Result<(), PresenceError> {
+    Ok(())
+}
+
+/// One publisher session's presence. Dropping it leaves every joined channel.
+#[derive(Debug)]
+pub struct Session {
+    /// The registry it is counted in.
+    presence: Arc<Presence>,
+    /// Who it counts as.
+    key: UserKey,
+    /// Its `_public` object, for the `join` event.
+    user: Arc<str>,
+    /// The channels it joined, left again when the session ends.
+    channels: BTreeSet<String>,
+}
+
+impl Session {
+    /// Joins `channel`. Joining a channel the session is already in changes nothing and is
+    /// not an error.
+    pub fn join(&mut self, identity: &Identity, channel: &str) -> Result<(), PresenceError> {
+        chatup_wire::channel::validate(channel.as_bytes())
+            .map_err(|e| PresenceError::BadChannel(e.to_string()))?;
+        if self.channels.contains(channel) {
+            return Ok(());
+        }
+        if self.channels.len() >= MAX_CHANNELS_PER_SESSION {
+            return Err(PresenceError::TooManyChannels);
+        }
+        may_join(identity, channel)?;
+        self.presence
+            .apply(channel, &self.key, &self.user, Move::Join);
+        self.channels.insert(channel.to_owned());
+        Ok(())
+    }
+
+    /// Leaves `channel`. Leaving a channel the session is not in is not an error.
+    pub fn leave(&mut self, channel: &str) -> Result<(), PresenceError> {
+        chatup_wire::channel::validate(channel.as_bytes())
+            .map_err(|e| PresenceError::BadChannel(e.to_string()))?;
+        if self.channels.remove(channel) {
+            self.presence
+                .apply(channel, &self.key, &self.user, Move::Leave);
+        }
+        Ok(())
+    }
+
+    /// The channels this session is in.
+    pub fn channels(&self) -> impl Iterator<Item = &str> {
+        self.channels.iter().map(String::as_str)
+    }
+
+    /// The session authenticated again. When the new token names another user, the old one
+    /// leaves every channel and the new one joins those it may join.
+    pub fn reidentify(&mut self, identity: &Identity) {
+        let key = UserKey::of(identity);
+        if key == self.key {
+            // Same user: a refreshed `_public` is used for channels joined from now on.
+            self.user = identity.user.clone();
+            return;
+        }
+        let channels = std::mem::take(&mut self.channels);
+        for channel in &channels {
+            self.presence
+                .apply(channel, &self.key, &self.user, Move::Leave);
+        }
+        self.key = key;
+        self.user = identity.user.clone();
+        for channel in channels {
+            if self.join(identity, &channel).is_err() {
+                debug!(channel, "the new identity may not stay in the channel");
+            }
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        for channel in std::mem::take(&mut self.channels) {
+            self.presence
+                .apply(&channel, &self.key, &self.user, Move::Leave);
+        }
+        let mut state = self.presence.lock();
+        state.sessions = state.sessions.saturating_sub(1);
+    }
+}
+
+impl EventPump {
+    /// Publishes queued events one at a time until the queue closes, or after `shutdown`
+    /// once every session has gone and its `leave` events are out (at most
+    /// [`SHUTDOWN_DRAIN`] later).
+    pub async fn run(
+        mut self,
+        presence: Arc<Presence>,
+        broker: Arc<dyn Broker>,
+        shutdown: CancellationToken,
+    ) {
+        loop {
+            let notice = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                notice = self.queue.recv() => match notice {
+                    Some(notice) => notice,
+                    None => return,
+                },
+            };
+            publish(broker.as_ref(), &notice).await;
+        }
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_DRAIN;
+        loop {
+            // Read the session count first: a session queues its leaves before it stops
+            // counting, so with no session left the queue already holds them all.
+            let idle = presence.total() == 0;
+            match self.queue.try_recv() {
+                Ok(notice) => publish(broker.as_ref(), &notice).await,
+                Err(_) if idle => break,
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+            if tokio::time::Instant::now() >= deadline {
+                break;
+            }
+        }
+        let left = self.queue.len();
+        if left > 0 {
+            info!(left, "presence events not published at shutdown");
+        }
+    }
+}
+
+/// Publishes one presence event; failures are logged (the counts are unaffected).
+async fn publish(broker: &dyn Broker, notice: &Notice) {
+    let body = Body::Event {
+        name: notice.kind.event().to_owned(),
+        data: None,
+    };
+    let tail = match Tail::encode(now_ms(), &notice.user, &body) {
+        Ok(tail) => tail,
+        Err(e) => {
+            warn!(
+                channel = notice.channel,
+                "cannot encode a presence event: {e}"
+            );
+            return;
+        }
+    };
+    match broker.publish(&notice.channel, &tail).await {
+        Ok(published) => debug!(
+            channel = notice.channel,
+            id = published.id,
+            event = notice.kind.event(),
+            "presence event published"
+        ),
+        Err(e) => warn!(
+            channel = notice.channel,
+            event = notice.kind.event(),
+            "cannot publish a presence event: {e}"
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::memory::{MemoryBroker, MemoryOptions};
+    use crate::broker::{Event, Subscriber};
+
+    fn identity(sub: Option<&str>, user: &str) -> Identity {
+        Identity {
+            sub: sub.map(str::to_owned),
+            user: user.into(),
+            events: false,
+            expires_at: u64::MAX,
+        }
+    }
+
+    fn drain(pump: &mut EventPump) -> Vec<(String, String, Move)> {
+        let mut out = Vec::new();
+        while let Ok(n) = pump.queue.try_recv() {
+            out.push((n.channel, n.user.to_string(), n.kind));
+        }
+        out
+    }
+
+    #[test]
+    fn users_are_counted_once_per_channel_and_events_follow_first_and_last() {
+        let (presence, pump) = Presence::new(true);
+        let mut pump = pump.unwrap();
+        let ann = identity(Some("1"), r#"{"name":"ann"}"#);
+        let mut a1 = presence.connect(&ann);
+        let mut a2 = presence.connect(&ann);
+        assert_eq!(presence.total(), 2);
+        a1.join(&ann, "room").unwrap();
+        a2.join(&ann, "room").unwrap();
+        a1.join(&ann, "room").unwrap(); // again: nothing changes
+        assert_eq!(presence.publishers("room"), 1);
+        assert_eq!(
+            drain(&mut pump),
+            vec![("room".into(), r#"{"name":"ann"}"#.into(), Move::Join)]
+        );
+        a1.leave("room").unwrap();
+        a1.leave("room").unwrap(); // not in it any more: fine
+        assert_eq!(presence.publishers("room"), 1);
+        assert!(drain(&mut pump).is_empty());
+        drop(a2);
+        assert_eq!(presence.publishers("room"), 0);
+        assert_eq!(presence.total(), 1);
+        assert_eq!(
+            drain(&mut pump),
+            vec![("room".into(), r#"{"name":"ann"}"#.into(), Move::Leave)]
+        );
+        assert!(presence.snapshot().is_empty());
+        drop(a1);
+        assert_eq!(presence.total(), 0);
+    }
+
+    #[test]
+    fn without_sub_the_public_object_is_the_key() {
+        let (presence, _) = Presence::new(false);
+        let bo = identity(None, r#"{"name":"bo"}"#);
+        let cy = identity(None, r#"{"name":"cy"}"#);
+        // A sub equal to someone's _public text is still someone else.
+        let odd = identity(Some(r#"{"name":"bo"}"#), r#"{"name":"bo"}"#);
+        let mut s1 = presence.connect(&bo);
+        let mut s2 = presence.connect(&bo);
+        let mut s3 = presence.connect(&cy);
+        let mut s4 = presence.connect(&odd);
+        for (s, who) in [
+            (&mut s1, &bo),
+            (&mut s2, &bo),
+            (&mut s3, &cy),
+            (&mut s4, &odd),
+        ] {
+            s.join(who, "r").unwrap();
+        }
+        assert_eq!(presence.publishers("r"), 3);
+        assert_eq!(presence.snapshot(), HashMap::from([("r".to_string(), 3)]));
+    }
+
+    #[test]
+    fn bad_names_and_too_many_channels_are_refused() {
+        let (presence, _) = Presence::new(false);
+        let ann = identity(Some("1"), "{}");
+        let mut s = presence.connect(&ann);
+        assert!(matches!(
+            s.join(&ann, "a b"),
+            Err(PresenceError::BadChannel(_))
+        ));
+        assert!(matches!(s.leave(""), Err(PresenceError::BadChannel(_))));
+        for i in 0..MAX_CHANNELS_PER_SESSION {
+            s.join(&ann, &format!("c{i}")).unwrap();
+        }
+        assert_eq!(
+            s.join(&ann, "one-more"),
+            Err(PresenceError::TooManyChannels)
+        );
+        // Already joined is still fine at the limit.
+        s.join(&ann, "c0").unwrap();
+        assert_eq!(presence.snapshot().len(), MAX_CHANNELS_PER_SESSION);
+        drop(s);
+        assert!(presence.snapshot().is_empty());
+    }
+
+    #[test]
+    fn reidentifying_as_someone_else_moves_the_memberships() {
+        let (presence, pump) = Presence::new(true);
+        let mut pump = pump.unwrap();
+        let ann = identity(Some("1"), r#"{"n":"ann"}"#);
+        let bo = identity(Some("2"), r#"{"n":"bo"}"#);
+        let mut s = presence.connect(&ann);
+        s.join(&ann, "r").unwrap();
+        let mut ann_again = ann.clone();
+        ann_again.user = r#"{"n":"ann2"}"#.into();
+        s.reidentify(&ann_again);
+        assert_eq!(drain(&mut pump).len(), 1); // only the first join
+        s.reidentify(&bo);
+        assert_eq!(
+            drain(&mut pump),
+            vec![
+                ("r".into(), r#"{"n":"ann"}"#.into(), Move::Leave),
+                ("r".into(), r#"{"n":"bo"}"#.into(), Move::Join),
+            ]
+        );
+        assert_eq!(s.channels().collect::<Vec<_>>(), ["r"]);
+        assert_eq!(presence.publishers("r"), 1);
+    }
+
+    #[tokio::test]
+    async fn the_pump_publishes_events_in_order() {
+        let broker = MemoryBroker::new(MemoryOptions {
+            history_size: 10,
+            ttl: Duration::from_secs(60),
+        });
+        let (subscriber, mut rx) = Subscriber::new(16);
+        broker.subscribe("r", 0, None, &subscriber).await.unwrap();
+        let (presence, pump) = Presence::new(true);
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(pump.unwrap().run(
+            presence.clone(),
+            broker.clone(),
+            shutdown.clone(),
+        ));
+        let ann = identity(Some("1"), r#"{"n":"ann"}"#);
+        let mut s = presence.connect(&ann);
+        s.join(&ann, "r").unwrap();
+        drop(s);
+        let mut got = Vec::new();
+        for _ in 0..2 {
+            let event = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            let Event::Message(p) = event else {
+                panic!("{event:?}")
+            };
+            got.push(String::from_utf8(p.payload.to_vec()).unwrap());
+        }
+        assert!(
+            got[0].ends_with(r#","user":{"n":"ann"},"ev":"join"}"#),
+            "{}",
+            got[0]
+        );
+        assert!(
+            got[1].ends_with(r#","user":{"n":"ann"},"ev":"leave"}"#),
+            "{}",
+            got[1]
+        );
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+}
