@@ -1,4 +1,5 @@
-//! The HTTP listener: `/health` and the publisher endpoints, behind nginx.
+//! The HTTP listener, behind nginx: `/health`, the publisher endpoints (worker role) and
+//! `POST /join/<ch>` (dispatcher role).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,6 +14,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::dispatch::Dispatcher;
+use crate::presence::Presence;
 use crate::publish::{HttpError, HttpErrorBody, Publisher};
 
 /// Timing of WebSocket publisher sessions.
@@ -33,10 +36,12 @@ impl Default for WsSettings {
     }
 }
 
-/// What the request handlers share.
+/// What the publisher endpoints share (worker role).
 pub struct App {
     /// Checks and publishes messages.
     pub publisher: Publisher,
+    /// Which publishers are in which channels; sessions join and leave through it.
+    pub presence: Arc<Presence>,
     /// Cancelled at shutdown: publisher sessions close with 1001.
     pub shutdown: CancellationToken,
     /// Tracks publisher sessions, which outlive their HTTP request once upgraded, so that
@@ -46,13 +51,22 @@ pub struct App {
     pub ws: WsSettings,
 }
 
-pub fn router(app: Arc<App>) -> Router {
-    Router::new()
-        .route("/health", get(health))
-        .route("/pub", get(crate::publish::ws::upgrade))
-        .route("/pub/{channel}", post(crate::publish::post::publish))
-        .fallback(not_found)
-        .with_state(app)
+/// The routes of the roles this process plays: the publisher endpoints with `worker`, the
+/// dispatcher with `dispatcher`; `/health` always.
+pub fn router(worker: Option<Arc<App>>, dispatcher: Option<Arc<Dispatcher>>) -> Router {
+    let mut router = Router::new().route("/health", get(health));
+    if let Some(app) = worker {
+        router = router.merge(
+            Router::new()
+                .route("/pub", get(crate::publish::ws::upgrade))
+                .route("/pub/{channel}", post(crate::publish::post::publish))
+                .with_state(app),
+        );
+    }
+    if let Some(dispatcher) = dispatcher {
+        router = router.merge(crate::dispatch::router(dispatcher));
+    }
+    router.fallback(not_found)
 }
 
 async fn health() -> Json<serde_json::Value> {
@@ -94,12 +108,12 @@ impl HttpServer {
         self.listener.local_addr()
     }
 
-    /// Serves until `shutdown`; in-flight requests finish, publisher sessions close
+    /// Serves `router` until `shutdown`; in-flight requests finish, publisher sessions close
     /// themselves with 1001.
-    pub async fn run(self, app: Arc<App>, shutdown: CancellationToken) -> std::io::Result<()> {
+    pub async fn run(self, router: Router, shutdown: CancellationToken) -> std::io::Result<()> {
         let addr = self.listener.local_addr()?;
         tracing::info!(%addr, "http listening");
-        let service = router(app).into_make_service_with_connect_info::<SocketAddr>();
+        let service = router.into_make_service_with_connect_info::<SocketAddr>();
         axum::serve(self.listener, service)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
             .await

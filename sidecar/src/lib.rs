@@ -12,8 +12,9 @@
 //!
 //! Layout, one concern per module:
 //!
-//! * [`config`]: the `[relay] [http] [auth] [limits] [history] [log]` settings, layered
-//!   default < file < `CHATUP_*` environment < `--set`.
+//! * [`config`]: the `[relay] [http] [auth] [limits] [history] [redis] [host] [roles]
+//!   [dispatch] [presence] [log]` settings, layered default < file < `CHATUP_*` environment
+//!   < `--set`.
 //! * [`cli`]: the command line (`run`, `token`, `config`).
 //! * [`auth`]: JWT verification with pinned algorithms; the example-key warning.
 //! * [`token`]: the `token` subcommand that mints publisher tokens.
@@ -23,9 +24,18 @@
 //!   subscribe with a gap-free backlog) and [`broker::memory`], the single-host engine.
 //! * [`codec`]: the relay frames of `chatup_wire` as a `tokio_util` codec.
 //! * [`relay`]: the Unix-socket server for nginx workers.
-//! * [`publish`]: the publisher endpoints, `GET /pub` (WebSocket) and `POST /pub/<ch>`.
-//! * [`http`]: the HTTP router and listener (`/health` too).
-//! * [`server`]: wires the above together and shuts it down in order.
+//! * [`publish`]: the publisher endpoints, `GET /pub` (WebSocket, also join/leave) and
+//!   `POST /pub/<ch>`.
+//! * [`presence`]: which publishers joined which channels on this host; `join`/`leave`
+//!   events.
+//! * [`registry`]: the live hosts and their load, for the dispatcher: this host alone
+//!   ([`registry::LocalDirectory`]) or every host reporting to Redis
+//!   ([`registry::RedisDirectory`], [`registry::Reporter`]).
+//! * [`dispatch`]: `POST /join/<ch>`, the least-loaded host for a client, with the channel's
+//!   counts and recent history.
+//! * [`http`]: the HTTP router and listener (`/health` too), routes by role.
+//! * [`server`]: wires the above together for the configured roles and shuts it down in
+//!   order.
 //! * [`shutdown`]: SIGTERM/SIGINT handling.
 //! * [`logging`]: `tracing` output to stderr, text or JSON.
 //! * [`error`]: the errors that stop the process.
@@ -35,12 +45,15 @@ pub mod broker;
 pub mod cli;
 pub mod codec;
 pub mod config;
+pub mod dispatch;
 pub mod error;
 pub mod http;
 pub mod logging;
 pub mod message;
+pub mod presence;
 pub mod publish;
 pub mod redis;
+pub mod registry;
 pub mod relay;
 pub mod server;
 pub mod shutdown;

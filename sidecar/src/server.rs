@@ -1,5 +1,5 @@
-//! Puts the pieces together: key, broker, relay socket, HTTP listener; and takes them down
-//! again in order at shutdown.
+//! Puts the pieces together for the configured roles: key, broker, relay socket, presence,
+//! host registry, dispatcher, HTTP listener; and takes them down again in order at shutdown.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Router;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
@@ -15,9 +16,13 @@ use crate::auth::{warn_example_key, Verifier};
 use crate::broker::memory::{MemoryBroker, MemoryOptions};
 use crate::broker::Broker;
 use crate::config::Config;
+use crate::dispatch::Dispatcher;
 use crate::error::Error;
-use crate::http::{App, HttpServer, WsSettings};
+use crate::http::{router, App, HttpServer, WsSettings};
+use crate::presence::{EventPump, Presence};
 use crate::publish::{Limits, Publisher};
+use crate::redis::RedisLink;
+use crate::registry::{Directory, HostInfo, HostLoad, LocalDirectory, RedisDirectory, Reporter};
 use crate::relay::{RelayOptions, RelayServer, Workers};
 
 /// How long shutdown waits for connections to close before giving up on them.
@@ -25,77 +30,141 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// A sidecar whose sockets are bound, ready to [`run`](Sidecar::run).
 pub struct Sidecar {
-    /// The bound relay socket.
-    relay: RelayServer,
+    /// The bound relay socket (worker role only).
+    relay: Option<RelayServer>,
     /// Where it is, for callers (the server is consumed by `run`).
-    relay_path: PathBuf,
+    relay_path: Option<PathBuf>,
+    /// The relay's connected workers and their counts (worker role only).
+    workers: Option<Arc<Workers>>,
     /// The bound HTTP listener.
     http: HttpServer,
     /// Its actual address (the configured port may be 0).
     http_addr: SocketAddr,
-    /// Shared state of the HTTP handlers.
-    app: Arc<App>,
+    /// The routes of this process's roles.
+    router: Router,
+    /// Publishes presence events (worker role with `presence.events`).
+    pump: Option<(EventPump, Arc<Presence>, Arc<dyn Broker>)>,
+    /// Reports this host's load to Redis (worker role with Redis).
+    reporter: Option<Reporter>,
     /// Cancelled to stop everything.
     shutdown: CancellationToken,
-    /// Relay connections and publisher sessions, awaited at shutdown.
+    /// Relay connections, publisher sessions and background tasks, awaited at shutdown.
     tracker: TaskTracker,
 }
 
 impl Sidecar {
-    /// Loads the key, creates the broker and binds both listeners. Nothing is served yet.
+    /// Loads the key, creates the broker and binds the listeners the configured roles need
+    /// (the relay socket and `/pub` only with `roles.worker`, `/join` only with
+    /// `roles.dispatcher`). Nothing is served yet.
     pub async fn start(config: &Config, ws: WsSettings) -> Result<Self, Error> {
-        let verifier = Verifier::from_config(&config.auth)?;
-        if verifier.uses_example_key() {
-            warn_example_key(&config.auth.public_key_file);
-        }
+        let worker = config.roles.worker;
+        let verifier = if worker {
+            let verifier = Verifier::from_config(&config.auth)?;
+            if verifier.uses_example_key() {
+                warn_example_key(&config.auth.public_key_file);
+            }
+            Some(verifier)
+        } else {
+            None
+        };
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
 
+        // The broker, and with `[redis]` the connection the host registry shares.
         let memory = MemoryBroker::new(MemoryOptions {
             history_size: config.history.size,
             ttl: Duration::from_secs(config.history.ttl_seconds),
         });
         memory.spawn_sweeper(shutdown.clone());
         let broker: Arc<dyn Broker> = memory;
+        let redis: Option<RedisLink> = None;
 
         let http = HttpServer::bind(config.http.listen).await?;
         let http_addr = http.local_addr().unwrap_or(config.http.listen);
-        let relay = RelayServer::bind(
-            RelayOptions {
-                socket: config.relay.socket.clone(),
-                mode: config.relay.socket_mode.0,
-                queue_size: config.relay.queue_size,
-            },
-            broker.clone(),
-        )?;
-        let relay_path = relay.path().to_owned();
+        let host = HostInfo::from_config(&config.host, http_addr);
+
+        let mut relay = None;
+        let mut load = None;
+        let mut worker_app = None;
+        let mut pump = None;
+        if let Some(verifier) = verifier {
+            let server = RelayServer::bind(
+                RelayOptions {
+                    socket: config.relay.socket.clone(),
+                    mode: config.relay.socket_mode.0,
+                    queue_size: config.relay.queue_size,
+                },
+                broker.clone(),
+            )?;
+            let (presence, events) = Presence::new(config.presence.events);
+            pump = events.map(|events| (events, presence.clone(), broker.clone()));
+            load = Some(HostLoad {
+                workers: server.workers(),
+                presence: presence.clone(),
+            });
+            relay = Some(server);
+            worker_app = Some(Arc::new(App {
+                publisher: Publisher::new(
+                    broker.clone(),
+                    Arc::new(verifier),
+                    Limits {
+                        max_message_chars: config.limits.max_message_chars,
+                        max_event_bytes: config.limits.max_event_bytes,
+                    },
+                ),
+                presence,
+                shutdown: shutdown.clone(),
+                tracker: tracker.clone(),
+                ws,
+            }));
+        }
+
+        let reporter = match (&redis, &load) {
+            (Some(link), Some(load)) => Some(Reporter::new(
+                link.clone(),
+                host.clone(),
+                load.clone(),
+                &config.host,
+            )),
+            _ => None,
+        };
+        let directory: Option<Arc<dyn Directory>> = match (&redis, load) {
+            (Some(link), _) => Some(Arc::new(RedisDirectory::new(link.clone()))),
+            (None, Some(load)) => Some(Arc::new(LocalDirectory::new(host.clone(), load))),
+            // Refused by the configuration check: a dispatcher alone needs Redis.
+            (None, None) => None,
+        };
+        let dispatcher = match directory {
+            Some(directory) if config.roles.dispatcher => Some(Arc::new(Dispatcher::new(
+                directory,
+                broker.clone(),
+                config.dispatch.clone(),
+            ))),
+            _ => None,
+        };
+
+        let relay_path = relay.as_ref().map(|r| r.path().to_owned());
+        let workers = relay.as_ref().map(RelayServer::workers);
         info!(
             broker = broker.name(),
+            host = host.id,
+            worker = worker,
+            dispatcher = dispatcher.as_ref().map(|d| d.directory_name()),
+            presence_events = config.presence.events,
             history_size = config.history.size,
             history_ttl_seconds = config.history.ttl_seconds,
             algorithms = ?config.auth.algorithms,
             "sidecar ready"
         );
-
-        let app = Arc::new(App {
-            publisher: Publisher::new(
-                broker,
-                Arc::new(verifier),
-                Limits {
-                    max_message_chars: config.limits.max_message_chars,
-                    max_event_bytes: config.limits.max_event_bytes,
-                },
-            ),
-            shutdown: shutdown.clone(),
-            tracker: tracker.clone(),
-            ws,
-        });
         Ok(Self {
             relay,
             relay_path,
+            workers,
             http,
             http_addr,
-            app,
+            router: router(worker_app, dispatcher),
+            pump,
+            reporter,
             shutdown,
             tracker,
         })
@@ -106,14 +175,14 @@ impl Sidecar {
         self.http_addr
     }
 
-    /// The relay socket's path.
-    pub fn relay_path(&self) -> &Path {
-        &self.relay_path
+    /// The relay socket's path (none without the worker role).
+    pub fn relay_path(&self) -> Option<&Path> {
+        self.relay_path.as_deref()
     }
 
-    /// The connected nginx workers and their counts.
-    pub fn workers(&self) -> Arc<Workers> {
-        self.relay.workers()
+    /// The connected nginx workers and their counts (none without the worker role).
+    pub fn workers(&self) -> Option<Arc<Workers>> {
+        self.workers.clone()
     }
 
     /// Serves until `stop` resolves, then closes publishers (1001) and relay connections,
@@ -122,13 +191,22 @@ impl Sidecar {
         let Self {
             relay,
             http,
-            app,
+            router,
+            pump,
+            reporter,
             shutdown,
             tracker,
             ..
         } = self;
-        let relay_task = tokio::spawn(relay.run(shutdown.clone(), tracker.clone()));
-        let mut http_task = tokio::spawn(http.run(app, shutdown.clone()));
+        let relay_task =
+            relay.map(|relay| tokio::spawn(relay.run(shutdown.clone(), tracker.clone())));
+        if let Some((pump, presence, broker)) = pump {
+            tracker.spawn(pump.run(presence, broker, shutdown.clone()));
+        }
+        if let Some(reporter) = reporter {
+            tracker.spawn(reporter.run(shutdown.clone()));
+        }
+        let mut http_task = tokio::spawn(http.run(router, shutdown.clone()));
 
         let failure = tokio::select! {
             _ = stop => None,
@@ -143,7 +221,9 @@ impl Sidecar {
             if failure.is_none() {
                 let _ = http_task.await;
             }
-            let _ = relay_task.await;
+            if let Some(relay_task) = relay_task {
+                let _ = relay_task.await;
+            }
             tracker.close();
             tracker.wait().await;
         })

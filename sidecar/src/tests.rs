@@ -45,9 +45,14 @@ impl Running {
 }
 
 async fn start_with(ws: WsSettings) -> Running {
+    start_configured(ws, &[]).await
+}
+
+/// A sidecar with the test settings plus `extra` (`section.key=value`).
+async fn start_configured(ws: WsSettings, extra: &[&str]) -> Running {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("relay.sock");
-    let sets = vec![
+    let mut sets = vec![
         format!("relay.socket={}", socket.display()),
         "http.listen=127.0.0.1:0".to_string(),
         format!(
@@ -58,10 +63,11 @@ async fn start_with(ws: WsSettings) -> Running {
         "limits.max_event_bytes=32".to_string(),
         "history.size=50".to_string(),
     ];
+    sets.extend(extra.iter().map(|s| s.to_string()));
     let config = Config::load(None, Vec::new(), &sets).unwrap().config;
     let sidecar = Sidecar::start(&config, ws).await.unwrap();
     let addr = sidecar.http_addr();
-    assert_eq!(sidecar.relay_path(), socket);
+    assert_eq!(sidecar.relay_path(), Some(socket.as_path()));
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(sidecar.run(async move {
         let _ = stopped.await;
@@ -713,4 +719,520 @@ async fn shutdown_closes_publishers_1001_and_relay_and_removes_socket() {
     stopping.await.unwrap().unwrap();
     assert!(!socket.exists());
     assert!(TcpStream::connect(addr).await.is_err());
+}
+
+// --- Presence ----------------------------------------------------------------------------
+
+/// A token for user `sub` whose `_public` is `{"name": name}`.
+fn user_token(sub: Option<&str>, name: &str, events: bool) -> String {
+    let mut c = json!({"exp": now() + 600, "_public": {"name": name}});
+    if let Some(sub) = sub {
+        c["sub"] = json!(sub);
+    }
+    if events {
+        c["_events"] = json!(true);
+    }
+    sign(&c)
+}
+
+async fn ws_as(addr: SocketAddr, token: String) -> Ws {
+    let mut ws = ws_connect(addr).await;
+    ws.send(Message::text(token)).await.unwrap();
+    let reply = ws_json(&mut ws).await;
+    assert_eq!(reply["type"], "auth", "{reply}");
+    ws
+}
+
+/// The next relay message's payload as JSON.
+async fn relay_json(w: &mut Worker) -> Value {
+    match next_frame(w).await {
+        ToWorker::Message { payload, .. } => serde_json::from_slice(&payload).unwrap(),
+        other => panic!("expected a message, got {other:?}"),
+    }
+}
+
+/// Publishes `text` on `channel` through `ws` and checks the ack.
+async fn ws_publish(ws: &mut Ws, channel: &str, text: &str) {
+    ws_send(ws, json!({"ref": "m", "ch": channel, "msg": text})).await;
+    let ack = ws_json(ws).await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+}
+
+/// Closes `ws` and waits for the server's close frame, so the session has ended.
+async fn ws_close(mut ws: Ws) {
+    ws.close(None).await.unwrap();
+    while let Ok(Some(Ok(_))) = tokio::time::timeout(Duration::from_secs(5), ws.next()).await {}
+}
+
+#[tokio::test]
+async fn join_and_leave_frames_are_answered_with_their_ref() {
+    let s = start().await;
+    let mut ws = ws_authed(s.addr, false).await;
+    let exchanges = [
+        (
+            json!({"ref": 1, "join": "room"}),
+            json!({"type": "joined", "ref": 1, "ch": "room"}),
+        ),
+        // Again: still joined, not an error.
+        (
+            json!({"ref": "x", "join": "room"}),
+            json!({"type": "joined", "ref": "x", "ch": "room"}),
+        ),
+        (
+            json!({"ref": 2, "leave": "room"}),
+            json!({"type": "left", "ref": 2, "ch": "room"}),
+        ),
+        (
+            json!({"ref": 3, "leave": "room"}),
+            json!({"type": "left", "ref": 3, "ch": "room"}),
+        ),
+        // No ref: none in the answer.
+        (
+            json!({"join": "other"}),
+            json!({"type": "joined", "ch": "other"}),
+        ),
+    ];
+    for (frame, answer) in exchanges {
+        ws_send(&mut ws, frame).await;
+        assert_eq!(ws_json(&mut ws).await, answer);
+    }
+    let errors = [
+        (json!({"ref": 4, "join": "bad name"}), "bad_channel"),
+        (json!({"ref": 5, "leave": "a:b"}), "bad_channel"),
+        (json!({"ref": 6, "join": ""}), "bad_channel"),
+        (json!({"ref": 7, "join": 1}), "bad_request"),
+        (json!({"ref": 8, "join": "a", "leave": "b"}), "bad_request"),
+        (
+            json!({"ref": 9, "join": "a", "ch": "a", "msg": "x"}),
+            "bad_request",
+        ),
+    ];
+    for (frame, code) in errors {
+        let reference = frame["ref"].clone();
+        ws_send(&mut ws, frame).await;
+        let reply = ws_json(&mut ws).await;
+        assert_eq!(reply["type"], "error", "{reply}");
+        assert_eq!(reply["code"], code, "{reply}");
+        assert_eq!(reply["ref"], reference, "{reply}");
+        assert!(!reply["message"].as_str().unwrap().is_empty());
+    }
+    ws_send(&mut ws, json!({"ref": 10, "join": "a:b"})).await;
+    assert_eq!(
+        ws_json(&mut ws).await["message"],
+        chatup_wire::channel::validate(b"a:b")
+            .unwrap_err()
+            .to_string()
+    );
+    s.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn join_and_leave_events_reach_subscribers_once_per_user() {
+    let s = start().await;
+    let mut w = worker(&s.socket, "room").await;
+    let ann1 = ws_as(s.addr, user_token(Some("u-ann"), "ann", false)).await;
+    let mut ann2 = ws_as(s.addr, user_token(Some("u-ann"), "ann", false)).await;
+    let mut ann1 = ann1;
+
+    ws_send(&mut ann1, json!({"ref": 1, "join": "room"})).await;
+    assert_eq!(ws_json(&mut ann1).await["type"], "joined");
+    let join = relay_json(&mut w).await;
+    assert_eq!(join["ev"], "join", "{join}");
+    assert_eq!(join["user"], json!({"name": "ann"}));
+    assert_eq!(
+        (join["ch"].as_str(), join["id"].as_u64()),
+        (Some("room"), Some(1))
+    );
+    assert!(join.get("data").is_none(), "{join}");
+
+    // The same user's second session: no second join. A marker proves nothing came between.
+    ws_send(&mut ann2, json!({"ref": 1, "join": "room"})).await;
+    assert_eq!(ws_json(&mut ann2).await["type"], "joined");
+    ws_publish(&mut ann2, "room", "mark1").await;
+    assert_eq!(relay_json(&mut w).await["msg"], "mark1");
+
+    // The first session closes: the user is still there through the second.
+    ws_close(ann1).await;
+    ws_publish(&mut ann2, "room", "mark2").await;
+    assert_eq!(relay_json(&mut w).await["msg"], "mark2");
+
+    // Another user (no sub: told apart by _public) joins and leaves by frame.
+    let mut bo = ws_as(s.addr, user_token(None, "bo", false)).await;
+    ws_send(&mut bo, json!({"ref": 1, "join": "room"})).await;
+    assert_eq!(ws_json(&mut bo).await["type"], "joined");
+    let join = relay_json(&mut w).await;
+    assert_eq!(
+        (join["ev"].as_str(), &join["user"]),
+        (Some("join"), &json!({"name": "bo"}))
+    );
+    ws_send(&mut bo, json!({"ref": 2, "leave": "room"})).await;
+    assert_eq!(ws_json(&mut bo).await["type"], "left");
+    let leave = relay_json(&mut w).await;
+    assert_eq!(
+        (leave["ev"].as_str(), &leave["user"]),
+        (Some("leave"), &json!({"name": "bo"}))
+    );
+
+    // The last session of ann closes: one leave.
+    ws_close(ann2).await;
+    let leave = relay_json(&mut w).await;
+    assert_eq!(
+        (leave["ev"].as_str(), &leave["user"]),
+        (Some("leave"), &json!({"name": "ann"}))
+    );
+    s.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn presence_events_can_be_turned_off() {
+    let s = start_configured(WsSettings::default(), &["presence.events=false"]).await;
+    let mut w = worker(&s.socket, "room").await;
+    let mut ws = ws_authed(s.addr, false).await;
+    ws_send(&mut ws, json!({"ref": 1, "join": "room"})).await;
+    assert_eq!(ws_json(&mut ws).await["type"], "joined");
+    ws_publish(&mut ws, "room", "first").await;
+    let first = relay_json(&mut w).await;
+    assert_eq!(
+        (first["id"].as_u64(), first["msg"].as_str()),
+        (Some(1), Some("first"))
+    );
+    s.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn publishers_cannot_send_reserved_events() {
+    let s = start().await;
+    let mut ws = ws_authed(s.addr, true).await;
+    for name in ["join", "leave", "resync"] {
+        ws_send(&mut ws, json!({"ref": name, "ch": "room", "ev": name})).await;
+        let reply = ws_json(&mut ws).await;
+        assert_eq!(
+            (reply["code"].as_str(), reply["ref"].as_str()),
+            (Some("bad_request"), Some(name)),
+            "{reply}"
+        );
+        let body = json!({"ev": name}).to_string();
+        let r = post(
+            s.addr,
+            "/pub/room",
+            Some(&token(true)),
+            "application/json",
+            body.as_bytes(),
+        )
+        .await;
+        assert_eq!(r.status, 400, "{}", r.body);
+        assert_eq!(r.json()["error"]["code"], "bad_request");
+    }
+    s.stop().await.unwrap();
+}
+
+// --- Dispatcher --------------------------------------------------------------------------
+
+async fn join(s: &Running, path: &str, headers: &[(&str, &str)], body: &[u8]) -> HttpResponse {
+    http(s.addr, "POST", path, headers, body).await
+}
+
+/// Sends worker `Stats` and waits until the sidecar has read them.
+async fn report_stats(w: &mut Worker, counts: &[(&str, u32)]) {
+    let channels: Vec<chatup_wire::ChannelCount> = counts
+        .iter()
+        .map(|(channel, subscribers)| chatup_wire::ChannelCount {
+            channel: channel.to_string(),
+            subscribers: *subscribers,
+        })
+        .collect();
+    w.send(ToSidecar::Stats {
+        subscribers: counts.iter().map(|(_, n)| n).sum(),
+        channels,
+    })
+    .await
+    .unwrap();
+    // Frames are handled in order: the answer to this Subscribe comes after the Stats.
+    w.send(ToSidecar::Subscribe {
+        channel: "sync".into(),
+        want: 0,
+        since: None,
+    })
+    .await
+    .unwrap();
+    assert!(matches!(next_frame(w).await, ToWorker::Backlog { .. }));
+}
+
+#[tokio::test]
+async fn join_names_this_host_with_counts_and_history() {
+    let s = start_configured(
+        WsSettings::default(),
+        &[
+            "host.id=chat-test",
+            "host.public_url=https://chat.example",
+            "dispatch.history=2",
+        ],
+    )
+    .await;
+    let mut w1 = worker(&s.socket, "room").await;
+    let mut w2 = worker(&s.socket, "elsewhere").await;
+    report_stats(&mut w1, &[("room", 3), ("other", 5)]).await;
+    report_stats(&mut w2, &[("room", 2)]).await;
+    let t = token(false);
+    for text in ["one", "two", "three"] {
+        let r = post(s.addr, "/pub/room", Some(&t), "text/plain", text.as_bytes()).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    let mut ann = ws_as(s.addr, user_token(Some("a"), "ann", false)).await;
+    let mut ann_again = ws_as(s.addr, user_token(Some("a"), "ann", false)).await;
+    let mut bo = ws_as(s.addr, user_token(Some("b"), "bo", false)).await;
+    for ws in [&mut ann, &mut ann_again, &mut bo] {
+        ws_send(ws, json!({"join": "room"})).await;
+        assert_eq!(ws_json(ws).await["type"], "joined");
+    }
+
+    let r = join(&s, "/join/room", &[], b"").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.headers.get("content-type").map(String::as_str),
+        Some("application/json")
+    );
+    assert!(!r.headers.contains_key("access-control-allow-origin"));
+    let v = r.json();
+    assert_eq!(
+        v["host"],
+        json!({"id": "chat-test", "url": "https://chat.example",
+               "sub": "wss://chat.example/sub/", "pub": "wss://chat.example/pub",
+               "post": "https://chat.example/pub/"})
+    );
+    assert_eq!(v["channel"], "room");
+    assert_eq!(v["subCount"], 5);
+    assert_eq!(v["pubCount"], 2);
+    // The last two messages, oldest first, as published: here the join events of ann and
+    // bo came after "three".
+    let history = v["history"].as_array().unwrap();
+    assert_eq!(history.len(), 2, "{v}");
+    let ids: Vec<u64> = history.iter().map(|m| m["id"].as_u64().unwrap()).collect();
+    assert_eq!(ids, [4, 5]);
+    assert_eq!(history[0]["ev"], "join");
+    assert_eq!(history[1]["user"], json!({"name": "bo"}));
+    // The bytes are the very ones subscribers got.
+    let mut from_relay = Vec::new();
+    for _ in 0..5 {
+        match next_frame(&mut w1).await {
+            ToWorker::Message { payload, .. } => {
+                from_relay.push(String::from_utf8(payload).unwrap())
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(
+        r.body.contains(&from_relay[3]) && r.body.contains(&from_relay[4]),
+        "{}",
+        r.body
+    );
+
+    // Another channel: no messages, counts of its own.
+    let v = join(&s, "/join/other", &[], b"").await.json();
+    assert_eq!(
+        (v["subCount"].as_u64(), v["pubCount"].as_u64()),
+        (Some(5), Some(0))
+    );
+    assert_eq!(v["history"], json!([]));
+    s.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn join_errors_and_exclusions() {
+    let s = start().await;
+    // Without host.id: the machine's name and the HTTP port; without public_url: paths.
+    let v = join(&s, "/join/room", &[], b"").await.json();
+    let id = v["host"]["id"].as_str().unwrap().to_owned();
+    assert!(id.ends_with(&format!(":{}", s.addr.port())), "{id}");
+    assert_eq!(
+        v["host"],
+        json!({"id": id, "url": "", "sub": "/sub/", "pub": "/pub", "post": "/pub/"})
+    );
+
+    let other = json!({"exclude": ["not-this-one"]}).to_string();
+    let r = join(
+        &s,
+        "/join/room",
+        &[("Content-Type", "application/json")],
+        other.as_bytes(),
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.json()["host"]["id"].as_str()),
+        (200, Some(id.as_str()))
+    );
+
+    for body in [
+        json!({"exclude": [id]}),
+        json!({"exclude": id}),
+        json!({"failed": id}),
+        json!({"failed": ["x", id]}),
+    ] {
+        let r = join(
+            &s,
+            "/join/room",
+            &[("Content-Type", "application/json")],
+            body.to_string().as_bytes(),
+        )
+        .await;
+        assert_eq!(r.status, 503, "{body}: {}", r.body);
+        assert_eq!(r.json()["error"]["code"], "no_host");
+        assert!(r.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no live chat host"));
+        assert_eq!(r.headers.get("retry-after").map(String::as_str), Some("1"));
+    }
+    for body in [
+        &b"{"[..],
+        b"[1]",
+        br#"{"exclude": 5}"#,
+        br#"{"exclude": [true]}"#,
+    ] {
+        let r = join(
+            &s,
+            "/join/room",
+            &[("Content-Type", "application/json")],
+            body,
+        )
+        .await;
+        assert_eq!(r.status, 400, "{body:?}: {}", r.body);
+        assert_eq!(r.json()["error"]["code"], "bad_request");
+    }
+    let r = join(&s, "/join/a:b", &[], b"").await;
+    assert_eq!(
+        (r.status, r.json()["error"]["code"].as_str()),
+        (400, Some("bad_channel"))
+    );
+    let r = join(&s, "/join/room", &[], &vec![b' '; 20_000]).await;
+    assert_eq!(
+        (r.status, r.json()["error"]["code"].as_str()),
+        (400, Some("bad_request"))
+    );
+    // Only POST (and the preflight).
+    let r = http(s.addr, "GET", "/join/room", &[], b"").await;
+    assert_eq!(r.status, 405);
+    s.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn join_is_not_served_without_the_dispatcher_role() {
+    let s = start_configured(WsSettings::default(), &["roles.dispatcher=false"]).await;
+    let r = join(&s, "/join/room", &[], b"").await;
+    assert_eq!(
+        (r.status, r.json()["error"]["code"].as_str()),
+        (404, Some("not_found"))
+    );
+    let r = post(
+        s.addr,
+        "/pub/room",
+        Some(&token(false)),
+        "text/plain",
+        b"hi",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    s.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn join_cors_follows_the_configured_origins() {
+    let preflight_headers = [
+        ("Origin", "https://app.example"),
+        ("Access-Control-Request-Method", "POST"),
+        ("Access-Control-Request-Headers", "content-type"),
+    ];
+    // Off by default: no CORS header at all.
+    let s = start().await;
+    let r = join(&s, "/join/room", &[("Origin", "https://app.example")], b"").await;
+    assert_eq!(r.status, 200);
+    assert!(!r.headers.contains_key("access-control-allow-origin"));
+    let r = http(s.addr, "OPTIONS", "/join/room", &preflight_headers, b"").await;
+    assert_eq!(r.status, 204);
+    assert!(!r.headers.contains_key("access-control-allow-origin"));
+    assert!(!r.headers.contains_key("access-control-allow-methods"));
+    s.stop().await.unwrap();
+
+    // Any origin.
+    let s = start_configured(WsSettings::default(), &["dispatch.cors_origins=*"]).await;
+    let r = join(&s, "/join/room", &[("Origin", "https://x.example")], b"").await;
+    assert_eq!(
+        r.headers
+            .get("access-control-allow-origin")
+            .map(String::as_str),
+        Some("*")
+    );
+    let r = http(s.addr, "OPTIONS", "/join/room", &preflight_headers, b"").await;
+    assert_eq!(r.status, 204);
+    assert_eq!(
+        r.headers
+            .get("access-control-allow-origin")
+            .map(String::as_str),
+        Some("*")
+    );
+    s.stop().await.unwrap();
+
+    // A list: listed origins are echoed, others get nothing; the answer varies by Origin.
+    let s = start_configured(
+        WsSettings::default(),
+        &["dispatch.cors_origins=https://app.example,https://other.example"],
+    )
+    .await;
+    let r = join(&s, "/join/room", &[("Origin", "https://app.example")], b"").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.headers
+            .get("access-control-allow-origin")
+            .map(String::as_str),
+        Some("https://app.example")
+    );
+    assert_eq!(r.headers.get("vary").map(String::as_str), Some("origin"));
+    let r = join(&s, "/join/room", &[("Origin", "https://evil.example")], b"").await;
+    assert_eq!(r.status, 200);
+    assert!(!r.headers.contains_key("access-control-allow-origin"));
+    assert_eq!(r.headers.get("vary").map(String::as_str), Some("origin"));
+    // Errors carry the headers too, so the page can read them.
+    let r = join(&s, "/join/a:b", &[("Origin", "https://other.example")], b"").await;
+    assert_eq!(r.status, 400);
+    assert_eq!(
+        r.headers
+            .get("access-control-allow-origin")
+            .map(String::as_str),
+        Some("https://other.example")
+    );
+    let r = http(s.addr, "OPTIONS", "/join/room", &preflight_headers, b"").await;
+    assert_eq!(r.status, 204);
+    assert_eq!(
+        r.headers
+            .get("access-control-allow-origin")
+            .map(String::as_str),
+        Some("https://app.example")
+    );
+    assert_eq!(
+        r.headers
+            .get("access-control-allow-methods")
+            .map(String::as_str),
+        Some("POST, OPTIONS")
+    );
+    assert_eq!(
+        r.headers
+            .get("access-control-allow-headers")
+            .map(String::as_str),
+        Some("content-type")
+    );
+    assert!(r.headers.contains_key("access-control-max-age"));
+    let r = http(
+        s.addr,
+        "OPTIONS",
+        "/join/room",
+        &[
+            ("Origin", "https://evil.example"),
+            ("Access-Control-Request-Method", "POST"),
+        ],
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 204);
+    assert!(!r.headers.contains_key("access-control-allow-origin"));
+    s.stop().await.unwrap();
 }

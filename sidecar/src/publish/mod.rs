@@ -13,12 +13,14 @@ use serde_json::{Map, Value};
 use crate::auth::{AuthError, Identity, Verifier};
 use crate::broker::{Broker, BrokerError, Published};
 use crate::message::{now_ms, Body, Tail};
+use crate::presence::PresenceError;
 
 /// Longest event name, in bytes.
 pub const MAX_EVENT_NAME: usize = 64;
 
-/// Event names the platform itself emits; publishers may not impersonate them.
-pub const RESERVED_EVENTS: &[&str] = &["resync"];
+/// Event names the platform itself emits; publishers may not impersonate them: `resync`
+/// (the module, on resume), `join` and `leave` (presence, see [`crate::presence`]).
+pub const RESERVED_EVENTS: &[&str] = &["resync", "join", "leave"];
 
 /// The error codes publishers see.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,6 +34,7 @@ pub enum ErrorCode {
     InvalidUtf8,
     EventsNotAllowed,
     UnsupportedMediaType,
+    TooManyChannels,
     Unavailable,
     Internal,
 }
@@ -48,6 +51,7 @@ impl ErrorCode {
             Self::InvalidUtf8 => "invalid_utf8",
             Self::EventsNotAllowed => "events_not_allowed",
             Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::TooManyChannels => "too_many_channels",
             Self::Unavailable => "unavailable",
             Self::Internal => "internal",
         }
@@ -57,9 +61,11 @@ impl ErrorCode {
     pub fn status(self) -> StatusCode {
         match self {
             Self::BadToken | Self::TokenExpired => StatusCode::UNAUTHORIZED,
-            Self::BadRequest | Self::BadChannel | Self::Empty | Self::InvalidUtf8 => {
-                StatusCode::BAD_REQUEST
-            }
+            Self::BadRequest
+            | Self::BadChannel
+            | Self::Empty
+            | Self::InvalidUtf8
+            | Self::TooManyChannels => StatusCode::BAD_REQUEST,
             Self::EventsNotAllowed => StatusCode::FORBIDDEN,
             Self::TooLong => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -101,6 +107,16 @@ impl From<BrokerError> for PublishError {
         let code = match e {
             BrokerError::Unavailable(_) => ErrorCode::Unavailable,
             BrokerError::Internal(_) => ErrorCode::Internal,
+        };
+        Self::new(code, e.to_string())
+    }
+}
+
+impl From<PresenceError> for PublishError {
+    fn from(e: PresenceError) -> Self {
+        let code = match e {
+            PresenceError::BadChannel(_) => ErrorCode::BadChannel,
+            PresenceError::TooManyChannels => ErrorCode::TooManyChannels,
         };
         Self::new(code, e.to_string())
     }
@@ -358,10 +374,12 @@ mod tests {
             code(ev("", None), "r", true).await,
             Err(ErrorCode::BadRequest)
         );
-        assert_eq!(
-            code(ev("resync", None), "r", true).await,
-            Err(ErrorCode::BadRequest)
-        );
+        for reserved in ["resync", "join", "leave"] {
+            assert_eq!(
+                code(ev(reserved, None), "r", true).await,
+                Err(ErrorCode::BadRequest)
+            );
+        }
     }
 
     #[tokio::test]

@@ -5,6 +5,16 @@
 //! when no token comes within the auth timeout). Then each frame
 //! `{"ref":..,"ch":..,"msg":..}` / `{"ref":..,"ch":..,"ev":..,"data":..}` is answered with an
 //! ack or an error carrying the same `ref`, in order. `{"token":".."}` re-authenticates.
+//!
+//! Presence ([`crate::presence`]): `{"ref":..,"join":"<ch>"}` enters a channel, answered
+//! `{"type":"joined","ref":..,"ch":"<ch>"}`, and `{"ref":..,"leave":"<ch>"}` leaves it,
+//! answered `{"type":"left","ref":..,"ch":"<ch>"}`; both are idempotent. A bad name gets
+//! `bad_channel`, more than 256 joined channels `too_many_channels`. Closing the session
+//! leaves every joined channel. Joining is not needed to publish; it makes the user count
+//! in the channel's `pubCount` and, with `presence.events`, announces it (`join`/`leave`
+//! events, once per user however many sessions it has on this host). A new token for
+//! another user moves the memberships to that user.
+//!
 //! The server pings every `ping_interval`; a client that sent nothing at all between two
 //! pings is closed with 4001. At shutdown every publisher is closed with 1001.
 
@@ -24,6 +34,7 @@ use tracing::{debug, Instrument};
 use super::{body_from_json, ErrorCode, PublishError};
 use crate::auth::{AuthError, Identity};
 use crate::http::App;
+use crate::presence::Session;
 
 /// How long to wait for the client's close frame after sending ours.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
@@ -35,6 +46,15 @@ struct Ack<'a> {
     reference: Option<&'a Value>,
     id: u64,
     ep: u64,
+}
+
+/// The answer to a join or a leave.
+#[derive(Serialize)]
+struct Membership<'a> {
+    r#type: &'static str,
+    #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+    reference: Option<&'a Value>,
+    ch: &'a str,
 }
 
 #[derive(Serialize)]
@@ -149,6 +169,8 @@ async fn authenticate(socket: &mut WebSocket, app: &App) -> Result<Identity, End
 /// Serves an authenticated publisher until it leaves, fails, or the server stops.
 async fn serve(socket: &mut WebSocket, app: &App, mut identity: Identity) -> End {
     record_sub(&identity);
+    // Dropped when this function returns: the session then leaves every joined channel.
+    let mut presence = app.presence.connect(&identity);
     let period = app.ws.ping_interval;
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -197,17 +219,20 @@ async fn serve(socket: &mut WebSocket, app: &App, mut identity: Identity) -> End
                 }
             },
         };
-        if let Err(end) = handle_frame(socket, app, &mut identity, text.as_str()).await {
+        if let Err(end) =
+            handle_frame(socket, app, &mut identity, &mut presence, text.as_str()).await
+        {
             return end;
         }
     }
 }
 
-/// Handles one client frame: a message, an event or a new token.
+/// Handles one client frame: a message, an event, a join, a leave or a new token.
 async fn handle_frame(
     socket: &mut WebSocket,
     app: &App,
     identity: &mut Identity,
+    presence: &mut Session,
     text: &str,
 ) -> Result<(), End> {
     let value: Value = match serde_json::from_str(text) {
@@ -240,9 +265,53 @@ async fn handle_frame(
             Ok(fresh) => {
                 *identity = fresh;
                 record_sub(identity);
+                presence.reidentify(identity);
                 send_auth(socket, identity).await
             }
             Err(e) => Err(refuse(socket, reference, e).await),
+        };
+    }
+
+    let join = object.get("join");
+    let leave = object.get("leave");
+    if join.is_some() || leave.is_some() {
+        if join.is_some() && leave.is_some() {
+            let message = "give either \"join\" or \"leave\", not both";
+            return send_error(socket, reference, ErrorCode::BadRequest, message).await;
+        }
+        if ["ch", "msg", "ev"].iter().any(|k| object.contains_key(*k)) {
+            let message = "a join or leave frame carries no \"ch\", \"msg\" or \"ev\"";
+            return send_error(socket, reference, ErrorCode::BadRequest, message).await;
+        }
+        let (key, reply) = if join.is_some() {
+            ("join", "joined")
+        } else {
+            ("leave", "left")
+        };
+        let Some(Value::String(channel)) = join.or(leave) else {
+            let message = format!("\"{key}\" must be a channel name (a string)");
+            return send_error(socket, reference, ErrorCode::BadRequest, &message).await;
+        };
+        let result = if join.is_some() {
+            presence.join(identity, channel)
+        } else {
+            presence.leave(channel)
+        };
+        return match result {
+            Ok(()) => {
+                debug!(channel, "{reply}");
+                let answer = Membership {
+                    r#type: reply,
+                    reference,
+                    ch: channel,
+                };
+                send_json(socket, &answer).await
+            }
+            Err(e) => {
+                let PublishError { code, message } = e.into();
+                debug!(channel, code = code.as_str(), "{key} refused: {message}");
+                send_error(socket, reference, code, &message).await
+            }
         };
     }
 
