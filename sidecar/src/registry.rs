@@ -402,6 +402,11 @@ impl Reporter {
     }
 
     async fn serve(mut self, shutdown: CancellationToken) {
+        info!(
+            interval_ms = self.interval.as_millis() as u64,
+            ttl_ms = self.ttl.as_millis() as u64,
+            "reporting this host to the registry"
+        );
         let mut tick = tokio::time::interval(self.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -416,7 +421,6 @@ impl Reporter {
                 }
                 Ok(()) => {}
                 Err(e) => {
-                    self.dirty = true;
                     if !self.failing {
                         self.failing = true;
                         warn!("cannot report this host's load: {e}");
@@ -434,8 +438,22 @@ impl Reporter {
         }
     }
 
-    /// Writes the entry, then the counts.
+    /// Writes the entry, then the counts. After a failure the next report rewrites the
+    /// counts in full: Redis may have lost them, or taken only part.
     pub async fn report(&mut self) -> Result<(), RegistryError> {
+        let result = self.write_entry().await;
+        let result = match result {
+            Ok(()) => self.write_counts().await,
+            Err(e) => Err(e),
+        };
+        if result.is_err() {
+            self.dirty = true;
+        }
+        result
+    }
+
+    /// Writes this host's entry and its index member, and prunes long-dead members.
+    async fn write_entry(&mut self) -> Result<(), RegistryError> {
         let entry = self.info.entry(&self.load);
         let json = serde_json::to_string(&entry)
             .map_err(|e| RegistryError::Unavailable(format!("cannot encode the entry: {e}")))?;
@@ -550,5 +568,445 @@ impl Reporter {
             )
             .await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::memory::{MemoryBroker, MemoryOptions};
+    use crate::codec::WireCodec;
+    use crate::config::RedisConfig;
+    use crate::relay::{RelayOptions, RelayServer};
+    use chatup_wire::{ChannelCount, ToSidecar, ToWorker, PROTOCOL_VERSION};
+    use futures_util::{SinkExt, StreamExt};
+    use std::process::{Child, Command, Stdio};
+    use tokio::net::UnixStream;
+    use tokio_util::codec::Framed;
+    use tokio_util::task::TaskTracker;
+
+    /// A redis-server of our own on a free loopback port, killed when dropped.
+    struct RedisServer {
+        child: Child,
+        port: u16,
+    }
+
+    impl RedisServer {
+        /// `None` (with the reason printed) when there is no redis-server to run.
+        fn start() -> Option<Self> {
+            if Command::new("redis-server")
+                .arg("--version")
+                .stdout(Stdio::null())
+                .status()
+                .is_err()
+            {
+                eprintln!("skipping: no redis-server on PATH (apt-get install redis-server)");
+                return None;
+            }
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let mut child = Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no"])
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("redis-server starts");
+            for _ in 0..200 {
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return Some(Self { child, port });
+                }
+                std::thread::sleep(Duration::from_millis(25));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("redis-server did not listen on {port}");
+        }
+
+        async fn link(&self) -> RedisLink {
+            let config = RedisConfig {
+                url: format!("redis://127.0.0.1:{}", self.port),
+                timeout_ms: 500,
+                ..RedisConfig::default()
+            };
+            RedisLink::connect(&config).await.unwrap().0
+        }
+
+        fn kill(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    impl Drop for RedisServer {
+        fn drop(&mut self) {
+            self.kill();
+        }
+    }
+
+    /// A host: a relay with one fake nginx worker (whose `Stats` set the viewer counts)
+    /// and a presence registry.
+    struct Host {
+        _dir: tempfile::TempDir,
+        worker: Framed<UnixStream, WireCodec<ToWorker, ToSidecar>>,
+        presence: Arc<Presence>,
+        load: HostLoad,
+        shutdown: CancellationToken,
+    }
+
+    impl Host {
+        async fn start() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("relay.sock");
+            let relay = RelayServer::bind(
+                RelayOptions {
+                    socket: path.clone(),
+                    mode: 0o600,
+                    queue_size: 16,
+                },
+                MemoryBroker::new(MemoryOptions {
+                    history_size: 1,
+                    ttl: Duration::from_secs(60),
+                }),
+            )
+            .unwrap();
+            let workers = relay.workers();
+            let shutdown = CancellationToken::new();
+            tokio::spawn(relay.run(shutdown.clone(), TaskTracker::new()));
+            let mut worker = Framed::new(
+                UnixStream::connect(&path).await.unwrap(),
+                WireCodec::default(),
+            );
+            worker
+                .send(ToSidecar::Hello {
+                    version: PROTOCOL_VERSION,
+                    pid: 7,
+                })
+                .await
+                .unwrap();
+            let (presence, _) = Presence::new(false);
+            let load = HostLoad {
+                workers,
+                presence: presence.clone(),
+            };
+            Self {
+                _dir: dir,
+                worker,
+                presence,
+                load,
+                shutdown,
+            }
+        }
+
+        /// Sets the worker's viewer counts and waits until the relay has them.
+        async fn viewers(&mut self, counts: &[(&str, u32)]) {
+            self.worker
+                .send(ToSidecar::Stats {
+                    subscribers: counts.iter().map(|(_, n)| n).sum(),
+                    channels: counts
+                        .iter()
+                        .map(|(channel, subscribers)| ChannelCount {
+                            channel: channel.to_string(),
+                            subscribers: *subscribers,
+                        })
+                        .collect(),
+                })
+                .await
+                .unwrap();
+            self.worker
+                .send(ToSidecar::Subscribe {
+                    channel: "sync".into(),
+                    want: 0,
+                    since: None,
+                })
+                .await
+                .unwrap();
+            let answer = tokio::time::timeout(Duration::from_secs(5), self.worker.next()).await;
+            assert!(matches!(answer, Ok(Some(Ok(ToWorker::Backlog { .. })))));
+        }
+
+        fn reporter(&self, link: &RedisLink, id: &str, interval_ms: u64, ttl_ms: u64) -> Reporter {
+            let config = HostConfig {
+                id: id.into(),
+                public_url: format!("https://{id}.example"),
+                report_interval_ms: interval_ms,
+                ttl_ms,
+                ..HostConfig::default()
+            };
+            let info = HostInfo::from_config(&config, SocketAddr::from(([127, 0, 0, 1], 1)));
+            Reporter::new(link.clone(), info, self.load.clone(), &config)
+        }
+    }
+
+    impl Drop for Host {
+        fn drop(&mut self) {
+            self.shutdown.cancel();
+        }
+    }
+
+    fn identity(sub: &str) -> crate::auth::Identity {
+        crate::auth::Identity {
+            sub: Some(sub.into()),
+            user: "{}".into(),
+            events: false,
+            expires_at: u64::MAX,
+        }
+    }
+
+    async fn hash(link: &RedisLink, key: &str) -> HashMap<String, u64> {
+        link.run(redis::cmd("HGETALL").arg(key).clone())
+            .await
+            .unwrap()
+    }
+
+    fn ids(hosts: &[HostEntry]) -> Vec<&str> {
+        let mut ids: Vec<&str> = hosts.iter().map(|h| h.id.as_str()).collect();
+        ids.sort();
+        ids
+    }
+
+    #[test]
+    fn default_id_is_the_hostname_and_port() {
+        let info = HostInfo::from_config(
+            &HostConfig::default(),
+            SocketAddr::from(([127, 0, 0, 1], 7009)),
+        );
+        assert!(
+            info.id.ends_with(":7009") && info.id.len() > 5,
+            "{}",
+            info.id
+        );
+        let named = HostConfig {
+            id: "chat1".into(),
+            ..HostConfig::default()
+        };
+        let info = HostInfo::from_config(&named, SocketAddr::from(([127, 0, 0, 1], 7009)));
+        assert_eq!(info.id, "chat1");
+    }
+
+    #[tokio::test]
+    async fn local_directory_is_this_host_with_summed_counts() {
+        let mut host = Host::start().await;
+        host.viewers(&[("room", 4), ("other", 1)]).await;
+        let ann = identity("ann");
+        let mut session = host.presence.connect(&ann);
+        session.join(&ann, "room").unwrap();
+        let info = HostInfo::from_config(
+            &HostConfig {
+                id: "solo".into(),
+                ..HostConfig::default()
+            },
+            SocketAddr::from(([127, 0, 0, 1], 1)),
+        );
+        let directory = LocalDirectory::new(info, host.load.clone());
+        let hosts = directory.hosts().await.unwrap();
+        assert_eq!(hosts.len(), 1);
+        assert_eq!(
+            (
+                hosts[0].id.as_str(),
+                hosts[0].subscribers,
+                hosts[0].publishers
+            ),
+            ("solo", 5, 1)
+        );
+        assert_eq!(
+            directory.channel_counts("room", &hosts).await.unwrap(),
+            ChannelCounts {
+                subscribers: 4,
+                publishers: 1
+            }
+        );
+        assert_eq!(
+            directory.channel_counts("none", &hosts).await.unwrap(),
+            ChannelCounts::default()
+        );
+    }
+
+    #[tokio::test]
+    async fn redis_hosts_report_and_counts_sum_over_hosts() {
+        let Some(server) = RedisServer::start() else {
+            return;
+        };
+        let link = server.link().await;
+        let directory = RedisDirectory::new(link.clone());
+        assert!(directory.hosts().await.unwrap().is_empty());
+
+        let mut a = Host::start().await;
+        let mut b = Host::start().await;
+        a.viewers(&[("room", 3), ("a-only", 2)]).await;
+        b.viewers(&[("room", 4)]).await;
+        let (ann, bo) = (identity("ann"), identity("bo"));
+        let mut ann_a = a.presence.connect(&ann);
+        let mut ann_b = b.presence.connect(&ann);
+        let mut bo_b = b.presence.connect(&bo);
+        ann_a.join(&ann, "room").unwrap();
+        ann_b.join(&ann, "room").unwrap();
+        bo_b.join(&bo, "room").unwrap();
+
+        let mut ra = a.reporter(&link, "host-a", 1000, 3000);
+        let mut rb = b.reporter(&link, "host-b", 1000, 3000);
+        ra.report().await.unwrap();
+        rb.report().await.unwrap();
+        let hosts = directory.hosts().await.unwrap();
+        assert_eq!(ids(&hosts), ["host-a", "host-b"]);
+        let entry_b = hosts.iter().find(|h| h.id == "host-b").unwrap();
+        assert_eq!((entry_b.subscribers, entry_b.publishers), (4, 2));
+        assert_eq!(entry_b.public_url, "https://host-b.example");
+        assert_eq!(
+            (entry_b.sub_path.as_str(), entry_b.pub_path.as_str()),
+            ("/sub/", "/pub")
+        );
+        assert!(entry_b.written_ms > 0);
+        // ann is counted once per host: 1 on a, 2 (ann, bo) on b.
+        assert_eq!(
+            directory.channel_counts("room", &hosts).await.unwrap(),
+            ChannelCounts {
+                subscribers: 7,
+                publishers: 3
+            }
+        );
+        assert_eq!(
+            hash(&link, "chatup:counts:host-a").await,
+            HashMap::from([
+                ("s:room".to_string(), 3),
+                ("s:a-only".to_string(), 2),
+                ("p:room".to_string(), 1)
+            ])
+        );
+        let ttl: i64 = link
+            .run(redis::cmd("PTTL").arg("chatup:counts:host-a").clone())
+            .await
+            .unwrap();
+        assert!((1..=3000).contains(&ttl), "{ttl}");
+        let ttl: i64 = link
+            .run(redis::cmd("PTTL").arg("chatup:{hosts}:host:host-a").clone())
+            .await
+            .unwrap();
+        assert!((1..=3000).contains(&ttl), "{ttl}");
+
+        // Changes go out as changes: a channel that empties loses its fields.
+        a.viewers(&[("room", 5)]).await;
+        ann_a.leave("room").unwrap();
+        ra.report().await.unwrap();
+        assert_eq!(
+            hash(&link, "chatup:counts:host-a").await,
+            HashMap::from([("s:room".to_string(), 5)])
+        );
+        // A hash lost behind the reporter's back (Redis restarted empty) is written again
+        // in full, not just the changes.
+        link.run::<i64>(redis::cmd("DEL").arg("chatup:counts:host-a").clone())
+            .await
+            .unwrap();
+        a.viewers(&[("room", 5), ("new", 1)]).await;
+        ra.report().await.unwrap();
+        assert_eq!(
+            hash(&link, "chatup:counts:host-a").await,
+            HashMap::from([("s:room".to_string(), 5), ("s:new".to_string(), 1)])
+        );
+        drop((ann_b, bo_b));
+    }
+
+    #[tokio::test]
+    async fn a_silent_host_vanishes_and_a_stopping_one_leaves_at_once() {
+        let Some(server) = RedisServer::start() else {
+            return;
+        };
+        let link = server.link().await;
+        let directory = RedisDirectory::new(link.clone());
+        let a = Host::start().await;
+        let b = Host::start().await;
+        let stop_a = CancellationToken::new();
+        let stop_b = CancellationToken::new();
+        let task_a = tokio::spawn(a.reporter(&link, "a", 100, 400).run(stop_a.clone()));
+        let task_b = tokio::spawn(b.reporter(&link, "b", 100, 400).run(stop_b.clone()));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while directory.hosts().await.unwrap().len() < 2 {
+            assert!(tokio::time::Instant::now() < deadline, "both hosts report");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Reports keep the entries alive well past their expiry.
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        assert_eq!(ids(&directory.hosts().await.unwrap()), ["a", "b"]);
+
+        // a dies without a word: gone within its ttl.
+        task_a.abort();
+        let died = tokio::time::Instant::now();
+        while directory.hosts().await.unwrap().len() > 1 {
+            assert!(died.elapsed() < Duration::from_secs(2), "a expires");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(
+            died.elapsed() <= Duration::from_millis(1000),
+            "{:?}",
+            died.elapsed()
+        );
+        assert_eq!(ids(&directory.hosts().await.unwrap()), ["b"]);
+
+        // b shuts down: it removes itself.
+        stop_b.cancel();
+        tokio::time::timeout(Duration::from_secs(5), task_b)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(directory.hosts().await.unwrap().is_empty());
+        let members: Vec<String> = link
+            .run(
+                redis::cmd("ZRANGE")
+                    .arg("chatup:{hosts}:index")
+                    .arg(0)
+                    .arg(-1)
+                    .clone(),
+            )
+            .await
+            .unwrap();
+        // b's member went with it; a's stays until it is older than the grace period.
+        assert_eq!(members, ["a"]);
+        drop(stop_a);
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_redis_is_an_error_and_reporting_recovers() {
+        let Some(mut server) = RedisServer::start() else {
+            return;
+        };
+        let link = server.link().await;
+        let directory = RedisDirectory::new(link.clone());
+        let mut host = Host::start().await;
+        host.viewers(&[("room", 1)]).await;
+        let mut reporter = host.reporter(&link, "h", 1000, 3000);
+        reporter.report().await.unwrap();
+        assert!(!reporter.dirty);
+        server.kill();
+        assert!(matches!(
+            directory.hosts().await,
+            Err(RegistryError::Unavailable(_))
+        ));
+        assert!(reporter.report().await.is_err());
+        assert!(reporter.dirty);
+        // Back on the same port, empty: the next report writes everything again.
+        let port = server.port;
+        let restarted = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let server = RedisServer {
+            child: restarted,
+            port,
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while reporter.report().await.is_err() {
+            assert!(tokio::time::Instant::now() < deadline, "reporting recovers");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(ids(&directory.hosts().await.unwrap()), ["h"]);
+        assert_eq!(
+            hash(&link, "chatup:counts:h").await,
+            HashMap::from([("s:room".to_string(), 1)])
+        );
+        drop(server);
     }
 }
