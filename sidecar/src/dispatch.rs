@@ -625,6 +625,45 @@ mod tests {
         assert_eq!(d.pending.lock().unwrap().len(), 1);
     }
 
+    #[tokio::test]
+    async fn an_unreachable_registry_is_unavailable() {
+        struct Down;
+        #[async_trait::async_trait]
+        impl Directory for Down {
+            fn name(&self) -> &'static str {
+                "down"
+            }
+            async fn hosts(&self) -> Result<Vec<HostEntry>, RegistryError> {
+                Err(RegistryError::Unavailable("connection refused".into()))
+            }
+            async fn channel_counts(
+                &self,
+                _: &str,
+                _: &[HostEntry],
+            ) -> Result<ChannelCounts, RegistryError> {
+                Err(RegistryError::Unavailable("connection refused".into()))
+            }
+        }
+        let broker =
+            crate::broker::memory::MemoryBroker::new(crate::broker::memory::MemoryOptions {
+                history_size: 1,
+                ttl: std::time::Duration::from_secs(1),
+            });
+        let d = Dispatcher::new(Arc::new(Down), broker, DispatchConfig::default());
+        let err = d.join("room", b"").await.unwrap_err();
+        assert_eq!(
+            (err.code(), err.status()),
+            ("unavailable", StatusCode::SERVICE_UNAVAILABLE)
+        );
+        assert!(err.to_string().contains("connection refused"), "{err}");
+        // The channel and body are checked first.
+        assert_eq!(d.join("a b", b"").await.unwrap_err().code(), "bad_channel");
+        assert_eq!(
+            d.join("room", b"[").await.unwrap_err().code(),
+            "bad_request"
+        );
+    }
+
     #[test]
     fn exclusions_accept_lists_strings_and_the_failed_alias() {
         assert_eq!(parse_exclusions(b"").unwrap(), none());
