@@ -14,6 +14,7 @@ use tracing::{error, info, warn};
 
 use crate::auth::{warn_example_key, Verifier};
 use crate::broker::memory::{MemoryBroker, MemoryOptions};
+use crate::broker::redis::{RedisBroker, RedisOptions};
 use crate::broker::Broker;
 use crate::config::Config;
 use crate::dispatch::Dispatcher;
@@ -71,13 +72,31 @@ impl Sidecar {
         let tracker = TaskTracker::new();
 
         // The broker, and with `[redis]` the connection the host registry shares.
-        let memory = MemoryBroker::new(MemoryOptions {
-            history_size: config.history.size,
-            ttl: Duration::from_secs(config.history.ttl_seconds),
-        });
-        memory.spawn_sweeper(shutdown.clone());
-        let broker: Arc<dyn Broker> = memory;
-        let redis: Option<RedisLink> = None;
+        let (broker, redis): (Arc<dyn Broker>, Option<RedisLink>) = if config.redis.enabled() {
+            let (link, pushes) = RedisLink::connect(&config.redis).await?;
+            info!(
+                redis = link.address(),
+                cluster = link.is_cluster(),
+                "connected to Redis"
+            );
+            let broker = RedisBroker::start(
+                link.clone(),
+                pushes,
+                RedisOptions {
+                    history_size: config.history.size,
+                    ttl: Duration::from_secs(config.history.ttl_seconds),
+                },
+                shutdown.clone(),
+            );
+            (broker, Some(link))
+        } else {
+            let memory = MemoryBroker::new(MemoryOptions {
+                history_size: config.history.size,
+                ttl: Duration::from_secs(config.history.ttl_seconds),
+            });
+            memory.spawn_sweeper(shutdown.clone());
+            (memory, None)
+        };
 
         let http = HttpServer::bind(config.http.listen).await?;
         let http_addr = http.local_addr().unwrap_or(config.http.listen);

@@ -16,6 +16,7 @@
 //!   publishers.
 
 pub mod memory;
+pub mod redis;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

@@ -10,6 +10,7 @@ mod frames;
 mod handshake;
 mod harness_redis;
 mod limits;
+mod multihost;
 mod ping;
 mod reload;
 mod restart;

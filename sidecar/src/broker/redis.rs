@@ -1,0 +1,652 @@
+//! The Redis broker: one room spans many hosts, through one Redis server or a Redis Cluster.
+//!
+//! Per channel `C`, with the configured prefix `P`, three names share the hash tag `{C}`,
+//! so in a cluster a channel lives on one shard:
+//!
+//! * `P:{C}:meta`, a hash: `ep`, the channel's epoch, and `id`, its last id;
+//! * `P:{C}:history`, a list of the newest messages, newest first;
+//! * `P:{C}:live`, the pub/sub channel (sharded pub/sub in a cluster).
+//!
+//! Publishing is one script ([`PUBLISH_LUA`]): next id, append to the history (trimmed,
+//! with an expiry), publish. History entries and live messages are
+//! `<epoch>:<id>:<message JSON>`; the JSON is built by the script exactly as
+//! [`crate::message::assemble`] builds it, so every host forwards the same bytes.
+//!
+//! This sidecar subscribes in Redis only to the channels its nginx workers want, and keeps
+//! per channel the position of the last message it handed on. A live message that does not
+//! follow it (a gap: messages lost while the pub/sub connection was down), a new epoch, or
+//! a fresh confirmation of the subscription (the connection came back) makes it read the
+//! history and hand on what is missing, in order, before anything newer. When the history
+//! is gone (Redis restarted empty, keys expired) the channel starts a new epoch, and the
+//! relay tells the workers, which tell their clients.
+//!
+//! Publishing while Redis is unreachable fails within `redis.timeout_ms` with
+//! [`BrokerError::Unavailable`]: a message is acknowledged only once Redis has it.
+
+use std::collections::hash_map::RandomState;
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use chatup_wire::{Entry, Position};
+use redis::{PushInfo, PushKind, Script, Value};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::{
+    new_epoch, plan_backlog, Backlog, Broker, BrokerError, Delivery, Event, History, Published,
+    Subscriber, SubscriberId,
+};
+use crate::message::{assemble, Tail};
+use crate::redis::{RedisError, RedisLink};
+
+/// The publish script; see its header for the keys and arguments.
+pub const PUBLISH_LUA: &str = include_str!("redis/publish.lua");
+/// Reads epoch, last id and history (creating the channel's epoch if it has none).
+pub const READ_LUA: &str = include_str!("redis/read.lua");
+
+/// Locks that order subscription changes per channel (by hash), so a SUBSCRIBE and an
+/// UNSUBSCRIBE of the same channel never cross on the wire.
+const OP_LOCKS: usize = 64;
+
+/// How often channels whose catch-up failed (Redis flapping) are retried.
+const RETRY_STALE: Duration = Duration::from_secs(1);
+
+/// Settings of a [`RedisBroker`].
+#[derive(Debug, Clone, Copy)]
+pub struct RedisOptions {
+    /// Messages kept per channel.
+    pub history_size: usize,
+    /// How long a channel's keys live after its last publish.
+    pub ttl: Duration,
+}
+
+pub struct RedisBroker {
+    /// Commands, scripts and pub/sub.
+    link: RedisLink,
+    /// History bound and key expiry.
+    options: RedisOptions,
+    /// Loaded once per Redis node, then called by hash.
+    publish_script: Script,
+    read_script: Script,
+    /// The channels this host's workers want, with their subscribers.
+    channels: Mutex<HashMap<Arc<str>, LocalChannel>>,
+    /// See [`OP_LOCKS`].
+    op_locks: Box<[tokio::sync::Mutex<()>]>,
+    /// Picks the op lock of a channel.
+    hasher: RandomState,
+}
+
+struct LocalChannel {
+    /// The name, shared with every [`Published`] handed on.
+    name: Arc<str>,
+    /// The relay connections that want the channel.
+    subscribers: Vec<Subscriber>,
+    /// The last message handed to subscribers (or the head read when subscribing): the
+    /// next live message must follow it.
+    last: Option<Position>,
+    /// Whether Redis has confirmed the subscription.
+    subscribed: bool,
+    /// Set when a catch-up could not be done; retried every [`RETRY_STALE`].
+    stale: bool,
+}
+
+/// A history entry or live message: `<epoch>:<id>:<json>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct RawEntry {
+    epoch: u64,
+    id: u64,
+    payload: Bytes,
+}
+
+impl RawEntry {
+    fn parse(bytes: Vec<u8>) -> Option<Self> {
+        let bytes = Bytes::from(bytes);
+        let first = bytes.iter().position(|&b| b == b':')?;
+        let second = first + 1 + bytes[first + 1..].iter().position(|&b| b == b':')?;
+        let number = |range: &[u8]| std::str::from_utf8(range).ok()?.parse::<u64>().ok();
+        Some(Self {
+            epoch: number(&bytes[..first])?,
+            id: number(&bytes[first + 1..second])?,
+            payload: bytes.slice(second + 1..),
+        })
+    }
+}
+
+/// What the read script returned.
+struct Read {
+    epoch: u64,
+    head: u64,
+    /// Newest first.
+    entries: Vec<RawEntry>,
+}
+
+impl RedisBroker {
+    /// A broker on `link`, handing on the pub/sub pushes that arrive on `pushes` until
+    /// `shutdown`.
+    pub fn start(
+        link: RedisLink,
+        pushes: mpsc::UnboundedReceiver<PushInfo>,
+        options: RedisOptions,
+        shutdown: CancellationToken,
+    ) -> Arc<Self> {
+        let broker = Arc::new(Self {
+            link,
+            options,
+            publish_script: Script::new(PUBLISH_LUA),
+            read_script: Script::new(READ_LUA),
+            channels: Mutex::new(HashMap::new()),
+            op_locks: (0..OP_LOCKS).map(|_| tokio::sync::Mutex::new(())).collect(),
+            hasher: RandomState::new(),
+        });
+        tokio::spawn(run_pushes(Arc::downgrade(&broker), pushes, shutdown));
+        broker
+    }
+
+    fn meta_key(&self, channel: &str) -> String {
+        format!("{}:{{{channel}}}:meta", self.link.key_prefix())
+    }
+
+    fn history_key(&self, channel: &str) -> String {
+        format!("{}:{{{channel}}}:history", self.link.key_prefix())
+    }
+
+    fn live_channel(&self, channel: &str) -> String {
+        format!("{}:{{{channel}}}:live", self.link.key_prefix())
+    }
+
+    /// The chatup channel of a Redis pub/sub channel of ours.
+    fn channel_of_live<'a>(&self, live: &'a str) -> Option<&'a str> {
+        live.strip_prefix(self.link.key_prefix())?
+            .strip_prefix(":{")?
+            .strip_suffix("}:live")
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<Arc<str>, LocalChannel>> {
+        // No critical section panics; state stays usable if one ever did.
+        self.channels.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn op_lock(&self, channel: &str) -> &tokio::sync::Mutex<()> {
+        &self.op_locks[(self.hasher.hash_one(channel) % OP_LOCKS as u64) as usize]
+    }
+
+    fn unavailable(e: RedisError) -> BrokerError {
+        BrokerError::Unavailable(e.to_string())
+    }
+
+    /// Runs the read script: epoch, head and up to `count` entries below `before`.
+    async fn read(&self, channel: &str, count: usize, before: u64) -> Result<Read, BrokerError> {
+        let mut conn = self.link.commands();
+        let mut invocation = self.read_script.key(self.meta_key(channel));
+        invocation
+            .key(self.history_key(channel))
+            .arg(new_epoch(None))
+            .arg(self.options.ttl.as_secs().max(1))
+            .arg(count)
+            .arg(before);
+        let reply: Vec<Value> = self
+            .link
+            .bounded(invocation.invoke_async(&mut conn))
+            .await
+            .map_err(Self::unavailable)?;
+        let mut items = reply.into_iter();
+        let (Some(epoch), Some(head)) = (
+            items.next().and_then(value_u64),
+            items.next().and_then(value_u64),
+        ) else {
+            return Err(BrokerError::Internal(format!(
+                "unexpected reply from the read script for {channel}"
+            )));
+        };
+        let entries = items
+            .filter_map(|v| match v {
+                Value::BulkString(bytes) => RawEntry::parse(bytes),
+                _ => None,
+            })
+            .filter(|e| e.epoch == epoch)
+            .collect();
+        Ok(Read {
+            epoch,
+            head,
+            entries,
+        })
+    }
+
+    /// Hands a live message on, or finds out that messages are missing before it.
+    async fn on_live(&self, channel: &str, entry: RawEntry) {
+        let missing = {
+            let mut map = self.lock();
+            let Some(ch) = map.get_mut(channel) else {
+                return; // No longer wanted.
+            };
+            match ch.last {
+                Some(last) if last.epoch == entry.epoch && entry.id <= last.id => return,
+                Some(last) if last.epoch == entry.epoch && entry.id > last.id + 1 => true,
+                Some(last) if last.epoch != entry.epoch && entry.id > 1 => true,
+                _ => {
+                    ch.hand_on(&entry);
+                    false
+                }
+            }
+        };
+        if missing {
+            self.catch_up(channel).await;
+            // Normally the history held it; without history it comes now, after the gap.
+            let mut map = self.lock();
+            if let Some(ch) = map.get_mut(channel) {
+                let behind = ch
+                    .last
+                    .is_none_or(|l| l.epoch != entry.epoch || l.id < entry.id);
+                if behind {
+                    warn!(
+                        channel,
+                        epoch = entry.epoch,
+                        id = entry.id,
+                        "messages before this one are gone from the history; subscribers miss them"
+                    );
+                    ch.hand_on(&entry);
+                }
+            }
+        }
+    }
+
+    /// Reads the history and hands on everything after the channel's last position.
+    async fn catch_up(&self, channel: &str) {
+        let has_position = self.lock().get(channel).is_some_and(|ch| ch.last.is_some());
+        if !has_position {
+            return;
+        }
+        let read = match self.read(channel, self.options.history_size, 0).await {
+            Ok(read) => read,
+            Err(e) => {
+                warn!(
+                    channel,
+                    "cannot read the history to catch up: {e}; will retry"
+                );
+                if let Some(ch) = self.lock().get_mut(channel) {
+                    ch.stale = true;
+                }
+                return;
+            }
+        };
+        let mut map = self.lock();
+        let Some(ch) = map.get_mut(channel) else {
+            return;
+        };
+        ch.stale = false;
+        let Some(last) = ch.last else {
+            return;
+        };
+        let after = if read.epoch == last.epoch {
+            last.id
+        } else {
+            info!(
+                channel,
+                old_epoch = last.epoch,
+                epoch = read.epoch,
+                "the channel's history was lost; it starts a new epoch"
+            );
+            ch.deliver(Event::EpochReset {
+                channel: ch.name.clone(),
+                epoch: read.epoch,
+            });
+            ch.last = Some(Position {
+                epoch: read.epoch,
+                id: 0,
+            });
+            0
+        };
+        let missing: Vec<&RawEntry> = read.entries.iter().rev().filter(|e| e.id > after).collect();
+        if let Some(first) = missing.first() {
+            if first.id > after + 1 {
+                warn!(
+                    channel,
+                    from = after + 1,
+                    to = first.id - 1,
+                    "messages missed while disconnected are no longer in the history"
+                );
+            }
+        } else if read.head > after {
+            warn!(
+                channel,
+                from = after + 1,
+                to = read.head,
+                "messages missed while disconnected are no longer in the history"
+            );
+        }
+        let count = missing.len();
+        for entry in missing {
+            ch.hand_on(entry);
+        }
+        if count > 0 {
+            debug!(channel, count, "caught up from the history");
+        }
+    }
+
+    /// Retries the catch-up of channels where it failed.
+    async fn retry_stale(&self) {
+        let stale: Vec<Arc<str>> = self
+            .lock()
+            .values()
+            .filter(|ch| ch.stale)
+            .map(|ch| ch.name.clone())
+            .collect();
+        for channel in stale {
+            self.catch_up(&channel).await;
+        }
+    }
+
+    /// After a lost pub/sub connection every channel may have missed messages.
+    fn mark_all_stale(&self) {
+        for ch in self.lock().values_mut() {
+            ch.stale = ch.last.is_some();
+        }
+    }
+
+    /// Removes `subscriber` from `channel`; returns whether the channel is now unwanted and
+    /// was subscribed in Redis.
+    fn remove_subscriber(&self, channel: &str, subscriber: SubscriberId) -> bool {
+        let mut map = self.lock();
+        let Some(ch) = map.get_mut(channel) else {
+            return false;
+        };
+        ch.subscribers.retain(|s| s.id() != subscriber);
+        if !ch.subscribers.is_empty() {
+            return false;
+        }
+        map.remove(channel).is_some_and(|ch| ch.subscribed)
+    }
+}
+
+impl LocalChannel {
+    fn new(name: &str) -> Self {
+        Self {
+            name: name.into(),
+            subscribers: Vec::new(),
+            last: None,
+            subscribed: false,
+            stale: false,
+        }
+    }
+
+    /// Delivers a message to every subscriber and moves the position past it.
+    fn hand_on(&mut self, entry: &RawEntry) {
+        self.last = Some(Position {
+            epoch: entry.epoch,
+            id: entry.id,
+        });
+        self.deliver(Event::Message(Published {
+            channel: self.name.clone(),
+            epoch: entry.epoch,
+            id: entry.id,
+            payload: entry.payload.clone(),
+        }));
+    }
+
+    fn deliver(&mut self, event: Event) {
+        let channel = &self.name;
+        self.subscribers.retain(|s| match s.deliver(event.clone()) {
+            Delivery::Queued => true,
+            Delivery::Overflowed => {
+                warn!(
+                    %channel,
+                    subscriber = s.id(),
+                    "subscriber queue is full; dropping the subscriber"
+                );
+                false
+            }
+            Delivery::Gone => false,
+        });
+    }
+}
+
+/// Hands on pub/sub pushes in arrival order, and catches channels up when the connection
+/// comes back.
+async fn run_pushes(
+    broker: Weak<RedisBroker>,
+    mut pushes: mpsc::UnboundedReceiver<PushInfo>,
+    shutdown: CancellationToken,
+) {
+    let mut retry = tokio::time::interval(RETRY_STALE);
+    retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let push = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = retry.tick() => {
+                let Some(broker) = broker.upgrade() else { return };
+                broker.retry_stale().await;
+                continue;
+            }
+            push = pushes.recv() => push,
+        };
+        let Some(push) = push else { return };
+        let Some(broker) = broker.upgrade() else {
+            return;
+        };
+        match push.kind {
+            PushKind::Message | PushKind::SMessage => {
+                let mut data = push.data.into_iter();
+                let (Some(Value::BulkString(live)), Some(Value::BulkString(payload))) =
+                    (data.next(), data.next())
+                else {
+                    continue;
+                };
+                let Ok(live) = std::str::from_utf8(&live) else {
+                    continue;
+                };
+                let Some(channel) = broker.channel_of_live(live) else {
+                    continue;
+                };
+                match RawEntry::parse(payload) {
+                    Some(entry) => broker.on_live(channel, entry).await,
+                    None => warn!(channel, "ignoring a malformed live message"),
+                }
+            }
+            PushKind::Subscribe | PushKind::SSubscribe => {
+                // Also sent when the connection re-subscribes after coming back.
+                let channel = match push.data.first() {
+                    Some(Value::BulkString(live)) => std::str::from_utf8(live)
+                        .ok()
+                        .and_then(|l| broker.channel_of_live(l))
+                        .map(str::to_owned),
+                    _ => None,
+                };
+                if let Some(channel) = channel {
+                    broker.catch_up(&channel).await;
+                }
+            }
+            PushKind::Disconnection => {
+                warn!(
+                    redis = broker.link.address(),
+                    "lost the Redis pub/sub connection; reconnecting, then catching up from history"
+                );
+                broker.mark_all_stale();
+            }
+            _ => {}
+        }
+    }
+}
+
+fn value_u64(value: Value) -> Option<u64> {
+    match value {
+        Value::Int(n) => u64::try_from(n).ok(),
+        Value::BulkString(bytes) => std::str::from_utf8(&bytes).ok()?.parse().ok(),
+        Value::SimpleString(text) => text.parse().ok(),
+        _ => None,
+    }
+}
+
+#[async_trait]
+impl Broker for RedisBroker {
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+
+    async fn publish(&self, channel: &str, tail: &Tail) -> Result<Published, BrokerError> {
+        let channel_json = serde_json::to_string(channel)
+            .map_err(|e| BrokerError::Internal(format!("cannot encode the channel name: {e}")))?;
+        let publish_command = if self.link.is_cluster() {
+            "SPUBLISH"
+        } else {
+            "PUBLISH"
+        };
+        let mut conn = self.link.commands();
+        let mut invocation = self.publish_script.key(self.meta_key(channel));
+        invocation
+            .key(self.history_key(channel))
+            .arg(channel_json)
+            .arg(tail.as_bytes())
+            .arg(new_epoch(None))
+            .arg(self.options.history_size)
+            .arg(self.options.ttl.as_secs().max(1))
+            .arg(self.live_channel(channel))
+            .arg(publish_command);
+        let reply: Vec<Value> = self
+            .link
+            .bounded(invocation.invoke_async(&mut conn))
+            .await
+            .map_err(Self::unavailable)?;
+        let mut items = reply.into_iter();
+        let (Some(epoch), Some(id)) = (
+            items.next().and_then(value_u64),
+            items.next().and_then(value_u64),
+        ) else {
+            return Err(BrokerError::Internal(format!(
+                "unexpected reply from the publish script for {channel}"
+            )));
+        };
+        Ok(Published {
+            channel: channel.into(),
+            epoch,
+            id,
+            payload: assemble(channel, id, epoch, tail),
+        })
+    }
+
+    async fn subscribe(
+        &self,
+        channel: &str,
+        want: u32,
+        since: Option<Position>,
+        subscriber: &Subscriber,
+    ) -> Result<Backlog, BrokerError> {
+        {
+            let _ordered = self.op_lock(channel).lock().await;
+            let needs_redis = {
+                let mut map = self.lock();
+                let ch = map
+                    .entry(channel.into())
+                    .or_insert_with(|| LocalChannel::new(channel));
+                if !ch.subscribers.iter().any(|s| s.id() == subscriber.id()) {
+                    ch.subscribers.push(subscriber.clone());
+                }
+                !ch.subscribed
+            };
+            if needs_redis {
+                let mut subscriptions = self.link.subscriptions();
+                let live = self.live_channel(channel);
+                match self.link.bounded(subscriptions.subscribe(&live)).await {
+                    Ok(()) => {
+                        if let Some(ch) = self.lock().get_mut(channel) {
+                            ch.subscribed = true;
+                        }
+                    }
+                    Err(e) => {
+                        self.remove_subscriber(channel, subscriber.id());
+                        return Err(Self::unavailable(e));
+                    }
+                }
+            }
+        }
+        let read = match self.read(channel, self.options.history_size, 0).await {
+            Ok(read) => read,
+            Err(e) => {
+                self.unsubscribe(channel, subscriber.id()).await;
+                return Err(e);
+            }
+        };
+        if let Some(ch) = self.lock().get_mut(channel) {
+            if ch.last.is_none() {
+                ch.last = Some(Position {
+                    epoch: read.epoch,
+                    id: read.head,
+                });
+            }
+        }
+        let (kind, count) = plan_backlog(read.epoch, read.head, read.entries.len(), want, since);
+        let messages = read
+            .entries
+            .into_iter()
+            .take(count)
+            .rev()
+            .map(|e| Entry {
+                id: e.id,
+                payload: e.payload.to_vec(),
+            })
+            .collect();
+        Ok(Backlog {
+            epoch: read.epoch,
+            head: read.head,
+            kind,
+            messages,
+        })
+    }
+
+    async fn unsubscribe(&self, channel: &str, subscriber: SubscriberId) {
+        let _ordered = self.op_lock(channel).lock().await;
+        if self.remove_subscriber(channel, subscriber) {
+            let mut subscriptions = self.link.subscriptions();
+            let live = self.live_channel(channel);
+            if let Err(e) = self.link.bounded(subscriptions.unsubscribe(&live)).await {
+                // Messages that still arrive for it are ignored.
+                debug!(channel, "cannot unsubscribe in Redis: {e}");
+            }
+        }
+    }
+
+    async fn history(
+        &self,
+        channel: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<History, BrokerError> {
+        let read = self.read(channel, limit, before.unwrap_or(0)).await?;
+        let below = before.unwrap_or(u64::MAX);
+        let mut messages: Vec<Entry> = read
+            .entries
+            .into_iter()
+            .filter(|e| e.id < below)
+            .take(limit)
+            .map(|e| Entry {
+                id: e.id,
+                payload: e.payload.to_vec(),
+            })
+            .collect();
+        messages.reverse();
+        Ok(History {
+            epoch: read.epoch,
+            head: read.head,
+            messages,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_parse_and_refuse_garbage() {
+        let e = RawEntry::parse(b"12:3:{\"a\":\"x:y\"}".to_vec()).unwrap();
+        assert_eq!((e.epoch, e.id), (12, 3));
+        assert_eq!(&e.payload[..], b"{\"a\":\"x:y\"}");
+        for bad in [&b""[..], b"12", b"12:3", b"x:3:{}", b"12:-1:{}", b":3:{}"] {
+            assert_eq!(RawEntry::parse(bad.to_vec()), None, "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,244 @@
+//! Many hosts on one Redis (or a Redis Cluster): a room spans hosts, Redis restarts, and a
+//! sidecar subscribes in Redis only to what its workers want.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use chatup_tests::token::token;
+use chatup_tests::{assert_message, Chatup, Event, Options, RedisCluster, RedisServer};
+use chatup_tests::{Subscriber, WAIT};
+use serde_json::Value;
+
+fn host(address: &str, id: &str, redis: &str) -> Chatup {
+    Chatup::start_with(Options::default().address(address).host_id(id).redis(redis))
+}
+
+/// Reads text frames until `n` chat messages came (resync events are returned apart).
+async fn messages(sub: &mut Subscriber, n: usize, within: Duration) -> (Vec<Value>, Vec<Value>) {
+    let deadline = tokio::time::Instant::now() + within;
+    let (mut chat, mut events) = (Vec::new(), Vec::new());
+    while chat.len() < n {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match sub.next(left).await {
+            Some(Event::Text(text)) => {
+                let v: Value = serde_json::from_str(&text).expect("a JSON frame");
+                if v.get("msg").is_some() {
+                    chat.push(v);
+                } else {
+                    events.push(v);
+                }
+            }
+            Some(Event::Ping(_)) => {}
+            other => panic!(
+                "expected {n} messages, got {} then {other:?}: {chat:?}",
+                chat.len()
+            ),
+        }
+    }
+    (chat, events)
+}
+
+#[tokio::test]
+async fn a_room_spans_two_hosts_in_order_and_once() {
+    let redis = RedisServer::start();
+    let a = host("127.0.0.2", "a", &redis.url());
+    let b = host("127.0.0.3", "b", &redis.url());
+    let mut subs = Vec::new();
+    for env in [&a, &b, &a, &b] {
+        subs.push(Subscriber::connect(env, "/sub/room").await);
+    }
+    // Let every worker's subscription reach Redis before publishing.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    for i in 1..=40u64 {
+        let env = if i % 2 == 1 { &a } else { &b };
+        let ack = env.publish("room", &format!("m{i}")).await;
+        assert_eq!(ack["id"], i, "ids are shared by all hosts: {ack}");
+    }
+    for sub in &mut subs {
+        let (chat, _) = messages(sub, 40, WAIT).await;
+        for (i, msg) in chat.iter().enumerate() {
+            let id = i as u64 + 1;
+            assert_message(msg, "room", id, &format!("m{id}"));
+        }
+        sub.expect_no_message(Duration::from_millis(300)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_sidecar_subscribes_in_redis_only_to_what_its_workers_want() {
+    let redis = RedisServer::start();
+    let a = host("127.0.0.2", "a", &redis.url());
+    let live = |ch: &str| format!("chatup:{{{ch}}}:live");
+    let mut sub = Subscriber::connect(&a, "/sub/wanted").await;
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let channels = redis.cli(&["PUBSUB", "CHANNELS", "*"]);
+        if channels == live("wanted") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "expected only {} in Redis, got {channels:?}",
+            live("wanted")
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Publishing to a channel nobody watches here subscribes nothing.
+    a.publish("unwatched", "x").await;
+    assert_eq!(redis.cli(&["PUBSUB", "CHANNELS", "*"]), live("wanted"));
+
+    sub.close(1000).await;
+    drop(sub);
+    let deadline = std::time::Instant::now() + WAIT;
+    while !redis.cli(&["PUBSUB", "CHANNELS", "*"]).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the subscription outlived the last subscriber"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn post(env: &Chatup, text: String) -> (String, chatup_tests::HttpResponse) {
+    let resp = env
+        .post_text("live", &token("alice"), text.as_bytes())
+        .await;
+    (text, resp)
+}
+
+#[tokio::test]
+async fn redis_restart_during_traffic_loses_nothing_accepted_and_repeats_nothing() {
+    let mut redis = RedisServer::start();
+    let a = host("127.0.0.2", "a", &redis.url());
+    let b = host("127.0.0.3", "b", &redis.url());
+    let mut sub_a = Subscriber::connect(&a, "/sub/live").await;
+    let mut sub_b = Subscriber::connect(&b, "/sub/live").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let mut accepted = Vec::new();
+    let mut refused = 0;
+    for i in 0..10 {
+        let (text, resp) = post(if i % 2 == 0 { &a } else { &b }, format!("before {i}")).await;
+        assert_eq!(resp.status, 200, "{}", resp.text());
+        accepted.push(text);
+    }
+
+    redis.stop();
+    for i in 0..6 {
+        let (_, resp) = post(if i % 2 == 0 { &a } else { &b }, format!("outage {i}")).await;
+        assert_eq!(
+            resp.status,
+            503,
+            "a publish while Redis is down must fail, not be accepted: {}",
+            resp.text()
+        );
+        assert_eq!(resp.error_code().as_deref(), Some("unavailable"));
+        refused += 1;
+    }
+    redis.start_again();
+
+    // Publishing works again once the sidecars have reconnected.
+    let deadline = tokio::time::Instant::now() + WAIT * 2;
+    let mut i = 0;
+    while accepted.len() < 20 {
+        let (text, resp) = post(if i % 2 == 0 { &a } else { &b }, format!("after {i}")).await;
+        i += 1;
+        match resp.status {
+            200 => accepted.push(text),
+            503 => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "publishing did not recover after Redis came back"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            other => panic!("unexpected {other}: {}", resp.text()),
+        }
+    }
+    assert_eq!(refused, 6);
+
+    for (name, sub) in [("host a", &mut sub_a), ("host b", &mut sub_b)] {
+        let (chat, events) = messages(sub, accepted.len(), WAIT * 3).await;
+        let texts: Vec<&str> = chat
+            .iter()
+            .map(|m| m["msg"].as_str().unwrap_or(""))
+            .collect();
+        assert_eq!(
+            texts, accepted,
+            "{name}: every accepted message, once, in order"
+        );
+        let unique: HashSet<(u64, u64)> = chat
+            .iter()
+            .map(|m| (m["ep"].as_u64().unwrap(), m["id"].as_u64().unwrap()))
+            .collect();
+        assert_eq!(unique.len(), chat.len(), "{name}: no duplicate");
+        // Redis came back empty: the channel has a new epoch and the client was told.
+        assert_ne!(
+            chat[0]["ep"], chat[19]["ep"],
+            "{name}: a new epoch after the restart"
+        );
+        assert!(
+            events
+                .iter()
+                .any(|e| e["ev"] == "resync" && e["data"]["ep"] == chat[19]["ep"]),
+            "{name}: subscribers are told about the new epoch: {events:?}"
+        );
+        sub.expect_no_message(Duration::from_millis(300)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_redis_cluster_carries_a_room_across_two_hosts_on_one_shard() {
+    let cluster = RedisCluster::start();
+    let nodes = cluster.nodes();
+    let start = |address: &str, id: &str| {
+        Chatup::start_with(
+            Options::default()
+                .address(address)
+                .host_id(id)
+                .redis_cluster(&nodes),
+        )
+    };
+    let a = start("127.0.0.2", "a");
+    let b = start("127.0.0.3", "b");
+    let rooms = ["alpha", "beta", "gamma", "delta"];
+    let mut subs = Vec::new();
+    for room in rooms {
+        subs.push((room, Subscriber::connect(&b, &format!("/sub/{room}")).await));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    for room in rooms {
+        for i in 1..=5u64 {
+            let ack = a.publish(room, &format!("{room} {i}")).await;
+            assert_eq!(ack["id"], i);
+        }
+    }
+    for (room, sub) in &mut subs {
+        let (chat, _) = messages(sub, 5, WAIT).await;
+        for (i, msg) in chat.iter().enumerate() {
+            let id = i as u64 + 1;
+            assert_message(msg, room, id, &format!("{room} {id}"));
+        }
+    }
+
+    // Each room's subscription sits on the shard that owns the room's keys, and nothing
+    // uses classic (broadcast) pub/sub.
+    for room in rooms {
+        let live = format!("chatup:{{{room}}}:live");
+        let owner = cluster.node_index_for(&live);
+        for i in 0..cluster.len() {
+            let shard_channels = cluster.node(i).cli(&["PUBSUB", "SHARDCHANNELS", "*"]);
+            let listed = shard_channels.lines().any(|l| l == live);
+            assert_eq!(
+                listed,
+                i == owner,
+                "{live} on node {i} (owner {owner}): {shard_channels:?}"
+            );
+            assert_eq!(cluster.node(i).cli(&["PUBSUB", "CHANNELS", "*"]), "");
+        }
+        let meta = format!("chatup:{{{room}}}:meta");
+        assert_eq!(cluster.node(owner).cli(&["HGET", &meta, "id"]), "5");
+    }
+}
