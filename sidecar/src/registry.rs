@@ -572,7 +572,7 @@ impl Reporter {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::broker::memory::{MemoryBroker, MemoryOptions};
     use crate::codec::WireCodec;
@@ -586,14 +586,14 @@ mod tests {
     use tokio_util::task::TaskTracker;
 
     /// A redis-server of our own on a free loopback port, killed when dropped.
-    struct RedisServer {
+    pub(crate) struct RedisServer {
         child: Child,
         port: u16,
     }
 
     impl RedisServer {
         /// `None` (with the reason printed) when there is no redis-server to run.
-        fn start() -> Option<Self> {
+        pub(crate) fn start() -> Option<Self> {
             if Command::new("redis-server")
                 .arg("--version")
                 .stdout(Stdio::null())
@@ -625,9 +625,13 @@ mod tests {
             panic!("redis-server did not listen on {port}");
         }
 
+        pub(crate) fn url(&self) -> String {
+            format!("redis://127.0.0.1:{}", self.port)
+        }
+
         async fn link(&self) -> RedisLink {
             let config = RedisConfig {
-                url: format!("redis://127.0.0.1:{}", self.port),
+                url: self.url(),
                 timeout_ms: 500,
                 ..RedisConfig::default()
             };

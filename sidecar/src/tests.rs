@@ -67,7 +67,11 @@ async fn start_configured(ws: WsSettings, extra: &[&str]) -> Running {
     let config = Config::load(None, Vec::new(), &sets).unwrap().config;
     let sidecar = Sidecar::start(&config, ws).await.unwrap();
     let addr = sidecar.http_addr();
-    assert_eq!(sidecar.relay_path(), Some(socket.as_path()));
+    if config.roles.worker {
+        assert_eq!(sidecar.relay_path(), Some(socket.as_path()));
+    } else {
+        assert_eq!(sidecar.relay_path(), None);
+    }
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(sidecar.run(async move {
         let _ = stopped.await;
@@ -1235,4 +1239,112 @@ async fn join_cors_follows_the_configured_origins() {
     assert_eq!(r.status, 204);
     assert!(!r.headers.contains_key("access-control-allow-origin"));
     s.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_dispatcher_alone_finds_the_hosts_reporting_to_redis() {
+    let Some(redis) = crate::registry::tests::RedisServer::start() else {
+        return;
+    };
+    let url = format!("redis.url={}", redis.url());
+    let host = start_configured(
+        WsSettings::default(),
+        &[
+            &url,
+            "host.id=chat-a",
+            "host.public_url=http://a.example",
+            "host.report_interval_ms=100",
+            "host.ttl_ms=400",
+            "roles.dispatcher=false",
+        ],
+    )
+    .await;
+    let dispatcher = start_configured(
+        WsSettings::default(),
+        &[
+            &url,
+            "roles.worker=false",
+            "dispatch.history=5",
+            // Without the worker role no publisher token is checked: no key is read.
+            "auth.public_key_file=/nonexistent/jwt-public.pem",
+        ],
+    )
+    .await;
+    // No relay socket, no publisher endpoints.
+    assert!(!dispatcher.socket.exists());
+    assert_eq!(
+        http(dispatcher.addr, "GET", "/pub", &[], b"").await.status,
+        404
+    );
+    let r = post(
+        dispatcher.addr,
+        "/pub/room",
+        Some(&token(false)),
+        "text/plain",
+        b"x",
+    )
+    .await;
+    assert_eq!(r.status, 404);
+    // And the worker alone does not dispatch.
+    assert_eq!(join(&host, "/join/room", &[], b"").await.status, 404);
+
+    let mut w = worker(&host.socket, "room").await;
+    report_stats(&mut w, &[("room", 6)]).await;
+    let r = post(
+        host.addr,
+        "/pub/room",
+        Some(&token(false)),
+        "text/plain",
+        b"hello",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+
+    // Within a report interval or two the dispatcher sees the host and its counts.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let v = loop {
+        let r = join(&dispatcher, "/join/room", &[], b"").await;
+        if r.status == 200 && r.json()["subCount"] == 6 {
+            break r.json();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} {}",
+            r.status,
+            r.body
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        v["host"],
+        json!({"id": "chat-a", "url": "http://a.example", "sub": "ws://a.example/sub/",
+               "pub": "ws://a.example/pub", "post": "http://a.example/pub/"})
+    );
+    assert_eq!(v["history"].as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(v["history"][0]["msg"], "hello");
+
+    let r = join(&dispatcher, "/join/room", &[], br#"{"failed":"chat-a"}"#).await;
+    assert_eq!(
+        (r.status, r.json()["error"]["code"].as_str()),
+        (503, Some("no_host"))
+    );
+
+    // A host that stops leaves the registry at once.
+    host.stop().await.unwrap();
+    let r = join(&dispatcher, "/join/room", &[], b"").await;
+    assert_eq!(
+        (r.status, r.json()["error"]["code"].as_str()),
+        (503, Some("no_host"))
+    );
+    dispatcher.stop().await.unwrap();
+
+    // With Redis gone, the dispatcher says so.
+    let dispatcher = start_configured(WsSettings::default(), &[&url, "roles.worker=false"]).await;
+    drop(redis);
+    let r = join(&dispatcher, "/join/room", &[], b"").await;
+    assert_eq!(
+        (r.status, r.json()["error"]["code"].as_str()),
+        (503, Some("unavailable"))
+    );
+    dispatcher.stop().await.unwrap();
 }
