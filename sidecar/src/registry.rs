@@ -1013,4 +1013,130 @@ pub(crate) mod tests {
         );
         drop(server);
     }
+
+    /// Three redis-server masters formed into a cluster with redis-cli; killed when dropped.
+    struct RedisCluster {
+        nodes: Vec<RedisServer>,
+        _dir: tempfile::TempDir,
+    }
+
+    impl RedisCluster {
+        fn start() -> Option<Self> {
+            if Command::new("redis-cli")
+                .arg("--version")
+                .stdout(Stdio::null())
+                .status()
+                .is_err()
+            {
+                eprintln!("skipping: no redis-cli on PATH (apt-get install redis-tools)");
+                return None;
+            }
+            RedisServer::start()?; // only to check that redis-server is there
+            let dir = tempfile::tempdir().unwrap();
+            let mut nodes = Vec::new();
+            for i in 0..3 {
+                let port = std::net::TcpListener::bind("127.0.0.1:0")
+                    .unwrap()
+                    .local_addr()
+                    .unwrap()
+                    .port();
+                let conf = dir.path().join(format!("nodes-{i}.conf"));
+                let child = Command::new("redis-server")
+                    .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                    .args(["--save", "", "--appendonly", "no"])
+                    .args(["--cluster-enabled", "yes", "--cluster-config-file"])
+                    .arg(&conf)
+                    .current_dir(dir.path())
+                    .stdout(Stdio::null())
+                    .spawn()
+                    .unwrap();
+                nodes.push(RedisServer { child, port });
+            }
+            for node in &nodes {
+                let deadline = std::time::Instant::now() + Duration::from_secs(5);
+                while std::net::TcpStream::connect(("127.0.0.1", node.port)).is_err() {
+                    assert!(std::time::Instant::now() < deadline, "node listens");
+                    std::thread::sleep(Duration::from_millis(25));
+                }
+            }
+            let created = Command::new("redis-cli")
+                .arg("--cluster")
+                .arg("create")
+                .args(nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)))
+                .arg("--cluster-yes")
+                .stdout(Stdio::null())
+                .status()
+                .unwrap();
+            assert!(created.success(), "redis-cli --cluster create");
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                let ok = nodes.iter().all(|n| {
+                    Command::new("redis-cli")
+                        .args(["-p", &n.port.to_string(), "cluster", "info"])
+                        .output()
+                        .is_ok_and(|o| {
+                            String::from_utf8_lossy(&o.stdout).contains("cluster_state:ok")
+                        })
+                });
+                if ok {
+                    break;
+                }
+                assert!(std::time::Instant::now() < deadline, "the cluster forms");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Some(Self { nodes, _dir: dir })
+        }
+
+        async fn link(&self) -> RedisLink {
+            let config = RedisConfig {
+                cluster_nodes: self.nodes.iter().map(RedisServer::url).collect(),
+                timeout_ms: 1000,
+                ..RedisConfig::default()
+            };
+            RedisLink::connect(&config).await.unwrap().0
+        }
+    }
+
+    #[tokio::test]
+    async fn the_registry_works_on_a_redis_cluster() {
+        let Some(cluster) = RedisCluster::start() else {
+            return;
+        };
+        let link = cluster.link().await;
+        assert!(link.is_cluster());
+        let directory = RedisDirectory::new(link.clone());
+        // Enough hosts that their count hashes sit on different nodes.
+        let mut hosts = Vec::new();
+        for i in 0..6 {
+            let mut host = Host::start().await;
+            host.viewers(&[("room", i + 1)]).await;
+            let mut reporter = host.reporter(&link, &format!("host-{i}"), 1000, 3000);
+            reporter.report().await.unwrap();
+            // Again, now as changes.
+            host.viewers(&[("room", i + 1), ("more", 1)]).await;
+            reporter.report().await.unwrap();
+            hosts.push((host, reporter));
+        }
+        let live = directory.hosts().await.unwrap();
+        assert_eq!(live.len(), 6);
+        assert_eq!(
+            directory.channel_counts("room", &live).await.unwrap(),
+            ChannelCounts {
+                subscribers: 21,
+                publishers: 0
+            }
+        );
+        assert_eq!(
+            directory
+                .channel_counts("more", &live)
+                .await
+                .unwrap()
+                .subscribers,
+            6
+        );
+        for (_, reporter) in &hosts {
+            reporter.deregister().await.unwrap();
+        }
+        assert!(directory.hosts().await.unwrap().is_empty());
+    }
 }
