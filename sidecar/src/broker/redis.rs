@@ -563,7 +563,14 @@ impl Broker for RedisBroker {
                 }
             }
         }
-        let read = match self.read(channel, self.options.history_size, 0).await {
+        // A fresh subscription needs only the newest `want`; a resume may need all of it.
+        let count = match since {
+            None => usize::try_from(want)
+                .unwrap_or(usize::MAX)
+                .min(self.options.history_size),
+            Some(_) => self.options.history_size,
+        };
+        let read = match self.read(channel, count, 0).await {
             Ok(read) => read,
             Err(e) => {
                 self.unsubscribe(channel, subscriber.id()).await;

@@ -242,3 +242,45 @@ async fn a_redis_cluster_carries_a_room_across_two_hosts_on_one_shard() {
         assert_eq!(cluster.node(owner).cli(&["HGET", &meta, "id"]), "5");
     }
 }
+
+#[tokio::test]
+async fn a_viewer_resumes_on_another_host_from_the_shared_history() {
+    let redis = RedisServer::start();
+    let a = host("127.0.0.2", "a", &redis.url());
+    let b = host("127.0.0.3", "b", &redis.url());
+    let mut viewer = Subscriber::connect(&a, "/sub/show").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for i in 1..=3 {
+        a.publish("show", &format!("seen {i}")).await;
+    }
+    let (seen, _) = messages(&mut viewer, 3, WAIT).await;
+    assert_eq!(seen.len(), 3);
+    // Built by the publish script, byte for byte as a single host builds it.
+    for raw in &viewer.raw {
+        chatup_tests::assert_key_order(raw);
+    }
+    let since = viewer.since_of("show").expect("a resume point");
+    viewer.close(1000).await;
+    drop(viewer);
+
+    // Published while the viewer is away; host B has never had the channel.
+    for i in 4..=6 {
+        a.publish("show", &format!("missed {i}")).await;
+    }
+    let mut resumed = Subscriber::connect(&b, &format!("/sub/show?since={since}")).await;
+    let (chat, events) = messages(&mut resumed, 3, WAIT).await;
+    for (i, msg) in chat.iter().enumerate() {
+        let id = i as u64 + 4;
+        assert_message(msg, "show", id, &format!("missed {id}"));
+    }
+    assert!(
+        events.is_empty(),
+        "a clean resume has no resync: {events:?}"
+    );
+    resumed.expect_no_message(Duration::from_millis(300)).await;
+
+    // And it stays live on host B.
+    a.publish("show", "live 7").await;
+    let (chat, _) = messages(&mut resumed, 1, WAIT).await;
+    assert_message(&chat[0], "show", 7, "live 7");
+}
