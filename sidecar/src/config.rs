@@ -562,6 +562,24 @@ impl Config {
                 ),
             ));
         }
+        if let Some(bad) = self
+            .host
+            .id
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':')))
+        {
+            return Err(invalid(
+                "host.id",
+                format!(
+                    "{:?} has {bad:?}; a host id may use ASCII letters, digits, '_', '-', '.' \
+                     and ':' (it becomes part of Redis key names)",
+                    self.host.id
+                ),
+            ));
+        }
+        if self.host.id.len() > 128 {
+            return Err(invalid("host.id", "must be at most 128 characters".into()));
+        }
         for (key, path) in [
             ("host.sub_path", &self.host.sub_path),
             ("host.pub_path", &self.host.pub_path),
@@ -960,6 +978,44 @@ mod tests {
             msg.contains("relay.socket_mode") && msg.contains("octal"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn many_host_settings_are_checked() {
+        let load = |sets: &[&str]| {
+            let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+            Config::load(None, env(&[]), &sets).map(|l| l.config)
+        };
+        let c = load(&["redis.url=redis://10.0.0.5:6379", "host.id=chat-1.eu:7001"]).unwrap();
+        assert!(c.redis.enabled());
+        assert!(!load(&[]).unwrap().redis.enabled());
+        for (sets, needle) in [
+            (&["host.id=chat 1"][..], "host.id"),
+            (&["host.id=a{b}"], "host.id"),
+            (&["redis.url=http://x"], "not a Redis URL"),
+            (&["redis.url=rediss://x"], "TLS tunnel"),
+            (
+                &["redis.url=redis://a", "redis.cluster_nodes=redis://b"],
+                "not both",
+            ),
+            (&["redis.cluster_nodes=b:6379"], "redis.cluster_nodes"),
+            (&["redis.key_prefix=a{b"], "hash tags"),
+            (&["redis.timeout_ms=0"], "redis.timeout_ms"),
+            (
+                &["host.public_url=chat1.example.com"],
+                "http:// or https://",
+            ),
+            (&["host.sub_path=sub"], "must start with /"),
+            (&["host.ttl_ms=1000"], "larger than host.report_interval_ms"),
+            (
+                &["roles.worker=false", "roles.dispatcher=false"],
+                "at least one",
+            ),
+            (&["roles.worker=false"], "needs Redis"),
+        ] {
+            let err = load(sets).expect_err(&format!("{sets:?} must be refused"));
+            assert!(err.to_string().contains(needle), "{sets:?}: {err}");
+        }
     }
 
     #[test]

@@ -191,10 +191,12 @@ impl RedisLink {
                     .set_response_timeout(Some(timeout))
             };
             let command_client = redis::Client::open(info.clone()).map_err(config_error)?;
-            let resp3 = info.redis_settings().clone().set_protocol(ProtocolVersion::RESP3);
+            let resp3 = info
+                .redis_settings()
+                .clone()
+                .set_protocol(ProtocolVersion::RESP3);
             let push_client =
                 redis::Client::open(info.set_redis_settings(resp3)).map_err(config_error)?;
-            let first_contact = |e: redis::RedisError| e;
             let commands = tokio::time::timeout(
                 timeout.max(CONNECT_TIMEOUT),
                 ConnectionManager::new_with_config(command_client, manager_config()),
@@ -204,7 +206,6 @@ impl RedisLink {
                 address: address.to_string(),
                 message: "no answer".into(),
             })?
-            .map_err(first_contact)
             .map_err(unavailable)?;
             let subscriptions = tokio::time::timeout(
                 timeout.max(CONNECT_TIMEOUT),
@@ -292,7 +293,10 @@ impl RedisLink {
     pub fn error(&self, e: redis::RedisError) -> RedisError {
         let address = self.address.to_string();
         let message = e.to_string();
-        if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal()
+        if e.is_io_error()
+            || e.is_timeout()
+            || e.is_connection_dropped()
+            || e.is_connection_refusal()
         {
             RedisError::Unavailable { address, message }
         } else {
