@@ -261,7 +261,6 @@ async fn two_hosts_on_their_own_addresses_with_the_memory_broker() {
 }
 
 #[tokio::test]
-#[ignore = "needs the dispatcher"]
 async fn dispatcher_sends_a_client_to_a_host_sharing_its_redis() {
     let redis = RedisServer::start();
     let a = Chatup::start_with(

@@ -6,6 +6,7 @@ mod bench;
 mod channels;
 mod config;
 mod delivery;
+mod dispatch;
 mod frames;
 mod handshake;
 mod harness_redis;

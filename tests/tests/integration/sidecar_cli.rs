@@ -143,6 +143,30 @@ fn bad_configs_fail_with_a_clear_error() {
 
     let err = failing_start(&base, &["--set", "auth.algorithms=none"]);
     assert!(!err.trim().is_empty(), "alg none refused with a message");
+
+    let err = failing_start(&base, &["--set", "redis.url=localhost:6379"]);
+    assert!(
+        err.contains("redis.url") && err.contains("not a Redis URL"),
+        "a Redis address without scheme is refused by name:\n{err}"
+    );
+}
+
+#[test]
+fn an_unreachable_redis_stops_the_start_and_is_named() {
+    let dir = tempfile::tempdir().expect("temp folder");
+    let base = base_config(dir.path());
+    // Nothing listens there: free_port only hands out ports it could bind.
+    let url = format!("redis://user:secret@127.0.0.1:{}", free_port());
+    let err = failing_start(&base, &["--set", &format!("redis.url={url}")]);
+    let shown = url.replace("user:secret@", "");
+    assert!(
+        err.contains(&format!("Redis at {shown} is unavailable")),
+        "the error names the address:\n{err}"
+    );
+    assert!(
+        !err.contains("secret"),
+        "the password is not logged:\n{err}"
+    );
 }
 
 #[test]
