@@ -3,8 +3,9 @@
 //!
 //! One process may hold at most ~20,000 open files here, so the subscribers are spread over
 //! several `chatup-bench load` processes, each bound to its own loopback source addresses
-//! (127.0.0.2, 127.0.0.3, …) so ephemeral ports do not run out. A child speaks JSON lines:
-//! progress and a report on stdout, commands on stdin.
+//! (127.0.0.2, 127.0.0.3, …) so ephemeral ports do not run out. With several chat hosts,
+//! every room's subscribers are spread evenly over the hosts' nginx. A child speaks JSON
+//! lines: progress and a report on stdout, commands on stdin.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -35,12 +36,12 @@ const MAX_LATENCY_US: u64 = 60_000_000;
 /// What a load process is asked to hold.
 #[derive(Debug, Clone, clap::Args)]
 pub struct LoadArgs {
-    /// nginx address.
-    #[arg(long)]
-    pub addr: SocketAddr,
-    /// Host header.
-    #[arg(long, default_value = "localhost")]
-    pub host: String,
+    /// nginx addresses, one per chat host.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub addr: Vec<SocketAddr>,
+    /// Host header for each address (default: the address).
+    #[arg(long, value_delimiter = ',')]
+    pub host: Vec<String>,
     /// Subscriber location prefix.
     #[arg(long, default_value = "/sub/")]
     pub sub_path: String,
@@ -118,8 +119,9 @@ pub struct LoadReport {
     pub duplicates: u64,
     /// Close codes (or "io" for a broken connection) and how many subscribers got them.
     pub close_codes: BTreeMap<String, u64>,
-    /// Publish-to-deliver latency in µs, hdrhistogram V2, base64.
-    pub latency: String,
+    /// Publish-to-deliver latency in µs, hdrhistogram V2, base64, one per chat host (in
+    /// the order of the plan's targets).
+    pub latency: Vec<String>,
 }
 
 /// One subscriber's account of its room.
@@ -168,11 +170,18 @@ struct LoadState {
     progress: Progress,
     attempts_done: usize,
     close_codes: BTreeMap<String, u64>,
-    latency: Histogram<u64>,
+    /// One per chat host.
+    latency: Vec<Histogram<u64>>,
 }
 
 fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("valid histogram bounds")
+}
+
+/// The chat host (index into the plan's targets) of global subscriber `global`: the
+/// subscribers of each room go to the hosts in turn, so every room spans every host.
+pub fn host_of(global: usize, rooms: usize, hosts: usize) -> usize {
+    (global / rooms.max(1)) % hosts.max(1)
 }
 
 /// Channel name of room `room`.
@@ -200,7 +209,7 @@ async fn child_main(args: LoadArgs) -> Result<(), BenchError> {
         progress: Progress::default(),
         attempts_done: 0,
         close_codes: BTreeMap::new(),
-        latency: new_histogram(),
+        latency: args.addr.iter().map(|_| new_histogram()).collect(),
     }));
     let permits = Rc::new(Semaphore::new(args.concurrency.max(1)));
     for i in 0..args.count {
@@ -214,7 +223,13 @@ async fn child_main(args: LoadArgs) -> Result<(), BenchError> {
         let source = (!args.sources.is_empty()).then(|| args.sources[global % args.sources.len()]);
         let state = state.clone();
         let permits = permits.clone();
-        let (addr, host) = (args.addr, args.host.clone());
+        let target = host_of(global, args.rooms, args.addr.len());
+        let addr = args.addr[target];
+        let host = args
+            .host
+            .get(target)
+            .cloned()
+            .unwrap_or_else(|| addr.to_string());
         tokio::task::spawn_local(async move {
             let permit = permits.acquire().await.ok();
             let connected =
@@ -250,7 +265,7 @@ async fn child_main(args: LoadArgs) -> Result<(), BenchError> {
                         st.subs[i].record(delivery.id);
                         if let Some(sent) = delivery.sent_ns {
                             let us = now_ns().saturating_sub(sent) / 1000;
-                            st.latency.saturating_record(us.clamp(1, MAX_LATENCY_US));
+                            st.latency[target].saturating_record(us.clamp(1, MAX_LATENCY_US));
                         }
                     }
                     Ok(Frame::Close(code)) => break code.to_string(),
@@ -321,16 +336,20 @@ fn report(
             lost += (last - first + 1) - sub.received_within(first, last);
         }
     }
-    let mut bytes = Vec::new();
-    V2Serializer::new()
-        .serialize(&st.latency, &mut bytes)
-        .map_err(|e| BenchError::Protocol(format!("serialize the histogram: {e:?}")))?;
+    let mut latency = Vec::with_capacity(st.latency.len());
+    for histogram in &st.latency {
+        let mut bytes = Vec::new();
+        V2Serializer::new()
+            .serialize(histogram, &mut bytes)
+            .map_err(|e| BenchError::Protocol(format!("serialize the histogram: {e:?}")))?;
+        latency.push(base64::engine::general_purpose::STANDARD.encode(bytes));
+    }
     Ok(LoadReport {
         progress: st.progress.clone(),
         lost,
         duplicates,
         close_codes: st.close_codes.clone(),
-        latency: base64::engine::general_purpose::STANDARD.encode(bytes),
+        latency,
     })
 }
 
@@ -355,8 +374,8 @@ pub fn decode_histogram(text: &str) -> Result<Histogram<u64>, BenchError> {
 /// How the subscribers are laid out over rooms, processes and source addresses.
 #[derive(Debug, Clone)]
 pub struct LoadPlan {
-    pub addr: SocketAddr,
-    pub host: String,
+    /// Each chat host's nginx address and the Host header for it.
+    pub targets: Vec<(SocketAddr, String)>,
     pub sub_path: String,
     pub channel_prefix: String,
     pub rooms: usize,
@@ -399,6 +418,8 @@ impl Fleet {
         let n = plan.process_count();
         let sources = plan.sources();
         let sources_arg: Vec<String> = sources.iter().map(|s| s.to_string()).collect();
+        let addrs: Vec<String> = plan.targets.iter().map(|(a, _)| a.to_string()).collect();
+        let hosts: Vec<&str> = plan.targets.iter().map(|(_, h)| h.as_str()).collect();
         let (tx, events) = mpsc::unbounded_channel();
         let mut fleet = Self {
             children: Vec::new(),
@@ -413,8 +434,8 @@ impl Fleet {
             let count = plan.subscribers / n + usize::from(k < plan.subscribers % n);
             let mut child = Command::new(&exe)
                 .arg("load")
-                .args(["--addr", &plan.addr.to_string()])
-                .args(["--host", &plan.host])
+                .args(["--addr", &addrs.join(",")])
+                .args(["--host", &hosts.join(",")])
                 .args(["--sub-path", &plan.sub_path])
                 .args(["--channel-prefix", &plan.channel_prefix])
                 .args(["--rooms", &plan.rooms.to_string()])
@@ -516,11 +537,12 @@ impl Fleet {
         }
     }
 
-    /// Asks every process for its report against `published` and adds them up.
+    /// Asks every process for its report against `published` and adds them up; the
+    /// latency comes merged, and per chat host.
     pub async fn report(
         &mut self,
         published: &BTreeMap<String, (u64, u64)>,
-    ) -> Result<(LoadReport, Histogram<u64>), BenchError> {
+    ) -> Result<(LoadReport, Histogram<u64>, Vec<Histogram<u64>>), BenchError> {
         let mut line = serde_json::to_vec(&ToLoad::Report {
             published: published.clone(),
         })?;
@@ -531,6 +553,7 @@ impl Fleet {
         }
         let mut total = LoadReport::default();
         let mut latency = new_histogram();
+        let mut per_host: Vec<Histogram<u64>> = Vec::new();
         let mut pending = self.stdins.len();
         while pending > 0 {
             let (k, event) = tokio::time::timeout(Duration::from_secs(30), self.events.recv())
@@ -545,12 +568,20 @@ impl Fleet {
                 for (code, n) in r.close_codes {
                     *total.close_codes.entry(code).or_default() += n;
                 }
-                latency
-                    .add(decode_histogram(&r.latency)?)
-                    .map_err(|e| BenchError::Protocol(format!("merge histograms: {e:?}")))?;
+                for (host, text) in r.latency.iter().enumerate() {
+                    let h = decode_histogram(text)?;
+                    if per_host.len() <= host {
+                        per_host.resize_with(host + 1, new_histogram);
+                    }
+                    for sum in [&mut latency, &mut per_host[host]] {
+                        sum.add(&h).map_err(|e| {
+                            BenchError::Protocol(format!("merge histograms: {e:?}"))
+                        })?;
+                    }
+                }
             }
         }
-        Ok((total, latency))
+        Ok((total, latency, per_host))
     }
 
     /// Closes every subscriber (the processes exit when their stdin closes).
@@ -587,8 +618,7 @@ mod tests {
     #[test]
     fn plans_processes_and_sources() {
         let plan = LoadPlan {
-            addr: "127.0.0.1:1".parse().unwrap(),
-            host: "h".into(),
+            targets: vec![("127.0.0.1:1".parse().unwrap(), "h".into())],
             sub_path: "/sub/".into(),
             channel_prefix: "c".into(),
             rooms: 1,
@@ -607,5 +637,22 @@ mod tests {
             ..plan
         };
         assert_eq!(small.process_count(), 3);
+    }
+
+    #[test]
+    fn spreads_each_room_over_the_hosts() {
+        // One room: subscribers alternate between two hosts.
+        let hosts: Vec<usize> = (0..6).map(|g| host_of(g, 1, 2)).collect();
+        assert_eq!(hosts, vec![0, 1, 0, 1, 0, 1]);
+        // Two rooms (g % 2) over two hosts: each room still has both hosts.
+        let pairs: Vec<(usize, usize)> = (0..8).map(|g| (g % 2, host_of(g, 2, 2))).collect();
+        for room in 0..2 {
+            for host in 0..2 {
+                let n = pairs.iter().filter(|p| **p == (room, host)).count();
+                assert_eq!(n, 2, "room {room} host {host}: {pairs:?}");
+            }
+        }
+        // One host: everyone on it.
+        assert!((0..10).all(|g| host_of(g, 3, 1) == 0));
     }
 }

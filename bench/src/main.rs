@@ -2,7 +2,8 @@
 //!
 //! Layout:
 //! - [`scenario`]: idle, fanout, rooms, publish and floor runs, and their one-line JSON result.
-//! - [`stack`]: the server under test (a stack the bench starts from `build/`, or `--url`).
+//! - [`stack`]: the server under test (hosts the bench starts from `build/`, one with the
+//!   memory broker or several sharing a Redis, or `--url`).
 //! - [`load`]: subscriber load spread over child processes and source addresses.
 //! - [`publish`]: publishers on the real path (`/pub` through nginx to the sidecar).
 //! - [`floor`]: the minimal server that measures what the kernel alone costs per delivery.
@@ -46,9 +47,10 @@ pub enum BenchError {
     about = "Load generator for chatup: idle subscribers, fan-out, rooms, publishers, and the \
              kernel floor",
     long_about = "Load generator for chatup. By default it starts its own stack (nginx with the \
-                  module and chatup-sidecar from build/) on free loopback ports; with --url it \
-                  measures a chatup that is already running. Progress goes to stderr; the \
-                  result is one JSON line on stdout."
+                  module and chatup-sidecar from build/) on free loopback ports; with --broker \
+                  redis --hosts N it starts N such hosts sharing a Redis (its own, or \
+                  --redis-url); with --url it measures a chatup that is already running. \
+                  Progress goes to stderr; the result is one JSON line on stdout."
 )]
 struct Cli {
     #[command(subcommand)]

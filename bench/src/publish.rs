@@ -87,8 +87,9 @@ pub enum Pace {
 /// What every publisher socket shares.
 #[derive(Debug, Clone)]
 pub struct PublishPlan {
-    /// `ws://host:port/pub`.
-    pub url: String,
+    /// `ws://host:port/pub` of each chat host publishers use; socket k uses the
+    /// (k mod n)-th.
+    pub urls: Vec<String>,
     pub token: String,
     pub channels: Vec<String>,
     pub size: usize,
@@ -122,8 +123,11 @@ fn ws_err(e: tokio_tungstenite::tungstenite::Error) -> BenchError {
 pub async fn run(plan: &PublishPlan) -> Result<PublishStats, BenchError> {
     let stats = Arc::new(Mutex::new(PublishStats::new()));
     let mut sockets = Vec::with_capacity(plan.sockets);
-    for _ in 0..plan.sockets.max(1) {
-        sockets.push(open(&plan.url, &plan.token).await?);
+    if plan.urls.is_empty() {
+        return Err(BenchError::Setup("no publisher URL".into()));
+    }
+    for k in 0..plan.sockets.max(1) {
+        sockets.push(open(&plan.urls[k % plan.urls.len()], &plan.token).await?);
     }
     let start = Instant::now();
     let mut tasks = Vec::new();

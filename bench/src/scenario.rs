@@ -20,7 +20,7 @@ use crate::floor::{FloorCommand, FloorEvent};
 use crate::load::{room_channel, Fleet, LoadPlan};
 use crate::procfs::{self, CpuMeter, CpuTimes};
 use crate::publish::{self, Pace, PublishPlan};
-use crate::stack::{Stack, StackArgs};
+use crate::stack::{redact, Broker, Stack, StackArgs};
 use crate::BenchError;
 
 #[derive(Debug, clap::Subcommand)]
@@ -223,11 +223,13 @@ fn parse_seconds(text: &str) -> Result<f64, String> {
 
 /// The server under test, however it came to be.
 struct Target {
-    addr: SocketAddr,
-    host: String,
+    /// Each chat host's nginx address and Host header; publishers of a delivery run use
+    /// the first.
+    hosts: Vec<(SocketAddr, String)>,
     stack: Option<Stack>,
     nginx_master: Option<u32>,
-    sidecar: Option<u32>,
+    sidecars: Vec<u32>,
+    redis: Option<u32>,
     token: Option<String>,
     key: Option<PathBuf>,
     args: TargetArgs,
@@ -251,23 +253,26 @@ impl Target {
                 .find(SocketAddr::is_ipv4)
                 .ok_or_else(|| BenchError::Setup(format!("--url {url:?}: no IPv4 address")))?;
             return Ok(Self {
-                addr,
-                host: hostport.to_owned(),
+                hosts: vec![(addr, hostport.to_owned())],
                 stack: None,
                 nginx_master: args.nginx_pid,
-                sidecar: args.sidecar_pid,
+                sidecars: args.sidecar_pid.into_iter().collect(),
+                redis: None,
                 token: args.token.clone(),
                 key: args.key.clone(),
                 args: args.clone(),
             });
         }
         let stack = args.stack.start()?;
-        let addr = SocketAddr::from(([127, 0, 0, 1], stack.port));
         Ok(Self {
-            addr,
-            host: addr.to_string(),
+            hosts: stack
+                .addrs()
+                .into_iter()
+                .map(|a| (a, a.to_string()))
+                .collect(),
             nginx_master: None,
-            sidecar: Some(stack.sidecar_pid()),
+            sidecars: stack.sidecar_pids(),
+            redis: stack.redis_pid().or(args.stack.redis_pid),
             token: None,
             key: Some(stack.private_key.clone()),
             stack: Some(stack),
@@ -293,10 +298,17 @@ impl Target {
         }
     }
 
+    /// The publisher WebSocket URL of each host.
+    fn pub_urls(&self) -> Vec<String> {
+        self.hosts
+            .iter()
+            .map(|(_, host)| format!("ws://{host}{}", self.args.pub_path))
+            .collect()
+    }
+
     fn load_plan(&self, prefix: &str, rooms: usize, subscribers: usize) -> LoadPlan {
         LoadPlan {
-            addr: self.addr,
-            host: self.host.clone(),
+            targets: self.hosts.clone(),
             sub_path: self.args.sub_path.clone(),
             channel_prefix: prefix.to_owned(),
             rooms,
@@ -310,12 +322,23 @@ impl Target {
     /// What the result says about the server.
     fn describe(&self) -> Value {
         match &self.stack {
-            Some(_) => json!({
-                "started_by_bench": true,
-                "workers": self.args.stack.workers,
-                "broker": self.args.stack.broker,
-                "cache_messages": self.args.stack.cache,
-            }),
+            Some(_) => {
+                let stack = &self.args.stack;
+                let mut server = json!({
+                    "started_by_bench": true,
+                    "workers": stack.workers,
+                    "broker": stack.broker,
+                    "hosts": stack.hosts,
+                    "cache_messages": stack.cache,
+                });
+                if stack.broker == Broker::Redis {
+                    server["redis"] = match &stack.redis_url {
+                        None => json!({"started_by_bench": true}),
+                        Some(url) => json!({"started_by_bench": false, "url": redact(url)}),
+                    };
+                }
+                server
+            }
             None => json!({
                 "started_by_bench": false,
                 "url": self.args.url,
@@ -460,14 +483,18 @@ async fn deliver(target_args: TargetArgs, spec: DeliverySpec) -> Result<Value, B
     let connect_seconds = connect_all(&mut fleet, spec.name, spec.subscribers).await?;
 
     let workers = target.worker_pids();
-    let sidecar: Vec<u32> = target.sidecar.into_iter().collect();
+    let sidecar = target.sidecars.clone();
+    let redis: Vec<u32> = target.redis.into_iter().collect();
     let nginx_cpu = CpuMeter::start(&workers);
     let sidecar_cpu = CpuMeter::start(&sidecar);
+    let redis_cpu = CpuMeter::start(&redis);
     let load_cpu = CpuMeter::start(&fleet.pids);
     let machine_start = CpuTimes::now();
 
+    // Publishers use the first host only: with several hosts, the subscribers on the
+    // others get every message through the broker.
     let plan = PublishPlan {
-        url: format!("ws://{}{}", target.host, target_args.pub_path),
+        urls: target.pub_urls().into_iter().take(1).collect(),
         token,
         channels: (0..spec.rooms).map(|r| room_channel(&prefix, r)).collect(),
         size: spec.size,
@@ -502,11 +529,12 @@ async fn deliver(target_args: TargetArgs, spec: DeliverySpec) -> Result<Value, B
     drain(&mut fleet, expected, spec.name).await?;
     let nginx_used = nginx_cpu.used();
     let sidecar_used = sidecar_cpu.used();
+    let redis_used = redis_cpu.used();
     let load_used = load_cpu.used();
     let machine_end = CpuTimes::now();
     let window = started.elapsed().as_secs_f64();
 
-    let (report, latency) = fleet.report(&stats.published).await?;
+    let (report, latency, per_host) = fleet.report(&stats.published).await?;
     fleet.stop().await;
     let delivered = report.progress.received;
     let published: u64 = stats.published.values().map(|(a, b)| b - a + 1).sum();
@@ -544,6 +572,14 @@ async fn deliver(target_args: TargetArgs, spec: DeliverySpec) -> Result<Value, B
         result["sidecar_cpu_s"] = round(sidecar_used.as_secs_f64(), 3).into();
         result["sidecar_cpu_us_per_message"] = per(sidecar_used, published);
     }
+    if !redis.is_empty() {
+        result["redis_cpu_s"] = round(redis_used.as_secs_f64(), 3).into();
+        result["redis_cpu_us_per_message"] = per(redis_used, published);
+    }
+    if per_host.len() > 1 {
+        // Host 0 takes the publishers; the others get every message through the broker.
+        result["latency_ms_by_host"] = per_host.iter().map(percentiles_ms).collect();
+    }
     Ok(result)
 }
 
@@ -576,8 +612,9 @@ pub async fn publish_flood(args: PublishArgs) -> Result<Value, BenchError> {
     }
     let target = Target::open(&args.target)?;
     let prefix = run_prefix("publish");
+    // Publisher sockets go to the hosts in turn.
     let plan = PublishPlan {
-        url: format!("ws://{}{}", target.host, args.target.pub_path),
+        urls: target.pub_urls(),
         token: target.token()?,
         channels: (0..args.channels)
             .map(|r| room_channel(&prefix, r))
@@ -588,15 +625,18 @@ pub async fn publish_flood(args: PublishArgs) -> Result<Value, BenchError> {
         duration: Duration::from_secs_f64(args.duration),
     };
     let workers = target.worker_pids();
-    let sidecar: Vec<u32> = target.sidecar.into_iter().collect();
+    let redis: Vec<u32> = target.redis.into_iter().collect();
     let nginx_cpu = CpuMeter::start(&workers);
-    let sidecar_cpu = CpuMeter::start(&sidecar);
+    let sidecar_cpu = CpuMeter::start(&target.sidecars);
+    let redis_cpu = CpuMeter::start(&redis);
     let machine_start = CpuTimes::now();
     eprintln!(
         "[publish] {} sockets, {} in flight each, for {} s",
         args.publishers, args.window, args.duration
     );
     let stats = publish::run(&plan).await?;
+    let (sidecar_used, nginx_used, redis_used) =
+        (sidecar_cpu.used(), nginx_cpu.used(), redis_cpu.used());
     let machine_end = CpuTimes::now();
     let gaps: u64 = stats
         .published
@@ -604,7 +644,7 @@ pub async fn publish_flood(args: PublishArgs) -> Result<Value, BenchError> {
         .map(|(ch, (a, b))| (b - a + 1).saturating_sub(stats.acked_per_channel[ch]))
         .sum();
     let secs = stats.elapsed.as_secs_f64().max(1e-9);
-    Ok(json!({
+    let mut result = json!({
         "scenario": "publish",
         "server": target.describe(),
         "publishers": args.publishers,
@@ -619,11 +659,15 @@ pub async fn publish_flood(args: PublishArgs) -> Result<Value, BenchError> {
         "unacked": stats.sent.saturating_sub(stats.acked + stats.errors.values().sum::<u64>()),
         "id_gaps": gaps,
         "ack_latency_ms": percentiles_ms(&stats.ack_latency),
-        "sidecar_cpu_us_per_message": per(sidecar_cpu.used(), stats.acked),
-        "nginx_cpu_us_per_message": per(nginx_cpu.used(), stats.acked),
+        "sidecar_cpu_us_per_message": per(sidecar_used, stats.acked),
+        "nginx_cpu_us_per_message": per(nginx_used, stats.acked),
         "steal_pct": round(machine_end.steal_pct_since(&machine_start), 1),
         "machine_busy_pct": round(machine_end.busy_pct_since(&machine_start), 1),
-    }))
+    });
+    if !redis.is_empty() {
+        result["redis_cpu_us_per_message"] = per(redis_used, stats.acked);
+    }
+    Ok(result)
 }
 
 pub async fn floor(args: FloorArgs) -> Result<Value, BenchError> {
@@ -661,8 +705,7 @@ pub async fn floor(args: FloorArgs) -> Result<Value, BenchError> {
         .map_err(|e| BenchError::Protocol(format!("floor address {addr:?}: {e}")))?;
     let channel = "floor".to_owned();
     let plan = LoadPlan {
-        addr,
-        host: addr.to_string(),
+        targets: vec![(addr, addr.to_string())],
         sub_path: "/sub/".into(),
         channel_prefix: channel.clone(),
         rooms: 1,
@@ -700,7 +743,7 @@ pub async fn floor(args: FloorArgs) -> Result<Value, BenchError> {
     let load_used = load_cpu.used();
     let machine_end = CpuTimes::now();
     let published = BTreeMap::from([(channel_name, (sent.first, sent.last))]);
-    let (report, latency) = fleet.report(&published).await?;
+    let (report, latency, _) = fleet.report(&published).await?;
     fleet.stop().await;
     drop(stdin);
     let _ = tokio::time::timeout(Duration::from_secs(5), server.wait()).await;

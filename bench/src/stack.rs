@@ -1,9 +1,21 @@
-//! The server under test: either a chatup stack the bench starts itself (nginx with the
-//! module and the sidecar, from `build/`, in a temp folder, on free loopback ports), or one
-//! an operator already runs (`--url`).
+//! The server under test: either a chatup deployment the bench starts itself (from
+//! `build/`, in a temp folder, on free loopback ports), or one an operator already runs
+//! (`--url`).
+//!
+//! A deployment the bench starts is one or more chat hosts, each a complete nginx (with the
+//! module) and sidecar with its own ports, relay socket and `[host] id`. With the memory
+//! broker there is exactly one host; with `--broker redis` every host's sidecar uses the
+//! same Redis: one the bench starts (no persistence, in its temp folder) or the operator's
+//! (`--redis-url`).
+//!
+//! The hosts differ by port, all on 127.0.0.1: every 127/8 address goes through the same
+//! loopback device and TCP stack, so separate addresses would measure the same path, and
+//! the source addresses the subscriber load binds (127.0.0.2 and up) stay apart from the
+//! servers'.
 
 use std::fs;
-use std::net::{TcpListener, TcpStream};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -17,6 +29,8 @@ use crate::BenchError;
 pub enum Broker {
     /// The sidecar's embedded broker (one host, no Redis).
     Memory,
+    /// Redis: every host's sidecar shares one Redis (the bench's own, or --redis-url).
+    Redis,
 }
 
 /// How the bench starts its own stack.
@@ -27,12 +41,28 @@ pub struct StackArgs {
     /// them, else ./build.
     #[arg(long, value_name = "DIR")]
     pub build_dir: Option<PathBuf>,
-    /// nginx worker processes.
+    /// nginx worker processes (on each host).
     #[arg(long, default_value_t = 1)]
     pub workers: u32,
-    /// Broker of the sidecar.
+    /// Broker of the sidecars.
     #[arg(long, value_enum, default_value_t = Broker::Memory)]
     pub broker: Broker,
+    /// Chat hosts (nginx + sidecar each, on their own ports). More than one needs
+    /// --broker redis.
+    #[arg(
+        long,
+        default_value_t = 1,
+        conflicts_with = "url",
+        value_parser = clap::value_parser!(u32).range(1..=16)
+    )]
+    pub hosts: u32,
+    /// With --broker redis: use this Redis (`redis://[user:password@]host:port[/db]`)
+    /// instead of starting one. The bench's keys get a prefix of their own and expire.
+    #[arg(long, value_name = "URL", conflicts_with = "url")]
+    pub redis_url: Option<String>,
+    /// With --redis-url: the redis-server's pid, to read its CPU (same machine only).
+    #[arg(long, value_name = "PID", requires = "redis_url")]
+    pub redis_pid: Option<u32>,
     /// `chatup_cache_messages`.
     #[arg(long, default_value_t = 100)]
     pub cache: u32,
@@ -44,16 +74,59 @@ pub struct StackArgs {
     pub keep: bool,
 }
 
-/// A stack the bench started; dropping it stops both processes.
+/// A deployment the bench started; dropping it stops every process.
 pub struct Stack {
     dir: Option<tempfile::TempDir>,
-    nginx: Child,
-    sidecar: Child,
-    pub port: u16,
+    /// Stopped before Redis, so no sidecar sees it go.
+    hosts: Vec<Host>,
+    redis: Option<RedisServer>,
     pub private_key: PathBuf,
 }
 
+/// One chat host: nginx with the module and its sidecar.
+struct Host {
+    nginx: Child,
+    sidecar: Child,
+    port: u16,
+    sidecar_port: u16,
+    relay: PathBuf,
+    folder: PathBuf,
+}
+
+/// Where the sidecars' Redis is.
+enum RedisPlan {
+    /// The bench starts one.
+    Own,
+    /// The operator's.
+    External(String),
+}
+
 impl StackArgs {
+    /// Refuses combinations that cannot work, before anything is started.
+    pub fn check(&self) -> Result<(), BenchError> {
+        if self.broker == Broker::Memory && self.hosts > 1 {
+            return Err(BenchError::Setup(format!(
+                "--hosts {} needs --broker redis: the memory broker keeps channels inside one \
+                 sidecar, so it serves exactly one host",
+                self.hosts
+            )));
+        }
+        if self.broker == Broker::Memory && self.redis_url.is_some() {
+            return Err(BenchError::Setup(
+                "--redis-url needs --broker redis (the memory broker uses no Redis)".into(),
+            ));
+        }
+        if let Some(url) = &self.redis_url {
+            if !(url.starts_with("redis://") || url.starts_with("unix://")) {
+                return Err(BenchError::Setup(format!(
+                    "--redis-url {:?}: use redis://host:port (or unix:///path/to/redis.sock)",
+                    redact(url)
+                )));
+            }
+        }
+        Ok(())
+    }
+
     fn resolve_build_dir(&self) -> Result<PathBuf, BenchError> {
         let holds_all = |d: &Path| {
             ["nginx", "ngx_http_chatup_module.so", "chatup-sidecar"]
@@ -108,34 +181,101 @@ impl StackArgs {
             })
     }
 
-    /// Starts the sidecar, then nginx, and waits until both answer.
+    fn redis_plan(&self) -> Option<RedisPlan> {
+        match (self.broker, &self.redis_url) {
+            (Broker::Memory, _) => None,
+            (Broker::Redis, None) => Some(RedisPlan::Own),
+            (Broker::Redis, Some(url)) => Some(RedisPlan::External(url.clone())),
+        }
+    }
+
+    /// Starts Redis (when the bench runs its own), then each host's sidecar and nginx, and
+    /// waits until all of them answer.
     pub fn start(&self) -> Result<Stack, BenchError> {
+        self.check()?;
         let build = self.resolve_build_dir()?;
         let keys = self.resolve_keys(&build)?;
         let dir = tempfile::Builder::new().prefix("chatup-bench-").tempdir()?;
-        let d = dir.path();
+        let d = dir.path().to_path_buf();
+        let abs = |p: PathBuf| fs::canonicalize(&p).unwrap_or(p);
+        let (build, keys) = (abs(build), abs(keys));
+        let mut stack = Stack {
+            dir: Some(dir),
+            hosts: Vec::new(),
+            redis: None,
+            private_key: keys.join("jwt-private.pem"),
+        };
+        if self.keep {
+            if let Some(dir) = stack.dir.take() {
+                eprintln!("stack folder kept: {}", dir.keep().display());
+            }
+        }
+        let redis = match self.redis_plan() {
+            None => None,
+            Some(RedisPlan::External(url)) => Some(RedisLink {
+                url,
+                key_prefix: run_key_prefix(),
+            }),
+            Some(RedisPlan::Own) => {
+                let server = RedisServer::start(&d.join("redis"))?;
+                let url = format!("redis://{}", server.addr);
+                stack.redis = Some(server);
+                Some(RedisLink {
+                    url,
+                    key_prefix: run_key_prefix(),
+                })
+            }
+        };
+
+        for i in 0..self.hosts as usize {
+            let host = self.start_host(&d.join(format!("host{i}")), i, &build, &keys, &redis)?;
+            stack.hosts.push(host);
+        }
+        for host in &mut stack.hosts {
+            host.wait_ready(self.workers as usize)?;
+        }
+        // Workers connect their relay as they start; give them a moment.
+        std::thread::sleep(Duration::from_millis(300));
+        Ok(stack)
+    }
+
+    fn start_host(
+        &self,
+        d: &Path,
+        index: usize,
+        build: &Path,
+        keys: &Path,
+        redis: &Option<RedisLink>,
+    ) -> Result<Host, BenchError> {
         fs::create_dir_all(d.join("temp"))?;
         let port = free_port()?;
         let sidecar_port = free_port()?;
         let relay = d.join("relay.sock");
-        let abs = |p: PathBuf| fs::canonicalize(&p).unwrap_or(p);
-        let (build, keys) = (abs(build), abs(keys));
 
-        fs::write(
-            d.join("chatup.toml"),
-            format!(
-                "[relay]\nsocket = {relay:?}\nsocket_mode = \"0666\"\n\n\
-                 [http]\nlisten = \"127.0.0.1:{sidecar_port}\"\n\n\
-                 [auth]\npublic_key_file = {public:?}\n\n[log]\nlevel = \"warn\"\n",
-                relay = relay.display().to_string(),
-                public = keys.join("jwt-public.pem").display().to_string(),
-            ),
-        )?;
+        let mut toml = format!(
+            "[relay]\nsocket = {relay:?}\nsocket_mode = \"0666\"\n\n\
+             [http]\nlisten = \"127.0.0.1:{sidecar_port}\"\n\n\
+             [auth]\npublic_key_file = {public:?}\n\n[log]\nlevel = \"warn\"\n",
+            relay = relay.display().to_string(),
+            public = keys.join("jwt-public.pem").display().to_string(),
+        );
+        if let Some(redis) = redis {
+            // Keys of their own (this run's prefix) that do not outlive the run by much,
+            // for when the Redis is the operator's.
+            toml.push_str(&format!(
+                "\n[redis]\nurl = {url:?}\nkey_prefix = {prefix:?}\n\n\
+                 [history]\nttl_seconds = {REDIS_KEY_TTL_SECONDS}\n\n\
+                 [host]\nid = \"bench-{index}\"\npublic_url = \"http://127.0.0.1:{port}\"\n",
+                url = redis.url,
+                prefix = redis.key_prefix,
+            ));
+        }
+        fs::write(d.join("chatup.toml"), toml)?;
         fs::write(
             d.join("nginx.conf"),
             nginx_conf(
                 d,
-                &build,
+                build,
                 self.workers,
                 self.cache,
                 port,
@@ -161,93 +301,249 @@ impl StackArgs {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(fs::File::create(d.join("nginx.err"))?)
-            .spawn()?;
-        let mut stack = Stack {
-            dir: Some(dir),
+            .spawn();
+        let nginx = match nginx {
+            Ok(n) => n,
+            Err(e) => {
+                stop_child(sidecar);
+                return Err(e.into());
+            }
+        };
+        Ok(Host {
             nginx,
             sidecar,
             port,
-            private_key: keys.join("jwt-private.pem"),
-        };
-        if self.keep {
-            if let Some(dir) = stack.dir.take() {
-                eprintln!("stack folder kept: {}", dir.keep().display());
-            }
+            sidecar_port,
+            relay,
+            folder: d.to_path_buf(),
+        })
+    }
+}
+
+/// A Redis the sidecars are pointed at.
+struct RedisLink {
+    url: String,
+    key_prefix: String,
+}
+
+/// How long a channel's keys live after its last publish when the bench uses Redis: enough
+/// for any run, short enough that an operator's Redis forgets the bench soon.
+const REDIS_KEY_TTL_SECONDS: u64 = 600;
+
+/// A key prefix no other run (nor a real deployment) uses.
+fn run_key_prefix() -> String {
+    format!(
+        "chatup-bench-{:x}-{}",
+        crate::payload::now_ns() / 1_000_000,
+        std::process::id()
+    )
+}
+
+/// A Redis URL without its password, fit for a result line.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://***{}", &url[..scheme], &url[at..])
         }
-        stack.wait_ready(sidecar_port, self.workers as usize, &relay)?;
-        Ok(stack)
+        _ => url.to_owned(),
     }
 }
 
 impl Stack {
-    fn folder(&self) -> String {
-        self.dir
-            .as_ref()
-            .map(|d| d.path().display().to_string())
-            .unwrap_or_else(|| "(kept folder)".into())
+    /// Each host's nginx address.
+    pub fn addrs(&self) -> Vec<SocketAddr> {
+        self.hosts
+            .iter()
+            .map(|h| SocketAddr::from(([127, 0, 0, 1], h.port)))
+            .collect()
     }
 
-    fn wait_ready(
-        &mut self,
-        sidecar_port: u16,
-        workers: usize,
-        relay: &Path,
-    ) -> Result<(), BenchError> {
+    /// The nginx workers of every host.
+    pub fn worker_pids(&self) -> Vec<u32> {
+        self.hosts
+            .iter()
+            .flat_map(|h| procfs::children_of(h.nginx.id()))
+            .collect()
+    }
+
+    /// Every host's sidecar.
+    pub fn sidecar_pids(&self) -> Vec<u32> {
+        self.hosts.iter().map(|h| h.sidecar.id()).collect()
+    }
+
+    /// The redis-server the bench started, if it did.
+    pub fn redis_pid(&self) -> Option<u32> {
+        self.redis.as_ref().map(|r| r.child.id())
+    }
+}
+
+impl Host {
+    fn folder(&self) -> String {
+        if self.folder.exists() {
+            self.folder.display().to_string()
+        } else {
+            "(removed temp folder)".into()
+        }
+    }
+
+    fn wait_ready(&mut self, workers: usize) -> Result<(), BenchError> {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(Some(status)) = self.sidecar.try_wait() {
                 return Err(BenchError::Setup(format!(
-                    "chatup-sidecar exited ({status}); see its log in {}",
-                    self.folder()
+                    "chatup-sidecar exited ({status}); its log: {}",
+                    tail(&self.folder.join("sidecar.err"))
                 )));
             }
             if let Ok(Some(status)) = self.nginx.try_wait() {
                 return Err(BenchError::Setup(format!(
-                    "nginx exited ({status}); see error.log and nginx.err in {}",
-                    self.folder()
+                    "nginx exited ({status}); its log: {}",
+                    tail(&self.folder.join("error.log"))
                 )));
             }
-            let up = TcpStream::connect(("127.0.0.1", sidecar_port)).is_ok()
-                && relay.exists()
+            let up = TcpStream::connect(("127.0.0.1", self.sidecar_port)).is_ok()
+                && self.relay.exists()
                 && TcpStream::connect(("127.0.0.1", self.port)).is_ok()
-                && self.worker_pids().len() == workers;
+                && procfs::children_of(self.nginx.id()).len() == workers;
             if up {
-                // Workers connect their relay as they start; give them a moment.
-                std::thread::sleep(Duration::from_millis(300));
                 return Ok(());
             }
             if Instant::now() > deadline {
                 return Err(BenchError::Setup(format!(
-                    "nginx and the sidecar did not come up within 20 s; logs in {}",
+                    "nginx and the sidecar did not come up within 20 s; logs in {} (--keep \
+                     keeps them)",
                     self.folder()
                 )));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
     }
-
-    pub fn worker_pids(&self) -> Vec<u32> {
-        procfs::children_of(self.nginx.id())
-    }
-
-    pub fn sidecar_pid(&self) -> u32 {
-        self.sidecar.id()
-    }
 }
 
 impl Drop for Stack {
     fn drop(&mut self) {
-        for child in [&mut self.nginx, &mut self.sidecar] {
-            // SAFETY: kill(2) with the pid of a child we have not reaped yet.
-            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+        for host in self.hosts.drain(..) {
+            stop_child(host.nginx);
+            stop_child(host.sidecar);
+        }
+        if let Some(redis) = self.redis.take() {
+            stop_child(redis.child);
         }
     }
+}
+
+/// SIGTERM, up to 10 s to exit, then SIGKILL.
+fn stop_child(mut child: Child) {
+    // SAFETY: kill(2) with the pid of a child we have not reaped yet.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// The last lines of a log, for an error message.
+fn tail(path: &Path) -> String {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    let tail = lines[lines.len().saturating_sub(5)..].join("\n");
+    if tail.is_empty() {
+        format!("{} is empty", path.display())
+    } else {
+        tail
+    }
+}
+
+/// A redis-server the bench runs: a free port of 127.0.0.1, no persistence, its folder
+/// inside the bench's.
+struct RedisServer {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl RedisServer {
+    fn start(dir: &Path) -> Result<Self, BenchError> {
+        fs::create_dir_all(dir)?;
+        let program = redis_server_program()?;
+        // Another process may take the free port before redis-server binds it: try others.
+        let mut last_error = String::new();
+        for _ in 0..5 {
+            let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+            let log = dir.join("redis.log");
+            let _ = fs::remove_file(&log);
+            let mut child = Command::new(&program)
+                .args(["--bind", "127.0.0.1", "--port", &addr.port().to_string()])
+                .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+                .arg("--dir")
+                .arg(dir)
+                .arg("--logfile")
+                .arg(&log)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(fs::File::create(dir.join("redis.err"))?)
+                .spawn()
+                .map_err(|e| {
+                    BenchError::Setup(format!(
+                        "start {}: {e} (scripts/setup installs redis-server)",
+                        program.display()
+                    ))
+                })?;
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                if let Ok(Some(status)) = child.try_wait() {
+                    last_error = format!("redis-server exited ({status}): {}", tail(&log));
+                    break;
+                }
+                if ping(addr) {
+                    return Ok(Self { child, addr });
+                }
+                if Instant::now() > deadline {
+                    stop_child(child);
+                    return Err(BenchError::Setup(format!(
+                        "redis-server on {addr} did not answer PING within 10 s: {}",
+                        tail(&log)
+                    )));
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if !last_error.contains("Address already in use") {
+                break;
+            }
+        }
+        Err(BenchError::Setup(last_error))
+    }
+}
+
+/// redis-server from PATH, else /usr/bin/redis-server.
+fn redis_server_program() -> Result<PathBuf, BenchError> {
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .chain([PathBuf::from("/usr/bin")])
+        .map(|d| d.join("redis-server"))
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            BenchError::Setup(
+                "--broker redis starts a redis-server, and none is installed (scripts/setup \
+                 installs it); or pass --redis-url for a running Redis"
+                    .into(),
+            )
+        })
+}
+
+/// Whether a Redis answers PING at `addr`.
+fn ping(addr: SocketAddr) -> bool {
+    let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+    if stream.write_all(b"PING\r\n").is_err() {
+        return false;
+    }
+    let mut reply = [0u8; 7];
+    stream.read_exact(&mut reply).is_ok() && &reply == b"+PONG\r\n"
 }
 
 fn free_port() -> Result<u16, BenchError> {
