@@ -82,8 +82,26 @@ fn is_fanout_5000(v: &Value) -> bool {
         && f(v, &["rate_per_room"]) == Some(10.0)
 }
 
-fn is_sidecar_path(v: &Value) -> bool {
+/// The run's broker; runs against `--url` (and older results) say none: memory.
+fn broker(v: &Value) -> &str {
+    v["server"]["broker"].as_str().unwrap_or("memory")
+}
+
+/// The run's chat hosts (1 when the result does not say).
+fn hosts(v: &Value) -> u64 {
+    v["server"]["hosts"].as_u64().unwrap_or(1)
+}
+
+fn is_fanout_100_at_1000(v: &Value) -> bool {
     v["scenario"] == "fanout" && v["subscribers"] == 100 && f(v, &["rate_per_room"]) == Some(1000.0)
+}
+
+fn is_sidecar_path(v: &Value) -> bool {
+    is_fanout_100_at_1000(v) && broker(v) == "memory" && hosts(v) == 1
+}
+
+fn is_redis_path(v: &Value) -> bool {
+    is_fanout_100_at_1000(v) && broker(v) == "redis" && hosts(v) == 2
 }
 
 fn is_idle_50k(v: &Value) -> bool {
@@ -132,8 +150,16 @@ const TARGETS: &[Target] = &[
         unit: "ms",
     },
     Target {
+        name: "through Redis, 2 hosts, 100 subscribers × 1,000 msg/s: latency p99",
+        applies: is_redis_path,
+        figure: |v| f(v, &["latency_ms", "p99"]),
+        met: |x| x <= 10.0,
+        bound: "≤ 10",
+        unit: "ms",
+    },
+    Target {
         name: "publish: acked messages/s through one sidecar",
-        applies: |v| v["scenario"] == "publish",
+        applies: |v| v["scenario"] == "publish" && broker(v) == "memory" && hosts(v) == 1,
         figure: |v| f(v, &["acked_per_s"]),
         met: |x| x >= 20_000.0,
         bound: "≥ 20,000",
@@ -231,12 +257,13 @@ fn render(runs: &[Value], source: &Path) -> String {
         let _ = writeln!(md, "#### {scenario}\n");
         let _ = writeln!(md, "```sh\n{}\n```\n", r["command"].as_str().unwrap_or("?"));
         let _ = writeln!(md, "| figure | value |\n|---|---|");
-        for (label, path) in figures(scenario) {
-            let value = path.iter().try_fold(r, |v, k| v.get(*k));
+        for (label, path) in figures(scenario, r) {
+            let value = path.iter().try_fold(r, |v, k| at(v, k));
             let shown = match value {
                 None | Some(Value::Null) => continue,
                 Some(Value::Number(_)) => num(value.and_then(Value::as_f64)),
                 Some(Value::Object(m)) if m.is_empty() => "none".into(),
+                Some(Value::String(text)) => text.clone(),
                 Some(other) => other.to_string(),
             };
             let _ = writeln!(md, "| {label} | {shown} |");
@@ -247,16 +274,25 @@ fn render(runs: &[Value], source: &Path) -> String {
     md
 }
 
-type Row = (String, Vec<&'static str>);
+/// A figure's label and its path in the result (an array is indexed by a number).
+type Row = (String, Vec<String>);
 
-fn rows(list: &[(&str, &[&'static str])]) -> Vec<Row> {
+fn rows(list: &[(&str, &[&str])]) -> Vec<Row> {
     list.iter()
-        .map(|(l, p)| (l.to_string(), p.to_vec()))
+        .map(|(l, p)| (l.to_string(), p.iter().map(|k| k.to_string()).collect()))
         .collect()
 }
 
+/// `v[key]`, where `key` indexes an array when `v` is one.
+fn at<'a>(v: &'a Value, key: &str) -> Option<&'a Value> {
+    match v {
+        Value::Array(items) => items.get(key.parse::<usize>().ok()?),
+        _ => v.get(key),
+    }
+}
+
 /// Percentile rows of the latency histogram at `key`, labelled `what`.
-fn latency_rows(key: &'static str, what: &str) -> Vec<Row> {
+fn latency_rows(key: &str, what: &str) -> Vec<Row> {
     [
         ("p50", "p50"),
         ("p90", "p90"),
@@ -265,15 +301,40 @@ fn latency_rows(key: &'static str, what: &str) -> Vec<Row> {
         ("max", "max"),
     ]
     .iter()
-    .map(|(label, field)| (format!("{what} {label} (ms)"), vec![key, *field]))
+    .map(|(label, field)| {
+        (
+            format!("{what} {label} (ms)"),
+            vec![key.to_owned(), field.to_string()],
+        )
+    })
     .collect()
 }
 
-fn figures(scenario: &str) -> Vec<Row> {
+/// p50 and p99 of the subscribers on each chat host (host 0 takes the publishers).
+fn per_host_rows(run: &Value) -> Vec<Row> {
+    let hosts = run["latency_ms_by_host"].as_array().map_or(0, Vec::len);
+    (0..hosts)
+        .flat_map(|h| {
+            ["p50", "p99"].map(|q| {
+                (
+                    format!("latency {q} on host {h} (ms)"),
+                    vec!["latency_ms_by_host".into(), h.to_string(), q.into()],
+                )
+            })
+        })
+        .collect()
+}
+
+fn figures(scenario: &str, run: &Value) -> Vec<Row> {
+    let server = rows(&[
+        ("hosts", &["server", "hosts"]),
+        ("broker", &["server", "broker"]),
+    ]);
     let mut list = match scenario {
         "idle" => rows(&[
             ("subscribers", &["subscribers"]),
             ("nginx workers", &["server", "workers"]),
+            ("hosts", &["server", "hosts"]),
             ("connected", &["connected"]),
             ("failed", &["failed"]),
             ("connects/s", &["connects_per_s"]),
@@ -283,7 +344,8 @@ fn figures(scenario: &str) -> Vec<Row> {
             ("closed while idle", &["closed_while_idle"]),
         ]),
         "publish" => {
-            let mut list = rows(&[
+            let mut list = server;
+            list.extend(rows(&[
                 ("publisher sockets", &["publishers"]),
                 ("in flight per socket", &["window"]),
                 ("acked", &["acked"]),
@@ -296,7 +358,8 @@ fn figures(scenario: &str) -> Vec<Row> {
                     &["sidecar_cpu_us_per_message"],
                 ),
                 ("nginx CPU per message (µs)", &["nginx_cpu_us_per_message"]),
-            ]);
+                ("redis CPU per message (µs)", &["redis_cpu_us_per_message"]),
+            ]));
             list.extend(latency_rows("ack_latency_ms", "ack latency"));
             list
         }
@@ -320,7 +383,8 @@ fn figures(scenario: &str) -> Vec<Row> {
             list
         }
         _ => {
-            let mut list = rows(&[
+            let mut list = server;
+            list.extend(rows(&[
                 ("subscribers", &["subscribers"]),
                 ("rooms", &["rooms"]),
                 ("nginx workers", &["server", "workers"]),
@@ -339,12 +403,14 @@ fn figures(scenario: &str) -> Vec<Row> {
                     "sidecar CPU per message (µs)",
                     &["sidecar_cpu_us_per_message"],
                 ),
+                ("redis CPU per message (µs)", &["redis_cpu_us_per_message"]),
                 (
                     "generator CPU per delivery (µs)",
                     &["load_cpu_us_per_delivery"],
                 ),
-            ]);
+            ]));
             list.extend(latency_rows("latency_ms", "latency"));
+            list.extend(per_host_rows(run));
             list.extend(latency_rows("ack_latency_ms", "ack latency"));
             list
         }
@@ -389,6 +455,54 @@ mod tests {
         assert!(
             lossy.contains("| zero loss in every scenario | 0 | 3.00 | **no** |"),
             "{lossy}"
+        );
+    }
+
+    #[test]
+    fn memory_and_redis_runs_are_judged_apart() {
+        let run = |broker: &str, hosts: u64, p99: f64| {
+            json!({"scenario":"fanout","subscribers":100,"rate_per_room":1000.0,
+                   "server":{"workers":1,"broker":broker,"hosts":hosts},
+                   "latency_ms":{"p50":1.0,"p99":p99},"lost":0,
+                   "latency_ms_by_host":[{"p50":1.5,"p99":p99},{"p50":2.5,"p99":p99}],
+                   "redis_cpu_us_per_message":12.5,"command":"chatup-bench fanout"})
+        };
+        let publish = |broker: &str, hosts: u64, acked: f64| {
+            json!({"scenario":"publish","server":{"broker":broker,"hosts":hosts},
+                   "acked_per_s":acked,"id_gaps":0,"unacked":0,"command":"chatup-bench publish"})
+        };
+        // The Redis runs come last, as in scripts/bench.
+        let md = render(
+            &[
+                run("memory", 1, 2.0),
+                publish("memory", 1, 150_000.0),
+                run("redis", 2, 12.0),
+                publish("redis", 2, 30_000.0),
+            ],
+            Path::new("r.jsonl"),
+        );
+        assert!(
+            md.contains("(memory broker), 100 subscribers × 1,000 msg/s: latency p99 | ≤ 5 ms | 2.00 ms | yes |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| through Redis, 2 hosts, 100 subscribers × 1,000 msg/s: latency p99 | ≤ 10 ms | 12.0 ms | **no** |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("through one sidecar | ≥ 20,000 msg/s | 150000 msg/s | yes |"),
+            "{md}"
+        );
+        assert!(md.contains("| broker | redis |"), "{md}");
+        assert!(md.contains("| hosts | 2.00 |"), "{md}");
+        assert!(md.contains("| redis CPU per message (µs) | 12.5 |"), "{md}");
+        assert!(md.contains("| latency p50 on host 1 (ms) | 2.50 |"), "{md}");
+
+        // Without a Redis run its target is "not run", whatever else ran.
+        let md = render(&[run("memory", 1, 2.0)], Path::new("r.jsonl"));
+        assert!(
+            md.contains("| through Redis, 2 hosts, 100 subscribers × 1,000 msg/s: latency p99 | ≤ 10 ms | – ms | not run |"),
+            "{md}"
         );
     }
 
