@@ -2,6 +2,8 @@
 //! sidecar subscribes in Redis only to what its workers want.
 
 use std::collections::HashSet;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
 use std::time::Duration;
 
 use chatup_tests::token::token;
@@ -283,4 +285,89 @@ async fn a_viewer_resumes_on_another_host_from_the_shared_history() {
     a.publish("show", "live 7").await;
     let (chat, _) = messages(&mut resumed, 1, WAIT).await;
     assert_message(&chat[0], "show", 7, "live 7");
+}
+
+#[tokio::test]
+async fn messages_missed_while_pubsub_was_down_are_filled_from_history_in_order() {
+    let redis = RedisServer::start();
+    let a = host("127.0.0.2", "a", &redis.url());
+    let b = host("127.0.0.3", "b", &redis.url());
+    let mut viewer = Subscriber::connect(&b, "/sub/gap").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    a.publish("gap", "one").await;
+    let (first, _) = messages(&mut viewer, 1, WAIT).await;
+    assert_message(&first[0], "gap", 1, "one");
+
+    // Cut every pub/sub connection and keep them from coming back (no room for new
+    // clients) while publishing: those messages reach host B only through the history.
+    let mut admin = AdminConnection::open(&redis);
+    let pubsub = admin.command("CLIENT LIST TYPE pubsub").lines().count();
+    assert!(pubsub >= 1, "host B holds a pub/sub connection");
+    let clients = admin.command("INFO clients");
+    let connected: usize = clients
+        .lines()
+        .find_map(|l| l.strip_prefix("connected_clients:"))
+        .expect("connected_clients")
+        .trim()
+        .parse()
+        .expect("a number");
+    let room = connected - pubsub;
+    assert_eq!(
+        admin.command(&format!("CONFIG SET maxclients {room}")),
+        "+OK"
+    );
+    let killed = admin.command("CLIENT KILL TYPE pubsub");
+    assert_eq!(killed, format!(":{pubsub}"));
+    for i in 2..=6 {
+        a.publish("gap", &format!("m{i}")).await;
+    }
+    viewer.expect_no_message(Duration::from_millis(300)).await;
+    assert_eq!(admin.command("CONFIG SET maxclients 10000"), "+OK");
+    let (chat, events) = messages(&mut viewer, 5, WAIT).await;
+    let texts: Vec<&str> = chat
+        .iter()
+        .map(|m| m["msg"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(texts, ["m2", "m3", "m4", "m5", "m6"]);
+    assert!(events.is_empty(), "same epoch, no resync: {events:?}");
+    assert!(
+        b.wait_for_sidecar_log("caught up from the history", WAIT),
+        "host B filled the gap from the history"
+    );
+    a.publish("gap", "after").await;
+    let (chat, _) = messages(&mut viewer, 1, WAIT).await;
+    assert_message(&chat[0], "gap", 7, "after");
+}
+
+/// One connection to Redis kept open, so it still works while Redis refuses new clients.
+struct AdminConnection {
+    reader: BufReader<TcpStream>,
+}
+
+impl AdminConnection {
+    fn open(redis: &RedisServer) -> Self {
+        let stream = TcpStream::connect(redis.addr()).expect("connect to redis");
+        stream.set_read_timeout(Some(WAIT)).expect("timeout");
+        Self {
+            reader: BufReader::new(stream),
+        }
+    }
+
+    /// Sends an inline command; returns a status/integer line, or a bulk reply's text.
+    fn command(&mut self, line: &str) -> String {
+        self.reader
+            .get_mut()
+            .write_all(format!("{line}\r\n").as_bytes())
+            .expect("write");
+        let mut head = String::new();
+        self.reader.read_line(&mut head).expect("read");
+        let head = head.trim_end().to_owned();
+        let Some(len) = head.strip_prefix('$') else {
+            return head;
+        };
+        let len: usize = len.parse().expect("bulk length");
+        let mut body = vec![0; len + 2];
+        self.reader.read_exact(&mut body).expect("bulk");
+        String::from_utf8_lossy(&body[..len]).into_owned()
+    }
 }
