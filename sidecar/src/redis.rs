@@ -197,31 +197,24 @@ impl RedisLink {
                 .set_protocol(ProtocolVersion::RESP3);
             let push_client =
                 redis::Client::open(info.set_redis_settings(resp3)).map_err(config_error)?;
-            let commands = tokio::time::timeout(
-                timeout.max(CONNECT_TIMEOUT),
+            let wait = timeout.max(CONNECT_TIMEOUT);
+            let commands = first_contact(
                 ConnectionManager::new_with_config(command_client, manager_config()),
+                wait,
+                &address,
             )
-            .await
-            .map_err(|_| RedisError::Unavailable {
-                address: address.to_string(),
-                message: "no answer".into(),
-            })?
-            .map_err(unavailable)?;
-            let subscriptions = tokio::time::timeout(
-                timeout.max(CONNECT_TIMEOUT),
+            .await?;
+            let subscriptions = first_contact(
                 ConnectionManager::new_with_config(
                     push_client,
                     manager_config()
                         .set_push_sender(push_tx)
                         .set_automatic_resubscription(),
                 ),
+                wait,
+                &address,
             )
-            .await
-            .map_err(|_| RedisError::Unavailable {
-                address: address.to_string(),
-                message: "no answer".into(),
-            })?
-            .map_err(unavailable)?;
+            .await?;
             (
                 Commands::Single(commands),
                 Subscriptions::Single(subscriptions),
@@ -302,6 +295,26 @@ impl RedisLink {
         } else {
             RedisError::Command { address, message }
         }
+    }
+}
+
+/// Waits at most `wait` for a connection manager's first connection (afterwards it
+/// reconnects for ever on its own).
+async fn first_contact(
+    manager: impl Future<Output = redis::RedisResult<ConnectionManager>>,
+    wait: Duration,
+    address: &str,
+) -> Result<ConnectionManager, RedisError> {
+    match tokio::time::timeout(wait, manager).await {
+        Ok(Ok(manager)) => Ok(manager),
+        Ok(Err(e)) => Err(RedisError::Unavailable {
+            address: address.to_owned(),
+            message: e.to_string(),
+        }),
+        Err(_) => Err(RedisError::Unavailable {
+            address: address.to_owned(),
+            message: "no answer".into(),
+        }),
     }
 }
 

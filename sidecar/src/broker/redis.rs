@@ -179,9 +179,33 @@ impl RedisBroker {
         BrokerError::Unavailable(e.to_string())
     }
 
+    /// Runs one of the scripts, whose replies all start with the epoch and an id.
+    async fn call(
+        &self,
+        invocation: &redis::ScriptInvocation<'_>,
+        script: &str,
+        channel: &str,
+    ) -> Result<(u64, u64, std::vec::IntoIter<Value>), BrokerError> {
+        let mut conn = self.link.commands();
+        let reply: Vec<Value> = self
+            .link
+            .bounded(invocation.invoke_async(&mut conn))
+            .await
+            .map_err(Self::unavailable)?;
+        let mut items = reply.into_iter();
+        match (
+            items.next().and_then(value_u64),
+            items.next().and_then(value_u64),
+        ) {
+            (Some(epoch), Some(id)) => Ok((epoch, id, items)),
+            _ => Err(BrokerError::Internal(format!(
+                "unexpected reply from the {script} script for {channel}"
+            ))),
+        }
+    }
+
     /// Runs the read script: epoch, head and up to `count` entries below `before`.
     async fn read(&self, channel: &str, count: usize, before: u64) -> Result<Read, BrokerError> {
-        let mut conn = self.link.commands();
         let mut invocation = self.read_script.key(self.meta_key(channel));
         invocation
             .key(self.history_key(channel))
@@ -189,20 +213,7 @@ impl RedisBroker {
             .arg(self.options.ttl.as_secs().max(1))
             .arg(count)
             .arg(before);
-        let reply: Vec<Value> = self
-            .link
-            .bounded(invocation.invoke_async(&mut conn))
-            .await
-            .map_err(Self::unavailable)?;
-        let mut items = reply.into_iter();
-        let (Some(epoch), Some(head)) = (
-            items.next().and_then(value_u64),
-            items.next().and_then(value_u64),
-        ) else {
-            return Err(BrokerError::Internal(format!(
-                "unexpected reply from the read script for {channel}"
-            )));
-        };
+        let (epoch, head, items) = self.call(&invocation, "read", channel).await?;
         let entries = items
             .filter_map(|v| match v {
                 Value::BulkString(bytes) => RawEntry::parse(bytes),
@@ -495,7 +506,6 @@ impl Broker for RedisBroker {
         } else {
             "PUBLISH"
         };
-        let mut conn = self.link.commands();
         let mut invocation = self.publish_script.key(self.meta_key(channel));
         invocation
             .key(self.history_key(channel))
@@ -506,20 +516,7 @@ impl Broker for RedisBroker {
             .arg(self.options.ttl.as_secs().max(1))
             .arg(self.live_channel(channel))
             .arg(publish_command);
-        let reply: Vec<Value> = self
-            .link
-            .bounded(invocation.invoke_async(&mut conn))
-            .await
-            .map_err(Self::unavailable)?;
-        let mut items = reply.into_iter();
-        let (Some(epoch), Some(id)) = (
-            items.next().and_then(value_u64),
-            items.next().and_then(value_u64),
-        ) else {
-            return Err(BrokerError::Internal(format!(
-                "unexpected reply from the publish script for {channel}"
-            )));
-        };
+        let (epoch, id, _) = self.call(&invocation, "publish", channel).await?;
         Ok(Published {
             channel: channel.into(),
             epoch,
