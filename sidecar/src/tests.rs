@@ -936,6 +936,12 @@ async fn join(s: &Running, path: &str, headers: &[(&str, &str)], body: &[u8]) ->
     http(s.addr, "POST", path, headers, body).await
 }
 
+fn allowed_origin(r: &HttpResponse) -> Option<&str> {
+    r.headers
+        .get("access-control-allow-origin")
+        .map(String::as_str)
+}
+
 /// Sends worker `Stats` and waits until the sidecar has read them.
 async fn report_stats(w: &mut Worker, counts: &[(&str, u32)]) {
     let channels: Vec<chatup_wire::ChannelCount> = counts
@@ -1160,20 +1166,10 @@ async fn join_cors_follows_the_configured_origins() {
     // Any origin.
     let s = start_configured(WsSettings::default(), &["dispatch.cors_origins=*"]).await;
     let r = join(&s, "/join/room", &[("Origin", "https://x.example")], b"").await;
-    assert_eq!(
-        r.headers
-            .get("access-control-allow-origin")
-            .map(String::as_str),
-        Some("*")
-    );
+    assert_eq!(allowed_origin(&r), Some("*"));
     let r = http(s.addr, "OPTIONS", "/join/room", &preflight_headers, b"").await;
     assert_eq!(r.status, 204);
-    assert_eq!(
-        r.headers
-            .get("access-control-allow-origin")
-            .map(String::as_str),
-        Some("*")
-    );
+    assert_eq!(allowed_origin(&r), Some("*"));
     s.stop().await.unwrap();
 
     // A list: listed origins are echoed, others get nothing; the answer varies by Origin.
@@ -1184,12 +1180,7 @@ async fn join_cors_follows_the_configured_origins() {
     .await;
     let r = join(&s, "/join/room", &[("Origin", "https://app.example")], b"").await;
     assert_eq!(r.status, 200);
-    assert_eq!(
-        r.headers
-            .get("access-control-allow-origin")
-            .map(String::as_str),
-        Some("https://app.example")
-    );
+    assert_eq!(allowed_origin(&r), Some("https://app.example"));
     assert_eq!(r.headers.get("vary").map(String::as_str), Some("origin"));
     let r = join(&s, "/join/room", &[("Origin", "https://evil.example")], b"").await;
     assert_eq!(r.status, 200);
@@ -1198,20 +1189,10 @@ async fn join_cors_follows_the_configured_origins() {
     // Errors carry the headers too, so the page can read them.
     let r = join(&s, "/join/a:b", &[("Origin", "https://other.example")], b"").await;
     assert_eq!(r.status, 400);
-    assert_eq!(
-        r.headers
-            .get("access-control-allow-origin")
-            .map(String::as_str),
-        Some("https://other.example")
-    );
+    assert_eq!(allowed_origin(&r), Some("https://other.example"));
     let r = http(s.addr, "OPTIONS", "/join/room", &preflight_headers, b"").await;
     assert_eq!(r.status, 204);
-    assert_eq!(
-        r.headers
-            .get("access-control-allow-origin")
-            .map(String::as_str),
-        Some("https://app.example")
-    );
+    assert_eq!(allowed_origin(&r), Some("https://app.example"));
     assert_eq!(
         r.headers
             .get("access-control-allow-methods")
