@@ -380,16 +380,8 @@ impl Chatup {
 
     /// Sends SIGTERM to the sidecar and waits for it to exit (bounded); returns its status.
     pub fn stop_sidecar(&mut self) -> ExitStatus {
-        let mut child = self.sidecar.take().expect("the sidecar is not running");
-        signal_pid(child.id(), libc::SIGTERM);
-        match wait_timeout(&mut child, STOP_TIMEOUT) {
-            Some(status) => status,
-            None => {
-                kill_group(child.id());
-                let _ = child.wait();
-                panic!("chatup-sidecar did not exit within {STOP_TIMEOUT:?} of SIGTERM");
-            }
-        }
+        let child = self.sidecar.take().expect("the sidecar is not running");
+        terminate(child, "chatup-sidecar")
     }
 
     /// Stops the sidecar (SIGTERM) and starts a new one with the same configuration.
@@ -863,16 +855,8 @@ impl Dispatcher {
 
     /// Sends SIGTERM and waits (bounded) for the exit; returns its status.
     pub fn stop(&mut self) -> ExitStatus {
-        let mut child = self.child.take().expect("the dispatcher is not running");
-        signal_pid(child.id(), libc::SIGTERM);
-        match wait_timeout(&mut child, STOP_TIMEOUT) {
-            Some(status) => status,
-            None => {
-                kill_group(child.id());
-                let _ = child.wait();
-                panic!("the dispatcher did not exit within {STOP_TIMEOUT:?} of SIGTERM");
-            }
-        }
+        let child = self.child.take().expect("the dispatcher is not running");
+        terminate(child, "the dispatcher")
     }
 
     /// [`stop`](Self::stop) (which must succeed), then [`start_again`](Self::start_again).
@@ -1190,6 +1174,20 @@ pub fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
         return None;
     }
     parts.next()?.parse().ok()
+}
+
+/// Sends SIGTERM and waits (bounded) for the exit; a process that outlives the wait is
+/// killed and fails the test.
+pub fn terminate(mut child: Child, what: &str) -> ExitStatus {
+    signal_pid(child.id(), libc::SIGTERM);
+    match wait_timeout(&mut child, STOP_TIMEOUT) {
+        Some(status) => status,
+        None => {
+            kill_group(child.id());
+            let _ = child.wait();
+            panic!("{what} did not exit within {STOP_TIMEOUT:?} of SIGTERM");
+        }
+    }
 }
 
 pub fn signal_pid(pid: u32, sig: i32) {
