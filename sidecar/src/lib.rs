@@ -21,7 +21,11 @@
 //! * [`message`]: the message JSON, encoded once; [`message::assemble`] puts `ch`, `id`,
 //!   `ep` in front of the publisher-encoded tail.
 //! * [`broker`]: the [`broker::Broker`] trait (publish with atomic id + history + fan-out,
-//!   subscribe with a gap-free backlog) and [`broker::memory`], the single-host engine.
+//!   subscribe with a gap-free backlog); [`broker::memory`], the single-host engine, and
+//!   [`broker::redis`], the many-host engine (a Lua script per publish, sharded pub/sub on
+//!   a cluster, catch-up from history after a lost connection).
+//! * [`redis`]: the connection to one Redis server or a Redis Cluster, with the bound on
+//!   every call, shared by the Redis broker and the registry.
 //! * [`codec`]: the relay frames of `chatup_wire` as a `tokio_util` codec.
 //! * [`relay`]: the Unix-socket server for nginx workers.
 //! * [`publish`]: the publisher endpoints, `GET /pub` (WebSocket, also join/leave) and
