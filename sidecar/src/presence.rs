@@ -344,7 +344,7 @@ impl Drop for Session {
 impl EventPump {
     /// Publishes queued events one at a time until the queue closes, or after `shutdown`
     /// once every session has gone and its `leave` events are out (at most
-    /// [`SHUTDOWN_DRAIN`] later).
+    /// one second later).
     pub async fn run(
         mut self,
         presence: Arc<Presence>,

@@ -1,7 +1,7 @@
 //! Shutdown: SIGTERM and SIGINT start a graceful stop, a second signal ends the process at
 //! once.
 //!
-//! Every long-running task watches one [`CancellationToken`]; the token is cancelled when a
+//! Every long-running task watches one [`CancellationToken`](tokio_util::sync::CancellationToken); the token is cancelled when a
 //! signal arrives, and the server then waits (boundedly) for its tasks to say goodbye.
 
 use std::io;
