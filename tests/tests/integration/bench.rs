@@ -63,6 +63,66 @@ fn fanout_delivers_everything_to_every_subscriber() {
 }
 
 #[test]
+fn fanout_and_publish_through_redis_on_two_hosts() {
+    let r = result_of(&[
+        "fanout",
+        "--broker",
+        "redis",
+        "--hosts",
+        "2",
+        "--workers",
+        "1",
+        "--subscribers",
+        "200",
+        "--rate",
+        "50",
+        "--duration",
+        "2",
+    ]);
+    assert_eq!(r["server"]["broker"], "redis", "{r}");
+    assert_eq!(r["server"]["hosts"], 2, "{r}");
+    assert_eq!(r["connected"], 200, "{r}");
+    assert!(r["published"].as_u64().expect("published") >= 50, "{r}");
+    assert_eq!(r["deliveries"], r["expected_deliveries"], "{r}");
+    assert_eq!(r["lost"], 0, "{r}");
+    assert_eq!(r["duplicates"], 0, "{r}");
+    let by_host = r["latency_ms_by_host"].as_array().expect("per host");
+    assert_eq!(by_host.len(), 2, "{r}");
+    assert_eq!(
+        by_host[0]["count"], by_host[1]["count"],
+        "subscribers are split evenly, so each host delivers half: {r}"
+    );
+    for figure in [
+        "redis_cpu_us_per_message",
+        "sidecar_cpu_us_per_message",
+        "nginx_cpu_us_per_delivery",
+    ] {
+        assert!(r[figure].as_f64().unwrap_or(0.0) > 0.0, "{figure}: {r}");
+    }
+
+    let r = result_of(&[
+        "publish",
+        "--broker",
+        "redis",
+        "--hosts",
+        "2",
+        "--workers",
+        "1",
+        "--publishers",
+        "4",
+        "--window",
+        "4",
+        "--duration",
+        "1",
+    ]);
+    assert!(r["acked"].as_u64().expect("acked") > 0, "{r}");
+    assert_eq!(r["unacked"], 0, "{r}");
+    assert_eq!(r["id_gaps"], 0, "{r}");
+    assert_eq!(r["errors"], serde_json::json!({}), "{r}");
+    assert_eq!(r["server"]["hosts"], 2, "{r}");
+}
+
+#[test]
 fn rooms_idle_publish_and_floor_report_their_figures() {
     let rooms = result_of(&[
         "rooms",
@@ -169,7 +229,7 @@ fn rooms_idle_publish_and_floor_report_their_figures() {
 
 #[test]
 fn bad_input_is_refused_with_a_reason() {
-    let cases: [(&[&str], &str); 4] = [
+    let cases: [(&[&str], &str); 6] = [
         (&["fanout", "--duration", "0"], "is not a number of seconds"),
         (
             &["fanout", "--url", "https://example.com"],
@@ -180,6 +240,11 @@ fn bad_input_is_refused_with_a_reason() {
             "does not hold nginx",
         ),
         (&["fanout", "--token", "x"], "--url"),
+        (&["fanout", "--hosts", "2"], "needs --broker redis"),
+        (
+            &["fanout", "--redis-url", "redis://127.0.0.1:1"],
+            "--redis-url needs --broker redis",
+        ),
     ];
     for (args, reason) in cases {
         let out = bench(args);
