@@ -18,6 +18,8 @@
 //! The server pings every `ping_interval`; a client that sent nothing at all between two
 //! pings is closed with 4001. At shutdown every publisher is closed with 1001.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +29,8 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use chatup_wire::close;
+use futures_util::stream::FuturesOrdered;
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use serde::Serialize;
 use serde_json::Value;
 use tracing::{debug, Instrument};
@@ -166,6 +170,24 @@ async fn authenticate(socket: &mut WebSocket, app: &App) -> Result<Identity, End
     }
 }
 
+/// Publishes a session may have waiting for the broker at once. Frames are read ahead
+/// while earlier ones are published (so one socket is not limited to one broker round trip
+/// at a time), and answered in the order they came.
+const MAX_IN_FLIGHT: usize = 64;
+
+/// How long shutdown waits for the answers to publishes already handed to the broker.
+const SHUTDOWN_ANSWERS: Duration = Duration::from_secs(1);
+
+/// The answer to one frame, produced in frame order.
+enum Answer {
+    /// Send this JSON text.
+    Send(String),
+    /// Send this JSON text, then close.
+    SendThenEnd(String, End),
+}
+
+type Pending<'a> = Pin<Box<dyn Future<Output = Answer> + Send + 'a>>;
+
 /// Serves an authenticated publisher until it leaves, fails, or the server stops.
 async fn serve(socket: &mut WebSocket, app: &App, mut identity: Identity) -> End {
     record_sub(&identity);
@@ -175,11 +197,28 @@ async fn serve(socket: &mut WebSocket, app: &App, mut identity: Identity) -> End
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut heard_since_ping = true;
+    let mut in_flight: FuturesOrdered<Pending<'_>> = FuturesOrdered::new();
     loop {
         let message = tokio::select! {
             biased;
             _ = app.shutdown.cancelled() => {
-                return End::Close(close::GOING_AWAY, "server shutting down".into())
+                // Publishes the broker may already have taken get their answer first.
+                let answered = tokio::time::timeout(
+                    SHUTDOWN_ANSWERS,
+                    send_answers(socket, &mut in_flight, true),
+                );
+                return match answered.await {
+                    Ok(Err(end)) => end,
+                    _ => End::Close(close::GOING_AWAY, "server shutting down".into()),
+                };
+            }
+            answer = in_flight.next(), if !in_flight.is_empty() => {
+                let Some(answer) = answer else { continue };
+                in_flight.push_front(Box::pin(std::future::ready(answer)));
+                if let Err(end) = send_answers(socket, &mut in_flight, false).await {
+                    return end;
+                }
+                continue;
             }
             _ = ping.tick() => {
                 if !heard_since_ping {
@@ -191,7 +230,7 @@ async fn serve(socket: &mut WebSocket, app: &App, mut identity: Identity) -> End
                 }
                 continue;
             }
-            message = socket.recv() => message,
+            message = socket.recv(), if in_flight.len() < MAX_IN_FLIGHT => message,
         };
         heard_since_ping = true;
         let text = match message {
@@ -205,70 +244,108 @@ async fn serve(socket: &mut WebSocket, app: &App, mut identity: Identity) -> End
             Some(Ok(Message::Binary(bytes))) => match Utf8Bytes::try_from(bytes) {
                 Ok(text) => text,
                 Err(_) => {
-                    if let Err(end) = send_error(
-                        socket,
-                        None,
-                        ErrorCode::InvalidUtf8,
-                        "the frame is not valid UTF-8",
-                    )
-                    .await
-                    {
-                        return end;
-                    }
+                    let answer =
+                        error_text(None, ErrorCode::InvalidUtf8, "the frame is not valid UTF-8");
+                    in_flight.push_back(ready(Answer::Send(answer)));
                     continue;
                 }
             },
         };
-        if let Err(end) =
-            handle_frame(socket, app, &mut identity, &mut presence, text.as_str()).await
-        {
-            return end;
-        }
+        in_flight.push_back(handle_frame(
+            app,
+            &mut identity,
+            &mut presence,
+            text.as_str(),
+        ));
     }
 }
 
-/// Handles one client frame: a message, an event, a join, a leave or a new token.
-async fn handle_frame(
+/// Sends the answers that are ready, in order, with one flush; with `all`, waits for every
+/// pending one. An answer that ends the session ends it.
+async fn send_answers(
     socket: &mut WebSocket,
-    app: &App,
+    in_flight: &mut FuturesOrdered<Pending<'_>>,
+    all: bool,
+) -> Result<(), End> {
+    let mut end = None;
+    loop {
+        let next = if all {
+            in_flight.next().await
+        } else {
+            in_flight.next().now_or_never().flatten()
+        };
+        let Some(answer) = next else { break };
+        let text = match answer {
+            Answer::Send(text) => text,
+            Answer::SendThenEnd(text, then) => {
+                end = Some(then);
+                text
+            }
+        };
+        socket
+            .feed(Message::Text(text.into()))
+            .await
+            .map_err(|_| End::Gone)?;
+        if end.is_some() {
+            break;
+        }
+    }
+    socket.flush().await.map_err(|_| End::Gone)?;
+    end.map_or(Ok(()), Err)
+}
+
+fn ready<'a>(answer: Answer) -> Pending<'a> {
+    Box::pin(std::future::ready(answer))
+}
+
+/// Reads one client frame: a message or an event (published in the returned future), a
+/// join or a leave, or a new token (taking effect for the frames after it).
+fn handle_frame<'a>(
+    app: &'a App,
     identity: &mut Identity,
     presence: &mut Session,
     text: &str,
-) -> Result<(), End> {
+) -> Pending<'a> {
+    let error = |reference: Option<&Value>, code, message: &str| {
+        ready(Answer::Send(error_text(reference, code, message)))
+    };
     let value: Value = match serde_json::from_str(text) {
         Ok(v) => v,
         Err(e) => {
             let message =
                 format!("the frame is not JSON ({e}); send {{\"ref\":..,\"ch\":..,\"msg\":..}}");
-            return send_error(socket, None, ErrorCode::BadRequest, &message).await;
+            return error(None, ErrorCode::BadRequest, &message);
         }
     };
     let Value::Object(object) = value else {
         let message =
             "the frame must be a JSON object like {\"ref\":1,\"ch\":\"room\",\"msg\":\"hi\"}";
-        return send_error(socket, None, ErrorCode::BadRequest, message).await;
+        return error(None, ErrorCode::BadRequest, message);
     };
     let reference = object.get("ref");
     if let Some(r) = reference {
         if r.is_object() || r.is_array() {
             let message = "\"ref\" must be a string, number, boolean or null";
-            return send_error(socket, None, ErrorCode::BadRequest, message).await;
+            return error(None, ErrorCode::BadRequest, message);
         }
     }
 
     if let Some(token) = object.get("token") {
         let Some(token) = token.as_str() else {
             let message = "\"token\" must be a string";
-            return send_error(socket, reference, ErrorCode::BadRequest, message).await;
+            return error(reference, ErrorCode::BadRequest, message);
         };
         return match app.publisher.verifier().verify(token) {
             Ok(fresh) => {
                 *identity = fresh;
                 record_sub(identity);
                 presence.reidentify(identity);
-                send_auth(socket, identity).await
+                ready(Answer::Send(auth_text(identity)))
             }
-            Err(e) => Err(refuse(socket, reference, e).await),
+            Err(e) => {
+                let (text, end) = refusal(reference, e);
+                ready(Answer::SendThenEnd(text, end))
+            }
         };
     }
 
@@ -277,11 +354,11 @@ async fn handle_frame(
     if join.is_some() || leave.is_some() {
         if join.is_some() && leave.is_some() {
             let message = "give either \"join\" or \"leave\", not both";
-            return send_error(socket, reference, ErrorCode::BadRequest, message).await;
+            return error(reference, ErrorCode::BadRequest, message);
         }
         if ["ch", "msg", "ev"].iter().any(|k| object.contains_key(*k)) {
             let message = "a join or leave frame carries no \"ch\", \"msg\" or \"ev\"";
-            return send_error(socket, reference, ErrorCode::BadRequest, message).await;
+            return error(reference, ErrorCode::BadRequest, message);
         }
         let (key, reply) = if join.is_some() {
             ("join", "joined")
@@ -290,7 +367,7 @@ async fn handle_frame(
         };
         let Some(Value::String(channel)) = join.or(leave) else {
             let message = format!("\"{key}\" must be a channel name (a string)");
-            return send_error(socket, reference, ErrorCode::BadRequest, &message).await;
+            return error(reference, ErrorCode::BadRequest, &message);
         };
         let result = if join.is_some() {
             presence.join(identity, channel)
@@ -305,51 +382,48 @@ async fn handle_frame(
                     reference,
                     ch: channel,
                 };
-                send_json(socket, &answer).await
+                ready(Answer::Send(json_text(&answer)))
             }
             Err(e) => {
                 let PublishError { code, message } = e.into();
                 debug!(channel, code = code.as_str(), "{key} refused: {message}");
-                send_error(socket, reference, code, &message).await
+                error(reference, code, &message)
             }
         };
     }
 
     let channel = match object.get("ch") {
-        Some(Value::String(ch)) => ch,
-        Some(_) => {
-            return send_error(
-                socket,
-                reference,
-                ErrorCode::BadRequest,
-                "\"ch\" must be a string",
-            )
-            .await
-        }
+        Some(Value::String(ch)) => ch.clone(),
+        Some(_) => return error(reference, ErrorCode::BadRequest, "\"ch\" must be a string"),
         None => {
             let message = "missing \"ch\" (the channel to publish to)";
-            return send_error(socket, reference, ErrorCode::BadRequest, message).await;
+            return error(reference, ErrorCode::BadRequest, message);
         }
     };
-    let result = match body_from_json(&object) {
-        Ok(body) => app.publisher.publish(identity, channel, body).await,
-        Err(e) => Err(e),
+    let body = match body_from_json(&object) {
+        Ok(body) => body,
+        Err(PublishError { code, message }) => return error(reference, code, &message),
     };
-    match result {
-        Ok(published) => {
-            let ack = Ack {
-                r#type: "ack",
-                reference,
-                id: published.id,
-                ep: published.epoch,
-            };
-            send_json(socket, &ack).await
+    let reference = reference.cloned();
+    let identity = identity.clone();
+    let span = tracing::Span::current();
+    Box::pin(
+        async move {
+            match app.publisher.publish(&identity, &channel, body).await {
+                Ok(published) => Answer::Send(json_text(&Ack {
+                    r#type: "ack",
+                    reference: reference.as_ref(),
+                    id: published.id,
+                    ep: published.epoch,
+                })),
+                Err(PublishError { code, message }) => {
+                    debug!(channel, code = code.as_str(), "publish refused: {message}");
+                    Answer::Send(error_text(reference.as_ref(), code, &message))
+                }
+            }
         }
-        Err(PublishError { code, message }) => {
-            debug!(channel, code = code.as_str(), "publish refused: {message}");
-            send_error(socket, reference, code, &message).await
-        }
-    }
+        .instrument(span),
+    )
 }
 
 fn token_from_frame(text: &str) -> Option<String> {
@@ -366,26 +440,42 @@ fn record_sub(identity: &Identity) {
     }
 }
 
-/// Sends the auth error and says how to close.
-async fn refuse(socket: &mut WebSocket, reference: Option<&Value>, e: AuthError) -> End {
+/// The auth error to send, and how to close after it.
+fn refusal(reference: Option<&Value>, e: AuthError) -> (String, End) {
     let code = match e {
         AuthError::BadToken(_) => ErrorCode::BadToken,
         AuthError::Expired(_) => ErrorCode::TokenExpired,
     };
     debug!(code = code.as_str(), "token refused: {e}");
-    if let Err(end) = send_error(socket, reference, code, &e.to_string()).await {
-        return end;
+    let text = error_text(reference, code, &e.to_string());
+    (text, End::Close(e.close_code(), code.as_str().into()))
+}
+
+/// Sends the auth error and says how to close.
+async fn refuse(socket: &mut WebSocket, reference: Option<&Value>, e: AuthError) -> End {
+    let (text, end) = refusal(reference, e);
+    match send_text(socket, text).await {
+        Ok(()) => end,
+        Err(gone) => gone,
     }
-    End::Close(e.close_code(), code.as_str().into())
+}
+
+fn auth_text(identity: &Identity) -> String {
+    // `user` is already encoded JSON.
+    format!(r#"{{"type":"auth","user":{}}}"#, identity.user)
 }
 
 async fn send_auth(socket: &mut WebSocket, identity: &Identity) -> Result<(), End> {
-    // `user` is already encoded JSON.
-    let text = format!(r#"{{"type":"auth","user":{}}}"#, identity.user);
-    socket
-        .send(Message::Text(text.into()))
-        .await
-        .map_err(|_| End::Gone)
+    send_text(socket, auth_text(identity)).await
+}
+
+fn error_text(reference: Option<&Value>, code: ErrorCode, message: &str) -> String {
+    json_text(&ErrorReply {
+        r#type: "error",
+        reference,
+        code: code.as_str(),
+        message,
+    })
 }
 
 async fn send_error(
@@ -394,17 +484,15 @@ async fn send_error(
     code: ErrorCode,
     message: &str,
 ) -> Result<(), End> {
-    let reply = ErrorReply {
-        r#type: "error",
-        reference,
-        code: code.as_str(),
-        message,
-    };
-    send_json(socket, &reply).await
+    send_text(socket, error_text(reference, code, message)).await
 }
 
-async fn send_json<T: Serialize>(socket: &mut WebSocket, value: &T) -> Result<(), End> {
-    let text = serde_json::to_string(value).map_err(|_| End::Gone)?;
+fn json_text<T: Serialize>(value: &T) -> String {
+    // Serializing these plain structs cannot fail; an empty object would be the fallback.
+    serde_json::to_string(value).unwrap_or_else(|_| "{}".into())
+}
+
+async fn send_text(socket: &mut WebSocket, text: String) -> Result<(), End> {
     socket
         .send(Message::Text(text.into()))
         .await

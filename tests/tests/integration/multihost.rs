@@ -371,3 +371,53 @@ impl AdminConnection {
         String::from_utf8_lossy(&body[..len]).into_owned()
     }
 }
+
+#[tokio::test]
+async fn a_publisher_sending_ahead_gets_every_answer_in_order() {
+    let redis = RedisServer::start();
+    let a = host("127.0.0.2", "a", &redis.url());
+    let mut viewer = Subscriber::connect(&a, "/sub/burst").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut publisher = chatup_tests::Publisher::connect_ok(&a, &token("alice")).await;
+
+    // 300 frames without waiting: publishes, a join, a bad frame and a fresh token in the
+    // middle. The answers come in the order of the frames.
+    for r in 1..=300u64 {
+        let frame = match r {
+            100 => serde_json::json!({"ref": r, "join": "burst"}),
+            150 => serde_json::json!({"ref": r, "ch": "bad name", "msg": "x"}),
+            200 => serde_json::json!({"ref": r, "token": token("alice")}),
+            _ => serde_json::json!({"ref": r, "ch": "burst", "msg": format!("m{r}")}),
+        };
+        publisher.send_json(&frame).await;
+    }
+    let mut last_id = 0;
+    for r in 1..=300u64 {
+        let answer = publisher.recv().await;
+        match r {
+            100 => assert_eq!(answer["type"], "joined", "{answer}"),
+            150 => assert_eq!(answer["code"], "bad_channel", "{answer}"),
+            200 => assert_eq!(answer["type"], "auth", "{answer}"),
+            _ => {
+                assert_eq!(answer["type"], "ack", "{answer}");
+                let id = answer["id"].as_u64().expect("id");
+                assert!(id > last_id, "ids follow the frames: {id} after {last_id}");
+                last_id = id;
+            }
+        }
+        if r != 200 {
+            assert_eq!(answer["ref"], r, "answer {r} out of order: {answer}");
+        }
+    }
+    // The viewer got the messages in the order they were sent (the join event among them).
+    let (chat, _) = messages(&mut viewer, 297, WAIT).await;
+    let texts: Vec<String> = chat
+        .iter()
+        .map(|m| m["msg"].as_str().unwrap().to_owned())
+        .collect();
+    let expected: Vec<String> = (1..=300)
+        .filter(|r| ![100, 150, 200].contains(r))
+        .map(|r| format!("m{r}"))
+        .collect();
+    assert_eq!(texts, expected);
+}
