@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -106,12 +106,18 @@ impl Move {
 }
 
 /// A presence event waiting to be published.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 struct Notice {
     channel: String,
     user: Arc<str>,
     kind: Move,
+    /// Told once the event is published (or could not be), so that the session waits for
+    /// its `join` before publishing what it says in the channel.
+    done: Option<oneshot::Sender<()>>,
 }
+
+/// Resolves when a presence event has been published (or dropped).
+pub type Published = oneshot::Receiver<()>;
 
 /// The presence of this host's publishers. Shared by the publisher sessions (which change
 /// it) and the host registry (which reports it).
@@ -188,8 +194,15 @@ impl Presence {
     }
 
     /// Counts `key` in (or out of) `channel`; on the user's first join or last leave, queues
-    /// the event while still holding the lock, so events queue in transition order.
-    fn apply(&self, channel: &str, key: &UserKey, user: &Arc<str>, kind: Move) {
+    /// the event while still holding the lock, so events queue in transition order. Returns
+    /// what resolves once that event is out, when there is one.
+    fn apply(
+        &self,
+        channel: &str,
+        key: &UserKey,
+        user: &Arc<str>,
+        kind: Move,
+    ) -> Option<Published> {
         let mut state = self.lock();
         let notice_user = match kind {
             Move::Join => {
@@ -202,12 +215,8 @@ impl Presence {
                 (member.sessions == 1).then(|| member.user.clone())
             }
             Move::Leave => {
-                let Some(users) = state.channels.get_mut(channel) else {
-                    return;
-                };
-                let Some(member) = users.get_mut(key) else {
-                    return;
-                };
+                let users = state.channels.get_mut(channel)?;
+                let member = users.get_mut(key)?;
                 member.sessions = member.sessions.saturating_sub(1);
                 let gone = (member.sessions == 0).then(|| member.user.clone());
                 if gone.is_some() {
@@ -219,20 +228,25 @@ impl Presence {
                 gone
             }
         };
-        if let Some(user) = notice_user {
-            debug!(channel, user = %key.0, event = kind.event(), "presence changed");
-            self.queue(Notice {
-                channel: channel.to_owned(),
-                user,
-                kind,
-            });
-        }
+        let user = notice_user?;
+        debug!(channel, user = %key.0, event = kind.event(), "presence changed");
+        let (done, published) = oneshot::channel();
+        self.queue(Notice {
+            channel: channel.to_owned(),
+            user,
+            kind,
+            done: Some(done),
+        })
+        .then_some(published)
     }
 
-    fn queue(&self, notice: Notice) {
-        let Some(events) = &self.events else { return };
+    /// Hands the event to the pump; false when there is none or it was dropped.
+    fn queue(&self, notice: Notice) -> bool {
+        let Some(events) = &self.events else {
+            return false;
+        };
         match events.try_send(notice) {
-            Ok(()) => {}
+            Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(notice)) => {
                 let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
                 if dropped.is_power_of_two() {
@@ -243,9 +257,10 @@ impl Presence {
                          reachable?); dropping some"
                     );
                 }
+                false
             }
             // The pump stopped (shutdown): nothing will publish it any more.
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
         }
     }
 }
@@ -273,32 +288,39 @@ pub struct Session {
 
 impl Session {
     /// Joins `channel`. Joining a channel the session is already in changes nothing and is
-    /// not an error.
-    pub fn join(&mut self, identity: &Identity, channel: &str) -> Result<(), PresenceError> {
+    /// not an error. When this makes a `join` event, returns what resolves once it is out.
+    pub fn join(
+        &mut self,
+        identity: &Identity,
+        channel: &str,
+    ) -> Result<Option<Published>, PresenceError> {
         chatup_wire::channel::validate(channel.as_bytes())
             .map_err(|e| PresenceError::BadChannel(e.to_string()))?;
         if self.channels.contains(channel) {
-            return Ok(());
+            return Ok(None);
         }
         if self.channels.len() >= MAX_CHANNELS_PER_SESSION {
             return Err(PresenceError::TooManyChannels);
         }
         may_join(identity, channel)?;
-        self.presence
+        let published = self
+            .presence
             .apply(channel, &self.key, &self.user, Move::Join);
         self.channels.insert(channel.to_owned());
-        Ok(())
+        Ok(published)
     }
 
-    /// Leaves `channel`. Leaving a channel the session is not in is not an error.
-    pub fn leave(&mut self, channel: &str) -> Result<(), PresenceError> {
+    /// Leaves `channel`. Leaving a channel the session is not in is not an error. When this
+    /// makes a `leave` event, returns what resolves once it is out.
+    pub fn leave(&mut self, channel: &str) -> Result<Option<Published>, PresenceError> {
         chatup_wire::channel::validate(channel.as_bytes())
             .map_err(|e| PresenceError::BadChannel(e.to_string()))?;
-        if self.channels.remove(channel) {
-            self.presence
-                .apply(channel, &self.key, &self.user, Move::Leave);
+        if !self.channels.remove(channel) {
+            return Ok(None);
         }
-        Ok(())
+        Ok(self
+            .presence
+            .apply(channel, &self.key, &self.user, Move::Leave))
     }
 
     /// The channels this session is in.
@@ -359,7 +381,7 @@ impl EventPump {
                     None => return,
                 },
             };
-            publish(broker.as_ref(), &notice).await;
+            publish(broker.as_ref(), notice).await;
         }
         let deadline = tokio::time::Instant::now() + SHUTDOWN_DRAIN;
         loop {
@@ -367,7 +389,7 @@ impl EventPump {
             // counting, so with no session left the queue already holds them all.
             let idle = presence.total() == 0;
             match self.queue.try_recv() {
-                Ok(notice) => publish(broker.as_ref(), &notice).await,
+                Ok(notice) => publish(broker.as_ref(), notice).await,
                 Err(_) if idle => break,
                 Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
             }
@@ -382,8 +404,17 @@ impl EventPump {
     }
 }
 
-/// Publishes one presence event; failures are logged (the counts are unaffected).
-async fn publish(broker: &dyn Broker, notice: &Notice) {
+/// Publishes one presence event, then tells the waiting session, if any; failures are
+/// logged (the counts are unaffected).
+async fn publish(broker: &dyn Broker, mut notice: Notice) {
+    publish_event(broker, &notice).await;
+    if let Some(done) = notice.done.take() {
+        // The session may have stopped waiting.
+        let _ = done.send(());
+    }
+}
+
+async fn publish_event(broker: &dyn Broker, notice: &Notice) {
     let body = Body::Event {
         name: notice.kind.event().to_owned(),
         data: None,
@@ -505,8 +536,8 @@ mod tests {
             s.join(&ann, &format!("c{i}")).unwrap();
         }
         assert_eq!(
-            s.join(&ann, "one-more"),
-            Err(PresenceError::TooManyChannels)
+            s.join(&ann, "one-more").err(),
+            Some(PresenceError::TooManyChannels)
         );
         // Already joined is still fine at the limit.
         s.join(&ann, "c0").unwrap();

@@ -178,6 +178,10 @@ const MAX_IN_FLIGHT: usize = 64;
 /// How long shutdown waits for the answers to publishes already handed to the broker.
 const SHUTDOWN_ANSWERS: Duration = Duration::from_secs(1);
 
+/// How long a join or leave waits for its presence event to be published before it is
+/// answered anyway (the broker may be down; the counts are already right).
+const PRESENCE_WAIT: Duration = Duration::from_secs(2);
+
 /// The answer to one frame, produced in frame order.
 enum Answer {
     /// Send this JSON text.
@@ -251,13 +255,32 @@ async fn serve(socket: &mut WebSocket, app: &App, mut identity: Identity) -> End
                 }
             },
         };
+        // A join or leave makes an event that must fall between what the session published
+        // before it and what it publishes after: finish the one, then hold back the other.
+        let membership = is_membership(text.as_str());
+        if membership {
+            if let Err(end) = send_answers(socket, &mut in_flight, true).await {
+                return end;
+            }
+        }
         in_flight.push_back(handle_frame(
             app,
             &mut identity,
             &mut presence,
             text.as_str(),
         ));
+        if membership {
+            if let Err(end) = send_answers(socket, &mut in_flight, true).await {
+                return end;
+            }
+        }
     }
+}
+
+/// Whether a frame may be a join or a leave (a message that merely mentions them in its
+/// text only loses the read-ahead for that frame).
+fn is_membership(text: &str) -> bool {
+    text.contains("\"join\"") || text.contains("\"leave\"")
 }
 
 /// Sends the answers that are ready, in order, with one flush; with `all`, waits for every
@@ -375,14 +398,22 @@ fn handle_frame<'a>(
             presence.leave(channel)
         };
         return match result {
-            Ok(()) => {
+            Ok(event) => {
                 debug!(channel, "{reply}");
-                let answer = Membership {
+                let answer = Answer::Send(json_text(&Membership {
                     r#type: reply,
                     reference,
                     ch: channel,
-                };
-                ready(Answer::Send(json_text(&answer)))
+                }));
+                match event {
+                    // Answered once the event is out, so that it comes before anything the
+                    // session publishes after this frame.
+                    Some(published) => Box::pin(async move {
+                        let _ = tokio::time::timeout(PRESENCE_WAIT, published).await;
+                        answer
+                    }),
+                    None => ready(answer),
+                }
             }
             Err(e) => {
                 let PublishError { code, message } = e.into();

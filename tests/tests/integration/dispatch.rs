@@ -189,7 +189,13 @@ async fn counts_and_history_span_hosts_and_presence_events_cross_them() {
         .collect();
     joined.sort();
     assert_eq!(joined, ["alice", "bob"]);
-    assert!(seen.iter().any(|m| m["msg"] == "hello from A"));
+    let position = |wanted: &dyn Fn(&Value) -> bool| seen.iter().position(|m| wanted(m));
+    let alice_joined = position(&|m| m["ev"] == "join" && m["user"]["name"] == "alice");
+    let alice_said = position(&|m| m["msg"] == "hello from A");
+    assert!(
+        alice_joined < alice_said && alice_said.is_some(),
+        "alice's join comes before what she says after joining: {seen:?}"
+    );
 
     let resp = join_until(
         &dispatcher,
