@@ -5,6 +5,9 @@
 //! when no token comes within the auth timeout). Then each frame
 //! `{"ref":..,"ch":..,"msg":..}` / `{"ref":..,"ch":..,"ev":..,"data":..}` is answered with an
 //! ack or an error carrying the same `ref`, in order. `{"token":".."}` re-authenticates.
+//! Frames are read ahead: up to [`MAX_IN_FLIGHT`] wait for the broker at once (a Redis
+//! round trip per publish would otherwise bound a socket), and answers go out in frame
+//! order, several per flush.
 //!
 //! Presence ([`crate::presence`]): `{"ref":..,"join":"<ch>"}` enters a channel, answered
 //! `{"type":"joined","ref":..,"ch":"<ch>"}`, and `{"ref":..,"leave":"<ch>"}` leaves it,
@@ -13,7 +16,9 @@
 //! leaves every joined channel. Joining is not needed to publish; it makes the user count
 //! in the channel's `pubCount` and, with `presence.events`, announces it (`join`/`leave`
 //! events, once per user however many sessions it has on this host). A new token for
-//! another user moves the memberships to that user.
+//! another user moves the memberships to that user. A join or leave waits for the frames
+//! before it and is answered once its event is out, so the event sits between them and the
+//! frames after it.
 //!
 //! The server pings every `ping_interval`; a client that sent nothing at all between two
 //! pings is closed with 4001. At shutdown every publisher is closed with 1001.
