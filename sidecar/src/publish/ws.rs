@@ -5,7 +5,7 @@
 //! when no token comes within the auth timeout). Then each frame
 //! `{"ref":..,"ch":..,"msg":..}` / `{"ref":..,"ch":..,"ev":..,"data":..}` is answered with an
 //! ack or an error carrying the same `ref`, in order. `{"token":".."}` re-authenticates.
-//! Frames are read ahead: up to [`MAX_IN_FLIGHT`] wait for the broker at once (a Redis
+//! Frames are read ahead: up to 64 wait for the broker at once (a Redis
 //! round trip per publish would otherwise bound a socket), and answers go out in frame
 //! order, several per flush.
 //!
