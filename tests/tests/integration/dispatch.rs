@@ -189,7 +189,7 @@ async fn counts_and_history_span_hosts_and_presence_events_cross_them() {
         .collect();
     joined.sort();
     assert_eq!(joined, ["alice", "bob"]);
-    let position = |wanted: &dyn Fn(&Value) -> bool| seen.iter().position(|m| wanted(m));
+    let position = |wanted: &dyn Fn(&Value) -> bool| seen.iter().position(wanted);
     let alice_joined = position(&|m| m["ev"] == "join" && m["user"]["name"] == "alice");
     let alice_said = position(&|m| m["msg"] == "hello from A");
     assert!(
