@@ -82,6 +82,9 @@ async fn joins_go_to_the_less_loaded_host_and_a_dead_host_drops_out() {
         .await;
     assert_eq!(resp.status, 200, "{}", resp.text());
     assert_eq!(host_id(&resp), "a");
+    // A client that could not reach A is sent to B.
+    let resp = dispatcher.join("room", Some(&json!({"failed": "a"}))).await;
+    assert_eq!(host_id(&resp), "b", "{}", resp.text());
 
     // A host killed without a word is gone within its expiry (3 s) plus a report.
     a.kill_host();
