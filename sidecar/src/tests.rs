@@ -132,6 +132,19 @@ async fn ws_json(ws: &mut Ws) -> Value {
     }
 }
 
+/// Sends each frame and expects an error with the given code, carrying the frame's `ref`.
+async fn expect_errors<const N: usize>(ws: &mut Ws, cases: [(Value, &str); N]) {
+    for (frame, code) in cases {
+        let reference = frame["ref"].clone();
+        ws_send(ws, frame).await;
+        let reply = ws_json(ws).await;
+        assert_eq!(reply["type"], "error", "{reply}");
+        assert_eq!(reply["code"], code, "{reply}");
+        assert_eq!(reply["ref"], reference, "{reply}");
+        assert!(!reply["message"].as_str().unwrap().is_empty());
+    }
+}
+
 /// Reads until the close frame and returns its code.
 async fn ws_close_code(ws: &mut Ws) -> u16 {
     loop {
@@ -347,15 +360,7 @@ async fn websocket_errors_carry_ref_code_and_reason() {
             "events_not_allowed",
         ),
     ];
-    for (frame, code) in cases {
-        let reference = frame["ref"].clone();
-        ws_send(&mut ws, frame).await;
-        let reply = ws_json(&mut ws).await;
-        assert_eq!(reply["type"], "error", "{reply}");
-        assert_eq!(reply["code"], code, "{reply}");
-        assert_eq!(reply["ref"], reference, "{reply}");
-        assert!(!reply["message"].as_str().unwrap().is_empty());
-    }
+    expect_errors(&mut ws, cases).await;
 
     ws_send(&mut ws, json!({"ref": 1, "ch": "a:b", "msg": "x"})).await;
     let reply = ws_json(&mut ws).await;
@@ -811,15 +816,7 @@ async fn join_and_leave_frames_are_answered_with_their_ref() {
             "bad_request",
         ),
     ];
-    for (frame, code) in errors {
-        let reference = frame["ref"].clone();
-        ws_send(&mut ws, frame).await;
-        let reply = ws_json(&mut ws).await;
-        assert_eq!(reply["type"], "error", "{reply}");
-        assert_eq!(reply["code"], code, "{reply}");
-        assert_eq!(reply["ref"], reference, "{reply}");
-        assert!(!reply["message"].as_str().unwrap().is_empty());
-    }
+    expect_errors(&mut ws, errors).await;
     ws_send(&mut ws, json!({"ref": 10, "join": "a:b"})).await;
     assert_eq!(
         ws_json(&mut ws).await["message"],
