@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn, Instrument};
 
-use crate::broker::{Backlog, Broker, Event, Subscriber};
+use crate::broker::{Backlog, Broker, BrokerError, Event, Subscriber};
 use crate::codec::{CodecError, WireCodec};
 
 /// How long a new connection may take to say `Hello`.
@@ -37,6 +37,10 @@ const SHUTDOWN_FLUSH: Duration = Duration::from_secs(1);
 
 /// Live events written per batch before flushing the socket.
 const WRITE_BATCH: usize = 256;
+
+/// How often a subscription the broker could not take (Redis down) is tried again. The
+/// worker's connection stays up meanwhile, so its other channels keep flowing.
+const SUBSCRIBE_RETRY: Duration = Duration::from_secs(1);
 
 /// Settings of the relay server.
 #[derive(Debug, Clone)]
@@ -302,8 +306,19 @@ struct Connection {
     queue: mpsc::Receiver<Event>,
     /// The channels the worker is subscribed to.
     channels: HashMap<String, Sent>,
+    /// Subscriptions the broker could not take yet, tried again every [`SUBSCRIBE_RETRY`].
+    pending: HashMap<String, Pending>,
+    /// Whether the last subscription failed, so the log says it once, and once more when
+    /// the broker takes them again.
+    subscribe_failing: bool,
     /// Cancelled at shutdown: flush what is queued and close.
     shutdown: CancellationToken,
+}
+
+/// A subscription waiting for the broker.
+struct Pending {
+    want: u32,
+    since: Option<Position>,
 }
 
 impl Connection {
@@ -326,6 +341,8 @@ impl Connection {
             subscriber,
             queue,
             channels: HashMap::new(),
+            pending: HashMap::new(),
+            subscribe_failing: false,
             shutdown,
         }
     }
@@ -410,10 +427,19 @@ impl Connection {
 
     async fn serve(&mut self, pid: u32) -> Stop {
         let overflowed = self.subscriber.overflowed().clone();
+        let mut retry = tokio::time::interval(SUBSCRIBE_RETRY);
+        retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = self.shutdown.cancelled() => return Stop::Shutdown,
                 _ = overflowed.cancelled() => return Stop::Overflow,
+                _ = retry.tick(), if !self.pending.is_empty() => {
+                    for (channel, p) in std::mem::take(&mut self.pending) {
+                        if let Err(stop) = self.subscribe(channel, p.want, p.since).await {
+                            return stop;
+                        }
+                    }
+                }
                 frame = self.reader.next() => {
                     let frame = match frame {
                         None => return Stop::Closed,
@@ -461,6 +487,7 @@ impl Connection {
                 since,
             } => self.subscribe(channel, want, since).await,
             ToSidecar::Unsubscribe { channel } => {
+                self.pending.remove(&channel);
                 if self.channels.remove(&channel).is_some() {
                     self.broker
                         .unsubscribe(&channel, self.subscriber.id())
@@ -502,7 +529,26 @@ impl Connection {
             .subscribe(&channel, want, since, &self.subscriber)
             .await
         {
-            Ok(b) => b,
+            Ok(b) => {
+                if std::mem::replace(&mut self.subscribe_failing, false) {
+                    info!(channel, "subscribing works again");
+                }
+                b
+            }
+            Err(BrokerError::Unavailable(e)) => {
+                // Only this channel waits; the worker's others keep flowing.
+                if !std::mem::replace(&mut self.subscribe_failing, true) {
+                    warn!(
+                        channel,
+                        "cannot subscribe: {e}; retrying every {}s",
+                        SUBSCRIBE_RETRY.as_secs()
+                    );
+                } else {
+                    debug!(channel, "cannot subscribe yet: {e}");
+                }
+                self.pending.insert(channel, Pending { want, since });
+                return Ok(());
+            }
             Err(e) => {
                 // The worker keeps its subscribers and retries on reconnect.
                 error!(channel, "cannot subscribe: {e}; closing relay connection");

@@ -421,3 +421,48 @@ async fn a_publisher_sending_ahead_gets_every_answer_in_order() {
         .collect();
     assert_eq!(texts, expected);
 }
+
+#[tokio::test]
+async fn a_viewer_joining_while_redis_is_down_gets_the_channel_once_it_is_back() {
+    let mut redis = RedisServer::start();
+    let a = host("127.0.0.2", "a", &redis.url());
+    let mut old_viewer = Subscriber::connect(&a, "/sub/old").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let workers = a.sidecar_log().matches("nginx worker connected").count();
+
+    redis.stop();
+    // A channel no worker had yet: the worker's subscription waits for Redis, and its
+    // relay connection stays up.
+    let mut new_viewer = Subscriber::connect(&a, "/sub/new").await;
+    assert!(
+        a.wait_for_sidecar_log("retrying every 1s", WAIT),
+        "the sidecar says the subscription waits"
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    redis.start_again();
+    assert!(
+        a.wait_for_sidecar_log("subscribing works again", WAIT * 2),
+        "the waiting subscription is taken once Redis is back"
+    );
+    assert_eq!(
+        a.sidecar_log().matches("nginx worker connected").count(),
+        workers,
+        "no relay connection was dropped"
+    );
+    assert!(!a.sidecar_log().contains("closing relay connection"));
+
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let resp = a.post_text("new", &token("alice"), b"hello").await;
+        if resp.status == 200 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{}", resp.text());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (chat, _) = messages(&mut new_viewer, 1, WAIT).await;
+    assert_eq!(chat[0]["msg"], "hello");
+    a.publish("old", "still here").await;
+    let (chat, _) = messages(&mut old_viewer, 1, WAIT).await;
+    assert_eq!(chat[0]["msg"], "still here");
+}
