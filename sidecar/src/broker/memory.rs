@@ -237,24 +237,13 @@ impl MemoryBroker {
     ) -> Result<History, BrokerError> {
         let mut map = self.shard(channel);
         let ch = Self::touch(&mut map, channel, now, self.options.ttl)?;
-        let below = before.unwrap_or(u64::MAX);
-        let mut messages: Vec<Entry> = ch
-            .history
-            .iter()
-            .rev()
-            .filter(|(id, _)| *id < below)
-            .take(limit)
-            .map(|(id, payload)| Entry {
-                id: *id,
-                payload: payload.to_vec(),
-            })
-            .collect();
-        messages.reverse();
-        Ok(History {
-            epoch: ch.epoch,
-            head: ch.last_id,
-            messages,
-        })
+        Ok(History::page(
+            ch.epoch,
+            ch.last_id,
+            ch.history.iter().rev().map(|(id, p)| (*id, &p[..])),
+            before,
+            limit,
+        ))
     }
 
     pub(crate) fn unsubscribe_at(&self, channel: &str, subscriber: SubscriberId, now: Instant) {

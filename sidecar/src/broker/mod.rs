@@ -81,6 +81,34 @@ pub struct History {
     pub messages: Vec<Entry>,
 }
 
+impl History {
+    /// The page of up to `limit` messages with an id below `before` (any when `None`), taken
+    /// from `newest_first` (id and payload, newest first) and returned oldest first.
+    pub fn page<'a>(
+        epoch: u64,
+        head: u64,
+        newest_first: impl Iterator<Item = (u64, &'a [u8])>,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Self {
+        let below = before.unwrap_or(u64::MAX);
+        let mut messages: Vec<Entry> = newest_first
+            .filter(|(id, _)| *id < below)
+            .take(limit)
+            .map(|(id, payload)| Entry {
+                id,
+                payload: payload.to_vec(),
+            })
+            .collect();
+        messages.reverse();
+        Self {
+            epoch,
+            head,
+            messages,
+        }
+    }
+}
+
 /// A subscriber's identity, unique in this process.
 pub type SubscriberId = u64;
 

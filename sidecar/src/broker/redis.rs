@@ -620,23 +620,13 @@ impl Broker for RedisBroker {
         limit: usize,
     ) -> Result<History, BrokerError> {
         let read = self.read(channel, limit, before.unwrap_or(0)).await?;
-        let below = before.unwrap_or(u64::MAX);
-        let mut messages: Vec<Entry> = read
-            .entries
-            .into_iter()
-            .filter(|e| e.id < below)
-            .take(limit)
-            .map(|e| Entry {
-                id: e.id,
-                payload: e.payload.to_vec(),
-            })
-            .collect();
-        messages.reverse();
-        Ok(History {
-            epoch: read.epoch,
-            head: read.head,
-            messages,
-        })
+        Ok(History::page(
+            read.epoch,
+            read.head,
+            read.entries.iter().map(|e| (e.id, &e.payload[..])),
+            before,
+            limit,
+        ))
     }
 }
 
