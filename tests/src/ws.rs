@@ -90,6 +90,29 @@ async fn next_event(ws: &mut Ws, timeout: Duration) -> Option<Event> {
     })
 }
 
+/// The next text frame within `within`, skipping pings and pongs (recording text in `raw`
+/// when given). `Err(Some(event))` is anything else that came, `Err(None)` a timeout.
+async fn next_text(
+    ws: &mut Ws,
+    mut raw: Option<&mut Vec<String>>,
+    within: Duration,
+) -> Result<String, Option<Event>> {
+    let deadline = Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match next_event(ws, left).await {
+            Some(Event::Text(t)) => {
+                if let Some(raw) = raw.as_deref_mut() {
+                    raw.push(t.clone());
+                }
+                return Ok(t);
+            }
+            Some(Event::Ping(_) | Event::Pong(_)) => continue,
+            other => return Err(other),
+        }
+    }
+}
+
 /// Reads until a close frame; returns its code and the text frames before it. Panics on
 /// timeout or when `what`'s connection ends without a close frame.
 async fn read_until_close(
@@ -190,17 +213,12 @@ impl Subscriber {
     pub fn recv(&mut self) -> impl std::future::Future<Output = Value> + '_ {
         let caller = std::panic::Location::caller();
         async move {
-            let deadline = Instant::now() + WAIT;
-            loop {
-                let left = deadline.saturating_duration_since(Instant::now());
-                match self.next(left).await {
-                    Some(Event::Text(t)) => return parse_json(&t),
-                    Some(Event::Ping(_) | Event::Pong(_)) => continue,
-                    Some(other) => {
-                        panic!("{caller}: expected a message, got {}", other.brief())
-                    }
-                    None => panic!("{caller}: no message within {WAIT:?}"),
+            match next_text(&mut self.ws, Some(&mut self.raw), WAIT).await {
+                Ok(t) => parse_json(&t),
+                Err(Some(other)) => {
+                    panic!("{caller}: expected a message, got {}", other.brief())
                 }
+                Err(None) => panic!("{caller}: no message within {WAIT:?}"),
             }
         }
     }
@@ -209,27 +227,19 @@ impl Subscriber {
     pub async fn recv_n(&mut self, n: usize) -> Vec<Value> {
         let mut out = Vec::with_capacity(n);
         for i in 0..n {
-            let deadline = Instant::now() + WAIT;
-            loop {
-                let left = deadline.saturating_duration_since(Instant::now());
-                match self.next(left).await {
-                    Some(Event::Text(t)) => {
-                        out.push(parse_json(&t));
-                        break;
-                    }
-                    Some(Event::Ping(_) | Event::Pong(_)) => continue,
-                    Some(other) => panic!(
-                        "expected message {} of {n}, got {} after {}",
-                        i + 1,
-                        other.brief(),
-                        brief_all(&out)
-                    ),
-                    None => panic!(
-                        "message {} of {n} did not arrive within {WAIT:?}; got {}",
-                        i + 1,
-                        brief_all(&out)
-                    ),
-                }
+            match next_text(&mut self.ws, Some(&mut self.raw), WAIT).await {
+                Ok(t) => out.push(parse_json(&t)),
+                Err(Some(other)) => panic!(
+                    "expected message {} of {n}, got {} after {}",
+                    i + 1,
+                    other.brief(),
+                    brief_all(&out)
+                ),
+                Err(None) => panic!(
+                    "message {} of {n} did not arrive within {WAIT:?}; got {}",
+                    i + 1,
+                    brief_all(&out)
+                ),
             }
         }
         out
@@ -339,15 +349,10 @@ impl Publisher {
 
     /// The next text frame as JSON; panics otherwise.
     pub async fn recv(&mut self) -> Value {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.next(left).await {
-                Some(Event::Text(t)) => return parse_json(&t),
-                Some(Event::Ping(_) | Event::Pong(_)) => continue,
-                Some(other) => panic!("expected a reply on /pub, got {}", other.brief()),
-                None => panic!("no reply on /pub within {WAIT:?}"),
-            }
+        match next_text(&mut self.ws, None, WAIT).await {
+            Ok(t) => parse_json(&t),
+            Err(Some(other)) => panic!("expected a reply on /pub, got {}", other.brief()),
+            Err(None) => panic!("no reply on /pub within {WAIT:?}"),
         }
     }
 
