@@ -353,28 +353,20 @@ impl Chatup {
             &self.path("sidecar.log"),
         );
         self.sidecar = Some(child);
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            if let Some(status) = self
-                .sidecar
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                self.sidecar = None;
-                panic!(
-                    "chatup-sidecar exited at start ({status}):\n{}",
-                    self.sidecar_log()
-                );
-            }
-            if self.relay_socket().exists() && health_ok(self.sidecar_addr()) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "chatup-sidecar not ready within {READY_TIMEOUT:?}:\n{}",
+        let (socket, addr) = (self.relay_socket(), self.sidecar_addr());
+        let log = self.path("sidecar.log");
+        let started = wait_ready(
+            &mut self.sidecar,
+            "chatup-sidecar",
+            READY_TIMEOUT,
+            || socket.exists() && health_ok(addr),
+            || fs::read_to_string(&log).unwrap_or_default(),
+        );
+        if let Err(status) = started {
+            panic!(
+                "chatup-sidecar exited at start ({status}):\n{}",
                 self.sidecar_log()
             );
-            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
@@ -830,26 +822,17 @@ impl Dispatcher {
             &self.opts.sidecar_set,
             &self.path("sidecar.log"),
         ));
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                self.child = None;
-                panic!("the dispatcher exited at start ({status}):\n{}", self.log());
-            }
-            if http_status(self.addr, "/health").is_some() {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the dispatcher did not answer HTTP on {} within {READY_TIMEOUT:?}:\n{}",
-                self.addr,
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
+        let addr = self.addr;
+        let log = self.path("sidecar.log");
+        let started = wait_ready(
+            &mut self.child,
+            "the dispatcher",
+            READY_TIMEOUT,
+            || http_status(addr, "/health").is_some(),
+            || fs::read_to_string(&log).unwrap_or_default(),
+        );
+        if let Err(status) = started {
+            panic!("the dispatcher exited at start ({status}):\n{}", self.log());
         }
     }
 
@@ -1174,6 +1157,33 @@ pub fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
         return None;
     }
     parts.next()?.parse().ok()
+}
+
+/// Polls `ready` until it holds; `Err` with the exit status (and `child` emptied) when the
+/// process exits first. Panics with `what` and `log()` after `timeout`.
+pub fn wait_ready(
+    child: &mut Option<Child>,
+    what: &str,
+    timeout: Duration,
+    mut ready: impl FnMut() -> bool,
+    log: impl Fn() -> String,
+) -> Result<(), ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            *child = None;
+            return Err(status);
+        }
+        if ready() {
+            return Ok(());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} not ready within {timeout:?}:\n{}",
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Sends SIGTERM and waits (bounded) for the exit; a process that outlives the wait is

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::env::{free_port_on, kill_group, parse_loopback, signal_pid, wait_timeout};
+use crate::env::{free_port_on, kill_group, parse_loopback, signal_pid, wait_ready, wait_timeout};
 
 /// How long a Redis server may take to answer PING after it was started.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -271,14 +271,17 @@ impl RedisServer {
             .spawn()
             .unwrap_or_else(|e| panic!("spawn redis-server (is it installed and on PATH?): {e}"));
         self.child = Some(child);
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                self.child = None;
+        let (addr, log) = (self.addr(), self.log_path());
+        let started = wait_ready(
+            &mut self.child,
+            &format!("redis-server on {addr}"),
+            READY_TIMEOUT,
+            || matches!(command(addr, &["PING"]), Ok(Reply::Status(s)) if s == "PONG"),
+            || fs::read_to_string(&log).unwrap_or_default(),
+        );
+        match started {
+            Ok(()) => true,
+            Err(status) => {
                 let log = self.log();
                 let this_run = log.get(log_start as usize..).unwrap_or(&log);
                 if this_run.contains("Address already in use") {
@@ -289,16 +292,6 @@ impl RedisServer {
                     fs::read_to_string(self.dir.join("redis.stdout")).unwrap_or_default()
                 );
             }
-            if matches!(command(self.addr(), &["PING"]), Ok(Reply::Status(s)) if s == "PONG") {
-                return true;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "redis-server on {} did not answer PING within {READY_TIMEOUT:?}:\n{}",
-                self.addr(),
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
