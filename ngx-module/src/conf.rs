@@ -10,8 +10,12 @@
 //! | `chatup_max_channels`   | http, server, location  | `16`                     |
 //! | `chatup_max_unsent`     | http, server, location  | `1m`                     |
 //!
-//! Values are parsed by plain functions (tested below); the setters only move them in and
-//! out of nginx, so `nginx -t` reports every mistake with the directive and what is allowed.
+//! Values are parsed by plain functions (tested below), and the one-value directives are
+//! listed in [`MAIN_SETTINGS`] and [`LOC_SETTINGS`], from which the command table is built;
+//! the setters only move values in and out of nginx, so `nginx -t` reports every mistake
+//! with the directive and what is allowed.
+
+use std::ffi::CStr;
 
 use ngx::http::{Merge, MergeConfigError};
 
@@ -193,6 +197,46 @@ fn store<T>(slot: &mut Option<T>, value: Result<T, ConfError>) -> Result<(), Con
     Ok(())
 }
 
+/// A directive that takes one value and keeps it in a configuration struct of type `C`.
+pub struct Setting<C> {
+    /// NUL-terminated, as nginx compares directive names.
+    pub name: &'static CStr,
+    /// Parses the value and stores it, refusing a second one at the same level.
+    pub set: fn(&mut C, &str) -> Result<(), ConfError>,
+}
+
+/// The `http`-level directives that take a value (`chatup_subscribe` is the only other one).
+pub const MAIN_SETTINGS: [Setting<MainConf>; 3] = [
+    Setting {
+        name: c"chatup_relay_socket",
+        set: |mc, v| store(&mut mc.relay_socket, parse_socket_path(v)),
+    },
+    Setting {
+        name: c"chatup_cache_messages",
+        set: |mc, v| store(&mut mc.cache_messages, parse_cache_messages(v)),
+    },
+    Setting {
+        name: c"chatup_cache_bytes",
+        set: |mc, v| store(&mut mc.cache_bytes, parse_nonzero_size(v)),
+    },
+];
+
+/// The directives allowed at every level (`http`, `server`, `location`), inherited inwards.
+pub const LOC_SETTINGS: [Setting<LocConf>; 3] = [
+    Setting {
+        name: c"chatup_ping_interval",
+        set: |lc, v| store(&mut lc.ping_interval_ms, parse_duration_ms(v)),
+    },
+    Setting {
+        name: c"chatup_max_channels",
+        set: |lc, v| store(&mut lc.max_channels, parse_max_channels(v)),
+    },
+    Setting {
+        name: c"chatup_max_unsent",
+        set: |lc, v| store(&mut lc.max_unsent, parse_nonzero_size(v)),
+    },
+];
+
 /// The setters and the command table: the only part of the configuration that touches nginx.
 #[cfg(not(test))]
 mod directives {
@@ -282,173 +326,128 @@ mod directives {
                 false
             }
         };
-        let result = if regex || clcf.named() != 0 || clcf.exact_match() != 0 || clcf.noname() != 0
-        {
-            Err(ConfError::NotPrefixLocation)
-        } else {
-            let prefix = clcf.name.as_bytes().to_vec();
-            clcf.handler = Some(crate::ffi::subscriber::content_handler);
-            if let Some(main) = Module::main_conf_mut(cf_ref) {
-                main.enabled = true;
-            }
-            // SAFETY: this command is declared with NGX_HTTP_LOC_CONF_OFFSET, so conf is our LocConf.
-            unsafe {
-                return with_conf::<LocConf>(cf, conf, |lc, _| {
-                    if lc.subscribe {
-                        return Err(ConfError::Duplicate);
-                    }
-                    lc.subscribe = true;
-                    lc.prefix = prefix;
-                    Ok(())
-                });
-            }
+        if regex || clcf.named() != 0 || clcf.exact_match() != 0 || clcf.noname() != 0 {
+            // SAFETY: cf is the setter's configuration.
+            return unsafe { conf_result(cf, Err(ConfError::NotPrefixLocation)) };
+        }
+        let prefix = clcf.name.as_bytes().to_vec();
+        clcf.handler = Some(crate::ffi::subscriber::content_handler);
+        if let Some(main) = Module::main_conf_mut(cf_ref) {
+            main.enabled = true;
+        }
+        // SAFETY: this command is declared with NGX_HTTP_LOC_CONF_OFFSET, so conf is our LocConf.
+        unsafe {
+            with_conf::<LocConf>(cf, conf, |lc, _| {
+                if lc.subscribe {
+                    return Err(ConfError::Duplicate);
+                }
+                lc.subscribe = true;
+                lc.prefix = prefix;
+                Ok(())
+            })
+        }
+    }
+
+    /// A configuration struct of this module: where nginx keeps it, where its directives may
+    /// stand, and its one-value directives.
+    trait Level: Sized + 'static {
+        const CONF_OFFSET: usize;
+        const CONTEXT: u32;
+        const SETTINGS: &'static [Setting<Self>];
+    }
+
+    impl Level for MainConf {
+        const CONF_OFFSET: usize = NGX_HTTP_MAIN_CONF_OFFSET;
+        const CONTEXT: u32 = NGX_HTTP_MAIN_CONF;
+        const SETTINGS: &'static [Setting<Self>] = &MAIN_SETTINGS;
+    }
+
+    impl Level for LocConf {
+        const CONF_OFFSET: usize = NGX_HTTP_LOC_CONF_OFFSET;
+        const CONTEXT: u32 = NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF;
+        const SETTINGS: &'static [Setting<Self>] = &LOC_SETTINGS;
+    }
+
+    /// The setter of every one-value directive; the command's `offset` (which nginx leaves to
+    /// the setter) is the directive's index in `C::SETTINGS`.
+    extern "C" fn set_value<C: Level>(
+        cf: *mut ngx_conf_t,
+        cmd: *mut ngx_command_t,
+        conf: *mut c_void,
+    ) -> *mut c_char {
+        // SAFETY: nginx passes the command it matched, an entry of COMMANDS.
+        let index = unsafe { (*cmd).offset };
+        let Some(setting) = C::SETTINGS.get(index) else {
+            return NGX_CONF_ERROR;
         };
-        // SAFETY: cf is the setter's configuration.
-        unsafe { conf_result(cf, result) }
+        // SAFETY: `commands` declares this setter with C::CONF_OFFSET, so conf is our C.
+        unsafe { with_conf::<C>(cf, conf, setting.set) }
     }
 
-    extern "C" fn set_relay_socket(
-        cf: *mut ngx_conf_t,
-        _cmd: *mut ngx_command_t,
-        conf: *mut c_void,
-    ) -> *mut c_char {
-        // SAFETY: declared with NGX_HTTP_MAIN_CONF_OFFSET: conf is our MainConf.
-        unsafe {
-            with_conf::<MainConf>(cf, conf, |mc, v| {
-                store(&mut mc.relay_socket, parse_socket_path(v))
-            })
-        }
-    }
-
-    extern "C" fn set_cache_messages(
-        cf: *mut ngx_conf_t,
-        _cmd: *mut ngx_command_t,
-        conf: *mut c_void,
-    ) -> *mut c_char {
-        // SAFETY: declared with NGX_HTTP_MAIN_CONF_OFFSET: conf is our MainConf.
-        unsafe {
-            with_conf::<MainConf>(cf, conf, |mc, v| {
-                store(&mut mc.cache_messages, parse_cache_messages(v))
-            })
-        }
-    }
-
-    extern "C" fn set_cache_bytes(
-        cf: *mut ngx_conf_t,
-        _cmd: *mut ngx_command_t,
-        conf: *mut c_void,
-    ) -> *mut c_char {
-        // SAFETY: declared with NGX_HTTP_MAIN_CONF_OFFSET: conf is our MainConf.
-        unsafe {
-            with_conf::<MainConf>(cf, conf, |mc, v| {
-                store(&mut mc.cache_bytes, parse_nonzero_size(v))
-            })
-        }
-    }
-
-    extern "C" fn set_ping_interval(
-        cf: *mut ngx_conf_t,
-        _cmd: *mut ngx_command_t,
-        conf: *mut c_void,
-    ) -> *mut c_char {
-        // SAFETY: declared with NGX_HTTP_LOC_CONF_OFFSET: conf is our LocConf.
-        unsafe {
-            with_conf::<LocConf>(cf, conf, |lc, v| {
-                store(&mut lc.ping_interval_ms, parse_duration_ms(v))
-            })
-        }
-    }
-
-    extern "C" fn set_max_channels(
-        cf: *mut ngx_conf_t,
-        _cmd: *mut ngx_command_t,
-        conf: *mut c_void,
-    ) -> *mut c_char {
-        // SAFETY: declared with NGX_HTTP_LOC_CONF_OFFSET: conf is our LocConf.
-        unsafe {
-            with_conf::<LocConf>(cf, conf, |lc, v| {
-                store(&mut lc.max_channels, parse_max_channels(v))
-            })
-        }
-    }
-
-    extern "C" fn set_max_unsent(
-        cf: *mut ngx_conf_t,
-        _cmd: *mut ngx_command_t,
-        conf: *mut c_void,
-    ) -> *mut c_char {
-        // SAFETY: declared with NGX_HTTP_LOC_CONF_OFFSET: conf is our LocConf.
-        unsafe {
-            with_conf::<LocConf>(cf, conf, |lc, v| {
-                store(&mut lc.max_unsent, parse_nonzero_size(v))
-            })
-        }
-    }
-
-    const ANY_LEVEL: u32 = NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF;
+    type Setter = extern "C" fn(*mut ngx_conf_t, *mut ngx_command_t, *mut c_void) -> *mut c_char;
 
     const fn command(
         name: ngx_str_t,
         flags: u32,
         conf: usize,
-        set: extern "C" fn(*mut ngx_conf_t, *mut ngx_command_t, *mut c_void) -> *mut c_char,
+        set: Setter,
+        offset: usize,
     ) -> ngx_command_t {
         ngx_command_t {
             name,
             type_: flags as ngx_uint_t,
             set: Some(set),
             conf,
-            offset: 0,
+            offset,
             post: std::ptr::null_mut(),
         }
     }
 
-    // nginx takes the table as `*mut` but never writes to it.
-    pub static mut COMMANDS: [ngx_command_t; 8] = [
-        command(
+    /// `chatup_subscribe`, the settings, and the terminating null command.
+    const COMMAND_COUNT: usize = 2 + MAIN_SETTINGS.len() + LOC_SETTINGS.len();
+
+    /// Appends the commands of `C::SETTINGS` to `table` from `at`; returns the next free slot.
+    const fn push_settings<C: Level>(
+        table: &mut [ngx_command_t; COMMAND_COUNT],
+        mut at: usize,
+    ) -> usize {
+        let mut index = 0;
+        while index < C::SETTINGS.len() {
+            let name = C::SETTINGS[index].name;
+            table[at] = command(
+                ngx_str_t {
+                    len: name.to_bytes().len(),
+                    data: name.as_ptr() as *mut u8,
+                },
+                C::CONTEXT | NGX_CONF_TAKE1,
+                C::CONF_OFFSET,
+                set_value::<C>,
+                index,
+            );
+            at += 1;
+            index += 1;
+        }
+        at
+    }
+
+    const fn commands() -> [ngx_command_t; COMMAND_COUNT] {
+        let mut table = [ngx_command_t::empty(); COMMAND_COUNT];
+        table[0] = command(
             ngx_string!("chatup_subscribe"),
             NGX_HTTP_LOC_CONF | NGX_CONF_NOARGS,
             NGX_HTTP_LOC_CONF_OFFSET,
             set_subscribe,
-        ),
-        command(
-            ngx_string!("chatup_relay_socket"),
-            NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
-            NGX_HTTP_MAIN_CONF_OFFSET,
-            set_relay_socket,
-        ),
-        command(
-            ngx_string!("chatup_cache_messages"),
-            NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
-            NGX_HTTP_MAIN_CONF_OFFSET,
-            set_cache_messages,
-        ),
-        command(
-            ngx_string!("chatup_cache_bytes"),
-            NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
-            NGX_HTTP_MAIN_CONF_OFFSET,
-            set_cache_bytes,
-        ),
-        command(
-            ngx_string!("chatup_ping_interval"),
-            ANY_LEVEL | NGX_CONF_TAKE1,
-            NGX_HTTP_LOC_CONF_OFFSET,
-            set_ping_interval,
-        ),
-        command(
-            ngx_string!("chatup_max_channels"),
-            ANY_LEVEL | NGX_CONF_TAKE1,
-            NGX_HTTP_LOC_CONF_OFFSET,
-            set_max_channels,
-        ),
-        command(
-            ngx_string!("chatup_max_unsent"),
-            ANY_LEVEL | NGX_CONF_TAKE1,
-            NGX_HTTP_LOC_CONF_OFFSET,
-            set_max_unsent,
-        ),
-        ngx_command_t::empty(),
-    ];
+            0,
+        );
+        let at = push_settings::<MainConf>(&mut table, 1);
+        let at = push_settings::<LocConf>(&mut table, at);
+        // The last entry stays the null command that ends the table.
+        assert!(at == COMMAND_COUNT - 1);
+        table
+    }
+
+    // nginx takes the table as `*mut` but never writes to it.
+    pub static mut COMMANDS: [ngx_command_t; COMMAND_COUNT] = commands();
 }
 
 #[cfg(not(test))]
@@ -533,5 +532,51 @@ mod tests {
         assert_eq!(child.ping_interval_ms(), 0);
         assert_eq!(child.max_unsent(), 10);
         assert_eq!(LocConf::default().max_unsent(), DEFAULT_MAX_UNSENT);
+    }
+
+    fn setter<C>(table: &[Setting<C>], name: &str) -> fn(&mut C, &str) -> Result<(), ConfError> {
+        let found: Vec<_> = table
+            .iter()
+            .filter(|s| s.name.to_str() == Ok(name))
+            .collect();
+        assert_eq!(found.len(), 1, "{name}");
+        found[0].set
+    }
+
+    #[test]
+    fn settings_parse_into_their_field_once() {
+        let mut mc = MainConf::default();
+        let cache_bytes = setter(&MAIN_SETTINGS, "chatup_cache_bytes");
+        assert_eq!(cache_bytes(&mut mc, "0"), Err(ConfError::Zero("0".into())));
+        assert_eq!(cache_bytes(&mut mc, "1k"), Ok(()));
+        assert_eq!(cache_bytes(&mut mc, "2k"), Err(ConfError::Duplicate));
+        assert_eq!(mc.cache_bytes(), 1024);
+        assert_eq!(
+            setter(&MAIN_SETTINGS, "chatup_cache_messages")(&mut mc, "5"),
+            Ok(())
+        );
+        assert_eq!(
+            setter(&MAIN_SETTINGS, "chatup_relay_socket")(&mut mc, "/r.sock"),
+            Ok(())
+        );
+        assert_eq!((mc.cache_messages(), mc.relay_socket()), (5, "/r.sock"));
+
+        let mut lc = LocConf::default();
+        assert_eq!(
+            setter(&LOC_SETTINGS, "chatup_ping_interval")(&mut lc, "off"),
+            Ok(())
+        );
+        assert_eq!(
+            setter(&LOC_SETTINGS, "chatup_max_channels")(&mut lc, "3"),
+            Ok(())
+        );
+        assert_eq!(
+            setter(&LOC_SETTINGS, "chatup_max_unsent")(&mut lc, "1m"),
+            Ok(())
+        );
+        assert_eq!(
+            (lc.ping_interval_ms(), lc.max_channels(), lc.max_unsent()),
+            (0, 3, 1 << 20)
+        );
     }
 }
