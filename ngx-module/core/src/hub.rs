@@ -103,6 +103,8 @@ pub struct Hub<H> {
     dirty: Vec<SubscriberKey>,
     /// The subscriber counts changed since the last `Stats` frame.
     counts_changed: bool,
+    /// The ping frame, shared by every subscriber's outbox.
+    ping: Frame,
 }
 
 impl<H: Copy> Hub<H> {
@@ -115,6 +117,7 @@ impl<H: Copy> Hub<H> {
             relay_up: false,
             dirty: Vec::new(),
             counts_changed: false,
+            ping: Arc::from(ws::frame(Opcode::Ping, b"")),
         }
     }
 
@@ -152,7 +155,7 @@ impl<H: Copy> Hub<H> {
                 None => {
                     self.send_relay(&ToSidecar::Subscribe {
                         channel: name.to_string(),
-                        want: u32::try_from(self.cache_limits.messages).unwrap_or(u32::MAX),
+                        want: self.backlog_want(),
                         since: None,
                     });
                     self.channels.entry(name.clone()).or_insert(Channel {
@@ -204,6 +207,11 @@ impl<H: Copy> Hub<H> {
         }
     }
 
+    /// Queues a ping for one subscriber.
+    pub fn send_ping(&mut self, key: SubscriberKey) {
+        self.send_to(key, self.ping.clone());
+    }
+
     /// Queues a close frame for a subscriber, after which nothing else is sent to it.
     pub fn close(&mut self, key: SubscriberKey, code: u16, reason: &str) {
         if let Some(sub) = self.subscribers.get_mut(key) {
@@ -239,10 +247,7 @@ impl<H: Copy> Hub<H> {
 
     fn mark(&mut self, key: SubscriberKey) {
         if let Some(sub) = self.subscribers.get_mut(key) {
-            if !sub.marked {
-                sub.marked = true;
-                self.dirty.push(key);
-            }
+            mark(sub, key, &mut self.dirty);
         }
     }
 
@@ -259,12 +264,13 @@ impl<H: Copy> Hub<H> {
             version: chatup_wire::PROTOCOL_VERSION,
             pid,
         });
+        let want = self.backlog_want();
         let subscribes: Vec<_> = self
             .channels
             .iter()
             .map(|(name, ch)| ToSidecar::Subscribe {
                 channel: name.to_string(),
-                want: u32::try_from(self.cache_limits.messages).unwrap_or(u32::MAX),
+                want,
                 since: ch.cache.position(),
             })
             .collect();
@@ -297,6 +303,11 @@ impl<H: Copy> Hub<H> {
             subscribers: self.subscribers.len() as u32,
             channels,
         });
+    }
+
+    /// How many recent messages to ask for with a `Subscribe`: what the cache keeps.
+    fn backlog_want(&self) -> u32 {
+        u32::try_from(self.cache_limits.messages).unwrap_or(u32::MAX)
     }
 
     fn send_relay(&mut self, frame: &ToSidecar) {
@@ -354,12 +365,7 @@ impl<H: Copy> Hub<H> {
             reset_epoch(ch, name, epoch, &mut self.subscribers, &mut self.dirty);
         } else if kind == BacklogKind::Truncated {
             let notice = resync_frame(name, Resync::HistoryTruncated, epoch);
-            for m in &ch.members {
-                if let Some(sub) = self.subscribers.get_mut(m.key) {
-                    sub.enqueue(&notice);
-                    mark(sub, m.key, &mut self.dirty);
-                }
-            }
+            broadcast(&ch.members, &notice, &mut self.subscribers, &mut self.dirty);
         }
         for entry in messages {
             deliver(
@@ -420,10 +426,7 @@ fn deliver<H>(
     if id <= ch.cache.last_id() {
         return;
     }
-    let mut bytes = Vec::with_capacity(ws::MAX_HEADER_LEN + payload.len());
-    ws::put_header(&mut bytes, Opcode::Text, payload.len());
-    bytes.extend_from_slice(payload);
-    let frame: Frame = Arc::from(bytes);
+    let frame: Frame = Arc::from(ws::frame(Opcode::Text, payload));
     ch.cache.push(id, frame.clone());
     for m in &ch.members {
         if id <= m.skip_through {
@@ -445,11 +448,23 @@ fn reset_epoch<H>(
     dirty: &mut Vec<SubscriberKey>,
 ) {
     ch.cache.reset(epoch);
-    let notice = resync_frame(name, Resync::EpochChanged, epoch);
     for m in &mut ch.members {
         m.skip_through = 0;
+    }
+    let notice = resync_frame(name, Resync::EpochChanged, epoch);
+    broadcast(&ch.members, &notice, subscribers, dirty);
+}
+
+/// Queues a frame for every member of a channel.
+fn broadcast<H>(
+    members: &[Member],
+    frame: &Frame,
+    subscribers: &mut Slab<Subscriber<H>>,
+    dirty: &mut Vec<SubscriberKey>,
+) {
+    for m in members {
         if let Some(sub) = subscribers.get_mut(m.key) {
-            sub.enqueue(&notice);
+            sub.enqueue(frame);
             mark(sub, m.key, dirty);
         }
     }
@@ -706,6 +721,18 @@ mod tests {
         hub.close(a, 1001, "");
         assert_eq!(hub.take_dirty(), vec![(a, 5)]);
         assert_eq!(received(&mut hub, a).last().unwrap(), "close 1001");
+    }
+
+    #[test]
+    fn pings_share_one_frame() {
+        let mut hub = Hub::new(10);
+        let a = hub.add_subscriber(1u32, vec![sub("c", None)], BIG);
+        let b = hub.add_subscriber(2u32, vec![sub("c", None)], BIG);
+        hub.send_ping(a);
+        hub.send_ping(b);
+        assert_eq!(received(&mut hub, a), strings(&["opcode 0x89"]));
+        assert_eq!(received(&mut hub, b), strings(&["opcode 0x89"]));
+        assert_eq!(Arc::strong_count(&hub.ping), 1, "sent frames are released");
     }
 
     #[test]

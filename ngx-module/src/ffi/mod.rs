@@ -38,13 +38,24 @@ pub unsafe fn free_timer(ev: *mut ngx_event_t) {
     }
     // SAFETY: the caller hands over a live timer from new_timer, which we own.
     unsafe {
-        if (*ev).timer_set() != 0 {
-            ngx::ffi::ngx_del_timer(ev);
-        }
+        cancel_timer(ev);
         let ident = (*ev).data.cast::<ngx_connection_t>();
         (*ev).data = ptr::null_mut();
         drop(Box::from_raw(ident));
         drop(Box::from_raw(ev));
+    }
+}
+
+/// Takes `ev` out of the timer tree if it is there.
+///
+/// # Safety
+/// `ev` must be a live event of this worker.
+pub unsafe fn cancel_timer(ev: *mut ngx_event_t) {
+    // SAFETY: ev is live (caller's contract); the timer tree belongs to this thread.
+    unsafe {
+        if (*ev).timer_set() != 0 {
+            ngx::ffi::ngx_del_timer(ev);
+        }
     }
 }
 

@@ -32,6 +32,7 @@ use ngx::ffi::{
 use ngx::http::{HttpModule, HttpModuleLocationConf, Request};
 use ngx::{ngx_log_error, ngx_string};
 
+use super::cancel_timer;
 use super::worker::{forget_subscriber, with_worker};
 use crate::handshake::{self, HandshakeError, UpgradeRequest};
 use crate::hub::SubscriberKey;
@@ -369,9 +370,7 @@ extern "C" fn on_request_freed(data: *mut c_void) {
         let c = (*conn).c;
         // The pool (and the timer in it) is about to go.
         let timer = timer_of(conn);
-        if (*timer).timer_set() != 0 {
-            ngx::ffi::ngx_del_timer(timer);
-        }
+        cancel_timer(timer);
         // Events still pointing at us must not reach the freed subscriber. (nginx closes the
         // connection right after; this only matters if it did not.)
         let rev = (*c).read;
@@ -443,9 +442,7 @@ unsafe fn try_release(conn: *mut SubscriberConn) {
         let hc = (*r).http_connection;
         // The timer moves to the read event, which nothing else uses from now on.
         let rev = (*c).read;
-        if (*rev).timer_set() != 0 {
-            ngx::ffi::ngx_del_timer(rev);
-        }
+        cancel_timer(rev);
         (*rev).set_timedout(0);
         (*rev).set_cancelable(1);
         let timer = timer_of(conn);
@@ -468,9 +465,7 @@ unsafe fn try_release(conn: *mut SubscriberConn) {
         let wev = (*c).write;
         (*wev).handler = Some(on_write);
         // A send_timeout or limit_rate delay nginx may have set while writing the 101.
-        if (*wev).timer_set() != 0 {
-            ngx::ffi::ngx_del_timer(wev);
-        }
+        cancel_timer(wev);
         (*wev).set_delayed(0);
         free_header_buffers(c, hc);
     }
@@ -608,18 +603,31 @@ unsafe fn released_conn(ev: *mut ngx_event_t) -> Option<*mut SubscriberConn> {
     (!conn.is_null()).then_some(conn)
 }
 
+/// `conn`, unless nginx asks its connection to close (worker_shutdown_timeout ran out, for
+/// one): then the subscriber is closed and `None` returned.
+///
+/// # Safety
+/// `conn`, when given, must be a live subscriber, from one of its connection's event handlers.
+unsafe fn open_conn(conn: Option<*mut SubscriberConn>) -> Option<*mut SubscriberConn> {
+    let conn = conn?;
+    // SAFETY: conn is live (caller's contract), and so is its connection.
+    unsafe {
+        if (*(*conn).c).close() != 0 {
+            finalize(conn);
+            return None;
+        }
+    }
+    Some(conn)
+}
+
 /// Read event (and ping timer) while the connection still belongs to its request.
 extern "C" fn on_read_attached(ev: *mut ngx_event_t) {
     // SAFETY: installed by upgrade_connection on the connection's read event; until the
     // request is released, c->data is the request (nginx restores nothing else there).
     unsafe {
-        let Some(conn) = attached_conn(ev) else {
+        let Some(conn) = open_conn(attached_conn(ev)) else {
             return;
         };
-        if (*(*conn).c).close() != 0 {
-            finalize(conn);
-            return;
-        }
         // A timeout on this event is not ours yet (ours is in the request's ctx).
         (*ev).set_timedout(0);
         try_release(conn);
@@ -647,13 +655,9 @@ extern "C" fn on_attached_timer(ev: *mut ngx_event_t) {
 extern "C" fn on_write_attached(ev: *mut ngx_event_t) {
     // SAFETY: as for on_read_attached, on the write event.
     unsafe {
-        let Some(conn) = attached_conn(ev) else {
+        let Some(conn) = open_conn(attached_conn(ev)) else {
             return;
         };
-        if (*(*conn).c).close() != 0 {
-            finalize(conn);
-            return;
-        }
         // A limit_rate delay of the 101 ended (as ngx_http_request_handler does).
         if (*ev).delayed() != 0 && (*ev).timedout() != 0 {
             (*ev).set_delayed(0);
@@ -669,14 +673,9 @@ extern "C" fn on_read(ev: *mut ngx_event_t) {
     // SAFETY: installed by try_release, which made c->data the SubscriberConn; finalize
     // detaches it from the connection's events before freeing it.
     unsafe {
-        let Some(conn) = released_conn(ev) else {
+        let Some(conn) = open_conn(released_conn(ev)) else {
             return;
         };
-        // worker_shutdown_timeout ran out: nginx asks every connection to close.
-        if (*(*conn).c).close() != 0 {
-            finalize(conn);
-            return;
-        }
         read_event(conn, ev);
     }
 }
@@ -685,13 +684,9 @@ extern "C" fn on_read(ev: *mut ngx_event_t) {
 extern "C" fn on_write(ev: *mut ngx_event_t) {
     // SAFETY: as for on_read.
     unsafe {
-        let Some(conn) = released_conn(ev) else {
+        let Some(conn) = open_conn(released_conn(ev)) else {
             return;
         };
-        if (*(*conn).c).close() != 0 {
-            finalize(conn);
-            return;
-        }
         flush(conn);
     }
 }
@@ -727,8 +722,7 @@ unsafe fn on_timer(conn: *mut SubscriberConn) {
         } else {
             (*conn).heard = false;
             (*conn).ping_due = true;
-            let ping: Arc<[u8]> = Arc::from(ws::frame(Opcode::Ping, b""));
-            with_worker(|w| w.hub.send_to(key, ping));
+            with_worker(|w| w.hub.send_ping(key));
         }
         if flush(conn) && !(*conn).closing_armed && (*conn).ping_interval_ms > 0 {
             ngx::ffi::ngx_add_timer(timer_of(conn), (*conn).ping_interval_ms as _);
@@ -974,9 +968,7 @@ unsafe fn finalize(conn: *mut SubscriberConn) {
             // Still the request's: nginx ends it, and the pool cleanup removes the
             // subscriber from the hub and frees conn.
             let timer = timer_of(conn);
-            if (*timer).timer_set() != 0 {
-                ngx::ffi::ngx_del_timer(timer);
-            }
+            cancel_timer(timer);
             (*r).read_event_handler = Some(ngx_http_block_reading);
             (*r).write_event_handler = Some(ngx_http_request_empty_handler);
             ngx_http_finalize_request(r, NGX_HTTP_CLOSE as ngx_int_t);
@@ -989,9 +981,7 @@ unsafe fn finalize(conn: *mut SubscriberConn) {
         // Nothing of ours may run on the connection any more (a TLS shutdown may keep it
         // open a little longer, with its own handlers and timer).
         let rev = (*c).read;
-        if (*rev).timer_set() != 0 {
-            ngx::ffi::ngx_del_timer(rev);
-        }
+        cancel_timer(rev);
         (*rev).handler = Some(ngx_http_empty_handler);
         (*(*c).write).handler = Some(ngx_http_empty_handler);
         drop(Box::from_raw(conn));
