@@ -4,7 +4,7 @@
 //! Only the part between the two marker lines is rewritten, so the hand-written parts of
 //! the file (method notes, profiles, before/after of changes) survive a new run.
 
-use std::fmt::Write as _;
+use std::fmt::{self, Write as _};
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
@@ -45,8 +45,14 @@ pub fn run(args: &ReportArgs) -> Result<(), BenchError> {
     Ok(())
 }
 
+/// Replaces the generated section of `path` (or adds it); a missing file is created, one
+/// that cannot be read is left alone.
 fn write_into(path: &Path, section: &str) -> Result<(), BenchError> {
-    let old = std::fs::read_to_string(path).unwrap_or_default();
+    let old = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(BenchError::Setup(format!("read {}: {e}", path.display()))),
+    };
     let new = match (old.find(BEGIN), old.find(END)) {
         (Some(b), Some(e)) if b < e => {
             format!("{}{section}{}", &old[..b], &old[e + END.len()..])
@@ -58,21 +64,76 @@ fn write_into(path: &Path, section: &str) -> Result<(), BenchError> {
     Ok(())
 }
 
+/// The bound a target sets, in whole units.
+#[derive(Debug, Clone, Copy)]
+enum Bound {
+    AtMost(u32),
+    AtLeast(u32),
+}
+
+impl Bound {
+    fn met(self, x: f64) -> bool {
+        match self {
+            Bound::AtMost(b) => x <= f64::from(b),
+            Bound::AtLeast(b) => x >= f64::from(b),
+        }
+    }
+}
+
+impl fmt::Display for Bound {
+    /// `≤ 5`, `≥ 20,000`.
+    fn fmt(&self, out: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (sign, b) = match *self {
+            Bound::AtMost(b) => ('≤', b),
+            Bound::AtLeast(b) => ('≥', b),
+        };
+        let digits = b.to_string();
+        write!(out, "{sign} ")?;
+        for (i, digit) in digits.chars().enumerate() {
+            if i > 0 && (digits.len() - i) % 3 == 0 {
+                out.write_char(',')?;
+            }
+            out.write_char(digit)?;
+        }
+        Ok(())
+    }
+}
+
 /// A target: what it measures, the bound, and where the figure comes from.
 struct Target {
     name: &'static str,
-    /// Picks the run the target is judged on.
+    /// Picks the run the target is judged on (the last that applies).
     applies: fn(&Value) -> bool,
-    /// The figure, from that run.
-    figure: fn(&Value) -> Option<f64>,
-    /// Whether the figure meets the target.
-    met: fn(f64) -> bool,
-    bound: &'static str,
+    /// Where the figure is in that run.
+    path: &'static [&'static str],
+    /// What the figure is divided by to be in `unit`.
+    scale: f64,
+    bound: Bound,
     unit: &'static str,
 }
 
+impl Target {
+    /// The figure of the last run the target applies to.
+    fn figure(&self, runs: &[Value]) -> Option<f64> {
+        Some(f(latest(runs, self.applies)?, self.path)? / self.scale)
+    }
+}
+
+/// The last of `runs` that `pick` picks.
+fn latest(runs: &[Value], pick: impl Fn(&Value) -> bool) -> Option<&Value> {
+    runs.iter().rev().find(|r| pick(r))
+}
+
+/// The value at `path` in `v` (a key that is a number indexes an array).
+fn lookup<'a>(v: &'a Value, path: &[impl AsRef<str>]) -> Option<&'a Value> {
+    path.iter().try_fold(v, |v, k| match v {
+        Value::Array(items) => items.get(k.as_ref().parse::<usize>().ok()?),
+        _ => v.get(k.as_ref()),
+    })
+}
+
 fn f(v: &Value, path: &[&str]) -> Option<f64> {
-    path.iter().try_fold(v, |v, k| v.get(k))?.as_f64()
+    lookup(v, path)?.as_f64()
 }
 
 fn is_fanout_5000(v: &Value) -> bool {
@@ -108,61 +169,65 @@ fn is_idle_50k(v: &Value) -> bool {
     v["scenario"] == "idle" && v["subscribers"] == 50_000 && v["server"]["workers"] == 4
 }
 
+fn is_publish_one_sidecar(v: &Value) -> bool {
+    v["scenario"] == "publish" && broker(v) == "memory" && hosts(v) == 1
+}
+
 const TARGETS: &[Target] = &[
     Target {
         name: "idle: worker RSS per subscriber, 50,000 subscribers, 4 workers",
         applies: is_idle_50k,
-        figure: |v| f(v, &["rss_per_subscriber_bytes"]).map(|b| b / 1024.0),
-        met: |x| x <= 3.0,
-        bound: "≤ 3",
+        path: &["rss_per_subscriber_bytes"],
+        scale: 1024.0,
+        bound: Bound::AtMost(3),
         unit: "KB",
     },
     Target {
         name: "fanout 5,000 × 10 msg/s, 1 worker: nginx CPU per delivery",
         applies: is_fanout_5000,
-        figure: |v| f(v, &["nginx_cpu_us_per_delivery"]),
-        met: |x| x <= 5.0,
-        bound: "≤ 5",
+        path: &["nginx_cpu_us_per_delivery"],
+        scale: 1.0,
+        bound: Bound::AtMost(5),
         unit: "µs",
     },
     Target {
         name: "fanout 5,000 × 10 msg/s, 1 worker: latency p50",
         applies: is_fanout_5000,
-        figure: |v| f(v, &["latency_ms", "p50"]),
-        met: |x| x <= 15.0,
-        bound: "≤ 15",
+        path: &["latency_ms", "p50"],
+        scale: 1.0,
+        bound: Bound::AtMost(15),
         unit: "ms",
     },
     Target {
         name: "fanout 5,000 × 10 msg/s, 1 worker: latency p99",
         applies: is_fanout_5000,
-        figure: |v| f(v, &["latency_ms", "p99"]),
-        met: |x| x <= 30.0,
-        bound: "≤ 30",
+        path: &["latency_ms", "p99"],
+        scale: 1.0,
+        bound: Bound::AtMost(30),
         unit: "ms",
     },
     Target {
         name: "through the sidecar (memory broker), 100 subscribers × 1,000 msg/s: latency p99",
         applies: is_sidecar_path,
-        figure: |v| f(v, &["latency_ms", "p99"]),
-        met: |x| x <= 5.0,
-        bound: "≤ 5",
+        path: &["latency_ms", "p99"],
+        scale: 1.0,
+        bound: Bound::AtMost(5),
         unit: "ms",
     },
     Target {
         name: "through Redis, 2 hosts, 100 subscribers × 1,000 msg/s: latency p99",
         applies: is_redis_path,
-        figure: |v| f(v, &["latency_ms", "p99"]),
-        met: |x| x <= 10.0,
-        bound: "≤ 10",
+        path: &["latency_ms", "p99"],
+        scale: 1.0,
+        bound: Bound::AtMost(10),
         unit: "ms",
     },
     Target {
         name: "publish: acked messages/s through one sidecar",
-        applies: |v| v["scenario"] == "publish" && broker(v) == "memory" && hosts(v) == 1,
-        figure: |v| f(v, &["acked_per_s"]),
-        met: |x| x >= 20_000.0,
-        bound: "≥ 20,000",
+        applies: is_publish_one_sidecar,
+        path: &["acked_per_s"],
+        scale: 1.0,
+        bound: Bound::AtLeast(20_000),
         unit: "msg/s",
     },
 ];
@@ -185,111 +250,196 @@ fn num(x: Option<f64>) -> String {
     }
 }
 
+fn verdict(met: bool) -> &'static str {
+    if met {
+        "yes"
+    } else {
+        "**no**"
+    }
+}
+
 fn render(runs: &[Value], source: &Path) -> String {
     let mut md = String::new();
-    let _ = writeln!(md, "{BEGIN}\n");
+    // Writing to a String does not fail.
+    let _ = write_section(&mut md, runs, source);
+    md
+}
+
+fn write_section(md: &mut String, runs: &[Value], source: &Path) -> fmt::Result {
+    writeln!(md, "{BEGIN}\n")?;
     let machine = runs
         .iter()
         .find_map(|r| r["machine"].as_str())
         .unwrap_or("unknown machine");
-    let _ = writeln!(md, "## Results\n");
-    let _ = writeln!(
+    writeln!(md, "## Results\n")?;
+    writeln!(
         md,
         "Machine: {machine}. Raw results: `{}`.\n",
         source.display()
-    );
+    )?;
+    write_targets(md, runs)?;
+    writeln!(md, "\n### Runs\n")?;
+    for run in runs {
+        write_run(md, run)?;
+    }
+    writeln!(md, "{END}")
+}
 
-    let _ = writeln!(md, "### Targets\n");
-    let _ = writeln!(md, "| target | bound | measured | met |");
-    let _ = writeln!(md, "|---|---|---|---|");
+/// The targets table, then the module's CPU as a multiple of the kernel floor.
+fn write_targets(md: &mut String, runs: &[Value]) -> fmt::Result {
+    writeln!(md, "### Targets\n")?;
+    writeln!(md, "| target | bound | measured | met |")?;
+    writeln!(md, "|---|---|---|---|")?;
     for t in TARGETS {
-        let figure = runs
-            .iter()
-            .rev()
-            .find(|r| (t.applies)(r))
-            .and_then(t.figure);
-        let met = match figure {
-            Some(x) if (t.met)(x) => "yes",
-            Some(_) => "**no**",
-            None => "not run",
-        };
-        let _ = writeln!(
+        let figure = t.figure(runs);
+        let met = figure.map_or("not run", |x| verdict(t.bound.met(x)));
+        let (unit, measured) = (t.unit, num(figure));
+        writeln!(
             md,
-            "| {} | {} {} | {} {} | {met} |",
-            t.name,
-            t.bound,
-            t.unit,
-            num(figure),
-            t.unit
-        );
+            "| {} | {} {unit} | {measured} {unit} | {met} |",
+            t.name, t.bound
+        )?;
     }
     let total_lost: f64 = runs.iter().map(lost).sum();
-    let _ = writeln!(
+    writeln!(
         md,
         "| zero loss in every scenario | 0 | {} | {} |",
         num(Some(total_lost)),
-        if total_lost == 0.0 { "yes" } else { "**no**" }
-    );
-    let floor = runs
-        .iter()
-        .rev()
-        .find(|r| r["scenario"] == "floor")
+        verdict(total_lost == 0.0)
+    )?;
+    let floor = latest(runs, |r| r["scenario"] == "floor")
         .and_then(|r| f(r, &["server_cpu_us_per_delivery"]));
-    let module = runs
-        .iter()
-        .rev()
-        .find(|r| is_fanout_5000(r))
-        .and_then(|r| f(r, &["nginx_cpu_us_per_delivery"]));
+    let module = latest(runs, is_fanout_5000).and_then(|r| f(r, &["nginx_cpu_us_per_delivery"]));
     if let (Some(floor), Some(module)) = (floor, module) {
-        let _ = writeln!(
+        writeln!(
             md,
             "\nThe kernel floor here is {} µs per delivery; the module spends {} µs, \
              **{:.2}×** the floor.",
             num(Some(floor)),
             num(Some(module)),
             module / floor
-        );
+        )?;
     }
+    Ok(())
+}
 
-    let _ = writeln!(md, "\n### Runs\n");
-    for r in runs {
-        let scenario = r["scenario"].as_str().unwrap_or("?");
-        let _ = writeln!(md, "#### {scenario}\n");
-        let _ = writeln!(md, "```sh\n{}\n```\n", r["command"].as_str().unwrap_or("?"));
-        let _ = writeln!(md, "| figure | value |\n|---|---|");
-        for (label, path) in figures(scenario, r) {
-            let value = path.iter().try_fold(r, |v, k| at(v, k));
-            let shown = match value {
-                None | Some(Value::Null) => continue,
-                Some(Value::Number(_)) => num(value.and_then(Value::as_f64)),
-                Some(Value::Object(m)) if m.is_empty() => "none".into(),
-                Some(Value::String(text)) => text.clone(),
-                Some(other) => other.to_string(),
-            };
-            let _ = writeln!(md, "| {label} | {shown} |");
-        }
-        let _ = writeln!(md);
+/// One run: its command and a table of the figures it has.
+fn write_run(md: &mut String, run: &Value) -> fmt::Result {
+    let scenario = run["scenario"].as_str().unwrap_or("?");
+    writeln!(md, "#### {scenario}\n")?;
+    writeln!(
+        md,
+        "```sh\n{}\n```\n",
+        run["command"].as_str().unwrap_or("?")
+    )?;
+    writeln!(md, "| figure | value |\n|---|---|")?;
+    for (label, path) in figures(scenario, run) {
+        let shown = match lookup(run, &path) {
+            None | Some(Value::Null) => continue,
+            Some(Value::Number(n)) => num(n.as_f64()),
+            Some(Value::Object(m)) if m.is_empty() => "none".into(),
+            Some(Value::String(text)) => text.clone(),
+            Some(other) => other.to_string(),
+        };
+        writeln!(md, "| {label} | {shown} |")?;
     }
-    let _ = writeln!(md, "{END}");
-    md
+    writeln!(md)
 }
 
 /// A figure's label and its path in the result (an array is indexed by a number).
 type Row = (String, Vec<String>);
 
-fn rows(list: &[(&str, &[&str])]) -> Vec<Row> {
+/// Figures whose label and path are fixed.
+type Fixed = &'static [(&'static str, &'static [&'static str])];
+
+fn rows(list: Fixed) -> Vec<Row> {
     list.iter()
         .map(|(l, p)| (l.to_string(), p.iter().map(|k| k.to_string()).collect()))
         .collect()
 }
 
-/// `v[key]`, where `key` indexes an array when `v` is one.
-fn at<'a>(v: &'a Value, key: &str) -> Option<&'a Value> {
-    match v {
-        Value::Array(items) => items.get(key.parse::<usize>().ok()?),
-        _ => v.get(key),
-    }
-}
+const SERVER: Fixed = &[
+    ("hosts", &["server", "hosts"]),
+    ("broker", &["server", "broker"]),
+];
+
+const IDLE: Fixed = &[
+    ("subscribers", &["subscribers"]),
+    ("nginx workers", &["server", "workers"]),
+    ("hosts", &["server", "hosts"]),
+    ("connected", &["connected"]),
+    ("failed", &["failed"]),
+    ("connects/s", &["connects_per_s"]),
+    ("worker RSS before (KB)", &["worker_rss_before_kb"]),
+    ("worker RSS after (KB)", &["worker_rss_after_kb"]),
+    ("RSS per subscriber (bytes)", &["rss_per_subscriber_bytes"]),
+    ("closed while idle", &["closed_while_idle"]),
+];
+
+const PUBLISH: Fixed = &[
+    ("publisher sockets", &["publishers"]),
+    ("in flight per socket", &["window"]),
+    ("acked", &["acked"]),
+    ("acked/s", &["acked_per_s"]),
+    ("errors", &["errors"]),
+    ("unacked", &["unacked"]),
+    ("id gaps", &["id_gaps"]),
+    (
+        "sidecar CPU per message (µs)",
+        &["sidecar_cpu_us_per_message"],
+    ),
+    ("nginx CPU per message (µs)", &["nginx_cpu_us_per_message"]),
+    ("redis CPU per message (µs)", &["redis_cpu_us_per_message"]),
+];
+
+const FLOOR: Fixed = &[
+    ("subscribers", &["subscribers"]),
+    ("frames/s to each", &["rate"]),
+    ("frame bytes", &["frame_bytes"]),
+    ("deliveries", &["deliveries"]),
+    ("lost", &["lost"]),
+    (
+        "server CPU per delivery (µs)",
+        &["server_cpu_us_per_delivery"],
+    ),
+    (
+        "generator CPU per delivery (µs)",
+        &["load_cpu_us_per_delivery"],
+    ),
+];
+
+/// Fanout and rooms.
+const DELIVERY: Fixed = &[
+    ("subscribers", &["subscribers"]),
+    ("rooms", &["rooms"]),
+    ("nginx workers", &["server", "workers"]),
+    ("messages/s per room", &["rate_per_room"]),
+    ("published", &["published"]),
+    ("deliveries", &["deliveries"]),
+    ("deliveries/s", &["deliveries_per_s"]),
+    ("lost", &["lost"]),
+    ("duplicates", &["duplicates"]),
+    ("closed by the server", &["closed"]),
+    (
+        "nginx CPU per delivery (µs)",
+        &["nginx_cpu_us_per_delivery"],
+    ),
+    (
+        "sidecar CPU per message (µs)",
+        &["sidecar_cpu_us_per_message"],
+    ),
+    ("redis CPU per message (µs)", &["redis_cpu_us_per_message"]),
+    (
+        "generator CPU per delivery (µs)",
+        &["load_cpu_us_per_delivery"],
+    ),
+];
+
+/// Every scenario ends with these.
+const MACHINE: Fixed = &[
+    ("CPU steal (%)", &["steal_pct"]),
+    ("machine busy (%)", &["machine_busy_pct"]),
+];
 
 /// Percentile rows of the latency histogram at `key`, labelled `what`.
 fn latency_rows(key: &str, what: &str) -> Vec<Row> {
@@ -325,100 +475,26 @@ fn per_host_rows(run: &Value) -> Vec<Row> {
         .collect()
 }
 
+/// The rows of a run's table, in order.
 fn figures(scenario: &str, run: &Value) -> Vec<Row> {
-    let server = rows(&[
-        ("hosts", &["server", "hosts"]),
-        ("broker", &["server", "broker"]),
-    ]);
-    let mut list = match scenario {
-        "idle" => rows(&[
-            ("subscribers", &["subscribers"]),
-            ("nginx workers", &["server", "workers"]),
-            ("hosts", &["server", "hosts"]),
-            ("connected", &["connected"]),
-            ("failed", &["failed"]),
-            ("connects/s", &["connects_per_s"]),
-            ("worker RSS before (KB)", &["worker_rss_before_kb"]),
-            ("worker RSS after (KB)", &["worker_rss_after_kb"]),
-            ("RSS per subscriber (bytes)", &["rss_per_subscriber_bytes"]),
-            ("closed while idle", &["closed_while_idle"]),
-        ]),
-        "publish" => {
-            let mut list = server;
-            list.extend(rows(&[
-                ("publisher sockets", &["publishers"]),
-                ("in flight per socket", &["window"]),
-                ("acked", &["acked"]),
-                ("acked/s", &["acked_per_s"]),
-                ("errors", &["errors"]),
-                ("unacked", &["unacked"]),
-                ("id gaps", &["id_gaps"]),
-                (
-                    "sidecar CPU per message (µs)",
-                    &["sidecar_cpu_us_per_message"],
-                ),
-                ("nginx CPU per message (µs)", &["nginx_cpu_us_per_message"]),
-                ("redis CPU per message (µs)", &["redis_cpu_us_per_message"]),
-            ]));
-            list.extend(latency_rows("ack_latency_ms", "ack latency"));
-            list
-        }
-        "floor" => {
-            let mut list = rows(&[
-                ("subscribers", &["subscribers"]),
-                ("frames/s to each", &["rate"]),
-                ("frame bytes", &["frame_bytes"]),
-                ("deliveries", &["deliveries"]),
-                ("lost", &["lost"]),
-                (
-                    "server CPU per delivery (µs)",
-                    &["server_cpu_us_per_delivery"],
-                ),
-                (
-                    "generator CPU per delivery (µs)",
-                    &["load_cpu_us_per_delivery"],
-                ),
-            ]);
-            list.extend(latency_rows("latency_ms", "latency"));
-            list
-        }
-        _ => {
-            let mut list = server;
-            list.extend(rows(&[
-                ("subscribers", &["subscribers"]),
-                ("rooms", &["rooms"]),
-                ("nginx workers", &["server", "workers"]),
-                ("messages/s per room", &["rate_per_room"]),
-                ("published", &["published"]),
-                ("deliveries", &["deliveries"]),
-                ("deliveries/s", &["deliveries_per_s"]),
-                ("lost", &["lost"]),
-                ("duplicates", &["duplicates"]),
-                ("closed by the server", &["closed"]),
-                (
-                    "nginx CPU per delivery (µs)",
-                    &["nginx_cpu_us_per_delivery"],
-                ),
-                (
-                    "sidecar CPU per message (µs)",
-                    &["sidecar_cpu_us_per_message"],
-                ),
-                ("redis CPU per message (µs)", &["redis_cpu_us_per_message"]),
-                (
-                    "generator CPU per delivery (µs)",
-                    &["load_cpu_us_per_delivery"],
-                ),
-            ]));
-            list.extend(latency_rows("latency_ms", "latency"));
-            list.extend(per_host_rows(run));
-            list.extend(latency_rows("ack_latency_ms", "ack latency"));
-            list
-        }
+    let parts = match scenario {
+        "idle" => vec![rows(IDLE)],
+        "publish" => vec![
+            rows(SERVER),
+            rows(PUBLISH),
+            latency_rows("ack_latency_ms", "ack latency"),
+        ],
+        "floor" => vec![rows(FLOOR), latency_rows("latency_ms", "latency")],
+        _ => vec![
+            rows(SERVER),
+            rows(DELIVERY),
+            latency_rows("latency_ms", "latency"),
+            per_host_rows(run),
+            latency_rows("ack_latency_ms", "ack latency"),
+        ],
     };
-    list.extend(rows(&[
-        ("CPU steal (%)", &["steal_pct"]),
-        ("machine busy (%)", &["machine_busy_pct"]),
-    ]));
+    let mut list = parts.concat();
+    list.extend(rows(MACHINE));
     list
 }
 
