@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::payload::{now_ns, sample_message};
 use crate::wsclient::{accept_key, server_text_frame};
-use crate::BenchError;
+use crate::{emit_line, BenchError};
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case")]
@@ -47,7 +47,7 @@ pub struct FloorSent {
 pub fn run_server() -> Result<(), BenchError> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
-    emit(&FloorEvent::Listening {
+    emit_line(&FloorEvent::Listening {
         addr: addr.to_string(),
     })?;
     let sockets: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
@@ -76,7 +76,7 @@ pub fn run_server() -> Result<(), BenchError> {
             .map_err(|_| BenchError::Protocol("floor sockets poisoned".into()))?;
         let sent = send(&streams, &channel, rate, seconds, size);
         drop(streams);
-        emit(&FloorEvent::Sent(sent))?;
+        emit_line(&FloorEvent::Sent(sent))?;
     }
     Ok(())
 }
@@ -138,11 +138,4 @@ fn send(streams: &[TcpStream], channel: &str, rate: f64, seconds: f64, size: usi
         frame_bytes,
         sockets: streams.len(),
     }
-}
-
-fn emit(event: &FloorEvent) -> io::Result<()> {
-    let mut out = io::stdout().lock();
-    serde_json::to_writer(&mut out, event)?;
-    out.write_all(b"\n")?;
-    out.flush()
 }

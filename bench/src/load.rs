@@ -103,9 +103,14 @@ impl Progress {
         self.received += other.received;
         self.closed += other.closed;
         for e in &other.errors {
-            if self.errors.len() < 5 && !self.errors.contains(e) {
-                self.errors.push(e.clone());
-            }
+            self.note_error(e);
+        }
+    }
+
+    /// Keeps `error` when it is new and fewer than five are kept.
+    fn note_error(&mut self, error: &str) {
+        if self.errors.len() < 5 && !self.errors.iter().any(|e| e == error) {
+            self.errors.push(error.to_owned());
         }
     }
 }
@@ -122,6 +127,18 @@ pub struct LoadReport {
     /// Publish-to-deliver latency in µs, hdrhistogram V2, base64, one per chat host (in
     /// the order of the plan's targets).
     pub latency: Vec<String>,
+}
+
+impl LoadReport {
+    /// Adds up the counts of `other` (not its latency).
+    fn add_counts(&mut self, other: &LoadReport) {
+        self.progress.add(&other.progress);
+        self.lost += other.lost;
+        self.duplicates += other.duplicates;
+        for (code, n) in &other.close_codes {
+            *self.close_codes.entry(code.clone()).or_default() += n;
+        }
+    }
 }
 
 /// One subscriber's account of its room.
@@ -168,14 +185,28 @@ impl SubStat {
 struct LoadState {
     subs: Vec<SubStat>,
     progress: Progress,
-    attempts_done: usize,
     close_codes: BTreeMap<String, u64>,
     /// One per chat host.
     latency: Vec<Histogram<u64>>,
 }
 
-fn new_histogram() -> Histogram<u64> {
+impl LoadState {
+    /// Subscribers that have connected or failed to.
+    fn attempts_done(&self) -> u64 {
+        self.progress.connected + self.progress.failed
+    }
+}
+
+type Shared = Rc<RefCell<LoadState>>;
+
+/// A latency histogram in µs, 1 µs to a minute, 3 significant digits.
+pub fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("valid histogram bounds")
+}
+
+/// How many ids `first..=last` holds.
+pub fn id_count((first, last): (u64, u64)) -> u64 {
+    last - first + 1
 }
 
 /// The chat host (index into the plan's targets) of global subscriber `global`: the
@@ -199,26 +230,25 @@ pub fn run_child(args: LoadArgs) -> Result<(), BenchError> {
 }
 
 async fn child_main(args: LoadArgs) -> Result<(), BenchError> {
+    let rooms = args.rooms.max(1);
     let state = Rc::new(RefCell::new(LoadState {
         subs: (0..args.count)
             .map(|i| SubStat {
-                room: (args.first + i) % args.rooms.max(1),
+                room: (args.first + i) % rooms,
                 ..SubStat::default()
             })
             .collect(),
         progress: Progress::default(),
-        attempts_done: 0,
         close_codes: BTreeMap::new(),
         latency: args.addr.iter().map(|_| new_histogram()).collect(),
     }));
     let permits = Rc::new(Semaphore::new(args.concurrency.max(1)));
     for i in 0..args.count {
         let global = args.first + i;
-        let room = global % args.rooms.max(1);
         let path = format!(
             "{}{}",
             args.sub_path,
-            room_channel(&args.channel_prefix, room)
+            room_channel(&args.channel_prefix, global % rooms)
         );
         let source = (!args.sources.is_empty()).then(|| args.sources[global % args.sources.len()]);
         let state = state.clone();
@@ -235,59 +265,27 @@ async fn child_main(args: LoadArgs) -> Result<(), BenchError> {
             let connected =
                 WsClient::connect(addr, source, &host, &path, (global as u64) << 8 | 7).await;
             drop(permit);
-            let mut client = match connected {
-                Ok(c) => c,
+            match connected {
+                Ok(client) => subscribe(client, &state, i, target).await,
                 Err(e) => {
                     let mut st = state.borrow_mut();
-                    st.attempts_done += 1;
                     st.progress.failed += 1;
-                    let text = e.to_string();
-                    if st.progress.errors.len() < 5 && !st.progress.errors.contains(&text) {
-                        st.progress.errors.push(text);
-                    }
-                    return;
+                    st.progress.note_error(&e.to_string());
                 }
-            };
-            {
-                let mut st = state.borrow_mut();
-                st.attempts_done += 1;
-                st.progress.connected += 1;
-                st.subs[i].connected = true;
             }
-            let ended = loop {
-                match client.next_frame().await {
-                    Ok(Frame::Text(payload)) => {
-                        let Some(delivery) = read_delivery(payload) else {
-                            continue;
-                        };
-                        let mut st = state.borrow_mut();
-                        st.progress.received += 1;
-                        st.subs[i].record(delivery.id);
-                        if let Some(sent) = delivery.sent_ns {
-                            let us = now_ns().saturating_sub(sent) / 1000;
-                            st.latency[target].saturating_record(us.clamp(1, MAX_LATENCY_US));
-                        }
-                    }
-                    Ok(Frame::Close(code)) => break code.to_string(),
-                    Err(_) => break "io".to_owned(),
-                }
-            };
-            let mut st = state.borrow_mut();
-            st.progress.closed += 1;
-            *st.close_codes.entry(ended).or_default() += 1;
         });
     }
 
     let printer = {
         let state = state.clone();
-        let count = args.count;
+        let count = args.count as u64;
         tokio::task::spawn_local(async move {
             let mut announced = false;
             loop {
                 tokio::time::sleep(Duration::from_millis(250)).await;
                 let (progress, done) = {
                     let st = state.borrow();
-                    (st.progress.clone(), st.attempts_done >= count)
+                    (st.progress.clone(), st.attempts_done() >= count)
                 };
                 let line = if done && !announced {
                     announced = true;
@@ -295,7 +293,7 @@ async fn child_main(args: LoadArgs) -> Result<(), BenchError> {
                 } else {
                     FromLoad::Progress(progress)
                 };
-                if emit(&line).is_err() {
+                if crate::emit_line(&line).is_err() {
                     return;
                 }
             }
@@ -307,13 +305,44 @@ async fn child_main(args: LoadArgs) -> Result<(), BenchError> {
         match serde_json::from_str::<ToLoad>(&line) {
             Ok(ToLoad::Report { published }) => {
                 let report = report(&state.borrow(), &args, &published)?;
-                emit(&FromLoad::Report(report))?;
+                crate::emit_line(&FromLoad::Report(report))?;
             }
             Err(e) => eprintln!("chatup-bench load: bad command {line:?}: {e}"),
         }
     }
     printer.abort();
     Ok(())
+}
+
+/// Subscriber `i` (of this process) on chat host `target`: counts what it receives until
+/// the connection ends, then how it ended.
+async fn subscribe(mut client: WsClient, state: &Shared, i: usize, target: usize) {
+    {
+        let mut st = state.borrow_mut();
+        st.progress.connected += 1;
+        st.subs[i].connected = true;
+    }
+    let ended = loop {
+        match client.next_frame().await {
+            Ok(Frame::Text(payload)) => {
+                let Some(delivery) = read_delivery(payload) else {
+                    continue;
+                };
+                let mut st = state.borrow_mut();
+                st.progress.received += 1;
+                st.subs[i].record(delivery.id);
+                if let Some(sent) = delivery.sent_ns {
+                    let us = now_ns().saturating_sub(sent) / 1000;
+                    st.latency[target].saturating_record(us.clamp(1, MAX_LATENCY_US));
+                }
+            }
+            Ok(Frame::Close(code)) => break code.to_string(),
+            Err(_) => break "io".to_owned(),
+        }
+    };
+    let mut st = state.borrow_mut();
+    st.progress.closed += 1;
+    *st.close_codes.entry(ended).or_default() += 1;
 }
 
 fn report(
@@ -333,7 +362,7 @@ fn report(
     for sub in st.subs.iter().filter(|s| s.connected) {
         duplicates += sub.duplicates;
         if let Some((first, last)) = ranges[sub.room] {
-            lost += (last - first + 1) - sub.received_within(first, last);
+            lost += id_count((first, last)) - sub.received_within(first, last);
         }
     }
     let mut latency = Vec::with_capacity(st.latency.len());
@@ -353,12 +382,9 @@ fn report(
     })
 }
 
-fn emit(line: &FromLoad) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut out = std::io::stdout().lock();
-    serde_json::to_writer(&mut out, line)?;
-    out.write_all(b"\n")?;
-    out.flush()
+fn merge(sum: &mut Histogram<u64>, h: &Histogram<u64>) -> Result<(), BenchError> {
+    sum.add(h)
+        .map_err(|e| BenchError::Protocol(format!("merge histograms: {e:?}")))
 }
 
 /// Decodes a report's latency histogram.
@@ -489,17 +515,21 @@ impl Fleet {
         None
     }
 
+    /// Takes in a line that is not a report (none was asked for).
+    fn absorb_progress(&mut self, k: usize, event: FromLoad) -> Result<(), BenchError> {
+        match self.absorb(k, event) {
+            None => Ok(()),
+            Some(r) => Err(BenchError::Protocol(format!(
+                "unexpected report from load process {k}: {r:?}"
+            ))),
+        }
+    }
+
     /// Takes in whatever the processes said since the last call.
     pub fn poll(&mut self) -> Result<(), BenchError> {
         loop {
             match self.events.try_recv() {
-                Ok((k, event)) => {
-                    if let Some(r) = self.absorb(k, event) {
-                        return Err(BenchError::Protocol(format!(
-                            "unexpected report from load process {k}: {r:?}"
-                        )));
-                    }
-                }
+                Ok((k, event)) => self.absorb_progress(k, event)?,
                 Err(mpsc::error::TryRecvError::Empty) => return Ok(()),
                 Err(mpsc::error::TryRecvError::Disconnected) => {
                     return Err(BenchError::Protocol("every load process has exited".into()))
@@ -524,14 +554,7 @@ impl Fleet {
     /// Waits for the next line from any process.
     pub async fn next_event(&mut self, timeout: Duration) -> Result<(), BenchError> {
         match tokio::time::timeout(timeout, self.events.recv()).await {
-            Ok(Some((k, event))) => {
-                if let Some(r) = self.absorb(k, event) {
-                    return Err(BenchError::Protocol(format!(
-                        "unexpected report from load process {k}: {r:?}"
-                    )));
-                }
-                Ok(())
-            }
+            Ok(Some((k, event))) => self.absorb_progress(k, event),
             Ok(None) => Err(BenchError::Protocol("every load process has exited".into())),
             Err(_) => Ok(()),
         }
@@ -560,25 +583,18 @@ impl Fleet {
                 .await
                 .map_err(|_| BenchError::Protocol("a load process did not report".into()))?
                 .ok_or_else(|| BenchError::Protocol("a load process exited".into()))?;
-            if let Some(r) = self.absorb(k, event) {
-                pending -= 1;
-                total.progress.add(&r.progress);
-                total.lost += r.lost;
-                total.duplicates += r.duplicates;
-                for (code, n) in r.close_codes {
-                    *total.close_codes.entry(code).or_default() += n;
+            let Some(r) = self.absorb(k, event) else {
+                continue;
+            };
+            pending -= 1;
+            total.add_counts(&r);
+            for (host, text) in r.latency.iter().enumerate() {
+                let h = decode_histogram(text)?;
+                if per_host.len() <= host {
+                    per_host.resize_with(host + 1, new_histogram);
                 }
-                for (host, text) in r.latency.iter().enumerate() {
-                    let h = decode_histogram(text)?;
-                    if per_host.len() <= host {
-                        per_host.resize_with(host + 1, new_histogram);
-                    }
-                    for sum in [&mut latency, &mut per_host[host]] {
-                        sum.add(&h).map_err(|e| {
-                            BenchError::Protocol(format!("merge histograms: {e:?}"))
-                        })?;
-                    }
-                }
+                merge(&mut latency, &h)?;
+                merge(&mut per_host[host], &h)?;
             }
         }
         Ok((total, latency, per_host))

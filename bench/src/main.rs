@@ -88,6 +88,16 @@ fn main() -> ExitCode {
     }
 }
 
+/// Writes `line` to stdout as one JSON line: how the bench's child processes (load and
+/// floor server) speak to it.
+fn emit_line(line: &impl serde::Serialize) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer(&mut out, line)?;
+    out.write_all(b"\n")?;
+    out.flush()
+}
+
 fn run_scenario(scenario: scenario::Scenario) -> Result<(), BenchError> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -15,6 +15,12 @@ pub fn now_ns() -> u64 {
         .unwrap_or(0)
 }
 
+/// What makes this run's names (channels, Redis keys) its own: the time in ms (hex) and
+/// the pid.
+pub fn run_stamp() -> String {
+    format!("{:x}-{}", now_ns() / 1_000_000, std::process::id())
+}
+
 /// A message text of `size` bytes (at least the stamp) stamped with `sent_ns`.
 pub fn message_text(sent_ns: u64, size: usize) -> String {
     let mut text = format!("b{sent_ns} ");

@@ -119,6 +119,11 @@ impl CpuMeter {
         }
     }
 
+    /// Whether it measures no process at all.
+    pub fn is_empty(&self) -> bool {
+        self.pids.is_empty()
+    }
+
     /// CPU time used by all the processes since [`CpuMeter::start`].
     pub fn used(&self) -> Duration {
         let ns: u64 = self

@@ -13,6 +13,7 @@ use serde_json::Value;
 use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::load::new_histogram;
 use crate::payload::{message_text, now_ns};
 use crate::BenchError;
 
@@ -68,9 +69,30 @@ impl PublishStats {
             errors: BTreeMap::new(),
             published: BTreeMap::new(),
             acked_per_channel: BTreeMap::new(),
-            ack_latency: Histogram::new_with_bounds(1, 60_000_000, 3)
-                .expect("valid histogram bounds"),
+            ack_latency: new_histogram(),
             elapsed: Duration::ZERO,
+        }
+    }
+
+    /// Counts the sidecar's answer to a message sent at `sent` to `channel`.
+    fn record(&mut self, reply: &Value, sent: Instant, channel: &str) {
+        match (reply["type"].as_str(), reply["id"].as_u64()) {
+            (Some("ack"), Some(id)) => {
+                self.acked += 1;
+                let us = sent.elapsed().as_micros() as u64;
+                self.ack_latency.saturating_record(us.max(1));
+                let range = self.published.entry(channel.to_owned()).or_insert((id, id));
+                range.0 = range.0.min(id);
+                range.1 = range.1.max(id);
+                *self
+                    .acked_per_channel
+                    .entry(channel.to_owned())
+                    .or_default() += 1;
+            }
+            _ => {
+                let code = reply["code"].as_str().unwrap_or("unknown").to_owned();
+                *self.errors.entry(code).or_default() += 1;
+            }
         }
     }
 }
@@ -121,11 +143,11 @@ fn ws_err(e: tokio_tungstenite::tungstenite::Error) -> BenchError {
 
 /// Publishes per `plan` and waits (up to 10 s) for the last acks.
 pub async fn run(plan: &PublishPlan) -> Result<PublishStats, BenchError> {
-    let stats = Arc::new(Mutex::new(PublishStats::new()));
-    let mut sockets = Vec::with_capacity(plan.sockets);
     if plan.urls.is_empty() {
         return Err(BenchError::Setup("no publisher URL".into()));
     }
+    let stats = Arc::new(Mutex::new(PublishStats::new()));
+    let mut sockets = Vec::with_capacity(plan.sockets);
     for k in 0..plan.sockets.max(1) {
         sockets.push(open(&plan.urls[k % plan.urls.len()], &plan.token).await?);
     }
@@ -190,34 +212,18 @@ async fn run_socket(
                 };
                 permits.add_permits(1);
                 let Ok(mut st) = stats.lock() else { return };
-                match (reply["type"].as_str(), reply["id"].as_u64()) {
-                    (Some("ack"), Some(id)) => {
-                        st.acked += 1;
-                        let us = sent.elapsed().as_micros() as u64;
-                        st.ack_latency.saturating_record(us.max(1));
-                        let range = st.published.entry(channels[ch].clone()).or_insert((id, id));
-                        range.0 = range.0.min(id);
-                        range.1 = range.1.max(id);
-                        *st.acked_per_channel
-                            .entry(channels[ch].clone())
-                            .or_default() += 1;
-                    }
-                    _ => {
-                        let code = reply["code"].as_str().unwrap_or("unknown").to_owned();
-                        *st.errors.entry(code).or_default() += 1;
-                    }
-                }
+                st.record(&reply, sent, &channels[ch]);
             }
         })
     };
 
     let mut sent: u64 = 0;
     let rate_per_socket = match plan.pace {
-        Pace::Rate(r) => r / sockets as f64,
-        Pace::Window(_) => 0.0,
+        Pace::Rate(r) => Some(r / sockets as f64),
+        Pace::Window(_) => None,
     };
     while start.elapsed() < plan.duration {
-        if let Pace::Rate(_) = plan.pace {
+        if let Some(rate_per_socket) = rate_per_socket {
             let due = (start.elapsed().as_secs_f64() * rate_per_socket) as u64;
             if sent >= due {
                 let next = Duration::from_secs_f64((sent + 1) as f64 / rate_per_socket);

@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 use crate::floor::{FloorCommand, FloorEvent};
-use crate::load::{room_channel, Fleet, LoadPlan};
+use crate::load::{id_count, room_channel, Fleet, LoadPlan};
 use crate::procfs::{self, CpuMeter, CpuTimes};
 use crate::publish::{self, Pace, PublishPlan};
 use crate::stack::{redact, Broker, Stack, StackArgs};
@@ -47,8 +47,7 @@ impl Scenario {
                     rooms: 1,
                     subscribers: a.subscribers,
                     rate_per_room: a.rate,
-                    size: a.size,
-                    duration: a.duration,
+                    message: a.message,
                     publishers: a.publishers,
                 };
                 deliver(a.target, spec).await
@@ -59,8 +58,7 @@ impl Scenario {
                     rooms: a.rooms,
                     subscribers: a.rooms * a.per_room,
                     rate_per_room: a.rate,
-                    size: a.size,
-                    duration: a.duration,
+                    message: a.message,
                     publishers: a.publishers,
                 };
                 deliver(a.target, spec).await
@@ -109,6 +107,17 @@ pub struct TargetArgs {
     pub concurrency: usize,
 }
 
+/// The messages of the scenarios that publish.
+#[derive(Debug, Clone, clap::Args)]
+pub struct MessageArgs {
+    /// Bytes of message text.
+    #[arg(long, default_value_t = 100)]
+    pub size: usize,
+    /// Seconds of publishing.
+    #[arg(long, default_value_t = 20.0, value_parser = parse_seconds)]
+    pub duration: f64,
+}
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct IdleArgs {
     #[command(flatten)]
@@ -120,7 +129,7 @@ pub struct IdleArgs {
     #[arg(long, default_value_t = 1)]
     pub rooms: usize,
     /// Seconds to hold them before reading memory.
-    #[arg(long, default_value_t = 3.0)]
+    #[arg(long, default_value_t = 3.0, value_parser = parse_pause)]
     pub hold: f64,
 }
 
@@ -132,14 +141,10 @@ pub struct FanoutArgs {
     #[arg(long, default_value_t = 5_000)]
     pub subscribers: usize,
     /// Messages per second.
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, default_value_t = 10.0, value_parser = parse_rate)]
     pub rate: f64,
-    /// Bytes of message text.
-    #[arg(long, default_value_t = 100)]
-    pub size: usize,
-    /// Seconds of publishing.
-    #[arg(long, default_value_t = 20.0, value_parser = parse_seconds)]
-    pub duration: f64,
+    #[command(flatten)]
+    pub message: MessageArgs,
     /// Publisher sockets sharing the rate.
     #[arg(long, default_value_t = 1)]
     pub publishers: usize,
@@ -156,14 +161,10 @@ pub struct RoomsArgs {
     #[arg(long, default_value_t = 50)]
     pub per_room: usize,
     /// Messages per second in each room.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_parser = parse_rate)]
     pub rate: f64,
-    /// Bytes of message text.
-    #[arg(long, default_value_t = 100)]
-    pub size: usize,
-    /// Seconds of publishing.
-    #[arg(long, default_value_t = 20.0, value_parser = parse_seconds)]
-    pub duration: f64,
+    #[command(flatten)]
+    pub message: MessageArgs,
     /// Publisher sockets sharing the rate.
     #[arg(long, default_value_t = 4)]
     pub publishers: usize,
@@ -182,12 +183,8 @@ pub struct PublishArgs {
     /// Channels the messages go to, in turn.
     #[arg(long, default_value_t = 10)]
     pub channels: usize,
-    /// Bytes of message text.
-    #[arg(long, default_value_t = 100)]
-    pub size: usize,
-    /// Seconds of publishing.
-    #[arg(long, default_value_t = 20.0, value_parser = parse_seconds)]
-    pub duration: f64,
+    #[command(flatten)]
+    pub message: MessageArgs,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -196,7 +193,7 @@ pub struct FloorArgs {
     #[arg(long, default_value_t = 5_000)]
     pub subscribers: usize,
     /// Frames per second to each socket.
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, default_value_t = 10.0, value_parser = parse_rate)]
     pub rate: f64,
     /// Bytes of message text in the frame.
     #[arg(long, default_value_t = 100)]
@@ -212,84 +209,94 @@ pub struct FloorArgs {
     pub source_base: u8,
 }
 
+/// A span of time: more than 0 s, at most a day.
 fn parse_seconds(text: &str) -> Result<f64, String> {
+    parse_number(
+        text,
+        |s| s > 0.0 && s <= 86_400.0,
+        "a number of seconds from 0 to 86400",
+    )
+}
+
+/// A pause: 0 s up to a day.
+fn parse_pause(text: &str) -> Result<f64, String> {
+    parse_number(
+        text,
+        |s| (0.0..=86_400.0).contains(&s),
+        "a number of seconds from 0 to 86400",
+    )
+}
+
+/// A rate: more than 0 a second.
+fn parse_rate(text: &str) -> Result<f64, String> {
+    parse_number(text, |r| r > 0.0 && r.is_finite(), "a rate above 0")
+}
+
+fn parse_number(text: &str, fits: impl Fn(f64) -> bool, what: &str) -> Result<f64, String> {
     match text.parse::<f64>() {
-        Ok(s) if s > 0.0 && s <= 86_400.0 => Ok(s),
-        _ => Err(format!(
-            "{text:?} is not a number of seconds from 0 to 86400"
-        )),
+        Ok(x) if fits(x) => Ok(x),
+        _ => Err(format!("{text:?} is not {what}")),
     }
 }
 
-/// The server under test, however it came to be.
+/// The server under test, however it came to be: the stack the bench started, or `--url`
+/// (the pids, token and key then come from the arguments).
 struct Target {
     /// Each chat host's nginx address and Host header; publishers of a delivery run use
     /// the first.
     hosts: Vec<(SocketAddr, String)>,
     stack: Option<Stack>,
-    nginx_master: Option<u32>,
-    sidecars: Vec<u32>,
-    redis: Option<u32>,
-    token: Option<String>,
-    key: Option<PathBuf>,
     args: TargetArgs,
 }
 
 impl Target {
     fn open(args: &TargetArgs) -> Result<Self, BenchError> {
-        if let Some(url) = &args.url {
-            let hostport = url
-                .strip_prefix("http://")
-                .or_else(|| url.strip_prefix("ws://"))
-                .ok_or_else(|| {
-                    BenchError::Setup(format!(
-                        "--url {url:?}: use http://host:port (TLS is not measured)"
-                    ))
-                })?
-                .trim_end_matches('/');
-            let addr = hostport
-                .to_socket_addrs()
-                .map_err(|e| BenchError::Setup(format!("--url {url:?}: {e}")))?
-                .find(SocketAddr::is_ipv4)
-                .ok_or_else(|| BenchError::Setup(format!("--url {url:?}: no IPv4 address")))?;
-            return Ok(Self {
-                hosts: vec![(addr, hostport.to_owned())],
-                stack: None,
-                nginx_master: args.nginx_pid,
-                sidecars: args.sidecar_pid.into_iter().collect(),
-                redis: None,
-                token: args.token.clone(),
-                key: args.key.clone(),
-                args: args.clone(),
-            });
-        }
-        let stack = args.stack.start()?;
+        let (hosts, stack) = match &args.url {
+            Some(url) => (vec![url_host(url)?], None),
+            None => {
+                let stack = args.stack.start()?;
+                let hosts = stack
+                    .addrs()
+                    .into_iter()
+                    .map(|a| (a, a.to_string()))
+                    .collect();
+                (hosts, Some(stack))
+            }
+        };
         Ok(Self {
-            hosts: stack
-                .addrs()
-                .into_iter()
-                .map(|a| (a, a.to_string()))
-                .collect(),
-            nginx_master: None,
-            sidecars: stack.sidecar_pids(),
-            redis: stack.redis_pid().or(args.stack.redis_pid),
-            token: None,
-            key: Some(stack.private_key.clone()),
-            stack: Some(stack),
+            hosts,
+            stack,
             args: args.clone(),
         })
     }
 
     fn worker_pids(&self) -> Vec<u32> {
-        match (&self.stack, self.nginx_master) {
+        match (&self.stack, self.args.nginx_pid) {
             (Some(stack), _) => stack.worker_pids(),
             (None, Some(master)) => procfs::children_of(master),
             (None, None) => Vec::new(),
         }
     }
 
+    fn sidecar_pids(&self) -> Vec<u32> {
+        match &self.stack {
+            Some(stack) => stack.sidecar_pids(),
+            None => self.args.sidecar_pid.into_iter().collect(),
+        }
+    }
+
+    /// The redis-server the bench started, else the one `--redis-pid` names.
+    fn redis_pids(&self) -> Vec<u32> {
+        let started = self.stack.as_ref().and_then(Stack::redis_pid);
+        started.or(self.args.stack.redis_pid).into_iter().collect()
+    }
+
     fn token(&self) -> Result<String, BenchError> {
-        match (&self.token, &self.key) {
+        let key = match &self.stack {
+            Some(stack) => Some(&stack.private_key),
+            None => self.args.key.as_ref(),
+        };
+        match (&self.args.token, key) {
             (Some(t), _) => Ok(t.clone()),
             (None, Some(key)) => publish::mint_token(key),
             (None, None) => Err(BenchError::Setup(
@@ -348,13 +355,28 @@ impl Target {
     }
 }
 
+/// The address and Host header of `--url`.
+fn url_host(url: &str) -> Result<(SocketAddr, String), BenchError> {
+    let hostport = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("ws://"))
+        .ok_or_else(|| {
+            BenchError::Setup(format!(
+                "--url {url:?}: use http://host:port (TLS is not measured)"
+            ))
+        })?
+        .trim_end_matches('/');
+    let addr = hostport
+        .to_socket_addrs()
+        .map_err(|e| BenchError::Setup(format!("--url {url:?}: {e}")))?
+        .find(SocketAddr::is_ipv4)
+        .ok_or_else(|| BenchError::Setup(format!("--url {url:?}: no IPv4 address")))?;
+    Ok((addr, hostport.to_owned()))
+}
+
 /// Channel names unique to this run, so no earlier history or cache is replayed.
 fn run_prefix(scenario: &str) -> String {
-    format!(
-        "bench-{scenario}-{:x}-{}-r",
-        crate::payload::now_ns() / 1_000_000,
-        std::process::id()
-    )
+    format!("bench-{scenario}-{}-r", crate::payload::run_stamp())
 }
 
 fn sum_rss(pids: &[u32]) -> u64 {
@@ -448,8 +470,7 @@ struct DeliverySpec {
     rooms: usize,
     subscribers: usize,
     rate_per_room: f64,
-    size: usize,
-    duration: f64,
+    message: MessageArgs,
     publishers: usize,
 }
 
@@ -462,8 +483,7 @@ impl DeliverySpec {
                     + usize::from(room < self.subscribers % self.rooms);
                 let count = published
                     .get(&room_channel(prefix, room))
-                    .map(|(a, b)| b - a + 1)
-                    .unwrap_or(0);
+                    .map_or(0, |range| id_count(*range));
                 subs as u64 * count
             })
             .sum()
@@ -482,12 +502,9 @@ async fn deliver(target_args: TargetArgs, spec: DeliverySpec) -> Result<Value, B
     let mut fleet = Fleet::spawn(&target.load_plan(&prefix, spec.rooms, spec.subscribers))?;
     let connect_seconds = connect_all(&mut fleet, spec.name, spec.subscribers).await?;
 
-    let workers = target.worker_pids();
-    let sidecar = target.sidecars.clone();
-    let redis: Vec<u32> = target.redis.into_iter().collect();
-    let nginx_cpu = CpuMeter::start(&workers);
-    let sidecar_cpu = CpuMeter::start(&sidecar);
-    let redis_cpu = CpuMeter::start(&redis);
+    let nginx_cpu = CpuMeter::start(&target.worker_pids());
+    let sidecar_cpu = CpuMeter::start(&target.sidecar_pids());
+    let redis_cpu = CpuMeter::start(&target.redis_pids());
     let load_cpu = CpuMeter::start(&fleet.pids);
     let machine_start = CpuTimes::now();
 
@@ -497,10 +514,10 @@ async fn deliver(target_args: TargetArgs, spec: DeliverySpec) -> Result<Value, B
         urls: target.pub_urls().into_iter().take(1).collect(),
         token,
         channels: (0..spec.rooms).map(|r| room_channel(&prefix, r)).collect(),
-        size: spec.size,
+        size: spec.message.size,
         sockets: spec.publishers,
         pace: Pace::Rate(spec.rate_per_room * spec.rooms as f64),
-        duration: Duration::from_secs_f64(spec.duration),
+        duration: Duration::from_secs_f64(spec.message.duration),
     };
     let publishing = tokio::spawn(async move { publish::run(&plan).await });
     let started = Instant::now();
@@ -537,15 +554,15 @@ async fn deliver(target_args: TargetArgs, spec: DeliverySpec) -> Result<Value, B
     let (report, latency, per_host) = fleet.report(&stats.published).await?;
     fleet.stop().await;
     let delivered = report.progress.received;
-    let published: u64 = stats.published.values().map(|(a, b)| b - a + 1).sum();
+    let published: u64 = stats.published.values().copied().map(id_count).sum();
     let mut result = json!({
         "scenario": spec.name,
         "server": target.describe(),
         "subscribers": spec.subscribers,
         "rooms": spec.rooms,
         "rate_per_room": spec.rate_per_room,
-        "size": spec.size,
-        "duration_s": spec.duration,
+        "size": spec.message.size,
+        "duration_s": spec.message.duration,
         "connected": report.progress.connected,
         "connect_failed": report.progress.failed,
         "connect_seconds": round(connect_seconds, 2),
@@ -553,7 +570,7 @@ async fn deliver(target_args: TargetArgs, spec: DeliverySpec) -> Result<Value, B
         "publish_errors": stats.errors,
         "expected_deliveries": expected,
         "deliveries": delivered,
-        "deliveries_per_s": round(delivered as f64 / spec.duration, 0),
+        "deliveries_per_s": round(delivered as f64 / spec.message.duration, 0),
         "lost": report.lost,
         "duplicates": report.duplicates,
         "closed": report.close_codes,
@@ -564,17 +581,16 @@ async fn deliver(target_args: TargetArgs, spec: DeliverySpec) -> Result<Value, B
         "window_s": round(window, 2),
         "load_cpu_us_per_delivery": per(load_used, delivered),
     });
-    if !workers.is_empty() {
-        result["nginx_cpu_s"] = round(nginx_used.as_secs_f64(), 3).into();
-        result["nginx_cpu_us_per_delivery"] = per(nginx_used, delivered);
-    }
-    if !sidecar.is_empty() {
-        result["sidecar_cpu_s"] = round(sidecar_used.as_secs_f64(), 3).into();
-        result["sidecar_cpu_us_per_message"] = per(sidecar_used, published);
-    }
-    if !redis.is_empty() {
-        result["redis_cpu_s"] = round(redis_used.as_secs_f64(), 3).into();
-        result["redis_cpu_us_per_message"] = per(redis_used, published);
+    // `<name>_cpu_s` and `<name>_cpu_us_per_<what>`, for the processes that were measured.
+    for (name, meter, used, what, count) in [
+        ("nginx", &nginx_cpu, nginx_used, "delivery", delivered),
+        ("sidecar", &sidecar_cpu, sidecar_used, "message", published),
+        ("redis", &redis_cpu, redis_used, "message", published),
+    ] {
+        if !meter.is_empty() {
+            result[format!("{name}_cpu_s")] = round(used.as_secs_f64(), 3).into();
+            result[format!("{name}_cpu_us_per_{what}")] = per(used, count);
+        }
     }
     if per_host.len() > 1 {
         // Host 0 takes the publishers; the others get every message through the broker.
@@ -619,20 +635,18 @@ pub async fn publish_flood(args: PublishArgs) -> Result<Value, BenchError> {
         channels: (0..args.channels)
             .map(|r| room_channel(&prefix, r))
             .collect(),
-        size: args.size,
+        size: args.message.size,
         sockets: args.publishers,
         pace: Pace::Window(args.window),
-        duration: Duration::from_secs_f64(args.duration),
+        duration: Duration::from_secs_f64(args.message.duration),
     };
-    let workers = target.worker_pids();
-    let redis: Vec<u32> = target.redis.into_iter().collect();
-    let nginx_cpu = CpuMeter::start(&workers);
-    let sidecar_cpu = CpuMeter::start(&target.sidecars);
-    let redis_cpu = CpuMeter::start(&redis);
+    let nginx_cpu = CpuMeter::start(&target.worker_pids());
+    let sidecar_cpu = CpuMeter::start(&target.sidecar_pids());
+    let redis_cpu = CpuMeter::start(&target.redis_pids());
     let machine_start = CpuTimes::now();
     eprintln!(
         "[publish] {} sockets, {} in flight each, for {} s",
-        args.publishers, args.window, args.duration
+        args.publishers, args.window, args.message.duration
     );
     let stats = publish::run(&plan).await?;
     let (sidecar_used, nginx_used, redis_used) =
@@ -641,7 +655,7 @@ pub async fn publish_flood(args: PublishArgs) -> Result<Value, BenchError> {
     let gaps: u64 = stats
         .published
         .iter()
-        .map(|(ch, (a, b))| (b - a + 1).saturating_sub(stats.acked_per_channel[ch]))
+        .map(|(ch, range)| id_count(*range).saturating_sub(stats.acked_per_channel[ch]))
         .sum();
     let secs = stats.elapsed.as_secs_f64().max(1e-9);
     let mut result = json!({
@@ -650,8 +664,8 @@ pub async fn publish_flood(args: PublishArgs) -> Result<Value, BenchError> {
         "publishers": args.publishers,
         "window": args.window,
         "channels": args.channels,
-        "size": args.size,
-        "duration_s": args.duration,
+        "size": args.message.size,
+        "duration_s": args.message.duration,
         "sent": stats.sent,
         "acked": stats.acked,
         "acked_per_s": round(stats.acked as f64 / secs, 0),
@@ -664,7 +678,7 @@ pub async fn publish_flood(args: PublishArgs) -> Result<Value, BenchError> {
         "steal_pct": round(machine_end.steal_pct_since(&machine_start), 1),
         "machine_busy_pct": round(machine_end.busy_pct_since(&machine_start), 1),
     });
-    if !redis.is_empty() {
+    if !redis_cpu.is_empty() {
         result["redis_cpu_us_per_message"] = per(redis_used, stats.acked);
     }
     Ok(result)
@@ -737,7 +751,7 @@ pub async fn floor(args: FloorArgs) -> Result<Value, BenchError> {
             progress = fleet.next_event(Duration::from_secs(1)) => progress?,
         }
     };
-    let expected = sent.sockets as u64 * (sent.last - sent.first + 1);
+    let expected = sent.sockets as u64 * id_count((sent.first, sent.last));
     drain(&mut fleet, expected, "floor").await?;
     let server_used = server_cpu.used();
     let load_used = load_cpu.used();

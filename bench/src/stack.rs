@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::payload::run_stamp;
 use crate::procfs;
 use crate::BenchError;
 
@@ -91,14 +92,6 @@ struct Host {
     sidecar_port: u16,
     relay: PathBuf,
     folder: PathBuf,
-}
-
-/// Where the sidecars' Redis is.
-enum RedisPlan {
-    /// The bench starts one.
-    Own,
-    /// The operator's.
-    External(String),
 }
 
 impl StackArgs {
@@ -181,14 +174,6 @@ impl StackArgs {
             })
     }
 
-    fn redis_plan(&self) -> Option<RedisPlan> {
-        match (self.broker, &self.redis_url) {
-            (Broker::Memory, _) => None,
-            (Broker::Redis, None) => Some(RedisPlan::Own),
-            (Broker::Redis, Some(url)) => Some(RedisPlan::External(url.clone())),
-        }
-    }
-
     /// Starts Redis (when the bench runs its own), then each host's sidecar and nginx, and
     /// waits until all of them answer.
     pub fn start(&self) -> Result<Stack, BenchError> {
@@ -210,22 +195,20 @@ impl StackArgs {
                 eprintln!("stack folder kept: {}", dir.keep().display());
             }
         }
-        let redis = match self.redis_plan() {
-            None => None,
-            Some(RedisPlan::External(url)) => Some(RedisLink {
-                url,
-                key_prefix: run_key_prefix(),
-            }),
-            Some(RedisPlan::Own) => {
+        let redis_url = match (self.broker, &self.redis_url) {
+            (Broker::Memory, _) => None,
+            (Broker::Redis, Some(url)) => Some(url.clone()),
+            (Broker::Redis, None) => {
                 let server = RedisServer::start(&d.join("redis"))?;
                 let url = format!("redis://{}", server.addr);
                 stack.redis = Some(server);
-                Some(RedisLink {
-                    url,
-                    key_prefix: run_key_prefix(),
-                })
+                Some(url)
             }
         };
+        let redis = redis_url.map(|url| RedisLink {
+            url,
+            key_prefix: format!("chatup-bench-{}", run_stamp()),
+        });
 
         for i in 0..self.hosts as usize {
             let host = self.start_host(&d.join(format!("host{i}")), i, &build, &keys, &redis)?;
@@ -330,15 +313,6 @@ struct RedisLink {
 /// for any run, short enough that an operator's Redis forgets the bench soon.
 const REDIS_KEY_TTL_SECONDS: u64 = 600;
 
-/// A key prefix no other run (nor a real deployment) uses.
-fn run_key_prefix() -> String {
-    format!(
-        "chatup-bench-{:x}-{}",
-        crate::payload::now_ns() / 1_000_000,
-        std::process::id()
-    )
-}
-
 /// A Redis URL without its password, fit for a result line.
 pub fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
@@ -389,18 +363,12 @@ impl Host {
     fn wait_ready(&mut self, workers: usize) -> Result<(), BenchError> {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Ok(Some(status)) = self.sidecar.try_wait() {
-                return Err(BenchError::Setup(format!(
-                    "chatup-sidecar exited ({status}); its log: {}",
-                    tail(&self.folder.join("sidecar.err"))
-                )));
-            }
-            if let Ok(Some(status)) = self.nginx.try_wait() {
-                return Err(BenchError::Setup(format!(
-                    "nginx exited ({status}); its log: {}",
-                    tail(&self.folder.join("error.log"))
-                )));
-            }
+            still_running(
+                &mut self.sidecar,
+                "chatup-sidecar",
+                &self.folder.join("sidecar.err"),
+            )?;
+            still_running(&mut self.nginx, "nginx", &self.folder.join("error.log"))?;
             let up = TcpStream::connect(("127.0.0.1", self.sidecar_port)).is_ok()
                 && self.relay.exists()
                 && TcpStream::connect(("127.0.0.1", self.port)).is_ok()
@@ -417,6 +385,17 @@ impl Host {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+}
+
+/// An error with the end of `log` when `child` (`name`) has exited.
+fn still_running(child: &mut Child, name: &str, log: &Path) -> Result<(), BenchError> {
+    match child.try_wait() {
+        Ok(Some(status)) => Err(BenchError::Setup(format!(
+            "{name} exited ({status}); its log: {}",
+            tail(log)
+        ))),
+        _ => Ok(()),
     }
 }
 
