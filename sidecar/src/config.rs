@@ -38,6 +38,12 @@ pub struct Config {
     pub roles: RolesConfig,
     pub dispatch: DispatchConfig,
     pub presence: PresenceConfig,
+    pub admin: AdminConfig,
+    pub plugins: PluginsConfig,
+    pub rate_limit: RateLimitConfig,
+    pub blacklist: BlacklistConfig,
+    pub webhook: WebhookConfig,
+    pub publish_hook: PublishHookConfig,
     pub log: LogConfig,
 }
 
@@ -227,6 +233,8 @@ pub struct RolesConfig {
     pub worker: bool,
     /// `POST /join/<channel>`: picks a chat host for a client.
     pub dispatcher: bool,
+    /// The admin API: post, ban, history, stats, blacklist, metrics.
+    pub admin: bool,
 }
 
 impl Default for RolesConfig {
@@ -234,6 +242,7 @@ impl Default for RolesConfig {
         Self {
             worker: true,
             dispatcher: true,
+            admin: true,
         }
     }
 }
@@ -274,6 +283,151 @@ pub struct PresenceConfig {
 impl Default for PresenceConfig {
     fn default() -> Self {
         Self { events: true }
+    }
+}
+
+/// The admin API's authentication. Admin tokens are signed with their own key, never the
+/// publishers' one, so a publisher token can never act as an admin.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// PEM public key (or HS* shared-secret file) that admin tokens are checked against.
+    /// Must differ from `auth.public_key_file`.
+    pub public_key_file: PathBuf,
+    /// Algorithms an admin token may be signed with; all must fit the key.
+    pub algorithms: Vec<Algorithm>,
+    /// Clock skew tolerated on `exp` and `nbf` of `Authorization: Bearer` admin tokens.
+    pub leeway_seconds: u64,
+    /// Accept request bodies that are a JWT whose payload is a JSON array (the format of
+    /// the original system's admin calls). Such tokens carry no expiry: anyone holding one
+    /// can replay it, so turn this off when nothing produces them.
+    pub array_tokens: bool,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            public_key_file: PathBuf::from("/etc/chatup/admin-public.pem"),
+            algorithms: vec![Algorithm::RS256],
+            leeway_seconds: 5,
+            array_tokens: true,
+        }
+    }
+}
+
+/// The moderation plugins every publish goes through, in order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PluginsConfig {
+    /// The chain, run in this order; a plugin not listed is off. Known names: `ban`,
+    /// `rate_limit`, `blacklist`, `webhook`, `publish_hook`.
+    pub chain: Vec<String>,
+}
+
+impl Default for PluginsConfig {
+    fn default() -> Self {
+        Self {
+            chain: vec!["ban".into(), "rate_limit".into(), "blacklist".into()],
+        }
+    }
+}
+
+/// The `rate_limit` plugin: at most `messages` per `per_seconds` per user per channel,
+/// counted across hosts through Redis (in process with the memory broker).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimitConfig {
+    pub messages: u32,
+    pub per_seconds: u64,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self {
+            messages: 10,
+            per_seconds: 10,
+        }
+    }
+}
+
+/// The `blacklist` plugin. Words match whole words, case-insensitively, in any script.
+/// These lists are always in force; the admin API adds (and removes) more, shared by every
+/// host through Redis.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BlacklistConfig {
+    /// A message containing one of these is refused (`blacklisted`).
+    pub words: Vec<String>,
+    /// These are masked in the message, which goes through.
+    pub muted: Vec<String>,
+    /// What each character of a muted word is replaced with.
+    pub mask: String,
+}
+
+impl Default for BlacklistConfig {
+    fn default() -> Self {
+        Self {
+            words: Vec::new(),
+            muted: Vec::new(),
+            mask: "*".into(),
+        }
+    }
+}
+
+/// The `webhook` plugin: messages containing a trigger are posted, in Slack's
+/// incoming-webhook format, to `url`, in the background with retries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// Where to POST (a Slack incoming-webhook URL, or any endpoint taking that JSON).
+    pub url: String,
+    /// Words or phrases that trigger the webhook (whole words, case-insensitive).
+    pub triggers: Vec<String>,
+    /// Whether a triggering message is still broadcast to the channel.
+    pub broadcast: bool,
+    /// How long one POST may take.
+    pub timeout_ms: u64,
+    /// Attempts after the first failure, with growing delays.
+    pub retries: u32,
+    /// Posts waiting to be sent; past it new ones are dropped (and logged), so a dead
+    /// endpoint never holds memory or slows publishing.
+    pub queue_size: usize,
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            triggers: Vec::new(),
+            broadcast: true,
+            timeout_ms: 5000,
+            retries: 3,
+            queue_size: 1000,
+        }
+    }
+}
+
+/// The `publish_hook` plugin: the operator's backend accepts, rejects or rewrites each
+/// message before it is published.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PublishHookConfig {
+    /// Where to POST each message.
+    pub url: String,
+    /// How long the backend has to answer.
+    pub timeout_ms: u64,
+    /// When the backend fails or does not answer in time: `true` publishes the message
+    /// anyway, `false` refuses it (`hook_unavailable`).
+    pub fail_open: bool,
+}
+
+impl Default for PublishHookConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            timeout_ms: 500,
+            fail_open: false,
+        }
     }
 }
 
@@ -477,24 +631,8 @@ impl Config {
             key: key.into(),
             message,
         };
-        let algorithms = &self.auth.algorithms;
-        let Some(first) = algorithms.first() else {
-            return Err(invalid(
-                "auth.algorithms",
-                "at least one algorithm is needed (e.g. [\"RS256\"])".into(),
-            ));
-        };
-        let family = KeyFamily::of(*first);
-        if let Some(other) = algorithms.iter().find(|a| KeyFamily::of(**a) != family) {
-            return Err(invalid(
-                "auth.algorithms",
-                format!(
-                    "{first:?} ({family}) and {other:?} ({}) need different kinds of key; \
-                     one key file serves one family, so list algorithms of one family only",
-                    KeyFamily::of(*other)
-                ),
-            ));
-        }
+        check_algorithms("auth.algorithms", &self.auth.algorithms)?;
+        check_algorithms("admin.algorithms", &self.admin.algorithms)?;
         if self.relay.socket.as_os_str().is_empty() {
             return Err(invalid("relay.socket", "must not be empty".into()));
         }
@@ -596,22 +734,103 @@ impl Config {
                     .into(),
             ));
         }
-        if !self.roles.worker && !self.roles.dispatcher {
+        if !self.roles.worker && !self.roles.dispatcher && !self.roles.admin {
             return Err(invalid(
                 "roles",
-                "at least one of roles.worker and roles.dispatcher must be true".into(),
+                "at least one of roles.worker, roles.dispatcher and roles.admin must be true"
+                    .into(),
             ));
         }
         if !self.roles.worker && !self.redis.enabled() {
             return Err(invalid(
                 "roles.worker",
-                "a dispatcher without the worker role needs Redis (redis.url or \
-                 redis.cluster_nodes) to find the chat hosts"
+                "a dispatcher or admin API without the worker role needs Redis (redis.url or \
+                 redis.cluster_nodes) to reach the chat hosts"
                     .into(),
             ));
         }
+        self.validate_plugins()?;
         if self.log.level.trim().is_empty() {
             return Err(invalid("log.level", "must not be empty".into()));
+        }
+        Ok(())
+    }
+
+    /// Checks the plugin chain and the settings of the plugins in it.
+    fn validate_plugins(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            key: key.into(),
+            message,
+        };
+        let mut seen = Vec::new();
+        for name in &self.plugins.chain {
+            if !PLUGIN_NAMES.contains(&name.as_str()) {
+                return Err(invalid(
+                    "plugins.chain",
+                    format!(
+                        "unknown plugin {name:?}; known: {}",
+                        PLUGIN_NAMES.join(", ")
+                    ),
+                ));
+            }
+            if seen.contains(&name) {
+                return Err(invalid(
+                    "plugins.chain",
+                    format!("{name:?} is listed twice"),
+                ));
+            }
+            seen.push(name);
+        }
+        let on = |name: &str| self.plugins.chain.iter().any(|n| n == name);
+        if on("rate_limit") && (self.rate_limit.messages == 0 || self.rate_limit.per_seconds == 0) {
+            return Err(invalid(
+                "rate_limit",
+                "rate_limit.messages and rate_limit.per_seconds must be at least 1 (or take \
+                 rate_limit out of plugins.chain)"
+                    .into(),
+            ));
+        }
+        if self.blacklist.mask.is_empty() {
+            return Err(invalid("blacklist.mask", "must not be empty".into()));
+        }
+        let http_url = |key: &str, url: &str, plugin: &str| {
+            if url.starts_with("http://") || url.starts_with("https://") {
+                Ok(())
+            } else if url.is_empty() {
+                Err(invalid(
+                    key,
+                    format!("{plugin} is in plugins.chain, so {key} must be set"),
+                ))
+            } else {
+                Err(invalid(
+                    key,
+                    format!("{url:?} must start with http:// or https://"),
+                ))
+            }
+        };
+        if on("webhook") {
+            http_url("webhook.url", &self.webhook.url, "webhook")?;
+            if self.webhook.triggers.iter().all(|t| t.trim().is_empty()) {
+                return Err(invalid(
+                    "webhook.triggers",
+                    "webhook is in plugins.chain, so at least one trigger is needed".into(),
+                ));
+            }
+            if self.webhook.timeout_ms == 0 || self.webhook.queue_size == 0 {
+                return Err(invalid(
+                    "webhook",
+                    "webhook.timeout_ms and webhook.queue_size must be at least 1".into(),
+                ));
+            }
+        }
+        if on("publish_hook") {
+            http_url("publish_hook.url", &self.publish_hook.url, "publish_hook")?;
+            if self.publish_hook.timeout_ms == 0 {
+                return Err(invalid(
+                    "publish_hook.timeout_ms",
+                    "must be at least 1".into(),
+                ));
+            }
         }
         Ok(())
     }
@@ -620,6 +839,31 @@ impl Config {
     pub fn to_toml(&self) -> String {
         toml::to_string(self).unwrap_or_else(|e| format!("# cannot print the config: {e}\n"))
     }
+}
+
+/// The plugins `plugins.chain` may name.
+pub const PLUGIN_NAMES: &[&str] = &["ban", "rate_limit", "blacklist", "webhook", "publish_hook"];
+
+/// Checks that `algorithms` is non-empty and of one key family.
+fn check_algorithms(key: &str, algorithms: &[Algorithm]) -> Result<(), ConfigError> {
+    let invalid = |message: String| ConfigError::Invalid {
+        key: key.into(),
+        message,
+    };
+    let Some(first) = algorithms.first() else {
+        return Err(invalid(
+            "at least one algorithm is needed (e.g. [\"RS256\"])".into(),
+        ));
+    };
+    let family = KeyFamily::of(*first);
+    if let Some(other) = algorithms.iter().find(|a| KeyFamily::of(**a) != family) {
+        return Err(invalid(format!(
+            "{first:?} ({family}) and {other:?} ({}) need different kinds of key; \
+             one key file serves one family, so list algorithms of one family only",
+            KeyFamily::of(*other)
+        )));
+    }
+    Ok(())
 }
 
 /// Text for `--help`: every key with its environment variable and default.

@@ -54,6 +54,7 @@ pub mod error;
 pub mod http;
 pub mod logging;
 pub mod message;
+pub mod plugins;
 pub mod presence;
 pub mod publish;
 pub mod redis;

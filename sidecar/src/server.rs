@@ -20,6 +20,7 @@ use crate::config::Config;
 use crate::dispatch::Dispatcher;
 use crate::error::Error;
 use crate::http::{router, App, HttpServer, WsSettings};
+use crate::plugins::Chain;
 use crate::presence::{EventPump, Presence};
 use crate::publish::{Limits, Publisher};
 use crate::redis::RedisLink;
@@ -130,6 +131,7 @@ impl Sidecar {
                         max_message_chars: config.limits.max_message_chars,
                         max_event_bytes: config.limits.max_event_bytes,
                     },
+                    Chain::default(),
                 ),
                 presence,
                 shutdown: shutdown.clone(),

@@ -13,6 +13,7 @@ use serde_json::{Map, Value};
 use crate::auth::{AuthError, Identity, Verifier};
 use crate::broker::{Broker, BrokerError, Published};
 use crate::message::{now_ms, Body, Tail};
+use crate::plugins::{Chain, Draft};
 use crate::presence::PresenceError;
 
 /// Longest event name, in bytes.
@@ -35,6 +36,11 @@ pub enum ErrorCode {
     EventsNotAllowed,
     UnsupportedMediaType,
     TooManyChannels,
+    Banned,
+    RateLimited,
+    Blacklisted,
+    Rejected,
+    HookUnavailable,
     Unavailable,
     Internal,
 }
@@ -52,6 +58,11 @@ impl ErrorCode {
             Self::EventsNotAllowed => "events_not_allowed",
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::TooManyChannels => "too_many_channels",
+            Self::Banned => "banned",
+            Self::RateLimited => "rate_limited",
+            Self::Blacklisted => "blacklisted",
+            Self::Rejected => "rejected",
+            Self::HookUnavailable => "hook_unavailable",
             Self::Unavailable => "unavailable",
             Self::Internal => "internal",
         }
@@ -66,7 +77,10 @@ impl ErrorCode {
             | Self::Empty
             | Self::InvalidUtf8
             | Self::TooManyChannels => StatusCode::BAD_REQUEST,
-            Self::EventsNotAllowed => StatusCode::FORBIDDEN,
+            Self::EventsNotAllowed | Self::Banned | Self::Rejected => StatusCode::FORBIDDEN,
+            Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            Self::Blacklisted => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::HookUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::TooLong => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -81,6 +95,9 @@ impl ErrorCode {
 pub struct PublishError {
     pub code: ErrorCode,
     pub message: String,
+    /// Seconds after which the same publish may succeed (rate limit), sent as
+    /// `Retry-After` / `retryAfter`.
+    pub retry_after: Option<u64>,
 }
 
 impl PublishError {
@@ -88,7 +105,14 @@ impl PublishError {
         Self {
             code,
             message: message.into(),
+            retry_after: None,
         }
+    }
+
+    /// The same error, telling the publisher when to try again.
+    pub fn retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds);
+        self
     }
 }
 
@@ -142,6 +166,15 @@ impl Limits {
     }
 }
 
+/// What became of an accepted message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Published with an id.
+    Published(Published),
+    /// Accepted but, by a plugin's choice, not broadcast (nor kept in history).
+    Withheld,
+}
+
 /// Checks and publishes messages on behalf of authenticated users.
 pub struct Publisher {
     /// Where messages go.
@@ -150,14 +183,22 @@ pub struct Publisher {
     verifier: Arc<Verifier>,
     /// Message size limits from `[limits]`.
     limits: Limits,
+    /// The moderation plugins of `plugins.chain`.
+    chain: Chain,
 }
 
 impl Publisher {
-    pub fn new(broker: Arc<dyn Broker>, verifier: Arc<Verifier>, limits: Limits) -> Self {
+    pub fn new(
+        broker: Arc<dyn Broker>,
+        verifier: Arc<Verifier>,
+        limits: Limits,
+        chain: Chain,
+    ) -> Self {
         Self {
             broker,
             verifier,
             limits,
+            chain,
         }
     }
 
@@ -169,13 +210,14 @@ impl Publisher {
         self.limits
     }
 
-    /// Checks everything, encodes the message once and hands it to the broker.
+    /// Checks everything, runs the plugin chain, encodes the message once and hands it to
+    /// the broker.
     pub async fn publish(
         &self,
         identity: &Identity,
         channel: &str,
         body: Body,
-    ) -> Result<Published, PublishError> {
+    ) -> Result<Outcome, PublishError> {
         if self.verifier.expired(identity, now_ms() / 1000) {
             return Err(PublishError::new(
                 ErrorCode::TokenExpired,
@@ -184,10 +226,17 @@ impl Publisher {
         }
         check_channel(channel)?;
         self.check_body(identity, &body)?;
-        let tail = Tail::encode(now_ms(), &identity.user, &body).map_err(|e| {
+        let mut draft = Draft::new(identity, channel, body);
+        self.chain.run(&mut draft).await?;
+        if !draft.broadcast {
+            return Ok(Outcome::Withheld);
+        }
+        let tail = Tail::encode(now_ms(), &identity.user, &draft.body).map_err(|e| {
             PublishError::new(ErrorCode::Internal, format!("cannot encode message: {e}"))
         })?;
-        Ok(self.broker.publish(channel, &tail).await?)
+        Ok(Outcome::Published(
+            self.broker.publish(channel, &tail).await?,
+        ))
     }
 
     fn check_body(&self, identity: &Identity, body: &Body) -> Result<(), PublishError> {
@@ -299,6 +348,7 @@ mod tests {
                 max_message_chars: 5,
                 max_event_bytes: 10,
             },
+            Chain::default(),
         )
     }
 
@@ -312,7 +362,10 @@ mod tests {
         publisher()
             .publish(&identity(events), channel, body)
             .await
-            .map(|p| p.id)
+            .map(|outcome| match outcome {
+                Outcome::Published(p) => p.id,
+                Outcome::Withheld => 0,
+            })
             .map_err(|e| e.code)
     }
 

@@ -16,15 +16,23 @@ use serde::Serialize;
 use serde_json::Value;
 use tracing::{debug, Instrument};
 
-use super::{body_from_json, check_channel, ErrorCode, HttpError, HttpErrorBody, PublishError};
+use super::{
+    body_from_json, check_channel, ErrorCode, HttpError, HttpErrorBody, Outcome, PublishError,
+};
 use crate::http::App;
 use crate::message::Body;
 
 #[derive(Serialize)]
 struct Accepted<'a> {
     ch: &'a str,
-    id: u64,
-    ep: u64,
+    /// The message's id and epoch; absent when it was withheld.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ep: Option<u64>,
+    /// A plugin accepted the message but kept it from the channel.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    withheld: bool,
 }
 
 pub async fn publish(
@@ -45,14 +53,28 @@ pub async fn publish(
     let span = tracing::info_span!("publish", channel, sub = tracing::field::Empty);
     async move {
         match handle(&app, &channel, &headers, body).await {
-            Ok((id, ep)) => {
-                debug!(id, "published");
+            Ok(Outcome::Published(published)) => {
+                debug!(id = published.id, "published");
                 Json(Accepted {
                     ch: &channel,
-                    id,
-                    ep,
+                    id: Some(published.id),
+                    ep: Some(published.epoch),
+                    withheld: false,
                 })
                 .into_response()
+            }
+            Ok(Outcome::Withheld) => {
+                debug!("accepted, withheld");
+                (
+                    StatusCode::ACCEPTED,
+                    Json(Accepted {
+                        ch: &channel,
+                        id: None,
+                        ep: None,
+                        withheld: true,
+                    }),
+                )
+                    .into_response()
             }
             Err(e) => {
                 debug!(code = e.code.as_str(), "publish refused: {}", e.message);
@@ -69,7 +91,7 @@ async fn handle(
     channel: &str,
     headers: &HeaderMap,
     body: HttpBody,
-) -> Result<(u64, u64), PublishError> {
+) -> Result<Outcome, PublishError> {
     let token = bearer_token(headers)?;
     let identity = app.publisher.verifier().verify(token)?;
     if let Some(sub) = &identity.sub {
@@ -106,8 +128,7 @@ async fn handle(
             body_from_json(&object)?
         }
     };
-    let published = app.publisher.publish(&identity, channel, body).await?;
-    Ok((published.id, published.epoch))
+    app.publisher.publish(&identity, channel, body).await
 }
 
 enum ContentKind {
@@ -178,6 +199,11 @@ pub fn error_response(e: &PublishError) -> Response {
         },
     };
     let mut response = (status, Json(body)).into_response();
+    if let Some(seconds) = e.retry_after {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    }
     if status == StatusCode::UNAUTHORIZED {
         response
             .headers_mut()

@@ -40,7 +40,7 @@ use serde::Serialize;
 use serde_json::Value;
 use tracing::{debug, Instrument};
 
-use super::{body_from_json, ErrorCode, PublishError};
+use super::{body_from_json, ErrorCode, Outcome, PublishError};
 use crate::auth::{AuthError, Identity};
 use crate::http::App;
 use crate::presence::Session;
@@ -53,8 +53,30 @@ struct Ack<'a> {
     r#type: &'static str,
     #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
     reference: Option<&'a Value>,
-    id: u64,
-    ep: u64,
+    /// The message's id and epoch; absent when it was withheld.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ep: Option<u64>,
+    /// A plugin accepted the message but kept it from the channel.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    withheld: bool,
+}
+
+impl<'a> Ack<'a> {
+    fn of(reference: Option<&'a Value>, outcome: &Outcome) -> Self {
+        let (id, ep, withheld) = match outcome {
+            Outcome::Published(p) => (Some(p.id), Some(p.epoch), false),
+            Outcome::Withheld => (None, None, true),
+        };
+        Self {
+            r#type: "ack",
+            reference,
+            id,
+            ep,
+            withheld,
+        }
+    }
 }
 
 /// The answer to a join or a leave.
@@ -73,6 +95,9 @@ struct ErrorReply<'a> {
     reference: Option<&'a Value>,
     code: &'static str,
     message: &'a str,
+    /// Seconds until the same publish may succeed (rate limit).
+    #[serde(rename = "retryAfter", skip_serializing_if = "Option::is_none")]
+    retry_after: Option<u64>,
 }
 
 /// Why a session ends.
@@ -421,7 +446,7 @@ fn handle_frame<'a>(
                 }
             }
             Err(e) => {
-                let PublishError { code, message } = e.into();
+                let PublishError { code, message, .. } = e.into();
                 debug!(channel, code = code.as_str(), "{key} refused: {message}");
                 error(reference, code, &message)
             }
@@ -438,7 +463,7 @@ fn handle_frame<'a>(
     };
     let body = match body_from_json(&object) {
         Ok(body) => body,
-        Err(PublishError { code, message }) => return error(reference, code, &message),
+        Err(e) => return error(reference, e.code, &e.message),
     };
     let reference = reference.cloned();
     let identity = identity.clone();
@@ -446,15 +471,15 @@ fn handle_frame<'a>(
     Box::pin(
         async move {
             match app.publisher.publish(&identity, &channel, body).await {
-                Ok(published) => Answer::Send(json_text(&Ack {
-                    r#type: "ack",
-                    reference: reference.as_ref(),
-                    id: published.id,
-                    ep: published.epoch,
-                })),
-                Err(PublishError { code, message }) => {
-                    debug!(channel, code = code.as_str(), "publish refused: {message}");
-                    Answer::Send(error_text(reference.as_ref(), code, &message))
+                Ok(outcome) => Answer::Send(json_text(&Ack::of(reference.as_ref(), &outcome))),
+                Err(e) => {
+                    debug!(
+                        channel,
+                        code = e.code.as_str(),
+                        "publish refused: {}",
+                        e.message
+                    );
+                    Answer::Send(publish_error_text(reference.as_ref(), &e))
                 }
             }
         }
@@ -511,6 +536,17 @@ fn error_text(reference: Option<&Value>, code: ErrorCode, message: &str) -> Stri
         reference,
         code: code.as_str(),
         message,
+        retry_after: None,
+    })
+}
+
+fn publish_error_text(reference: Option<&Value>, e: &PublishError) -> String {
+    json_text(&ErrorReply {
+        r#type: "error",
+        reference,
+        code: e.code.as_str(),
+        message: &e.message,
+        retry_after: e.retry_after,
     })
 }
 

@@ -1,0 +1,135 @@
+//! Moderation plugins: the checks a publisher's message goes through after the built-in
+//! rules (size, channel name, event permission) and before the broker gives it an id.
+//!
+//! A [`Plugin`] sees a [`Draft`]: who sends what to which channel. It may refuse the
+//! message with a [`PublishError`] (the publisher gets the code), change its body (mask
+//! words, apply a rewrite from the operator's backend) or keep it from being broadcast
+//! (the publisher gets an ack without an id). The [`Chain`] runs the plugins named in
+//! `plugins.chain`, in that order, and stops at the first refusal.
+//!
+//! Messages posted through the admin API do not go through the chain: they come from the
+//! operator.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::auth::Identity;
+use crate::message::Body;
+use crate::publish::PublishError;
+
+/// A message on its way through the chain.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Draft<'a> {
+    /// Who publishes it (checked token).
+    pub identity: &'a Identity,
+    /// Where it goes (name already checked).
+    pub channel: &'a str,
+    /// What it says; plugins may change it.
+    pub body: Body,
+    /// Cleared by a plugin that wants the message acknowledged but not broadcast.
+    pub broadcast: bool,
+}
+
+impl<'a> Draft<'a> {
+    pub fn new(identity: &'a Identity, channel: &'a str, body: Body) -> Self {
+        Self {
+            identity,
+            channel,
+            body,
+            broadcast: true,
+        }
+    }
+}
+
+/// One check in the chain.
+#[async_trait]
+pub trait Plugin: Send + Sync + 'static {
+    /// Its name in `plugins.chain`, for logs and metrics.
+    fn name(&self) -> &'static str;
+
+    /// Lets the message go on (possibly changed) or refuses it.
+    async fn check(&self, draft: &mut Draft<'_>) -> Result<(), PublishError>;
+}
+
+/// The configured plugins, in order.
+#[derive(Clone, Default)]
+pub struct Chain {
+    /// Run front to back; the first error stops the message.
+    plugins: Vec<Arc<dyn Plugin>>,
+}
+
+impl Chain {
+    pub fn new(plugins: Vec<Arc<dyn Plugin>>) -> Self {
+        Self { plugins }
+    }
+
+    /// The names of the plugins, in order.
+    pub fn names(&self) -> Vec<&'static str> {
+        self.plugins.iter().map(|p| p.name()).collect()
+    }
+
+    /// Runs every plugin on `draft` until one refuses it.
+    pub async fn run(&self, draft: &mut Draft<'_>) -> Result<(), PublishError> {
+        for plugin in &self.plugins {
+            plugin.check(draft).await?;
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for Chain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.names()).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::tests::{good_claims, sign, verifier};
+    use crate::publish::ErrorCode;
+
+    struct Upper;
+    #[async_trait]
+    impl Plugin for Upper {
+        fn name(&self) -> &'static str {
+            "upper"
+        }
+        async fn check(&self, draft: &mut Draft<'_>) -> Result<(), PublishError> {
+            if let Body::Text(text) = &draft.body {
+                draft.body = Body::Text(text.to_uppercase());
+            }
+            Ok(())
+        }
+    }
+
+    struct RefuseBang;
+    #[async_trait]
+    impl Plugin for RefuseBang {
+        fn name(&self) -> &'static str {
+            "refuse_bang"
+        }
+        async fn check(&self, draft: &mut Draft<'_>) -> Result<(), PublishError> {
+            match &draft.body {
+                Body::Text(t) if t.contains('!') => {
+                    Err(PublishError::new(ErrorCode::Rejected, "no shouting"))
+                }
+                _ => Ok(()),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn plugins_run_in_order_and_stop_at_the_first_refusal() {
+        let identity = verifier().verify(&sign(&good_claims())).unwrap();
+        let chain = Chain::new(vec![Arc::new(Upper), Arc::new(RefuseBang)]);
+        assert_eq!(chain.names(), ["upper", "refuse_bang"]);
+        let mut draft = Draft::new(&identity, "r", Body::Text("hi".into()));
+        chain.run(&mut draft).await.unwrap();
+        assert_eq!(draft.body, Body::Text("HI".into()));
+        let mut draft = Draft::new(&identity, "r", Body::Text("hi!".into()));
+        let err = chain.run(&mut draft).await.unwrap_err();
+        assert_eq!(err.code, ErrorCode::Rejected);
+    }
+}
