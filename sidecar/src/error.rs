@@ -4,6 +4,7 @@ use crate::auth::KeySetupError;
 use crate::config::ConfigError;
 use crate::http::HttpBindError;
 use crate::logging::LogError;
+use crate::plugins::PluginSetupError;
 use crate::redis::RedisError;
 use crate::relay::RelayError;
 use crate::token::TokenError;
@@ -22,6 +23,8 @@ pub enum Error {
     Log(#[from] LogError),
     #[error(transparent)]
     Token(#[from] TokenError),
+    #[error(transparent)]
+    Plugin(#[from] PluginSetupError),
     #[error("{0} (the sidecar needs Redis to start when [redis] is configured)")]
     Redis(#[from] RedisError),
     #[error("the HTTP server failed: {0}")]

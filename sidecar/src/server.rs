@@ -20,7 +20,7 @@ use crate::config::Config;
 use crate::dispatch::Dispatcher;
 use crate::error::Error;
 use crate::http::{router, App, HttpServer, WsSettings};
-use crate::plugins::Chain;
+use crate::plugins::{build_chain, Setup};
 use crate::presence::{EventPump, Presence};
 use crate::publish::{Limits, Publisher};
 use crate::redis::RedisLink;
@@ -108,6 +108,13 @@ impl Sidecar {
         let mut worker_app = None;
         let mut pump = None;
         if let Some(verifier) = verifier {
+            let chain = build_chain(&Setup {
+                config,
+                redis: redis.clone(),
+                shutdown: shutdown.clone(),
+                tracker: tracker.clone(),
+            })?;
+            info!(plugins = ?chain.names(), "plugin chain ready");
             let server = RelayServer::bind(
                 RelayOptions {
                     socket: config.relay.socket.clone(),
@@ -131,7 +138,7 @@ impl Sidecar {
                         max_message_chars: config.limits.max_message_chars,
                         max_event_bytes: config.limits.max_event_bytes,
                     },
-                    Chain::default(),
+                    chain,
                 ),
                 presence,
                 shutdown: shutdown.clone(),
