@@ -123,6 +123,26 @@ pub struct Identity {
     pub expires_at: u64,
 }
 
+impl Identity {
+    /// The id bans and rate limits know the user by: the token's `sub`, or, when it has
+    /// none, `_public.name` (the original system banned users by name). A token with
+    /// neither has no such id: it cannot be banned by name (the ban plugin lets it through,
+    /// and a kick never matches it), and the rate limit counts it by its `_public` text
+    /// instead, as presence does.
+    pub fn moderation_id(&self) -> Option<String> {
+        if let Some(sub) = self.sub.as_deref().filter(|s| !s.is_empty()) {
+            return Some(sub.to_owned());
+        }
+        #[derive(Deserialize)]
+        struct Name<'a> {
+            #[serde(borrow, default)]
+            name: Option<std::borrow::Cow<'a, str>>,
+        }
+        let name = serde_json::from_str::<Name<'_>>(&self.user).ok()?.name?;
+        (!name.is_empty()).then(|| name.into_owned())
+    }
+}
+
 /// The claims this server reads; the rest of the payload is ignored.
 #[derive(Deserialize)]
 struct Claims {
@@ -439,6 +459,52 @@ pub(crate) mod tests {
         let id = verifier().verify(&sign(&c)).unwrap();
         assert!(id.events);
         assert_eq!(id.sub.as_deref(), Some("42"));
+    }
+
+    #[test]
+    fn the_moderation_id_is_sub_else_public_name() {
+        let id = |sub: Option<&str>, user: &str| Identity {
+            sub: sub.map(str::to_owned),
+            user: user.into(),
+            events: false,
+            expires_at: u64::MAX,
+        };
+        assert_eq!(
+            id(Some("u1"), r#"{"name":"ann"}"#)
+                .moderation_id()
+                .as_deref(),
+            Some("u1")
+        );
+        assert_eq!(
+            id(None, r#"{"name":"ann","color":"red"}"#)
+                .moderation_id()
+                .as_deref(),
+            Some("ann")
+        );
+        // An escaped name is read as its text.
+        assert_eq!(
+            id(None, r#"{"name":"a\"b\u00e9"}"#)
+                .moderation_id()
+                .as_deref(),
+            Some("a\"bé")
+        );
+        assert_eq!(
+            id(Some(""), r#"{"name":"ann"}"#).moderation_id().as_deref(),
+            Some("ann")
+        );
+        for user in [
+            r#"{}"#,
+            r#"{"name":""}"#,
+            r#"{"name":7}"#,
+            r#"{"nick":"ann"}"#,
+        ] {
+            assert_eq!(id(None, user).moderation_id(), None, "{user}");
+        }
+        // Straight from a verified token.
+        let mut c = good_claims();
+        c.as_object_mut().unwrap().remove("sub");
+        let verified = verifier().verify(&sign(&c)).unwrap();
+        assert_eq!(verified.moderation_id().as_deref(), Some("ann"));
     }
 
     #[test]
