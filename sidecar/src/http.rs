@@ -15,7 +15,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::dispatch::Dispatcher;
+use crate::moderation::Moderation;
 use crate::presence::Presence;
+use crate::publish::sessions::Sessions;
 use crate::publish::{HttpError, HttpErrorBody, Publisher};
 
 /// Timing of WebSocket publisher sessions.
@@ -49,6 +51,10 @@ pub struct App {
     pub tracker: TaskTracker,
     /// Auth timeout and ping interval of publisher sessions.
     pub ws: WsSettings,
+    /// Bans; a publisher's join is checked against them.
+    pub moderation: Arc<Moderation>,
+    /// The open WebSocket publisher sessions by user, closed by a kick.
+    pub sessions: Arc<Sessions>,
 }
 
 /// The routes of the roles this process plays: the publisher endpoints with `worker`, the

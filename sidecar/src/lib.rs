@@ -26,10 +26,16 @@
 //!   a cluster, catch-up from history after a lost connection).
 //! * [`redis`]: the connection to one Redis server or a Redis Cluster, with the bound on
 //!   every call, shared by the Redis broker and the registry.
+//! * [`control`]: the control bus, notices every host acts on (kick banned publishers),
+//!   in process or through Redis pub/sub.
+//! * [`moderation`]: bans (memory or Redis) and what a ban sets off; the admin API's entry
+//!   point.
 //! * [`codec`]: the relay frames of `chatup_wire` as a `tokio_util` codec.
 //! * [`relay`]: the Unix-socket server for nginx workers.
 //! * [`publish`]: the publisher endpoints, `GET /pub` (WebSocket, also join/leave) and
-//!   `POST /pub/<ch>`.
+//!   `POST /pub/<ch>`; the open sessions by user, for kicks.
+//! * [`plugins`]: the checks of `plugins.chain` every publish goes through (`ban`,
+//!   `rate_limit`, ...).
 //! * [`presence`]: which publishers joined which channels on this host; `join`/`leave`
 //!   events.
 //! * [`registry`]: the live hosts and their load, for the dispatcher: this host alone
@@ -49,11 +55,13 @@ pub mod broker;
 pub mod cli;
 pub mod codec;
 pub mod config;
+pub mod control;
 pub mod dispatch;
 pub mod error;
 pub mod http;
 pub mod logging;
 pub mod message;
+pub mod moderation;
 pub mod plugins;
 pub mod presence;
 pub mod publish;

@@ -31,11 +31,23 @@ impl Tail {
     ///
     /// `user` must already be a JSON object (the encoded `_public` claim).
     pub fn encode(t_ms: u64, user: &str, body: &Body) -> Result<Self, serde_json::Error> {
-        let mut out = Vec::with_capacity(64 + user.len());
+        Self::encode_as(t_ms, Some(user), body)
+    }
+
+    /// Encodes `"t":<t_ms>,` then the body, with no `user`: what the platform itself says
+    /// to a channel (such as a ban's `rmUserMsg` event).
+    pub fn encode_without_user(t_ms: u64, body: &Body) -> Result<Self, serde_json::Error> {
+        Self::encode_as(t_ms, None, body)
+    }
+
+    fn encode_as(t_ms: u64, user: Option<&str>, body: &Body) -> Result<Self, serde_json::Error> {
+        let mut out = Vec::with_capacity(64 + user.map_or(0, str::len));
         out.extend_from_slice(b"\"t\":");
         out.extend_from_slice(t_ms.to_string().as_bytes());
-        out.extend_from_slice(b",\"user\":");
-        out.extend_from_slice(user.as_bytes());
+        if let Some(user) = user {
+            out.extend_from_slice(b",\"user\":");
+            out.extend_from_slice(user.as_bytes());
+        }
         match body {
             Body::Text(text) => {
                 out.extend_from_slice(b",\"msg\":");
@@ -137,6 +149,22 @@ mod tests {
         assert_eq!(
             std::str::from_utf8(&assemble("c", 9, 8, &without)).unwrap(),
             r#"{"ch":"c","id":9,"ep":8,"t":5,"user":{"name":"bo"},"ev":"typing"}"#
+        );
+    }
+
+    #[test]
+    fn platform_events_carry_no_user() {
+        let tail = Tail::encode_without_user(
+            7,
+            &Body::Event {
+                name: "rmUserMsg".into(),
+                data: Some(json!("ann")),
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            std::str::from_utf8(&assemble("r", 3, 4, &tail)).unwrap(),
+            r#"{"ch":"r","id":3,"ep":4,"t":7,"ev":"rmUserMsg","data":"ann"}"#
         );
     }
 

@@ -265,14 +265,6 @@ impl Presence {
     }
 }
 
-/// Whether `identity` may join `channel`.
-///
-/// Always yes today. The ban plugin (a later issue) answers here, so that a banned user
-/// can neither join nor make a `join` event appear.
-pub fn may_join(_identity: &Identity, _channel: &str) -> Result<(), PresenceError> {
-    Ok(())
-}
-
 /// One publisher session's presence. Dropping it leaves every joined channel.
 #[derive(Debug)]
 pub struct Session {
@@ -289,11 +281,10 @@ pub struct Session {
 impl Session {
     /// Joins `channel`. Joining a channel the session is already in changes nothing and is
     /// not an error. When this makes a `join` event, returns what resolves once it is out.
-    pub fn join(
-        &mut self,
-        identity: &Identity,
-        channel: &str,
-    ) -> Result<Option<Published>, PresenceError> {
+    ///
+    /// Bans are not checked here: the publisher session asks them first
+    /// ([`crate::moderation::Moderation::may_join`]), since that may take a Redis call.
+    pub fn join(&mut self, channel: &str) -> Result<Option<Published>, PresenceError> {
         chatup_wire::channel::validate(channel.as_bytes())
             .map_err(|e| PresenceError::BadChannel(e.to_string()))?;
         if self.channels.contains(channel) {
@@ -302,7 +293,6 @@ impl Session {
         if self.channels.len() >= MAX_CHANNELS_PER_SESSION {
             return Err(PresenceError::TooManyChannels);
         }
-        may_join(identity, channel)?;
         let published = self
             .presence
             .apply(channel, &self.key, &self.user, Move::Join);
@@ -329,7 +319,8 @@ impl Session {
     }
 
     /// The session authenticated again. When the new token names another user, the old one
-    /// leaves every channel and the new one joins those it may join.
+    /// leaves every channel and the new one joins them (the publisher session has checked
+    /// the new user's bans first).
     pub fn reidentify(&mut self, identity: &Identity) {
         let key = UserKey::of(identity);
         if key == self.key {
@@ -345,7 +336,7 @@ impl Session {
         self.key = key;
         self.user = identity.user.clone();
         for channel in channels {
-            if self.join(identity, &channel).is_err() {
+            if self.join(&channel).is_err() {
                 debug!(channel, "the new identity may not stay in the channel");
             }
         }
@@ -475,9 +466,9 @@ mod tests {
         let mut a1 = presence.connect(&ann);
         let mut a2 = presence.connect(&ann);
         assert_eq!(presence.total(), 2);
-        a1.join(&ann, "room").unwrap();
-        a2.join(&ann, "room").unwrap();
-        a1.join(&ann, "room").unwrap(); // again: nothing changes
+        a1.join("room").unwrap();
+        a2.join("room").unwrap();
+        a1.join("room").unwrap(); // again: nothing changes
         assert_eq!(presence.publishers("room"), 1);
         assert_eq!(
             drain(&mut pump),
@@ -510,13 +501,8 @@ mod tests {
         let mut s2 = presence.connect(&bo);
         let mut s3 = presence.connect(&cy);
         let mut s4 = presence.connect(&odd);
-        for (s, who) in [
-            (&mut s1, &bo),
-            (&mut s2, &bo),
-            (&mut s3, &cy),
-            (&mut s4, &odd),
-        ] {
-            s.join(who, "r").unwrap();
+        for s in [&mut s1, &mut s2, &mut s3, &mut s4] {
+            s.join("r").unwrap();
         }
         assert_eq!(presence.publishers("r"), 3);
         assert_eq!(presence.snapshot(), HashMap::from([("r".to_string(), 3)]));
@@ -527,20 +513,17 @@ mod tests {
         let (presence, _) = Presence::new(false);
         let ann = identity(Some("1"), "{}");
         let mut s = presence.connect(&ann);
-        assert!(matches!(
-            s.join(&ann, "a b"),
-            Err(PresenceError::BadChannel(_))
-        ));
+        assert!(matches!(s.join("a b"), Err(PresenceError::BadChannel(_))));
         assert!(matches!(s.leave(""), Err(PresenceError::BadChannel(_))));
         for i in 0..MAX_CHANNELS_PER_SESSION {
-            s.join(&ann, &format!("c{i}")).unwrap();
+            s.join(&format!("c{i}")).unwrap();
         }
         assert_eq!(
-            s.join(&ann, "one-more").err(),
+            s.join("one-more").err(),
             Some(PresenceError::TooManyChannels)
         );
         // Already joined is still fine at the limit.
-        s.join(&ann, "c0").unwrap();
+        s.join("c0").unwrap();
         assert_eq!(presence.snapshot().len(), MAX_CHANNELS_PER_SESSION);
         drop(s);
         assert!(presence.snapshot().is_empty());
@@ -553,7 +536,7 @@ mod tests {
         let ann = identity(Some("1"), r#"{"n":"ann"}"#);
         let bo = identity(Some("2"), r#"{"n":"bo"}"#);
         let mut s = presence.connect(&ann);
-        s.join(&ann, "r").unwrap();
+        s.join("r").unwrap();
         let mut ann_again = ann.clone();
         ann_again.user = r#"{"n":"ann2"}"#.into();
         s.reidentify(&ann_again);
@@ -587,7 +570,7 @@ mod tests {
         ));
         let ann = identity(Some("1"), r#"{"n":"ann"}"#);
         let mut s = presence.connect(&ann);
-        s.join(&ann, "r").unwrap();
+        s.join("r").unwrap();
         drop(s);
         let mut got = Vec::new();
         for _ in 0..2 {

@@ -128,108 +128,47 @@ impl RedisLink {
     pub async fn connect(
         config: &RedisConfig,
     ) -> Result<(Self, mpsc::UnboundedReceiver<PushInfo>), RedisError> {
-        let timeout = Duration::from_millis(config.timeout_ms);
-        let cluster = !config.cluster_nodes.is_empty();
-        let address: Arc<str> = if cluster {
-            config
-                .cluster_nodes
-                .iter()
-                .map(|n| without_credentials(n))
-                .collect::<Vec<_>>()
-                .join(",")
-                .into()
-        } else {
-            without_credentials(&config.url).into()
-        };
-        let config_error = |e: redis::RedisError| RedisError::Config {
-            address: address.to_string(),
-            message: e.to_string(),
-        };
-        let unavailable = |e: redis::RedisError| RedisError::Unavailable {
-            address: address.to_string(),
-            message: e.to_string(),
-        };
-        let (push_tx, push_rx) = mpsc::unbounded_channel();
-        let (commands, subscriptions) = if cluster {
-            let builder = |protocol| {
-                ClusterClientBuilder::new(config.cluster_nodes.clone())
-                    .use_protocol(protocol)
-                    .connection_timeout(CONNECT_TIMEOUT)
-                    .response_timeout(timeout)
-                    .min_retry_wait(RECONNECT_MIN.as_millis() as u64)
-                    .max_retry_wait(RECONNECT_MAX.as_millis() as u64)
-            };
-            let commands = builder(ProtocolVersion::RESP2)
-                .build()
-                .map_err(config_error)?
-                .get_async_connection()
-                .await
-                .map_err(unavailable)?;
-            let subscriptions = builder(ProtocolVersion::RESP3)
-                .push_sender(push_tx)
-                .build()
-                .map_err(config_error)?
-                .get_async_connection()
-                .await
-                .map_err(unavailable)?;
-            (
-                Commands::Cluster(commands),
-                Subscriptions::Cluster(subscriptions),
+        let target = Target::of(config);
+        let commands = if target.cluster {
+            Commands::Cluster(
+                target
+                    .cluster_client(config, ProtocolVersion::RESP2, None)?
+                    .get_async_connection()
+                    .await
+                    .map_err(|e| target.unavailable(e))?,
             )
         } else {
-            let info = config
-                .url
-                .as_str()
-                .into_connection_info()
-                .map_err(config_error)?;
-            let manager_config = || {
-                ConnectionManagerConfig::new()
-                    .set_number_of_retries(usize::MAX)
-                    .set_min_delay(RECONNECT_MIN)
-                    .set_max_delay(RECONNECT_MAX)
-                    .set_connection_timeout(Some(CONNECT_TIMEOUT))
-                    .set_response_timeout(Some(timeout))
-            };
-            let command_client = redis::Client::open(info.clone()).map_err(config_error)?;
-            let resp3 = info
-                .redis_settings()
-                .clone()
-                .set_protocol(ProtocolVersion::RESP3);
-            let push_client =
-                redis::Client::open(info.set_redis_settings(resp3)).map_err(config_error)?;
-            let wait = timeout.max(CONNECT_TIMEOUT);
-            let commands = first_contact(
-                ConnectionManager::new_with_config(command_client, manager_config()),
-                wait,
-                &address,
-            )
-            .await?;
-            let subscriptions = first_contact(
-                ConnectionManager::new_with_config(
-                    push_client,
-                    manager_config()
-                        .set_push_sender(push_tx)
-                        .set_automatic_resubscription(),
-                ),
-                wait,
-                &address,
-            )
-            .await?;
-            (
-                Commands::Single(commands),
-                Subscriptions::Single(subscriptions),
+            let info = target.connection_info(config)?;
+            let client = redis::Client::open(info).map_err(|e| target.config_error(e))?;
+            Commands::Single(
+                first_contact(
+                    ConnectionManager::new_with_config(client, target.manager_config()),
+                    target.timeout.max(CONNECT_TIMEOUT),
+                    &target.address,
+                )
+                .await?,
             )
         };
+        let (subscriptions, pushes) = target.subscriptions(config).await?;
         let link = Self {
             commands,
             subscriptions,
-            timeout,
+            timeout: target.timeout,
             key_prefix: config.key_prefix.as_str().into(),
-            cluster,
-            address,
+            cluster: target.cluster,
+            address: target.address,
         };
         link.run(redis::cmd("PING")).await.map(|_: Value| ())?;
-        Ok((link, push_rx))
+        Ok((link, pushes))
+    }
+
+    /// Another pub/sub connection to the same Redis, with its own receiver of pushes: for
+    /// a subscriber whose messages must not queue behind the broker's (the control bus).
+    /// It reconnects and re-subscribes by itself like the first one.
+    pub async fn connect_subscriptions(
+        config: &RedisConfig,
+    ) -> Result<(Subscriptions, mpsc::UnboundedReceiver<PushInfo>), RedisError> {
+        Target::of(config).subscriptions(config).await
     }
 
     /// A handle for commands (clones share the connection).
@@ -295,6 +234,126 @@ impl RedisLink {
         } else {
             RedisError::Command { address, message }
         }
+    }
+}
+
+/// Where the configured Redis is and how to reach it, shared by every connection made to
+/// it.
+struct Target {
+    /// Bound on every call.
+    timeout: Duration,
+    /// A cluster (`redis.cluster_nodes`) rather than one server (`redis.url`).
+    cluster: bool,
+    /// The address for messages, without credentials.
+    address: Arc<str>,
+}
+
+impl Target {
+    fn of(config: &RedisConfig) -> Self {
+        let cluster = !config.cluster_nodes.is_empty();
+        let address: Arc<str> = if cluster {
+            config
+                .cluster_nodes
+                .iter()
+                .map(|n| without_credentials(n))
+                .collect::<Vec<_>>()
+                .join(",")
+                .into()
+        } else {
+            without_credentials(&config.url).into()
+        };
+        Self {
+            timeout: Duration::from_millis(config.timeout_ms),
+            cluster,
+            address,
+        }
+    }
+
+    fn config_error(&self, e: redis::RedisError) -> RedisError {
+        RedisError::Config {
+            address: self.address.to_string(),
+            message: e.to_string(),
+        }
+    }
+
+    fn unavailable(&self, e: redis::RedisError) -> RedisError {
+        RedisError::Unavailable {
+            address: self.address.to_string(),
+            message: e.to_string(),
+        }
+    }
+
+    fn cluster_client(
+        &self,
+        config: &RedisConfig,
+        protocol: ProtocolVersion,
+        pushes: Option<mpsc::UnboundedSender<PushInfo>>,
+    ) -> Result<redis::cluster::ClusterClient, RedisError> {
+        let mut builder = ClusterClientBuilder::new(config.cluster_nodes.clone())
+            .use_protocol(protocol)
+            .connection_timeout(CONNECT_TIMEOUT)
+            .response_timeout(self.timeout)
+            .min_retry_wait(RECONNECT_MIN.as_millis() as u64)
+            .max_retry_wait(RECONNECT_MAX.as_millis() as u64);
+        if let Some(pushes) = pushes {
+            builder = builder.push_sender(pushes);
+        }
+        builder.build().map_err(|e| self.config_error(e))
+    }
+
+    fn connection_info(&self, config: &RedisConfig) -> Result<redis::ConnectionInfo, RedisError> {
+        config
+            .url
+            .as_str()
+            .into_connection_info()
+            .map_err(|e| self.config_error(e))
+    }
+
+    fn manager_config(&self) -> ConnectionManagerConfig {
+        ConnectionManagerConfig::new()
+            .set_number_of_retries(usize::MAX)
+            .set_min_delay(RECONNECT_MIN)
+            .set_max_delay(RECONNECT_MAX)
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(self.timeout))
+    }
+
+    /// A pub/sub connection (RESP3, pushes sent to the returned receiver).
+    async fn subscriptions(
+        &self,
+        config: &RedisConfig,
+    ) -> Result<(Subscriptions, mpsc::UnboundedReceiver<PushInfo>), RedisError> {
+        let (push_tx, push_rx) = mpsc::unbounded_channel();
+        let subscriptions = if self.cluster {
+            Subscriptions::Cluster(
+                self.cluster_client(config, ProtocolVersion::RESP3, Some(push_tx))?
+                    .get_async_connection()
+                    .await
+                    .map_err(|e| self.unavailable(e))?,
+            )
+        } else {
+            let info = self.connection_info(config)?;
+            let resp3 = info
+                .redis_settings()
+                .clone()
+                .set_protocol(ProtocolVersion::RESP3);
+            let client = redis::Client::open(info.set_redis_settings(resp3))
+                .map_err(|e| self.config_error(e))?;
+            Subscriptions::Single(
+                first_contact(
+                    ConnectionManager::new_with_config(
+                        client,
+                        self.manager_config()
+                            .set_push_sender(push_tx)
+                            .set_automatic_resubscription(),
+                    ),
+                    self.timeout.max(CONNECT_TIMEOUT),
+                    &self.address,
+                )
+                .await?,
+            )
+        };
+        Ok((subscriptions, push_rx))
     }
 }
 

@@ -796,7 +796,7 @@ pub(crate) mod tests {
         host.viewers(&[("room", 4), ("other", 1)]).await;
         let ann = identity("ann");
         let mut session = host.presence.connect(&ann);
-        session.join(&ann, "room").unwrap();
+        session.join("room").unwrap();
         let info = HostInfo::from_config(
             &HostConfig {
                 id: "solo".into(),
@@ -845,9 +845,9 @@ pub(crate) mod tests {
         let mut ann_a = a.presence.connect(&ann);
         let mut ann_b = b.presence.connect(&ann);
         let mut bo_b = b.presence.connect(&bo);
-        ann_a.join(&ann, "room").unwrap();
-        ann_b.join(&ann, "room").unwrap();
-        bo_b.join(&bo, "room").unwrap();
+        ann_a.join("room").unwrap();
+        ann_b.join("room").unwrap();
+        bo_b.join("room").unwrap();
 
         let mut ra = a.reporter(&link, "host-a", 1000, 3000);
         let mut rb = b.reporter(&link, "host-b", 1000, 3000);

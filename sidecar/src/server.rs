@@ -17,11 +17,14 @@ use crate::broker::memory::{MemoryBroker, MemoryOptions};
 use crate::broker::redis::{RedisBroker, RedisOptions};
 use crate::broker::Broker;
 use crate::config::Config;
+use crate::control::Control;
 use crate::dispatch::Dispatcher;
 use crate::error::Error;
 use crate::http::{router, App, HttpServer, WsSettings};
+use crate::moderation::{Bans, Moderation};
 use crate::plugins::{build_chain, Setup};
 use crate::presence::{EventPump, Presence};
+use crate::publish::sessions::{kick_on_notice, Sessions};
 use crate::publish::{Limits, Publisher};
 use crate::redis::RedisLink;
 use crate::registry::{Directory, HostInfo, HostLoad, LocalDirectory, RedisDirectory, Reporter};
@@ -48,6 +51,8 @@ pub struct Sidecar {
     pump: Option<(EventPump, Arc<Presence>, Arc<dyn Broker>)>,
     /// Reports this host's load to Redis (worker role with Redis).
     reporter: Option<Reporter>,
+    /// Bans and their effects, for the admin API.
+    moderation: Arc<Moderation>,
     /// Cancelled to stop everything.
     shutdown: CancellationToken,
     /// Relay connections, publisher sessions and background tasks, awaited at shutdown.
@@ -99,6 +104,25 @@ impl Sidecar {
             (memory, None)
         };
 
+        // Bans, and the bus that tells every host to kick: the worker checks and kicks,
+        // the admin API bans.
+        let bans = match &redis {
+            Some(link) => Bans::redis(link.clone()),
+            None => Bans::memory(),
+        };
+        let control = match &redis {
+            Some(link) => {
+                Control::redis(link.clone(), &config.redis, worker, shutdown.clone()).await?
+            }
+            None => Control::memory(),
+        };
+        let moderation = Arc::new(Moderation::new(
+            bans.clone(),
+            control.clone(),
+            broker.clone(),
+            config.plugins.chain.iter().any(|name| name == "ban"),
+        ));
+
         let http = HttpServer::bind(config.http.listen).await?;
         let http_addr = http.local_addr().unwrap_or(config.http.listen);
         let host = HostInfo::from_config(&config.host, http_addr);
@@ -113,8 +137,15 @@ impl Sidecar {
                 redis: redis.clone(),
                 shutdown: shutdown.clone(),
                 tracker: tracker.clone(),
+                bans,
             })?;
             info!(plugins = ?chain.names(), "plugin chain ready");
+            let sessions = Sessions::new();
+            tracker.spawn(kick_on_notice(
+                control.subscribe(),
+                sessions.clone(),
+                shutdown.clone(),
+            ));
             let server = RelayServer::bind(
                 RelayOptions {
                     socket: config.relay.socket.clone(),
@@ -144,6 +175,8 @@ impl Sidecar {
                 shutdown: shutdown.clone(),
                 tracker: tracker.clone(),
                 ws,
+                moderation: moderation.clone(),
+                sessions,
             }));
         }
 
@@ -193,9 +226,15 @@ impl Sidecar {
             router: router(worker_app, dispatcher),
             pump,
             reporter,
+            moderation,
             shutdown,
             tracker,
         })
+    }
+
+    /// Bans and their effects (the admin API's entry point).
+    pub fn moderation(&self) -> Arc<Moderation> {
+        self.moderation.clone()
     }
 
     /// The address the HTTP listener is bound to.

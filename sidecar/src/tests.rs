@@ -62,6 +62,9 @@ async fn start_configured(ws: WsSettings, extra: &[&str]) -> Running {
         "limits.max_message_chars=10".to_string(),
         "limits.max_event_bytes=32".to_string(),
         "history.size=50".to_string(),
+        // Bans checked; no rate limit, so tests may publish quickly (those of the rate
+        // limit turn it on).
+        "plugins.chain=ban".to_string(),
     ];
     sets.extend(extra.iter().map(|s| s.to_string()));
     let config = Config::load(None, Vec::new(), &sets).unwrap().config;

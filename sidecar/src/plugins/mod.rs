@@ -10,6 +10,9 @@
 //! Messages posted through the admin API do not go through the chain: they come from the
 //! operator.
 
+pub mod ban;
+pub mod rate_limit;
+
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -19,6 +22,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::Identity;
 use crate::config::Config;
 use crate::message::Body;
+use crate::moderation::Bans;
 use crate::publish::PublishError;
 use crate::redis::RedisLink;
 
@@ -92,6 +96,8 @@ pub struct Setup<'a> {
     pub shutdown: CancellationToken,
     /// Background tasks to be awaited at shutdown.
     pub tracker: TaskTracker,
+    /// The ban store, shared with the admin API (`ban` plugin).
+    pub bans: Bans,
 }
 
 /// Why the configured chain cannot be built. Reported at startup.
@@ -103,11 +109,13 @@ pub enum PluginSetupError {
 
 /// Builds the chain named by `plugins.chain`, in that order.
 pub fn build_chain(setup: &Setup<'_>) -> Result<Chain, PluginSetupError> {
-    let plugins: Vec<Arc<dyn Plugin>> = Vec::new();
+    let mut plugins: Vec<Arc<dyn Plugin>> = Vec::new();
     for name in &setup.config.plugins.chain {
         // One arm per name of `config::PLUGIN_NAMES`, each calling its plugin's constructor.
         match name.as_str() {
-            "ban" | "rate_limit" | "blacklist" | "webhook" | "publish_hook" => {
+            "ban" => plugins.push(Arc::new(ban::BanPlugin::new(setup.bans.clone()))),
+            "rate_limit" => plugins.push(Arc::new(rate_limit::RateLimit::from_setup(setup)?)),
+            "blacklist" | "webhook" | "publish_hook" => {
                 tracing::warn!(plugin = %name, "plugin not built in yet");
             }
             other => {

@@ -1,7 +1,9 @@
 //! Publishing: the checks every message goes through, shared by the WebSocket publisher
-//! (`GET /pub`, [`ws`]) and the one-shot HTTP endpoint (`POST /pub/<ch>`, [`post`]).
+//! (`GET /pub`, [`ws`]) and the one-shot HTTP endpoint (`POST /pub/<ch>`, [`post`]);
+//! [`sessions`] lists the open WebSocket sessions by user, so a ban can close them.
 
 pub mod post;
+pub mod sessions;
 pub mod ws;
 
 use std::sync::Arc;

@@ -20,6 +20,12 @@
 //! before it and is answered once its event is out, so the event sits between them and the
 //! frames after it.
 //!
+//! Bans ([`crate::moderation`], with `ban` in `plugins.chain`): a join of a channel the
+//! user is banned from is refused with `banned` (no `join` event appears), and a
+//! `{"token":..}` for another user who is banned from a channel the session is in or
+//! published to closes the session with 4502. A ban made while the session is open closes
+//! it with 4502 too when it joined or published to that channel ([`super::sessions`]).
+//!
 //! The server pings every `ping_interval`; a client that sent nothing at all between two
 //! pings is closed with 4001. At shutdown every publisher is closed with 1001.
 
@@ -40,6 +46,7 @@ use serde::Serialize;
 use serde_json::Value;
 use tracing::{debug, Instrument};
 
+use super::sessions::Registration;
 use super::{body_from_json, ErrorCode, Outcome, PublishError};
 use crate::auth::{AuthError, Identity};
 use crate::http::App;
@@ -227,6 +234,8 @@ async fn serve(socket: &mut WebSocket, app: &App, mut identity: Identity) -> End
     record_sub(&identity);
     // Dropped when this function returns: the session then leaves every joined channel.
     let mut presence = app.presence.connect(&identity);
+    // Dropped when this function returns: the session can no longer be kicked.
+    let mut registration = app.sessions.register(&identity);
     let period = app.ws.ping_interval;
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -245,6 +254,10 @@ async fn serve(socket: &mut WebSocket, app: &App, mut identity: Identity) -> End
                     Ok(Err(end)) => end,
                     _ => End::Close(close::GOING_AWAY, "server shutting down".into()),
                 };
+            }
+            reason = registration.kicked() => {
+                debug!(reason, "kicked");
+                return End::Close(close::BANNED, reason);
             }
             answer = in_flight.next(), if !in_flight.is_empty() => {
                 let Some(answer) = answer else { continue };
@@ -293,12 +306,17 @@ async fn serve(socket: &mut WebSocket, app: &App, mut identity: Identity) -> End
                 return end;
             }
         }
-        in_flight.push_back(handle_frame(
-            app,
-            &mut identity,
-            &mut presence,
-            text.as_str(),
-        ));
+        let refused = ban_check(app, &identity, &registration, text.as_str(), membership).await;
+        in_flight.push_back(match refused {
+            Some(answer) => ready(answer),
+            None => handle_frame(
+                app,
+                &mut identity,
+                &mut presence,
+                &mut registration,
+                text.as_str(),
+            ),
+        });
         if membership {
             if let Err(end) = send_answers(socket, &mut in_flight, true).await {
                 return end;
@@ -347,6 +365,77 @@ async fn send_answers(
     end.map_or(Ok(()), Err)
 }
 
+/// With bans enforced, answers a join of a channel the user is banned from (`banned`),
+/// and a token for another user banned from a channel the session is in or published to
+/// (`banned`, then close 4502). `None`: the frame goes on as usual.
+async fn ban_check(
+    app: &App,
+    identity: &Identity,
+    registration: &Registration,
+    text: &str,
+    membership: bool,
+) -> Option<Answer> {
+    let token = text.contains("\"token\"");
+    if !app.moderation.enforced() || !(membership || token) {
+        return None;
+    }
+    let Ok(Value::Object(object)) = serde_json::from_str::<Value>(text) else {
+        return None; // Answered as malformed by handle_frame.
+    };
+    let reference = object
+        .get("ref")
+        .filter(|r| !r.is_object() && !r.is_array());
+    if let Some(Value::String(fresh)) = object.get("token") {
+        let fresh = app.publisher.verifier().verify(fresh).ok()?;
+        if fresh.moderation_id() == identity.moderation_id() {
+            return None;
+        }
+        for channel in registration.channels() {
+            if let Err(e) = app.moderation.may_join(&fresh, &channel).await {
+                debug!(
+                    channel,
+                    code = e.code.as_str(),
+                    "new token refused: {}",
+                    e.message
+                );
+                let text = publish_error_text(reference, &e);
+                return Some(match e.code {
+                    ErrorCode::Banned => Answer::SendThenEnd(
+                        text,
+                        End::Close(close::BANNED, format!("banned from {channel}")),
+                    ),
+                    _ => Answer::Send(text),
+                });
+            }
+        }
+        return None;
+    }
+    let Some(Value::String(channel)) = object.get("join") else {
+        return None;
+    };
+    if object.contains_key("leave") || chatup_wire::channel::validate(channel.as_bytes()).is_err() {
+        return None;
+    }
+    // Counted as joined while the check runs, so a ban made meanwhile kicks the session.
+    let was_joined = registration.is_joined(channel);
+    registration.joined(channel);
+    match app.moderation.may_join(identity, channel).await {
+        Ok(()) => None,
+        Err(e) => {
+            if !was_joined {
+                registration.left(channel);
+            }
+            debug!(
+                channel,
+                code = e.code.as_str(),
+                "join refused: {}",
+                e.message
+            );
+            Some(Answer::Send(publish_error_text(reference, &e)))
+        }
+    }
+}
+
 fn ready<'a>(answer: Answer) -> Pending<'a> {
     Box::pin(std::future::ready(answer))
 }
@@ -357,6 +446,7 @@ fn handle_frame<'a>(
     app: &'a App,
     identity: &mut Identity,
     presence: &mut Session,
+    registration: &mut Registration,
     text: &str,
 ) -> Pending<'a> {
     let error = |reference: Option<&Value>, code, message: &str| {
@@ -393,6 +483,7 @@ fn handle_frame<'a>(
                 *identity = fresh;
                 record_sub(identity);
                 presence.reidentify(identity);
+                registration.reidentify(identity);
                 ready(Answer::Send(auth_text(identity)))
             }
             Err(e) => {
@@ -423,13 +514,18 @@ fn handle_frame<'a>(
             return error(reference, ErrorCode::BadRequest, &message);
         };
         let result = if join.is_some() {
-            presence.join(identity, channel)
+            presence.join(channel)
         } else {
             presence.leave(channel)
         };
         return match result {
             Ok(event) => {
                 debug!(channel, "{reply}");
+                if join.is_some() {
+                    registration.joined(channel);
+                } else {
+                    registration.left(channel);
+                }
                 let answer = Answer::Send(json_text(&Membership {
                     r#type: reply,
                     reference,
@@ -446,6 +542,11 @@ fn handle_frame<'a>(
                 }
             }
             Err(e) => {
+                if join.is_some() {
+                    // Not in it (a session already in a channel joins it again without
+                    // error): undo what the ban check may have counted.
+                    registration.left(channel);
+                }
                 let PublishError { code, message, .. } = e.into();
                 debug!(channel, code = code.as_str(), "{key} refused: {message}");
                 error(reference, code, &message)
@@ -465,6 +566,9 @@ fn handle_frame<'a>(
         Ok(body) => body,
         Err(e) => return error(reference, e.code, &e.message),
     };
+    if chatup_wire::channel::validate(channel.as_bytes()).is_ok() {
+        registration.published(&channel);
+    }
     let reference = reference.cloned();
     let identity = identity.clone();
     let span = tracing::Span::current();

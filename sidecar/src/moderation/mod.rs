@@ -1,0 +1,316 @@
+//! Moderation: bans, and what a ban sets off.
+//!
+//! [`Moderation`] is what the admin API calls. A ban is stored ([`bans`]), then every host
+//! is told on the control bus ([`crate::control`]) to close the banned users' publisher
+//! sessions in the channel ([`crate::publish::sessions`]), and the channel gets one event
+//! `{"ev":"rmUserMsg","data":"<user id>"}` per user, so that clients hide what the user
+//! wrote (the event name and data of the original system). The `ban` plugin
+//! ([`crate::plugins::ban`]) refuses the banned users' publishes and joins from then on.
+//!
+//! Users are known by [`crate::auth::Identity::moderation_id`]: the token's `sub`, else
+//! `_public.name`.
+
+pub mod bans;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tracing::{info, warn};
+
+use crate::auth::Identity;
+use crate::broker::Broker;
+use crate::control::{Control, Kick, Notice};
+use crate::message::{now_ms, Body, Tail};
+use crate::publish::PublishError;
+
+pub use bans::{Ban, Bans};
+
+/// Longest user id accepted in a ban, in bytes.
+pub const MAX_USER_BYTES: usize = 256;
+
+/// Most users in one ban or unban call.
+pub const MAX_USERS_PER_CALL: usize = 1000;
+
+/// The event a ban publishes to the channel, with the user id as its data.
+pub const REMOVE_USER_MESSAGES_EVENT: &str = "rmUserMsg";
+
+/// Why a moderation call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ModerationError {
+    /// The call itself is wrong (channel name, users, expiry); the message says how.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The ban store or the other hosts cannot be reached; the message says what was done.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl ModerationError {
+    /// The error code, as publishers' codes are written.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::BadRequest(_) => "bad_request",
+            Self::Unavailable(_) => "unavailable",
+        }
+    }
+}
+
+/// Bans, unbans and lists bans, with their effects on every host.
+pub struct Moderation {
+    /// Where bans are kept (shared with the `ban` plugin).
+    bans: Bans,
+    /// Tells every host to kick.
+    control: Arc<Control>,
+    /// Where the `rmUserMsg` events go.
+    broker: Arc<dyn Broker>,
+    /// Whether `ban` is in `plugins.chain`: only then are joins of banned users refused,
+    /// as their publishes are.
+    enforced: bool,
+}
+
+impl Moderation {
+    pub fn new(bans: Bans, control: Arc<Control>, broker: Arc<dyn Broker>, enforced: bool) -> Self {
+        Self {
+            bans,
+            control,
+            broker,
+            enforced,
+        }
+    }
+
+    /// The ban store.
+    pub fn bans(&self) -> &Bans {
+        &self.bans
+    }
+
+    /// Whether bans are checked on publishes and joins (`ban` is in `plugins.chain`).
+    pub fn enforced(&self) -> bool {
+        self.enforced
+    }
+
+    /// Bans `users` from `channel` for `expire` (or for ever), kicks their publisher
+    /// sessions there on every host and publishes one `rmUserMsg` event per user. Banning
+    /// again is safe: it sets the new term and does the rest again. Returns the ban.
+    pub async fn ban(
+        &self,
+        channel: &str,
+        users: &[String],
+        expire: Option<Duration>,
+    ) -> Result<Ban, ModerationError> {
+        let users = check_call(channel, users)?;
+        if expire.is_some_and(|e| e.is_zero()) {
+            return Err(ModerationError::BadRequest(
+                "the expiry must be more than 0 seconds; leave it out to ban for ever".into(),
+            ));
+        }
+        let ban = self.bans.ban(channel, &users, expire).await?;
+        info!(channel, ?users, until = ?ban.until, "banned");
+
+        let mut missed = Vec::new();
+        let kick = Notice::Kick(Kick {
+            channel: channel.to_owned(),
+            users: users.clone(),
+        });
+        if let Err(e) = self.control.send(kick).await {
+            warn!(
+                channel,
+                "ban stored, but not every host was told to kick: {e}"
+            );
+            missed.push(format!(
+                "the other hosts were not told to close the sessions ({e})"
+            ));
+        }
+        for user in &users {
+            if let Err(e) = self.publish_removal(channel, user).await {
+                warn!(
+                    channel,
+                    user,
+                    "ban stored, but its {REMOVE_USER_MESSAGES_EVENT} event was not published: {e}"
+                );
+                missed.push(format!(
+                    "the {REMOVE_USER_MESSAGES_EVENT} event for {user:?} was not published ({e})"
+                ));
+            }
+        }
+        if missed.is_empty() {
+            Ok(ban)
+        } else {
+            Err(ModerationError::Unavailable(format!(
+                "the ban is stored, but {}; banning again is safe and does the rest",
+                missed.join("; ")
+            )))
+        }
+    }
+
+    /// Lifts the bans of `users` in `channel`.
+    pub async fn unban(&self, channel: &str, users: &[String]) -> Result<(), ModerationError> {
+        let users = check_call(channel, users)?;
+        self.bans.unban(channel, &users).await?;
+        info!(channel, ?users, "unbanned");
+        Ok(())
+    }
+
+    /// The bans in force in `channel`, by user id.
+    pub async fn list(&self, channel: &str) -> Result<Vec<(String, Ban)>, ModerationError> {
+        check_channel(channel)?;
+        self.bans.list(channel).await
+    }
+
+    /// Refuses a join of `channel` by a banned user, when the `ban` plugin is on.
+    pub async fn may_join(&self, identity: &Identity, channel: &str) -> Result<(), PublishError> {
+        if !self.enforced {
+            return Ok(());
+        }
+        crate::plugins::ban::check(&self.bans, identity, channel).await
+    }
+
+    async fn publish_removal(&self, channel: &str, user: &str) -> Result<(), String> {
+        let body = Body::Event {
+            name: REMOVE_USER_MESSAGES_EVENT.into(),
+            data: Some(serde_json::Value::String(user.to_owned())),
+        };
+        let tail = Tail::encode_without_user(now_ms(), &body).map_err(|e| e.to_string())?;
+        self.broker
+            .publish(channel, &tail)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+}
+
+fn check_channel(channel: &str) -> Result<(), ModerationError> {
+    chatup_wire::channel::validate(channel.as_bytes())
+        .map_err(|e| ModerationError::BadRequest(format!("channel {channel:?}: {e}")))
+}
+
+/// Checks the channel and the users of a ban or unban; returns the users without repeats,
+/// in their first order.
+fn check_call(channel: &str, users: &[String]) -> Result<Vec<String>, ModerationError> {
+    check_channel(channel)?;
+    let bad = |m: String| Err(ModerationError::BadRequest(m));
+    if users.is_empty() {
+        return bad("no users given: name at least one user id".into());
+    }
+    if users.len() > MAX_USERS_PER_CALL {
+        return bad(format!(
+            "{} users given; at most {MAX_USERS_PER_CALL} per call",
+            users.len()
+        ));
+    }
+    let mut unique: Vec<String> = Vec::with_capacity(users.len());
+    for user in users {
+        if user.trim().is_empty() {
+            return bad("a user id is empty".into());
+        }
+        if user.len() > MAX_USER_BYTES {
+            return bad(format!(
+                "a user id is {} bytes long; the limit is {MAX_USER_BYTES}",
+                user.len()
+            ));
+        }
+        if !unique.contains(user) {
+            unique.push(user.clone());
+        }
+    }
+    Ok(unique)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::memory::{MemoryBroker, MemoryOptions};
+    use crate::broker::{Event, Subscriber};
+
+    fn users(names: &[&str]) -> Vec<String> {
+        names.iter().map(|n| n.to_string()).collect()
+    }
+
+    fn moderation() -> (Moderation, Arc<MemoryBroker>, Arc<Control>) {
+        let broker = MemoryBroker::new(MemoryOptions {
+            history_size: 10,
+            ttl: Duration::from_secs(60),
+        });
+        let control = Control::memory();
+        let moderation = Moderation::new(Bans::memory(), control.clone(), broker.clone(), true);
+        (moderation, broker, control)
+    }
+
+    #[tokio::test]
+    async fn a_ban_is_stored_kicks_and_removes_messages() {
+        let (moderation, broker, control) = moderation();
+        let (subscriber, mut rx) = Subscriber::new(16);
+        broker
+            .subscribe("room", 0, None, &subscriber)
+            .await
+            .unwrap();
+        let mut notices = control.subscribe();
+
+        let ban = moderation
+            .ban(
+                "room",
+                &users(&["ann", "bo", "ann"]),
+                Some(Duration::from_secs(60)),
+            )
+            .await
+            .unwrap();
+        assert!(ban.until.is_some());
+        assert_eq!(
+            notices.try_recv().unwrap(),
+            Notice::Kick(Kick {
+                channel: "room".into(),
+                users: users(&["ann", "bo"]),
+            })
+        );
+        for user in ["ann", "bo"] {
+            let Event::Message(p) = rx.try_recv().unwrap() else {
+                panic!("expected a message")
+            };
+            let v: serde_json::Value = serde_json::from_slice(&p.payload).unwrap();
+            assert_eq!(v["ev"], REMOVE_USER_MESSAGES_EVENT);
+            assert_eq!(v["data"], user);
+            assert!(v.get("user").is_none(), "{v}");
+        }
+        assert!(rx.try_recv().is_err());
+        let listed: Vec<String> = moderation
+            .list("room")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(u, _)| u)
+            .collect();
+        assert_eq!(listed, ["ann", "bo"]);
+
+        moderation.unban("room", &users(&["ann"])).await.unwrap();
+        assert_eq!(moderation.list("room").await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn bad_calls_are_refused_with_the_reason() {
+        let (moderation, _, _) = moderation();
+        let long = "x".repeat(MAX_USER_BYTES + 1);
+        let many: Vec<String> = (0..=MAX_USERS_PER_CALL).map(|i| i.to_string()).collect();
+        for (channel, who, expire, expect) in [
+            ("a b", users(&["ann"]), None, "channel \"a b\""),
+            ("", users(&["ann"]), None, "channel \"\""),
+            ("room", vec![], None, "no users"),
+            ("room", users(&["ann", " "]), None, "empty"),
+            ("room", vec![long], None, "257 bytes"),
+            ("room", many, None, "at most 1000"),
+            ("room", users(&["ann"]), Some(Duration::ZERO), "more than 0"),
+        ] {
+            let err = moderation.ban(channel, &who, expire).await.unwrap_err();
+            assert_eq!(err.code(), "bad_request");
+            assert!(err.to_string().contains(expect), "{err} / {expect}");
+        }
+        assert_eq!(
+            moderation.unban("room", &[]).await.unwrap_err().code(),
+            "bad_request"
+        );
+        assert_eq!(
+            moderation.list("a:b").await.unwrap_err().code(),
+            "bad_request"
+        );
+        // Nothing was stored.
+        assert!(moderation.list("room").await.unwrap().is_empty());
+    }
+}
