@@ -238,7 +238,10 @@ impl StackArgs {
         let mut toml = format!(
             "[relay]\nsocket = {relay:?}\nsocket_mode = \"0666\"\n\n\
              [http]\nlisten = \"127.0.0.1:{sidecar_port}\"\n\n\
-             [auth]\npublic_key_file = {public:?}\n\n[log]\nlevel = \"warn\"\n",
+             [auth]\npublic_key_file = {public:?}\n\n\
+             # The bench measures the core publish path, and its load would be refused by\n\
+             # the default rate limit: no moderation plugins.\n\
+             [plugins]\nchain = []\n\n[log]\nlevel = \"warn\"\n",
             relay = relay.display().to_string(),
             public = keys.join("jwt-public.pem").display().to_string(),
         );

@@ -132,6 +132,9 @@ pub struct Options {
     pub redis_cluster: Vec<String>,
     /// `host.id`; `None` leaves the sidecar's default (hostname and port).
     pub host_id: Option<String>,
+    /// `plugins.chain`. The harness default is `["ban"]`: tests publish quickly, and the
+    /// sidecar's default rate limit would refuse them; tests of the rate limit add it.
+    pub plugins: Vec<String>,
 }
 
 impl Default for Options {
@@ -149,6 +152,7 @@ impl Default for Options {
             redis_url: String::new(),
             redis_cluster: Vec::new(),
             host_id: None,
+            plugins: vec!["ban".to_owned()],
         }
     }
 }
@@ -204,6 +208,11 @@ impl Options {
     /// This host's name among hosts (`host.id`).
     pub fn host_id(mut self, id: &str) -> Self {
         self.host_id = Some(id.to_owned());
+        self
+    }
+    /// The sidecar's `plugins.chain` (e.g. `&["ban", "rate_limit"]`).
+    pub fn plugins(mut self, chain: &[&str]) -> Self {
+        self.plugins = chain.iter().map(|p| p.to_string()).collect();
         self
     }
 
@@ -324,11 +333,13 @@ impl Chatup {
              [http]\nlisten = \"{listen}\"\n\n\
              [auth]\npublic_key_file = {key:?}\nalgorithms = [\"RS256\"]\nleeway_seconds = 5\n\n\
              {redis}\n{host}\n\
+             [plugins]\nchain = {plugins:?}\n\n\
              [log]\nlevel = \"debug\"\nformat = \"text\"\n",
             socket = self.relay_socket().display().to_string(),
             listen = self.sidecar_addr(),
             key = keys.join("jwt-public.pem").display().to_string(),
             redis = self.opts.redis_toml(),
+            plugins = self.opts.plugins,
         )
     }
 

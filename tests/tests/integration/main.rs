@@ -11,6 +11,7 @@ mod frames;
 mod handshake;
 mod harness_redis;
 mod limits;
+mod moderation;
 mod multihost;
 mod ping;
 mod reload;

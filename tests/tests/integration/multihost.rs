@@ -72,10 +72,12 @@ async fn a_sidecar_subscribes_in_redis_only_to_what_its_workers_want() {
     let redis = RedisServer::start();
     let a = host("127.0.0.2", "a", &redis.url());
     let live = |ch: &str| format!("chatup:{{{ch}}}:live");
+    // The chat channels' pub/sub channels (the control channel is always there).
+    let subscribed = || redis.cli(&["PUBSUB", "CHANNELS", "chatup:{*}:live"]);
     let mut sub = Subscriber::connect(&a, "/sub/wanted").await;
     let deadline = std::time::Instant::now() + WAIT;
     loop {
-        let channels = redis.cli(&["PUBSUB", "CHANNELS", "*"]);
+        let channels = subscribed();
         if channels == live("wanted") {
             break;
         }
@@ -88,12 +90,12 @@ async fn a_sidecar_subscribes_in_redis_only_to_what_its_workers_want() {
     }
     // Publishing to a channel nobody watches here subscribes nothing.
     a.publish("unwatched", "x").await;
-    assert_eq!(redis.cli(&["PUBSUB", "CHANNELS", "*"]), live("wanted"));
+    assert_eq!(subscribed(), live("wanted"));
 
     sub.close(1000).await;
     drop(sub);
     let deadline = std::time::Instant::now() + WAIT;
-    while !redis.cli(&["PUBSUB", "CHANNELS", "*"]).is_empty() {
+    while !subscribed().is_empty() {
         assert!(
             std::time::Instant::now() < deadline,
             "the subscription outlived the last subscriber"

@@ -1,0 +1,324 @@
+//! Moderation through real nginx and sidecars: the rate limit (one host, and counted across
+//! two hosts through Redis), and bans made in Redis the way a host's admin API makes them
+//! (the ban record, then the kick notice on the control channel), which every host obeys.
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use chatup_tests::token::token;
+use chatup_tests::{
+    Chatup, HttpResponse, Options, Publisher, RedisCluster, RedisServer, Subscriber, WAIT,
+};
+use serde_json::{json, Value};
+
+/// A host allowing 3 messages per 2 s per user per channel.
+fn limited(opts: Options) -> Chatup {
+    Chatup::start_with(
+        opts.plugins(&["ban", "rate_limit"])
+            .sidecar_set("rate_limit.messages=3")
+            .sidecar_set("rate_limit.per_seconds=2"),
+    )
+}
+
+fn host(address: &str, id: &str, redis: &RedisServer) -> Options {
+    Options::default()
+        .address(address)
+        .host_id(id)
+        .redis(&redis.url())
+}
+
+#[track_caller]
+fn assert_refused(resp: &HttpResponse, status: u16, code: &str) {
+    assert_eq!(
+        (resp.status, resp.error_code().as_deref()),
+        (status, Some(code)),
+        "{}",
+        resp.text()
+    );
+}
+
+/// The `Retry-After` of a 429, checked to be whole seconds within the window.
+#[track_caller]
+fn retry_after(resp: &HttpResponse) -> u64 {
+    let seconds: u64 = resp
+        .header("retry-after")
+        .unwrap_or_else(|| panic!("no Retry-After on {} {}", resp.status, resp.text()))
+        .parse()
+        .expect("Retry-After in seconds");
+    assert!((1..=2).contains(&seconds), "Retry-After: {seconds}");
+    seconds
+}
+
+/// Polls `attempt` every 50 ms until it returns true, at most `within`.
+async fn eventually<F, Fut>(within: Duration, what: &str, mut attempt: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while !attempt().await {
+        assert!(Instant::now() < deadline, "{what} within {within:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_rate_limit_refuses_the_message_past_the_limit_until_the_window_slides() {
+    let env = limited(Options::default());
+    let alice = token("alice");
+    let mut p = Publisher::connect_ok(&env, &alice).await;
+    let first = Instant::now();
+    for i in 1..=3 {
+        p.publish("room", &format!("m{i}")).await;
+    }
+    let refused = p.request(json!({"ch": "room", "msg": "m4"})).await;
+    assert_eq!(refused["code"], "rate_limited", "{refused}");
+    let wait = refused["retryAfter"].as_u64().expect("retryAfter");
+    assert!((1..=2).contains(&wait), "{refused}");
+    assert_eq!(
+        refused["message"],
+        format!("at most 3 messages per 2 s in this channel; try again in {wait} s")
+    );
+    // Joins and leaves are not messages.
+    for frame in [
+        json!({"join": "room"}),
+        json!({"leave": "room"}),
+        json!({"join": "room"}),
+    ] {
+        let reply = p.request(frame).await;
+        assert!(
+            reply["type"] == "joined" || reply["type"] == "left",
+            "{reply}"
+        );
+    }
+    // Per channel and per user.
+    p.publish("hall", "elsewhere").await;
+    let bob = env.post_text("room", &token("bob"), b"bob").await;
+    assert_eq!(bob.status, 200, "{}", bob.text());
+    // POST gets the same refusal as a 429 with Retry-After.
+    let resp = env.post_text("room", &alice, b"m5").await;
+    assert_refused(&resp, 429, "rate_limited");
+    retry_after(&resp);
+
+    // Refusals did not count: once the first message is 2 s old, one more goes through.
+    eventually(Duration::from_secs(5), "publishing again", || async {
+        env.post_text("room", &alice, b"again").await.status == 200
+    })
+    .await;
+    assert!(
+        first.elapsed() >= Duration::from_millis(1900),
+        "let through after {:?}",
+        first.elapsed()
+    );
+    // Whatever else of the first three has left the window by now, at most two more fit
+    // beside "again".
+    let mut more = 0;
+    loop {
+        let resp = env.post_text("room", &alice, b"more").await;
+        if resp.status != 200 {
+            assert_refused(&resp, 429, "rate_limited");
+            break;
+        }
+        more += 1;
+        assert!(
+            more <= 2,
+            "{more} messages beside \"again\" within the window"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_rate_limit_is_counted_across_hosts_through_redis() {
+    let redis = RedisServer::start();
+    let a = limited(host("127.0.0.2", "a", &redis));
+    let b = limited(host("127.0.0.3", "b", &redis));
+    let alice = token("alice");
+    for i in 1..=3 {
+        let resp = a
+            .post_text("room", &alice, format!("m{i}").as_bytes())
+            .await;
+        assert_eq!(resp.status, 200, "{}", resp.text());
+    }
+    let resp = b.post_text("room", &alice, b"m4").await;
+    assert_refused(&resp, 429, "rate_limited");
+    retry_after(&resp);
+    let mut p = Publisher::connect_ok(&b, &alice).await;
+    let refused = p.request(json!({"ch": "room", "msg": "m4"})).await;
+    assert_eq!(refused["code"], "rate_limited", "{refused}");
+    assert!(refused["retryAfter"].as_u64().is_some(), "{refused}");
+    let keys = redis.keys("chatup:{room}:rate:*");
+    assert_eq!(keys, ["chatup:{room}:rate:user-alice"]);
+
+    eventually(Duration::from_secs(5), "publishing again on B", || async {
+        b.post_text("room", &alice, b"again").await.status == 200
+    })
+    .await;
+}
+
+// ---- bans -----------------------------------------------------------------------------------
+
+/// Bans `user` from `channel` for `expire` (or for ever) as any host does: the record in
+/// the channel's bans hash, then the kick notice to every host.
+fn ban(redis: &RedisServer, channel: &str, user: &str, expire: Option<Duration>) {
+    let until = match expire {
+        Some(expire) => {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .expect("clock after 1970")
+                .as_millis() as u64;
+            now + expire.as_millis() as u64
+        }
+        None => 0,
+    };
+    let key = format!("chatup:{{{channel}}}:bans");
+    redis.cli(&["HSET", &key, user, &until.to_string()]);
+    let notice = json!({"kick": {"channel": channel, "users": [user]}}).to_string();
+    redis.cli(&["PUBLISH", "chatup:control", &notice]);
+}
+
+/// Lifts the ban of `user` in `channel`.
+fn unban(redis: &RedisServer, channel: &str, user: &str) {
+    redis.cli(&["HDEL", &format!("chatup:{{{channel}}}:bans"), user]);
+}
+
+/// Waits until `n` hosts listen on the control channel.
+async fn control_listeners(redis: &RedisServer, n: usize) {
+    eventually(WAIT, "the hosts listening for kicks", || async {
+        let reply = redis.cli(&["PUBSUB", "NUMSUB", "chatup:control"]);
+        reply.lines().nth(1) == Some(&n.to_string())
+    })
+    .await;
+}
+
+async fn joined(env: &Chatup, user: &str, channel: &str) -> Publisher {
+    let mut p = Publisher::connect_ok(env, &token(user)).await;
+    let reply = p.request(json!({"join": channel})).await;
+    assert_eq!(reply["type"], "joined", "{reply}");
+    p
+}
+
+#[tokio::test]
+async fn a_ban_kicks_the_users_sessions_on_every_host_and_refuses_what_follows() {
+    let redis = RedisServer::start();
+    let a = Chatup::start_with(host("127.0.0.2", "a", &redis));
+    let b = Chatup::start_with(host("127.0.0.3", "b", &redis));
+    control_listeners(&redis, 2).await;
+    let mut sub = Subscriber::connect(&a, "/sub/room").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let mut on_a = joined(&a, "alice", "room").await;
+    let mut on_b = Publisher::connect_ok(&b, &token("alice")).await;
+    on_b.publish("room", "hi from b").await;
+    let mut bob = joined(&b, "bob", "room").await;
+    let mut in_hall = joined(&b, "alice", "hall").await;
+    let heard = sub.recv_n(3).await;
+    let kinds: Vec<&str> = heard
+        .iter()
+        .map(|m| m["ev"].as_str().or(m["msg"].as_str()).unwrap_or(""))
+        .collect();
+    assert_eq!(kinds, ["join", "hi from b", "join"], "{heard:?}");
+
+    ban(&redis, "room", "user-alice", None);
+    for (name, p) in [("on A", &mut on_a), ("on B", &mut on_b)] {
+        let (code, _) = p.expect_close(WAIT).await;
+        assert_eq!(code, Some(4502), "alice's session {name}");
+    }
+    // Bob and alice's session in another channel stay.
+    let refused = in_hall.request(json!({"ch": "room", "msg": "x"})).await;
+    assert_eq!(refused["code"], "banned", "{refused}");
+    assert_eq!(
+        refused["message"],
+        "you are banned from this channel permanently"
+    );
+    let refused = in_hall.request(json!({"join": "room"})).await;
+    assert_eq!(refused["code"], "banned", "{refused}");
+    in_hall.publish("hall", "fine").await;
+    assert_refused(
+        &a.post_text("room", &token("alice"), b"x").await,
+        403,
+        "banned",
+    );
+    // Up to bob's next message the room heard alice leave, and no join from her.
+    bob.publish("room", "bob here").await;
+    let mut rest: Vec<Value> = Vec::new();
+    while rest.last().is_none_or(|m| m["msg"] != "bob here") {
+        rest.push(sub.recv().await);
+    }
+    assert!(
+        rest.iter().all(|m| m["ev"] != "join"),
+        "a join came from the refused frame: {rest:?}"
+    );
+    assert!(
+        rest.iter()
+            .any(|m| m["ev"] == "leave" && m["user"]["name"] == "alice"),
+        "{rest:?}"
+    );
+
+    unban(&redis, "room", "user-alice");
+    let mut back = joined(&b, "alice", "room").await;
+    back.publish("room", "back").await;
+    let resp = a.post_text("room", &token("alice"), b"again").await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+}
+
+#[tokio::test]
+async fn a_ban_with_an_expiry_lapses() {
+    let redis = RedisServer::start();
+    let env = Chatup::start_with(host("127.0.0.2", "a", &redis));
+    control_listeners(&redis, 1).await;
+    let alice = token("alice");
+    let started = Instant::now();
+    ban(&redis, "room", "user-alice", Some(Duration::from_secs(1)));
+    let resp = env.post_text("room", &alice, b"x").await;
+    assert_refused(&resp, 403, "banned");
+    let message = resp.json()["error"]["message"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned();
+    assert!(
+        message.starts_with("you are banned from this channel until "),
+        "{message}"
+    );
+    eventually(Duration::from_secs(5), "the ban lapsing", || async {
+        env.post_text("room", &alice, b"x").await.status == 200
+    })
+    .await;
+    assert!(started.elapsed() >= Duration::from_millis(900));
+}
+
+#[tokio::test]
+async fn a_ban_kicks_across_hosts_on_a_redis_cluster() {
+    let cluster = RedisCluster::start();
+    let nodes = cluster.nodes();
+    let start = |address: &str, id: &str| {
+        Chatup::start_with(
+            Options::default()
+                .address(address)
+                .host_id(id)
+                .redis_cluster(&nodes),
+        )
+    };
+    let a = start("127.0.0.2", "a");
+    let b = start("127.0.0.3", "b");
+    // The control channel is a sharded one, on the shard of its hash tag.
+    let control = cluster.node(cluster.node_index_for("chatup:{control}"));
+    eventually(WAIT, "both hosts listening for kicks", || async {
+        let reply = control.cli(&["PUBSUB", "SHARDNUMSUB", "chatup:{control}"]);
+        reply.lines().nth(1) == Some("2")
+    })
+    .await;
+    let mut on_b = joined(&b, "alice", "room").await;
+
+    let bans = "chatup:{room}:bans";
+    cluster
+        .node(cluster.node_index_for(bans))
+        .cli(&["HSET", bans, "user-alice", "0"]);
+    let notice = json!({"kick": {"channel": "room", "users": ["user-alice"]}}).to_string();
+    control.cli(&["SPUBLISH", "chatup:{control}", &notice]);
+    let (code, _) = on_b.expect_close(WAIT).await;
+    assert_eq!(code, Some(4502));
+    assert_refused(
+        &a.post_text("room", &token("alice"), b"x").await,
+        403,
+        "banned",
+    );
+}
