@@ -90,6 +90,12 @@ impl Sidecar {
         } else {
             None
         };
+        // Checked before anything is bound: a wrong admin key stops the start.
+        let admin_tokens = if config.roles.admin {
+            admin_verifier(config)?
+        } else {
+            None
+        };
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
 
@@ -193,7 +199,7 @@ impl Sidecar {
         };
         let admin = match directory {
             Some(directory) if config.roles.admin => Some(Arc::new(AdminState {
-                verifier: admin_verifier(config)?,
+                verifier: admin_tokens,
                 broker: broker.clone(),
                 directory,
                 limits: Limits {
