@@ -10,7 +10,9 @@ use chatup_tests::http::{build_request, request};
 use chatup_tests::token::{
     admin_token, example_public_key, now, sign_admin, token, token_signed_by_other_key,
 };
-use chatup_tests::{assert_key_order, Chatup, HttpResponse, Options, Publisher, RedisServer};
+use chatup_tests::{
+    assert_key_order, Chatup, Dispatcher, HttpResponse, Options, Publisher, RedisServer,
+};
 use chatup_tests::{Subscriber, WAIT};
 use serde_json::{json, Value};
 
@@ -515,6 +517,8 @@ async fn stats_list_the_publishers_of_every_live_host_once() {
         Subscriber::connect(&a, "/sub/room").await,
         Subscriber::connect(&b, "/sub/room").await,
     ];
+    let mut on_a = Subscriber::connect(&a, "/sub/announce").await;
+    let mut on_b = Subscriber::connect(&b, "/sub/announce").await;
     // alice is on both hosts; bob on a; carol on b; dave on b, in another channel.
     let mut sessions = Vec::new();
     for (env, name, channel) in [
@@ -539,9 +543,39 @@ async fn stats_list_the_publishers_of_every_live_host_once() {
     assert_eq!(names(&stats), ["alice", "bob", "carol"]);
     assert_eq!(stats["publishers"][0], json!({"name": "alice"}));
     assert_eq!((&stats["skip"], &stats["limit"]), (&json!(0), &json!(100)));
-    // Any host answers the same.
+    // Any host answers the same, and so does a dispatcher-only sidecar.
     let from_b = admin_get_ok(&b, "/stats/room").await;
     assert_eq!(from_b, stats);
+    let dispatcher = Dispatcher::start(&redis.url());
+    let auth = bearer(&admin_token());
+    let resp = dispatcher
+        .request("GET", "/stats/room", &[("Authorization", &auth)], None)
+        .await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(resp.json(), stats);
+    let health = dispatcher.request("GET", "/health", &[], None).await.json();
+    assert_eq!(
+        (&health["roles"], &health["broker"]),
+        (&json!(["dispatcher", "admin"]), &json!("redis")),
+        "{health}"
+    );
+    // A post through the dispatcher reaches viewers on both hosts.
+    let resp = dispatcher
+        .request(
+            "POST",
+            "/post",
+            &[("Authorization", &auth)],
+            Some(br#"{"channel":"announce","msg":"to every host"}"#),
+        )
+        .await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    for sub in [&mut on_a, &mut on_b] {
+        let msg = sub.recv().await;
+        assert_eq!(
+            (&msg["id"], &msg["msg"]),
+            (&json!(1), &json!("to every host"))
+        );
+    }
     // Paging.
     let page = admin_get_ok(&a, "/stats/room?skip=1&limit=1").await;
     assert_eq!(names(&page), ["bob"]);
@@ -562,8 +596,10 @@ async fn stats_list_the_publishers_of_every_live_host_once() {
     );
 
     // Per host: viewers and publisher sessions.
-    let totals = poll(&a, "/stats", WAIT, |t| t["pubCount"] == 5).await;
-    assert_eq!(totals["subCount"], 3, "{totals}");
+    let totals = poll(&a, "/stats", WAIT, |t| {
+        t["pubCount"] == 5 && t["subCount"] == 5
+    })
+    .await;
     let hosts = totals["hosts"].as_array().expect("hosts");
     let summary: Vec<(Value, Value, Value, Value)> = hosts
         .iter()
@@ -580,8 +616,8 @@ async fn stats_list_the_publishers_of_every_live_host_once() {
     assert_eq!(
         summary,
         [
-            (json!("a"), json!(a.public_url()), json!(2), json!(2)),
-            (json!("b"), json!(b.public_url()), json!(1), json!(3)),
+            (json!("a"), json!(a.public_url()), json!(3), json!(2)),
+            (json!("b"), json!(b.public_url()), json!(2), json!(3)),
         ]
     );
 
@@ -610,7 +646,7 @@ async fn stats_list_the_publishers_of_every_live_host_once() {
     assert_eq!(ids, [&json!("a")]);
     assert_eq!(
         (&totals["subCount"], &totals["pubCount"]),
-        (&json!(2), &json!(2))
+        (&json!(3), &json!(2))
     );
 
     // A publisher leaving is seen at the next report.
