@@ -188,6 +188,36 @@ impl Presence {
             .collect()
     }
 
+    /// The users in `channel` on this host: (user key, `_public` JSON), in no order. The key
+    /// tells users apart across hosts (`sub:<sub>`, else `public:<_public>`).
+    pub fn members(&self, channel: &str) -> Vec<(Arc<str>, Arc<str>)> {
+        self.lock()
+            .channels
+            .get(channel)
+            .map_or_else(Vec::new, |users| {
+                users
+                    .iter()
+                    .map(|(key, member)| (key.0.clone(), member.user.clone()))
+                    .collect()
+            })
+    }
+
+    /// Every channel's users, as [`members`](Self::members) gives them: what the host
+    /// registry mirrors to Redis.
+    pub fn all_members(&self) -> HashMap<String, HashMap<Arc<str>, Arc<str>>> {
+        self.lock()
+            .channels
+            .iter()
+            .map(|(channel, users)| {
+                let users = users
+                    .iter()
+                    .map(|(key, member)| (key.0.clone(), member.user.clone()))
+                    .collect();
+                (channel.clone(), users)
+            })
+            .collect()
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // The critical sections cannot panic halfway through an update.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
@@ -520,6 +550,43 @@ mod tests {
         }
         assert_eq!(presence.publishers("r"), 3);
         assert_eq!(presence.snapshot(), HashMap::from([("r".to_string(), 3)]));
+    }
+
+    #[test]
+    fn members_are_listed_once_with_the_first_public_object() {
+        let (presence, _) = Presence::new(false);
+        let ann = identity(Some("1"), r#"{"name":"ann"}"#);
+        let mut ann_later = ann.clone();
+        ann_later.user = r#"{"name":"ann2"}"#.into();
+        let bo = identity(None, r#"{"name":"bo"}"#);
+        let mut s1 = presence.connect(&ann);
+        let mut s2 = presence.connect(&ann_later);
+        let mut s3 = presence.connect(&bo);
+        s1.join(&ann, "r").unwrap();
+        s2.join(&ann_later, "r").unwrap();
+        s3.join(&bo, "r").unwrap();
+        s3.join(&bo, "other").unwrap();
+        let mut members = presence.members("r");
+        members.sort();
+        let expected: Vec<(Arc<str>, Arc<str>)> = vec![
+            (r#"public:{"name":"bo"}"#.into(), r#"{"name":"bo"}"#.into()),
+            ("sub:1".into(), r#"{"name":"ann"}"#.into()),
+        ];
+        assert_eq!(members, expected);
+        assert!(presence.members("none").is_empty());
+        let all = presence.all_members();
+        assert_eq!(all.len(), 2);
+        assert_eq!(all["r"].len(), 2);
+        assert_eq!(
+            all["other"],
+            HashMap::from([(
+                Arc::<str>::from(r#"public:{"name":"bo"}"#),
+                Arc::<str>::from(r#"{"name":"bo"}"#)
+            )])
+        );
+        drop(s3);
+        assert_eq!(presence.members("r").len(), 1);
+        assert!(!presence.all_members().contains_key("other"));
     }
 
     #[test]

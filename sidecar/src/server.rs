@@ -21,6 +21,7 @@ use crate::broker::Broker;
 use crate::config::Config;
 use crate::dispatch::Dispatcher;
 use crate::error::Error;
+use crate::health::Health;
 use crate::http::{router, App, HttpServer, WsSettings};
 use crate::plugins::{build_chain, Setup};
 use crate::presence::{EventPump, Presence};
@@ -86,6 +87,12 @@ impl Sidecar {
                 );
             }
             Some(verifier)
+        } else {
+            None
+        };
+        // Checked before anything is bound: a wrong admin key stops the start.
+        let admin_tokens = if config.roles.admin {
+            admin_verifier(config)?
         } else {
             None
         };
@@ -192,13 +199,30 @@ impl Sidecar {
         };
         let admin = match directory {
             Some(directory) if config.roles.admin => Some(Arc::new(AdminState {
-                verifier: admin_verifier(config)?,
+                verifier: admin_tokens,
                 broker: broker.clone(),
                 directory,
+                limits: Limits {
+                    max_message_chars: config.limits.max_message_chars,
+                    max_event_bytes: config.limits.max_event_bytes,
+                },
             })),
             _ => None,
         };
 
+        let health = Arc::new(Health {
+            roles: [
+                ("worker", worker_app.is_some()),
+                ("dispatcher", dispatcher.is_some()),
+                ("admin", admin.is_some()),
+            ]
+            .into_iter()
+            .filter_map(|(role, on)| on.then_some(role))
+            .collect(),
+            broker: broker.name(),
+            host: host.id.clone(),
+            redis: redis.clone(),
+        });
         let relay_path = relay.as_ref().map(|r| r.path().to_owned());
         let workers = relay.as_ref().map(RelayServer::workers);
         info!(
@@ -218,7 +242,7 @@ impl Sidecar {
             workers,
             http,
             http_addr,
-            router: router(worker_app, dispatcher, admin),
+            router: router(health, worker_app, dispatcher, admin),
             pump,
             reporter,
             shutdown,
