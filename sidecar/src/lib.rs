@@ -38,6 +38,7 @@
 //! * [`dispatch`]: `POST /join/<ch>`, the least-loaded host for a client, with the channel's
 //!   counts and recent history.
 //! * [`http`]: the HTTP router and listener (`/health` too), routes by role.
+//! * [`metrics`]: the Prometheus metrics `GET /metrics` serves (admin API).
 //! * [`server`]: wires the above together for the configured roles and shuts it down in
 //!   order.
 //! * [`shutdown`]: SIGTERM/SIGINT handling.
@@ -55,6 +56,7 @@ pub mod error;
 pub mod http;
 pub mod logging;
 pub mod message;
+pub mod metrics;
 pub mod plugins;
 pub mod presence;
 pub mod publish;

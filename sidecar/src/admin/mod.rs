@@ -7,11 +7,13 @@
 //! cannot be reached.
 
 pub mod auth;
+pub mod metrics;
 
 use std::sync::Arc;
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::routing::get;
 use axum::{Json, Router};
 
 use crate::broker::{Broker, BrokerError};
@@ -24,10 +26,13 @@ pub struct AdminState {
     /// Checks admin tokens; `None` when `admin.public_key_file` is empty, so every call that
     /// needs a token answers 503 `admin_disabled` and says what to configure.
     pub verifier: Option<Arc<AdminVerifier>>,
-    /// Where posted messages go and history comes from.
+    /// Where posted messages go and history comes from. What is published through it
+    /// counts as `kind="admin"` in the metrics.
     pub broker: Arc<dyn Broker>,
     /// The live hosts and their counts, for `/stats`.
     pub directory: Arc<dyn Directory>,
+    /// What `/metrics` serves.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Why an admin call failed.
@@ -121,5 +126,7 @@ impl IntoResponse for AdminError {
 
 /// The admin routes.
 pub fn router(state: Arc<AdminState>) -> Router {
-    Router::new().with_state(state)
+    Router::new()
+        .route("/metrics", get(metrics::scrape))
+        .with_state(state)
 }
