@@ -41,6 +41,7 @@
 //!   counts and recent history.
 //! * [`http`]: the HTTP router and listener, routes by role.
 //! * [`health`]: `GET /health`, with a Redis check.
+//! * [`metrics`]: the Prometheus metrics `GET /metrics` serves (admin API).
 //! * [`server`]: wires the above together for the configured roles and shuts it down in
 //!   order.
 //! * [`shutdown`]: SIGTERM/SIGINT handling.
@@ -60,6 +61,7 @@ pub mod http;
 pub mod logging;
 pub mod members;
 pub mod message;
+pub mod metrics;
 pub mod plugins;
 pub mod presence;
 pub mod publish;

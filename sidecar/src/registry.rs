@@ -791,6 +791,7 @@ pub(crate) mod tests {
             self.worker
                 .send(ToSidecar::Stats {
                     subscribers: counts.iter().map(|(_, n)| n).sum(),
+                    totals: Default::default(),
                     channels: counts
                         .iter()
                         .map(|(channel, subscribers)| ChannelCount {

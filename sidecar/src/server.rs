@@ -23,6 +23,7 @@ use crate::dispatch::Dispatcher;
 use crate::error::Error;
 use crate::health::Health;
 use crate::http::{router, App, HttpServer, WsSettings};
+use crate::metrics::{Metrics, PublishedKind};
 use crate::plugins::{build_chain, Setup};
 use crate::presence::{EventPump, Presence};
 use crate::publish::{Limits, Publisher};
@@ -98,6 +99,9 @@ impl Sidecar {
         };
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
+        // Every part that counts gets this one (rather than a global), so that several
+        // sidecars in one test process keep their own numbers.
+        let metrics = Arc::new(Metrics::new()?);
 
         // The broker, and with `[redis]` the connection the host registry shares.
         let (broker, redis): (Arc<dyn Broker>, Option<RedisLink>) = if config.redis.enabled() {
@@ -116,6 +120,8 @@ impl Sidecar {
                 },
                 shutdown.clone(),
             );
+            let redis_broker = broker.clone();
+            metrics.watch_redis(move || redis_broker.pubsub_disconnects())?;
             (broker, Some(link))
         } else {
             let memory = MemoryBroker::new(MemoryOptions {
@@ -148,10 +154,13 @@ impl Sidecar {
                     mode: config.relay.socket_mode.0,
                     queue_size: config.relay.queue_size,
                 },
-                broker.clone(),
+                metrics.metered(broker.clone(), None),
             )?;
             let (presence, events) = Presence::new(config.presence.events);
-            pump = events.map(|events| (events, presence.clone(), broker.clone()));
+            metrics.watch_relay(&server.workers())?;
+            metrics.watch_presence(&presence)?;
+            let presence_broker = metrics.metered(broker.clone(), Some(PublishedKind::Presence));
+            pump = events.map(|events| (events, presence.clone(), presence_broker));
             load = Some(HostLoad {
                 workers: server.workers(),
                 presence: presence.clone(),
@@ -159,14 +168,15 @@ impl Sidecar {
             relay = Some(server);
             worker_app = Some(Arc::new(App {
                 publisher: Publisher::new(
-                    broker.clone(),
+                    metrics.metered(broker.clone(), None),
                     Arc::new(verifier),
                     Limits {
                         max_message_chars: config.limits.max_message_chars,
                         max_event_bytes: config.limits.max_event_bytes,
                     },
                     chain,
-                ),
+                )
+                .with_metrics(metrics.clone()),
                 presence,
                 shutdown: shutdown.clone(),
                 tracker: tracker.clone(),
@@ -192,7 +202,7 @@ impl Sidecar {
         let dispatcher = match &directory {
             Some(directory) if config.roles.dispatcher => Some(Arc::new(Dispatcher::new(
                 directory.clone(),
-                broker.clone(),
+                metrics.metered(broker.clone(), None),
                 config.dispatch.clone(),
             ))),
             _ => None,
@@ -200,12 +210,13 @@ impl Sidecar {
         let admin = match directory {
             Some(directory) if config.roles.admin => Some(Arc::new(AdminState {
                 verifier: admin_tokens,
-                broker: broker.clone(),
+                broker: metrics.metered(broker.clone(), Some(PublishedKind::Admin)),
                 directory,
                 limits: Limits {
                     max_message_chars: config.limits.max_message_chars,
                     max_event_bytes: config.limits.max_event_bytes,
                 },
+                metrics: metrics.clone(),
             })),
             _ => None,
         };

@@ -958,6 +958,7 @@ async fn report_stats(w: &mut Worker, counts: &[(&str, u32)]) {
         .collect();
     w.send(ToSidecar::Stats {
         subscribers: counts.iter().map(|(_, n)| n).sum(),
+        totals: Default::default(),
         channels,
     })
     .await

@@ -8,6 +8,7 @@
 
 pub mod auth;
 pub mod messages;
+pub mod metrics;
 pub mod post;
 pub mod query;
 pub mod stats;
@@ -31,12 +32,15 @@ pub struct AdminState {
     /// Checks admin tokens; `None` when `admin.public_key_file` is empty, so every call that
     /// needs a token answers 503 `admin_disabled` and says what to configure.
     pub verifier: Option<Arc<AdminVerifier>>,
-    /// Where posted messages go and history comes from.
+    /// Where posted messages go and history comes from. What is published through it
+    /// counts as `kind="admin"` in the metrics.
     pub broker: Arc<dyn Broker>,
     /// The live hosts and their counts, for `/stats`.
     pub directory: Arc<dyn Directory>,
     /// `[limits]`, which posted messages respect like publishers' ones.
     pub limits: Limits,
+    /// What `/metrics` serves.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Why an admin call failed.
@@ -152,5 +156,6 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/messages/{channel}", get(messages::messages))
         .route("/stats", get(stats::hosts))
         .route("/stats/{channel}", get(stats::channel))
+        .route("/metrics", get(metrics::scrape))
         .with_state(state)
 }

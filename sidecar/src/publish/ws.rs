@@ -195,7 +195,10 @@ async fn authenticate(socket: &mut WebSocket, app: &App) -> Result<Identity, End
                 send_auth(socket, &identity).await?;
                 Ok(identity)
             }
-            Err(e) => Err(refuse(socket, None, e).await),
+            Err(e) => {
+                app.publisher.count_refusal(ErrorCode::from(&e));
+                Err(refuse(socket, None, e).await)
+            }
         };
     }
 }
@@ -396,6 +399,7 @@ fn handle_frame<'a>(
                 ready(Answer::Send(auth_text(identity)))
             }
             Err(e) => {
+                app.publisher.count_refusal(ErrorCode::from(&e));
                 let (text, end) = refusal(reference, e);
                 ready(Answer::SendThenEnd(text, end))
             }

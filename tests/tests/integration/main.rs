@@ -12,6 +12,7 @@ mod frames;
 mod handshake;
 mod harness_redis;
 mod limits;
+mod metrics;
 mod multihost;
 mod ping;
 mod reload;
