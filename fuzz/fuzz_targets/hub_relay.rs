@@ -1,5 +1,6 @@
-//! A worker's hub fed arbitrary relay frames while subscribers come and go: no panic, and
-//! nothing is ever queued for a subscriber after its close frame.
+//! A worker's hub fed arbitrary relay frames while subscribers come and go: no panic,
+//! nothing is ever queued for a subscriber after its close frame, and its totals never go
+//! down.
 #![no_main]
 
 use chatup_module_core::hub::{Hub, Subscription};
@@ -22,10 +23,13 @@ fuzz_target!(|data: &[u8]| {
     let mut closed = std::collections::HashSet::new();
     let mut at = 0;
     let mut step = 0usize;
+    let mut totals = hub.totals();
     while let Ok(Some((frame, used))) = decode::<ToWorker>(&rest[at..]) {
         at += used;
         step += 1;
         hub.handle_relay_frame(frame);
+        assert_eq!(hub.totals().max(totals), hub.totals(), "totals went down");
+        totals = hub.totals();
         if step % 5 == 0 {
             if let Some(key) = keys.pop() {
                 hub.remove_subscriber(key);

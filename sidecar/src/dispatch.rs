@@ -519,6 +519,7 @@ mod tests {
             subscribers,
             publishers,
             written_ms: 1,
+            instance: String::new(),
         }
     }
 

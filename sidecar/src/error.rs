@@ -4,6 +4,7 @@ use crate::auth::KeySetupError;
 use crate::config::ConfigError;
 use crate::http::HttpBindError;
 use crate::logging::LogError;
+use crate::metrics::MetricsError;
 use crate::plugins::PluginSetupError;
 use crate::redis::RedisError;
 use crate::relay::RelayError;
@@ -25,6 +26,8 @@ pub enum Error {
     Token(#[from] TokenError),
     #[error(transparent)]
     Plugin(#[from] PluginSetupError),
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
     #[error("{0} (the sidecar needs Redis to start when [redis] is configured)")]
     Redis(#[from] RedisError),
     #[error("the HTTP server failed: {0}")]

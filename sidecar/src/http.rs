@@ -9,13 +9,13 @@ use axum::http::{Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin::AdminState;
 use crate::dispatch::Dispatcher;
+use crate::health::Health;
 use crate::moderation::Moderation;
 use crate::presence::Presence;
 use crate::publish::sessions::Sessions;
@@ -61,11 +61,16 @@ pub struct App {
 /// The routes of the roles this process plays: the publisher endpoints with `worker`, the
 /// dispatcher with `dispatcher`, the admin API with `admin`; `/health` always.
 pub fn router(
+    health: Arc<Health>,
     worker: Option<Arc<App>>,
     dispatcher: Option<Arc<Dispatcher>>,
     admin: Option<Arc<AdminState>>,
 ) -> Router {
-    let mut router = Router::new().route("/health", get(health));
+    let mut router = Router::new().merge(
+        Router::new()
+            .route("/health", get(crate::health::check))
+            .with_state(health),
+    );
     if let Some(app) = worker {
         router = router.merge(
             Router::new()
@@ -81,10 +86,6 @@ pub fn router(
         router = router.merge(crate::admin::router(admin));
     }
     router.fallback(not_found)
-}
-
-async fn health() -> Json<serde_json::Value> {
-    Json(json!({"status": "ok"}))
 }
 
 async fn not_found(method: Method, uri: Uri) -> Response {

@@ -41,9 +41,13 @@
 //! * [`registry`]: the live hosts and their load, for the dispatcher: this host alone
 //!   ([`registry::LocalDirectory`]) or every host reporting to Redis
 //!   ([`registry::RedisDirectory`], [`registry::Reporter`]).
+//! * [`members`]: who is joined to which channel on every host, mirrored to Redis by the
+//!   registry's reporter, for the admin API's channel stats.
 //! * [`dispatch`]: `POST /join/<ch>`, the least-loaded host for a client, with the channel's
 //!   counts and recent history.
-//! * [`http`]: the HTTP router and listener (`/health` too), routes by role.
+//! * [`http`]: the HTTP router and listener, routes by role.
+//! * [`health`]: `GET /health`, with a Redis check.
+//! * [`metrics`]: the Prometheus metrics `GET /metrics` serves (admin API).
 //! * [`server`]: wires the above together for the configured roles and shuts it down in
 //!   order.
 //! * [`shutdown`]: SIGTERM/SIGINT handling.
@@ -59,9 +63,12 @@ pub mod config;
 pub mod control;
 pub mod dispatch;
 pub mod error;
+pub mod health;
 pub mod http;
 pub mod logging;
+pub mod members;
 pub mod message;
+pub mod metrics;
 pub mod moderation;
 pub mod plugins;
 pub mod presence;

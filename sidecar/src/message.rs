@@ -4,7 +4,8 @@
 //! A message is built in two steps so that a broker can assign `id` and `ep` atomically:
 //!
 //! 1. the publisher side encodes the [`Tail`]: everything after `"ep":<n>,`, i.e.
-//!    `"t":<ms>,"user":{..},"msg":".."}` (or `"ev"`/`"data"` for events);
+//!    `"t":<ms>,"user":{..},"msg":".."}` (or `"ev"`/`"data"` for events; an operator's
+//!    message posted without a sender has no `user`);
 //! 2. the broker, holding the channel's lock (or inside a Redis script), calls [`assemble`]
 //!    which prepends `{"ch":"<ch>","id":<id>,"ep":<ep>,`.
 //!
@@ -31,16 +32,17 @@ impl Tail {
     ///
     /// `user` must already be a JSON object (the encoded `_public` claim).
     pub fn encode(t_ms: u64, user: &str, body: &Body) -> Result<Self, serde_json::Error> {
-        Self::encode_as(t_ms, Some(user), body)
+        Self::encode_from(t_ms, Some(user), body)
     }
 
-    /// Encodes `"t":<t_ms>,` then the body, with no `user`: what the platform itself says
-    /// to a channel (such as a ban's `rmUserMsg` event).
-    pub fn encode_without_user(t_ms: u64, body: &Body) -> Result<Self, serde_json::Error> {
-        Self::encode_as(t_ms, None, body)
-    }
-
-    fn encode_as(t_ms: u64, user: Option<&str>, body: &Body) -> Result<Self, serde_json::Error> {
+    /// Like [`encode`](Self::encode), for a message that may have no sender: without `user`
+    /// the field is left out (`"t":<ms>,"msg":..}`). Operators post such messages through
+    /// the admin API.
+    pub fn encode_from(
+        t_ms: u64,
+        user: Option<&str>,
+        body: &Body,
+    ) -> Result<Self, serde_json::Error> {
         let mut out = Vec::with_capacity(64 + user.map_or(0, str::len));
         out.extend_from_slice(b"\"t\":");
         out.extend_from_slice(t_ms.to_string().as_bytes());
@@ -153,22 +155,6 @@ mod tests {
     }
 
     #[test]
-    fn platform_events_carry_no_user() {
-        let tail = Tail::encode_without_user(
-            7,
-            &Body::Event {
-                name: "rmUserMsg".into(),
-                data: Some(json!("ann")),
-            },
-        )
-        .unwrap();
-        assert_eq!(
-            std::str::from_utf8(&assemble("r", 3, 4, &tail)).unwrap(),
-            r#"{"ch":"r","id":3,"ep":4,"t":7,"ev":"rmUserMsg","data":"ann"}"#
-        );
-    }
-
-    #[test]
     fn text_is_json_escaped() {
         let text = "quote \" backslash \\ newline \n tab \t nul \u{0} bell \u{7} é 😀 </script>";
         let tail = Tail::encode(1, "{}", &Body::Text(text.into())).unwrap();
@@ -189,6 +175,32 @@ mod tests {
             })
             .collect();
         assert_eq!(keys, ["ch", "id", "ep", "t", "user", "msg"]);
+    }
+
+    #[test]
+    fn a_message_without_sender_has_no_user_field() {
+        let text = Tail::encode_from(7, None, &Body::Text("notice".into())).unwrap();
+        assert_eq!(
+            std::str::from_utf8(&assemble("r", 1, 2, &text)).unwrap(),
+            r#"{"ch":"r","id":1,"ep":2,"t":7,"msg":"notice"}"#
+        );
+        let event = Tail::encode_from(
+            7,
+            None,
+            &Body::Event {
+                name: "poll".into(),
+                data: Some(json!([1])),
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            std::str::from_utf8(&assemble("r", 1, 2, &event)).unwrap(),
+            r#"{"ch":"r","id":1,"ep":2,"t":7,"ev":"poll","data":[1]}"#
+        );
+        assert_eq!(
+            Tail::encode_from(7, Some("{}"), &Body::Text("x".into())).unwrap(),
+            Tail::encode(7, "{}", &Body::Text("x".into())).unwrap()
+        );
     }
 
     #[test]

@@ -188,6 +188,36 @@ impl Presence {
             .collect()
     }
 
+    /// The users in `channel` on this host: (user key, `_public` JSON), in no order. The key
+    /// tells users apart across hosts (`sub:<sub>`, else `public:<_public>`).
+    pub fn members(&self, channel: &str) -> Vec<(Arc<str>, Arc<str>)> {
+        self.lock()
+            .channels
+            .get(channel)
+            .map_or_else(Vec::new, |users| {
+                users
+                    .iter()
+                    .map(|(key, member)| (key.0.clone(), member.user.clone()))
+                    .collect()
+            })
+    }
+
+    /// Every channel's users, as [`members`](Self::members) gives them: what the host
+    /// registry mirrors to Redis.
+    pub fn all_members(&self) -> HashMap<String, HashMap<Arc<str>, Arc<str>>> {
+        self.lock()
+            .channels
+            .iter()
+            .map(|(channel, users)| {
+                let users = users
+                    .iter()
+                    .map(|(key, member)| (key.0.clone(), member.user.clone()))
+                    .collect();
+                (channel.clone(), users)
+            })
+            .collect()
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // The critical sections cannot panic halfway through an update.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
@@ -284,7 +314,11 @@ impl Session {
     ///
     /// Bans are not checked here: the publisher session asks them first
     /// ([`crate::moderation::Moderation::may_join`]), since that may take a Redis call.
-    pub fn join(&mut self, channel: &str) -> Result<Option<Published>, PresenceError> {
+    pub fn join(
+        &mut self,
+        _identity: &Identity,
+        channel: &str,
+    ) -> Result<Option<Published>, PresenceError> {
         chatup_wire::channel::validate(channel.as_bytes())
             .map_err(|e| PresenceError::BadChannel(e.to_string()))?;
         if self.channels.contains(channel) {
@@ -336,7 +370,7 @@ impl Session {
         self.key = key;
         self.user = identity.user.clone();
         for channel in channels {
-            if self.join(&channel).is_err() {
+            if self.join(identity, &channel).is_err() {
                 debug!(channel, "the new identity may not stay in the channel");
             }
         }
@@ -466,9 +500,9 @@ mod tests {
         let mut a1 = presence.connect(&ann);
         let mut a2 = presence.connect(&ann);
         assert_eq!(presence.total(), 2);
-        a1.join("room").unwrap();
-        a2.join("room").unwrap();
-        a1.join("room").unwrap(); // again: nothing changes
+        a1.join(&ann, "room").unwrap();
+        a2.join(&ann, "room").unwrap();
+        a1.join(&ann, "room").unwrap(); // again: nothing changes
         assert_eq!(presence.publishers("room"), 1);
         assert_eq!(
             drain(&mut pump),
@@ -501,11 +535,53 @@ mod tests {
         let mut s2 = presence.connect(&bo);
         let mut s3 = presence.connect(&cy);
         let mut s4 = presence.connect(&odd);
-        for s in [&mut s1, &mut s2, &mut s3, &mut s4] {
-            s.join("r").unwrap();
+        for (s, who) in [
+            (&mut s1, &bo),
+            (&mut s2, &bo),
+            (&mut s3, &cy),
+            (&mut s4, &odd),
+        ] {
+            s.join(who, "r").unwrap();
         }
         assert_eq!(presence.publishers("r"), 3);
         assert_eq!(presence.snapshot(), HashMap::from([("r".to_string(), 3)]));
+    }
+
+    #[test]
+    fn members_are_listed_once_with_the_first_public_object() {
+        let (presence, _) = Presence::new(false);
+        let ann = identity(Some("1"), r#"{"name":"ann"}"#);
+        let mut ann_later = ann.clone();
+        ann_later.user = r#"{"name":"ann2"}"#.into();
+        let bo = identity(None, r#"{"name":"bo"}"#);
+        let mut s1 = presence.connect(&ann);
+        let mut s2 = presence.connect(&ann_later);
+        let mut s3 = presence.connect(&bo);
+        s1.join(&ann, "r").unwrap();
+        s2.join(&ann_later, "r").unwrap();
+        s3.join(&bo, "r").unwrap();
+        s3.join(&bo, "other").unwrap();
+        let mut members = presence.members("r");
+        members.sort();
+        let expected: Vec<(Arc<str>, Arc<str>)> = vec![
+            (r#"public:{"name":"bo"}"#.into(), r#"{"name":"bo"}"#.into()),
+            ("sub:1".into(), r#"{"name":"ann"}"#.into()),
+        ];
+        assert_eq!(members, expected);
+        assert!(presence.members("none").is_empty());
+        let all = presence.all_members();
+        assert_eq!(all.len(), 2);
+        assert_eq!(all["r"].len(), 2);
+        assert_eq!(
+            all["other"],
+            HashMap::from([(
+                Arc::<str>::from(r#"public:{"name":"bo"}"#),
+                Arc::<str>::from(r#"{"name":"bo"}"#)
+            )])
+        );
+        drop(s3);
+        assert_eq!(presence.members("r").len(), 1);
+        assert!(!presence.all_members().contains_key("other"));
     }
 
     #[test]
@@ -513,17 +589,20 @@ mod tests {
         let (presence, _) = Presence::new(false);
         let ann = identity(Some("1"), "{}");
         let mut s = presence.connect(&ann);
-        assert!(matches!(s.join("a b"), Err(PresenceError::BadChannel(_))));
+        assert!(matches!(
+            s.join(&ann, "a b"),
+            Err(PresenceError::BadChannel(_))
+        ));
         assert!(matches!(s.leave(""), Err(PresenceError::BadChannel(_))));
         for i in 0..MAX_CHANNELS_PER_SESSION {
-            s.join(&format!("c{i}")).unwrap();
+            s.join(&ann, &format!("c{i}")).unwrap();
         }
         assert_eq!(
-            s.join("one-more").err(),
+            s.join(&ann, "one-more").err(),
             Some(PresenceError::TooManyChannels)
         );
         // Already joined is still fine at the limit.
-        s.join("c0").unwrap();
+        s.join(&ann, "c0").unwrap();
         assert_eq!(presence.snapshot().len(), MAX_CHANNELS_PER_SESSION);
         drop(s);
         assert!(presence.snapshot().is_empty());
@@ -536,7 +615,7 @@ mod tests {
         let ann = identity(Some("1"), r#"{"n":"ann"}"#);
         let bo = identity(Some("2"), r#"{"n":"bo"}"#);
         let mut s = presence.connect(&ann);
-        s.join("r").unwrap();
+        s.join(&ann, "r").unwrap();
         let mut ann_again = ann.clone();
         ann_again.user = r#"{"n":"ann2"}"#.into();
         s.reidentify(&ann_again);
@@ -570,7 +649,7 @@ mod tests {
         ));
         let ann = identity(Some("1"), r#"{"n":"ann"}"#);
         let mut s = presence.connect(&ann);
-        s.join("r").unwrap();
+        s.join(&ann, "r").unwrap();
         drop(s);
         let mut got = Vec::new();
         for _ in 0..2 {

@@ -16,6 +16,7 @@
 //! | `<p>:{hosts}:index` | sorted set | member: host id; score: when its entry expires (ms since the Unix epoch, the writer's clock) |
 //! | `<p>:{hosts}:host:<id>` | string, `PX host.ttl_ms` | the host's [`HostEntry`] as JSON |
 //! | `<p>:counts:<id>` | hash, `PEXPIRE host.ttl_ms` | `s:<ch>` viewers and `p:<ch>` publishers of the host in channel `<ch>` (absent when 0) |
+//! | `<p>:{<ch>}:members:<id>:<instance>` | hash | who is joined to `<ch>` on the host, for the admin API (see [`crate::members`]) |
 //!
 //! The index and the entries share the hash tag `{hosts}`, so in a Redis Cluster they are in
 //! one slot and a reporter writes them in one pipeline. Each host's count hash is one key,
@@ -40,6 +41,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::config::HostConfig;
+use crate::members::MemberMirror;
 use crate::message::now_ms;
 use crate::presence::Presence;
 use crate::redis::{RedisError, RedisLink};
@@ -84,6 +86,20 @@ pub struct HostEntry {
     /// When the entry was written (ms since the Unix epoch): lets a dispatcher tell a fresh
     /// report from the one it already scored.
     pub written_ms: u64,
+    /// A random id of this run of the host's sidecar: its member lists
+    /// ([`crate::members`]) are keyed by it, so a restarted host never shows what its
+    /// previous run left. Empty in entries of older versions.
+    #[serde(default)]
+    pub instance: String,
+}
+
+/// A publisher joined to a channel, as [`Directory::channel_publishers`] lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JoinedPublisher {
+    /// Tells users apart across hosts: `sub:<sub>`, or `public:<_public>` without a `sub`.
+    pub key: String,
+    /// The user's `_public` object, as JSON text.
+    pub user: String,
 }
 
 /// A channel's audience, summed over live hosts.
@@ -111,6 +127,17 @@ pub trait Directory: Send + Sync + 'static {
         channel: &str,
         hosts: &[HostEntry],
     ) -> Result<ChannelCounts, RegistryError>;
+
+    /// The distinct publishers joined to `channel` on `hosts` (as returned by
+    /// [`hosts`](Directory::hosts)), sorted by key; a user joined on several hosts is listed
+    /// once. Directories that only count list nobody.
+    async fn channel_publishers(
+        &self,
+        _channel: &str,
+        _hosts: &[HostEntry],
+    ) -> Result<Vec<JoinedPublisher>, RegistryError> {
+        Ok(Vec::new())
+    }
 }
 
 /// This host's fixed description, from `[host]` and the HTTP address.
@@ -120,6 +147,8 @@ pub struct HostInfo {
     pub public_url: String,
     pub sub_path: String,
     pub pub_path: String,
+    /// A random id of this run (see [`HostEntry::instance`]).
+    pub instance: String,
 }
 
 impl HostInfo {
@@ -135,6 +164,7 @@ impl HostInfo {
             public_url: config.public_url.clone(),
             sub_path: config.sub_path.clone(),
             pub_path: config.pub_path.clone(),
+            instance: format!("{:016x}", rand::random::<u64>()),
         }
     }
 
@@ -147,6 +177,7 @@ impl HostInfo {
             subscribers: load.workers.total_subscribers(),
             publishers: load.presence.total(),
             written_ms: now_ms(),
+            instance: self.instance.clone(),
         }
     }
 }
@@ -238,6 +269,25 @@ impl Directory for LocalDirectory {
         _hosts: &[HostEntry],
     ) -> Result<ChannelCounts, RegistryError> {
         Ok(self.load.channel(channel))
+    }
+
+    async fn channel_publishers(
+        &self,
+        channel: &str,
+        _hosts: &[HostEntry],
+    ) -> Result<Vec<JoinedPublisher>, RegistryError> {
+        let mut members: Vec<JoinedPublisher> = self
+            .load
+            .presence
+            .members(channel)
+            .into_iter()
+            .map(|(key, user)| JoinedPublisher {
+                key: key.to_string(),
+                user: user.to_string(),
+            })
+            .collect();
+        members.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(members)
     }
 }
 
@@ -342,6 +392,18 @@ impl Directory for RedisDirectory {
         }
         Ok(total)
     }
+
+    async fn channel_publishers(
+        &self,
+        channel: &str,
+        hosts: &[HostEntry],
+    ) -> Result<Vec<JoinedPublisher>, RegistryError> {
+        let members = crate::members::read(&self.link, channel, hosts).await?;
+        Ok(members
+            .into_iter()
+            .map(|(key, user)| JoinedPublisher { key, user })
+            .collect())
+    }
 }
 
 /// Writes this host's entry and channel counts to Redis periodically.
@@ -365,6 +427,8 @@ pub struct Reporter {
     dirty: bool,
     /// Whether the last report failed, to log failure and recovery once each.
     failing: bool,
+    /// Who is joined where, mirrored for the admin API's channel stats.
+    members: MemberMirror,
 }
 
 impl fmt::Debug for Reporter {
@@ -381,16 +445,19 @@ impl Reporter {
         let keys = Keys {
             prefix: link.key_prefix().into(),
         };
+        let ttl = Duration::from_millis(config.ttl_ms);
+        let members = MemberMirror::new(link.key_prefix(), &info.id, &info.instance, ttl);
         Self {
             link,
             keys,
             info,
             load,
             interval: Duration::from_millis(config.report_interval_ms),
-            ttl: Duration::from_millis(config.ttl_ms),
+            ttl,
             written: HashMap::new(),
             dirty: true,
             failing: false,
+            members,
         }
     }
 
@@ -438,16 +505,28 @@ impl Reporter {
         }
     }
 
-    /// Writes the entry, then the counts. After a failure the next report rewrites the
-    /// counts in full: Redis may have lost them, or taken only part.
+    /// Writes the entry, then the counts, then the member lists. After a failure the next
+    /// report rewrites the counts and lists in full: Redis may have lost them, or taken only
+    /// part.
     pub async fn report(&mut self) -> Result<(), RegistryError> {
         let result = self.write_entry().await;
         let result = match result {
             Ok(()) => self.write_counts().await,
             Err(e) => Err(e),
         };
+        let result = match result {
+            Ok(()) => {
+                let current = self.load.presence.all_members();
+                self.members
+                    .write(&self.link, current)
+                    .await
+                    .map_err(RegistryError::from)
+            }
+            Err(e) => Err(e),
+        };
         if result.is_err() {
             self.dirty = true;
+            self.members.mark_dirty();
         }
         result
     }
@@ -520,6 +599,8 @@ impl Reporter {
             // The hash expired or Redis lost it (a restart without persistence): what was
             // just written is only the changes. Write it all.
             debug!("the count hash was gone; rewriting it");
+            // Whatever took it (a Redis restart) took the member lists too.
+            self.members.mark_dirty();
             return self.rewrite_counts(current).await;
         }
         self.written = current;
@@ -567,6 +648,7 @@ impl Reporter {
                     .clone(),
             )
             .await?;
+        self.members.remove_all(&self.link).await?;
         Ok(())
     }
 }
@@ -709,6 +791,7 @@ pub(crate) mod tests {
             self.worker
                 .send(ToSidecar::Stats {
                     subscribers: counts.iter().map(|(_, n)| n).sum(),
+                    totals: Default::default(),
                     channels: counts
                         .iter()
                         .map(|(channel, subscribers)| ChannelCount {
@@ -796,7 +879,7 @@ pub(crate) mod tests {
         host.viewers(&[("room", 4), ("other", 1)]).await;
         let ann = identity("ann");
         let mut session = host.presence.connect(&ann);
-        session.join("room").unwrap();
+        session.join(&ann, "room").unwrap();
         let info = HostInfo::from_config(
             &HostConfig {
                 id: "solo".into(),
@@ -845,9 +928,9 @@ pub(crate) mod tests {
         let mut ann_a = a.presence.connect(&ann);
         let mut ann_b = b.presence.connect(&ann);
         let mut bo_b = b.presence.connect(&bo);
-        ann_a.join("room").unwrap();
-        ann_b.join("room").unwrap();
-        bo_b.join("room").unwrap();
+        ann_a.join(&ann, "room").unwrap();
+        ann_b.join(&ann, "room").unwrap();
+        bo_b.join(&bo, "room").unwrap();
 
         let mut ra = a.reporter(&link, "host-a", 1000, 3000);
         let mut rb = b.reporter(&link, "host-b", 1000, 3000);
@@ -910,6 +993,164 @@ pub(crate) mod tests {
             HashMap::from([("s:room".to_string(), 5), ("s:new".to_string(), 1)])
         );
         drop((ann_b, bo_b));
+    }
+
+    fn named(sub: &str, name: &str) -> crate::auth::Identity {
+        crate::auth::Identity {
+            sub: Some(sub.into()),
+            user: format!(r#"{{"name":"{name}"}}"#).into(),
+            events: false,
+            expires_at: u64::MAX,
+        }
+    }
+
+    fn users(list: &[JoinedPublisher]) -> Vec<(&str, &str)> {
+        list.iter()
+            .map(|p| (p.key.as_str(), p.user.as_str()))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn member_lists_are_mirrored_per_host_and_merged() {
+        let Some(server) = RedisServer::start() else {
+            return;
+        };
+        let link = server.link().await;
+        let directory = RedisDirectory::new(link.clone());
+        let a = Host::start().await;
+        let b = Host::start().await;
+        let (ann, bo, cy) = (named("1", "ann"), named("2", "bo"), named("3", "cy"));
+        let mut ann_a = a.presence.connect(&ann);
+        let mut ann_b = b.presence.connect(&ann);
+        let mut bo_b = b.presence.connect(&bo);
+        let mut cy_a = a.presence.connect(&cy);
+        ann_a.join(&ann, "room").unwrap();
+        ann_b.join(&ann, "room").unwrap();
+        bo_b.join(&bo, "room").unwrap();
+        cy_a.join(&cy, "elsewhere").unwrap();
+        let mut ra = a.reporter(&link, "host-a", 1000, 3000);
+        let mut rb = b.reporter(&link, "host-b", 1000, 3000);
+        ra.report().await.unwrap();
+        rb.report().await.unwrap();
+        let hosts = directory.hosts().await.unwrap();
+        assert!(hosts.iter().all(|h| h.instance.len() == 16), "{hosts:?}");
+        // ann is joined on both hosts and listed once.
+        assert_eq!(
+            users(&directory.channel_publishers("room", &hosts).await.unwrap()),
+            [
+                ("sub:1", r#"{"name":"ann"}"#),
+                ("sub:2", r#"{"name":"bo"}"#)
+            ]
+        );
+        assert_eq!(
+            users(
+                &directory
+                    .channel_publishers("elsewhere", &hosts)
+                    .await
+                    .unwrap()
+            ),
+            [("sub:3", r#"{"name":"cy"}"#)]
+        );
+        assert!(directory
+            .channel_publishers("none", &hosts)
+            .await
+            .unwrap()
+            .is_empty());
+        let key_a = crate::members::key("chatup", "room", "host-a", &ra.info.instance);
+        let ttl: i64 = link
+            .run(redis::cmd("PTTL").arg(&key_a).clone())
+            .await
+            .unwrap();
+        assert!((50_000..=60_000).contains(&ttl), "{ttl}");
+
+        // Changes go out: bo leaves; a channel that empties loses its hash.
+        drop(bo_b);
+        drop(cy_a);
+        rb.report().await.unwrap();
+        ra.report().await.unwrap();
+        assert_eq!(
+            users(&directory.channel_publishers("room", &hosts).await.unwrap()),
+            [("sub:1", r#"{"name":"ann"}"#)]
+        );
+        let elsewhere = crate::members::key("chatup", "elsewhere", "host-a", &ra.info.instance);
+        let exists: i64 = link
+            .run(redis::cmd("EXISTS").arg(&elsewhere).clone())
+            .await
+            .unwrap();
+        assert_eq!(exists, 0);
+
+        // Redis loses everything (a restart without persistence): the next reports write
+        // the lists again in full, not only changes.
+        link.run::<()>(redis::cmd("FLUSHALL").clone())
+            .await
+            .unwrap();
+        let dan = named("4", "dan");
+        let mut dan_b = b.presence.connect(&dan);
+        dan_b.join(&dan, "room").unwrap();
+        ra.report().await.unwrap();
+        rb.report().await.unwrap();
+        let hosts = directory.hosts().await.unwrap();
+        assert_eq!(
+            users(&directory.channel_publishers("room", &hosts).await.unwrap()),
+            [
+                ("sub:1", r#"{"name":"ann"}"#),
+                ("sub:4", r#"{"name":"dan"}"#)
+            ]
+        );
+
+        // host-a restarts under the same id, nobody joined yet: its old list is not read.
+        let mut ra_again = Host::start().await.reporter(&link, "host-a", 1000, 3000);
+        assert_ne!(ra_again.info.instance, ra.info.instance);
+        ra_again.report().await.unwrap();
+        let hosts = directory.hosts().await.unwrap();
+        assert_eq!(
+            users(&directory.channel_publishers("room", &hosts).await.unwrap()),
+            [
+                ("sub:1", r#"{"name":"ann"}"#),
+                ("sub:4", r#"{"name":"dan"}"#)
+            ],
+            "ann is still on host-b"
+        );
+        drop(ann_b);
+        rb.report().await.unwrap();
+        assert_eq!(
+            users(&directory.channel_publishers("room", &hosts).await.unwrap()),
+            [("sub:4", r#"{"name":"dan"}"#)],
+            "host-a's previous run is not read"
+        );
+
+        // A host that stops removes its lists.
+        let key_b = crate::members::key("chatup", "room", "host-b", &rb.info.instance);
+        rb.deregister().await.unwrap();
+        let exists: i64 = link
+            .run(redis::cmd("EXISTS").arg(&key_b).clone())
+            .await
+            .unwrap();
+        assert_eq!(exists, 0);
+        drop((ann_a, dan_b));
+    }
+
+    #[tokio::test]
+    async fn the_local_directory_lists_this_hosts_members() {
+        let host = Host::start().await;
+        let (ann, bo) = (named("1", "ann"), named("2", "bo"));
+        let mut s1 = host.presence.connect(&bo);
+        let mut s2 = host.presence.connect(&ann);
+        s1.join(&bo, "room").unwrap();
+        s2.join(&ann, "room").unwrap();
+        let info = HostInfo::from_config(
+            &HostConfig::default(),
+            SocketAddr::from(([127, 0, 0, 1], 1)),
+        );
+        let directory = LocalDirectory::new(info, host.load.clone());
+        let hosts = directory.hosts().await.unwrap();
+        assert_eq!(
+            users(&directory.channel_publishers("room", &hosts).await.unwrap()),
+            [
+                ("sub:1", r#"{"name":"ann"}"#),
+                ("sub:2", r#"{"name":"bo"}"#)
+            ]
+        );
     }
 
     #[tokio::test]
@@ -1138,5 +1379,54 @@ pub(crate) mod tests {
             reporter.deregister().await.unwrap();
         }
         assert!(directory.hosts().await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn member_lists_work_on_a_redis_cluster() {
+        let Some(cluster) = RedisCluster::start() else {
+            return;
+        };
+        let link = cluster.link().await;
+        let directory = RedisDirectory::new(link.clone());
+        // Channels in different slots, users on several hosts.
+        let channels: Vec<String> = (0..8).map(|i| format!("room{i}")).collect();
+        let mut running = Vec::new();
+        for h in 0..3 {
+            let host = Host::start().await;
+            let mut sessions = Vec::new();
+            for u in 0..4 {
+                let who = named(&format!("u{u}"), &format!("user{u}"));
+                let mut session = host.presence.connect(&who);
+                for channel in channels.iter().skip(h) {
+                    session.join(&who, channel).unwrap();
+                }
+                sessions.push(session);
+            }
+            let mut reporter = host.reporter(&link, &format!("host-{h}"), 1000, 3000);
+            reporter.report().await.unwrap();
+            running.push((host, sessions, reporter));
+        }
+        let live = directory.hosts().await.unwrap();
+        assert_eq!(live.len(), 3);
+        for channel in &channels {
+            let listed = directory.channel_publishers(channel, &live).await.unwrap();
+            assert_eq!(
+                listed.iter().map(|p| p.key.as_str()).collect::<Vec<_>>(),
+                ["sub:u0", "sub:u1", "sub:u2", "sub:u3"],
+                "{channel}"
+            );
+        }
+        // Leaving everywhere, as changes.
+        for (_, sessions, reporter) in &mut running {
+            sessions.clear();
+            reporter.report().await.unwrap();
+        }
+        for channel in &channels {
+            assert!(directory
+                .channel_publishers(channel, &live)
+                .await
+                .unwrap()
+                .is_empty());
+        }
     }
 }

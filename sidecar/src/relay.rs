@@ -15,7 +15,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use chatup_wire::{
-    BacklogKind, ChannelCount, Position, ToSidecar, ToWorker, MAX_FRAME_LEN, PROTOCOL_VERSION,
+    BacklogKind, ChannelCount, Position, ToSidecar, ToWorker, Totals, MAX_FRAME_LEN,
+    PROTOCOL_VERSION,
 };
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
@@ -81,43 +82,95 @@ pub struct WorkerStats {
     pub subscribers: u32,
     /// Its subscribers per channel.
     pub channels: Vec<ChannelCount>,
+    /// What it did for its subscribers during this connection (see [`Totals`]).
+    pub totals: Totals,
 }
 
-/// The connected workers and their latest counts, for load reporting.
+/// The connected workers and their latest counts, for load reporting and metrics.
 #[derive(Debug, Default)]
 pub struct Workers {
+    /// The workers' stats, and what the closed connections reported, under one lock so that
+    /// a scrape never sees a closing connection's totals twice or not at all.
+    table: Mutex<WorkerTable>,
+    /// What the relay sent and why connections ended, for metrics.
+    pub traffic: RelayTraffic,
+}
+
+#[derive(Debug, Default)]
+struct WorkerTable {
     /// Keyed by relay connection, so a restarted worker reusing a pid is not confused
     /// with the old one.
-    by_connection: Mutex<HashMap<u64, WorkerStats>>,
+    by_connection: HashMap<u64, WorkerStats>,
+    /// The last totals of every closed connection, added up: the host's totals never go
+    /// down when a worker goes away.
+    retired: Totals,
+}
+
+/// Counters of the relay's own work, read by [`crate::metrics`] at each scrape.
+#[derive(Debug, Default)]
+pub struct RelayTraffic {
+    /// Live messages written to workers.
+    pub live_messages: AtomicU64,
+    /// Messages written to workers in backlogs (answers to `Subscribe`).
+    pub backlog_messages: AtomicU64,
+    /// Connections the worker closed.
+    pub closed: AtomicU64,
+    /// Connections dropped for a protocol or socket error.
+    pub failed: AtomicU64,
+    /// Connections dropped because the worker let its queue overflow.
+    pub overflowed: AtomicU64,
 }
 
 impl Workers {
     /// The current workers' stats.
     pub fn snapshot(&self) -> Vec<WorkerStats> {
-        let map = self
-            .by_connection
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        map.values().cloned().collect()
+        let table = self.lock();
+        table.by_connection.values().cloned().collect()
     }
 
     /// Subscribers on this host, summed over workers.
     pub fn total_subscribers(&self) -> u64 {
-        self.snapshot().iter().map(|w| w.subscribers as u64).sum()
+        let table = self.lock();
+        table
+            .by_connection
+            .values()
+            .map(|w| u64::from(w.subscribers))
+            .sum()
     }
 
-    fn set(&self, conn: u64, stats: WorkerStats) {
-        self.by_connection
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(conn, stats);
+    /// Connected workers.
+    pub fn connected(&self) -> usize {
+        self.lock().by_connection.len()
+    }
+
+    /// What this host's workers did for their subscribers since this sidecar started:
+    /// the connected workers' totals plus those of every closed connection.
+    pub fn totals(&self) -> Totals {
+        let table = self.lock();
+        table
+            .by_connection
+            .values()
+            .fold(table.retired, |sum, w| sum.plus(w.totals))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, WorkerTable> {
+        self.table.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn set(&self, conn: u64, mut stats: WorkerStats) {
+        let mut table = self.lock();
+        // A connection's totals only grow; a report that says otherwise changes nothing.
+        if let Some(old) = table.by_connection.get(&conn) {
+            stats.totals = stats.totals.max(old.totals);
+        }
+        table.by_connection.insert(conn, stats);
     }
 
     fn remove(&self, conn: u64) {
-        self.by_connection
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&conn);
+        let mut table = self.lock();
+        if let Some(gone) = table.by_connection.remove(&conn) {
+            table.retired = table.retired.plus(gone.totals);
+        }
     }
 }
 
@@ -368,10 +421,21 @@ impl Connection {
                 pid,
                 subscribers: 0,
                 channels: Vec::new(),
+                totals: Totals::default(),
             },
         );
 
         let stop = self.serve(pid).await;
+        let traffic = &self.workers.traffic;
+        let ended = match stop {
+            Stop::Closed => Some(&traffic.closed),
+            Stop::Failed => Some(&traffic.failed),
+            Stop::Overflow => Some(&traffic.overflowed),
+            Stop::Shutdown => None,
+        };
+        if let Some(counter) = ended {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
         match stop {
             Stop::Closed => info!("nginx worker disconnected"),
             Stop::Failed => {}
@@ -498,15 +562,22 @@ impl Connection {
             }
             ToSidecar::Stats {
                 subscribers,
+                totals,
                 channels,
             } => {
-                debug!(subscribers, channels = channels.len(), "worker stats");
+                debug!(
+                    subscribers,
+                    channels = channels.len(),
+                    delivered = totals.delivered,
+                    "worker stats"
+                );
                 self.workers.set(
                     self.id,
                     WorkerStats {
                         pid,
                         subscribers,
                         channels,
+                        totals,
                     },
                 );
                 Ok(())
@@ -628,6 +699,15 @@ impl Connection {
         if frames.is_empty() {
             return Ok(());
         }
+        let (mut live, mut backlog) = (0, 0);
+        for frame in &frames {
+            match frame {
+                ToWorker::Message { .. } => live += 1,
+                ToWorker::Backlog { messages, .. } => backlog += messages.len() as u64,
+                ToWorker::EpochReset { .. } => {}
+            }
+        }
+        let traffic = &self.workers.traffic;
         let overflowed = self.subscriber.overflowed().clone();
         let writer = &mut self.writer;
         let write = async move {
@@ -637,10 +717,16 @@ impl Connection {
             writer.flush().await
         };
         tokio::select! {
-            result = write => result.map_err(|e| {
-                warn!("relay write failed: {e}");
-                Stop::Failed
-            }),
+            result = write => {
+                if result.is_ok() {
+                    traffic.live_messages.fetch_add(live, Ordering::Relaxed);
+                    traffic.backlog_messages.fetch_add(backlog, Ordering::Relaxed);
+                }
+                result.map_err(|e| {
+                    warn!("relay write failed: {e}");
+                    Stop::Failed
+                })
+            }
             _ = overflowed.cancelled() => Err(Stop::Overflow),
             _ = self.shutdown.cancelled() => Err(Stop::Shutdown),
         }
@@ -962,35 +1048,108 @@ mod tests {
         f.shutdown.cancel();
     }
 
+    fn totals(delivered: u64, replayed: u64, slow_closes: u64) -> Totals {
+        Totals {
+            delivered,
+            replayed,
+            slow_closes,
+        }
+    }
+
+    fn stats(subscribers: u32, totals: Totals) -> ToSidecar {
+        ToSidecar::Stats {
+            subscribers,
+            totals,
+            channels: vec![ChannelCount {
+                channel: "room".into(),
+                subscribers,
+            }],
+        }
+    }
+
+    /// Sends a frame after the ones already sent and waits for its answer: the relay has
+    /// handled everything before it.
+    async fn sync(w: &mut Worker) {
+        w.send(subscribe("sync", 0, None)).await.unwrap();
+        assert!(
+            matches!(next(w).await, ToWorker::Backlog { ref channel, .. } if channel == "sync")
+        );
+    }
+
+    async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+        for _ in 0..500 {
+            if done() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("{what} did not happen within 5s");
+    }
+
     #[tokio::test]
     async fn stats_are_kept_per_worker_and_dropped_on_disconnect() {
         let f = start(16).await;
         let mut w = connect(&f.path).await;
-        w.send(ToSidecar::Stats {
-            subscribers: 3,
-            channels: vec![ChannelCount {
-                channel: "room".into(),
-                subscribers: 3,
-            }],
-        })
-        .await
-        .unwrap();
-        // Round trip to be sure the Stats frame was processed.
-        w.send(subscribe("room", 0, None)).await.unwrap();
-        next(&mut w).await;
-        let stats = f.workers.snapshot();
-        assert_eq!(stats.len(), 1);
-        assert_eq!(stats[0].pid, 4242);
-        assert_eq!(stats[0].subscribers, 3);
+        w.send(stats(3, totals(10, 2, 1))).await.unwrap();
+        sync(&mut w).await;
+        let snapshot = f.workers.snapshot();
+        assert_eq!(snapshot.len(), 1);
+        assert_eq!(snapshot[0].pid, 4242);
+        assert_eq!(snapshot[0].subscribers, 3);
         assert_eq!(f.workers.total_subscribers(), 3);
+        assert_eq!(f.workers.connected(), 1);
+        assert_eq!(f.workers.totals(), totals(10, 2, 1));
         drop(w);
-        for _ in 0..100 {
-            if f.workers.snapshot().is_empty() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+        wait_until("the disconnect", || f.workers.snapshot().is_empty()).await;
+        assert_eq!(f.workers.connected(), 0);
+        assert_eq!(f.workers.traffic.closed.load(Ordering::Relaxed), 1);
+        f.shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn host_totals_add_up_connections_and_never_go_down() {
+        let f = start(16).await;
+        let mut a = connect(&f.path).await;
+        let mut b = connect(&f.path).await;
+        a.send(stats(1, totals(10, 2, 1))).await.unwrap();
+        b.send(stats(1, totals(5, 0, 0))).await.unwrap();
+        sync(&mut a).await;
+        sync(&mut b).await;
+        assert_eq!(f.workers.totals(), totals(15, 2, 1));
+        // A report lower than the last one of its connection is not believed.
+        a.send(stats(1, totals(4, 3, 0))).await.unwrap();
+        sync(&mut a).await;
+        assert_eq!(f.workers.totals(), totals(15, 3, 1));
+        // A closed connection's totals stay counted; its successor counts from zero.
+        drop(a);
+        wait_until("the disconnect", || f.workers.connected() == 1).await;
+        assert_eq!(f.workers.totals(), totals(15, 3, 1));
+        let mut again = connect(&f.path).await;
+        again.send(stats(1, totals(2, 0, 0))).await.unwrap();
+        sync(&mut again).await;
+        assert_eq!(f.workers.totals(), totals(17, 3, 1));
+        f.shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn messages_written_to_workers_are_counted() {
+        let f = start(1024).await;
+        for i in 0..3 {
+            publish(&f.broker, "room", &format!("old {i}")).await;
         }
-        assert!(f.workers.snapshot().is_empty());
+        let mut w = connect(&f.path).await;
+        w.send(subscribe("room", 2, None)).await.unwrap();
+        assert!(matches!(next(&mut w).await, ToWorker::Backlog { .. }));
+        for i in 0..4 {
+            publish(&f.broker, "room", &format!("new {i}")).await;
+            assert!(matches!(next(&mut w).await, ToWorker::Message { .. }));
+        }
+        let traffic = &f.workers.traffic;
+        wait_until("the count", || {
+            traffic.live_messages.load(Ordering::Relaxed) == 4
+        })
+        .await;
+        assert_eq!(traffic.backlog_messages.load(Ordering::Relaxed), 2);
         f.shutdown.cancel();
     }
 
@@ -1002,15 +1161,14 @@ mod tests {
         w.send(subscribe("room", 0, None)).await.unwrap();
         assert!(closed(&mut w).await);
 
-        let stream = UnixStream::connect(&f.path).await.unwrap();
-        let mut w: Worker = Framed::new(stream, WireCodec::default());
-        w.send(ToSidecar::Hello {
-            version: PROTOCOL_VERSION + 1,
-            pid: 1,
-        })
-        .await
-        .unwrap();
-        assert!(closed(&mut w).await);
+        // A newer worker, and one from before the current version (an old module).
+        for version in [PROTOCOL_VERSION + 1, PROTOCOL_VERSION - 1] {
+            let stream = UnixStream::connect(&f.path).await.unwrap();
+            let mut w: Worker = Framed::new(stream, WireCodec::default());
+            w.send(ToSidecar::Hello { version, pid: 1 }).await.unwrap();
+            assert!(closed(&mut w).await, "version {version} accepted");
+        }
+        assert!(f.workers.snapshot().is_empty());
 
         // Garbage after a good Hello closes too.
         let mut w = connect(&f.path).await;
@@ -1046,6 +1204,8 @@ mod tests {
         }
         // The publisher was never blocked (we got here), and the worker gets dropped.
         assert!(closed(&mut w).await);
+        let overflowed = &f.workers.traffic.overflowed;
+        wait_until("the count", || overflowed.load(Ordering::Relaxed) == 1).await;
         // A reconnect resumes where it stopped.
         let mut w = connect(&f.path).await;
         w.send(subscribe("flood", 0, None)).await.unwrap();

@@ -22,7 +22,9 @@ use crate::config::Config;
 use crate::control::Control;
 use crate::dispatch::Dispatcher;
 use crate::error::Error;
+use crate::health::Health;
 use crate::http::{router, App, HttpServer, WsSettings};
+use crate::metrics::{Metrics, PublishedKind};
 use crate::moderation::{Bans, Moderation};
 use crate::plugins::{build_chain, Setup};
 use crate::presence::{EventPump, Presence};
@@ -94,8 +96,17 @@ impl Sidecar {
         } else {
             None
         };
+        // Checked before anything is bound: a wrong admin key stops the start.
+        let admin_tokens = if config.roles.admin {
+            admin_verifier(config)?
+        } else {
+            None
+        };
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
+        // Every part that counts gets this one (rather than a global), so that several
+        // sidecars in one test process keep their own numbers.
+        let metrics = Arc::new(Metrics::new()?);
 
         // The broker, and with `[redis]` the connection the host registry shares.
         let (broker, redis): (Arc<dyn Broker>, Option<RedisLink>) = if config.redis.enabled() {
@@ -114,6 +125,8 @@ impl Sidecar {
                 },
                 shutdown.clone(),
             );
+            let redis_broker = broker.clone();
+            metrics.watch_redis(move || redis_broker.pubsub_disconnects())?;
             (broker, Some(link))
         } else {
             let memory = MemoryBroker::new(MemoryOptions {
@@ -172,10 +185,13 @@ impl Sidecar {
                     mode: config.relay.socket_mode.0,
                     queue_size: config.relay.queue_size,
                 },
-                broker.clone(),
+                metrics.metered(broker.clone(), None),
             )?;
             let (presence, events) = Presence::new(config.presence.events);
-            pump = events.map(|events| (events, presence.clone(), broker.clone()));
+            metrics.watch_relay(&server.workers())?;
+            metrics.watch_presence(&presence)?;
+            let presence_broker = metrics.metered(broker.clone(), Some(PublishedKind::Presence));
+            pump = events.map(|events| (events, presence.clone(), presence_broker));
             load = Some(HostLoad {
                 workers: server.workers(),
                 presence: presence.clone(),
@@ -183,14 +199,15 @@ impl Sidecar {
             relay = Some(server);
             worker_app = Some(Arc::new(App {
                 publisher: Publisher::new(
-                    broker.clone(),
+                    metrics.metered(broker.clone(), None),
                     Arc::new(verifier),
                     Limits {
                         max_message_chars: config.limits.max_message_chars,
                         max_event_bytes: config.limits.max_event_bytes,
                     },
                     chain,
-                ),
+                )
+                .with_metrics(metrics.clone()),
                 presence,
                 shutdown: shutdown.clone(),
                 tracker: tracker.clone(),
@@ -218,20 +235,38 @@ impl Sidecar {
         let dispatcher = match &directory {
             Some(directory) if config.roles.dispatcher => Some(Arc::new(Dispatcher::new(
                 directory.clone(),
-                broker.clone(),
+                metrics.metered(broker.clone(), None),
                 config.dispatch.clone(),
             ))),
             _ => None,
         };
         let admin = match directory {
             Some(directory) if config.roles.admin => Some(Arc::new(AdminState {
-                verifier: admin_verifier(config)?,
-                broker: broker.clone(),
+                verifier: admin_tokens,
+                broker: metrics.metered(broker.clone(), Some(PublishedKind::Admin)),
                 directory,
+                limits: Limits {
+                    max_message_chars: config.limits.max_message_chars,
+                    max_event_bytes: config.limits.max_event_bytes,
+                },
+                metrics: metrics.clone(),
             })),
             _ => None,
         };
 
+        let health = Arc::new(Health {
+            roles: [
+                ("worker", worker_app.is_some()),
+                ("dispatcher", dispatcher.is_some()),
+                ("admin", admin.is_some()),
+            ]
+            .into_iter()
+            .filter_map(|(role, on)| on.then_some(role))
+            .collect(),
+            broker: broker.name(),
+            host: host.id.clone(),
+            redis: redis.clone(),
+        });
         let relay_path = relay.as_ref().map(|r| r.path().to_owned());
         let workers = relay.as_ref().map(RelayServer::workers);
         info!(
@@ -251,7 +286,7 @@ impl Sidecar {
             workers,
             http,
             http_addr,
-            router: router(worker_app, dispatcher, admin),
+            router: router(health, worker_app, dispatcher, admin),
             pump,
             reporter,
             moderation,

@@ -1071,6 +1071,14 @@ http {{
             proxy_set_header Host $http_host;
             proxy_set_header X-Forwarded-Proto $scheme;
         }}
+
+        # The admin API, as nginx-conf/chatup.conf proxies it.
+        location ~ ^/(post|ban|unban|bans/.+|messages/.+|stats|stats/.+|blacklist|metrics)$ {{
+            client_max_body_size 2m;
+            proxy_pass http://{sidecar};
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
 {server_extra}
     }}
 }}

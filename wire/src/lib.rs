@@ -12,7 +12,8 @@
 //! ```
 //!
 //! Worker → sidecar ([`ToSidecar`]): `Hello`, `Subscribe` (with the worker's resume point
-//! when it already holds messages of that channel), `Unsubscribe`, `Stats`.
+//! when it already holds messages of that channel), `Unsubscribe`, `Stats` (subscriber
+//! counts and the worker's delivery [`Totals`]).
 //! Sidecar → worker ([`ToWorker`]): `Message`, `Backlog` (the answer to every `Subscribe`),
 //! `EpochReset`.
 //!
@@ -25,7 +26,7 @@ pub mod channel;
 pub mod close;
 
 /// Bumped whenever a frame changes shape; a sidecar refuses a worker that speaks another.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Largest frame either side accepts (kind byte + body). A backlog of a full history of
 /// large messages stays well under it; anything bigger is a broken peer.
@@ -82,6 +83,55 @@ pub struct ChannelCount {
     pub subscribers: u32,
 }
 
+/// What a worker did for its subscribers: counters that only grow, for the sidecar's metrics.
+///
+/// The totals in a `Stats` frame count from the start of the worker's current counting
+/// window, not from the start of the process: a window opens with each relay connection
+/// and starts where the totals last reported on the previous connection ended. The sidecar
+/// therefore adds up the last totals of every connection, closed ones included, and counts
+/// each event once even when a worker reconnects. (What a worker counted after its last
+/// `Stats` on a connection that broke goes into its next window.)
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Totals {
+    /// Messages queued to subscribers as they reached the worker (live, or filling the gap
+    /// after a relay reconnect), counted once per subscriber.
+    pub delivered: u64,
+    /// Messages replayed from the worker's channel cache to a subscriber that connected or
+    /// resumed, counted once per subscriber.
+    pub replayed: u64,
+    /// Subscribers closed with 4000 because they fell too far behind.
+    pub slow_closes: u64,
+}
+
+impl Totals {
+    /// What was counted after `earlier` (field by field, never below zero).
+    pub fn since(self, earlier: Totals) -> Totals {
+        Totals {
+            delivered: self.delivered.saturating_sub(earlier.delivered),
+            replayed: self.replayed.saturating_sub(earlier.replayed),
+            slow_closes: self.slow_closes.saturating_sub(earlier.slow_closes),
+        }
+    }
+
+    /// Both counts added (field by field, saturating).
+    pub fn plus(self, other: Totals) -> Totals {
+        Totals {
+            delivered: self.delivered.saturating_add(other.delivered),
+            replayed: self.replayed.saturating_add(other.replayed),
+            slow_closes: self.slow_closes.saturating_add(other.slow_closes),
+        }
+    }
+
+    /// The larger of each field.
+    pub fn max(self, other: Totals) -> Totals {
+        Totals {
+            delivered: self.delivered.max(other.delivered),
+            replayed: self.replayed.max(other.replayed),
+            slow_closes: self.slow_closes.max(other.slow_closes),
+        }
+    }
+}
+
 /// Frames an nginx worker sends to the sidecar.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ToSidecar {
@@ -96,9 +146,11 @@ pub enum ToSidecar {
     },
     /// The worker has no subscriber left on `channel`.
     Unsubscribe { channel: String },
-    /// The worker's current subscriber counts (sent when they change, at most periodically).
+    /// The worker's current subscriber counts and its totals (sent when either changed, at
+    /// most periodically).
     Stats {
         subscribers: u32,
+        totals: Totals,
         channels: Vec<ChannelCount>,
     },
 }
@@ -231,9 +283,13 @@ impl Frame for ToSidecar {
             }
             Self::Stats {
                 subscribers,
+                totals,
                 channels,
             } => {
                 out.extend_from_slice(&subscribers.to_be_bytes());
+                out.extend_from_slice(&totals.delivered.to_be_bytes());
+                out.extend_from_slice(&totals.replayed.to_be_bytes());
+                out.extend_from_slice(&totals.slow_closes.to_be_bytes());
                 out.extend_from_slice(&(channels.len() as u32).to_be_bytes());
                 for c in channels {
                     put_str(out, &c.channel)?;
@@ -268,6 +324,11 @@ impl Frame for ToSidecar {
             },
             STATS => {
                 let subscribers = r.u32()?;
+                let totals = Totals {
+                    delivered: r.u64()?,
+                    replayed: r.u64()?,
+                    slow_closes: r.u64()?,
+                };
                 let count = r.u32()? as usize;
                 // Each entry takes at least 6 bytes: a bogus count cannot make us allocate.
                 let mut channels = Vec::with_capacity(count.min(r.0.len() / 6));
@@ -279,6 +340,7 @@ impl Frame for ToSidecar {
                 }
                 Self::Stats {
                     subscribers,
+                    totals,
                     channels,
                 }
             }
@@ -476,7 +538,17 @@ mod tests {
             channel: "r".into(),
         });
         roundtrip(ToSidecar::Stats {
+            subscribers: 0,
+            totals: Totals::default(),
+            channels: vec![],
+        });
+        roundtrip(ToSidecar::Stats {
             subscribers: 3,
+            totals: Totals {
+                delivered: u64::MAX,
+                replayed: 1 << 40,
+                slow_closes: 7,
+            },
             channels: vec![
                 ChannelCount {
                     channel: "a".into(),
@@ -586,9 +658,76 @@ mod tests {
 
     #[test]
     fn huge_declared_counts_do_not_allocate() {
-        // Stats claiming 4 billion channels in a 9-byte body.
-        let buf = [0, 0, 0, 9, STATS, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff];
+        // Stats claiming 4 billion channels in a 33-byte body.
+        let mut buf = vec![0, 0, 0, 33, STATS];
+        buf.extend_from_slice(&[0; 4 + 24]);
+        buf.extend_from_slice(&[0xff; 4]);
         assert_eq!(decode::<ToSidecar>(&buf), Err(WireError::Truncated));
+    }
+
+    #[test]
+    fn stats_fields_are_in_their_documented_places() {
+        let mut buf = Vec::new();
+        encode(
+            &ToSidecar::Stats {
+                subscribers: 2,
+                totals: Totals {
+                    delivered: 3,
+                    replayed: 4,
+                    slow_closes: 5,
+                },
+                channels: vec![ChannelCount {
+                    channel: "c".into(),
+                    subscribers: 2,
+                }],
+            },
+            &mut buf,
+        )
+        .unwrap();
+        let mut expected = vec![0, 0, 0, 40, STATS, 0, 0, 0, 2];
+        for n in [3u64, 4, 5] {
+            expected.extend_from_slice(&n.to_be_bytes());
+        }
+        expected.extend_from_slice(&[0, 0, 0, 1, 0, 1, b'c', 0, 0, 0, 2]);
+        assert_eq!(buf, expected);
+    }
+
+    #[test]
+    fn totals_arithmetic_saturates() {
+        let a = Totals {
+            delivered: 10,
+            replayed: 1,
+            slow_closes: u64::MAX,
+        };
+        let b = Totals {
+            delivered: 4,
+            replayed: 5,
+            slow_closes: 1,
+        };
+        assert_eq!(
+            a.since(b),
+            Totals {
+                delivered: 6,
+                replayed: 0,
+                slow_closes: u64::MAX - 1,
+            }
+        );
+        assert_eq!(
+            a.plus(b),
+            Totals {
+                delivered: 14,
+                replayed: 6,
+                slow_closes: u64::MAX,
+            }
+        );
+        assert_eq!(
+            a.max(b),
+            Totals {
+                delivered: 10,
+                replayed: 5,
+                slow_closes: u64::MAX,
+            }
+        );
     }
 
     #[test]

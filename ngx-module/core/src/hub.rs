@@ -4,11 +4,16 @@
 //!
 //! Generic over `H`, the handle the FFI layer needs to reach a subscriber's connection, so the
 //! logic is tested without nginx.
+//!
+//! The hub also counts what it does for subscribers ([`Totals`]: messages delivered live,
+//! messages replayed from the cache, slow subscribers closed) and reports the counts in its
+//! `Stats` frames, per relay connection as the wire crate describes, for the sidecar's
+//! metrics.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use chatup_wire::{BacklogKind, ChannelCount, Entry, Position, ToSidecar, ToWorker};
+use chatup_wire::{BacklogKind, ChannelCount, Entry, Position, ToSidecar, ToWorker, Totals};
 use slab::Slab;
 
 use crate::cache::{CacheLimits, ChannelCache, Frame, Resync};
@@ -64,19 +69,22 @@ impl<H> Subscriber<H> {
         self.closing
     }
 
-    /// Queues a frame, or starts closing with 4000 when the subscriber is too far behind.
-    fn enqueue(&mut self, frame: &Frame) {
+    /// Queues a frame, or starts closing with 4000 (counted in `totals`) when the subscriber
+    /// is too far behind. Returns whether the frame was queued.
+    fn enqueue(&mut self, frame: &Frame, totals: &mut Totals) -> bool {
         if self.closing.is_some() {
-            return;
+            return false;
         }
         if self.outbox.unsent() + frame.len() > self.max_unsent {
             self.start_close(
                 chatup_wire::close::SLOW_CONSUMER,
                 "too slow: reconnect and resume",
             );
-            return;
+            totals.slow_closes += 1;
+            return false;
         }
         self.outbox.push(frame.clone());
+        true
     }
 
     /// Drops what was not started and queues a close frame.
@@ -105,6 +113,13 @@ pub struct Hub<H> {
     counts_changed: bool,
     /// The ping frame, shared by every subscriber's outbox.
     ping: Frame,
+    /// What this worker did for its subscribers since it started.
+    totals: Totals,
+    /// `totals` as of the last `Stats` frame queued for the sidecar.
+    reported: Totals,
+    /// `reported` when the current relay connection began: its `Stats` count from here, so
+    /// that the sidecar, adding up connections, counts nothing twice.
+    window_start: Totals,
 }
 
 impl<H: Copy> Hub<H> {
@@ -118,6 +133,9 @@ impl<H: Copy> Hub<H> {
             dirty: Vec::new(),
             counts_changed: false,
             ping: Arc::from(ws::frame(Opcode::Ping, b"")),
+            totals: Totals::default(),
+            reported: Totals::default(),
+            window_start: Totals::default(),
         }
     }
 
@@ -127,6 +145,11 @@ impl<H: Copy> Hub<H> {
 
     pub fn channel_count(&self) -> usize {
         self.channels.len()
+    }
+
+    /// What this worker did for its subscribers since it started.
+    pub fn totals(&self) -> Totals {
+        self.totals
     }
 
     pub fn subscriber(&mut self, key: SubscriberKey) -> Option<&mut Subscriber<H>> {
@@ -167,7 +190,7 @@ impl<H: Copy> Hub<H> {
             };
             if channel.cache.is_known() {
                 let sub = &mut self.subscribers[key];
-                let member = replay_to(sub, key, &name, &channel.cache, since);
+                let member = replay_to(sub, key, &name, &channel.cache, since, &mut self.totals);
                 channel.members.push(member);
             } else {
                 channel.waiting.push((key, since));
@@ -202,7 +225,7 @@ impl<H: Copy> Hub<H> {
     /// Queues a frame for one subscriber (a pong, a ping).
     pub fn send_to(&mut self, key: SubscriberKey, frame: Frame) {
         if let Some(sub) = self.subscribers.get_mut(key) {
-            sub.enqueue(&frame);
+            sub.enqueue(&frame, &mut self.totals);
             self.mark(key);
         }
     }
@@ -277,6 +300,7 @@ impl<H: Copy> Hub<H> {
         for frame in &subscribes {
             self.send_relay(frame);
         }
+        self.window_start = self.reported;
         self.counts_changed = true;
     }
 
@@ -285,12 +309,13 @@ impl<H: Copy> Hub<H> {
         self.relay_out.clear();
     }
 
-    /// Queues a `Stats` frame when counts changed since the last one.
+    /// Queues a `Stats` frame when counts or totals changed since the last one.
     pub fn report_stats(&mut self) {
-        if !self.counts_changed || !self.relay_up {
+        if !(self.counts_changed || self.totals != self.reported) || !self.relay_up {
             return;
         }
         self.counts_changed = false;
+        self.reported = self.totals;
         let channels = self
             .channels
             .iter()
@@ -301,6 +326,7 @@ impl<H: Copy> Hub<H> {
             .collect();
         self.send_relay(&ToSidecar::Stats {
             subscribers: self.subscribers.len() as u32,
+            totals: self.totals.since(self.window_start),
             channels,
         });
     }
@@ -334,10 +360,12 @@ impl<H: Copy> Hub<H> {
                     // earlier subscription of this channel.
                     return;
                 }
+                let (subscribers, dirty, totals) =
+                    (&mut self.subscribers, &mut self.dirty, &mut self.totals);
                 if epoch != ch.cache.epoch() {
-                    reset_epoch(ch, &channel, epoch, &mut self.subscribers, &mut self.dirty);
+                    reset_epoch(ch, &channel, epoch, subscribers, dirty, totals);
                 }
-                deliver(ch, id, &payload, &mut self.subscribers, &mut self.dirty);
+                deliver(ch, id, &payload, subscribers, dirty, totals);
             }
             ToWorker::Backlog {
                 channel,
@@ -348,7 +376,8 @@ impl<H: Copy> Hub<H> {
             ToWorker::EpochReset { channel, epoch } => {
                 if let Some(ch) = self.channels.get_mut(channel.as_str()) {
                     if ch.cache.is_known() && ch.cache.epoch() != epoch {
-                        reset_epoch(ch, &channel, epoch, &mut self.subscribers, &mut self.dirty);
+                        let (subscribers, dirty) = (&mut self.subscribers, &mut self.dirty);
+                        reset_epoch(ch, &channel, epoch, subscribers, dirty, &mut self.totals);
                     }
                 }
             }
@@ -359,29 +388,27 @@ impl<H: Copy> Hub<H> {
         let Some(ch) = self.channels.get_mut(name) else {
             return;
         };
+        let (subscribers, dirty, totals) =
+            (&mut self.subscribers, &mut self.dirty, &mut self.totals);
         if !ch.cache.is_known() {
             ch.cache.reset(epoch);
         } else if epoch != ch.cache.epoch() || kind == BacklogKind::EpochChanged {
-            reset_epoch(ch, name, epoch, &mut self.subscribers, &mut self.dirty);
+            reset_epoch(ch, name, epoch, subscribers, dirty, totals);
         } else if kind == BacklogKind::Truncated {
             let notice = resync_frame(name, Resync::HistoryTruncated, epoch);
-            broadcast(&ch.members, &notice, &mut self.subscribers, &mut self.dirty);
+            broadcast(&ch.members, &notice, subscribers, dirty, totals);
         }
+        // Members get the messages they missed (a relay reconnect) as if live.
         for entry in messages {
-            deliver(
-                ch,
-                entry.id,
-                &entry.payload,
-                &mut self.subscribers,
-                &mut self.dirty,
-            );
+            deliver(ch, entry.id, &entry.payload, subscribers, dirty, totals);
         }
         for (key, since) in std::mem::take(&mut ch.waiting) {
-            let Some(sub) = self.subscribers.get_mut(key) else {
+            let Some(sub) = subscribers.get_mut(key) else {
                 continue;
             };
-            ch.members.push(replay_to(sub, key, name, &ch.cache, since));
-            mark(sub, key, &mut self.dirty);
+            ch.members
+                .push(replay_to(sub, key, name, &ch.cache, since, totals));
+            mark(sub, key, dirty);
         }
     }
 }
@@ -393,20 +420,24 @@ fn mark<H>(sub: &mut Subscriber<H>, key: SubscriberKey, dirty: &mut Vec<Subscrib
     }
 }
 
-/// Queues what a subscriber resuming from `since` must get from `cache`.
+/// Queues what a subscriber resuming from `since` must get from `cache` (counted as
+/// replayed).
 fn replay_to<H>(
     sub: &mut Subscriber<H>,
     key: SubscriberKey,
     name: &str,
     cache: &ChannelCache,
     since: Option<Position>,
+    totals: &mut Totals,
 ) -> Member {
     let (resync, frames) = cache.replay(since);
     if let Some(reason) = resync {
-        sub.enqueue(&resync_frame(name, reason, cache.epoch()));
+        sub.enqueue(&resync_frame(name, reason, cache.epoch()), totals);
     }
     for frame in frames {
-        sub.enqueue(frame);
+        if sub.enqueue(frame, totals) {
+            totals.replayed += 1;
+        }
     }
     let skip_through = match since {
         Some(p) if p.epoch == cache.epoch() && p.id > cache.last_id() => p.id,
@@ -415,13 +446,15 @@ fn replay_to<H>(
     Member { key, skip_through }
 }
 
-/// Caches a message and queues it for every member that has not had it.
+/// Caches a message and queues it for every member that has not had it (counted as
+/// delivered).
 fn deliver<H>(
     ch: &mut Channel,
     id: u64,
     payload: &[u8],
     subscribers: &mut Slab<Subscriber<H>>,
     dirty: &mut Vec<SubscriberKey>,
+    totals: &mut Totals,
 ) {
     if id <= ch.cache.last_id() {
         return;
@@ -433,7 +466,9 @@ fn deliver<H>(
             continue;
         }
         if let Some(sub) = subscribers.get_mut(m.key) {
-            sub.enqueue(&frame);
+            if sub.enqueue(&frame, totals) {
+                totals.delivered += 1;
+            }
             mark(sub, m.key, dirty);
         }
     }
@@ -446,13 +481,14 @@ fn reset_epoch<H>(
     epoch: u64,
     subscribers: &mut Slab<Subscriber<H>>,
     dirty: &mut Vec<SubscriberKey>,
+    totals: &mut Totals,
 ) {
     ch.cache.reset(epoch);
     for m in &mut ch.members {
         m.skip_through = 0;
     }
     let notice = resync_frame(name, Resync::EpochChanged, epoch);
-    broadcast(&ch.members, &notice, subscribers, dirty);
+    broadcast(&ch.members, &notice, subscribers, dirty, totals);
 }
 
 /// Queues a frame for every member of a channel.
@@ -461,10 +497,11 @@ fn broadcast<H>(
     frame: &Frame,
     subscribers: &mut Slab<Subscriber<H>>,
     dirty: &mut Vec<SubscriberKey>,
+    totals: &mut Totals,
 ) {
     for m in members {
         if let Some(sub) = subscribers.get_mut(m.key) {
-            sub.enqueue(frame);
+            sub.enqueue(frame, totals);
             mark(sub, m.key, dirty);
         }
     }
@@ -668,6 +705,7 @@ mod tests {
             relay_frames(&mut hub),
             vec![ToSidecar::Stats {
                 subscribers: 1,
+                totals: Totals::default(),
                 channels: vec![ChannelCount {
                     channel: "c".into(),
                     subscribers: 1
@@ -699,6 +737,15 @@ mod tests {
             received(&mut hub, fast);
         }
         assert_eq!(hub.subscriber(slow).unwrap().closing(), Some(4000));
+        assert_eq!(
+            hub.totals().slow_closes,
+            1,
+            "one close, however many frames it missed"
+        );
+        assert!(
+            hub.totals().delivered < 10,
+            "frames not queued are not counted"
+        );
         let got = received(&mut hub, slow);
         assert_eq!(got.last().unwrap(), "close 4000");
         hub.handle_relay_frame(msg("c", 9, 6));
@@ -707,6 +754,126 @@ mod tests {
             "nothing after the close"
         );
         assert_eq!(received(&mut hub, fast), strings(&["m6"]));
+    }
+
+    /// The totals of every `Stats` frame in the relay output, last first.
+    fn reported_totals(hub: &mut Hub<u32>) -> Vec<Totals> {
+        let mut out: Vec<Totals> = relay_frames(hub)
+            .into_iter()
+            .filter_map(|f| match f {
+                ToSidecar::Stats { totals, .. } => Some(totals),
+                _ => None,
+            })
+            .collect();
+        out.reverse();
+        out
+    }
+
+    #[test]
+    fn messages_are_counted_once_per_subscriber_that_gets_them() {
+        let mut hub = Hub::new(10);
+        hub.relay_connected(1);
+        let a = hub.add_subscriber(1u32, vec![sub("c", None)], BIG);
+        // The first backlog reaches `a` from the cache: replayed.
+        hub.handle_relay_frame(backlog("c", 9, BacklogKind::Recent, &[1, 2]));
+        assert_eq!(received(&mut hub, a).len(), 2);
+        let b = hub.add_subscriber(2, vec![sub("c", None)], BIG);
+        // Resumed at 2: nothing to replay, and ids up to 4 come to `ahead` from elsewhere.
+        let ahead = hub.add_subscriber(3, vec![sub("c", Some((9, 4)))], BIG);
+        assert_eq!(
+            hub.totals(),
+            Totals {
+                delivered: 0,
+                replayed: 4,
+                slow_closes: 0
+            }
+        );
+        for id in 3..=5 {
+            hub.handle_relay_frame(msg("c", 9, id));
+        }
+        hub.handle_relay_frame(msg("c", 9, 5)); // a duplicate is not delivered again
+        assert_eq!(received(&mut hub, a), strings(&["m3", "m4", "m5"]));
+        assert_eq!(received(&mut hub, b).len(), 5);
+        assert_eq!(received(&mut hub, ahead), strings(&["m5"]));
+        // a and b got 3 each, `ahead` 1; pings and resync notices are not messages.
+        hub.send_ping(a);
+        hub.handle_relay_frame(ToWorker::EpochReset {
+            channel: "c".into(),
+            epoch: 10,
+        });
+        assert_eq!(
+            hub.totals(),
+            Totals {
+                delivered: 7,
+                replayed: 4,
+                slow_closes: 0
+            }
+        );
+        relay_frames(&mut hub);
+        hub.report_stats();
+        assert_eq!(reported_totals(&mut hub), vec![hub.totals()]);
+    }
+
+    #[test]
+    fn stats_go_out_when_only_the_totals_changed() {
+        let mut hub = Hub::new(10);
+        hub.relay_connected(1);
+        let a = hub.add_subscriber(1u32, vec![sub("c", None)], BIG);
+        hub.handle_relay_frame(backlog("c", 9, BacklogKind::Recent, &[]));
+        hub.report_stats();
+        relay_frames(&mut hub);
+        hub.report_stats();
+        assert!(relay_frames(&mut hub).is_empty(), "nothing changed");
+        hub.handle_relay_frame(msg("c", 9, 1));
+        received(&mut hub, a);
+        hub.report_stats();
+        assert_eq!(
+            reported_totals(&mut hub),
+            vec![Totals {
+                delivered: 1,
+                ..Totals::default()
+            }]
+        );
+    }
+
+    #[test]
+    fn totals_of_all_relay_connections_add_up_to_what_the_worker_did() {
+        let mut hub = Hub::new(10);
+        hub.relay_connected(1);
+        let a = hub.add_subscriber(1u32, vec![sub("c", None)], BIG);
+        hub.handle_relay_frame(backlog("c", 9, BacklogKind::Recent, &[1]));
+        hub.handle_relay_frame(msg("c", 9, 2));
+        hub.report_stats();
+        let first = reported_totals(&mut hub)[0];
+        assert_eq!(first.delivered, 1);
+        assert_eq!(first.replayed, 1);
+        // Counted after the last report, then the relay breaks: not lost, not repeated.
+        hub.handle_relay_frame(msg("c", 9, 3));
+        hub.relay_disconnected();
+        // While the relay is down a newcomer is served from the cache.
+        hub.add_subscriber(2, vec![sub("c", None)], BIG);
+        hub.report_stats();
+        assert!(relay_frames(&mut hub).is_empty());
+        hub.relay_connected(1);
+        hub.handle_relay_frame(backlog("c", 9, BacklogKind::Continued, &[4]));
+        hub.report_stats();
+        let second = reported_totals(&mut hub)[0];
+        assert_eq!(
+            second,
+            Totals {
+                delivered: 1 + 2,
+                replayed: 3,
+                slow_closes: 0
+            }
+        );
+        assert_eq!(first.plus(second), hub.totals());
+        // Within one connection the totals only grow.
+        hub.handle_relay_frame(msg("c", 9, 5));
+        hub.report_stats();
+        let third = reported_totals(&mut hub)[0];
+        assert_eq!(third.delivered, second.delivered + 2);
+        assert_eq!(first.plus(third), hub.totals());
+        received(&mut hub, a);
     }
 
     #[test]

@@ -7,16 +7,24 @@
 //! cannot be reached.
 
 pub mod auth;
+pub mod messages;
+pub mod metrics;
+pub mod post;
+pub mod query;
+pub mod stats;
 
 use std::sync::Arc;
 
+use axum::extract::rejection::PathRejection;
+use axum::extract::Path;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
 use axum::{Json, Router};
 
 use crate::broker::{Broker, BrokerError};
-use crate::publish::{HttpError, HttpErrorBody};
-use crate::registry::Directory;
+use crate::publish::{HttpError, HttpErrorBody, Limits};
+use crate::registry::{Directory, RegistryError};
 use auth::AdminVerifier;
 
 /// What the admin endpoints share.
@@ -24,10 +32,15 @@ pub struct AdminState {
     /// Checks admin tokens; `None` when `admin.public_key_file` is empty, so every call that
     /// needs a token answers 503 `admin_disabled` and says what to configure.
     pub verifier: Option<Arc<AdminVerifier>>,
-    /// Where posted messages go and history comes from.
+    /// Where posted messages go and history comes from. What is published through it
+    /// counts as `kind="admin"` in the metrics.
     pub broker: Arc<dyn Broker>,
     /// The live hosts and their counts, for `/stats`.
     pub directory: Arc<dyn Directory>,
+    /// `[limits]`, which posted messages respect like publishers' ones.
+    pub limits: Limits,
+    /// What `/metrics` serves.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Why an admin call failed.
@@ -99,6 +112,23 @@ impl From<BrokerError> for AdminError {
     }
 }
 
+impl From<RegistryError> for AdminError {
+    fn from(e: RegistryError) -> Self {
+        match e {
+            RegistryError::Unavailable(_) => Self::Unavailable(e.to_string()),
+        }
+    }
+}
+
+/// The `{channel}` of a route, checked with the rule shared by the module and the relay.
+pub fn channel_from_path(path: Result<Path<String>, PathRejection>) -> Result<String, AdminError> {
+    let Path(channel) = path
+        .map_err(|e| AdminError::BadRequest(format!("cannot read the channel in the URL: {e}")))?;
+    chatup_wire::channel::validate(channel.as_bytes())
+        .map_err(|e| AdminError::BadRequest(format!("channel {channel:?}: {e}")))?;
+    Ok(channel)
+}
+
 impl IntoResponse for AdminError {
     fn into_response(self) -> Response {
         let status = self.status();
@@ -121,5 +151,11 @@ impl IntoResponse for AdminError {
 
 /// The admin routes.
 pub fn router(state: Arc<AdminState>) -> Router {
-    Router::new().with_state(state)
+    Router::new()
+        .route("/post", post(post::post))
+        .route("/messages/{channel}", get(messages::messages))
+        .route("/stats", get(stats::hosts))
+        .route("/stats/{channel}", get(stats::channel))
+        .route("/metrics", get(metrics::scrape))
+        .with_state(state)
 }

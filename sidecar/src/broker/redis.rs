@@ -26,6 +26,7 @@
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
 use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
@@ -79,6 +80,8 @@ pub struct RedisBroker {
     op_locks: Box<[tokio::sync::Mutex<()>]>,
     /// Picks the op lock of a channel.
     hasher: RandomState,
+    /// Times the pub/sub connection was lost, for metrics.
+    pubsub_disconnects: AtomicU64,
 }
 
 struct LocalChannel {
@@ -142,9 +145,15 @@ impl RedisBroker {
             channels: Mutex::new(HashMap::new()),
             op_locks: (0..OP_LOCKS).map(|_| tokio::sync::Mutex::new(())).collect(),
             hasher: RandomState::new(),
+            pubsub_disconnects: AtomicU64::new(0),
         });
         tokio::spawn(run_pushes(Arc::downgrade(&broker), pushes, shutdown));
         broker
+    }
+
+    /// Times the pub/sub connection was lost since the start.
+    pub fn pubsub_disconnects(&self) -> u64 {
+        self.pubsub_disconnects.load(Ordering::Relaxed)
     }
 
     fn meta_key(&self, channel: &str) -> String {
@@ -476,6 +485,7 @@ async fn run_pushes(
                     redis = broker.link.address(),
                     "lost the Redis pub/sub connection; reconnecting, then catching up from history"
                 );
+                broker.pubsub_disconnects.fetch_add(1, Ordering::Relaxed);
                 broker.mark_all_stale();
             }
             _ => {}

@@ -169,7 +169,7 @@ impl Moderation {
             name: REMOVE_USER_MESSAGES_EVENT.into(),
             data: Some(serde_json::Value::String(user.to_owned())),
         };
-        let tail = Tail::encode_without_user(now_ms(), &body).map_err(|e| e.to_string())?;
+        let tail = Tail::encode_from(now_ms(), None, &body).map_err(|e| e.to_string())?;
         self.broker
             .publish(channel, &tail)
             .await

@@ -15,6 +15,7 @@ use serde_json::{Map, Value};
 use crate::auth::{AuthError, Identity, Verifier};
 use crate::broker::{Broker, BrokerError, Published};
 use crate::message::{now_ms, Body, Tail};
+use crate::metrics::{Metrics, PublishedKind};
 use crate::plugins::{Chain, Draft};
 use crate::presence::PresenceError;
 
@@ -118,13 +119,18 @@ impl PublishError {
     }
 }
 
-impl From<AuthError> for PublishError {
-    fn from(e: AuthError) -> Self {
-        let code = match e {
+impl From<&AuthError> for ErrorCode {
+    fn from(e: &AuthError) -> Self {
+        match e {
             AuthError::BadToken(_) => ErrorCode::BadToken,
             AuthError::Expired(_) => ErrorCode::TokenExpired,
-        };
-        Self::new(code, e.to_string())
+        }
+    }
+}
+
+impl From<AuthError> for PublishError {
+    fn from(e: AuthError) -> Self {
+        Self::new(ErrorCode::from(&e), e.to_string())
     }
 }
 
@@ -187,6 +193,8 @@ pub struct Publisher {
     limits: Limits,
     /// The moderation plugins of `plugins.chain`.
     chain: Chain,
+    /// Counts what is published and refused; `None` in tests that do not look.
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl Publisher {
@@ -201,6 +209,20 @@ impl Publisher {
             verifier,
             limits,
             chain,
+            metrics: None,
+        }
+    }
+
+    /// The same publisher, counting in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Counts a publish refused before it reached [`publish`](Self::publish) (the token).
+    pub fn count_refusal(&self, code: ErrorCode) {
+        if let Some(metrics) = &self.metrics {
+            metrics.rejected(code);
         }
     }
 
@@ -213,8 +235,29 @@ impl Publisher {
     }
 
     /// Checks everything, runs the plugin chain, encodes the message once and hands it to
-    /// the broker.
+    /// the broker. Every outcome is counted in the metrics.
     pub async fn publish(
+        &self,
+        identity: &Identity,
+        channel: &str,
+        body: Body,
+    ) -> Result<Outcome, PublishError> {
+        let kind = match body {
+            Body::Text(_) => PublishedKind::Msg,
+            Body::Event { .. } => PublishedKind::Event,
+        };
+        let result = self.check_and_publish(identity, channel, body).await;
+        if let Some(metrics) = &self.metrics {
+            match &result {
+                Ok(Outcome::Published(_)) => metrics.published(kind),
+                Ok(Outcome::Withheld) => metrics.withheld(),
+                Err(e) => metrics.rejected(e.code),
+            }
+        }
+        result
+    }
+
+    async fn check_and_publish(
         &self,
         identity: &Identity,
         channel: &str,

@@ -92,8 +92,9 @@ async fn handle(
     headers: &HeaderMap,
     body: HttpBody,
 ) -> Result<Outcome, PublishError> {
-    let token = bearer_token(headers)?;
-    let identity = app.publisher.verifier().verify(token)?;
+    let identity = bearer_token(headers)
+        .and_then(|token| Ok(app.publisher.verifier().verify(token)?))
+        .inspect_err(|e| app.publisher.count_refusal(e.code))?;
     if let Some(sub) = &identity.sub {
         tracing::Span::current().record("sub", sub.as_str());
     }

@@ -202,7 +202,10 @@ async fn authenticate(socket: &mut WebSocket, app: &App) -> Result<Identity, End
                 send_auth(socket, &identity).await?;
                 Ok(identity)
             }
-            Err(e) => Err(refuse(socket, None, e).await),
+            Err(e) => {
+                app.publisher.count_refusal(ErrorCode::from(&e));
+                Err(refuse(socket, None, e).await)
+            }
         };
     }
 }
@@ -487,6 +490,7 @@ fn handle_frame<'a>(
                 ready(Answer::Send(auth_text(identity)))
             }
             Err(e) => {
+                app.publisher.count_refusal(ErrorCode::from(&e));
                 let (text, end) = refusal(reference, e);
                 ready(Answer::SendThenEnd(text, end))
             }
@@ -514,7 +518,7 @@ fn handle_frame<'a>(
             return error(reference, ErrorCode::BadRequest, &message);
         };
         let result = if join.is_some() {
-            presence.join(channel)
+            presence.join(identity, channel)
         } else {
             presence.leave(channel)
         };

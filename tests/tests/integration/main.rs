@@ -1,6 +1,7 @@
 //! Integration tests: real nginx with the module and a real chatup-sidecar per test, each
 //! on its own ports and in its own temp folder. Build first with scripts/setup.
 
+mod admin;
 mod auth;
 mod bench;
 mod channels;
@@ -11,6 +12,7 @@ mod frames;
 mod handshake;
 mod harness_redis;
 mod limits;
+mod metrics;
 mod moderation;
 mod multihost;
 mod ping;

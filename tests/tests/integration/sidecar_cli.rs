@@ -228,7 +228,7 @@ async fn flags_override_env_which_overrides_the_file() {
                 chatup_tests::http::try_request(addr, &req, Duration::from_millis(500)).await
             {
                 assert_eq!(resp.status, 200);
-                assert_eq!(resp.json(), json!({"status": "ok"}));
+                assert_eq!(resp.json()["status"], "ok");
                 up = true;
                 break;
             }
@@ -253,5 +253,12 @@ async fn health_through_nginx() {
     let env = Chatup::start();
     let resp = env.get("/health", &[]).await;
     assert_eq!(resp.status, 200, "{}", resp.text());
-    assert_eq!(resp.json(), json!({"status": "ok"}));
+    let health = resp.json();
+    assert_eq!(health["status"], "ok", "{health}");
+    assert_eq!(health["broker"], "memory", "{health}");
+    assert_eq!(
+        health["roles"],
+        json!(["worker", "dispatcher", "admin"]),
+        "{health}"
+    );
 }
