@@ -14,6 +14,7 @@ mod harness_redis;
 mod limits;
 mod metrics;
 mod multihost;
+mod readme;
 mod ping;
 mod reload;
 mod restart;
