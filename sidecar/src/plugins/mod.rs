@@ -9,6 +9,10 @@
 //!
 //! Messages posted through the admin API do not go through the chain: they come from the
 //! operator.
+//!
+//! * [`words`]: the whole-word, any-case, any-script matcher of the content plugins.
+
+pub mod words;
 
 use std::sync::Arc;
 
