@@ -20,6 +20,7 @@ use crate::config::Config;
 use crate::dispatch::Dispatcher;
 use crate::error::Error;
 use crate::http::{router, App, HttpServer, WsSettings};
+use crate::plugins::blacklist::Blacklist;
 use crate::plugins::{build_chain, Setup};
 use crate::presence::{EventPump, Presence};
 use crate::publish::{Limits, Publisher};
@@ -52,6 +53,8 @@ pub struct Sidecar {
     shutdown: CancellationToken,
     /// Relay connections, publisher sessions and background tasks, awaited at shutdown.
     tracker: TaskTracker,
+    /// The blacklist's lists, for the admin API (worker role with `blacklist` in the chain).
+    blacklist: Option<Arc<Blacklist>>,
 }
 
 impl Sidecar {
@@ -107,13 +110,17 @@ impl Sidecar {
         let mut load = None;
         let mut worker_app = None;
         let mut pump = None;
+        let mut blacklist = None;
         if let Some(verifier) = verifier {
-            let chain = build_chain(&Setup {
+            let plugins = build_chain(&Setup {
                 config,
                 redis: redis.clone(),
                 shutdown: shutdown.clone(),
                 tracker: tracker.clone(),
-            })?;
+            })
+            .await?;
+            let chain = plugins.chain;
+            blacklist = plugins.blacklist;
             info!(plugins = ?chain.names(), "plugin chain ready");
             let server = RelayServer::bind(
                 RelayOptions {
@@ -195,7 +202,14 @@ impl Sidecar {
             reporter,
             shutdown,
             tracker,
+            blacklist,
         })
+    }
+
+    /// The blacklist's lists (none without the worker role or without `blacklist` in
+    /// `plugins.chain`).
+    pub fn blacklist(&self) -> Option<Arc<Blacklist>> {
+        self.blacklist.clone()
     }
 
     /// The address the HTTP listener is bound to.
