@@ -836,4 +836,85 @@ mod tests {
         assert!(!err.is_client_error());
         shutdown.cancel();
     }
+
+    /// A whole sidecar (worker role) on `redis_url` with `chain`, serving until `stop` is
+    /// cancelled.
+    async fn sidecar(
+        redis_url: &str,
+        chain: &str,
+        dir: &std::path::Path,
+        stop: &CancellationToken,
+    ) -> (std::net::SocketAddr, Option<Arc<Blacklist>>) {
+        let sets = vec![
+            format!("relay.socket={}", dir.join("relay.sock").display()),
+            "http.listen=127.0.0.1:0".to_string(),
+            format!(
+                "auth.public_key_file={}/../nginx-conf/example-keys/jwt-public.pem",
+                env!("CARGO_MANIFEST_DIR")
+            ),
+            format!("redis.url={redis_url}"),
+            format!("plugins.chain={chain}"),
+            "blacklist.words=spam".to_string(),
+        ];
+        let config = crate::config::Config::load(None, Vec::new(), &sets)
+            .unwrap()
+            .config;
+        let sidecar = crate::server::Sidecar::start(&config, Default::default())
+            .await
+            .unwrap();
+        let (addr, lists) = (sidecar.http_addr(), sidecar.blacklist());
+        let stop = stop.clone();
+        tokio::spawn(sidecar.run(async move { stop.cancelled().await }));
+        (addr, lists)
+    }
+
+    /// `POST /pub/room` with `text`; the status.
+    async fn post(client: &reqwest::Client, addr: std::net::SocketAddr, text: &str) -> u16 {
+        client
+            .post(format!("http://{addr}/pub/room"))
+            .bearer_auth(sign(&good_claims()))
+            .header("content-type", "text/plain")
+            .body(text.to_owned())
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
+    #[tokio::test]
+    async fn lists_changed_through_one_sidecar_apply_on_another() {
+        let Some(server) = RedisServer::start() else {
+            return;
+        };
+        let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let stop = CancellationToken::new();
+        let (a, lists) = sidecar(&server.url(), "blacklist", dir_a.path(), &stop).await;
+        let (b, _) = sidecar(&server.url(), "blacklist", dir_b.path(), &stop).await;
+        let lists = lists.expect("the blacklist is in the chain, so its lists are reachable");
+        let client = super::super::outbound::client(Duration::from_secs(5)).unwrap();
+        assert_eq!(post(&client, b, "eggs").await, 200);
+        assert_eq!(post(&client, b, "spam").await, 422);
+
+        lists.add(&strings(&["Eggs"]), &[]).await.unwrap();
+        assert_eq!(
+            post(&client, a, "eggs").await,
+            422,
+            "at once where it was changed"
+        );
+        let changed = tokio::time::Instant::now();
+        while post(&client, b, "EGGS").await != 422 {
+            assert!(
+                changed.elapsed() < Duration::from_secs(2),
+                "the other sidecar still takes eggs"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+
+        // Without the plugin in the chain there are no lists to manage.
+        let dir_c = tempfile::tempdir().unwrap();
+        let (_, none) = sidecar(&server.url(), "", dir_c.path(), &stop).await;
+        assert!(none.is_none());
+        stop.cancel();
+    }
 }

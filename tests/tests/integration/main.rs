@@ -13,6 +13,7 @@ mod harness_redis;
 mod limits;
 mod multihost;
 mod ping;
+mod plugins;
 mod reload;
 mod restart;
 mod resume;
