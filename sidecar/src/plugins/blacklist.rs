@@ -45,7 +45,9 @@ use crate::redis::{RedisError, RedisLink};
 
 /// Longest managed entry, in characters (after trimming).
 pub const MAX_ENTRY_CHARS: usize = 200;
-/// Most entries a managed list may hold (each list on its own).
+/// Most entries a managed list may hold (each list on its own). Checked against the lists
+/// as read at the time of a change: two hosts adding at the same moment may pass it by a
+/// little, which is harmless.
 pub const MAX_ENTRIES: usize = 10_000;
 /// How often every host checks whether the managed lists changed in Redis.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
