@@ -53,31 +53,121 @@ impl fmt::Display for KeyFamily {
     }
 }
 
-/// Why the configured key cannot be used. Reported at startup.
+/// Why the configured key cannot be used. Reported at startup. `setting` names the config
+/// key (`auth.public_key_file` or `admin.public_key_file`).
 #[derive(Debug, thiserror::Error)]
 pub enum KeySetupError {
-    #[error("cannot read auth.public_key_file {path}: {source}")]
+    #[error("cannot read {setting} {path}: {source}")]
     Read {
+        setting: &'static str,
         path: PathBuf,
         source: std::io::Error,
     },
     #[error(
-        "auth.public_key_file {path} is not an {family} public key in PEM form ({reason}); \
-         auth.algorithms = {algorithms} needs one"
+        "{setting} {path} is not an {family} public key in PEM form ({reason}); \
+         the configured algorithms {algorithms} need one"
     )]
     NotAKey {
+        setting: &'static str,
         path: PathBuf,
         family: KeyFamily,
         algorithms: String,
         reason: String,
     },
     #[error(
-        "auth.algorithms = {algorithms} uses a shared secret, but auth.public_key_file {path} \
+        "the configured algorithms {algorithms} use a shared secret, but {setting} {path} \
          holds a PEM key; using a public key as an HMAC secret would let anyone forge tokens"
     )]
-    PemAsSecret { path: PathBuf, algorithms: String },
-    #[error("auth.public_key_file {path} is empty")]
-    Empty { path: PathBuf },
+    PemAsSecret {
+        setting: &'static str,
+        path: PathBuf,
+        algorithms: String,
+    },
+    #[error("{setting} {path} is empty")]
+    Empty {
+        setting: &'static str,
+        path: PathBuf,
+    },
+}
+
+/// A verification key loaded from a file.
+pub struct LoadedKey {
+    pub key: DecodingKey,
+    pub family: KeyFamily,
+}
+
+impl LoadedKey {
+    /// Reads the key file named by the config key `setting` for `algorithms` (non-empty, of
+    /// one family: checked by the configuration).
+    pub fn read(
+        setting: &'static str,
+        path: &Path,
+        algorithms: &[Algorithm],
+    ) -> Result<(Self, Vec<u8>), KeySetupError> {
+        let bytes = std::fs::read(path).map_err(|source| KeySetupError::Read {
+            setting,
+            path: path.to_owned(),
+            source,
+        })?;
+        Ok((Self::from_bytes(setting, path, &bytes, algorithms)?, bytes))
+    }
+
+    pub fn from_bytes(
+        setting: &'static str,
+        path: &Path,
+        bytes: &[u8],
+        algorithms: &[Algorithm],
+    ) -> Result<Self, KeySetupError> {
+        let names = format!("{algorithms:?}");
+        let Some(first) = algorithms.first() else {
+            return Err(KeySetupError::NotAKey {
+                setting,
+                path: path.to_owned(),
+                family: KeyFamily::Rsa,
+                algorithms: names,
+                reason: "no algorithm is configured".into(),
+            });
+        };
+        let family = KeyFamily::of(*first);
+        let not_a_key = |e: jsonwebtoken::errors::Error| KeySetupError::NotAKey {
+            setting,
+            path: path.to_owned(),
+            family,
+            algorithms: names.clone(),
+            reason: e.to_string(),
+        };
+        let key = match family {
+            KeyFamily::Hmac => {
+                let secret = bytes.trim_ascii_end();
+                if secret.is_empty() {
+                    return Err(KeySetupError::Empty {
+                        setting,
+                        path: path.to_owned(),
+                    });
+                }
+                if secret.trim_ascii_start().starts_with(b"-----BEGIN") {
+                    return Err(KeySetupError::PemAsSecret {
+                        setting,
+                        path: path.to_owned(),
+                        algorithms: names,
+                    });
+                }
+                if secret.len() < 32 {
+                    tracing::warn!(
+                        setting,
+                        path = %path.display(),
+                        bytes = secret.len(),
+                        "the HMAC secret is shorter than 32 bytes; use a long random secret"
+                    );
+                }
+                DecodingKey::from_secret(secret)
+            }
+            KeyFamily::Rsa => DecodingKey::from_rsa_pem(bytes).map_err(not_a_key)?,
+            KeyFamily::Ec => DecodingKey::from_ec_pem(bytes).map_err(not_a_key)?,
+            KeyFamily::Ed => DecodingKey::from_ed_pem(bytes).map_err(not_a_key)?,
+        };
+        Ok(Self { key, family })
+    }
 }
 
 /// Why a token was refused. The message is shown to the publisher.
@@ -135,6 +225,9 @@ struct Claims {
     events: Option<Value>,
 }
 
+/// The config key naming the publishers' key file.
+const KEY_SETTING: &str = "auth.public_key_file";
+
 /// Checks tokens against the configured key and rules.
 pub struct Verifier {
     /// The key, of the family of every accepted algorithm.
@@ -154,6 +247,7 @@ impl Verifier {
     pub fn from_config(cfg: &AuthConfig) -> Result<Self, KeySetupError> {
         let path = &cfg.public_key_file;
         let bytes = std::fs::read(path).map_err(|source| KeySetupError::Read {
+            setting: KEY_SETTING,
             path: path.clone(),
             source,
         })?;
@@ -161,51 +255,9 @@ impl Verifier {
     }
 
     fn from_key_bytes(cfg: &AuthConfig, path: &Path, bytes: &[u8]) -> Result<Self, KeySetupError> {
-        let algorithms = format!("{:?}", cfg.algorithms);
-        let Some(first) = cfg.algorithms.first() else {
-            return Err(KeySetupError::NotAKey {
-                path: path.to_owned(),
-                family: KeyFamily::Rsa,
-                algorithms,
-                reason: "no algorithm is configured".into(),
-            });
-        };
-        let family = KeyFamily::of(*first);
-        let not_a_key = |e: jsonwebtoken::errors::Error| KeySetupError::NotAKey {
-            path: path.to_owned(),
-            family,
-            algorithms: algorithms.clone(),
-            reason: e.to_string(),
-        };
-        let key = match family {
-            KeyFamily::Hmac => {
-                let secret = bytes.trim_ascii_end();
-                if secret.is_empty() {
-                    return Err(KeySetupError::Empty {
-                        path: path.to_owned(),
-                    });
-                }
-                if secret.trim_ascii_start().starts_with(b"-----BEGIN") {
-                    return Err(KeySetupError::PemAsSecret {
-                        path: path.to_owned(),
-                        algorithms,
-                    });
-                }
-                if secret.len() < 32 {
-                    tracing::warn!(
-                        path = %path.display(),
-                        bytes = secret.len(),
-                        "the HMAC secret in auth.public_key_file is shorter than 32 bytes; \
-                         use a long random secret"
-                    );
-                }
-                DecodingKey::from_secret(secret)
-            }
-            KeyFamily::Rsa => DecodingKey::from_rsa_pem(bytes).map_err(not_a_key)?,
-            KeyFamily::Ec => DecodingKey::from_ec_pem(bytes).map_err(not_a_key)?,
-            KeyFamily::Ed => DecodingKey::from_ed_pem(bytes).map_err(not_a_key)?,
-        };
-
+        let LoadedKey { key, family } =
+            LoadedKey::from_bytes(KEY_SETTING, path, bytes, &cfg.algorithms)?;
+        let first = &cfg.algorithms[0];
         let mut validation = Validation::new(*first);
         validation.algorithms = cfg.algorithms.clone();
         validation.leeway = cfg.leeway_seconds;
@@ -245,36 +297,7 @@ impl Verifier {
     pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
         let bad = |m: &str| AuthError::BadToken(m.to_owned());
         let token = token.trim();
-        if token.is_empty() {
-            return Err(bad("the token is empty"));
-        }
-        let mut parts = token.split('.');
-        let (Some(header), Some(_), Some(_), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return Err(bad(
-                "the token is not a JWT (expected three base64url parts separated by '.')",
-            ));
-        };
-
-        // Read the algorithm ourselves first, so that "none" and unknown names get a clear
-        // answer instead of a parse error.
-        let header = URL_SAFE_NO_PAD
-            .decode(header.trim_end_matches('='))
-            .ok()
-            .and_then(|raw| serde_json::from_slice::<Value>(&raw).ok())
-            .ok_or_else(|| bad("the token header is not base64url-encoded JSON"))?;
-        let alg = header
-            .get("alg")
-            .and_then(Value::as_str)
-            .ok_or_else(|| bad("the token header has no \"alg\""))?;
-        if !self.algorithm_names.iter().any(|a| a == alg) {
-            return Err(AuthError::BadToken(format!(
-                "the token is signed with {alg:?}; this server accepts only {}",
-                self.algorithm_names.join(", ")
-            )));
-        }
-
+        precheck(token, &self.algorithm_names)?;
         let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
             .map_err(|e| describe(e.into_kind()))?;
         let claims = data.claims;
@@ -323,7 +346,40 @@ impl Verifier {
     }
 }
 
-fn describe(kind: ErrorKind) -> AuthError {
+/// Checks that `token` is shaped like a JWT and signed with one of the `accepted` algorithms,
+/// so that `none` and unknown names get a clear answer instead of a parse error.
+pub fn precheck(token: &str, accepted: &[String]) -> Result<(), AuthError> {
+    let bad = |m: &str| AuthError::BadToken(m.to_owned());
+    if token.is_empty() {
+        return Err(bad("the token is empty"));
+    }
+    let mut parts = token.split('.');
+    let (Some(header), Some(_), Some(_), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(bad(
+            "the token is not a JWT (expected three base64url parts separated by '.')",
+        ));
+    };
+    let header = URL_SAFE_NO_PAD
+        .decode(header.trim_end_matches('='))
+        .ok()
+        .and_then(|raw| serde_json::from_slice::<Value>(&raw).ok())
+        .ok_or_else(|| bad("the token header is not base64url-encoded JSON"))?;
+    let alg = header
+        .get("alg")
+        .and_then(Value::as_str)
+        .ok_or_else(|| bad("the token header has no \"alg\""))?;
+    if !accepted.iter().any(|a| a == alg) {
+        return Err(AuthError::BadToken(format!(
+            "the token is signed with {alg:?}; this server accepts only {}",
+            accepted.join(", ")
+        )));
+    }
+    Ok(())
+}
+
+pub fn describe(kind: ErrorKind) -> AuthError {
     let bad = |m: &str| AuthError::BadToken(m.to_owned());
     match kind {
         ErrorKind::ExpiredSignature => AuthError::Expired("the token has expired".into()),
@@ -346,7 +402,7 @@ fn describe(kind: ErrorKind) -> AuthError {
     }
 }
 
-fn json_kind(v: &Value) -> &'static str {
+pub fn json_kind(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",
@@ -358,7 +414,7 @@ fn json_kind(v: &Value) -> &'static str {
 }
 
 /// Whether two PEM texts hold the same data, whatever their line breaks.
-fn same_pem(a: &[u8], b: &str) -> bool {
+pub(crate) fn same_pem(a: &[u8], b: &str) -> bool {
     fn body(pem: &[u8]) -> Vec<u8> {
         let text = String::from_utf8_lossy(pem);
         text.lines()
@@ -372,21 +428,25 @@ fn same_pem(a: &[u8], b: &str) -> bool {
     !a.is_empty() && a == body(b.as_bytes())
 }
 
-/// Logs, at WARN and impossible to miss, that the example key is in use.
-pub fn warn_example_key(path: &Path) {
+/// Logs, at WARN and impossible to miss, that an example key is in use; `setting` is the
+/// config key naming it, `power` what its private half lets anyone do.
+pub fn warn_example_key(setting: &str, path: &Path, power: &str) {
     let path = path.display().to_string();
-    let lines = [
-        "****************************************************************************",
-        "*  INSECURE: auth.public_key_file is the EXAMPLE key from chatup's sources *",
-        "*  Its private key is published: ANYONE can mint tokens this sidecar       *",
-        "*  accepts and post as any user. Fine for a demo, NEVER for production.    *",
-        "*  Make your own pair (see nginx-conf/example-keys/README.md) and point    *",
-        "*  auth.public_key_file at the new public key.                             *",
-        "****************************************************************************",
+    let texts = [
+        format!("INSECURE: {setting} is an EXAMPLE key from chatup's sources."),
+        "Its private key is published: ANYONE can mint tokens this sidecar".to_owned(),
+        format!("accepts and {power}. Fine for a demo, NEVER for production."),
+        "Make your own pair (see nginx-conf/example-keys/README.md) and point".to_owned(),
+        format!("{setting} at the new public key."),
     ];
-    for line in lines {
-        tracing::warn!(key_file = %path, "{line}");
+    let width = texts.iter().map(|t| t.chars().count()).max().unwrap_or(0);
+    let rule = "*".repeat(width + 6);
+    tracing::warn!(key_file = %path, "{rule}");
+    for text in &texts {
+        let pad = " ".repeat(width - text.chars().count());
+        tracing::warn!(key_file = %path, "*  {text}{pad}  *");
     }
+    tracing::warn!(key_file = %path, "{rule}");
 }
 
 #[cfg(test)]

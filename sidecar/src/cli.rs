@@ -108,7 +108,10 @@ mod tests {
         let Some(Command::Token(t)) = cli.command else {
             panic!("token expected")
         };
-        assert_eq!((t.name.as_str(), t.ttl, t.events), ("ann", 60, true));
+        assert_eq!(
+            (t.name.as_deref(), t.ttl, t.events),
+            (Some("ann"), 60, true)
+        );
         assert_eq!(t.alg, jsonwebtoken::Algorithm::RS256);
         assert!(Cli::try_parse_from_iter(["chatup-sidecar", "token", "--name", "x"]).is_err());
         assert!(Cli::try_parse_from_iter([

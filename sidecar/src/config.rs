@@ -292,7 +292,8 @@ impl Default for PresenceConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct AdminConfig {
     /// PEM public key (or HS* shared-secret file) that admin tokens are checked against.
-    /// Must differ from `auth.public_key_file`.
+    /// Must differ from `auth.public_key_file`. Empty: the admin API answers every call
+    /// that needs a token with 503 `admin_disabled` (`/health` and `/metrics` still work).
     pub public_key_file: PathBuf,
     /// Algorithms an admin token may be signed with; all must fit the key.
     pub algorithms: Vec<Algorithm>,
@@ -307,7 +308,7 @@ pub struct AdminConfig {
 impl Default for AdminConfig {
     fn default() -> Self {
         Self {
-            public_key_file: PathBuf::from("/etc/chatup/admin-public.pem"),
+            public_key_file: PathBuf::new(),
             algorithms: vec![Algorithm::RS256],
             leeway_seconds: 5,
             array_tokens: true,
@@ -1252,7 +1253,11 @@ mod tests {
             (&["host.sub_path=sub"], "must start with /"),
             (&["host.ttl_ms=1000"], "larger than host.report_interval_ms"),
             (
-                &["roles.worker=false", "roles.dispatcher=false"],
+                &[
+                    "roles.worker=false",
+                    "roles.dispatcher=false",
+                    "roles.admin=false",
+                ],
                 "at least one",
             ),
             (&["roles.worker=false"], "needs Redis"),
@@ -1260,6 +1265,45 @@ mod tests {
             let err = load(sets).expect_err(&format!("{sets:?} must be refused"));
             assert!(err.to_string().contains(needle), "{sets:?}: {err}");
         }
+    }
+
+    #[test]
+    fn plugin_settings_are_checked() {
+        let load = |sets: &[&str]| {
+            let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+            Config::load(None, env(&[]), &sets)
+        };
+        for (sets, needle) in [
+            (&["plugins.chain=ban,spam"][..], "unknown plugin \"spam\""),
+            (&["plugins.chain=ban,ban"], "listed twice"),
+            (&["rate_limit.messages=0"], "rate_limit.messages"),
+            (&["blacklist.mask="], "blacklist.mask"),
+            (&["plugins.chain=webhook"], "webhook.url must be set"),
+            (
+                &["plugins.chain=webhook", "webhook.url=ftp://x"],
+                "http:// or https://",
+            ),
+            (
+                &["plugins.chain=webhook", "webhook.url=http://x"],
+                "at least one trigger",
+            ),
+            (&["plugins.chain=publish_hook"], "publish_hook.url"),
+            (
+                &[
+                    "plugins.chain=publish_hook",
+                    "publish_hook.url=http://x",
+                    "publish_hook.timeout_ms=0",
+                ],
+                "publish_hook.timeout_ms",
+            ),
+            (&["admin.algorithms=RS256,HS256"], "admin.algorithms"),
+        ] {
+            let err = load(sets).expect_err(&format!("{sets:?} must be refused"));
+            assert!(err.to_string().contains(needle), "{sets:?}: {err}");
+        }
+        // A plugin that is off needs no settings.
+        load(&["rate_limit.messages=0", "plugins.chain=ban"]).unwrap();
+        load(&["plugins.chain="]).unwrap();
     }
 
     #[test]

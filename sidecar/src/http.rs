@@ -14,6 +14,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admin::AdminState;
 use crate::dispatch::Dispatcher;
 use crate::presence::Presence;
 use crate::publish::{HttpError, HttpErrorBody, Publisher};
@@ -52,8 +53,12 @@ pub struct App {
 }
 
 /// The routes of the roles this process plays: the publisher endpoints with `worker`, the
-/// dispatcher with `dispatcher`; `/health` always.
-pub fn router(worker: Option<Arc<App>>, dispatcher: Option<Arc<Dispatcher>>) -> Router {
+/// dispatcher with `dispatcher`, the admin API with `admin`; `/health` always.
+pub fn router(
+    worker: Option<Arc<App>>,
+    dispatcher: Option<Arc<Dispatcher>>,
+    admin: Option<Arc<AdminState>>,
+) -> Router {
     let mut router = Router::new().route("/health", get(health));
     if let Some(app) = worker {
         router = router.merge(
@@ -65,6 +70,9 @@ pub fn router(worker: Option<Arc<App>>, dispatcher: Option<Arc<Dispatcher>>) -> 
     }
     if let Some(dispatcher) = dispatcher {
         router = router.merge(crate::dispatch::router(dispatcher));
+    }
+    if let Some(admin) = admin {
+        router = router.merge(crate::admin::router(admin));
     }
     router.fallback(not_found)
 }

@@ -44,6 +44,7 @@
 //! * [`logging`]: `tracing` output to stderr, text or JSON.
 //! * [`error`]: the errors that stop the process.
 
+pub mod admin;
 pub mod auth;
 pub mod broker;
 pub mod cli;

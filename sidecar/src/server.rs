@@ -12,6 +12,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
+use crate::admin::auth::{warn_example_admin_key, AdminVerifier};
+use crate::admin::AdminState;
 use crate::auth::{warn_example_key, Verifier};
 use crate::broker::memory::{MemoryBroker, MemoryOptions};
 use crate::broker::redis::{RedisBroker, RedisOptions};
@@ -30,6 +32,20 @@ use crate::relay::{RelayOptions, RelayServer, Workers};
 
 /// How long shutdown waits for connections to close before giving up on them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// The admin token checker, or `None` (admin API off) when no key is configured.
+fn admin_verifier(config: &Config) -> Result<Option<Arc<AdminVerifier>>, Error> {
+    let path = &config.admin.public_key_file;
+    if path.as_os_str().is_empty() {
+        warn!("admin.public_key_file is empty: the admin API is off (only /health and /metrics answer)");
+        return Ok(None);
+    }
+    let verifier = AdminVerifier::from_config(&config.admin, &config.auth)?;
+    if verifier.uses_example_key() {
+        warn_example_admin_key(path);
+    }
+    Ok(Some(Arc::new(verifier)))
+}
 
 /// A sidecar whose sockets are bound, ready to [`run`](Sidecar::run).
 pub struct Sidecar {
@@ -66,7 +82,11 @@ impl Sidecar {
         let verifier = if worker {
             let verifier = Verifier::from_config(&config.auth)?;
             if verifier.uses_example_key() {
-                warn_example_key(&config.auth.public_key_file);
+                warn_example_key(
+                    "auth.public_key_file",
+                    &config.auth.public_key_file,
+                    "publish as any user",
+                );
             }
             Some(verifier)
         } else {
@@ -169,12 +189,20 @@ impl Sidecar {
             // Refused by the configuration check: a dispatcher alone needs Redis.
             (None, None) => None,
         };
-        let dispatcher = match directory {
+        let dispatcher = match &directory {
             Some(directory) if config.roles.dispatcher => Some(Arc::new(Dispatcher::new(
-                directory,
+                directory.clone(),
                 broker.clone(),
                 config.dispatch.clone(),
             ))),
+            _ => None,
+        };
+        let admin = match directory {
+            Some(directory) if config.roles.admin => Some(Arc::new(AdminState {
+                verifier: admin_verifier(config)?,
+                broker: broker.clone(),
+                directory,
+            })),
             _ => None,
         };
 
@@ -197,7 +225,7 @@ impl Sidecar {
             workers,
             http,
             http_addr,
-            router: router(worker_app, dispatcher),
+            router: router(worker_app, dispatcher, admin),
             pump,
             reporter,
             shutdown,

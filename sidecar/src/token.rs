@@ -1,4 +1,5 @@
-//! `chatup-sidecar token`: mints a publisher token, for tests, demos and scripts.
+//! `chatup-sidecar token`: mints a publisher token, an admin token (`--admin`) or a signed
+//! admin request body (`--payload`), for tests, demos and scripts.
 //!
 //! Production tokens come from the site's own backend, which holds the private key; this
 //! command signs the same claims so that anything can be tried end to end from a shell.
@@ -16,9 +17,17 @@ pub struct TokenArgs {
     /// Private key in PEM form (RSA, EC or Ed25519), or the shared-secret file for HS*.
     #[arg(long, value_name = "PEM")]
     pub key: PathBuf,
-    /// Display name, put in `_public` as "name".
-    #[arg(long)]
-    pub name: String,
+    /// Display name, put in `_public` as "name" (publisher tokens).
+    #[arg(long, required_unless_present_any = ["admin", "payload"])]
+    pub name: Option<String>,
+    /// Mint an admin API token (`"scope": "chatup:admin"`) instead of a publisher token;
+    /// sign it with the admin key.
+    #[arg(long, conflicts_with_all = ["name", "public", "events", "payload"])]
+    pub admin: bool,
+    /// Sign exactly this JSON as the payload, e.g. an array of admin requests to send as
+    /// the body of POST /post or /ban (no expiry is added).
+    #[arg(long, value_name = "JSON", conflicts_with_all = ["name", "public", "events", "sub", "iss", "aud"])]
+    pub payload: Option<String>,
     /// User id (`sub`).
     #[arg(long)]
     pub sub: Option<String>,
@@ -62,6 +71,8 @@ pub enum TokenError {
     PemAsSecret { path: PathBuf, alg: Algorithm },
     #[error("--public must be a JSON object like '{{\"color\":\"red\"}}': {0}")]
     Public(String),
+    #[error("--payload must be JSON, e.g. '[{{\"channel\":\"room\",\"msg\":\"hi\"}}]': {0}")]
+    Payload(String),
     #[error("cannot sign the token: {0}")]
     Sign(String),
 }
@@ -82,9 +93,32 @@ pub fn make_token(args: &TokenArgs, now: u64) -> Result<String, TokenError> {
         source,
     })?;
     let key = encoding_key(&args.key, args.alg, &key_bytes)?;
+    let sign = |claims: &Value| {
+        jsonwebtoken::encode(&Header::new(args.alg), claims, &key)
+            .map_err(|e| TokenError::Sign(e.to_string()))
+    };
+
+    if let Some(payload) = &args.payload {
+        let payload: Value =
+            serde_json::from_str(payload).map_err(|e| TokenError::Payload(e.to_string()))?;
+        return sign(&payload);
+    }
+    if args.admin {
+        let mut claims = json!({
+            "iat": now,
+            "exp": now.saturating_add(args.ttl),
+            "scope": crate::admin::auth::ADMIN_SCOPE,
+        });
+        if let Some(sub) = &args.sub {
+            claims["sub"] = json!(sub);
+        }
+        return sign(&claims);
+    }
 
     let mut public = Map::new();
-    public.insert("name".into(), Value::String(args.name.clone()));
+    if let Some(name) = &args.name {
+        public.insert("name".into(), Value::String(name.clone()));
+    }
     if let Some(extra) = &args.public {
         match serde_json::from_str::<Value>(extra) {
             Ok(Value::Object(extra)) => public.extend(extra),
@@ -109,8 +143,7 @@ pub fn make_token(args: &TokenArgs, now: u64) -> Result<String, TokenError> {
     if let Some(aud) = &args.aud {
         claims["aud"] = json!(aud);
     }
-    jsonwebtoken::encode(&Header::new(args.alg), &claims, &key)
-        .map_err(|e| TokenError::Sign(e.to_string()))
+    sign(&claims)
 }
 
 fn encoding_key(path: &Path, alg: Algorithm, bytes: &[u8]) -> Result<EncodingKey, TokenError> {
@@ -150,7 +183,9 @@ mod tests {
                 env!("CARGO_MANIFEST_DIR"),
                 "/../nginx-conf/example-keys/jwt-private.pem"
             )),
-            name: "ann".into(),
+            name: Some("ann".into()),
+            admin: false,
+            payload: None,
             sub: None,
             ttl: 3600,
             public: None,
@@ -180,6 +215,43 @@ mod tests {
         assert_eq!(id.sub.as_deref(), Some("u7"));
         assert!(id.events);
         assert_eq!(id.expires_at, now() + 3600);
+    }
+
+    #[test]
+    fn admin_tokens_and_payloads_verify_with_the_admin_key() {
+        let admin_key = PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../nginx-conf/example-keys/admin-private.pem"
+        ));
+        let verifier = crate::admin::auth::tests::admin_verifier(true);
+        let a = TokenArgs {
+            key: admin_key.clone(),
+            name: None,
+            admin: true,
+            ..args()
+        };
+        verifier
+            .verify_bearer(&make_token(&a, now()).unwrap())
+            .unwrap();
+        let a = TokenArgs {
+            key: admin_key,
+            name: None,
+            payload: Some(r#"[{"channel":"r","msg":"hi"}]"#.into()),
+            ..args()
+        };
+        let body = verifier
+            .verify_array_token(&make_token(&a, now()).unwrap())
+            .unwrap();
+        assert_eq!(body, serde_json::json!([{"channel": "r", "msg": "hi"}]));
+        let a = TokenArgs {
+            payload: Some("[1,".into()),
+            ..a
+        };
+        assert!(matches!(make_token(&a, now()), Err(TokenError::Payload(_))));
+        // A publisher token is not an admin token.
+        assert!(verifier
+            .verify_bearer(&make_token(&args(), now()).unwrap())
+            .is_err());
     }
 
     #[test]

@@ -323,11 +323,13 @@ impl Chatup {
             "[relay]\nsocket = {socket:?}\nsocket_mode = \"0666\"\n\n\
              [http]\nlisten = \"{listen}\"\n\n\
              [auth]\npublic_key_file = {key:?}\nalgorithms = [\"RS256\"]\nleeway_seconds = 5\n\n\
+             [admin]\npublic_key_file = {admin_key:?}\n\n\
              {redis}\n{host}\n\
              [log]\nlevel = \"debug\"\nformat = \"text\"\n",
             socket = self.relay_socket().display().to_string(),
             listen = self.sidecar_addr(),
             key = keys.join("jwt-public.pem").display().to_string(),
+            admin_key = keys.join("admin-public.pem").display().to_string(),
             redis = self.opts.redis_toml(),
         )
     }
@@ -773,11 +775,13 @@ impl Dispatcher {
             "[relay]\nsocket = {socket:?}\n\n\
              [http]\nlisten = \"{addr}\"\n\n\
              [auth]\npublic_key_file = {key:?}\nalgorithms = [\"RS256\"]\nleeway_seconds = 5\n\n\
+             [admin]\npublic_key_file = {admin_key:?}\n\n\
              {redis}\n\
              [roles]\nworker = false\ndispatcher = true\n\n\
              [log]\nlevel = \"debug\"\nformat = \"text\"\n",
             socket = d.path("relay.sock").display().to_string(),
             key = keys.join("jwt-public.pem").display().to_string(),
+            admin_key = keys.join("admin-public.pem").display().to_string(),
             redis = d.opts.redis_toml(),
         );
         fs::write(d.path("chatup.toml"), config).expect("write chatup.toml");

@@ -52,6 +52,28 @@ pub fn sign(claims: &Value) -> String {
     sign_with_pem(claims, Algorithm::RS256, pem)
 }
 
+pub fn example_admin_private_key() -> PathBuf {
+    example_keys().join("admin-private.pem")
+}
+
+pub fn example_admin_public_key() -> PathBuf {
+    example_keys().join("admin-public.pem")
+}
+
+/// Signs `payload` (any JSON, arrays too) with RS256 and the example admin key.
+pub fn sign_admin(payload: &Value) -> String {
+    static KEY: OnceLock<Vec<u8>> = OnceLock::new();
+    let pem = KEY.get_or_init(|| {
+        std::fs::read(example_admin_private_key()).expect("read the example admin key")
+    });
+    sign_with_pem(payload, Algorithm::RS256, pem)
+}
+
+/// A valid admin Bearer token (an hour, `"scope": "chatup:admin"`).
+pub fn admin_token() -> String {
+    sign_admin(&json!({"exp": now() + 3600, "iat": now(), "scope": "chatup:admin"}))
+}
+
 /// A valid token for `name`.
 pub fn token(name: &str) -> String {
     sign(&claims(name))

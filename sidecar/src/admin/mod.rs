@@ -1,0 +1,125 @@
+//! The admin API, for operators and their backends: post messages and events, ban users,
+//! read history and counts, manage the blacklist, scrape metrics.
+//!
+//! Every call except `/health` and `/metrics` needs an admin token ([`auth`]). Errors are
+//! JSON, `{"error": {"code": .., "message": ..}}`, like the publisher endpoints':
+//! 401 for a missing or bad token, 400 for a malformed body, 503 when the broker (Redis)
+//! cannot be reached.
+
+pub mod auth;
+
+use std::sync::Arc;
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{Json, Router};
+
+use crate::broker::{Broker, BrokerError};
+use crate::publish::{HttpError, HttpErrorBody};
+use crate::registry::Directory;
+use auth::AdminVerifier;
+
+/// What the admin endpoints share.
+pub struct AdminState {
+    /// Checks admin tokens; `None` when `admin.public_key_file` is empty, so every call that
+    /// needs a token answers 503 `admin_disabled` and says what to configure.
+    pub verifier: Option<Arc<AdminVerifier>>,
+    /// Where posted messages go and history comes from.
+    pub broker: Arc<dyn Broker>,
+    /// The live hosts and their counts, for `/stats`.
+    pub directory: Arc<dyn Directory>,
+}
+
+/// Why an admin call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AdminError {
+    /// No token, or not in a form this API reads.
+    #[error("{0}")]
+    MissingToken(String),
+    /// Malformed, badly signed, wrong algorithm, not an admin token.
+    #[error("{0}")]
+    BadToken(String),
+    #[error("{0}")]
+    TokenExpired(String),
+    /// The request is malformed; the message says how.
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("send the body as application/json (or with curl --data, or as a token in the body)")]
+    UnsupportedMediaType,
+    #[error("{0}")]
+    NotFound(String),
+    /// The admin key is not configured.
+    #[error(
+        "the admin API is off: set admin.public_key_file to the public key that signs admin \
+         tokens"
+    )]
+    Disabled,
+    /// The broker (Redis) cannot be reached.
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl AdminError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::MissingToken(_) => "missing_token",
+            Self::BadToken(_) => "bad_token",
+            Self::TokenExpired(_) => "token_expired",
+            Self::BadRequest(_) => "bad_request",
+            Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::NotFound(_) => "not_found",
+            Self::Disabled => "admin_disabled",
+            Self::Unavailable(_) => "unavailable",
+            Self::Internal(_) => "internal",
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::MissingToken(_) | Self::BadToken(_) | Self::TokenExpired(_) => {
+                StatusCode::UNAUTHORIZED
+            }
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::Disabled | Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl From<BrokerError> for AdminError {
+    fn from(e: BrokerError) -> Self {
+        match e {
+            BrokerError::Unavailable(m) => Self::Unavailable(m),
+            BrokerError::Internal(m) => Self::Internal(m),
+        }
+    }
+}
+
+impl IntoResponse for AdminError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let message = self.to_string();
+        let body = HttpErrorBody {
+            error: HttpError {
+                code: self.code(),
+                message: &message,
+            },
+        };
+        let mut response = (status, Json(body)).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+/// The admin routes.
+pub fn router(state: Arc<AdminState>) -> Router {
+    Router::new().with_state(state)
+}
