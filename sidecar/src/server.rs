@@ -23,7 +23,7 @@ use crate::dispatch::Dispatcher;
 use crate::error::Error;
 use crate::http::{router, App, HttpServer, WsSettings};
 use crate::plugins::blacklist::Blacklist;
-use crate::plugins::{build_chain, Setup};
+use crate::plugins::{admin_blacklist, build_chain, Setup};
 use crate::presence::{EventPump, Presence};
 use crate::publish::{Limits, Publisher};
 use crate::redis::RedisLink;
@@ -69,7 +69,8 @@ pub struct Sidecar {
     shutdown: CancellationToken,
     /// Relay connections, publisher sessions and background tasks, awaited at shutdown.
     tracker: TaskTracker,
-    /// The blacklist's lists, for the admin API (worker role with `blacklist` in the chain).
+    /// The blacklist's lists, for the admin API: with `blacklist` in the chain, on a worker,
+    /// or on an admin host without the worker role (then through Redis).
     blacklist: Option<Arc<Blacklist>>,
 }
 
@@ -130,7 +131,7 @@ impl Sidecar {
         let mut load = None;
         let mut worker_app = None;
         let mut pump = None;
-        let mut blacklist = None;
+        let blacklist;
         if let Some(verifier) = verifier {
             let plugins = build_chain(&Setup {
                 config,
@@ -172,6 +173,14 @@ impl Sidecar {
                 tracker: tracker.clone(),
                 ws,
             }));
+        } else {
+            blacklist = admin_blacklist(&Setup {
+                config,
+                redis: redis.clone(),
+                shutdown: shutdown.clone(),
+                tracker: tracker.clone(),
+            })
+            .await?;
         }
 
         let reporter = match (&redis, &load) {
@@ -234,8 +243,8 @@ impl Sidecar {
         })
     }
 
-    /// The blacklist's lists (none without the worker role or without `blacklist` in
-    /// `plugins.chain`).
+    /// The blacklist's lists (none without `blacklist` in `plugins.chain`, or on a host
+    /// with neither the worker role nor Redis).
     pub fn blacklist(&self) -> Option<Arc<Blacklist>> {
         self.blacklist.clone()
     }

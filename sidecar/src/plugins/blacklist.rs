@@ -844,10 +844,12 @@ mod tests {
     async fn sidecar(
         redis_url: &str,
         chain: &str,
+        worker: bool,
         dir: &std::path::Path,
         stop: &CancellationToken,
     ) -> (std::net::SocketAddr, Option<Arc<Blacklist>>) {
         let sets = vec![
+            format!("roles.worker={worker}"),
             format!("relay.socket={}", dir.join("relay.sock").display()),
             "http.listen=127.0.0.1:0".to_string(),
             format!(
@@ -891,8 +893,8 @@ mod tests {
         };
         let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let stop = CancellationToken::new();
-        let (a, lists) = sidecar(&server.url(), "blacklist", dir_a.path(), &stop).await;
-        let (b, _) = sidecar(&server.url(), "blacklist", dir_b.path(), &stop).await;
+        let (a, lists) = sidecar(&server.url(), "blacklist", true, dir_a.path(), &stop).await;
+        let (b, _) = sidecar(&server.url(), "blacklist", true, dir_b.path(), &stop).await;
         let lists = lists.expect("the blacklist is in the chain, so its lists are reachable");
         let client = super::super::outbound::client(Duration::from_secs(5)).unwrap();
         assert_eq!(post(&client, b, "eggs").await, 200);
@@ -913,9 +915,26 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
 
-        // Without the plugin in the chain there are no lists to manage.
+        // A host without the worker role (dispatcher, admin API) manages the same lists.
         let dir_c = tempfile::tempdir().unwrap();
-        let (_, none) = sidecar(&server.url(), "", dir_c.path(), &stop).await;
+        let (_, admin_only) = sidecar(&server.url(), "blacklist", false, dir_c.path(), &stop).await;
+        let admin_only = admin_only.expect("an admin host reaches the lists through Redis");
+        assert_eq!(admin_only.list().await.unwrap().words.managed, ["eggs"]);
+        admin_only.remove(&strings(&["eggs"]), &[]).await.unwrap();
+        let changed = tokio::time::Instant::now();
+        while post(&client, b, "eggs").await != 200 {
+            assert!(
+                changed.elapsed() < Duration::from_secs(2),
+                "the worker still refuses eggs"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+
+        // Without the plugin in the chain there are no lists to manage.
+        let dir_d = tempfile::tempdir().unwrap();
+        let (_, none) = sidecar(&server.url(), "", true, dir_d.path(), &stop).await;
+        assert!(none.is_none());
+        let (_, none) = sidecar(&server.url(), "", false, dir_d.path(), &stop).await;
         assert!(none.is_none());
         stop.cancel();
     }

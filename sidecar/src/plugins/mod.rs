@@ -175,6 +175,30 @@ pub async fn build_chain(setup: &Setup<'_>) -> Result<Plugins, PluginSetupError>
     })
 }
 
+/// The blacklist's lists for the admin API of a host that runs no chain (no worker role):
+/// with `blacklist` in `plugins.chain` and Redis configured, the lists the chat hosts share
+/// are managed from here too. `None` otherwise.
+pub async fn admin_blacklist(
+    setup: &Setup<'_>,
+) -> Result<Option<Arc<Blacklist>>, PluginSetupError> {
+    let on = setup.config.plugins.chain.iter().any(|n| n == "blacklist");
+    if !on || !setup.config.roles.admin || setup.redis.is_none() {
+        return Ok(None);
+    }
+    Blacklist::start(
+        &setup.config.blacklist,
+        setup.redis.clone(),
+        &setup.shutdown,
+        &setup.tracker,
+    )
+    .await
+    .map(Some)
+    .map_err(|e| PluginSetupError::Plugin {
+        name: "blacklist",
+        message: e.to_string(),
+    })
+}
+
 impl std::fmt::Debug for Chain {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_list().entries(self.names()).finish()
