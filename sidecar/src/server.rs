@@ -24,7 +24,8 @@ use crate::error::Error;
 use crate::health::Health;
 use crate::http::{router, App, HttpServer, WsSettings};
 use crate::metrics::{Metrics, PublishedKind};
-use crate::plugins::{build_chain, Setup};
+use crate::plugins::blacklist::Blacklist;
+use crate::plugins::{admin_blacklist, build_chain, Setup};
 use crate::presence::{EventPump, Presence};
 use crate::publish::{Limits, Publisher};
 use crate::redis::RedisLink;
@@ -70,6 +71,9 @@ pub struct Sidecar {
     shutdown: CancellationToken,
     /// Relay connections, publisher sessions and background tasks, awaited at shutdown.
     tracker: TaskTracker,
+    /// The blacklist's lists, for the admin API: with `blacklist` in the chain, on a worker,
+    /// or on an admin host without the worker role (then through Redis).
+    blacklist: Option<Arc<Blacklist>>,
 }
 
 impl Sidecar {
@@ -140,13 +144,17 @@ impl Sidecar {
         let mut load = None;
         let mut worker_app = None;
         let mut pump = None;
+        let blacklist;
         if let Some(verifier) = verifier {
-            let chain = build_chain(&Setup {
+            let plugins = build_chain(&Setup {
                 config,
                 redis: redis.clone(),
                 shutdown: shutdown.clone(),
                 tracker: tracker.clone(),
-            })?;
+            })
+            .await?;
+            let chain = plugins.chain;
+            blacklist = plugins.blacklist;
             info!(plugins = ?chain.names(), "plugin chain ready");
             let server = RelayServer::bind(
                 RelayOptions {
@@ -182,6 +190,14 @@ impl Sidecar {
                 tracker: tracker.clone(),
                 ws,
             }));
+        } else {
+            blacklist = admin_blacklist(&Setup {
+                config,
+                redis: redis.clone(),
+                shutdown: shutdown.clone(),
+                tracker: tracker.clone(),
+            })
+            .await?;
         }
 
         let reporter = match (&redis, &load) {
@@ -217,6 +233,7 @@ impl Sidecar {
                     max_event_bytes: config.limits.max_event_bytes,
                 },
                 metrics: metrics.clone(),
+                blacklist: blacklist.clone(),
             })),
             _ => None,
         };
@@ -258,7 +275,14 @@ impl Sidecar {
             reporter,
             shutdown,
             tracker,
+            blacklist,
         })
+    }
+
+    /// The blacklist's lists (none without `blacklist` in `plugins.chain`, or on a host
+    /// with neither the worker role nor Redis).
+    pub fn blacklist(&self) -> Option<Arc<Blacklist>> {
+        self.blacklist.clone()
     }
 
     /// The address the HTTP listener is bound to.

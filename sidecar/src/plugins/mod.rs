@@ -9,6 +9,19 @@
 //!
 //! Messages posted through the admin API do not go through the chain: they come from the
 //! operator.
+//!
+//! * [`words`]: the whole-word, any-case, any-script matcher of the content plugins.
+//! * [`blacklist`]: refuses blocked words, masks muted ones; lists from the config file and
+//!   the admin API (shared through Redis).
+//! * [`webhook`]: posts messages with trigger words to Slack (or alike) in the background.
+//! * [`publish_hook`]: the operator's backend accepts, rejects or rewrites each message.
+
+pub mod blacklist;
+mod outbound;
+pub mod publish_hook;
+mod throttle;
+pub mod webhook;
+pub mod words;
 
 use std::sync::Arc;
 
@@ -21,6 +34,10 @@ use crate::config::Config;
 use crate::message::Body;
 use crate::publish::PublishError;
 use crate::redis::RedisLink;
+
+use self::blacklist::Blacklist;
+use self::publish_hook::PublishHook;
+use self::webhook::Webhook;
 
 /// A message on its way through the chain.
 #[derive(Debug, Clone, PartialEq)]
@@ -101,13 +118,47 @@ pub enum PluginSetupError {
     Plugin { name: &'static str, message: String },
 }
 
-/// Builds the chain named by `plugins.chain`, in that order.
-pub fn build_chain(setup: &Setup<'_>) -> Result<Chain, PluginSetupError> {
-    let plugins: Vec<Arc<dyn Plugin>> = Vec::new();
+/// The chain, and handles on the plugins the admin API manages. A handle is `None` when
+/// its plugin is not in `plugins.chain`; the admin API then answers that the plugin is off.
+pub struct Plugins {
+    pub chain: Chain,
+    /// The blacklist's lists (`GET/POST/DELETE` of the admin API).
+    pub blacklist: Option<Arc<Blacklist>>,
+}
+
+/// Builds the chain named by `plugins.chain`, in that order, and starts what the plugins
+/// run in the background.
+pub async fn build_chain(setup: &Setup<'_>) -> Result<Plugins, PluginSetupError> {
+    let mut plugins: Vec<Arc<dyn Plugin>> = Vec::new();
+    let mut blacklist = None;
     for name in &setup.config.plugins.chain {
         // One arm per name of `config::PLUGIN_NAMES`, each calling its plugin's constructor.
         match name.as_str() {
-            "ban" | "rate_limit" | "blacklist" | "webhook" | "publish_hook" => {
+            "blacklist" => {
+                let lists = Blacklist::start(
+                    &setup.config.blacklist,
+                    setup.redis.clone(),
+                    &setup.shutdown,
+                    &setup.tracker,
+                )
+                .await
+                .map_err(|e| PluginSetupError::Plugin {
+                    name: "blacklist",
+                    message: e.to_string(),
+                })?;
+                blacklist = Some(lists.clone());
+                plugins.push(lists);
+            }
+            "webhook" => plugins.push(Webhook::start(
+                &setup.config.webhook,
+                &setup.shutdown,
+                &setup.tracker,
+            )?),
+            "publish_hook" => plugins.push(Arc::new(PublishHook::new(
+                &setup.config.publish_hook,
+                &setup.config.limits,
+            )?)),
+            "ban" | "rate_limit" => {
                 tracing::warn!(plugin = %name, "plugin not built in yet");
             }
             other => {
@@ -118,7 +169,34 @@ pub fn build_chain(setup: &Setup<'_>) -> Result<Chain, PluginSetupError> {
             }
         }
     }
-    Ok(Chain::new(plugins))
+    Ok(Plugins {
+        chain: Chain::new(plugins),
+        blacklist,
+    })
+}
+
+/// The blacklist's lists for the admin API of a host that runs no chain (no worker role):
+/// with `blacklist` in `plugins.chain` and Redis configured, the lists the chat hosts share
+/// are managed from here too. `None` otherwise.
+pub async fn admin_blacklist(
+    setup: &Setup<'_>,
+) -> Result<Option<Arc<Blacklist>>, PluginSetupError> {
+    let on = setup.config.plugins.chain.iter().any(|n| n == "blacklist");
+    if !on || !setup.config.roles.admin || setup.redis.is_none() {
+        return Ok(None);
+    }
+    Blacklist::start(
+        &setup.config.blacklist,
+        setup.redis.clone(),
+        &setup.shutdown,
+        &setup.tracker,
+    )
+    .await
+    .map(Some)
+    .map_err(|e| PluginSetupError::Plugin {
+        name: "blacklist",
+        message: e.to_string(),
+    })
 }
 
 impl std::fmt::Debug for Chain {

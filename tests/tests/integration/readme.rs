@@ -21,7 +21,9 @@ fn readme_block(first_line: &str) -> String {
 /// The block's variable lines (up to the first blank line) and its commands, each with
 /// its continuation lines joined; comments dropped.
 fn split(block: &str) -> (String, Vec<String>) {
-    let (prelude, rest) = block.split_once("\n\n").expect("a blank line after the variables");
+    let (prelude, rest) = block
+        .split_once("\n\n")
+        .expect("a blank line after the variables");
     let mut commands = Vec::new();
     let mut current = String::new();
     for line in rest.lines() {
@@ -35,7 +37,10 @@ fn split(block: &str) -> (String, Vec<String>) {
             commands.push(std::mem::take(&mut current));
         }
     }
-    assert!(current.is_empty(), "the block ends inside a command: {current}");
+    assert!(
+        current.is_empty(),
+        "the block ends inside a command: {current}"
+    );
     (prelude.to_owned(), commands)
 }
 
@@ -77,7 +82,13 @@ async fn the_admin_examples_of_the_readme_run_as_written() {
         .recv_n(3)
         .await
         .iter()
-        .map(|m| m["msg"].as_str().or(m["ev"].as_str()).unwrap_or("").to_owned())
+        .map(|m| {
+            m["msg"]
+                .as_str()
+                .or(m["ev"].as_str())
+                .unwrap_or("")
+                .to_owned()
+        })
         .collect();
     assert_eq!(texts, ["hello", "notice", "from the backend"]);
     let health = outputs
