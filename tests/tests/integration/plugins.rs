@@ -5,8 +5,10 @@
 
 use std::time::{Duration, Instant};
 
+use chatup_tests::http::{build_request, request};
 use chatup_tests::recorder::{Recorder, Reply, Request};
-use chatup_tests::token::{events_token, token};
+use chatup_tests::token::{admin_token, events_token, token};
+use chatup_tests::HttpResponse;
 use chatup_tests::{assert_message, free_port, Chatup, Options, Publisher, RedisServer};
 use chatup_tests::{Subscriber, WAIT};
 use serde_json::{json, Value};
@@ -133,10 +135,19 @@ async fn a_blacklist_change_in_redis_applies_on_every_host_within_two_seconds() 
     // Let the subscription reach Redis before anything is published there.
     tokio::time::sleep(Duration::from_millis(200)).await;
 
-    // What a host's admin API does: change the sets, then bump the version.
-    redis.cli(&["SADD", "chatup:blacklist:words", "eggs"]);
-    redis.cli(&["SADD", "chatup:blacklist:muted", "ham"]);
-    redis.cli(&["INCR", "chatup:blacklist:version"]);
+    // Added through host A's admin API.
+    let resp = blacklist(
+        &a,
+        "POST",
+        Some(&json!({"words": ["Eggs"], "muted": ["ham"]})),
+    )
+    .await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(
+        resp.json(),
+        json!({"words": {"config": ["spam"], "managed": ["eggs"]},
+               "muted": {"config": [], "managed": ["ham"]}})
+    );
     let changed = Instant::now();
     for env in [&a, &b] {
         until_status(env, "EGGS!", 422, Duration::from_secs(3)).await;
@@ -150,14 +161,81 @@ async fn a_blacklist_change_in_redis_applies_on_every_host_within_two_seconds() 
     let got = sub.recv().await;
     assert_eq!(got["msg"], "*** and cheese", "{got}");
 
-    // Removing applies the same way; the config file's words stay.
-    redis.cli(&["SREM", "chatup:blacklist:words", "eggs"]);
-    redis.cli(&["INCR", "chatup:blacklist:version"]);
+    // Removing applies the same way; the config file's words stay and cannot be removed.
+    let resp = blacklist(&a, "DELETE", Some(&json!({"words": ["spam"]}))).await;
+    assert_eq!(resp.status, 400, "{}", resp.text());
+    assert!(resp.text().contains("config"), "{}", resp.text());
+    let resp = blacklist(&b, "DELETE", Some(&json!({"words": ["eggs"]}))).await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let listed = blacklist(&a, "GET", None).await;
+    assert_eq!(
+        listed.json()["words"]["managed"],
+        json!([]),
+        "{}",
+        listed.text()
+    );
     for env in [&a, &b] {
         until_status(env, "eggs", 200, Duration::from_secs(3)).await;
         let resp = env.post_text("room", &token("alice"), b"spam").await;
         assert_eq!(resp.status, 422, "{}", resp.text());
     }
+}
+
+/// `method /blacklist` through `env`'s nginx with a valid admin token.
+async fn blacklist(env: &Chatup, method: &str, body: Option<&Value>) -> HttpResponse {
+    let auth = format!("Bearer {}", admin_token());
+    let body = body.map(Value::to_string);
+    request(
+        env.nginx_addr(),
+        &build_request(
+            method,
+            "/blacklist",
+            &[
+                ("Authorization", &auth),
+                ("Content-Type", "application/json"),
+            ],
+            body.as_deref().map(str::as_bytes),
+        ),
+        WAIT,
+    )
+    .await
+}
+
+#[tokio::test]
+async fn the_blacklist_api_needs_an_admin_token_checks_its_input_and_says_when_it_is_off() {
+    let env = host(&["plugins.chain=blacklist", "blacklist.muted=darn"]);
+    let resp = blacklist(&env, "POST", Some(&json!({"words": ["Spam"]}))).await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    // Applied at once on this host.
+    let resp = env.post_text("room", &token("alice"), b"SPAM!").await;
+    assert_eq!(resp.status, 422, "{}", resp.text());
+    for (body, needle) in [
+        (json!({"words": [""]}), "empty"),
+        (json!({"words": "spam"}), "invalid type"),
+        (json!({"verbs": ["x"]}), "unknown field"),
+        (json!(["spam"]), "must be an object"),
+    ] {
+        let resp = blacklist(&env, "POST", Some(&body)).await;
+        assert_eq!(resp.status, 400, "{body}: {}", resp.text());
+        assert!(resp.text().contains(needle), "{body}: {}", resp.text());
+    }
+    let resp = request(
+        env.nginx_addr(),
+        &build_request(
+            "GET",
+            "/blacklist",
+            &[("Authorization", &format!("Bearer {}", token("alice")))],
+            None,
+        ),
+        WAIT,
+    )
+    .await;
+    assert_eq!(resp.status, 401, "{}", resp.text());
+
+    let off = host(&["plugins.chain=ban"]);
+    let resp = blacklist(&off, "GET", None).await;
+    assert_eq!(resp.status, 404, "{}", resp.text());
+    assert!(resp.text().contains("plugins.chain"), "{}", resp.text());
 }
 
 // ---- webhook ----------------------------------------------------------------------------
