@@ -26,7 +26,8 @@ use crate::health::Health;
 use crate::http::{router, App, HttpServer, WsSettings};
 use crate::metrics::{Metrics, PublishedKind};
 use crate::moderation::{Bans, Moderation};
-use crate::plugins::{build_chain, Setup};
+use crate::plugins::blacklist::Blacklist;
+use crate::plugins::{admin_blacklist, build_chain, Setup};
 use crate::presence::{EventPump, Presence};
 use crate::publish::sessions::{kick_on_notice, Sessions};
 use crate::publish::{Limits, Publisher};
@@ -75,6 +76,9 @@ pub struct Sidecar {
     shutdown: CancellationToken,
     /// Relay connections, publisher sessions and background tasks, awaited at shutdown.
     tracker: TaskTracker,
+    /// The blacklist's lists, for the admin API: with `blacklist` in the chain, on a worker,
+    /// or on an admin host without the worker role (then through Redis).
+    blacklist: Option<Arc<Blacklist>>,
 }
 
 impl Sidecar {
@@ -164,14 +168,18 @@ impl Sidecar {
         let mut load = None;
         let mut worker_app = None;
         let mut pump = None;
+        let blacklist;
         if let Some(verifier) = verifier {
-            let chain = build_chain(&Setup {
+            let plugins = build_chain(&Setup {
                 config,
                 redis: redis.clone(),
                 shutdown: shutdown.clone(),
                 tracker: tracker.clone(),
-                bans,
-            })?;
+                bans: bans.clone(),
+            })
+            .await?;
+            let chain = plugins.chain;
+            blacklist = plugins.blacklist;
             info!(plugins = ?chain.names(), "plugin chain ready");
             let sessions = Sessions::new();
             tracker.spawn(kick_on_notice(
@@ -215,6 +223,15 @@ impl Sidecar {
                 moderation: moderation.clone(),
                 sessions,
             }));
+        } else {
+            blacklist = admin_blacklist(&Setup {
+                config,
+                redis: redis.clone(),
+                shutdown: shutdown.clone(),
+                tracker: tracker.clone(),
+                bans: bans.clone(),
+            })
+            .await?;
         }
 
         let reporter = match (&redis, &load) {
@@ -250,6 +267,7 @@ impl Sidecar {
                     max_event_bytes: config.limits.max_event_bytes,
                 },
                 metrics: metrics.clone(),
+                blacklist: blacklist.clone(),
             })),
             _ => None,
         };
@@ -292,12 +310,19 @@ impl Sidecar {
             moderation,
             shutdown,
             tracker,
+            blacklist,
         })
     }
 
     /// Bans and their effects (the admin API's entry point).
     pub fn moderation(&self) -> Arc<Moderation> {
         self.moderation.clone()
+    }
+
+    /// The blacklist's lists (none without `blacklist` in `plugins.chain`, or on a host
+    /// with neither the worker role nor Redis).
+    pub fn blacklist(&self) -> Option<Arc<Blacklist>> {
+        self.blacklist.clone()
     }
 
     /// The address the HTTP listener is bound to.

@@ -12,6 +12,8 @@
 //! - [`raw`]: a raw WebSocket client that sends hand-made frames and reads the server's.
 //! - [`token`]: JWTs, good and bad.
 //! - [`procfs`]: which nginx worker owns a client connection.
+//! - [`recorder`]: an HTTP server that records requests and answers as scripted, standing
+//!   in for the services plugins call (a Slack webhook, a publish-hook backend).
 //!
 //! The artifacts come from `build/` (`scripts/setup` makes them); `CHATUP_BUILD_DIR` points
 //! elsewhere. Every wait is bounded, so a broken build fails instead of hanging.
@@ -20,6 +22,7 @@ pub mod env;
 pub mod http;
 pub mod procfs;
 pub mod raw;
+pub mod recorder;
 pub mod redis;
 pub mod token;
 pub mod ws;
@@ -29,6 +32,7 @@ pub use env::{
 };
 pub use http::HttpResponse;
 pub use raw::{Frame, RawWs};
+pub use recorder::{Recorder, Reply};
 pub use redis::{RedisCluster, RedisServer};
 pub use ws::{Event, Publisher, Subscriber};
 

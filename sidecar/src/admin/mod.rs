@@ -7,6 +7,7 @@
 //! cannot be reached.
 
 pub mod auth;
+pub mod blacklist;
 pub mod messages;
 pub mod metrics;
 pub mod post;
@@ -41,6 +42,8 @@ pub struct AdminState {
     pub limits: Limits,
     /// What `/metrics` serves.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// The blacklist plugin's lists; `None` when the plugin is off.
+    pub blacklist: Option<Arc<crate::plugins::blacklist::Blacklist>>,
 }
 
 /// Why an admin call failed.
@@ -157,5 +160,11 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/stats", get(stats::hosts))
         .route("/stats/{channel}", get(stats::channel))
         .route("/metrics", get(metrics::scrape))
+        .route(
+            "/blacklist",
+            get(blacklist::get)
+                .post(blacklist::add)
+                .delete(blacklist::remove),
+        )
         .with_state(state)
 }

@@ -9,9 +9,23 @@
 //!
 //! Messages posted through the admin API do not go through the chain: they come from the
 //! operator.
+//!
+//! * [`ban`]: refuses publishes (and joins) of users banned from the channel.
+//! * [`rate_limit`]: at most N messages per T seconds per user per channel.
+//! * [`words`]: the whole-word, any-case, any-script matcher of the content plugins.
+//! * [`blacklist`]: refuses blocked words, masks muted ones; lists from the config file and
+//!   the admin API (shared through Redis).
+//! * [`webhook`]: posts messages with trigger words to Slack (or alike) in the background.
+//! * [`publish_hook`]: the operator's backend accepts, rejects or rewrites each message.
 
 pub mod ban;
+pub mod blacklist;
+mod outbound;
+pub mod publish_hook;
 pub mod rate_limit;
+mod throttle;
+pub mod webhook;
+pub mod words;
 
 use std::sync::Arc;
 
@@ -25,6 +39,10 @@ use crate::message::Body;
 use crate::moderation::Bans;
 use crate::publish::PublishError;
 use crate::redis::RedisLink;
+
+use self::blacklist::Blacklist;
+use self::publish_hook::PublishHook;
+use self::webhook::Webhook;
 
 /// A message on its way through the chain.
 #[derive(Debug, Clone, PartialEq)]
@@ -107,17 +125,48 @@ pub enum PluginSetupError {
     Plugin { name: &'static str, message: String },
 }
 
-/// Builds the chain named by `plugins.chain`, in that order.
-pub fn build_chain(setup: &Setup<'_>) -> Result<Chain, PluginSetupError> {
+/// The chain, and handles on the plugins the admin API manages. A handle is `None` when
+/// its plugin is not in `plugins.chain`; the admin API then answers that the plugin is off.
+pub struct Plugins {
+    pub chain: Chain,
+    /// The blacklist's lists (`GET/POST/DELETE` of the admin API).
+    pub blacklist: Option<Arc<Blacklist>>,
+}
+
+/// Builds the chain named by `plugins.chain`, in that order, and starts what the plugins
+/// run in the background.
+pub async fn build_chain(setup: &Setup<'_>) -> Result<Plugins, PluginSetupError> {
     let mut plugins: Vec<Arc<dyn Plugin>> = Vec::new();
+    let mut blacklist = None;
     for name in &setup.config.plugins.chain {
         // One arm per name of `config::PLUGIN_NAMES`, each calling its plugin's constructor.
         match name.as_str() {
+            "blacklist" => {
+                let lists = Blacklist::start(
+                    &setup.config.blacklist,
+                    setup.redis.clone(),
+                    &setup.shutdown,
+                    &setup.tracker,
+                )
+                .await
+                .map_err(|e| PluginSetupError::Plugin {
+                    name: "blacklist",
+                    message: e.to_string(),
+                })?;
+                blacklist = Some(lists.clone());
+                plugins.push(lists);
+            }
+            "webhook" => plugins.push(Webhook::start(
+                &setup.config.webhook,
+                &setup.shutdown,
+                &setup.tracker,
+            )?),
+            "publish_hook" => plugins.push(Arc::new(PublishHook::new(
+                &setup.config.publish_hook,
+                &setup.config.limits,
+            )?)),
             "ban" => plugins.push(Arc::new(ban::BanPlugin::new(setup.bans.clone()))),
             "rate_limit" => plugins.push(Arc::new(rate_limit::RateLimit::from_setup(setup)?)),
-            "blacklist" | "webhook" | "publish_hook" => {
-                tracing::warn!(plugin = %name, "plugin not built in yet");
-            }
             other => {
                 return Err(PluginSetupError::Plugin {
                     name: "chain",
@@ -126,7 +175,34 @@ pub fn build_chain(setup: &Setup<'_>) -> Result<Chain, PluginSetupError> {
             }
         }
     }
-    Ok(Chain::new(plugins))
+    Ok(Plugins {
+        chain: Chain::new(plugins),
+        blacklist,
+    })
+}
+
+/// The blacklist's lists for the admin API of a host that runs no chain (no worker role):
+/// with `blacklist` in `plugins.chain` and Redis configured, the lists the chat hosts share
+/// are managed from here too. `None` otherwise.
+pub async fn admin_blacklist(
+    setup: &Setup<'_>,
+) -> Result<Option<Arc<Blacklist>>, PluginSetupError> {
+    let on = setup.config.plugins.chain.iter().any(|n| n == "blacklist");
+    if !on || !setup.config.roles.admin || setup.redis.is_none() {
+        return Ok(None);
+    }
+    Blacklist::start(
+        &setup.config.blacklist,
+        setup.redis.clone(),
+        &setup.shutdown,
+        &setup.tracker,
+    )
+    .await
+    .map(Some)
+    .map_err(|e| PluginSetupError::Plugin {
+        name: "blacklist",
+        message: e.to_string(),
+    })
 }
 
 impl std::fmt::Debug for Chain {

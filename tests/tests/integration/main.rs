@@ -16,6 +16,8 @@ mod metrics;
 mod moderation;
 mod multihost;
 mod ping;
+mod plugins;
+mod readme;
 mod reload;
 mod restart;
 mod resume;
