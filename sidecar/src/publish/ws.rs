@@ -416,7 +416,11 @@ async fn ban_check(
     let Some(Value::String(channel)) = object.get("join") else {
         return None;
     };
-    if object.contains_key("leave") || chatup_wire::channel::validate(channel.as_bytes()).is_err() {
+    // Frames handle_frame refuses anyway are left to it.
+    let malformed = ["leave", "ch", "msg", "ev"]
+        .iter()
+        .any(|k| object.contains_key(*k));
+    if malformed || chatup_wire::channel::validate(channel.as_bytes()).is_err() {
         return None;
     }
     // Counted as joined while the check runs, so a ban made meanwhile kicks the session.
