@@ -268,6 +268,7 @@ impl Sidecar {
                 },
                 metrics: metrics.clone(),
                 blacklist: blacklist.clone(),
+                moderation: moderation.clone(),
             })),
             _ => None,
         };

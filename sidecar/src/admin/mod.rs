@@ -7,6 +7,7 @@
 //! cannot be reached.
 
 pub mod auth;
+pub mod ban;
 pub mod blacklist;
 pub mod messages;
 pub mod metrics;
@@ -42,6 +43,8 @@ pub struct AdminState {
     pub limits: Limits,
     /// What `/metrics` serves.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Bans and their effects on every host.
+    pub moderation: Arc<crate::moderation::Moderation>,
     /// The blacklist plugin's lists; `None` when the plugin is off.
     pub blacklist: Option<Arc<crate::plugins::blacklist::Blacklist>>,
 }
@@ -160,6 +163,9 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/stats", get(stats::hosts))
         .route("/stats/{channel}", get(stats::channel))
         .route("/metrics", get(metrics::scrape))
+        .route("/ban", post(ban::ban).delete(ban::unban))
+        .route("/unban", post(ban::unban))
+        .route("/bans/{channel}", get(ban::list))
         .route(
             "/blacklist",
             get(blacklist::get)

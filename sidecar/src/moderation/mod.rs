@@ -185,7 +185,7 @@ fn check_channel(channel: &str) -> Result<(), ModerationError> {
 
 /// Checks the channel and the users of a ban or unban; returns the users without repeats,
 /// in their first order.
-fn check_call(channel: &str, users: &[String]) -> Result<Vec<String>, ModerationError> {
+pub fn check_call(channel: &str, users: &[String]) -> Result<Vec<String>, ModerationError> {
     check_channel(channel)?;
     let bad = |m: String| Err(ModerationError::BadRequest(m));
     if users.is_empty() {

@@ -4,7 +4,8 @@
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use chatup_tests::token::token;
+use chatup_tests::http::{build_request, request};
+use chatup_tests::token::{admin_token, sign_admin, token};
 use chatup_tests::{
     Chatup, HttpResponse, Options, Publisher, RedisCluster, RedisServer, Subscriber, WAIT,
 };
@@ -156,28 +157,49 @@ async fn the_rate_limit_is_counted_across_hosts_through_redis() {
 
 // ---- bans -----------------------------------------------------------------------------------
 
-/// Bans `user` from `channel` for `expire` (or for ever) as any host does: the record in
-/// the channel's bans hash, then the kick notice to every host.
-fn ban(redis: &RedisServer, channel: &str, user: &str, expire: Option<Duration>) {
-    let until = match expire {
-        Some(expire) => {
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .expect("clock after 1970")
-                .as_millis() as u64;
-            now + expire.as_millis() as u64
-        }
-        None => 0,
-    };
-    let key = format!("chatup:{{{channel}}}:bans");
-    redis.cli(&["HSET", &key, user, &until.to_string()]);
-    let notice = json!({"kick": {"channel": channel, "users": [user]}}).to_string();
-    redis.cli(&["PUBLISH", "chatup:control", &notice]);
+/// `method path` through `env`'s nginx with a valid admin token and `body` as JSON.
+async fn admin(env: &Chatup, method: &str, path: &str, body: Option<&Value>) -> HttpResponse {
+    let auth = format!("Bearer {}", admin_token());
+    let body = body.map(Value::to_string);
+    request(
+        env.nginx_addr(),
+        &build_request(
+            method,
+            path,
+            &[
+                ("Authorization", &auth),
+                ("Content-Type", "application/json"),
+            ],
+            body.as_deref().map(str::as_bytes),
+        ),
+        WAIT,
+    )
+    .await
 }
 
-/// Lifts the ban of `user` in `channel`.
-fn unban(redis: &RedisServer, channel: &str, user: &str) {
-    redis.cli(&["HDEL", &format!("chatup:{{{channel}}}:bans"), user]);
+/// Bans `user` from `channel` for `expire` (or for ever) through `env`'s admin API.
+async fn ban(env: &Chatup, channel: &str, user: &str, expire: Option<Duration>) {
+    let mut body = json!({"channel": channel, "users": [user]});
+    if let Some(expire) = expire {
+        body["expire"] = json!(expire.as_secs());
+    }
+    let resp = admin(env, "POST", "/ban", Some(&body)).await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let banned = &resp.json()["banned"];
+    assert_eq!(banned[0]["channel"], channel, "{banned}");
+    assert_eq!(banned[0]["user"], user, "{banned}");
+    assert_eq!(banned[0]["until"].is_null(), expire.is_none(), "{banned}");
+}
+
+/// Lifts the ban of `user` in `channel` through `env`'s admin API.
+async fn unban(env: &Chatup, channel: &str, user: &str) {
+    let body = json!({"channel": channel, "users": [user]});
+    let resp = admin(env, "DELETE", "/ban", Some(&body)).await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(
+        resp.json(),
+        json!({"unbanned": [{"channel": channel, "user": user}]})
+    );
 }
 
 /// Waits until `n` hosts listen on the control channel.
@@ -217,7 +239,7 @@ async fn a_ban_kicks_the_users_sessions_on_every_host_and_refuses_what_follows()
         .collect();
     assert_eq!(kinds, ["join", "hi from b", "join"], "{heard:?}");
 
-    ban(&redis, "room", "user-alice", None);
+    ban(&a, "room", "user-alice", None).await;
     for (name, p) in [("on A", &mut on_a), ("on B", &mut on_b)] {
         let (code, _) = p.expect_close(WAIT).await;
         assert_eq!(code, Some(4502), "alice's session {name}");
@@ -252,8 +274,21 @@ async fn a_ban_kicks_the_users_sessions_on_every_host_and_refuses_what_follows()
             .any(|m| m["ev"] == "leave" && m["user"]["name"] == "alice"),
         "{rest:?}"
     );
+    // Viewers were told to hide her messages.
+    assert!(
+        rest.iter()
+            .any(|m| m["ev"] == "rmUserMsg" && m["data"] == "user-alice"),
+        "{rest:?}"
+    );
+    let listed = admin(&b, "GET", "/bans/room", None).await;
+    assert_eq!(
+        listed.json(),
+        json!({"channel": "room", "bans": [{"user": "user-alice", "until": null}]})
+    );
 
-    unban(&redis, "room", "user-alice");
+    unban(&b, "room", "user-alice").await;
+    let listed = admin(&a, "GET", "/bans/room", None).await;
+    assert_eq!(listed.json()["bans"], json!([]), "{}", listed.text());
     let mut back = joined(&b, "alice", "room").await;
     back.publish("room", "back").await;
     let resp = a.post_text("room", &token("alice"), b"again").await;
@@ -267,7 +302,7 @@ async fn a_ban_with_an_expiry_lapses() {
     control_listeners(&redis, 1).await;
     let alice = token("alice");
     let started = Instant::now();
-    ban(&redis, "room", "user-alice", Some(Duration::from_secs(1)));
+    ban(&env, "room", "user-alice", Some(Duration::from_secs(1))).await;
     let resp = env.post_text("room", &alice, b"x").await;
     assert_refused(&resp, 403, "banned");
     let message = resp.json()["error"]["message"]
@@ -308,12 +343,7 @@ async fn a_ban_kicks_across_hosts_on_a_redis_cluster() {
     .await;
     let mut on_b = joined(&b, "alice", "room").await;
 
-    let bans = "chatup:{room}:bans";
-    cluster
-        .node(cluster.node_index_for(bans))
-        .cli(&["HSET", bans, "user-alice", "0"]);
-    let notice = json!({"kick": {"channel": "room", "users": ["user-alice"]}}).to_string();
-    control.cli(&["SPUBLISH", "chatup:{control}", &notice]);
+    ban(&a, "room", "user-alice", None).await;
     let (code, _) = on_b.expect_close(WAIT).await;
     assert_eq!(code, Some(4502));
     assert_refused(
@@ -321,4 +351,75 @@ async fn a_ban_kicks_across_hosts_on_a_redis_cluster() {
         403,
         "banned",
     );
+}
+
+#[tokio::test]
+async fn bans_in_the_original_format_and_bad_ban_calls_on_one_host() {
+    let env = Chatup::start();
+    let mut alice = joined(&env, "alice", "room").await;
+    // The original system's body: a JWT whose payload is the array of bans.
+    let body = sign_admin(&json!([{"name": "user-alice", "channel": "room", "expire": 60}]));
+    let resp = request(
+        env.nginx_addr(),
+        &build_request("POST", "/ban", &[], Some(body.as_bytes())),
+        WAIT,
+    )
+    .await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let until = resp.json()["banned"][0]["until"]
+        .as_u64()
+        .expect("an expiry");
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis() as u64;
+    assert!(
+        (now + 55_000..=now + 61_000).contains(&until),
+        "{until} vs {now}"
+    );
+    let (code, _) = alice.expect_close(WAIT).await;
+    assert_eq!(code, Some(4502));
+    let listed = admin(&env, "GET", "/bans/room", None).await;
+    assert_eq!(listed.json()["bans"][0]["until"], json!(until));
+
+    for (body, needle) in [
+        (json!({"channel": "room"}), "no users"),
+        (json!({"channel": "a b", "users": ["x"]}), "channel"),
+        (
+            json!({"channel": "room", "users": ["x"], "expire": 0}),
+            "at least 1 second",
+        ),
+        (
+            json!({"channel": "room", "users": ["x"], "ttl": 5}),
+            "unknown field",
+        ),
+    ] {
+        let resp = admin(&env, "POST", "/ban", Some(&body)).await;
+        assert_refused(&resp, 400, "bad_request");
+        assert!(resp.text().contains(needle), "{body}: {}", resp.text());
+    }
+    let user_token = format!("Bearer {}", token("alice"));
+    let resp = request(
+        env.nginx_addr(),
+        &build_request(
+            "POST",
+            "/ban",
+            &[("Authorization", &user_token)],
+            Some(br#"{"channel":"room","users":["user-bob"]}"#),
+        ),
+        WAIT,
+    )
+    .await;
+    assert_refused(&resp, 401, "bad_token");
+
+    // Lifted with the original format too.
+    let body = sign_admin(&json!([{"name": "user-alice", "channel": "room"}]));
+    let resp = request(
+        env.nginx_addr(),
+        &build_request("POST", "/unban", &[], Some(body.as_bytes())),
+        WAIT,
+    )
+    .await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    joined(&env, "alice", "room").await;
 }
