@@ -4,7 +4,7 @@
 use std::process::Command;
 
 use chatup_tests::env::repo_root;
-use chatup_tests::{Chatup, Subscriber};
+use chatup_tests::{Chatup, Options, Subscriber};
 use serde_json::Value;
 
 /// The first ```sh block of README.md whose first line starts with `first_line`.
@@ -69,7 +69,9 @@ fn run(chatup: &Chatup, prelude: &str, command: &str) -> String {
 
 #[tokio::test]
 async fn the_admin_examples_of_the_readme_run_as_written() {
-    let chatup = Chatup::start();
+    // The plugins of a default configuration, as scripts/run has them.
+    let chatup =
+        Chatup::start_with(Options::default().plugins(&["ban", "rate_limit", "blacklist"]));
     let mut lobby = Subscriber::connect(&chatup, "/sub/lobby").await;
     let (prelude, commands) = split(&readme_block("CHATUP=${CHATUP:-"));
     assert!(commands.len() >= 6, "{commands:?}");
