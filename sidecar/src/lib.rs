@@ -12,12 +12,13 @@
 //!
 //! Layout, one concern per module:
 //!
-//! * [`config`]: the `[relay] [http] [auth] [limits] [history] [redis] [host] [roles]
-//!   [dispatch] [presence] [log]` settings, layered default < file < `CHATUP_*` environment
-//!   < `--set`.
+//! * [`config`]: the `[relay] [http] [auth] [admin] [limits] [history] [redis] [host]
+//!   [roles] [dispatch] [presence] [plugins] [rate_limit] [blacklist] [webhook]
+//!   [publish_hook] [log]` settings, layered default < file < `CHATUP_*` environment <
+//!   `--set`.
 //! * [`cli`]: the command line (`run`, `token`, `config`).
 //! * [`auth`]: JWT verification with pinned algorithms; the example-key warning.
-//! * [`token`]: the `token` subcommand that mints publisher tokens.
+//! * [`token`]: the `token` subcommand that mints publisher and admin tokens.
 //! * [`message`]: the message JSON, encoded once; [`message::assemble`] puts `ch`, `id`,
 //!   `ep` in front of the publisher-encoded tail.
 //! * [`broker`]: the [`broker::Broker`] trait (publish with atomic id + history + fan-out,
@@ -35,7 +36,9 @@
 //! * [`publish`]: the publisher endpoints, `GET /pub` (WebSocket, also join/leave) and
 //!   `POST /pub/<ch>`; the open sessions by user, for kicks.
 //! * [`plugins`]: the checks of `plugins.chain` every publish goes through (`ban`,
-//!   `rate_limit`, ...).
+//!   `rate_limit`, `blacklist`, `webhook`, `publish_hook`).
+//! * [`admin`]: the admin API (admin tokens; post, ban, history, stats, blacklist,
+//!   metrics); its routes are listed in `sidecar/openapi.json`.
 //! * [`presence`]: which publishers joined which channels on this host; `join`/`leave`
 //!   events.
 //! * [`registry`]: the live hosts and their load, for the dispatcher: this host alone
