@@ -32,18 +32,7 @@ pub const DEFAULT_LIMIT: u64 = 50;
 /// Largest `limit`.
 pub const MAX_LIMIT: u64 = 1000;
 
-const PARAMS: [Param; 2] = [
-    Param {
-        name: "before",
-        min: 0,
-        max: u64::MAX,
-    },
-    Param {
-        name: "limit",
-        min: 1,
-        max: MAX_LIMIT,
-    },
-];
+const PARAMS: [Param; 2] = [Param::any("before"), Param::limit(MAX_LIMIT)];
 
 /// The checked query: ids below `before` (any when `None`), at most `limit`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -12,6 +12,26 @@ pub struct Param {
     pub max: u64,
 }
 
+impl Param {
+    /// Any non-negative integer (an id, an offset).
+    pub const fn any(name: &'static str) -> Self {
+        Self {
+            name,
+            min: 0,
+            max: u64::MAX,
+        }
+    }
+
+    /// `limit`, a page size from 1 to `max`.
+    pub const fn limit(max: u64) -> Self {
+        Self {
+            name: "limit",
+            min: 1,
+            max,
+        }
+    }
+}
+
 /// The query string as name/value pairs (percent-decoded), in order.
 pub type Pairs = Vec<(String, String)>;
 
@@ -75,18 +95,7 @@ pub fn integers(pairs: &Pairs, params: &[Param]) -> Result<Vec<Option<u64>>, Adm
 mod tests {
     use super::*;
 
-    const PARAMS: [Param; 2] = [
-        Param {
-            name: "skip",
-            min: 0,
-            max: u64::MAX,
-        },
-        Param {
-            name: "limit",
-            min: 1,
-            max: 1000,
-        },
-    ];
+    const PARAMS: [Param; 2] = [Param::any("skip"), Param::limit(1000)];
 
     fn read(query: Option<&str>) -> Result<Vec<Option<u64>>, String> {
         pairs(query)

@@ -48,18 +48,7 @@ pub const DEFAULT_LIMIT: u64 = 100;
 /// Largest `limit`.
 pub const MAX_LIMIT: u64 = 1000;
 
-const PARAMS: [Param; 2] = [
-    Param {
-        name: "skip",
-        min: 0,
-        max: u64::MAX,
-    },
-    Param {
-        name: "limit",
-        min: 1,
-        max: MAX_LIMIT,
-    },
-];
+const PARAMS: [Param; 2] = [Param::any("skip"), Param::limit(MAX_LIMIT)];
 
 /// The checked query of `/stats/<ch>`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
