@@ -337,6 +337,7 @@ impl Target {
                     "broker": stack.broker,
                     "hosts": stack.hosts,
                     "cache_messages": stack.cache,
+                    "plugins": stack.plugins,
                 });
                 if stack.broker == Broker::Redis {
                     server["redis"] = match &stack.redis_url {

@@ -70,10 +70,24 @@ pub struct StackArgs {
     /// Folder with jwt-private.pem / jwt-public.pem. Default: the example keys.
     #[arg(long, value_name = "DIR")]
     pub keys: Option<PathBuf>,
+    /// Moderation plugins every publish goes through, comma-separated: `ban`,
+    /// `rate_limit` (with a bound the load never reaches, so it counts but never refuses),
+    /// `blacklist` (a few words and a muted one, none in the bench's text). Default: none,
+    /// the core publish path.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "NAMES",
+        conflicts_with = "url"
+    )]
+    pub plugins: Vec<String>,
     /// Keep the stack's temp folder (configs and logs) and print where it is.
     #[arg(long)]
     pub keep: bool,
 }
+
+/// The plugins `--plugins` may name.
+const BENCH_PLUGINS: &[&str] = &["ban", "rate_limit", "blacklist"];
 
 /// A deployment the bench started; dropping it stops every process.
 pub struct Stack {
@@ -108,6 +122,17 @@ impl StackArgs {
             return Err(BenchError::Setup(
                 "--redis-url needs --broker redis (the memory broker uses no Redis)".into(),
             ));
+        }
+        if let Some(other) = self
+            .plugins
+            .iter()
+            .find(|p| !BENCH_PLUGINS.contains(&p.as_str()))
+        {
+            return Err(BenchError::Setup(format!(
+                "--plugins {other:?}: the bench can run {} (webhook and publish_hook need an \
+                 endpoint of the operator's)",
+                BENCH_PLUGINS.join(", ")
+            )));
         }
         if let Some(url) = &self.redis_url {
             if !(url.starts_with("redis://") || url.starts_with("unix://")) {
@@ -239,11 +264,15 @@ impl StackArgs {
             "[relay]\nsocket = {relay:?}\nsocket_mode = \"0666\"\n\n\
              [http]\nlisten = \"127.0.0.1:{sidecar_port}\"\n\n\
              [auth]\npublic_key_file = {public:?}\n\n\
-             # The bench measures the core publish path, and its load would be refused by\n\
-             # the default rate limit: no moderation plugins.\n\
-             [plugins]\nchain = []\n\n[log]\nlevel = \"warn\"\n",
+             # The plugins of --plugins (none: the core publish path); the rate limit has\n\
+             # a bound the load never reaches, so it counts every message but refuses none.\n\
+             [plugins]\nchain = {chain:?}\n\n\
+             [rate_limit]\nmessages = 1000000000\nper_seconds = 1\n\n\
+             [blacklist]\nwords = [\"spam\", \"scam\", \"casino\"]\nmuted = [\"darn\"]\n\n\
+             [log]\nlevel = \"warn\"\n",
             relay = relay.display().to_string(),
             public = keys.join("jwt-public.pem").display().to_string(),
+            chain = self.plugins,
         );
         if let Some(redis) = redis {
             // Keys of their own (this run's prefix) that do not outlive the run by much,
