@@ -481,6 +481,17 @@ pub(crate) mod tests {
         jsonwebtoken::get_current_timestamp()
     }
 
+    /// An identity as a verified token would give it: `sub` (optional) and the `_public`
+    /// JSON text, never expiring, no events.
+    pub(crate) fn identity_of(sub: Option<&str>, user: &str) -> Identity {
+        Identity {
+            sub: sub.map(str::to_owned),
+            user: user.into(),
+            events: false,
+            expires_at: u64::MAX,
+        }
+    }
+
     pub(crate) fn sign(claims: &Value) -> String {
         jsonwebtoken::encode(
             &Header::new(Algorithm::RS256),

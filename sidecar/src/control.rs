@@ -334,9 +334,7 @@ mod tests {
 
     #[tokio::test]
     async fn notices_cross_hosts_through_redis_once() {
-        let Some(redis) = crate::registry::tests::RedisServer::start() else {
-            return;
-        };
+        let redis = crate::registry::tests::RedisServer::start();
         let config = RedisConfig {
             url: redis.url(),
             ..RedisConfig::default()

@@ -472,17 +472,9 @@ async fn publish_event(broker: &dyn Broker, notice: &Notice) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::tests::identity_of as identity;
     use crate::broker::memory::{MemoryBroker, MemoryOptions};
     use crate::broker::{Event, Subscriber};
-
-    fn identity(sub: Option<&str>, user: &str) -> Identity {
-        Identity {
-            sub: sub.map(str::to_owned),
-            user: user.into(),
-            events: false,
-            expires_at: u64::MAX,
-        }
-    }
 
     fn drain(pump: &mut EventPump) -> Vec<(String, String, Move)> {
         let mut out = Vec::new();

@@ -674,17 +674,17 @@ pub(crate) mod tests {
     }
 
     impl RedisServer {
-        /// `None` (with the reason printed) when there is no redis-server to run.
-        pub(crate) fn start() -> Option<Self> {
-            if Command::new("redis-server")
-                .arg("--version")
-                .stdout(Stdio::null())
-                .status()
-                .is_err()
-            {
-                eprintln!("skipping: no redis-server on PATH (apt-get install redis-server)");
-                return None;
-            }
+        /// Panics, saying what to install, when there is no redis-server to run: the tests
+        /// that need one must not pass without it.
+        pub(crate) fn start() -> Self {
+            assert!(
+                Command::new("redis-server")
+                    .arg("--version")
+                    .stdout(Stdio::null())
+                    .status()
+                    .is_ok(),
+                "no redis-server on PATH: run scripts/setup (or apt-get install redis-server)"
+            );
             let port = std::net::TcpListener::bind("127.0.0.1:0")
                 .unwrap()
                 .local_addr()
@@ -698,7 +698,7 @@ pub(crate) mod tests {
                 .expect("redis-server starts");
             for _ in 0..200 {
                 if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return Some(Self { child, port });
+                    return Self { child, port };
                 }
                 std::thread::sleep(Duration::from_millis(25));
             }
@@ -711,7 +711,7 @@ pub(crate) mod tests {
             format!("redis://127.0.0.1:{}", self.port)
         }
 
-        async fn link(&self) -> RedisLink {
+        pub(crate) async fn link(&self) -> RedisLink {
             let config = RedisConfig {
                 url: self.url(),
                 timeout_ms: 500,
@@ -834,12 +834,7 @@ pub(crate) mod tests {
     }
 
     fn identity(sub: &str) -> crate::auth::Identity {
-        crate::auth::Identity {
-            sub: Some(sub.into()),
-            user: "{}".into(),
-            events: false,
-            expires_at: u64::MAX,
-        }
+        crate::auth::tests::identity_of(Some(sub), "{}")
     }
 
     async fn hash(link: &RedisLink, key: &str) -> HashMap<String, u64> {
@@ -913,9 +908,7 @@ pub(crate) mod tests {
 
     #[tokio::test]
     async fn redis_hosts_report_and_counts_sum_over_hosts() {
-        let Some(server) = RedisServer::start() else {
-            return;
-        };
+        let server = RedisServer::start();
         let link = server.link().await;
         let directory = RedisDirectory::new(link.clone());
         assert!(directory.hosts().await.unwrap().is_empty());
@@ -1012,9 +1005,7 @@ pub(crate) mod tests {
 
     #[tokio::test]
     async fn member_lists_are_mirrored_per_host_and_merged() {
-        let Some(server) = RedisServer::start() else {
-            return;
-        };
+        let server = RedisServer::start();
         let link = server.link().await;
         let directory = RedisDirectory::new(link.clone());
         let a = Host::start().await;
@@ -1155,9 +1146,7 @@ pub(crate) mod tests {
 
     #[tokio::test]
     async fn a_silent_host_vanishes_and_a_stopping_one_leaves_at_once() {
-        let Some(server) = RedisServer::start() else {
-            return;
-        };
+        let server = RedisServer::start();
         let link = server.link().await;
         let directory = RedisDirectory::new(link.clone());
         let a = Host::start().await;
@@ -1213,9 +1202,7 @@ pub(crate) mod tests {
 
     #[tokio::test]
     async fn an_unreachable_redis_is_an_error_and_reporting_recovers() {
-        let Some(mut server) = RedisServer::start() else {
-            return;
-        };
+        let mut server = RedisServer::start();
         let link = server.link().await;
         let directory = RedisDirectory::new(link.clone());
         let mut host = Host::start().await;
@@ -1262,17 +1249,17 @@ pub(crate) mod tests {
     }
 
     impl RedisCluster {
-        fn start() -> Option<Self> {
-            if Command::new("redis-cli")
-                .arg("--version")
-                .stdout(Stdio::null())
-                .status()
-                .is_err()
-            {
-                eprintln!("skipping: no redis-cli on PATH (apt-get install redis-tools)");
-                return None;
-            }
-            RedisServer::start()?; // only to check that redis-server is there
+        /// Panics, saying what to install, without redis-cli or redis-server.
+        fn start() -> Self {
+            assert!(
+                Command::new("redis-cli")
+                    .arg("--version")
+                    .stdout(Stdio::null())
+                    .status()
+                    .is_ok(),
+                "no redis-cli on PATH: run scripts/setup (or apt-get install redis-tools)"
+            );
+            RedisServer::start(); // only to check that redis-server is there
             let dir = tempfile::tempdir().unwrap();
             let mut nodes = Vec::new();
             for i in 0..3 {
@@ -1325,7 +1312,7 @@ pub(crate) mod tests {
                 assert!(std::time::Instant::now() < deadline, "the cluster forms");
                 std::thread::sleep(Duration::from_millis(50));
             }
-            Some(Self { nodes, _dir: dir })
+            Self { nodes, _dir: dir }
         }
 
         async fn link(&self) -> RedisLink {
@@ -1340,9 +1327,7 @@ pub(crate) mod tests {
 
     #[tokio::test]
     async fn the_registry_works_on_a_redis_cluster() {
-        let Some(cluster) = RedisCluster::start() else {
-            return;
-        };
+        let cluster = RedisCluster::start();
         let link = cluster.link().await;
         assert!(link.is_cluster());
         let directory = RedisDirectory::new(link.clone());
@@ -1383,9 +1368,7 @@ pub(crate) mod tests {
 
     #[tokio::test]
     async fn member_lists_work_on_a_redis_cluster() {
-        let Some(cluster) = RedisCluster::start() else {
-            return;
-        };
+        let cluster = RedisCluster::start();
         let link = cluster.link().await;
         let directory = RedisDirectory::new(link.clone());
         // Channels in different slots, users on several hosts.

@@ -290,7 +290,6 @@ fn prune(map: &mut HashMap<String, HashMap<String, Ban>>, channel: &str, now: u6
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::RedisConfig;
 
     fn users(names: &[&str]) -> Vec<String> {
         names.iter().map(|n| n.to_string()).collect()
@@ -380,15 +379,8 @@ mod tests {
 
     #[tokio::test]
     async fn redis_bans_lapse_lift_and_expire_with_their_last_ban() {
-        let Some(redis) = crate::registry::tests::RedisServer::start() else {
-            return;
-        };
-        let config = RedisConfig {
-            url: redis.url(),
-            timeout_ms: 500,
-            ..RedisConfig::default()
-        };
-        let (link, _) = RedisLink::connect(&config).await.unwrap();
+        let redis = crate::registry::tests::RedisServer::start();
+        let link = redis.link().await;
         let bans = Bans::redis(link.clone());
         // Against the real clock here, since Redis expires keys by it.
         let now = now_ms();

@@ -94,17 +94,9 @@ fn utc_timestamp(ms: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::tests::identity_of as identity;
     use crate::message::Body;
     use std::time::Duration;
-
-    fn identity(sub: Option<&str>, user: &str) -> Identity {
-        Identity {
-            sub: sub.map(str::to_owned),
-            user: user.into(),
-            events: false,
-            expires_at: u64::MAX,
-        }
-    }
 
     #[test]
     fn times_are_written_in_utc() {

@@ -263,7 +263,7 @@ async fn sweep(windows: std::sync::Weak<Windows>, window: Duration, shutdown: Ca
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::RedisConfig;
+    use crate::auth::tests::identity_of as identity;
     use crate::message::Body;
 
     const WINDOW: Duration = Duration::from_secs(10);
@@ -320,15 +320,6 @@ mod tests {
         assert!(w.lock().is_empty());
     }
 
-    fn identity(sub: Option<&str>, user: &str) -> Identity {
-        Identity {
-            sub: sub.map(str::to_owned),
-            user: user.into(),
-            events: false,
-            expires_at: u64::MAX,
-        }
-    }
-
     async fn publish(limit: &RateLimit, who: &Identity, channel: &str) -> Result<(), PublishError> {
         let mut draft = Draft::new(who, channel, Body::Text("hi".into()));
         limit.check(&mut draft).await
@@ -358,17 +349,9 @@ mod tests {
 
     #[tokio::test]
     async fn redis_counts_are_shared_and_slide() {
-        let Some(redis) = crate::registry::tests::RedisServer::start() else {
-            return;
-        };
-        let config = RedisConfig {
-            url: redis.url(),
-            timeout_ms: 500,
-            ..RedisConfig::default()
-        };
+        let redis = crate::registry::tests::RedisServer::start();
         let window = Duration::from_millis(1_000);
-        let (a_link, _) = RedisLink::connect(&config).await.unwrap();
-        let (b_link, _) = RedisLink::connect(&config).await.unwrap();
+        let (a_link, b_link) = (redis.link().await, redis.link().await);
         let host_a = RateLimit::redis(3, window, a_link.clone());
         let host_b = RateLimit::redis(3, window, b_link);
         let ann = identity(Some("ann"), "{}");

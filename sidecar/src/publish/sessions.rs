@@ -268,16 +268,8 @@ pub async fn kick_on_notice(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::tests::identity_of as identity;
     use std::time::Duration;
-
-    fn identity(sub: Option<&str>, user: &str) -> Identity {
-        Identity {
-            sub: sub.map(str::to_owned),
-            user: user.into(),
-            events: false,
-            expires_at: u64::MAX,
-        }
-    }
 
     fn users(names: &[&str]) -> Vec<String> {
         names.iter().map(|n| n.to_string()).collect()
