@@ -1,35 +1,46 @@
-//! The README's admin examples, run exactly as written (from the repository root, with
-//! `CHATUP` pointing at a running chatup), one command at a time.
+//! Every curl example of the README, run exactly as written (from the repository root, with
+//! `CHATUP` pointing at a running chatup), one command at a time, in README order.
 
-use std::process::Command;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use chatup_tests::env::repo_root;
-use chatup_tests::{Chatup, Options, Subscriber};
+use chatup_tests::{Chatup, Options, Subscriber, WAIT};
 use serde_json::Value;
 
-/// The first ```sh block of README.md whose first line starts with `first_line`.
-fn readme_block(first_line: &str) -> String {
+/// The ```sh blocks of README.md that run curl, in order.
+fn curl_blocks() -> Vec<String> {
     let readme = std::fs::read_to_string(repo_root().join("README.md")).expect("read README.md");
-    let mut blocks = readme.split("```sh\n").skip(1);
-    blocks
-        .find(|b| b.starts_with(first_line))
-        .and_then(|b| b.split("\n```").next())
-        .unwrap_or_else(|| panic!("README.md has no ```sh block starting with {first_line:?}"))
-        .to_owned()
+    readme
+        .split("```sh\n")
+        .skip(1)
+        .filter_map(|b| b.split("\n```").next())
+        .filter(|b| b.contains("curl "))
+        .map(str::to_owned)
+        .collect()
 }
 
-/// The block's variable lines (up to the first blank line) and its commands, each with
-/// its continuation lines joined; comments dropped.
+/// A block's variable assignments (`NAME=...` lines, which every command needs) and its
+/// commands, each with its continuation lines joined; comments dropped.
 fn split(block: &str) -> (String, Vec<String>) {
-    let (prelude, rest) = block
-        .split_once("\n\n")
-        .expect("a blank line after the variables");
+    let mut prelude = String::new();
     let mut commands = Vec::new();
     let mut current = String::new();
-    for line in rest.lines() {
+    for line in block.lines() {
         let trimmed = line.trim();
-        if current.is_empty() && (trimmed.is_empty() || trimmed.starts_with('#')) {
-            continue;
+        if current.is_empty() {
+            if trimmed.is_empty() || trimmed.starts_with('#') {
+                continue;
+            }
+            let assignment = trimmed
+                .split_once('=')
+                .is_some_and(|(name, _)| name.chars().all(|c| c.is_ascii_uppercase() || c == '_'));
+            if assignment {
+                prelude.push_str(line);
+                prelude.push('\n');
+                continue;
+            }
         }
         current.push_str(line);
         current.push('\n');
@@ -41,18 +52,20 @@ fn split(block: &str) -> (String, Vec<String>) {
         current.is_empty(),
         "the block ends inside a command: {current}"
     );
-    (prelude.to_owned(), commands)
+    (prelude, commands)
+}
+
+fn bash(chatup: &Chatup, prelude: &str, command: &str) -> Command {
+    let mut cmd = Command::new("bash");
+    cmd.arg("-c")
+        .arg(format!("set -euo pipefail\n{prelude}\n{command}"))
+        .current_dir(repo_root())
+        .env("CHATUP", chatup.public_url());
+    cmd
 }
 
 fn run(chatup: &Chatup, prelude: &str, command: &str) -> String {
-    let script = format!("set -euo pipefail\n{prelude}\n{command}");
-    let out = Command::new("bash")
-        .arg("-c")
-        .arg(&script)
-        .current_dir(repo_root())
-        .env("CHATUP", chatup.public_url())
-        .output()
-        .expect("run bash");
+    let out = bash(chatup, prelude, command).output().expect("run bash");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
@@ -67,37 +80,108 @@ fn run(chatup: &Chatup, prelude: &str, command: &str) -> String {
     stdout
 }
 
+/// A command that does not end by itself (a subscriber), run in the background with its
+/// output going to `out`.
+fn spawn(chatup: &Chatup, prelude: &str, command: &str, out: &Path) -> Child {
+    let file = std::fs::File::create(out).expect("create the output file");
+    bash(chatup, prelude, command)
+        .stdout(file)
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run bash")
+}
+
+/// Waits until the background command's output holds `needle` (or `WAIT` passed), stops
+/// it and returns what it printed.
+async fn stop_after(mut child: Child, out: &Path, needle: &str) -> String {
+    let deadline = Instant::now() + WAIT;
+    let mut printed = String::new();
+    while Instant::now() < deadline {
+        printed = String::from_utf8_lossy(&std::fs::read(out).unwrap_or_default()).into_owned();
+        if printed.contains(needle) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    printed
+}
+
 #[tokio::test]
-async fn the_admin_examples_of_the_readme_run_as_written() {
+async fn the_curl_examples_of_the_readme_run_as_written() {
     // The plugins of a default configuration, as scripts/run has them.
     let chatup =
         Chatup::start_with(Options::default().plugins(&["ban", "rate_limit", "blacklist"]));
-    let mut lobby = Subscriber::connect(&chatup, "/sub/lobby").await;
-    let (prelude, commands) = split(&readme_block("CHATUP=${CHATUP:-"));
+    let blocks = curl_blocks();
+    assert_eq!(blocks.len(), 3, "first publish, /join, admin: {blocks:#?}");
+
+    // A first publish and subscribe: the curl subscriber sees what the curl publisher sent.
+    let (prelude, commands) = split(&blocks[0]);
+    assert_eq!(commands.len(), 2, "{commands:?}");
+    assert!(
+        commands[0].contains("Upgrade: websocket"),
+        "{}",
+        commands[0]
+    );
+    let frames_file = chatup.path("curl-subscriber.out");
+    let subscriber = spawn(&chatup, &prelude, &commands[0], &frames_file);
+    let mut viewer = Subscriber::connect(&chatup, "/sub/lobby").await;
+    let accepted = run(&chatup, &prelude, &commands[1]);
+    assert_eq!(serde_json::from_str::<Value>(&accepted).unwrap()["id"], 1);
+    assert_eq!(viewer.recv().await["msg"], "hello, lobby");
+    // The curl subscriber shows the same message in its raw frames (live, or replayed from
+    // the cache when its upgrade came after the publish).
+    let needle = "\"msg\":\"hello, lobby\"";
+    let frames = stop_after(subscriber, &frames_file, needle).await;
+    assert!(frames.contains(needle), "{frames:?}");
+
+    // Choosing a host.
+    let (prelude, commands) = split(&blocks[1]);
+    assert_eq!(commands.len(), 1, "{commands:?}");
+    let joined: Value = serde_json::from_str(&run(&chatup, &prelude, &commands[0])).unwrap();
+    assert_eq!(joined["channel"], "lobby", "{joined}");
+    assert_eq!(joined["history"][0]["msg"], "hello, lobby", "{joined}");
+
+    // The admin API.
+    let (prelude, commands) = split(&blocks[2]);
+    assert!(prelude.contains("ADMIN="), "{prelude}");
     assert!(commands.len() >= 6, "{commands:?}");
     let mut outputs = Vec::new();
     for command in &commands {
         outputs.push(run(&chatup, &prelude, command));
     }
-    // What the posts published reached the channel's viewers.
-    let texts: Vec<String> = lobby
-        .recv_n(3)
-        .await
+    let output_of = |path: &str| {
+        outputs
+            .iter()
+            .zip(&commands)
+            .find(|(_, c)| c.contains(path))
+            .map(|(o, _)| o.as_str())
+            .unwrap_or_else(|| panic!("the admin block calls {path}"))
+    };
+    // What the posts and bans published reached the channel's viewers.
+    let heard = viewer.recv_n(5).await;
+    let texts: Vec<&str> = heard
         .iter()
-        .map(|m| {
-            m["msg"]
-                .as_str()
-                .or(m["ev"].as_str())
-                .unwrap_or("")
-                .to_owned()
-        })
+        .map(|m| m["msg"].as_str().or(m["ev"].as_str()).unwrap_or(""))
         .collect();
-    assert_eq!(texts, ["hello", "notice", "from the backend"]);
-    let health = outputs
-        .iter()
-        .zip(&commands)
-        .find(|(_, c)| c.contains("/health"))
-        .map(|(o, _)| serde_json::from_str::<Value>(o).expect("/health answers JSON"))
-        .expect("the block checks /health");
+    assert_eq!(
+        texts,
+        [
+            "hello",
+            "notice",
+            "from the backend",
+            "rmUserMsg",
+            "rmUserMsg"
+        ]
+    );
+    assert_eq!(heard[3]["data"], "user-42");
+    assert_eq!(heard[4]["data"], "user-7");
+    let health: Value = serde_json::from_str(output_of("/health")).expect("/health is JSON");
     assert_eq!(health["status"], "ok");
+    // hello, notice (to two channels), from the backend.
+    let admin_posts = output_of("/metrics")
+        .lines()
+        .find_map(|l| l.strip_prefix("chatup_messages_published_total{kind=\"admin\"} "));
+    assert_eq!(admin_posts, Some("4"));
 }
