@@ -1,0 +1,1002 @@
+// chatup browser client, plain-script build: sets window.ChatUp.
+// Made from src/chatup.js by build.mjs; edit that file, then run `node build.mjs`.
+(function (global) {
+  'use strict';
+
+  // chatup browser client: watch a room and chat in it.
+  //
+  //   import { ChatUp } from './chatup.js';
+  //   const chat = new ChatUp({ dispatcherURL: 'https://chat.example.com', room: 'lobby', jwt });
+  //   chat.on('message', (m) => show(m.user.name, m.msg));
+  //   chat.on('status', ({ status }) => showStatus(status));
+  //   await chat.init();
+  //   await chat.say('hello');
+  //
+  // A room is watched through a subscriber WebSocket (`/sub/<room>[/<more>]`, served by nginx)
+  // and written to through a publisher WebSocket (`/pub`, the sidecar). The dispatcher
+  // (`POST /join/<room>`) names the host to use and gives the recent history; `GET
+  // /channels/<room>` gives the viewer and chatter counts. Both sockets reconnect on their own,
+  // with exponential backoff and full jitter; the subscriber resumes with `since`, so a message
+  // is neither lost nor shown twice; after repeated failures the client asks the dispatcher for
+  // another host. Close codes 4500-4999 mean "do not reconnect until something changes" (bad or
+  // expired token, banned, bad request).
+  //
+  // No dependencies; runs in browsers and in Node 22+ (or with `WebSocket` and `fetch` given).
+
+  /** The client's state, as one value for a status line. */
+  const Status = Object.freeze({
+    /** Asking the dispatcher for a host, or opening the first connection. */
+    CONNECTING: 'connecting',
+    /** Receiving the room's messages (no token, or the token is being checked). */
+    CONNECTED: 'connected',
+    /** Receiving, and allowed to send. */
+    AUTHENTICATED: 'authenticated',
+    /** A connection dropped: retrying with backoff, catching up on reconnect. */
+    RECONNECTING: 'reconnecting',
+    /** The host failed repeatedly: asking the dispatcher for another one. */
+    SWITCHING_HOST: 'switchingHost',
+    /** Not started, closed by `close()`, or stopped by an error that retrying cannot fix. */
+    DISCONNECTED: 'disconnected',
+    /** The dispatcher has no live host to offer: retrying with backoff. */
+    NO_HOST: 'noHost',
+    /** The token was refused (bad, expired): receiving goes on; `authenticate()` with a new one. */
+    AUTH_ERROR: 'authError',
+    /** Banned from the room: receiving goes on, sending is refused. */
+    BANNED: 'banned',
+  });
+
+  /** WebSocket close codes used by chatup (README, "Close codes"). */
+  const CloseCode = Object.freeze({
+    NORMAL: 1000,
+    GOING_AWAY: 1001,
+    SLOW_CONSUMER: 4000,
+    PING_TIMEOUT: 4001,
+    BAD_TOKEN: 4500,
+    TOKEN_EXPIRED: 4501,
+    BANNED: 4502,
+    BAD_REQUEST: 4503,
+  });
+
+  /** Whether a socket closed with `code` may be reopened: 4500-4999 say "not until something changes". */
+  function shouldReconnect(code) {
+    return !(code >= 4500 && code <= 4999);
+  }
+
+  /**
+   * The wait before reconnect attempt number `attempt` (1 for the first retry): a random
+   * duration between 0 and `min(maxDelay, baseDelay * 2^(attempt-1))` ("full jitter"), so that
+   * thousands of clients dropped at once do not come back at once.
+   */
+  function backoffDelay(attempt, baseDelay, maxDelay, random = Math.random) {
+    const exponent = Math.min(Math.max(attempt - 1, 0), 30);
+    const ceiling = Math.min(maxDelay, baseDelay * 2 ** exponent);
+    return Math.floor(random() * ceiling);
+  }
+
+  const CHANNEL_NAME = /^[A-Za-z0-9_.-]{1,64}$/;
+
+  /** Checks a channel name against the server's rule; returns why it is refused, or null. */
+  function channelProblem(name) {
+    if (typeof name !== 'string') return 'a channel name must be a string';
+    if (CHANNEL_NAME.test(name)) return null;
+    if (name.length === 0) return 'a channel name cannot be empty';
+    if (name.length > 64) return `channel name "${name.slice(0, 20)}…" is longer than 64 characters`;
+    const bad = [...name].find((c) => !/[A-Za-z0-9_.-]/.test(c));
+    return `channel name "${name}" has "${bad}": only ASCII letters, digits, "_", "-" and "." are allowed`;
+  }
+
+  /** An error with the server's (or the client's) error code, e.g. `banned`, `rate_limited`. */
+  class ChatUpError extends Error {
+    constructor(code, message, details = {}) {
+      super(message || code);
+      this.name = 'ChatUpError';
+      /** Machine-readable: the server's `error.code`, or one of the client's own codes. */
+      this.code = code;
+      /** Seconds to wait before trying again, when the server said (`rate_limited`). */
+      this.retryAfter = details.retryAfter ?? null;
+      /** HTTP status, for errors of HTTP calls. */
+      this.status = details.status ?? null;
+    }
+  }
+
+  /**
+   * Where each channel's reader is: the epoch and id of the last message delivered. Decides
+   * which frames are new (delivered), old (dropped: already delivered), and builds `since`.
+   */
+  class ResumePoints {
+    constructor() {
+      this.points = new Map();
+    }
+
+    /** The `since` query value for `channels`, or '' when none has a position yet. */
+    since(channels) {
+      const parts = [];
+      for (const ch of channels) {
+        const p = this.points.get(ch);
+        if (p && p.ep !== null) parts.push(`${ch}:${p.ep}:${p.id}`);
+      }
+      return parts.join(',');
+    }
+
+    /** The position in `ch`, or undefined. */
+    get(ch) {
+      return this.points.get(ch);
+    }
+
+    /**
+     * Takes one frame (a parsed message). Returns 'deliver', 'duplicate' or 'resync' (a
+     * `resync` event: the position now points at the start of the new epoch, or stays when only
+     * the cache was too short).
+     */
+    accept(frame) {
+      const ch = frame.ch;
+      if (frame.ev === 'resync' && frame.id === undefined) {
+        const ep = frame.data && frame.data.ep;
+        const p = this.points.get(ch);
+        if (ep !== undefined && (!p || p.ep !== ep)) this.points.set(ch, { ep, id: 0 });
+        return 'resync';
+      }
+      if (typeof frame.id !== 'number') return 'deliver';
+      const p = this.points.get(ch);
+      if (p && p.ep === frame.ep && frame.id <= p.id) return 'duplicate';
+      // Another epoch without a resync first cannot come from a correct server; showing it
+      // beats dropping it, and the new epoch becomes the position.
+      this.points.set(ch, { ep: frame.ep, id: frame.id });
+      return 'deliver';
+    }
+
+    /**
+     * Whether the dispatcher's recent history of `ch` may be delivered: always when nothing
+     * was seen yet; otherwise only when it joins up with what was seen (same epoch, no gap),
+     * since delivering a later slice would move the position past messages never shown
+     * (the subscriber's `since` fills those in instead).
+     */
+    historyFits(ch, history) {
+      const p = this.points.get(ch);
+      if (!p || history.length === 0) return true;
+      const first = history[0];
+      return first.ep === p.ep && first.id <= p.id + 1;
+    }
+  }
+
+  /** Turns the dispatcher's host paths into absolute WebSocket URLs. */
+  function hostEndpoints(host, dispatcherURL) {
+    const ws = (path) => {
+      const url = new URL(path, dispatcherURL);
+      if (url.protocol === 'http:') url.protocol = 'ws:';
+      else if (url.protocol === 'https:') url.protocol = 'wss:';
+      return url.href;
+    };
+    return { id: host.id, sub: ws(host.sub), pub: ws(host.pub) };
+  }
+
+  const DEFAULTS = {
+    reconnectDelay: 500,
+    maxReconnectDelay: 30000,
+    hostFailures: 3,
+    stableAfter: 5000,
+    connectTimeout: 10000,
+    authTimeout: 10000,
+    sendTimeout: 15000,
+    maxQueued: 100,
+    countInterval: 10000,
+    presence: true,
+  };
+
+  /** A connection that closed before it opened, or a timeout while opening. */
+  class OpenFailed extends Error {
+    constructor(code, reason) {
+      super(reason || `closed with ${code}`);
+      this.code = code;
+      this.reason = reason;
+    }
+  }
+
+  /**
+   * One room, watched and (with a token) written to.
+   *
+   * Events (`on(name, handler)`): `message` (a chat message), `event` (an `ev` message:
+   * `join`, `leave`, `rmUserMsg`, `resync`, or an application's), `status` (`{status,
+   * previous, reason}`), `counts` (`{channel, subCount, pubCount}`), `error` (a ChatUpError
+   * the client recovered from or that has no caller to reject).
+   */
+  class ChatUp {
+    constructor(options) {
+      if (!options || typeof options !== 'object') {
+        throw new TypeError('new ChatUp({dispatcherURL, room, jwt?, additionalChannels?}) needs an options object');
+      }
+      const { dispatcherURL, room, jwt, additionalChannels = [] } = options;
+      if (typeof dispatcherURL !== 'string') {
+        throw new TypeError('dispatcherURL must be the URL chatup\'s dispatcher answers at, e.g. "https://chat.example.com"');
+      }
+      const roomProblem = channelProblem(room);
+      if (roomProblem) throw new TypeError(`room: ${roomProblem}`);
+      if (!Array.isArray(additionalChannels)) throw new TypeError('additionalChannels must be an array of channel names');
+      for (const ch of additionalChannels) {
+        const problem = channelProblem(ch);
+        if (problem) throw new TypeError(`additionalChannels: ${problem}`);
+      }
+      const channels = [room, ...additionalChannels];
+      if (new Set(channels).size !== channels.length) {
+        throw new TypeError('room and additionalChannels must not repeat a channel');
+      }
+      if (jwt !== undefined && jwt !== null && typeof jwt !== 'string' && typeof jwt !== 'function') {
+        throw new TypeError('jwt must be a token string or a function returning one (or a Promise of one)');
+      }
+
+      const base = globalThis.location ? globalThis.location.href : undefined;
+      let dispatcher;
+      try {
+        dispatcher = new URL(dispatcherURL, base);
+      } catch {
+        throw new TypeError(`dispatcherURL "${dispatcherURL}" is not a URL`);
+      }
+      if (!dispatcher.pathname.endsWith('/')) dispatcher.pathname += '/';
+
+      this.room = room;
+      this.channels = channels;
+      this.dispatcherURL = dispatcher.href;
+      this.options = { ...DEFAULTS };
+      for (const key of Object.keys(DEFAULTS)) {
+        if (options[key] !== undefined) this.options[key] = options[key];
+      }
+      this._WebSocket = options.WebSocket || globalThis.WebSocket;
+      this._fetch = options.fetch || (globalThis.fetch && globalThis.fetch.bind(globalThis));
+      this._random = options.random || Math.random;
+      if (!this._WebSocket) throw new TypeError('no WebSocket here: pass options.WebSocket');
+      if (!this._fetch) throw new TypeError('no fetch here: pass options.fetch');
+
+      this._listeners = new Map();
+      this._points = new ResumePoints();
+      this._status = Status.DISCONNECTED;
+      this._reason = '';
+      this._started = false;
+      this._closed = false;
+      this._everConnected = false;
+      /** The host in use: `{id, sub, pub}`; replaced when switching. */
+      this._host = null;
+      /** 'ok', 'switching', 'none' (dispatcher: no host), 'unreachable' (dispatcher down). */
+      this._hostState = 'ok';
+      this._switching = null;
+      this._sleepers = new Set();
+      this._counts = null;
+      this._countTimer = null;
+      this._countsInFlight = false;
+      this._connectedWaiters = [];
+      this._fatal = null;
+
+      this._sub = { socket: null, open: false, attempt: 0, openFailures: 0 };
+      this._pub = {
+        jwt: jwt ?? null,
+        socket: null,
+        /** 'none' (no token), 'connecting', 'authenticated', 'waiting', 'authError', 'banned'. */
+        state: 'none',
+        everAuthenticated: false,
+        running: false,
+        attempt: 0,
+        openFailures: 0,
+        user: null,
+        nextRef: 1,
+        /** Frames sent and not yet answered, by ref. */
+        inFlight: new Map(),
+        /** say()s waiting for the socket. */
+        queue: [],
+        authWaiters: [],
+        banReason: '',
+        authError: null,
+        /** True between sending the token on a new socket and its answer. */
+        awaitingAuth: false,
+        onAuthAnswer: null,
+        /** Ref of a new token sent on the open socket, until answered. */
+        reauthRef: null,
+        /** A token function was asked again once after `token_expired`. */
+        retriedExpired: false,
+      };
+    }
+
+    /** The current status (one of `Status`). */
+    get status() {
+      return this._status;
+    }
+
+    /** The `_public` object of the authenticated user, or null. */
+    get user() {
+      return this._pub.user;
+    }
+
+    /** The last counts: `{channel, subCount, pubCount}`, or null before the first. */
+    get counts() {
+      return this._counts;
+    }
+
+    /** Calls `handler` for each `name` event; returns a function that stops it. */
+    on(name, handler) {
+      if (typeof handler !== 'function') throw new TypeError('on(name, handler): handler must be a function');
+      if (!this._listeners.has(name)) this._listeners.set(name, new Set());
+      this._listeners.get(name).add(handler);
+      return () => this.off(name, handler);
+    }
+
+    off(name, handler) {
+      const set = this._listeners.get(name);
+      if (set) set.delete(handler);
+    }
+
+    _emit(name, value) {
+      const set = this._listeners.get(name);
+      if (!set) return;
+      for (const handler of [...set]) {
+        try {
+          handler(value);
+        } catch (e) {
+          // An application handler's bug must not stop the client.
+          setTimeout(() => {
+            throw e;
+          });
+        }
+      }
+    }
+
+    /**
+     * Joins the room: asks the dispatcher for a host, delivers the recent history, opens the
+     * subscriber and, with a token, the publisher. Resolves once messages flow (and the token
+     * was answered); rejects on what retrying cannot fix (a bad room, a refused token).
+     */
+    init() {
+      if (this._closed) return Promise.reject(new ChatUpError('closed', 'this client was closed; make a new one'));
+      if (this._started) return this._whenConnected();
+      this._started = true;
+      this._update();
+      const connected = this._whenConnected();
+      this._start().catch((e) => this._stop(e));
+      if (this._pub.jwt === null) return connected;
+      return connected.then(() => this._whenAuthenticated()).then(() => this);
+    }
+
+    /** Sets the publisher token (a string, or a function returning one), and authenticates. */
+    authenticate(jwt) {
+      if (typeof jwt !== 'string' && typeof jwt !== 'function') {
+        return Promise.reject(new TypeError('authenticate(jwt): jwt must be a token string or a function returning one'));
+      }
+      if (this._closed) return Promise.reject(new ChatUpError('closed', 'this client was closed; make a new one'));
+      const pub = this._pub;
+      pub.jwt = jwt;
+      pub.authError = null;
+      pub.banReason = '';
+      const answered = new Promise((resolve, reject) => pub.authWaiters.push({ resolve, reject }));
+      if (pub.state === 'authenticated' && pub.socket) {
+        // A fresh token on the open socket (before the old one expires, or another user).
+        this._tokenValue().then((token) => {
+          if (!pub.socket) return;
+          pub.reauthRef = pub.nextRef++;
+          pub.socket.send(JSON.stringify({ ref: pub.reauthRef, token }));
+        }, (e) => this._authFailed(new ChatUpError('bad_token', `the token function failed: ${e.message}`)));
+      } else if (this._started) {
+        if (pub.state === 'authError' || pub.state === 'banned' || pub.state === 'none') pub.state = 'waiting';
+        this._update();
+        this._runPublisher();
+      }
+      return answered.then(() => pub.user);
+    }
+
+    /**
+     * Sends `text` to the room (or `options.channel`). Resolves with `{ch, id, ep}` (or
+     * `{withheld: true}` when a moderation plugin kept it from the channel); rejects with a
+     * ChatUpError whose `code` is the server's (`banned`, `rate_limited`, `too_long`,
+     * `blacklisted`, …) or the client's (`not_authenticated`, `connection_lost`: sent but
+     * unanswered when the connection dropped, so it may or may not have gone out; `timeout`;
+     * `queue_full`; `closed`).
+     */
+    say(text, options = {}) {
+      if (typeof text !== 'string') return Promise.reject(new ChatUpError('bad_request', 'say(text): text must be a string'));
+      if (text.trim() === '') return Promise.reject(new ChatUpError('empty', 'the message is empty'));
+      return this._publish({ msg: text }, options.channel);
+    }
+
+    /** Sends an event (`ev` + `data`) to the room or `options.channel`; the token must allow events. */
+    sendEvent(ev, data, options = {}) {
+      if (typeof ev !== 'string' || ev === '') return Promise.reject(new ChatUpError('bad_request', 'sendEvent(ev, data): ev must be a non-empty string'));
+      const frame = { ev };
+      if (data !== undefined) frame.data = data;
+      return this._publish(frame, options.channel);
+    }
+
+    _publish(body, channel = this.room) {
+      const problem = channelProblem(channel);
+      if (problem) return Promise.reject(new ChatUpError('bad_channel', problem));
+      const pub = this._pub;
+      if (this._closed) return Promise.reject(new ChatUpError('closed', 'this client was closed'));
+      if (pub.jwt === null) return Promise.reject(new ChatUpError('not_authenticated', 'no token: call authenticate(jwt) first'));
+      if (pub.state === 'banned' || (pub.banReason && channel === this.room)) {
+        return Promise.reject(new ChatUpError('banned', pub.banReason || 'banned'));
+      }
+      if (pub.state === 'authError') {
+        const e = pub.authError;
+        return Promise.reject(new ChatUpError(e ? e.code : 'bad_token', e ? e.message : 'the token was refused'));
+      }
+      return new Promise((resolve, reject) => {
+        const entry = { kind: 'publish', frame: { ch: channel, ...body }, resolve, reject, timer: null, sent: false };
+        entry.settle = (error, value) => {
+          clearTimeout(entry.timer);
+          const i = pub.queue.indexOf(entry);
+          if (i >= 0) pub.queue.splice(i, 1);
+          if (error) reject(error);
+          else resolve(value);
+        };
+        entry.timer = setTimeout(() => {
+          if (entry.ref !== undefined) pub.inFlight.delete(entry.ref);
+          const maybe = entry.sent ? ' (it was sent, and may still appear)' : '';
+          entry.settle(new ChatUpError('timeout', `no answer within ${this.options.sendTimeout} ms${maybe}`));
+        }, this.options.sendTimeout);
+        if (pub.state === 'authenticated' && pub.socket) {
+          this._send(entry);
+        } else if (pub.queue.length >= this.options.maxQueued) {
+          entry.settle(new ChatUpError('queue_full', `${this.options.maxQueued} messages already wait for the connection`));
+        } else {
+          pub.queue.push(entry);
+        }
+      });
+    }
+
+    _send(entry) {
+      const pub = this._pub;
+      const ref = pub.nextRef++;
+      entry.ref = ref;
+      entry.sent = true;
+      pub.inFlight.set(ref, entry);
+      pub.socket.send(JSON.stringify({ ref, ...entry.frame }));
+    }
+
+    /** The joined users of the room (their `_public` objects), paged: `{total, users, skip, limit}`. */
+    async getUsers({ limit = 100, skip = 0 } = {}) {
+      if (!Number.isInteger(limit) || limit < 1 || limit > 1000) throw new TypeError('getUsers: limit must be a whole number from 1 to 1000');
+      if (!Number.isInteger(skip) || skip < 0) throw new TypeError('getUsers: skip must be a whole number from 0');
+      return this._http('GET', `channels/${this.room}/users?skip=${skip}&limit=${limit}`);
+    }
+
+    /** Fetches the room's counts now (the client also does every `countInterval` ms). */
+    async refreshCounts() {
+      const answer = await this._http('GET', `channels/${this.room}`);
+      this._setCounts(answer.subCount, answer.pubCount);
+      return this._counts;
+    }
+
+    /** Closes both connections for good; pending say()s are rejected with `closed`. */
+    close() {
+      if (this._closed) return;
+      this._stop(null);
+    }
+
+    // --- connection management ----------------------------------------------------------
+
+    async _start() {
+      await this._joinDispatcher([]);
+      this._startCounts();
+      this._runSubscriber();
+      if (this._pub.jwt !== null) this._runPublisher();
+    }
+
+    /**
+     * POST /join: the host, the counts and the recent history. Retries with backoff until it
+     * gets a host, unless the answer says retrying cannot help (bad channel).
+     */
+    async _joinDispatcher(exclude) {
+      let attempt = 0;
+      for (;;) {
+        try {
+          const body = exclude.length ? JSON.stringify({ exclude }) : undefined;
+          const answer = await this._http('POST', `join/${this.room}`, body);
+          this._useJoinAnswer(answer);
+          return;
+        } catch (e) {
+          if (this._closed) return;
+          if (e.code === 'bad_channel' || e.code === 'bad_request') throw e;
+          this._hostState = e.code === 'no_host' ? 'none' : 'unreachable';
+          this._update(e.message);
+          this._emit('error', e);
+          if (e.code === 'no_host' && exclude.length) {
+            // Only excluded hosts are alive: one of them may be back, try them all again.
+            exclude = [];
+          }
+          attempt += 1;
+          await this._sleep(backoffDelay(attempt, this.options.reconnectDelay, this.options.maxReconnectDelay, this._random));
+          if (this._closed) return;
+        }
+      }
+    }
+
+    _useJoinAnswer(answer) {
+      if (!answer || typeof answer.host !== 'object' || !answer.host) {
+        throw new ChatUpError('bad_response', 'the dispatcher\'s answer has no host');
+      }
+      this._host = hostEndpoints(answer.host, this.dispatcherURL);
+      this._hostState = 'ok';
+      this._setCounts(answer.subCount, answer.pubCount);
+      const history = Array.isArray(answer.history) ? answer.history : [];
+      if (this._points.historyFits(this.room, history)) {
+        for (const frame of history) this._deliver(frame);
+      }
+    }
+
+    /** Asks for a host other than `failedId`; both sockets move there. One request at a time. */
+    _switchHost(failedId) {
+      if (!this._switching) {
+        this._switching = (async () => {
+          this._hostState = 'switching';
+          this._update();
+          const before = this._host;
+          try {
+            await this._joinDispatcher([failedId]);
+          } catch (e) {
+            this._stop(e);
+            return;
+          }
+          if (this._host && before && this._host.id !== before.id) {
+            // Sockets still on the old host move now; their loops reconnect at once.
+            for (const side of [this._sub, this._pub]) {
+              if (side.socket) side.socket.close(CloseCode.NORMAL, 'switching host');
+            }
+          }
+          this._update();
+        })().finally(() => {
+          this._switching = null;
+        });
+      }
+      return this._switching;
+    }
+
+    /** Opens a WebSocket; resolves once open, rejects with OpenFailed. */
+    _open(url, side) {
+      return new Promise((resolve, reject) => {
+        let ws;
+        try {
+          ws = new this._WebSocket(url);
+        } catch (e) {
+          reject(new OpenFailed(1006, e.message));
+          return;
+        }
+        side.socket = ws;
+        const timer = setTimeout(() => {
+          ws.onopen = ws.onclose = ws.onerror = null;
+          try {
+            ws.close();
+          } catch {
+            // Closing a socket that never opened may throw in some runtimes.
+          }
+          reject(new OpenFailed(1006, `no connection within ${this.options.connectTimeout} ms`));
+        }, this.options.connectTimeout);
+        ws.onerror = () => {};
+        ws.onopen = () => {
+          clearTimeout(timer);
+          resolve(ws);
+        };
+        ws.onclose = (event) => {
+          clearTimeout(timer);
+          reject(new OpenFailed(event.code || 1006, event.reason));
+        };
+      });
+    }
+
+    /** Resolves `{code, reason}` when `ws` closes; `onFrame` gets each text frame. */
+    _pump(ws, onFrame) {
+      return new Promise((resolve) => {
+        ws.onmessage = (event) => {
+          if (typeof event.data !== 'string') return;
+          let frame;
+          try {
+            frame = JSON.parse(event.data);
+          } catch {
+            this._emit('error', new ChatUpError('bad_frame', `a frame that is not JSON: ${event.data.slice(0, 80)}`));
+            return;
+          }
+          if (frame && typeof frame === 'object') onFrame(frame);
+        };
+        ws.onclose = (event) => resolve({ code: event.code || 1006, reason: event.reason || '' });
+        // Closed before this handler was in place (CLOSING or CLOSED): no close event will come.
+        if (ws.readyState >= 2) resolve({ code: 1006, reason: '' });
+      });
+    }
+
+    async _runSubscriber() {
+      const sub = this._sub;
+      while (!this._closed) {
+        const host = this._host;
+        const since = this._points.since(this.channels);
+        const url = host.sub + this.channels.join('/') + (since ? `?since=${since}` : '');
+        let openedAt = null;
+        let end;
+        try {
+          const ws = await this._open(url, sub);
+          openedAt = Date.now();
+          sub.open = true;
+          sub.openFailures = 0;
+          this._connected();
+          end = await this._pump(ws, (frame) => this._deliver(frame));
+        } catch (e) {
+          if (!(e instanceof OpenFailed)) throw e;
+          end = { code: e.code, reason: e.message };
+        }
+        sub.open = false;
+        sub.socket = null;
+        if (this._closed) return;
+        if (this._host !== host) continue;
+        if (!shouldReconnect(end.code)) {
+          this._stop(new ChatUpError('refused', `the server closed the room's connection with ${end.code}: ${end.reason}`));
+          return;
+        }
+        if (!(await this._afterFailure(sub, host, openedAt, end))) return;
+      }
+    }
+
+    /**
+     * Bookkeeping after a connection ended: backoff, host switching. Returns false when the
+     * client stopped meanwhile.
+     */
+    async _afterFailure(side, host, openedAt, end) {
+      if (openedAt === null) {
+        side.openFailures += 1;
+        side.attempt += 1;
+      } else {
+        side.attempt = Date.now() - openedAt >= this.options.stableAfter ? 1 : side.attempt + 1;
+      }
+      this._update(end.reason);
+      if (side.openFailures >= this.options.hostFailures) {
+        side.openFailures = 0;
+        await this._switchHost(host.id);
+        if (this._closed) return false;
+        if (this._host !== host) return true;
+      }
+      await this._sleep(backoffDelay(side.attempt, this.options.reconnectDelay, this.options.maxReconnectDelay, this._random));
+      return !this._closed;
+    }
+
+    _deliver(frame) {
+      if (typeof frame.ch !== 'string' || !this.channels.includes(frame.ch)) return;
+      const verdict = this._points.accept(frame);
+      if (verdict === 'duplicate') return;
+      if (typeof frame.msg === 'string') this._emit('message', frame);
+      else if (typeof frame.ev === 'string') this._emit('event', frame);
+    }
+
+    async _runPublisher() {
+      const pub = this._pub;
+      if (pub.running) return;
+      pub.running = true;
+      try {
+        while (!this._closed && pub.jwt !== null && pub.state !== 'authError' && pub.state !== 'banned') {
+          const host = this._host;
+          pub.state = 'connecting';
+          this._update();
+          let openedAt = null;
+          let end;
+          try {
+            const ws = await this._open(host.pub, pub);
+            openedAt = Date.now();
+            pub.openFailures = 0;
+            end = await this._publisherSession(ws);
+          } catch (e) {
+            if (!(e instanceof OpenFailed)) throw e;
+            end = { code: e.code, reason: e.message };
+          }
+          pub.socket = null;
+          this._dropInFlight();
+          if (this._closed) return;
+          if (pub.state === 'authError' || pub.state === 'banned') return;
+          if (end.code === CloseCode.BANNED) {
+            this._banned(end.reason || 'banned');
+            return;
+          }
+          if (!shouldReconnect(end.code)) {
+            if (end.code === CloseCode.TOKEN_EXPIRED && typeof pub.jwt === 'function' && !pub.retriedExpired) {
+              // A token function can give a fresh token: one more go, without waiting.
+              pub.retriedExpired = true;
+              continue;
+            }
+            const code = end.code === CloseCode.TOKEN_EXPIRED ? 'token_expired' : 'bad_token';
+            this._authFailed(pub.authError || new ChatUpError(code, end.reason || `closed with ${end.code}`));
+            return;
+          }
+          pub.state = 'waiting';
+          if (host !== this._host) continue;
+          if (!(await this._afterFailure(pub, host, openedAt, end))) return;
+        }
+      } finally {
+        pub.running = false;
+      }
+    }
+
+    /** Authenticates on an open publisher socket, joins the room, then serves it until it closes. */
+    async _publisherSession(ws) {
+      const pub = this._pub;
+      const closed = this._pump(ws, (frame) => this._onPublisherFrame(frame));
+      let token;
+      try {
+        token = await this._tokenValue();
+      } catch (e) {
+        this._authFailed(new ChatUpError('bad_token', `the token function failed: ${e.message}`));
+        ws.close(CloseCode.NORMAL);
+        return closed;
+      }
+      pub.awaitingAuth = true;
+      const timer = setTimeout(() => {
+        if (pub.awaitingAuth) ws.close(CloseCode.NORMAL, 'no answer to the token');
+      }, this.options.authTimeout);
+      ws.send(token);
+      const end = await Promise.race([closed, this._authAnswered()]);
+      clearTimeout(timer);
+      if (end) return end;
+      return closed;
+    }
+
+    _authAnswered() {
+      return new Promise((resolve) => {
+        this._pub.onAuthAnswer = () => resolve(null);
+      });
+    }
+
+    async _tokenValue() {
+      const jwt = this._pub.jwt;
+      const token = typeof jwt === 'function' ? await jwt() : jwt;
+      if (typeof token !== 'string' || token === '') throw new Error('no token string');
+      return token;
+    }
+
+    _onPublisherFrame(frame) {
+      const pub = this._pub;
+      if (pub.awaitingAuth) {
+        pub.awaitingAuth = false;
+        const answered = pub.onAuthAnswer;
+        pub.onAuthAnswer = null;
+        if (frame.type === 'auth') {
+          this._authenticated(frame.user);
+        } else {
+          // The server closes right after (4500/4501); the close ends the session.
+          pub.authError = new ChatUpError(frame.code || 'bad_token', frame.message || 'the token was refused');
+        }
+        if (answered) answered();
+        return;
+      }
+      if (frame.ref !== undefined && frame.ref === pub.reauthRef) {
+        // The answer to a new token sent on the open socket: an error is followed by a close.
+        pub.reauthRef = null;
+        if (frame.type === 'error') pub.authError = new ChatUpError(frame.code || 'bad_token', frame.message);
+        return;
+      }
+      const entry = frame.ref !== undefined ? pub.inFlight.get(frame.ref) : undefined;
+      if (entry) pub.inFlight.delete(frame.ref);
+      if (frame.type === 'ack') {
+        if (entry && entry.kind === 'publish') {
+          const value = frame.withheld ? { ch: entry.frame.ch, withheld: true } : { ch: entry.frame.ch, id: frame.id, ep: frame.ep };
+          entry.settle(null, value);
+        }
+      } else if (frame.type === 'error') {
+        const error = new ChatUpError(frame.code || 'error', frame.message, { retryAfter: frame.retryAfter });
+        if (entry && entry.kind === 'publish') entry.settle(error);
+        else if (entry && entry.kind === 'join') this._joinRefused(entry.channel, error);
+        else this._emit('error', error);
+      } else if (frame.type === 'auth') {
+        // The answer to a new token on the open socket (the server does not echo its ref).
+        pub.reauthRef = null;
+        this._authenticated(frame.user);
+      }
+      // 'joined' and 'left' need nothing more.
+    }
+
+    _authenticated(user) {
+      const pub = this._pub;
+      pub.user = user ?? null;
+      pub.state = 'authenticated';
+      pub.everAuthenticated = true;
+      pub.authError = null;
+      pub.retriedExpired = false;
+      if (this.options.presence) {
+        const ref = pub.nextRef++;
+        pub.inFlight.set(ref, { kind: 'join', channel: this.room });
+        pub.socket.send(JSON.stringify({ ref, join: this.room }));
+      }
+      for (const entry of pub.queue.splice(0)) this._send(entry);
+      this._update();
+      for (const waiter of pub.authWaiters.splice(0)) waiter.resolve();
+    }
+
+    _joinRefused(channel, error) {
+      if (error.code === 'banned' && channel === this.room) {
+        this._pub.banReason = error.message;
+        this._update(error.message);
+        for (const waiter of this._pub.authWaiters.splice(0)) waiter.reject(error);
+      } else {
+        this._emit('error', error);
+      }
+    }
+
+    _banned(reason) {
+      const pub = this._pub;
+      pub.state = 'banned';
+      pub.banReason = reason;
+      const error = new ChatUpError('banned', reason);
+      for (const entry of pub.queue.splice(0)) entry.settle(error);
+      for (const waiter of pub.authWaiters.splice(0)) waiter.reject(error);
+      this._update(reason);
+    }
+
+    _authFailed(error) {
+      const pub = this._pub;
+      pub.state = 'authError';
+      pub.authError = error;
+      for (const entry of pub.queue.splice(0)) entry.settle(error);
+      for (const waiter of pub.authWaiters.splice(0)) waiter.reject(error);
+      this._update(error.message);
+    }
+
+    /** Frames sent on a socket that closed: their outcome is unknown. */
+    _dropInFlight() {
+      const pub = this._pub;
+      pub.awaitingAuth = false;
+      for (const [ref, entry] of pub.inFlight) {
+        pub.inFlight.delete(ref);
+        if (entry.kind === 'publish') {
+          entry.settle(new ChatUpError('connection_lost', 'the connection dropped before the server answered; the message may or may not have gone out'));
+        }
+      }
+    }
+
+    _whenAuthenticated() {
+      const pub = this._pub;
+      if (pub.state === 'authenticated' && !pub.awaitingAuth) return Promise.resolve();
+      if (pub.state === 'authError' || pub.state === 'banned') {
+        const e = pub.state === 'banned' ? new ChatUpError('banned', pub.banReason) : pub.authError;
+        return Promise.reject(e || new ChatUpError('bad_token', 'the token was refused'));
+      }
+      return new Promise((resolve, reject) => pub.authWaiters.push({ resolve, reject }));
+    }
+
+    _whenConnected() {
+      if (this._sub.open) return Promise.resolve(this);
+      if (this._fatal) return Promise.reject(this._fatal);
+      return new Promise((resolve, reject) => this._connectedWaiters.push({ resolve, reject }));
+    }
+
+    _connected() {
+      this._everConnected = true;
+      this._hostState = 'ok';
+      this._update();
+      for (const waiter of this._connectedWaiters.splice(0)) waiter.resolve(this);
+    }
+
+    _stop(error) {
+      if (this._closed) return;
+      this._closed = true;
+      this._fatal = error;
+      clearTimeout(this._countTimer);
+      this._countTimer = null;
+      for (const wake of this._sleepers) wake();
+      for (const side of [this._sub, this._pub]) {
+        if (side.socket) {
+          try {
+            side.socket.close(CloseCode.NORMAL, 'closed');
+          } catch {
+            // Not open yet: nothing to close.
+          }
+        }
+      }
+      const reason = error || new ChatUpError('closed', 'the client was closed');
+      const pub = this._pub;
+      for (const entry of pub.queue.splice(0)) entry.settle(reason);
+      for (const [, entry] of pub.inFlight) if (entry.kind === 'publish') entry.settle(reason);
+      pub.inFlight.clear();
+      for (const waiter of pub.authWaiters.splice(0)) waiter.reject(reason);
+      for (const waiter of this._connectedWaiters.splice(0)) waiter.reject(reason);
+      if (error) this._emit('error', error);
+      this._update(error ? error.message : 'closed');
+    }
+
+    _sleep(ms) {
+      return new Promise((resolve) => {
+        const wake = () => {
+          clearTimeout(timer);
+          this._sleepers.delete(wake);
+          resolve();
+        };
+        const timer = setTimeout(wake, ms);
+        this._sleepers.add(wake);
+      });
+    }
+
+    // --- status and counts ----------------------------------------------------------------
+
+    _computeStatus() {
+      if (this._closed || !this._started) return Status.DISCONNECTED;
+      if (this._hostState === 'switching') return Status.SWITCHING_HOST;
+      if (this._hostState === 'none') return Status.NO_HOST;
+      if (!this._sub.open) return this._everConnected ? Status.RECONNECTING : Status.CONNECTING;
+      const pub = this._pub;
+      switch (pub.state) {
+        case 'authenticated':
+          return pub.banReason ? Status.BANNED : Status.AUTHENTICATED;
+        case 'connecting':
+          return pub.everAuthenticated ? Status.RECONNECTING : Status.CONNECTED;
+        case 'waiting':
+          return Status.RECONNECTING;
+        case 'authError':
+          return Status.AUTH_ERROR;
+        case 'banned':
+          return Status.BANNED;
+        default:
+          return Status.CONNECTED;
+      }
+    }
+
+    _update(reason = '') {
+      const status = this._computeStatus();
+      if (status === this._status) return;
+      const previous = this._status;
+      this._status = status;
+      this._reason = reason;
+      this._emit('status', { status, previous, reason });
+    }
+
+    _setCounts(subCount, pubCount) {
+      if (typeof subCount !== 'number' || typeof pubCount !== 'number') return;
+      const old = this._counts;
+      if (old && old.subCount === subCount && old.pubCount === pubCount) return;
+      this._counts = { channel: this.room, subCount, pubCount };
+      this._emit('counts', this._counts);
+    }
+
+    /** The one count-refresh loop: a timer, never two, stopped by close(). */
+    _startCounts() {
+      if (this._countTimer !== null || this._closed || !(this.options.countInterval > 0)) return;
+      const jittered = this.options.countInterval * (0.8 + 0.4 * this._random());
+      this._countTimer = setTimeout(async () => {
+        if (!this._countsInFlight) {
+          this._countsInFlight = true;
+          try {
+            await this.refreshCounts();
+          } catch (e) {
+            this._emit('error', e);
+          } finally {
+            this._countsInFlight = false;
+          }
+        }
+        this._countTimer = null;
+        this._startCounts();
+      }, jittered);
+    }
+
+    async _http(method, path, body) {
+      const init = { method, headers: {} };
+      if (body !== undefined) {
+        init.body = body;
+        init.headers['content-type'] = 'application/json';
+      }
+      let response;
+      try {
+        response = await this._fetch(new URL(path, this.dispatcherURL).href, init);
+      } catch (e) {
+        throw new ChatUpError('network', `cannot reach ${this.dispatcherURL}: ${e.message}`);
+      }
+      let answer = null;
+      try {
+        answer = await response.json();
+      } catch {
+        // Not JSON: a proxy's error page; the status says enough.
+      }
+      if (!response.ok) {
+        const error = answer && answer.error;
+        const retry = Number(response.headers && response.headers.get && response.headers.get('retry-after'));
+        throw new ChatUpError(
+          (error && error.code) || (response.status >= 500 ? 'unavailable' : `http_${response.status}`),
+          (error && error.message) || `${method} ${path}: HTTP ${response.status}`,
+          { status: response.status, retryAfter: Number.isFinite(retry) && retry > 0 ? retry : null },
+        );
+      }
+      if (answer === null) throw new ChatUpError('bad_response', `${method} ${path}: the answer is not JSON`);
+      return answer;
+    }
+  }
+
+  // The plain-script build exposes only `window.ChatUp`: everything else hangs off it.
+  Object.assign(ChatUp, { Status, CloseCode, ChatUpError, ResumePoints, backoffDelay, shouldReconnect, channelProblem, hostEndpoints });
+
+  global.ChatUp = ChatUp;
+})(typeof window !== 'undefined' ? window : globalThis);

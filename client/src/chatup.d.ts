@@ -1,0 +1,249 @@
+// Type declarations of the chatup browser client (src/chatup.js, and dist/chatup.js as
+// `window.ChatUp`).
+
+/** The client's state, as one value for a status line. */
+export declare const Status: {
+  readonly CONNECTING: 'connecting';
+  readonly CONNECTED: 'connected';
+  readonly AUTHENTICATED: 'authenticated';
+  readonly RECONNECTING: 'reconnecting';
+  readonly SWITCHING_HOST: 'switchingHost';
+  readonly DISCONNECTED: 'disconnected';
+  readonly NO_HOST: 'noHost';
+  readonly AUTH_ERROR: 'authError';
+  readonly BANNED: 'banned';
+};
+export type StatusValue = (typeof Status)[keyof typeof Status];
+
+/** WebSocket close codes used by chatup: 4500-4999 mean "do not reconnect". */
+export declare const CloseCode: {
+  readonly NORMAL: 1000;
+  readonly GOING_AWAY: 1001;
+  readonly SLOW_CONSUMER: 4000;
+  readonly PING_TIMEOUT: 4001;
+  readonly BAD_TOKEN: 4500;
+  readonly TOKEN_EXPIRED: 4501;
+  readonly BANNED: 4502;
+  readonly BAD_REQUEST: 4503;
+};
+
+/** Whether a socket closed with `code` may be reopened. */
+export declare function shouldReconnect(code: number): boolean;
+
+/** Full-jitter backoff: a random wait in [0, min(maxDelay, baseDelay * 2^(attempt-1))). */
+export declare function backoffDelay(attempt: number, baseDelay: number, maxDelay: number, random?: () => number): number;
+
+/** Why a channel name is refused, or null when it is allowed. */
+export declare function channelProblem(name: unknown): string | null;
+
+/** The dispatcher's host paths as absolute WebSocket URLs. */
+export declare function hostEndpoints(host: JoinHost, dispatcherURL: string): { id: string; sub: string; pub: string };
+
+/** Error codes of the server (README) and of the client itself. */
+export type ErrorCode =
+  | 'bad_token'
+  | 'token_expired'
+  | 'bad_request'
+  | 'bad_channel'
+  | 'empty'
+  | 'invalid_utf8'
+  | 'events_not_allowed'
+  | 'banned'
+  | 'rate_limited'
+  | 'too_long'
+  | 'blacklisted'
+  | 'rejected'
+  | 'hook_unavailable'
+  | 'unavailable'
+  | 'no_host'
+  | 'too_many_channels'
+  // The client's own:
+  | 'not_authenticated'
+  | 'connection_lost'
+  | 'timeout'
+  | 'queue_full'
+  | 'closed'
+  | 'network'
+  | 'bad_response'
+  | 'bad_frame'
+  | 'refused'
+  | (string & {});
+
+export declare class ChatUpError extends Error {
+  constructor(code: ErrorCode, message?: string, details?: { retryAfter?: number | null; status?: number | null });
+  readonly name: 'ChatUpError';
+  /** The server's `error.code`, or one of the client's own codes. */
+  readonly code: ErrorCode;
+  /** Seconds to wait before trying again (`rate_limited`), or null. */
+  readonly retryAfter: number | null;
+  /** The HTTP status of a failed HTTP call, or null. */
+  readonly status: number | null;
+}
+
+/** The `_public` object of a sender's token: at least what the site puts there. */
+export interface PublicUser {
+  name?: string;
+  [field: string]: unknown;
+}
+
+/** A chat message as every viewer receives it. */
+export interface ChatMessage {
+  ch: string;
+  id: number;
+  ep: number;
+  /** Milliseconds since the Unix epoch. */
+  t: number;
+  user: PublicUser;
+  msg: string;
+}
+
+/**
+ * An event message: `join`/`leave` (presence, `user` set), `rmUserMsg` (`data`: the banned
+ * user's id), `resync` (`data: {reason, ep}`, no id: the resume point was void), or one
+ * published by the site.
+ */
+export interface ChatEvent {
+  ch: string;
+  id?: number;
+  ep?: number;
+  t?: number;
+  user?: PublicUser;
+  ev: string;
+  data?: unknown;
+}
+
+export interface StatusChange {
+  status: StatusValue;
+  previous: StatusValue;
+  /** Why, when known: a close reason or an error message (e.g. "banned from lobby"). */
+  reason: string;
+}
+
+export interface Counts {
+  channel: string;
+  /** Viewers, over all hosts. */
+  subCount: number;
+  /** Joined chatters, over all hosts. */
+  pubCount: number;
+}
+
+export interface UsersPage {
+  channel: string;
+  total: number;
+  users: PublicUser[];
+  skip: number;
+  limit: number;
+}
+
+export type SayResult = { ch: string; id: number; ep: number; withheld?: undefined } | { ch: string; withheld: true };
+
+/** A host as `POST /join` names it. */
+export interface JoinHost {
+  id: string;
+  url?: string;
+  sub: string;
+  pub: string;
+  post?: string;
+}
+
+export type TokenSource = string | (() => string | Promise<string>);
+
+export interface ChatUpOptions {
+  /** Where the dispatcher answers (`POST /join/<room>`, `GET /channels/<room>`), e.g. "https://chat.example.com". */
+  dispatcherURL: string;
+  /** The channel to watch and write to. */
+  room: string;
+  /** The publisher token, or a function giving one (asked on every connection). Without it the client only watches. */
+  jwt?: TokenSource | null;
+  /** More channels to watch on the same socket (read only). */
+  additionalChannels?: string[];
+  /** First reconnect wait ceiling, ms (default 500); doubles per failure. */
+  reconnectDelay?: number;
+  /** Largest reconnect wait ceiling, ms (default 30000). */
+  maxReconnectDelay?: number;
+  /** Failed connection attempts to one host before asking the dispatcher for another (default 3). */
+  hostFailures?: number;
+  /** A connection open this long (ms) counts as healthy: the next drop starts the backoff over (default 5000). */
+  stableAfter?: number;
+  /** Opening a socket may take this long, ms (default 10000). */
+  connectTimeout?: number;
+  /** The server must answer the token within this, ms (default 10000). */
+  authTimeout?: number;
+  /** say() rejects with `timeout` after this, ms (default 15000). */
+  sendTimeout?: number;
+  /** say()s that may wait for a connection (default 100). */
+  maxQueued?: number;
+  /** Counts refresh period, ms (default 10000, ±20 %); 0 turns it off. */
+  countInterval?: number;
+  /** Join the room on the publisher socket, so the user counts as a chatter and others see join/leave (default true). */
+  presence?: boolean;
+  /** Replacements for the globals, for other runtimes and tests. */
+  WebSocket?: typeof WebSocket;
+  fetch?: typeof fetch;
+  random?: () => number;
+}
+
+export interface ChatUpEvents {
+  message: ChatMessage;
+  event: ChatEvent;
+  status: StatusChange;
+  counts: Counts;
+  error: ChatUpError;
+}
+
+/** Where each channel's reader is; decides what is new and builds `since`. */
+export declare class ResumePoints {
+  since(channels: string[]): string;
+  get(channel: string): { ep: number; id: number } | undefined;
+  accept(frame: { ch: string; id?: number; ep?: number; ev?: string; data?: unknown }): 'deliver' | 'duplicate' | 'resync';
+  historyFits(channel: string, history: Array<{ id: number; ep: number }>): boolean;
+}
+
+export declare class ChatUp {
+  constructor(options: ChatUpOptions);
+  readonly room: string;
+  /** The room, then the additional channels. */
+  readonly channels: string[];
+  readonly dispatcherURL: string;
+  readonly status: StatusValue;
+  /** The authenticated user's `_public` object, or null. */
+  readonly user: PublicUser | null;
+  /** The last counts, or null before the first. */
+  readonly counts: Counts | null;
+
+  /** Joins the room; resolves once messages flow (and a given token was accepted). */
+  init(): Promise<ChatUp>;
+  /** Sets the token and authenticates; resolves with the user's `_public`. */
+  authenticate(jwt: TokenSource): Promise<PublicUser>;
+  /** Sends a message; rejects with a ChatUpError carrying the server's code. */
+  say(text: string, options?: { channel?: string }): Promise<SayResult>;
+  /** Sends an event (the token must allow events). */
+  sendEvent(ev: string, data?: unknown, options?: { channel?: string }): Promise<SayResult>;
+  /** The joined users of the room, paged. */
+  getUsers(options?: { limit?: number; skip?: number }): Promise<UsersPage>;
+  /** Fetches the counts now. */
+  refreshCounts(): Promise<Counts>;
+  /** Closes for good. */
+  close(): void;
+
+  on<K extends keyof ChatUpEvents>(name: K, handler: (value: ChatUpEvents[K]) => void): () => void;
+  off<K extends keyof ChatUpEvents>(name: K, handler: (value: ChatUpEvents[K]) => void): void;
+
+  static readonly Status: typeof Status;
+  static readonly CloseCode: typeof CloseCode;
+  static readonly ChatUpError: typeof ChatUpError;
+  static readonly ResumePoints: typeof ResumePoints;
+  static readonly backoffDelay: typeof backoffDelay;
+  static readonly shouldReconnect: typeof shouldReconnect;
+  static readonly channelProblem: typeof channelProblem;
+  static readonly hostEndpoints: typeof hostEndpoints;
+}
+
+export default ChatUp;
+
+declare global {
+  interface Window {
+    /** Set by the plain-script build, dist/chatup.js. */
+    ChatUp: typeof ChatUp;
+  }
+}

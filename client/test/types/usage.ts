@@ -1,0 +1,47 @@
+// Compiled (not run) by test/build.test.mjs with `tsc --strict`: the declarations must accept
+// what the README shows and refuse misuse (the @ts-expect-error lines).
+import ChatUpDefault, { ChatUp, ChatUpError, Status, type ChatMessage, type StatusValue } from '../../src/chatup.js';
+
+async function example(): Promise<void> {
+  const chat = new ChatUp({
+    dispatcherURL: 'https://chat.example.com',
+    room: 'lobby',
+    jwt: async () => 'token',
+    additionalChannels: ['news'],
+    reconnectDelay: 250,
+  });
+  const stop: () => void = chat.on('message', (m: ChatMessage) => console.log(m.user.name, m.msg, m.id));
+  chat.on('event', (e) => console.log(e.ev, e.data));
+  chat.on('status', ({ status, reason }) => {
+    const s: StatusValue = status;
+    if (s === Status.BANNED) console.log(reason);
+  });
+  chat.on('counts', ({ subCount, pubCount }) => console.log(subCount + pubCount));
+  stop();
+  await chat.init();
+  try {
+    const ack = await chat.say('hello');
+    if (!ack.withheld) console.log(ack.id + 1);
+  } catch (e) {
+    if (e instanceof ChatUpError && e.code === 'rate_limited') console.log(e.retryAfter);
+  }
+  const page = await chat.getUsers({ limit: 10, skip: 0 });
+  console.log(page.total, page.users[0]?.name);
+  const user = await chat.authenticate('other-token');
+  console.log(user.name);
+  chat.close();
+  const fromGlobal: typeof ChatUp = window.ChatUp;
+  console.log(fromGlobal.Status.NO_HOST, ChatUpDefault === ChatUp);
+
+  // @ts-expect-error: the room is required
+  new ChatUp({ dispatcherURL: 'https://chat.example.com' });
+  // @ts-expect-error: no such event
+  chat.on('messages', () => {});
+  // @ts-expect-error: say takes text
+  await chat.say({ msg: 'x' });
+  // @ts-expect-error: not a status
+  const wrong: StatusValue = 'online';
+  console.log(wrong);
+}
+
+console.log(example);
