@@ -1,0 +1,240 @@
+// The example chat page: pick a name, join a room with a demo token, chat.
+//
+// Served by nginx when `scripts/run` runs (http://127.0.0.1:8080/). Demo tokens come from the
+// sidecar's `POST /demo/token`, which only `scripts/run` turns on ([demo] in chatup.toml); a
+// real site mints tokens in its own backend. Everything shown is set as text, never as HTML.
+//
+// Query parameters: `room` and `name` fill the form (with `name`, the page joins at once;
+// `watch=1` watches without a name); `reconnectDelay`, `maxReconnectDelay` and
+// `countInterval` (ms) are passed to the client.
+
+import { ChatUp, Status } from '../src/chatup.js';
+
+const $ = (id) => document.getElementById(id);
+const params = new URLSearchParams(location.search);
+
+const STATUS_TEXT = {
+  [Status.CONNECTING]: 'connecting',
+  [Status.CONNECTED]: 'connected',
+  [Status.AUTHENTICATED]: 'authenticated',
+  [Status.RECONNECTING]: 'reconnecting',
+  [Status.SWITCHING_HOST]: 'switching host',
+  [Status.DISCONNECTED]: 'disconnected',
+  [Status.NO_HOST]: 'no host',
+  [Status.AUTH_ERROR]: 'auth error',
+  [Status.BANNED]: 'banned',
+};
+
+/** The client of this page, also `window.chat` for a look from the console. */
+let chat = null;
+
+async function demoToken(name) {
+  const response = await fetch('/demo/token', {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ name }),
+  });
+  const answer = await response.json().catch(() => null);
+  if (!response.ok) {
+    const why = answer && answer.error ? answer.error.message : `HTTP ${response.status}`;
+    throw new Error(`no demo token: ${why}`);
+  }
+  return answer.token;
+}
+
+function clientOptions() {
+  const options = {};
+  for (const key of ['reconnectDelay', 'maxReconnectDelay', 'countInterval']) {
+    const value = Number(params.get(key));
+    if (params.has(key) && Number.isFinite(value)) options[key] = value;
+  }
+  return options;
+}
+
+function time(t) {
+  return new Date(t).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit', second: '2-digit' });
+}
+
+function scrolledToEnd(list) {
+  return list.scrollHeight - list.scrollTop - list.clientHeight < 40;
+}
+
+function append(li) {
+  const list = $('messages');
+  const follow = scrolledToEnd(list);
+  list.append(li);
+  if (follow) list.scrollTop = list.scrollHeight;
+}
+
+function userName(user) {
+  return (user && typeof user.name === 'string' && user.name) || 'someone';
+}
+
+function showMessage(m) {
+  const li = document.createElement('li');
+  li.className = 'message';
+  li.dataset.ch = m.ch;
+  li.dataset.id = String(m.id);
+  li.dataset.ep = String(m.ep);
+  li.dataset.user = userName(m.user);
+  const when = document.createElement('span');
+  when.className = 'time';
+  when.textContent = time(m.t);
+  const name = document.createElement('span');
+  name.className = 'name';
+  name.textContent = userName(m.user);
+  const text = document.createElement('span');
+  text.className = 'text';
+  text.textContent = m.msg;
+  li.append(when, name, text);
+  append(li);
+}
+
+function notice(text, kind) {
+  const li = document.createElement('li');
+  li.className = 'notice';
+  li.dataset.kind = kind;
+  li.textContent = text;
+  append(li);
+}
+
+function showEvent(e) {
+  switch (e.ev) {
+    case 'join':
+      notice(`${userName(e.user)} joined`, 'join');
+      break;
+    case 'leave':
+      notice(`${userName(e.user)} left`, 'leave');
+      break;
+    case 'rmUserMsg': {
+      // A moderator banned this user: hide what they said. `data` is the user's id, which
+      // for demo tokens (no `sub`) is their name.
+      const banned = String(e.data);
+      for (const li of document.querySelectorAll('#messages li.message')) {
+        if (li.dataset.user === banned) {
+          li.classList.add('removed');
+          li.querySelector('.text').textContent = '(removed by a moderator)';
+        }
+      }
+      notice(`a moderator removed ${banned}`, 'moderation');
+      break;
+    }
+    case 'resync':
+      notice('some earlier messages are no longer available', 'resync');
+      break;
+    default:
+      notice(`${e.ev}${e.data === undefined ? '' : ` ${JSON.stringify(e.data)}`}`, 'event');
+  }
+}
+
+function showStatus({ status, reason }) {
+  const badge = $('status');
+  badge.dataset.status = status;
+  badge.textContent = STATUS_TEXT[status] || status;
+  let why = '';
+  if (status === Status.BANNED) why = reason || 'banned from this room';
+  else if (status === Status.AUTH_ERROR || status === Status.NO_HOST || status === Status.DISCONNECTED) why = reason;
+  $('status-reason').textContent = why;
+  const canSend = status === Status.AUTHENTICATED;
+  $('text').disabled = !canSend;
+  $('send').disabled = !canSend;
+  if (status === Status.BANNED) $('send-error').textContent = `You cannot send here: ${why}`;
+}
+
+async function start(name, room) {
+  $('join-error').textContent = '';
+  let jwt = null;
+  if (name) {
+    // Asked again on every connection, so an expired token is replaced on its own.
+    jwt = () => demoToken(name);
+    try {
+      await demoToken(name);
+    } catch (e) {
+      $('join-error').textContent = e.message;
+      return;
+    }
+  }
+  try {
+    chat = new ChatUp({ dispatcherURL: location.origin, room, jwt, ...clientOptions() });
+  } catch (e) {
+    $('join-error').textContent = e.message;
+    return;
+  }
+  window.chat = chat;
+  chat.on('message', showMessage);
+  chat.on('event', showEvent);
+  chat.on('status', showStatus);
+  chat.on('counts', ({ subCount, pubCount }) => {
+    $('viewers').textContent = String(subCount);
+    $('chatters').textContent = String(pubCount);
+  });
+  $('join-form').hidden = true;
+  $('chat').hidden = false;
+  $('who').disabled = false;
+  $('room-title').textContent = `#${room}`;
+  document.title = `#${room} · chatup`;
+  $('text').placeholder = name ? `Say something as ${name}` : 'Watching only: join with a name to chat';
+  try {
+    await chat.init();
+  } catch (e) {
+    $('send-error').textContent = e.message;
+  }
+}
+
+$('join-form').addEventListener('submit', (event) => {
+  event.preventDefault();
+  start($('name').value.trim(), $('room').value.trim());
+});
+
+$('watch').addEventListener('click', () => start('', $('room').value.trim()));
+
+$('send-form').addEventListener('submit', async (event) => {
+  event.preventDefault();
+  const input = $('text');
+  const text = input.value;
+  if (!text.trim() || !chat) return;
+  $('send-error').textContent = '';
+  input.value = '';
+  try {
+    await chat.say(text);
+  } catch (e) {
+    const wait = e.retryAfter ? ` (try again in ${e.retryAfter} s)` : '';
+    $('send-error').textContent = `Not sent: ${e.message}${wait}`;
+    if (!input.value) input.value = text;
+  }
+});
+
+$('who').addEventListener('click', async () => {
+  const panel = $('users');
+  if (!panel.hidden) {
+    panel.hidden = true;
+    return;
+  }
+  const list = $('user-list');
+  list.replaceChildren();
+  try {
+    const page = await chat.getUsers({ limit: 100 });
+    for (const user of page.users) {
+      const li = document.createElement('li');
+      li.textContent = userName(user);
+      list.append(li);
+    }
+    if (page.total > page.users.length) {
+      const li = document.createElement('li');
+      li.textContent = `and ${page.total - page.users.length} more`;
+      list.append(li);
+    }
+    if (page.total === 0) list.append(Object.assign(document.createElement('li'), { textContent: 'nobody has joined' }));
+  } catch (e) {
+    list.append(Object.assign(document.createElement('li'), { textContent: e.message }));
+  }
+  panel.hidden = false;
+});
+
+if (params.has('room')) $('room').value = params.get('room');
+if (params.has('name')) {
+  $('name').value = params.get('name');
+  start(params.get('name').trim(), $('room').value.trim());
+} else if (params.get('watch') === '1') {
+  start('', $('room').value.trim());
+}
