@@ -4,9 +4,11 @@
 mod admin;
 mod auth;
 mod bench;
+mod channel_info;
 mod channels;
 mod config;
 mod delivery;
+mod demo_tokens;
 mod dispatch;
 mod frames;
 mod handshake;
