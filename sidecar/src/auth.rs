@@ -459,14 +459,20 @@ pub fn warn_example_key(setting: &str, path: &Path, power: &str) {
         "Make your own pair (see nginx-conf/example-keys/README.md) and point".to_owned(),
         format!("{setting} at the new public key."),
     ];
+    warn_boxed(&path, &texts);
+}
+
+/// Logs `texts` as WARN lines framed by asterisks, each with `key_file`: a warning about a
+/// key that must not go unnoticed in a startup log.
+pub fn warn_boxed(key_file: &str, texts: &[String]) {
     let width = texts.iter().map(|t| t.chars().count()).max().unwrap_or(0);
     let rule = "*".repeat(width + 6);
-    tracing::warn!(key_file = %path, "{rule}");
-    for text in &texts {
+    tracing::warn!(key_file = %key_file, "{rule}");
+    for text in texts {
         let pad = " ".repeat(width - text.chars().count());
-        tracing::warn!(key_file = %path, "*  {text}{pad}  *");
+        tracing::warn!(key_file = %key_file, "*  {text}{pad}  *");
     }
-    tracing::warn!(key_file = %path, "{rule}");
+    tracing::warn!(key_file = %key_file, "{rule}");
 }
 
 #[cfg(test)]

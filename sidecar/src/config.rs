@@ -44,6 +44,7 @@ pub struct Config {
     pub blacklist: BlacklistConfig,
     pub webhook: WebhookConfig,
     pub publish_hook: PublishHookConfig,
+    pub demo: DemoConfig,
     pub log: LogConfig,
 }
 
@@ -432,6 +433,28 @@ impl Default for PublishHookConfig {
     }
 }
 
+/// Demo publisher tokens, `POST /demo/token` (worker role), for the example page of
+/// `scripts/run`. Anyone who can reach the endpoint can publish under any name: never in
+/// production.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DemoConfig {
+    /// The private half of the publishers' key pair (PEM), or the HS* secret file, signing
+    /// with the first of `auth.algorithms`. Empty (the default): no `/demo/token`.
+    pub private_key_file: PathBuf,
+    /// How long a demo token is valid, in seconds.
+    pub ttl_seconds: u64,
+}
+
+impl Default for DemoConfig {
+    fn default() -> Self {
+        Self {
+            private_key_file: PathBuf::new(),
+            ttl_seconds: 3600,
+        }
+    }
+}
+
 /// Logging to stderr.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -751,6 +774,9 @@ impl Config {
             ));
         }
         self.validate_plugins()?;
+        if self.demo.ttl_seconds == 0 {
+            return Err(invalid("demo.ttl_seconds", "must be at least 1".into()));
+        }
         if self.log.level.trim().is_empty() {
             return Err(invalid("log.level", "must not be empty".into()));
         }
@@ -1352,5 +1378,28 @@ mod tests {
         let f = file(&printed);
         let again = Config::load(Some(f.path()), env(&[]), &[]).unwrap().config;
         assert_eq!(again, c);
+    }
+
+    #[test]
+    fn demo_tokens_are_off_by_default_and_their_ttl_is_checked() {
+        let c = Config::load(None, env(&[]), &[]).unwrap().config;
+        assert_eq!(c.demo.private_key_file, PathBuf::new());
+        assert_eq!(c.demo.ttl_seconds, 3600);
+        let c = Config::load(
+            None,
+            env(&[("CHATUP_DEMO_PRIVATE_KEY_FILE", "/keys/jwt-private.pem")]),
+            &["demo.ttl_seconds=60".into()],
+        )
+        .unwrap()
+        .config;
+        assert_eq!(
+            c.demo.private_key_file,
+            PathBuf::from("/keys/jwt-private.pem")
+        );
+        assert_eq!(c.demo.ttl_seconds, 60);
+        let msg = Config::load(None, env(&[]), &["demo.ttl_seconds=0".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("demo.ttl_seconds"), "{msg}");
     }
 }

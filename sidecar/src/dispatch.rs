@@ -33,9 +33,13 @@
 //! CORS (`dispatch.cors_origins`): empty sends no CORS header; `*` allows any origin;
 //! otherwise a listed `Origin` is echoed, always with `Vary: Origin`. `OPTIONS` answers the
 //! preflight of a POST with `Content-Type: application/json`.
+//!
+//! The same role serves the public channel counts and user lists browsers poll
+//! (`GET /channels/<ch>`, [`crate::channels`]), with the same CORS rule.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use axum::body::{to_bytes, Body as HttpBody};
 use axum::extract::rejection::PathRejection;
@@ -49,12 +53,16 @@ use serde_json::Value;
 use tracing::{debug, Instrument};
 
 use crate::broker::{Broker, BrokerError};
+use crate::channels::ChannelInfo;
 use crate::config::DispatchConfig;
 use crate::publish::{HttpError, HttpErrorBody};
 use crate::registry::{ChannelCounts, Directory, HostEntry, RegistryError};
 
 /// Largest request body read: a list of host ids.
 const MAX_BODY: usize = 16 * 1024;
+
+/// `host.report_interval_ms`'s default, until [`Dispatcher::with_report_interval`] says.
+const DEFAULT_REPORT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How long browsers may cache a preflight answer, in seconds.
 const PREFLIGHT_MAX_AGE: &str = "600";
@@ -133,6 +141,8 @@ pub struct Dispatcher {
     config: DispatchConfig,
     /// Per host id, clients sent since its last report: spreads clients between reports.
     pending: Mutex<HashMap<String, Pending>>,
+    /// The cached answers of `GET /channels/<ch>` and `/users`.
+    channel_info: Arc<ChannelInfo>,
 }
 
 impl Dispatcher {
@@ -142,11 +152,24 @@ impl Dispatcher {
         config: DispatchConfig,
     ) -> Self {
         Self {
+            channel_info: ChannelInfo::new(directory.clone(), DEFAULT_REPORT_INTERVAL),
             directory,
             broker,
             config,
             pending: Mutex::default(),
         }
+    }
+
+    /// Serves the public channel answers fresh for `interval` (`host.report_interval_ms`):
+    /// the counts they come from change no faster.
+    pub fn with_report_interval(mut self, interval: Duration) -> Self {
+        self.channel_info = ChannelInfo::new(self.directory.clone(), interval);
+        self
+    }
+
+    /// The cached answers of the public channel endpoints.
+    pub fn channel_info(&self) -> &Arc<ChannelInfo> {
+        &self.channel_info
     }
 
     /// The directory's name, for the startup log.
@@ -229,7 +252,7 @@ impl Dispatcher {
 
     /// The CORS headers for a request from `origin` (none when CORS is off or the origin is
     /// not allowed; `Vary: Origin` whenever the answer depends on it).
-    fn cors(&self, origin: Option<&HeaderValue>) -> Vec<(HeaderName, HeaderValue)> {
+    pub(crate) fn cors(&self, origin: Option<&HeaderValue>) -> Vec<(HeaderName, HeaderValue)> {
         let allowed = &self.config.cors_origins;
         if allowed.is_empty() {
             return Vec::new();
@@ -253,10 +276,11 @@ impl Dispatcher {
     }
 }
 
-/// The `/join/{channel}` route.
+/// The `/join/{channel}` route, and the public channel routes of [`crate::channels`].
 pub fn router(dispatcher: Arc<Dispatcher>) -> Router {
     Router::new()
         .route("/join/{channel}", post(join).options(preflight))
+        .merge(crate::channels::routes())
         .with_state(dispatcher)
 }
 
@@ -325,14 +349,19 @@ async fn preflight(State(dispatcher): State<Arc<Dispatcher>>, headers: HeaderMap
     with_headers(response, cors)
 }
 
-fn with_headers(mut response: Response, headers: Vec<(HeaderName, HeaderValue)>) -> Response {
+/// `response` with `headers` added (the CORS ones).
+pub(crate) fn with_headers(
+    mut response: Response,
+    headers: Vec<(HeaderName, HeaderValue)>,
+) -> Response {
     for (name, value) in headers {
         response.headers_mut().append(name, value);
     }
     response
 }
 
-fn error_response(e: &DispatchError) -> Response {
+/// The JSON error answer for `e`; a 503 says to retry in a second.
+pub(crate) fn error_response(e: &DispatchError) -> Response {
     let message = e.to_string();
     let body = HttpErrorBody {
         error: HttpError {

@@ -2,6 +2,7 @@
 
 use crate::auth::KeySetupError;
 use crate::config::ConfigError;
+use crate::demo::DemoSetupError;
 use crate::http::HttpBindError;
 use crate::logging::LogError;
 use crate::metrics::MetricsError;
@@ -28,6 +29,8 @@ pub enum Error {
     Plugin(#[from] PluginSetupError),
     #[error(transparent)]
     Metrics(#[from] MetricsError),
+    #[error(transparent)]
+    Demo(#[from] DemoSetupError),
     #[error("{0} (the sidecar needs Redis to start when [redis] is configured)")]
     Redis(#[from] RedisError),
     #[error("the HTTP server failed: {0}")]

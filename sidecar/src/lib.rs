@@ -14,8 +14,8 @@
 //!
 //! * [`config`]: the `[relay] [http] [auth] [admin] [limits] [history] [redis] [host]
 //!   [roles] [dispatch] [presence] [plugins] [rate_limit] [blacklist] [webhook]
-//!   [publish_hook] [log]` settings, layered default < file < `CHATUP_*` environment <
-//!   `--set`.
+//!   [publish_hook] [demo] [log]` settings, layered default < file < `CHATUP_*`
+//!   environment < `--set`.
 //! * [`cli`]: the command line (`run`, `token`, `config`).
 //! * [`auth`]: JWT verification with pinned algorithms; the example-key warning.
 //! * [`token`]: the `token` subcommand that mints publisher and admin tokens.
@@ -48,6 +48,10 @@
 //!   registry's reporter, for the admin API's channel stats.
 //! * [`dispatch`]: `POST /join/<ch>`, the least-loaded host for a client, with the channel's
 //!   counts and recent history.
+//! * [`channels`]: `GET /channels/<ch>` and `/channels/<ch>/users`, the public counts and
+//!   user lists browsers poll, from a [`cache`] fresh for one report interval.
+//! * [`cache`]: per-key answers kept for a fixed time, bounded, one load per miss.
+//! * [`demo`]: `POST /demo/token`, publisher tokens for the example page (`[demo]`).
 //! * [`http`]: the HTTP router and listener, routes by role.
 //! * [`health`]: `GET /health`, with a Redis check.
 //! * [`metrics`]: the Prometheus metrics `GET /metrics` serves (admin API).
@@ -60,10 +64,13 @@
 pub mod admin;
 pub mod auth;
 pub mod broker;
+pub mod cache;
+pub mod channels;
 pub mod cli;
 pub mod codec;
 pub mod config;
 pub mod control;
+pub mod demo;
 pub mod dispatch;
 pub mod error;
 pub mod health;

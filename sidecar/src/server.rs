@@ -20,6 +20,7 @@ use crate::broker::redis::{RedisBroker, RedisOptions};
 use crate::broker::Broker;
 use crate::config::Config;
 use crate::control::Control;
+use crate::demo::{warn_open_minting, DemoTokens};
 use crate::dispatch::Dispatcher;
 use crate::error::Error;
 use crate::health::Health;
@@ -100,6 +101,19 @@ impl Sidecar {
         } else {
             None
         };
+        // Checked before anything is bound, like the keys: a demo key that does not fit
+        // stops the start.
+        let demo = match &verifier {
+            Some(verifier) => DemoTokens::from_config(&config.demo, &config.auth, verifier)?,
+            None => None,
+        };
+        if demo.is_some() {
+            warn_open_minting(&config.demo.private_key_file);
+        } else if !config.demo.private_key_file.as_os_str().is_empty() {
+            warn!(
+                "demo.private_key_file is set but this process has no worker role: no /demo/token"
+            );
+        }
         // Checked before anything is bound: a wrong admin key stops the start.
         let admin_tokens = if config.roles.admin {
             admin_verifier(config)?
@@ -250,11 +264,14 @@ impl Sidecar {
             (None, None) => None,
         };
         let dispatcher = match &directory {
-            Some(directory) if config.roles.dispatcher => Some(Arc::new(Dispatcher::new(
-                directory.clone(),
-                metrics.metered(broker.clone(), None),
-                config.dispatch.clone(),
-            ))),
+            Some(directory) if config.roles.dispatcher => Some(Arc::new(
+                Dispatcher::new(
+                    directory.clone(),
+                    metrics.metered(broker.clone(), None),
+                    config.dispatch.clone(),
+                )
+                .with_report_interval(Duration::from_millis(config.host.report_interval_ms)),
+            )),
             _ => None,
         };
         let admin = match directory {
@@ -299,13 +316,17 @@ impl Sidecar {
             algorithms = ?config.auth.algorithms,
             "sidecar ready"
         );
+        let mut routes = router(health, worker_app, dispatcher, admin);
+        if let Some(demo) = demo {
+            routes = routes.merge(crate::demo::router(Arc::new(demo)));
+        }
         Ok(Self {
             relay,
             relay_path,
             workers,
             http,
             http_addr,
-            router: router(health, worker_app, dispatcher, admin),
+            router: routes,
             pump,
             reporter,
             moderation,

@@ -3,6 +3,8 @@
 //!
 //! Production tokens come from the site's own backend, which holds the private key; this
 //! command signs the same claims so that anything can be tried end to end from a shell.
+//! [`SigningKey`] and [`PublisherClaims`] are shared with the demo tokens of
+//! [`crate::demo`].
 
 use std::path::{Path, PathBuf};
 
@@ -51,24 +53,162 @@ pub struct TokenArgs {
     pub aud: Option<String>,
 }
 
+/// Why a private key cannot sign. `setting` names where its path was given (`--key`,
+/// `demo.private_key_file`), `alg_setting` where the algorithm was (`--alg`, ...).
 #[derive(Debug, thiserror::Error)]
-pub enum TokenError {
-    #[error("cannot read --key {path}: {source}")]
+pub enum SigningKeyError {
+    #[error("cannot read {setting} {path}: {source}")]
     Read {
+        setting: &'static str,
         path: PathBuf,
         source: std::io::Error,
     },
     #[error(
-        "--key {path} is not an {family} private key in PEM form, as --alg {alg:?} needs: {reason}"
+        "{setting} {path} is not an {family} private key in PEM form, as {alg:?} \
+         ({alg_setting}) needs: {reason}"
     )]
     Key {
+        setting: &'static str,
         path: PathBuf,
         family: KeyFamily,
         alg: Algorithm,
+        alg_setting: &'static str,
         reason: String,
     },
-    #[error("--key {path} holds a PEM key, but --alg {alg:?} needs a shared secret")]
-    PemAsSecret { path: PathBuf, alg: Algorithm },
+    #[error("{setting} {path} holds a PEM key, but {alg:?} ({alg_setting}) needs a shared secret")]
+    PemAsSecret {
+        setting: &'static str,
+        path: PathBuf,
+        alg: Algorithm,
+        alg_setting: &'static str,
+    },
+    #[error("{setting} {path} is empty, but {alg:?} ({alg_setting}) needs a shared secret")]
+    Empty {
+        setting: &'static str,
+        path: PathBuf,
+        alg: Algorithm,
+        alg_setting: &'static str,
+    },
+}
+
+/// A private key and the algorithm it signs with.
+pub struct SigningKey {
+    key: EncodingKey,
+    alg: Algorithm,
+}
+
+impl SigningKey {
+    /// Reads the key file `path` (given as `setting`) for `alg` (given as `alg_setting`).
+    pub fn read(
+        setting: &'static str,
+        path: &Path,
+        alg: Algorithm,
+        alg_setting: &'static str,
+    ) -> Result<Self, SigningKeyError> {
+        let bytes = std::fs::read(path).map_err(|source| SigningKeyError::Read {
+            setting,
+            path: path.to_owned(),
+            source,
+        })?;
+        let family = KeyFamily::of(alg);
+        let bad = |e: jsonwebtoken::errors::Error| SigningKeyError::Key {
+            setting,
+            path: path.to_owned(),
+            family,
+            alg,
+            alg_setting,
+            reason: e.to_string(),
+        };
+        let key = match family {
+            KeyFamily::Hmac => {
+                // Same rule as the sidecar: trailing whitespace is not part of the secret.
+                let secret = bytes.trim_ascii_end();
+                if secret.trim_ascii_start().starts_with(b"-----BEGIN") {
+                    return Err(SigningKeyError::PemAsSecret {
+                        setting,
+                        path: path.to_owned(),
+                        alg,
+                        alg_setting,
+                    });
+                }
+                if secret.is_empty() {
+                    return Err(SigningKeyError::Empty {
+                        setting,
+                        path: path.to_owned(),
+                        alg,
+                        alg_setting,
+                    });
+                }
+                EncodingKey::from_secret(secret)
+            }
+            KeyFamily::Rsa => EncodingKey::from_rsa_pem(&bytes).map_err(bad)?,
+            KeyFamily::Ec => EncodingKey::from_ec_pem(&bytes).map_err(bad)?,
+            KeyFamily::Ed => EncodingKey::from_ed_pem(&bytes).map_err(bad)?,
+        };
+        // The PEM readers take any key of the family (a public one too); only signing
+        // shows that it is a private key, so sign once now rather than fail on first use.
+        let key = Self { key, alg };
+        key.sign(&json!({})).map_err(bad)?;
+        Ok(key)
+    }
+
+    /// The JWT of `claims`, signed.
+    pub fn sign(&self, claims: &Value) -> Result<String, jsonwebtoken::errors::Error> {
+        jsonwebtoken::encode(&Header::new(self.alg), claims, &self.key)
+    }
+}
+
+/// What a publisher token says (see the README, "Publishing").
+#[derive(Debug, Clone, Default)]
+pub struct PublisherClaims<'a> {
+    /// `_public`: copied into every message as `user`.
+    pub public: Map<String, Value>,
+    /// `sub`, the user's id; without it bans go by `_public.name`.
+    pub sub: Option<&'a str>,
+    /// `iat`, seconds since the Unix epoch.
+    pub issued_at: u64,
+    /// Seconds from `iat` to `exp`.
+    pub ttl: u64,
+    /// `_events: true` lets the token publish events.
+    pub events: bool,
+    /// `iss` and `aud`, for sidecars that check them.
+    pub issuer: Option<&'a str>,
+    pub audience: Option<&'a str>,
+}
+
+impl PublisherClaims<'_> {
+    /// `exp`, seconds since the Unix epoch.
+    pub fn expires_at(&self) -> u64 {
+        self.issued_at.saturating_add(self.ttl)
+    }
+
+    /// The token's payload.
+    pub fn to_json(&self) -> Value {
+        let mut claims = json!({
+            "iat": self.issued_at,
+            "exp": self.expires_at(),
+            "_public": self.public,
+        });
+        if let Some(sub) = self.sub {
+            claims["sub"] = json!(sub);
+        }
+        if self.events {
+            claims["_events"] = json!(true);
+        }
+        if let Some(iss) = self.issuer {
+            claims["iss"] = json!(iss);
+        }
+        if let Some(aud) = self.audience {
+            claims["aud"] = json!(aud);
+        }
+        claims
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error(transparent)]
+    Key(#[from] SigningKeyError),
     #[error("--public must be a JSON object like '{{\"color\":\"red\"}}': {0}")]
     Public(String),
     #[error("--payload must be JSON, e.g. '[{{\"channel\":\"room\",\"msg\":\"hi\"}}]': {0}")]
@@ -88,13 +228,9 @@ fn parse_algorithm(s: &str) -> Result<Algorithm, String> {
 
 /// Builds and signs the token; `now` is in seconds since the Unix epoch.
 pub fn make_token(args: &TokenArgs, now: u64) -> Result<String, TokenError> {
-    let key_bytes = std::fs::read(&args.key).map_err(|source| TokenError::Read {
-        path: args.key.clone(),
-        source,
-    })?;
-    let key = encoding_key(&args.key, args.alg, &key_bytes)?;
+    let key = SigningKey::read("--key", &args.key, args.alg, "--alg")?;
     let sign = |claims: &Value| {
-        jsonwebtoken::encode(&Header::new(args.alg), claims, &key)
+        key.sign(claims)
             .map_err(|e| TokenError::Sign(e.to_string()))
     };
 
@@ -126,50 +262,16 @@ pub fn make_token(args: &TokenArgs, now: u64) -> Result<String, TokenError> {
             Err(e) => return Err(TokenError::Public(e.to_string())),
         }
     }
-    let mut claims = json!({
-        "iat": now,
-        "exp": now.saturating_add(args.ttl),
-        "_public": public,
-    });
-    if let Some(sub) = &args.sub {
-        claims["sub"] = json!(sub);
-    }
-    if args.events {
-        claims["_events"] = json!(true);
-    }
-    if let Some(iss) = &args.iss {
-        claims["iss"] = json!(iss);
-    }
-    if let Some(aud) = &args.aud {
-        claims["aud"] = json!(aud);
-    }
-    sign(&claims)
-}
-
-fn encoding_key(path: &Path, alg: Algorithm, bytes: &[u8]) -> Result<EncodingKey, TokenError> {
-    let family = KeyFamily::of(alg);
-    let bad = |e: jsonwebtoken::errors::Error| TokenError::Key {
-        path: path.to_owned(),
-        family,
-        alg,
-        reason: e.to_string(),
+    let claims = PublisherClaims {
+        public,
+        sub: args.sub.as_deref(),
+        issued_at: now,
+        ttl: args.ttl,
+        events: args.events,
+        issuer: args.iss.as_deref(),
+        audience: args.aud.as_deref(),
     };
-    match family {
-        KeyFamily::Hmac => {
-            // Same rule as the sidecar: trailing whitespace is not part of the secret.
-            let secret = bytes.trim_ascii_end();
-            if secret.trim_ascii_start().starts_with(b"-----BEGIN") {
-                return Err(TokenError::PemAsSecret {
-                    path: path.to_owned(),
-                    alg,
-                });
-            }
-            Ok(EncodingKey::from_secret(secret))
-        }
-        KeyFamily::Rsa => EncodingKey::from_rsa_pem(bytes).map_err(bad),
-        KeyFamily::Ec => EncodingKey::from_ec_pem(bytes).map_err(bad),
-        KeyFamily::Ed => EncodingKey::from_ed_pem(bytes).map_err(bad),
-    }
+    sign(&claims.to_json())
 }
 
 #[cfg(test)]
@@ -293,8 +395,16 @@ mod tests {
         };
         assert!(matches!(
             make_token(&a, now()),
-            Err(TokenError::PemAsSecret { .. })
+            Err(TokenError::Key(SigningKeyError::PemAsSecret { .. }))
         ));
+        let empty = tempfile::NamedTempFile::new().unwrap();
+        let a = TokenArgs {
+            key: empty.path().to_owned(),
+            alg: Algorithm::HS256,
+            ..args()
+        };
+        let msg = make_token(&a, now()).unwrap_err().to_string();
+        assert!(msg.contains("is empty") && msg.contains("--key"), "{msg}");
         assert!(parse_algorithm("none").is_err());
     }
 }

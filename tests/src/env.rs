@@ -1072,6 +1072,23 @@ http {{
             proxy_set_header X-Forwarded-Proto $scheme;
         }}
 
+        # Public channel info (GET /channels/<ch>[/users]), as nginx-conf/chatup.conf
+        # proxies it.
+        location /channels/ {{
+            proxy_pass http://{sidecar};
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $http_host;
+            proxy_set_header X-Forwarded-Proto $scheme;
+        }}
+
+        # Demo tokens (only served with demo.private_key_file set).
+        location = /demo/token {{
+            proxy_pass http://{sidecar};
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+
         # The admin API, as nginx-conf/chatup.conf proxies it.
         location ~ ^/(post|ban|unban|bans/.+|messages/.+|stats|stats/.+|blacklist|metrics)$ {{
             client_max_body_size 2m;

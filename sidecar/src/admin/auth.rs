@@ -263,8 +263,9 @@ impl FromRequest<std::sync::Arc<AdminState>> for AdminBody {
 }
 
 /// Whether the body may be read as JSON: `application/json`, no type, or the types `curl
-/// --data` and plain-text clients send. Anything else is refused.
-fn json_content_type(headers: &HeaderMap) -> Result<bool, AdminError> {
+/// --data` and plain-text clients send. Anything else is refused. (`POST /demo/token` reads
+/// its body by the same rule.)
+pub(crate) fn json_content_type(headers: &HeaderMap) -> Result<bool, AdminError> {
     let Some(value) = headers.get(header::CONTENT_TYPE) else {
         return Ok(true);
     };

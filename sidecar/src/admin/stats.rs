@@ -57,7 +57,8 @@ pub struct Window {
     pub limit: u64,
 }
 
-/// Reads `skip` and `limit` from a raw query string.
+/// Reads `skip` and `limit` from a raw query string (here and for the public
+/// `GET /channels/<ch>/users`).
 pub fn window(raw: Option<&str>) -> Result<Window, AdminError> {
     let values = query::integers(&query::pairs(raw)?, &PARAMS)?;
     Ok(Window {
@@ -78,8 +79,13 @@ struct ChannelStats<'a> {
     limit: u64,
 }
 
-/// The `_public` objects of `publishers[skip..skip + limit]`.
-fn window_of<'a>(channel: &str, publishers: &'a [JoinedPublisher], w: Window) -> Vec<&'a RawValue> {
+/// The `_public` objects of `publishers[skip..skip + limit]` (also the page of the public
+/// `GET /channels/<ch>/users`, [`crate::channels`]).
+pub fn window_of<'a>(
+    channel: &str,
+    publishers: &'a [JoinedPublisher],
+    w: Window,
+) -> Vec<&'a RawValue> {
     let skip = usize::try_from(w.skip).unwrap_or(usize::MAX);
     let limit = usize::try_from(w.limit).unwrap_or(usize::MAX);
     publishers

@@ -138,10 +138,20 @@ async fn the_curl_examples_of_the_readme_run_as_written() {
 
     // Choosing a host.
     let (prelude, commands) = split(&blocks[1]);
-    assert_eq!(commands.len(), 1, "{commands:?}");
+    assert_eq!(commands.len(), 3, "{commands:?}");
     let joined: Value = serde_json::from_str(&run(&chatup, &prelude, &commands[0])).unwrap();
     assert_eq!(joined["channel"], "lobby", "{joined}");
     assert_eq!(joined["history"][0]["msg"], "hello, lobby", "{joined}");
+    // The channel's counts and users.
+    let counts: Value = serde_json::from_str(&run(&chatup, &prelude, &commands[1])).unwrap();
+    assert_eq!(counts["channel"], "lobby", "{counts}");
+    assert!(counts["subCount"].as_u64().is_some(), "{counts}");
+    let users: Value = serde_json::from_str(&run(&chatup, &prelude, &commands[2])).unwrap();
+    assert_eq!(
+        (&users["channel"], &users["limit"]),
+        (&Value::from("lobby"), &Value::from(10)),
+        "{users}"
+    );
 
     // The admin API.
     let (prelude, commands) = split(&blocks[2]);

@@ -67,7 +67,7 @@ async fn tokens_from_the_token_subcommand_are_accepted() {
 }
 
 /// Runs the sidecar with `config` and expects it to fail at start; returns its stderr.
-fn failing_start(config: &str, extra: &[&str]) -> String {
+pub(crate) fn failing_start(config: &str, extra: &[&str]) -> String {
     let dir = tempfile::tempdir().expect("temp folder");
     let path = dir.path().join("chatup.toml");
     std::fs::write(&path, config).expect("write config");
@@ -99,7 +99,7 @@ fn failing_start(config: &str, extra: &[&str]) -> String {
     stderr
 }
 
-fn base_config(dir: &std::path::Path) -> String {
+pub(crate) fn base_config(dir: &std::path::Path) -> String {
     format!(
         "[relay]\nsocket = {:?}\n[http]\nlisten = \"127.0.0.1:{}\"\n[auth]\npublic_key_file = {:?}\n",
         dir.join("relay.sock").display().to_string(),

@@ -1,0 +1,377 @@
+//! `POST /demo/token`: publisher tokens for whoever asks, so that the example page of
+//! `scripts/run` can chat without a backend of its own. Demo only: anyone who can reach the
+//! endpoint publishes under any name, so it exists only when `demo.private_key_file` is set
+//! (worker role), and the sidecar says so loudly at startup.
+//!
+//! ```json
+//! POST /demo/token   {"name":"alice"}
+//! 200 {"token":"eyJ…","name":"alice","expiresAt":1763770000000}
+//! ```
+//!
+//! The token is what a site's backend would mint: `_public: {"name": <name>}`, `iat`, `exp`
+//! (`demo.ttl_seconds` ahead; `expiresAt` is it in ms), `iss`/`aud` from `auth.issuer` and
+//! `auth.audience` when set, no `_events`, and no `sub`, so that bans and rate limits go by
+//! the name. It is signed with the first of `auth.algorithms` by the token code of
+//! [`crate::token`]; at startup a test token must pass the sidecar's own verifier, so a key
+//! that is not the private half of `auth.public_key_file` stops the start.
+//!
+//! The name is trimmed and must then be 1 to [`MAX_NAME_CHARS`] characters without control
+//! characters. Errors are `{"error":{"code":..,"message":..}}`: 400 `bad_request` (malformed
+//! JSON, no name, a name not allowed), 415 `unsupported_media_type` (a body that is not
+//! JSON).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::body::{to_bytes, Body as HttpBody};
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use serde::Serialize;
+use serde_json::{Map, Value};
+use tracing::info;
+
+use crate::admin::auth::json_content_type;
+use crate::auth::{warn_boxed, Verifier};
+use crate::config::{AuthConfig, DemoConfig};
+use crate::publish::{HttpError, HttpErrorBody};
+use crate::token::{PublisherClaims, SigningKey, SigningKeyError};
+
+/// The config key naming the key file.
+pub const KEY_SETTING: &str = "demo.private_key_file";
+
+/// Longest name, in characters.
+pub const MAX_NAME_CHARS: usize = 32;
+
+/// Largest request body read: a name.
+const MAX_BODY: usize = 4096;
+
+/// Why demo tokens cannot be served; stops the start.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoSetupError {
+    #[error(transparent)]
+    Key(#[from] SigningKeyError),
+    #[error(
+        "{KEY_SETTING} {path} signs tokens that auth.public_key_file {public} refuses \
+         ({reason}); set {KEY_SETTING} to the private half of that key pair, or leave it \
+         empty to turn demo tokens off"
+    )]
+    Mismatch {
+        path: PathBuf,
+        public: PathBuf,
+        reason: String,
+    },
+    #[error("cannot sign a token with {KEY_SETTING} {path}: {reason}")]
+    Sign { path: PathBuf, reason: String },
+}
+
+/// Why a demo token was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DemoError {
+    /// Malformed JSON, no name, or a name not allowed; the message says what is allowed.
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl DemoError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::BadRequest(_) => "bad_request",
+            Self::UnsupportedMediaType(_) => "unsupported_media_type",
+            Self::Internal(_) => "internal",
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl IntoResponse for DemoError {
+    fn into_response(self) -> Response {
+        let message = self.to_string();
+        let body = HttpErrorBody {
+            error: HttpError {
+                code: self.code(),
+                message: &message,
+            },
+        };
+        (self.status(), Json(body)).into_response()
+    }
+}
+
+/// Mints demo tokens.
+pub struct DemoTokens {
+    /// `demo.private_key_file`, with the first of `auth.algorithms`.
+    key: SigningKey,
+    /// `demo.ttl_seconds`.
+    ttl: u64,
+    /// `auth.issuer` and `auth.audience`, when set: the verifier requires them.
+    issuer: Option<String>,
+    audience: Option<String>,
+}
+
+/// A minted token, as `/demo/token` answers it.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Minted {
+    pub token: String,
+    /// The name as put in the token (trimmed).
+    pub name: String,
+    /// The token's `exp`, in ms since the Unix epoch.
+    pub expires_at: u64,
+}
+
+impl DemoTokens {
+    /// Demo tokens as `[demo]` configures them, or `None` when `demo.private_key_file` is
+    /// empty. A key that cannot be read, does not fit the algorithm, or signs tokens that
+    /// `verifier` (of `auth`) refuses is an error.
+    pub fn from_config(
+        demo: &DemoConfig,
+        auth: &AuthConfig,
+        verifier: &Verifier,
+    ) -> Result<Option<Self>, DemoSetupError> {
+        let path = &demo.private_key_file;
+        if path.as_os_str().is_empty() {
+            return Ok(None);
+        }
+        // The configuration check makes sure there is one.
+        let Some(&alg) = auth.algorithms.first() else {
+            return Err(DemoSetupError::Sign {
+                path: path.clone(),
+                reason: "auth.algorithms is empty".into(),
+            });
+        };
+        let key = SigningKey::read(KEY_SETTING, path, alg, "the first of auth.algorithms")?;
+        let non_empty = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+        let tokens = Self {
+            key,
+            ttl: demo.ttl_seconds,
+            issuer: non_empty(&auth.issuer),
+            audience: non_empty(&auth.audience),
+        };
+        let probe = tokens
+            .mint("startup check", jsonwebtoken::get_current_timestamp())
+            .map_err(|e| DemoSetupError::Sign {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+        verifier
+            .verify(&probe.token)
+            .map_err(|e| DemoSetupError::Mismatch {
+                path: path.clone(),
+                public: auth.public_key_file.clone(),
+                reason: e.to_string(),
+            })?;
+        Ok(Some(tokens))
+    }
+
+    /// A token for `name` (already checked), issued at `now` (seconds since the Unix epoch).
+    pub fn mint(&self, name: &str, now: u64) -> Result<Minted, DemoError> {
+        let mut public = Map::new();
+        public.insert("name".into(), Value::String(name.to_owned()));
+        let claims = PublisherClaims {
+            public,
+            issued_at: now,
+            ttl: self.ttl,
+            issuer: self.issuer.as_deref(),
+            audience: self.audience.as_deref(),
+            ..PublisherClaims::default()
+        };
+        let token = self
+            .key
+            .sign(&claims.to_json())
+            .map_err(|e| DemoError::Internal(format!("cannot sign the token: {e}")))?;
+        Ok(Minted {
+            token,
+            name: name.to_owned(),
+            expires_at: claims.expires_at().saturating_mul(1000),
+        })
+    }
+}
+
+/// The name of a request body `{"name": ".."}`, trimmed and checked.
+pub fn name_of(body: &[u8]) -> Result<String, DemoError> {
+    let bad = |m: String| DemoError::BadRequest(m);
+    let value: Value = serde_json::from_slice(body).map_err(|e| {
+        bad(format!(
+            "the body is not JSON ({e}); send {{\"name\": \"<display name>\"}}"
+        ))
+    })?;
+    let name = match value.get("name") {
+        Some(Value::String(name)) => name.trim(),
+        Some(_) => return Err(bad("\"name\" must be a string".into())),
+        None => {
+            return Err(bad(
+                "missing \"name\": send a JSON object like {\"name\": \"alice\"}".into(),
+            ))
+        }
+    };
+    let chars = name.chars().count();
+    if chars == 0 || chars > MAX_NAME_CHARS {
+        return Err(bad(format!(
+            "the name must be 1 to {MAX_NAME_CHARS} characters (spaces around it do not \
+             count), not {chars}"
+        )));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(bad(
+            "the name must not contain control characters (line breaks, tabs, ...)".into(),
+        ));
+    }
+    Ok(name.to_owned())
+}
+
+/// The startup warning that demo tokens are on.
+pub fn warn_open_minting(path: &std::path::Path) {
+    let texts = [
+        format!("INSECURE: {KEY_SETTING} is set: POST /demo/token mints"),
+        "publisher tokens for anyone who asks. ANYONE who can reach it can".to_owned(),
+        "publish under ANY name. Fine for a demo, NEVER for production:".to_owned(),
+        format!("leave {KEY_SETTING} empty (the default) there."),
+    ];
+    warn_boxed(&path.display().to_string(), &texts);
+}
+
+/// The `/demo/token` route.
+pub fn router(tokens: Arc<DemoTokens>) -> Router {
+    Router::new()
+        .route("/demo/token", post(mint))
+        .with_state(tokens)
+}
+
+async fn mint(
+    State(tokens): State<Arc<DemoTokens>>,
+    headers: HeaderMap,
+    body: HttpBody,
+) -> Result<Json<Minted>, DemoError> {
+    if !matches!(json_content_type(&headers), Ok(true)) {
+        let given = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("unreadable");
+        return Err(DemoError::UnsupportedMediaType(format!(
+            "send the body as application/json, like {{\"name\": \"alice\"}}, not {given}"
+        )));
+    }
+    let bytes = to_bytes(body, MAX_BODY).await.map_err(|_| {
+        DemoError::BadRequest(format!("the request body is larger than {MAX_BODY} bytes"))
+    })?;
+    let name = name_of(&bytes)?;
+    let minted = tokens.mint(&name, jsonwebtoken::get_current_timestamp())?;
+    info!(name = minted.name, "demo token minted");
+    Ok(Json(minted))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::tests::now;
+
+    const KEYS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../nginx-conf/example-keys");
+
+    fn auth() -> AuthConfig {
+        AuthConfig {
+            public_key_file: format!("{KEYS}/jwt-public.pem").into(),
+            ..AuthConfig::default()
+        }
+    }
+
+    fn demo(key: &str) -> DemoConfig {
+        DemoConfig {
+            private_key_file: format!("{KEYS}/{key}").into(),
+            ttl_seconds: 600,
+        }
+    }
+
+    #[test]
+    fn tokens_carry_the_name_and_no_sub_and_verify() {
+        let auth = AuthConfig {
+            issuer: "https://site.example".into(),
+            audience: "chat".into(),
+            ..auth()
+        };
+        let verifier = Verifier::from_config(&auth).unwrap();
+        let tokens = DemoTokens::from_config(&demo("jwt-private.pem"), &auth, &verifier)
+            .unwrap()
+            .unwrap();
+        let minted = tokens.mint("Ann B.", now()).unwrap();
+        assert_eq!(minted.name, "Ann B.");
+        assert_eq!(minted.expires_at, (now() + 600) * 1000);
+        let id = verifier.verify(&minted.token).unwrap();
+        assert_eq!(&*id.user, r#"{"name":"Ann B."}"#);
+        assert_eq!(id.sub, None);
+        assert!(!id.events);
+        assert_eq!(id.moderation_id().as_deref(), Some("Ann B."));
+    }
+
+    #[test]
+    fn no_key_no_tokens_and_a_wrong_key_stops_the_start() {
+        let verifier = Verifier::from_config(&auth()).unwrap();
+        let off = DemoConfig::default();
+        assert!(DemoTokens::from_config(&off, &auth(), &verifier)
+            .unwrap()
+            .is_none());
+        // The admin key pair's private half: a valid key, but not the publishers' one.
+        let err = DemoTokens::from_config(&demo("admin-private.pem"), &auth(), &verifier)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("admin-private.pem") && err.contains("private half"),
+            "{err}"
+        );
+        let err = DemoTokens::from_config(&demo("missing.pem"), &auth(), &verifier)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("demo.private_key_file") && err.contains("missing.pem"),
+            "{err}"
+        );
+        // A public key is not a private key.
+        let err = DemoTokens::from_config(&demo("jwt-public.pem"), &auth(), &verifier)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("not an RSA private key"), "{err}");
+    }
+
+    #[test]
+    fn names_are_trimmed_and_checked() {
+        assert_eq!(name_of(br#"{"name":"  alice "}"#).unwrap(), "alice");
+        assert_eq!(
+            name_of(&serde_json::to_vec(&serde_json::json!({"name": "é".repeat(32)})).unwrap())
+                .unwrap()
+                .chars()
+                .count(),
+            32
+        );
+        for (body, says) in [
+            (&br#"{"name":""}"#[..], "1 to 32 characters"),
+            (br#"{"name":"   "}"#, "1 to 32 characters"),
+            (br#"{"name":"123456789012345678901234567890123"}"#, "not 33"),
+            (br#"{"name":"a\nb"}"#, "control characters"),
+            (br#"{"name":"a\u0007"}"#, "control characters"),
+            (br#"{"name":7}"#, "must be a string"),
+            (br#"{"nom":"a"}"#, "missing \"name\""),
+            (br#"["a"]"#, "missing \"name\""),
+            (b"{", "not JSON"),
+            (b"", "not JSON"),
+        ] {
+            let err = name_of(body).unwrap_err();
+            assert_eq!(err.code(), "bad_request");
+            assert!(err.to_string().contains(says), "{body:?}: {err}");
+        }
+    }
+}
