@@ -23,7 +23,7 @@ const DEADLINE: Duration = Duration::from_secs(240);
 fn example_locations(root: &Path) -> String {
     format!(
         r#"
-location = / {{ return 302 /client/example/; }}
+location = / {{ return 302 /client/example/$is_args$args; }}
 location ~ ^/client/((src|dist|example)/.*)$ {{
     alias {root}/client/$1;
     types {{ text/html html; text/css css; text/javascript js mjs; application/json json; }}
