@@ -236,9 +236,16 @@ test('stopping the sidecar, then an nginx worker: reconnecting, then caught up, 
   from = await shownCount(alice);
   await control('kill-worker');
   await waitShown(alice, 'reconnecting', from);
+  await waitShown(bob, 'reconnecting', from);
+  // No worker serves the pages now: these go out while both are away.
+  const missed = acked.length;
+  await waitAcked(missed + 5);
+  const notYetShown = await listed(alice);
+  assert.ok(!notYetShown.some((m) => m.text === acked[missed].text), 'published while away');
+  await control('restart-worker');
   await waitStatus(alice, 'authenticated');
   await waitStatus(bob, 'authenticated');
-  await waitAcked(acked.length + 10);
+  await waitAcked(acked.length + 5);
   feeding = false;
   await feeder;
 

@@ -250,6 +250,8 @@ pub struct Chatup {
     opts: Options,
     nginx: Option<Child>,
     sidecar: Option<Child>,
+    /// Workers the test killed on purpose: their "exited on signal 9" alerts are expected.
+    killed_workers: Vec<u32>,
 }
 
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -273,6 +275,7 @@ impl Chatup {
             opts,
             nginx: None,
             sidecar: None,
+            killed_workers: Vec::new(),
         };
         fs::create_dir_all(env.path("temp")).expect("create temp/");
         fs::write(env.path("chatup.toml"), env.sidecar_config()).expect("write chatup.toml");
@@ -528,6 +531,41 @@ impl Chatup {
             .collect()
     }
 
+    /// Kills worker `pid` with SIGKILL, as a crash would, and waits until the master has
+    /// started its replacement. The master's alert about it is expected, not a failure.
+    pub fn kill_worker(&mut self, pid: u32) {
+        let workers = self.worker_pids().len();
+        self.crash_worker(pid);
+        self.wait_worker_replaced(pid, workers);
+    }
+
+    /// Kills worker `pid` with SIGKILL and returns at once (the master's alert about it is
+    /// expected). With the master stopped (SIGSTOP) no replacement starts until SIGCONT, so
+    /// the worker's clients stay away as long as a test needs.
+    pub fn crash_worker(&mut self, pid: u32) {
+        let workers = self.all_worker_pids();
+        assert!(workers.contains(&pid), "{pid} is not a worker: {workers:?}");
+        self.killed_workers.push(pid);
+        signal_pid(pid, libc::SIGKILL);
+    }
+
+    /// Waits until `pid` is gone and `workers` workers run again.
+    pub fn wait_worker_replaced(&self, pid: u32, workers: usize) {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            let now = self.worker_pids();
+            if now.len() == workers && !now.contains(&pid) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no new worker within {READY_TIMEOUT:?} of killing {pid}:\n{}",
+                self.error_log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Every child of the master (workers, including those shutting down).
     pub fn all_worker_pids(&self) -> Vec<u32> {
         self.nginx
@@ -712,8 +750,14 @@ impl Drop for Chatup {
     fn drop(&mut self) {
         self.shutdown();
         // Whatever the test checked, these must never happen.
+        let expected: Vec<String> = self
+            .killed_workers
+            .iter()
+            .map(|pid| format!("worker process {pid} exited on signal 9"))
+            .collect();
         let mut problems = self.grep_error_log("exited on signal");
         problems.extend(self.grep_error_log("[alert]"));
+        problems.retain(|line| !expected.iter().any(|e| line.contains(e.as_str())));
         problems.extend(
             self.sidecar_log()
                 .lines()

@@ -3,7 +3,7 @@
 //! (serving the page as `scripts/run` does), the sidecar with demo tokens on, and Redis.
 //!
 //! The script asks for faults on stdout (`CONTROL stop-sidecar`, `start-sidecar`,
-//! `kill-worker`); this side does them and answers `OK` on its stdin. `scripts/test` installs
+//! `kill-worker`, `restart-worker`); this side does them and answers `OK` on its stdin. `scripts/test` installs
 //! chromium, node and the npm packages; without them this test fails and says what is missing.
 
 use std::io::{BufRead, BufReader, Write};
@@ -92,6 +92,7 @@ fn the_example_page_in_chromium() {
 
     let deadline = Instant::now() + DEADLINE;
     let mut output = Vec::new();
+    let mut killed = None;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         let line = match lines.recv_timeout(left) {
@@ -116,14 +117,18 @@ fn the_example_page_in_chromium() {
             }
             "start-sidecar" => chatup.start_sidecar(),
             "kill-worker" => {
-                let old = chatup.worker_pids();
-                assert_eq!(old.len(), 1, "one nginx worker: {old:?}");
-                signal_pid(old[0], libc::SIGKILL);
-                let respawned = Instant::now() + Duration::from_secs(10);
-                while chatup.worker_pids().iter().all(|p| old.contains(p)) {
-                    assert!(Instant::now() < respawned, "nginx did not start a new worker");
-                    std::thread::sleep(Duration::from_millis(20));
-                }
+                // The master is held, so no new worker takes the clients back until
+                // `restart-worker`: messages published meanwhile must be caught up.
+                let workers = chatup.worker_pids();
+                assert_eq!(workers.len(), 1, "one nginx worker: {workers:?}");
+                signal_pid(chatup.master_pid(), libc::SIGSTOP);
+                chatup.crash_worker(workers[0]);
+                killed = workers.first().copied();
+            }
+            "restart-worker" => {
+                signal_pid(chatup.master_pid(), libc::SIGCONT);
+                let pid = killed.take().expect("restart-worker after kill-worker");
+                chatup.wait_worker_replaced(pid, 1);
             }
             other => panic!("unknown control request {other:?}"),
         }

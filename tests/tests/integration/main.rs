@@ -3,8 +3,8 @@
 
 mod admin;
 mod auth;
-mod browser;
 mod bench;
+mod browser;
 mod channel_info;
 mod channels;
 mod config;
