@@ -1,119 +1,35 @@
 // End-to-end tests of the client and the example page in Debian's chromium, driven by
-// playwright-core, against a real chatup (nginx with the module serving the page, the sidecar,
-// Redis). tests/tests/integration/browser.rs starts those and runs this file; to stop or kill
-// a process this file writes `CONTROL <verb>` on stdout and waits for `OK` on stdin.
+// playwright-core, against a real chatup on one host: nginx with the module serving the page,
+// the sidecar with demo tokens, Redis. tests/tests/integration/browser.rs starts those, runs
+// this file, and stops or kills processes when asked (support.mjs).
 //
-// Environment (set by browser.rs): CHATUP_URL (nginx), CHATUP_SIDECAR_URL (the sidecar's own
-// HTTP port), CHATUP_ADMIN_TOKEN, CHATUP_FEED_TOKEN (a publisher token), CHATUP_ARTIFACTS
-// (where screenshots go), CHROMIUM (the browser binary, default /usr/bin/chromium).
+// Environment: CHATUP_URL (nginx), CHATUP_SIDECAR_URL (the sidecar's own HTTP port),
+// CHATUP_ADMIN_TOKEN, CHATUP_FEED_TOKEN (a publisher token), CHATUP_ARTIFACTS (where
+// screenshots go), CHROMIUM (default /usr/bin/chromium).
 
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdirSync } from 'node:fs';
-import { join } from 'node:path';
-import readline from 'node:readline';
 
-import { chromium } from 'playwright-core';
+import { Browser, assertAllShownOnce, control, feed, listed, need, shownCount, waitShown, waitStatus, waitText } from './support.mjs';
 
 const BASE = need('CHATUP_URL');
 const SIDECAR = need('CHATUP_SIDECAR_URL');
 const ADMIN_TOKEN = need('CHATUP_ADMIN_TOKEN');
 const FEED_TOKEN = need('CHATUP_FEED_TOKEN');
-const ARTIFACTS = need('CHATUP_ARTIFACTS');
 const ROOM = 'lobby';
 // Short backoff ceilings keep the fault test quick; the defaults are the client's.
 const PAGE_QUERY = `room=${ROOM}&reconnectDelay=200&maxReconnectDelay=1500&countInterval=1000`;
 
-function need(name) {
-  const value = process.env[name];
-  if (!value) {
-    console.error(`${name} is not set: run this through \`cargo test -p chatup-tests --test integration browser\``);
-    process.exit(2);
-  }
-  return value;
-}
+const browser = new Browser(need('CHATUP_ARTIFACTS'));
+const pages = browser.pages;
+before(() => browser.start());
+after(() => browser.finish());
 
-// --- the control channel to the Rust side ----------------------------------------------------
-
-const input = readline.createInterface({ input: process.stdin });
-const replies = [];
-const waiting = [];
-input.on('line', (line) => {
-  const resolve = waiting.shift();
-  if (resolve) resolve(line);
-  else replies.push(line);
-});
-
-async function control(verb) {
-  process.stdout.write(`CONTROL ${verb}\n`);
-  const line = replies.length ? replies.shift() : await new Promise((resolve) => waiting.push(resolve));
-  assert.equal(line, 'OK', `CONTROL ${verb}`);
-}
-
-// --- pages -------------------------------------------------------------------------------------
-
-let browser;
-const pages = new Map();
-
-before(async () => {
-  mkdirSync(ARTIFACTS, { recursive: true });
-  browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-    headless: true,
-    // Without the background-networking flags chromium keeps trying to reach Google's hosts.
-    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-  });
-});
-
-after(async () => {
-  for (const [name, page] of pages) {
-    await page.screenshot({ path: join(ARTIFACTS, `${name}.png`), fullPage: true }).catch(() => {});
-  }
-  console.log(`screenshots: ${ARTIFACTS}`);
-  await browser?.close();
-  input.close();
-});
-
-/** Opens the example page as `name`, records every status it shows, waits until it can chat. */
+/** Opens the example page as `name` and waits until it can chat. */
 async function openChat(name) {
-  const context = await browser.newContext({ viewport: { width: 900, height: 700 } });
-  const page = await context.newPage();
-  page.dialogs = [];
-  page.errors = [];
-  page.on('dialog', (dialog) => {
-    page.dialogs.push(dialog.message());
-    dialog.dismiss().catch(() => {});
-  });
-  page.on('pageerror', (e) => page.errors.push(e.message));
-  await page.addInitScript(() => {
-    window.__shown = [];
-    document.addEventListener('DOMContentLoaded', () => {
-      const badge = document.getElementById('status');
-      new MutationObserver(() => window.__shown.push(badge.dataset.status)).observe(badge, { attributes: true });
-    });
-  });
-  await page.goto(`${BASE}/?name=${encodeURIComponent(name)}&${PAGE_QUERY}`);
-  pages.set(name, page);
+  const page = await browser.open(name, `${BASE}/?name=${encodeURIComponent(name)}&${PAGE_QUERY}`);
   await waitStatus(page, 'authenticated');
   return page;
-}
-
-function waitStatus(page, status, timeout = 20000) {
-  return page.waitForFunction((s) => document.getElementById('status').dataset.status === s, status, { timeout });
-}
-
-/** Waits until the page has shown `status` since the `from`-th recorded change. */
-function waitShown(page, status, from = 0, timeout = 20000) {
-  return page.waitForFunction(([s, i]) => window.__shown.slice(i).includes(s), [status, from], { timeout });
-}
-
-const shownCount = (page) => page.evaluate(() => window.__shown.length);
-
-/** The chat messages listed on the page. */
-function listed(page) {
-  return page.$$eval('#messages li.message', (items) =>
-    items.map((li) => ({ id: Number(li.dataset.id), ep: li.dataset.ep, user: li.dataset.user, text: li.querySelector('.text').textContent })),
-  );
 }
 
 async function send(page, text) {
@@ -121,16 +37,7 @@ async function send(page, text) {
   await page.press('#text', 'Enter');
 }
 
-function waitText(page, text, timeout = 20000) {
-  return page.waitForFunction(
-    (t) => [...document.querySelectorAll('#messages li.message .text')].some((el) => el.textContent === t),
-    text,
-    { timeout },
-  );
-}
-
 // --- tests ---------------------------------------------------------------------------------------
-
 test('two pages chat with each other', async () => {
   const alice = await openChat('alice');
   const bob = await openChat('bob');
@@ -195,34 +102,17 @@ test('stopping the sidecar, then an nginx worker: reconnecting, then caught up, 
 
   // A publisher on the sidecar's own port keeps posting, retrying each message until it is
   // accepted, so some go out while the pages are away.
-  const acked = [];
-  let feeding = true;
-  const feeder = (async () => {
-    for (let n = 1; feeding; n++) {
-      for (;;) {
-        try {
-          const response = await fetch(`${SIDECAR}/pub/${ROOM}`, {
-            method: 'POST',
-            headers: { authorization: `Bearer ${FEED_TOKEN}`, 'content-type': 'text/plain' },
-            body: `feed ${n}`,
-          });
-          if (response.ok) {
-            acked.push({ text: `feed ${n}`, ...(await response.json()) });
-            break;
-          }
-        } catch {
-          // The sidecar is down: try again.
-        }
-        await new Promise((r) => setTimeout(r, 100));
-      }
-      await new Promise((r) => setTimeout(r, 60));
-    }
-  })();
-
-  const waitAcked = async (n) => {
-    while (acked.length < n) await new Promise((r) => setTimeout(r, 20));
-  };
-  await waitAcked(5);
+  const feeder = feed(async (text) => {
+    const response = await fetch(`${SIDECAR}/pub/${ROOM}`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${FEED_TOKEN}`, 'content-type': 'text/plain' },
+      body: text,
+    });
+    if (!response.ok) throw new Error(`HTTP ${response.status}`);
+    return response.json();
+  });
+  const acked = feeder.acked;
+  await feeder.until(5);
 
   let from = await shownCount(alice);
   await control('stop-sidecar');
@@ -232,38 +122,27 @@ test('stopping the sidecar, then an nginx worker: reconnecting, then caught up, 
   await waitStatus(alice, 'authenticated');
   await waitStatus(bob, 'authenticated');
 
-  await waitAcked(acked.length + 5);
+  await feeder.until(acked.length + 5);
   from = await shownCount(alice);
   await control('kill-worker');
   await waitShown(alice, 'reconnecting', from);
   await waitShown(bob, 'reconnecting', from);
   // No worker serves the pages now: these go out while both are away.
   const missed = acked.length;
-  await waitAcked(missed + 5);
+  await feeder.until(missed + 5);
   const notYetShown = await listed(alice);
   assert.ok(!notYetShown.some((m) => m.text === acked[missed].text), 'published while away');
   await control('restart-worker');
   await waitStatus(alice, 'authenticated');
   await waitStatus(bob, 'authenticated');
-  await waitAcked(acked.length + 5);
-  feeding = false;
-  await feeder;
+  await feeder.until(acked.length + 5);
+  await feeder.stop();
 
   // Sending works again.
   await send(alice, 'back again');
   await waitText(bob, 'back again');
 
-  const last = acked.at(-1).text;
-  for (const page of [alice, bob]) {
-    await waitText(page, last);
-    const shown = await listed(page);
-    const ids = shown.map((m) => m.id);
-    for (let i = 1; i < ids.length; i++) assert.ok(ids[i] > ids[i - 1], `ids in order, none twice: ${ids.join(',')}`);
-    const texts = shown.map((m) => m.text);
-    for (const m of acked) assert.equal(texts.filter((t) => t === m.text).length, 1, `"${m.text}" shown once`);
-    const byId = new Map(shown.map((m) => [m.id, m.text]));
-    for (const m of acked) assert.equal(byId.get(m.id), m.text, `id ${m.id}`);
-  }
+  for (const page of [alice, bob]) await assertAllShownOnce(page, acked);
   assert.ok((await alice.evaluate(() => window.__shown)).includes('reconnecting'));
 });
 

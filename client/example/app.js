@@ -5,8 +5,9 @@
 // real site mints tokens in its own backend. Everything shown is set as text, never as HTML.
 //
 // Query parameters: `room` and `name` fill the form (with `name`, the page joins at once;
-// `watch=1` watches without a name); `reconnectDelay`, `maxReconnectDelay` and
-// `countInterval` (ms) are passed to the client.
+// `watch=1` watches without a name); `dispatcher` is the dispatcher's URL when it is not this
+// page's origin (it must allow the origin: `dispatch.cors_origins`); `reconnectDelay`,
+// `maxReconnectDelay` and `countInterval` (ms) are passed to the client.
 
 import { ChatUp, Status } from '../src/chatup.js';
 
@@ -155,7 +156,8 @@ async function start(name, room) {
     }
   }
   try {
-    chat = new ChatUp({ dispatcherURL: location.origin, room, jwt, ...clientOptions() });
+    const dispatcherURL = params.get('dispatcher') || location.origin;
+    chat = new ChatUp({ dispatcherURL, room, jwt, ...clientOptions() });
   } catch (e) {
     $('join-error').textContent = e.message;
     return;

@@ -1,22 +1,22 @@
 //! The browser client and the example page in a real browser: Debian's chromium driven by
-//! playwright-core (client/e2e/browser.mjs, run with node) against nginx with the module
-//! (serving the page as `scripts/run` does), the sidecar with demo tokens on, and Redis.
+//! playwright-core (scripts in client/e2e/, run with node) against real chat hosts (nginx
+//! with the module, the sidecar) and Redis.
 //!
-//! The script asks for faults on stdout (`CONTROL stop-sidecar`, `start-sidecar`,
-//! `kill-worker`, `restart-worker`); this side does them and answers `OK` on its stdin. `scripts/test` installs
-//! chromium, node and the npm packages; without them this test fails and says what is missing.
+//! A script asks for faults on stdout (`CONTROL <verb>`); this side does them and answers
+//! `OK` on its stdin. `scripts/test` installs chromium, node and the npm packages; without
+//! them these tests fail and say what is missing.
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use chatup_tests::env::signal_pid;
 use chatup_tests::token::{admin_token, token};
-use chatup_tests::{repo_root, Chatup, Options, RedisServer};
+use chatup_tests::{repo_root, Chatup, Dispatcher, Options, RedisServer};
 
-/// The whole browser run, faults included, must end within this.
+/// A whole script, faults included, must end within this.
 const DEADLINE: Duration = Duration::from_secs(240);
 
 /// What `scripts/run` adds to nginx's server block for the page (scripts/run writes the same).
@@ -37,10 +37,19 @@ fn chromium() -> String {
     std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".to_owned())
 }
 
-#[test]
-fn the_example_page_in_chromium() {
-    let root = repo_root();
-    let client = root.join("client");
+/// Where a script leaves its screenshots.
+fn artifacts(script: &str) -> PathBuf {
+    repo_root().join("target/test-artifacts").join(script)
+}
+
+/// Runs client/e2e/`script`.mjs with `env`, doing each `CONTROL` request with `on_control`
+/// (which returns the JSON to answer with, if any); fails when the script fails.
+fn run_script(
+    script: &str,
+    env: &[(&str, String)],
+    mut on_control: impl FnMut(&str) -> Option<String>,
+) {
+    let client = repo_root().join("client");
     assert!(
         client.join("node_modules/playwright-core").is_dir(),
         "client/node_modules has no playwright-core: run `npm ci` in client/ (scripts/test does)"
@@ -50,29 +59,11 @@ fn the_example_page_in_chromium() {
         "no chromium at {} (apt-get install chromium; scripts/test does)",
         chromium()
     );
-
-    let redis = RedisServer::start();
-    let demo_key = root.join("nginx-conf/example-keys/jwt-private.pem");
-    let mut chatup = Chatup::start_with(
-        Options::default()
-            .redis(&redis.url())
-            .workers(1)
-            .server(&example_locations(&root))
-            .sidecar_set(&format!("demo.private_key_file={}", demo_key.display())),
-    );
-    let artifacts = root.join("target/test-artifacts/browser");
-
     let mut node = Command::new("node")
-        .arg(client.join("e2e/browser.mjs"))
+        .arg(client.join(format!("e2e/{script}.mjs")))
         .current_dir(&client)
-        .env("CHATUP_URL", chatup.public_url())
-        .env(
-            "CHATUP_SIDECAR_URL",
-            format!("http://{}", chatup.sidecar_addr()),
-        )
-        .env("CHATUP_ADMIN_TOKEN", admin_token())
-        .env("CHATUP_FEED_TOKEN", token("feeder"))
-        .env("CHATUP_ARTIFACTS", &artifacts)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .env("CHATUP_ARTIFACTS", artifacts(script))
         .env("CHROMIUM", chromium())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -92,7 +83,6 @@ fn the_example_page_in_chromium() {
 
     let deadline = Instant::now() + DEADLINE;
     let mut output = Vec::new();
-    let mut killed = None;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         let line = match lines.recv_timeout(left) {
@@ -101,7 +91,7 @@ fn the_example_page_in_chromium() {
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 let _ = node.kill();
                 panic!(
-                    "the browser tests took longer than {DEADLINE:?}:\n{}",
+                    "{script}.mjs took longer than {DEADLINE:?}:\n{}",
                     output.join("\n")
                 );
             }
@@ -111,6 +101,45 @@ fn the_example_page_in_chromium() {
             output.push(line);
             continue;
         };
+        let answer = match on_control(verb) {
+            Some(json) => format!("OK {json}"),
+            None => "OK".to_owned(),
+        };
+        writeln!(answers, "{answer}").expect("answer node");
+    }
+    let status = node.wait().expect("wait for node");
+    assert!(
+        status.success(),
+        "{script}.mjs failed ({status}):\n{}",
+        output.join("\n")
+    );
+}
+
+/// One host serving the example page; two users chat, markup stays text, the sidecar stops
+/// and a worker dies (reconnecting, then caught up), one user is banned.
+#[test]
+fn the_example_page_in_chromium() {
+    let root = repo_root();
+    let redis = RedisServer::start();
+    let demo_key = root.join("nginx-conf/example-keys/jwt-private.pem");
+    let mut chatup = Chatup::start_with(
+        Options::default()
+            .redis(&redis.url())
+            .workers(1)
+            .server(&example_locations(&root))
+            .sidecar_set(&format!("demo.private_key_file={}", demo_key.display())),
+    );
+    let env = [
+        ("CHATUP_URL", chatup.public_url()),
+        (
+            "CHATUP_SIDECAR_URL",
+            format!("http://{}", chatup.sidecar_addr()),
+        ),
+        ("CHATUP_ADMIN_TOKEN", admin_token()),
+        ("CHATUP_FEED_TOKEN", token("feeder")),
+    ];
+    let mut killed = None;
+    run_script("browser", &env, |verb| {
         match verb {
             "stop-sidecar" => {
                 chatup.stop_sidecar();
@@ -123,7 +152,7 @@ fn the_example_page_in_chromium() {
                 assert_eq!(workers.len(), 1, "one nginx worker: {workers:?}");
                 signal_pid(chatup.master_pid(), libc::SIGSTOP);
                 chatup.crash_worker(workers[0]);
-                killed = workers.first().copied();
+                killed = Some(workers[0]);
             }
             "restart-worker" => {
                 signal_pid(chatup.master_pid(), libc::SIGCONT);
@@ -132,20 +161,51 @@ fn the_example_page_in_chromium() {
             }
             other => panic!("unknown control request {other:?}"),
         }
-        writeln!(answers, "OK").expect("answer node");
-    }
-    let status = node.wait().expect("wait for node");
-    assert!(
-        status.success(),
-        "the browser tests failed ({status}):\n{}",
-        output.join("\n")
-    );
+        None
+    });
     for page in ["alice", "bob"] {
-        let shot = artifacts.join(format!("{page}.png"));
+        let shot = artifacts("browser").join(format!("{page}.png"));
         assert!(
             shot.metadata().is_ok_and(|m| m.len() > 1000),
             "no screenshot at {}",
             shot.display()
         );
     }
+}
+
+/// A room on two hosts behind a dispatcher; the page's host is killed and the page moves to
+/// the other one.
+#[test]
+fn the_page_switches_host_when_its_host_dies() {
+    let redis = RedisServer::start();
+    let host = |address: &str, id: &str| {
+        Chatup::start_with(
+            Options::default()
+                .address(address)
+                .host_id(id)
+                .redis(&redis.url())
+                .sidecar_set("host.report_interval_ms=200"),
+        )
+    };
+    let mut first = Some(host("127.0.0.2", "first"));
+    let mut second = None;
+    let dispatcher = Dispatcher::start_with(
+        Options::default()
+            .redis(&redis.url())
+            .sidecar_set("dispatch.cors_origins=*")
+            .sidecar_set("host.report_interval_ms=200"),
+    );
+    let env = [
+        ("CHATUP_DISPATCHER_URL", dispatcher.url()),
+        ("CHATUP_ADMIN_TOKEN", admin_token()),
+    ];
+    run_script("hosts", &env, |verb| {
+        match verb {
+            "start-second-host" => second = Some(host("127.0.0.3", "second")),
+            "kill-first-host" => first.as_mut().expect("the first host").kill_host(),
+            other => panic!("unknown control request {other:?}"),
+        }
+        None
+    });
+    drop(second);
 }
