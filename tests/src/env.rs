@@ -182,6 +182,17 @@ impl Options {
         self.server_extra.push('\n');
         self
     }
+    /// A chat host of a multi-host test: on `address`, named `id`, on the Redis at
+    /// `redis_url`, reporting its load every 200 ms so tests stay short (the expiry keeps its
+    /// default, 3 s).
+    pub fn host_on_redis(address: &str, id: &str, redis_url: &str) -> Self {
+        Self::default()
+            .address(address)
+            .host_id(id)
+            .redis(redis_url)
+            .sidecar_set("host.report_interval_ms=200")
+    }
+
     pub fn sidecar_set(mut self, kv: &str) -> Self {
         self.sidecar_set.push(kv.to_owned());
         self

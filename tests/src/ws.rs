@@ -386,6 +386,12 @@ impl Publisher {
         reply
     }
 
+    /// Joins `channel` (presence) and checks the answer.
+    pub async fn join(&mut self, channel: &str) {
+        let reply = self.request(json!({"join": channel})).await;
+        assert_eq!(reply["type"], "joined", "join {channel} failed: {reply}");
+    }
+
     /// Reads until a close frame; returns its code and the text frames before it.
     pub async fn expect_close(&mut self, timeout: Duration) -> (Option<u16>, Vec<Value>) {
         let (code, texts) = read_until_close(&mut self.ws, timeout, "/pub").await;

@@ -466,12 +466,6 @@ async fn messages_come_newest_first_in_pages() {
     assert_eq!(page["next"], Value::Null);
 }
 
-/// Joins `channel` on `p` and checks the answer.
-async fn join(p: &mut Publisher, channel: &str) {
-    let reply = p.request(json!({"join": channel})).await;
-    assert_eq!(reply["type"], "joined", "{reply}");
-}
-
 fn names(stats: &Value) -> Vec<String> {
     stats["publishers"]
         .as_array()
@@ -502,12 +496,7 @@ async fn stats_list_the_publishers_of_every_live_host_once() {
     let redis = RedisServer::start();
     let host = |address: &str, id: &str| {
         Chatup::start_with(
-            Options::default()
-                .address(address)
-                .host_id(id)
-                .redis(&redis.url())
-                .sidecar_set("host.report_interval_ms=200")
-                .sidecar_set("host.ttl_ms=1000"),
+            Options::host_on_redis(address, id, &redis.url()).sidecar_set("host.ttl_ms=1000"),
         )
     };
     let a = host("127.0.0.2", "a");
@@ -529,7 +518,7 @@ async fn stats_list_the_publishers_of_every_live_host_once() {
         (&b, "dave", "other"),
     ] {
         let mut p = Publisher::connect_ok(env, &token(name)).await;
-        join(&mut p, channel).await;
+        p.join(channel).await;
         sessions.push(p);
     }
 
@@ -662,7 +651,7 @@ async fn stats_of_a_single_host_with_the_memory_broker() {
     let env = Chatup::start_with(Options::default().host_id("solo"));
     let _viewer = Subscriber::connect(&env, "/sub/room").await;
     let mut p = Publisher::connect_ok(&env, &token("alice")).await;
-    join(&mut p, "room").await;
+    p.join("room").await;
     let _idle = Publisher::connect_ok(&env, &token("bob")).await;
     let stats = poll(&env, "/stats/room", WAIT, |s| s["subCount"] == 1).await;
     assert_eq!(

@@ -179,13 +179,7 @@ fn the_example_page_in_chromium() {
 fn the_page_switches_host_when_its_host_dies() {
     let redis = RedisServer::start();
     let host = |address: &str, id: &str| {
-        Chatup::start_with(
-            Options::default()
-                .address(address)
-                .host_id(id)
-                .redis(&redis.url())
-                .sidecar_set("host.report_interval_ms=200"),
-        )
+        Chatup::start_with(Options::host_on_redis(address, id, &redis.url()))
     };
     let mut first = Some(host("127.0.0.2", "first"));
     let mut second = None;

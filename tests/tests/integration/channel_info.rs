@@ -33,11 +33,6 @@ async fn poll(env: &Chatup, path: &str, done: impl Fn(&Value) -> bool) -> Value 
     }
 }
 
-async fn join(p: &mut Publisher, channel: &str) {
-    let reply = p.request(json!({"join": channel})).await;
-    assert_eq!(reply["type"], "joined", "{reply}");
-}
-
 fn names(answer: &Value) -> Vec<String> {
     answer["users"]
         .as_array()
@@ -54,7 +49,7 @@ async fn counts_and_users_of_one_host_through_nginx() {
     let mut sessions = Vec::new();
     for name in ["carol", "alice", "bob"] {
         let mut p = Publisher::connect_ok(&env, &token(name)).await;
-        join(&mut p, "room").await;
+        p.join("room").await;
         sessions.push(p);
     }
     // Connected but joined nowhere: counted by no channel.
@@ -223,13 +218,7 @@ async fn cors_follows_dispatch_cors_origins() {
 async fn counts_and_users_merge_over_two_hosts_with_redis() {
     let mut redis = RedisServer::start();
     let host = |address: &str, id: &str| {
-        Chatup::start_with(
-            Options::default()
-                .address(address)
-                .host_id(id)
-                .redis(&redis.url())
-                .sidecar_set("host.report_interval_ms=200"),
-        )
+        Chatup::start_with(Options::host_on_redis(address, id, &redis.url()))
     };
     let a = host("127.0.0.2", "a");
     let b = host("127.0.0.3", "b");
@@ -248,7 +237,7 @@ async fn counts_and_users_merge_over_two_hosts_with_redis() {
         (&b, "dave", "other"),
     ] {
         let mut p = Publisher::connect_ok(env, &token(name)).await;
-        join(&mut p, channel).await;
+        p.join(channel).await;
         sessions.push(p);
     }
 

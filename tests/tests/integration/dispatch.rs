@@ -9,14 +9,7 @@ use chatup_tests::{HttpResponse, WAIT};
 use serde_json::{json, Value};
 
 fn host(address: &str, id: &str, redis: &str) -> Chatup {
-    Chatup::start_with(
-        Options::default()
-            .address(address)
-            .host_id(id)
-            .redis(redis)
-            // Fast reports keep the test short; the expiry stays at its default (3 s).
-            .sidecar_set("host.report_interval_ms=200"),
-    )
+    Chatup::start_with(Options::host_on_redis(address, id, redis))
 }
 
 /// Asks until `check` accepts the answer, or fails after `within`.
