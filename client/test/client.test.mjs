@@ -466,11 +466,12 @@ test('one count-refresh loop, whatever happens to the sockets', async () => {
   }
   const start = served;
   await sleep(300);
-  // One loop: each turn waits ~16-24 ms plus a 15 ms answer, so at most ~10 in 300 ms.
-  assert.ok(served - start >= 4 && served - start <= 10, `served ${served - start}`);
+  // One loop: each turn waits at least 16 ms plus a 15 ms answer, so at most 10 in 300 ms
+  // (timers never fire early; a busy machine only makes it fewer). Two loops would be ~19.
+  assert.ok(served - start >= 2 && served - start <= 10, `served ${served - start}`);
   assert.equal(maxConcurrent, 1);
   assert.equal(counts[0], 1);
-  assert.ok(counts.length > 3);
+  assert.ok(counts.length >= 3, `counts events: ${counts.length}`);
   chat.close();
   const after = served;
   await sleep(80);
