@@ -179,6 +179,8 @@ export interface ChatUpOptions {
   presence?: boolean;
   /** Replacements for the globals, for other runtimes and tests. */
   WebSocket?: typeof WebSocket;
+  /** Where `online` events come from (default `window`): one cuts a reconnect wait short. */
+  network?: EventTarget | null;
   fetch?: typeof fetch;
   random?: () => number;
 }

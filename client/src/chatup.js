@@ -238,6 +238,11 @@ export class ChatUp {
     this._WebSocket = options.WebSocket || globalThis.WebSocket;
     this._fetch = options.fetch || (globalThis.fetch && globalThis.fetch.bind(globalThis));
     this._random = options.random || Math.random;
+    // A browser that comes back online need not sit out the rest of a backoff wait.
+    this._network = options.network || (typeof globalThis.addEventListener === 'function' ? globalThis : null);
+    this._onOnline = () => {
+      for (const wake of [...this._sleepers]) wake();
+    };
     if (!this._WebSocket) throw new TypeError('no WebSocket here: pass options.WebSocket');
     if (!this._fetch) throw new TypeError('no fetch here: pass options.fetch');
 
@@ -341,6 +346,7 @@ export class ChatUp {
     if (this._closed) return Promise.reject(new ChatUpError('closed', 'this client was closed; make a new one'));
     if (this._started) return this._whenConnected();
     this._started = true;
+    if (this._network) this._network.addEventListener('online', this._onOnline);
     this._update();
     const connected = this._whenConnected();
     this._start().catch((e) => this._stop(e));
@@ -864,7 +870,8 @@ export class ChatUp {
     this._fatal = error;
     clearTimeout(this._countTimer);
     this._countTimer = null;
-    for (const wake of this._sleepers) wake();
+    if (this._network) this._network.removeEventListener('online', this._onOnline);
+    for (const wake of [...this._sleepers]) wake();
     for (const side of [this._sub, this._pub]) {
       if (side.socket) {
         try {

@@ -174,6 +174,26 @@ test('a dropped subscriber reconnects with since: nothing lost, nothing twice', 
   chat.close();
 });
 
+test('coming back online cuts a reconnect wait short', async () => {
+  const world = makeWorld();
+  world.route('POST', '/join/lobby', () => joinAnswer('h1'));
+  const network = new EventTarget();
+  // A 0.5 × 20 s wait, unless the network says it is back.
+  const { chat } = client(world, { network, reconnectDelay: 20000, maxReconnectDelay: 20000 });
+  const ready = chat.init();
+  const first = await world.nextSocket('/sub/');
+  first.accept();
+  await ready;
+  first.serverClose(1006);
+  await waitFor(() => chat.status === Status.RECONNECTING, 'reconnecting');
+  await sleep(30);
+  assert.equal(world.socketsTo('/sub/').length, 1, 'still waiting');
+  network.dispatchEvent(new Event('online'));
+  (await world.nextSocket('/sub/', 1)).accept();
+  await waitFor(() => chat.status === Status.CONNECTED, 'connected');
+  chat.close();
+});
+
 test('a resync event moves the position to the new epoch', async () => {
   const world = makeWorld();
   world.route('POST', '/join/lobby', () => joinAnswer('h1', { history: [msg(8, 'before')] }));
