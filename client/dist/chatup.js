@@ -118,11 +118,6 @@
       return parts.join(',');
     }
 
-    /** The position in `ch`, or undefined. */
-    get(ch) {
-      return this.points.get(ch);
-    }
-
     /**
      * Takes one frame (a parsed message). Returns 'deliver', 'duplicate' or 'resync' (a
      * `resync` event: the position now points at the start of the new epoch, or stays when only
@@ -254,7 +249,6 @@
       this._listeners = new Map();
       this._points = new ResumePoints();
       this._status = Status.DISCONNECTED;
-      this._reason = '';
       this._started = false;
       this._closed = false;
       this._everConnected = false;
@@ -938,7 +932,6 @@
       if (status === this._status) return;
       const previous = this._status;
       this._status = status;
-      this._reason = reason;
       this._emit('status', { status, previous, reason });
     }
 

@@ -196,7 +196,6 @@ export interface ChatUpEvents {
 /** Where each channel's reader is; decides what is new and builds `since`. */
 export declare class ResumePoints {
   since(channels: string[]): string;
-  get(channel: string): { ep: number; id: number } | undefined;
   accept(frame: { ch: string; id?: number; ep?: number; ev?: string; data?: unknown }): 'deliver' | 'duplicate' | 'resync';
   historyFits(channel: string, history: Array<{ id: number; ep: number }>): boolean;
 }

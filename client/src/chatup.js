@@ -113,11 +113,6 @@ export class ResumePoints {
     return parts.join(',');
   }
 
-  /** The position in `ch`, or undefined. */
-  get(ch) {
-    return this.points.get(ch);
-  }
-
   /**
    * Takes one frame (a parsed message). Returns 'deliver', 'duplicate' or 'resync' (a
    * `resync` event: the position now points at the start of the new epoch, or stays when only
@@ -249,7 +244,6 @@ export class ChatUp {
     this._listeners = new Map();
     this._points = new ResumePoints();
     this._status = Status.DISCONNECTED;
-    this._reason = '';
     this._started = false;
     this._closed = false;
     this._everConnected = false;
@@ -933,7 +927,6 @@ export class ChatUp {
     if (status === this._status) return;
     const previous = this._status;
     this._status = status;
-    this._reason = reason;
     this._emit('status', { status, previous, reason });
   }
 

@@ -47,6 +47,19 @@ async function authenticatePublisher(world, name = 'ann', index = 0) {
   return pub;
 }
 
+/** A client of room lobby on host h1, its subscriber open and, with a `jwt`, authenticated. */
+async function connected(options = {}) {
+  const world = makeWorld();
+  world.route('POST', '/join/lobby', () => joinAnswer('h1'));
+  const parts = client(world, options);
+  const ready = parts.chat.init();
+  const sub = await world.nextSocket('/sub/');
+  sub.accept();
+  const pub = options.jwt ? await authenticatePublisher(world) : null;
+  await ready;
+  return { world, sub, pub, ...parts };
+}
+
 test('backoff is full jitter under a doubling, capped ceiling', () => {
   assert.equal(backoffDelay(1, 500, 30000, () => 0), 0);
   assert.equal(backoffDelay(1, 500, 30000, () => 0.999999), 499);
@@ -299,25 +312,14 @@ test('say sends after authentication and settles with the ack or the server erro
 });
 
 test('say without a token is refused at once', async () => {
-  const world = makeWorld();
-  world.route('POST', '/join/lobby', () => joinAnswer('h1'));
-  const { chat } = client(world);
-  const ready = chat.init();
-  (await world.nextSocket('/sub/')).accept();
-  await ready;
+  const { world, chat } = await connected();
   await assert.rejects(chat.say('hi'), (e) => e.code === 'not_authenticated');
   assert.equal(world.socketsTo('/pub').length, 0);
   chat.close();
 });
 
 test('a publisher drop: in-flight messages fail as connection_lost, queued ones go after re-auth', async () => {
-  const world = makeWorld();
-  world.route('POST', '/join/lobby', () => joinAnswer('h1'));
-  const { chat, statuses } = client(world, { jwt: 'T' });
-  const ready = chat.init();
-  (await world.nextSocket('/sub/')).accept();
-  const pub = await authenticatePublisher(world);
-  await ready;
+  const { world, chat, statuses, pub } = await connected({ jwt: 'T' });
   const lost = chat.say('in flight');
   pub.serverClose(1001, 'server shutting down');
   await assert.rejects(lost, (e) => e.code === 'connection_lost');
@@ -334,14 +336,7 @@ test('a publisher drop: in-flight messages fail as connection_lost, queued ones 
 });
 
 test('banned (4502): never reconnects, refuses to send, keeps receiving', async () => {
-  const world = makeWorld();
-  world.route('POST', '/join/lobby', () => joinAnswer('h1'));
-  const { chat, statuses, messages } = client(world, { jwt: 'T' });
-  const ready = chat.init();
-  const sub = await world.nextSocket('/sub/');
-  sub.accept();
-  const pub = await authenticatePublisher(world);
-  await ready;
+  const { world, chat, statuses, messages, sub, pub } = await connected({ jwt: 'T' });
   let reason = '';
   chat.on('status', (s) => {
     if (s.status === Status.BANNED) reason = s.reason;
@@ -362,13 +357,7 @@ test('banned (4502): never reconnects, refuses to send, keeps receiving', async 
 });
 
 test('a join refused as banned shows banned and refuses to send', async () => {
-  const world = makeWorld();
-  world.route('POST', '/join/lobby', () => joinAnswer('h1'));
-  const { chat } = client(world, { jwt: 'T' });
-  const ready = chat.init();
-  (await world.nextSocket('/sub/')).accept();
-  const pub = await authenticatePublisher(world);
-  await ready;
+  const { chat, pub } = await connected({ jwt: 'T' });
   pub.push({ type: 'error', ref: 1, code: 'banned', message: 'banned from lobby until 2026-01-01T00:00:00Z' });
   assert.equal(chat.status, Status.BANNED);
   await assert.rejects(chat.say('x'), (e) => e.code === 'banned' && /until 2026/.test(e.message));
@@ -421,13 +410,7 @@ test('a token function is asked on every connection, and once more after token_e
 });
 
 test('authenticate on an open socket sends the new token in place', async () => {
-  const world = makeWorld();
-  world.route('POST', '/join/lobby', () => joinAnswer('h1'));
-  const { chat } = client(world, { jwt: 'OLD' });
-  const ready = chat.init();
-  (await world.nextSocket('/sub/')).accept();
-  const pub = await authenticatePublisher(world);
-  await ready;
+  const { world, chat, pub } = await connected({ jwt: 'OLD' });
   const renewed = chat.authenticate('NEW');
   await waitFor(() => pub.frames().some((f) => f.token === 'NEW'), 'the token frame');
   pub.push({ type: 'auth', user: { name: 'ann', badge: 'gold' } });
@@ -512,13 +495,7 @@ test('getUsers pages through the dispatcher and checks its arguments', async () 
 });
 
 test('close() stops everything and rejects what waits', async () => {
-  const world = makeWorld();
-  world.route('POST', '/join/lobby', () => joinAnswer('h1'));
-  const { chat, statuses } = client(world, { jwt: 'T' });
-  const ready = chat.init();
-  (await world.nextSocket('/sub/')).accept();
-  const pub = await authenticatePublisher(world);
-  await ready;
+  const { world, chat, statuses, pub } = await connected({ jwt: 'T' });
   const pending = chat.say('bye');
   chat.close();
   await assert.rejects(pending, (e) => e.code === 'closed');

@@ -183,15 +183,15 @@ impl Sidecar {
         let mut worker_app = None;
         let mut pump = None;
         let blacklist;
+        let setup = Setup {
+            config,
+            redis: redis.clone(),
+            shutdown: shutdown.clone(),
+            tracker: tracker.clone(),
+            bans: bans.clone(),
+        };
         if let Some(verifier) = verifier {
-            let plugins = build_chain(&Setup {
-                config,
-                redis: redis.clone(),
-                shutdown: shutdown.clone(),
-                tracker: tracker.clone(),
-                bans: bans.clone(),
-            })
-            .await?;
+            let plugins = build_chain(&setup).await?;
             let chain = plugins.chain;
             blacklist = plugins.blacklist;
             info!(plugins = ?chain.names(), "plugin chain ready");
@@ -238,14 +238,7 @@ impl Sidecar {
                 sessions,
             }));
         } else {
-            blacklist = admin_blacklist(&Setup {
-                config,
-                redis: redis.clone(),
-                shutdown: shutdown.clone(),
-                tracker: tracker.clone(),
-                bans: bans.clone(),
-            })
-            .await?;
+            blacklist = admin_blacklist(&setup).await?;
         }
 
         let reporter = match (&redis, &load) {

@@ -193,6 +193,15 @@ impl Options {
             .sidecar_set("host.report_interval_ms=200")
     }
 
+    /// A chat host of a multi-host test on the Redis Cluster seeded by `nodes`: on
+    /// `address`, named `id`.
+    pub fn host_on_cluster(address: &str, id: &str, nodes: &[String]) -> Self {
+        Self::default()
+            .address(address)
+            .host_id(id)
+            .redis_cluster(nodes)
+    }
+
     pub fn sidecar_set(mut self, kv: &str) -> Self {
         self.sidecar_set.push(kv.to_owned());
         self

@@ -244,6 +244,27 @@ impl crate::Chatup {
         .await
     }
 
+    /// `method path` through nginx with a valid admin token (Bearer) and `body` as JSON.
+    pub async fn admin(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> HttpResponse {
+        let auth = format!("Bearer {}", crate::token::admin_token());
+        let body = body.map(serde_json::Value::to_string);
+        let mut headers = vec![("Authorization", auth.as_str())];
+        if body.is_some() {
+            headers.push(("Content-Type", "application/json"));
+        }
+        request(
+            self.nginx_addr(),
+            &build_request(method, path, &headers, body.as_deref().map(str::as_bytes)),
+            crate::WAIT,
+        )
+        .await
+    }
+
     /// `POST /pub/<ch>` with a bearer token and a `text/plain` body.
     pub async fn post_text(&self, ch: &str, token: &str, text: &[u8]) -> HttpResponse {
         let auth = format!("Bearer {token}");

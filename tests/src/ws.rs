@@ -386,6 +386,13 @@ impl Publisher {
         reply
     }
 
+    /// A publisher authenticated as `name` (an example-key token) and joined to `channel`.
+    pub async fn joined(env: &Chatup, name: &str, channel: &str) -> Self {
+        let mut publisher = Self::connect_ok(env, &crate::token::token(name)).await;
+        publisher.join(channel).await;
+        publisher
+    }
+
     /// Joins `channel` (presence) and checks the answer.
     pub async fn join(&mut self, channel: &str) {
         let reply = self.request(json!({"join": channel})).await;

@@ -183,6 +183,37 @@ pub enum Outcome {
     Withheld,
 }
 
+/// How both publish endpoints tell the publisher what became of a message: its id and
+/// epoch, or that a plugin withheld it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Receipt {
+    /// The message's id and epoch; absent when it was withheld.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ep: Option<u64>,
+    /// A plugin accepted the message but kept it from the channel.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub withheld: bool,
+}
+
+impl From<&Outcome> for Receipt {
+    fn from(outcome: &Outcome) -> Self {
+        match outcome {
+            Outcome::Published(p) => Self {
+                id: Some(p.id),
+                ep: Some(p.epoch),
+                withheld: false,
+            },
+            Outcome::Withheld => Self {
+                id: None,
+                ep: None,
+                withheld: true,
+            },
+        }
+    }
+}
+
 /// Checks and publishes messages on behalf of authenticated users.
 pub struct Publisher {
     /// Where messages go.

@@ -18,6 +18,7 @@ use tracing::{debug, Instrument};
 
 use super::{
     body_from_json, check_channel, ErrorCode, HttpError, HttpErrorBody, Outcome, PublishError,
+    Receipt,
 };
 use crate::http::App;
 use crate::message::Body;
@@ -25,14 +26,8 @@ use crate::message::Body;
 #[derive(Serialize)]
 struct Accepted<'a> {
     ch: &'a str,
-    /// The message's id and epoch; absent when it was withheld.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    id: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    ep: Option<u64>,
-    /// A plugin accepted the message but kept it from the channel.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    withheld: bool,
+    #[serde(flatten)]
+    receipt: Receipt,
 }
 
 pub async fn publish(
@@ -53,25 +48,23 @@ pub async fn publish(
     let span = tracing::info_span!("publish", channel, sub = tracing::field::Empty);
     async move {
         match handle(&app, &channel, &headers, body).await {
-            Ok(Outcome::Published(published)) => {
-                debug!(id = published.id, "published");
-                Json(Accepted {
-                    ch: &channel,
-                    id: Some(published.id),
-                    ep: Some(published.epoch),
-                    withheld: false,
-                })
-                .into_response()
-            }
-            Ok(Outcome::Withheld) => {
-                debug!("accepted, withheld");
+            Ok(outcome) => {
+                let status = match &outcome {
+                    Outcome::Published(published) => {
+                        debug!(id = published.id, "published");
+                        StatusCode::OK
+                    }
+                    Outcome::Withheld => {
+                        debug!("accepted, withheld");
+                        StatusCode::ACCEPTED
+                    }
+                };
+                let receipt = Receipt::from(&outcome);
                 (
-                    StatusCode::ACCEPTED,
+                    status,
                     Json(Accepted {
                         ch: &channel,
-                        id: None,
-                        ep: None,
-                        withheld: true,
+                        receipt,
                     }),
                 )
                     .into_response()

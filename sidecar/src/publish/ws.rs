@@ -47,7 +47,7 @@ use serde_json::Value;
 use tracing::{debug, Instrument};
 
 use super::sessions::Registration;
-use super::{body_from_json, ErrorCode, Outcome, PublishError};
+use super::{body_from_json, ErrorCode, Outcome, PublishError, Receipt};
 use crate::auth::{AuthError, Identity};
 use crate::http::App;
 use crate::presence::Session;
@@ -60,28 +60,16 @@ struct Ack<'a> {
     r#type: &'static str,
     #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
     reference: Option<&'a Value>,
-    /// The message's id and epoch; absent when it was withheld.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    id: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    ep: Option<u64>,
-    /// A plugin accepted the message but kept it from the channel.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    withheld: bool,
+    #[serde(flatten)]
+    receipt: Receipt,
 }
 
 impl<'a> Ack<'a> {
     fn of(reference: Option<&'a Value>, outcome: &Outcome) -> Self {
-        let (id, ep, withheld) = match outcome {
-            Outcome::Published(p) => (Some(p.id), Some(p.epoch), false),
-            Outcome::Withheld => (None, None, true),
-        };
         Self {
             r#type: "ack",
             reference,
-            id,
-            ep,
-            withheld,
+            receipt: Receipt::from(outcome),
         }
     }
 }

@@ -38,8 +38,7 @@ fn bearer(token: &str) -> String {
 
 /// `GET path` with a valid admin token.
 async fn admin_get(env: &Chatup, path: &str) -> HttpResponse {
-    let auth = bearer(&admin_token());
-    call(env, "GET", path, &[("Authorization", &auth)], None).await
+    env.admin("GET", path, None).await
 }
 
 /// `GET path` with a valid admin token; panics unless it answers 200; the JSON answer.
@@ -51,18 +50,7 @@ async fn admin_get_ok(env: &Chatup, path: &str) -> Value {
 
 /// `POST /post` with a valid admin token and `body` as JSON.
 async fn admin_post(env: &Chatup, body: &Value) -> HttpResponse {
-    let auth = bearer(&admin_token());
-    call(
-        env,
-        "POST",
-        "/post",
-        &[
-            ("Authorization", &auth),
-            ("Content-Type", "application/json"),
-        ],
-        Some(body.to_string().as_bytes()),
-    )
-    .await
+    env.admin("POST", "/post", Some(body)).await
 }
 
 /// `POST /post` whose body is an admin JWT carrying `requests` (the original format).
@@ -517,9 +505,7 @@ async fn stats_list_the_publishers_of_every_live_host_once() {
         (&b, "carol", "room"),
         (&b, "dave", "other"),
     ] {
-        let mut p = Publisher::connect_ok(env, &token(name)).await;
-        p.join(channel).await;
-        sessions.push(p);
+        sessions.push(Publisher::joined(env, name, channel).await);
     }
 
     let stats = poll(&a, "/stats/room", WAIT, |s| {

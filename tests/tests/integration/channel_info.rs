@@ -4,8 +4,7 @@
 
 use std::time::Duration;
 
-use chatup_tests::http::{build_request, request};
-use chatup_tests::token::{admin_token, token};
+use chatup_tests::token::token;
 use chatup_tests::{Chatup, Dispatcher, HttpResponse, Options, Publisher, RedisServer};
 use chatup_tests::{Subscriber, WAIT};
 use serde_json::{json, Value};
@@ -90,13 +89,7 @@ async fn counts_and_users_of_one_host_through_nginx() {
         (&json!("room"), &json!(0), &json!(100))
     );
     // The same order as the admin API's list.
-    let auth = format!("Bearer {}", admin_token());
-    let stats = request(
-        env.nginx_addr(),
-        &build_request("GET", "/stats/room", &[("Authorization", &auth)], None),
-        WAIT,
-    )
-    .await;
+    let stats = env.admin("GET", "/stats/room", None).await;
     assert_eq!(stats.status, 200, "{}", stats.text());
     assert_eq!(stats.json()["publishers"], users["users"]);
     // Paging.
@@ -236,9 +229,7 @@ async fn counts_and_users_merge_over_two_hosts_with_redis() {
         (&b, "carol", "room"),
         (&b, "dave", "other"),
     ] {
-        let mut p = Publisher::connect_ok(env, &token(name)).await;
-        p.join(channel).await;
-        sessions.push(p);
+        sessions.push(Publisher::joined(env, name, channel).await);
     }
 
     // pubCount counts per host (alice twice), as /join does; users lists each user once.

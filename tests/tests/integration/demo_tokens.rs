@@ -2,11 +2,10 @@
 //! (with no `sub`, so a ban by name applies); bad names and bodies are refused; the route
 //! exists only with `demo.private_key_file`, and a key that cannot be used stops the start.
 
-use chatup_tests::http::{build_request, request};
 use chatup_tests::token::{
-    admin_token, example_admin_private_key, example_private_key, example_public_key, now, payload,
+    example_admin_private_key, example_private_key, example_public_key, now, payload,
 };
-use chatup_tests::{Chatup, HttpResponse, Options, Subscriber, WAIT};
+use chatup_tests::{Chatup, HttpResponse, Options, Subscriber};
 use serde_json::{json, Value};
 
 use crate::sidecar_cli::{base_config, failing_start};
@@ -55,22 +54,8 @@ async fn a_demo_token_publishes_under_its_name() {
     assert_eq!(msg["msg"], "hello from the demo", "{msg}");
 
     // No sub: a ban names the user by name, and it holds for demo tokens.
-    let auth = format!("Bearer {}", admin_token());
-    let body = json!({"channel": "demo", "users": ["alice"]}).to_string();
-    let resp = request(
-        env.nginx_addr(),
-        &build_request(
-            "POST",
-            "/ban",
-            &[
-                ("Authorization", &auth),
-                ("Content-Type", "application/json"),
-            ],
-            Some(body.as_bytes()),
-        ),
-        WAIT,
-    )
-    .await;
+    let body = json!({"channel": "demo", "users": ["alice"]});
+    let resp = env.admin("POST", "/ban", Some(&body)).await;
     assert_eq!(resp.status, 200, "{}", resp.text());
     let again = mint(&env, "application/json", br#"{"name":"alice"}"#).await;
     let again = again.json()["token"].as_str().expect("a token").to_owned();

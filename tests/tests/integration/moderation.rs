@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use chatup_tests::http::{build_request, request};
-use chatup_tests::token::{admin_token, sign_admin, token};
+use chatup_tests::token::{sign_admin, token};
 use chatup_tests::{
     Chatup, HttpResponse, Options, Publisher, RedisCluster, RedisServer, Subscriber, WAIT,
 };
@@ -157,33 +157,13 @@ async fn the_rate_limit_is_counted_across_hosts_through_redis() {
 
 // ---- bans -----------------------------------------------------------------------------------
 
-/// `method path` through `env`'s nginx with a valid admin token and `body` as JSON.
-async fn admin(env: &Chatup, method: &str, path: &str, body: Option<&Value>) -> HttpResponse {
-    let auth = format!("Bearer {}", admin_token());
-    let body = body.map(Value::to_string);
-    request(
-        env.nginx_addr(),
-        &build_request(
-            method,
-            path,
-            &[
-                ("Authorization", &auth),
-                ("Content-Type", "application/json"),
-            ],
-            body.as_deref().map(str::as_bytes),
-        ),
-        WAIT,
-    )
-    .await
-}
-
 /// Bans `user` from `channel` for `expire` (or for ever) through `env`'s admin API.
 async fn ban(env: &Chatup, channel: &str, user: &str, expire: Option<Duration>) {
     let mut body = json!({"channel": channel, "users": [user]});
     if let Some(expire) = expire {
         body["expire"] = json!(expire.as_secs());
     }
-    let resp = admin(env, "POST", "/ban", Some(&body)).await;
+    let resp = env.admin("POST", "/ban", Some(&body)).await;
     assert_eq!(resp.status, 200, "{}", resp.text());
     let banned = &resp.json()["banned"];
     assert_eq!(banned[0]["channel"], channel, "{banned}");
@@ -194,7 +174,7 @@ async fn ban(env: &Chatup, channel: &str, user: &str, expire: Option<Duration>) 
 /// Lifts the ban of `user` in `channel` through `env`'s admin API.
 async fn unban(env: &Chatup, channel: &str, user: &str) {
     let body = json!({"channel": channel, "users": [user]});
-    let resp = admin(env, "DELETE", "/ban", Some(&body)).await;
+    let resp = env.admin("DELETE", "/ban", Some(&body)).await;
     assert_eq!(resp.status, 200, "{}", resp.text());
     assert_eq!(
         resp.json(),
@@ -280,14 +260,14 @@ async fn a_ban_kicks_the_users_sessions_on_every_host_and_refuses_what_follows()
             .any(|m| m["ev"] == "rmUserMsg" && m["data"] == "user-alice"),
         "{rest:?}"
     );
-    let listed = admin(&b, "GET", "/bans/room", None).await;
+    let listed = b.admin("GET", "/bans/room", None).await;
     assert_eq!(
         listed.json(),
         json!({"channel": "room", "bans": [{"user": "user-alice", "until": null}]})
     );
 
     unban(&b, "room", "user-alice").await;
-    let listed = admin(&a, "GET", "/bans/room", None).await;
+    let listed = a.admin("GET", "/bans/room", None).await;
     assert_eq!(listed.json()["bans"], json!([]), "{}", listed.text());
     let mut back = joined(&b, "alice", "room").await;
     back.publish("room", "back").await;
@@ -324,14 +304,8 @@ async fn a_ban_with_an_expiry_lapses() {
 async fn a_ban_kicks_across_hosts_on_a_redis_cluster() {
     let cluster = RedisCluster::start();
     let nodes = cluster.nodes();
-    let start = |address: &str, id: &str| {
-        Chatup::start_with(
-            Options::default()
-                .address(address)
-                .host_id(id)
-                .redis_cluster(&nodes),
-        )
-    };
+    let start =
+        |address: &str, id: &str| Chatup::start_with(Options::host_on_cluster(address, id, &nodes));
     let a = start("127.0.0.2", "a");
     let b = start("127.0.0.3", "b");
     // The control channel is a sharded one, on the shard of its hash tag.
@@ -379,7 +353,7 @@ async fn bans_in_the_original_format_and_bad_ban_calls_on_one_host() {
     );
     let (code, _) = alice.expect_close(WAIT).await;
     assert_eq!(code, Some(4502));
-    let listed = admin(&env, "GET", "/bans/room", None).await;
+    let listed = env.admin("GET", "/bans/room", None).await;
     assert_eq!(listed.json()["bans"][0]["until"], json!(until));
 
     for (body, needle) in [
@@ -394,7 +368,7 @@ async fn bans_in_the_original_format_and_bad_ban_calls_on_one_host() {
             "unknown field",
         ),
     ] {
-        let resp = admin(&env, "POST", "/ban", Some(&body)).await;
+        let resp = env.admin("POST", "/ban", Some(&body)).await;
         assert_refused(&resp, 400, "bad_request");
         assert!(resp.text().contains(needle), "{body}: {}", resp.text());
     }

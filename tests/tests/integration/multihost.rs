@@ -196,14 +196,8 @@ async fn redis_restart_during_traffic_loses_nothing_accepted_and_repeats_nothing
 async fn a_redis_cluster_carries_a_room_across_two_hosts_on_one_shard() {
     let cluster = RedisCluster::start();
     let nodes = cluster.nodes();
-    let start = |address: &str, id: &str| {
-        Chatup::start_with(
-            Options::default()
-                .address(address)
-                .host_id(id)
-                .redis_cluster(&nodes),
-        )
-    };
+    let start =
+        |address: &str, id: &str| Chatup::start_with(Options::host_on_cluster(address, id, &nodes));
     let a = start("127.0.0.2", "a");
     let b = start("127.0.0.3", "b");
     let rooms = ["alpha", "beta", "gamma", "delta"];

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use chatup_tests::http::{build_request, request};
 use chatup_tests::recorder::{Recorder, Reply, Request};
-use chatup_tests::token::{admin_token, events_token, token};
+use chatup_tests::token::{events_token, token};
 use chatup_tests::HttpResponse;
 use chatup_tests::{assert_message, free_port, Chatup, Options, Publisher, RedisServer};
 use chatup_tests::{Subscriber, WAIT};
@@ -183,22 +183,7 @@ async fn a_blacklist_change_in_redis_applies_on_every_host_within_two_seconds() 
 
 /// `method /blacklist` through `env`'s nginx with a valid admin token.
 async fn blacklist(env: &Chatup, method: &str, body: Option<&Value>) -> HttpResponse {
-    let auth = format!("Bearer {}", admin_token());
-    let body = body.map(Value::to_string);
-    request(
-        env.nginx_addr(),
-        &build_request(
-            method,
-            "/blacklist",
-            &[
-                ("Authorization", &auth),
-                ("Content-Type", "application/json"),
-            ],
-            body.as_deref().map(str::as_bytes),
-        ),
-        WAIT,
-    )
-    .await
+    env.admin(method, "/blacklist", body).await
 }
 
 #[tokio::test]
