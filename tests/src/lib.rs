@@ -12,6 +12,7 @@
 //! - [`raw`]: a raw WebSocket client that sends hand-made frames and reads the server's.
 //! - [`token`]: JWTs, good and bad.
 //! - [`procfs`]: which nginx worker owns a client connection.
+//! - [`traffic`]: steady publishing while a fault is injected, and what subscribers saw.
 //! - [`recorder`]: an HTTP server that records requests and answers as scripted, standing
 //!   in for the services plugins call (a Slack webhook, a publish-hook backend).
 //!
@@ -25,6 +26,7 @@ pub mod raw;
 pub mod recorder;
 pub mod redis;
 pub mod token;
+pub mod traffic;
 pub mod ws;
 
 pub use env::{

@@ -446,7 +446,8 @@ impl Drop for RedisServer {
 
 // ---- cluster --------------------------------------------------------------------------------
 
-/// A Redis Cluster of masters without replicas on 127.0.0.1, slots split evenly.
+/// A Redis Cluster on 127.0.0.1: masters with the slots split evenly, and optionally
+/// replicas that take over when their master fails.
 pub struct RedisCluster {
     // Declared before `dir` so the nodes are killed before their folder is removed.
     nodes: Vec<RedisServer>,
@@ -463,19 +464,27 @@ impl RedisCluster {
     /// slots and its own config epoch, node 0 meets the others, then every node must see
     /// `cluster_state:ok` (bounded).
     pub fn start_masters(n: usize) -> Self {
+        Self::start_with_replicas(n, 0)
+    }
+
+    /// Starts `masters` masters and `replicas` replicas of each (nodes `masters..` are the
+    /// replicas, node `masters + r * masters + i` a replica of master `i`), forms the
+    /// cluster and waits until every replica's link to its master is up (bounded).
+    pub fn start_with_replicas(masters: usize, replicas: usize) -> Self {
+        let n = masters;
         assert!(n >= 1, "a cluster needs at least one master");
         let dir = tempfile::Builder::new()
             .prefix("chatup-redis-cluster-")
             .tempdir()
             .expect("create a temp folder");
-        let nodes: Vec<RedisServer> = (0..n)
+        let nodes: Vec<RedisServer> = (0..n * (1 + replicas))
             .map(|i| RedisServer::start_cluster_node(dir.path().join(format!("node{i}"))))
             .collect();
         let cluster = Self {
             nodes,
             dir: Some(dir),
         };
-        for (i, node) in cluster.nodes.iter().enumerate() {
+        for (i, node) in cluster.nodes[..n].iter().enumerate() {
             let first = i * usize::from(SLOTS) / n;
             let last = (i + 1) * usize::from(SLOTS) / n - 1;
             cluster.expect_ok(
@@ -506,6 +515,25 @@ impl RedisCluster {
             );
         }
         cluster.wait_ok(CLUSTER_TIMEOUT);
+        for (j, replica) in cluster.nodes[n..].iter().enumerate() {
+            let master_id = cluster.nodes[j % n].cli(&["CLUSTER", "MYID"]);
+            cluster.expect_ok(replica, &["CLUSTER", "REPLICATE", &master_id]);
+        }
+        let deadline = Instant::now() + CLUSTER_TIMEOUT;
+        for replica in &cluster.nodes[n..] {
+            while info_field(&replica.cli(&["INFO", "replication"]), "master_link_status")
+                .as_deref()
+                != Some("up")
+            {
+                assert!(
+                    Instant::now() < deadline,
+                    "replica {} did not sync with its master within {CLUSTER_TIMEOUT:?}",
+                    replica.addr()
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        cluster.wait_ok(CLUSTER_TIMEOUT);
         cluster
     }
 
@@ -522,8 +550,7 @@ impl RedisCluster {
         let n = self.nodes.len().to_string();
         loop {
             let infos: Vec<String> = self
-                .nodes
-                .iter()
+                .running_nodes()
                 .map(|node| match node.command(&["CLUSTER", "INFO"]) {
                     Ok(reply) => reply.text(),
                     Err(e) => format!("unreachable: {e}"),
@@ -540,7 +567,7 @@ impl RedisCluster {
             }
             if Instant::now() >= deadline {
                 let mut out = String::new();
-                for (node, info) in self.nodes.iter().zip(&infos) {
+                for (node, info) in self.running_nodes().zip(&infos) {
                     let _ = writeln!(out, "---- CLUSTER INFO of {}:\n{info}", node.addr());
                 }
                 panic!("the Redis cluster is not ok within {timeout:?}:\n{out}");
@@ -658,10 +685,108 @@ impl RedisCluster {
     }
 
     fn live_node(&self) -> &RedisServer {
-        self.nodes
-            .iter()
-            .find(|n| n.child.is_some())
+        self.running_nodes()
+            .next()
             .expect("no node of the cluster is running")
+    }
+
+    fn running_nodes(&self) -> impl Iterator<Item = &RedisServer> {
+        self.nodes.iter().filter(|n| n.child.is_some())
+    }
+
+    /// Waits until a running node other than `old` serves the slot of `key` as a master and
+    /// every running node agrees (a replica was promoted after `old` failed); returns its
+    /// index. Panics after `timeout`.
+    #[track_caller]
+    pub fn wait_new_owner(&self, key: &str, old: usize, timeout: Duration) -> usize {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let owners: Vec<Option<usize>> = self
+                .running_nodes()
+                .map(|node| self.owner_seen_by(node, key))
+                .collect();
+            if let Some(Some(owner)) = owners.first() {
+                if *owner != old
+                    && self.nodes[*owner].child.is_some()
+                    && owners.iter().all(|o| *o == Some(*owner))
+                {
+                    return *owner;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no new owner of {key:?} within {timeout:?}: the running nodes see {owners:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The index of the master that `node` says serves the slot of `key`.
+    fn owner_seen_by(&self, node: &RedisServer, key: &str) -> Option<usize> {
+        let slot = i64::from(self.slot_of(key));
+        let Ok(Reply::Array(Some(ranges))) = node.command(&["CLUSTER", "SLOTS"]) else {
+            return None;
+        };
+        ranges.iter().find_map(|range| {
+            let Reply::Array(Some(fields)) = range else {
+                return None;
+            };
+            match (fields.first(), fields.get(1), fields.get(2)) {
+                (Some(Reply::Int(first)), Some(Reply::Int(last)), Some(Reply::Array(Some(m))))
+                    if (*first..=*last).contains(&slot) =>
+                {
+                    let Some(Reply::Int(port)) = m.get(1) else {
+                        return None;
+                    };
+                    self.nodes.iter().position(|n| i64::from(n.port) == *port)
+                }
+                _ => None,
+            }
+        })
+    }
+
+    /// Moves the slot of `key` with its keys to master `to`, while the cluster serves it, as
+    /// `redis-cli --cluster reshard` does for each slot: the target imports, the source
+    /// migrates, keys are moved in batches with MIGRATE, then every master is told the new
+    /// owner. Returns the previous owner's index.
+    #[track_caller]
+    pub fn move_slot_of(&self, key: &str, to: usize) -> usize {
+        let slot = self.slot_of(key).to_string();
+        let from = self.node_index_for(key);
+        assert_ne!(from, to, "{key:?} is already served by node {to}");
+        let (source, target) = (&self.nodes[from], &self.nodes[to]);
+        let source_id = source.cli(&["CLUSTER", "MYID"]);
+        let target_id = target.cli(&["CLUSTER", "MYID"]);
+        self.expect_ok(
+            target,
+            &["CLUSTER", "SETSLOT", &slot, "IMPORTING", &source_id],
+        );
+        self.expect_ok(
+            source,
+            &["CLUSTER", "SETSLOT", &slot, "MIGRATING", &target_id],
+        );
+        loop {
+            let keys = source
+                .command(&["CLUSTER", "GETKEYSINSLOT", &slot, "100"])
+                .expect("CLUSTER GETKEYSINSLOT")
+                .strings();
+            if keys.is_empty() {
+                break;
+            }
+            let (ip, port) = (target.ip.to_string(), target.port.to_string());
+            let mut args = vec!["MIGRATE", &ip, &port, "", "0", "5000", "KEYS"];
+            args.extend(keys.iter().map(String::as_str));
+            self.expect_ok(source, &args);
+        }
+        // The target first, so it answers for the slot before the source sends clients there.
+        self.expect_ok(target, &["CLUSTER", "SETSLOT", &slot, "NODE", &target_id]);
+        self.expect_ok(source, &["CLUSTER", "SETSLOT", &slot, "NODE", &target_id]);
+        for node in self.running_nodes() {
+            if node.port != source.port && node.port != target.port {
+                let _ = node.command(&["CLUSTER", "SETSLOT", &slot, "NODE", &target_id]);
+            }
+        }
+        from
     }
 }
 

@@ -20,6 +20,16 @@
 //! is gone (Redis restarted empty, keys expired) the channel starts a new epoch, and the
 //! relay tells the workers, which tell their clients.
 //!
+//! The broker owns its subscriptions rather than trusting the client library to restore
+//! them: when the pub/sub connection drops, or Redis itself ends a subscription (a Redis
+//! Cluster node sends `sunsubscribe` when the channel's slot moves to another node), every
+//! channel still wanted is subscribed again ([`resubscribe`]), retried until Redis
+//! confirms, and the confirmation fills the gap from history. In a cluster the new
+//! subscription goes to whichever node serves the slot now: the promoted replica after a
+//! failover, the target of a reshard. A history whose last id went backwards (a master died
+//! before its replica had the newest messages) cannot continue the ids subscribers already
+//! saw: the channel moves to a new epoch, and clients are told.
+//!
 //! Publishing while Redis is unreachable fails within `redis.timeout_ms` with
 //! [`BrokerError::Unavailable`]: a message is acknowledged only once Redis has it.
 
@@ -57,6 +67,13 @@ const OP_LOCKS: usize = 64;
 /// How often channels whose catch-up failed (Redis flapping) are retried.
 const RETRY_STALE: Duration = Duration::from_secs(1);
 
+/// How often lost subscriptions are issued again until Redis confirms them. Short: the
+/// channel is silent until then; each attempt is bounded by `redis.timeout_ms`.
+const RETRY_SUBSCRIBE: Duration = Duration::from_millis(250);
+
+/// Subscriptions issued at once when many were lost together.
+const RESUBSCRIBE_CONCURRENCY: usize = 64;
+
 /// Settings of a [`RedisBroker`].
 #[derive(Debug, Clone, Copy)]
 pub struct RedisOptions {
@@ -82,6 +99,8 @@ pub struct RedisBroker {
     hasher: RandomState,
     /// Times the pub/sub connection was lost, for metrics.
     pubsub_disconnects: AtomicU64,
+    /// Wakes [`resubscribe`] when a subscription was lost.
+    lost_subscriptions: tokio::sync::Notify,
 }
 
 struct LocalChannel {
@@ -92,7 +111,8 @@ struct LocalChannel {
     /// The last message handed to subscribers (or the head read when subscribing): the
     /// next live message must follow it.
     last: Option<Position>,
-    /// Whether Redis has confirmed the subscription.
+    /// Whether Redis has confirmed the subscription and not ended it since (connection
+    /// lost, slot moved): while false, [`resubscribe`] keeps issuing it.
     subscribed: bool,
     /// Set when a catch-up could not be done; retried every [`RETRY_STALE`].
     stale: bool,
@@ -146,8 +166,14 @@ impl RedisBroker {
             op_locks: (0..OP_LOCKS).map(|_| tokio::sync::Mutex::new(())).collect(),
             hasher: RandomState::new(),
             pubsub_disconnects: AtomicU64::new(0),
+            lost_subscriptions: tokio::sync::Notify::new(),
         });
-        tokio::spawn(run_pushes(Arc::downgrade(&broker), pushes, shutdown));
+        tokio::spawn(run_pushes(
+            Arc::downgrade(&broker),
+            pushes,
+            shutdown.clone(),
+        ));
+        tokio::spawn(resubscribe(Arc::downgrade(&broker), shutdown));
         broker
     }
 
@@ -215,13 +241,29 @@ impl RedisBroker {
 
     /// Runs the read script: epoch, head and up to `count` entries below `before`.
     async fn read(&self, channel: &str, count: usize, before: u64) -> Result<Read, BrokerError> {
+        self.read_after(channel, count, before, None).await
+    }
+
+    /// [`Self::read`] by a reader that already handed on `seen`: if the channel's last id is
+    /// now below it in the same epoch, Redis lost acknowledged messages (a failover to a
+    /// replica that lagged) and the script moves the channel to a new epoch.
+    async fn read_after(
+        &self,
+        channel: &str,
+        count: usize,
+        before: u64,
+        seen: Option<Position>,
+    ) -> Result<Read, BrokerError> {
         let mut invocation = self.read_script.key(self.meta_key(channel));
+        let seen = seen.unwrap_or(Position { epoch: 0, id: 0 });
         invocation
             .key(self.history_key(channel))
             .arg(new_epoch(None))
             .arg(self.options.ttl.as_secs().max(1))
             .arg(count)
-            .arg(before);
+            .arg(before)
+            .arg(seen.epoch)
+            .arg(seen.id);
         let (epoch, head, items) = self.call(&invocation, "read", channel).await?;
         let entries = items
             .filter_map(|v| match v {
@@ -277,11 +319,13 @@ impl RedisBroker {
 
     /// Reads the history and hands on everything after the channel's last position.
     async fn catch_up(&self, channel: &str) {
-        let has_position = self.lock().get(channel).is_some_and(|ch| ch.last.is_some());
-        if !has_position {
+        let Some(seen) = self.lock().get(channel).and_then(|ch| ch.last) else {
             return;
-        }
-        let read = match self.read(channel, self.options.history_size, 0).await {
+        };
+        let read = match self
+            .read_after(channel, self.options.history_size, 0, Some(seen))
+            .await
+        {
             Ok(read) => read,
             Err(e) => {
                 warn!(
@@ -361,10 +405,68 @@ impl RedisBroker {
         }
     }
 
-    /// After a lost pub/sub connection every channel may have missed messages.
-    fn mark_all_stale(&self) {
+    /// After a lost pub/sub connection every channel may have missed messages, and its
+    /// subscription must be issued again.
+    fn mark_all_lost(&self) {
         for ch in self.lock().values_mut() {
             ch.stale = ch.last.is_some();
+            ch.subscribed = false;
+        }
+        self.lost_subscriptions.notify_one();
+    }
+
+    /// Redis ended the subscription of `channel` by itself (in a cluster: its slot moved to
+    /// another node). Still wanted, it is subscribed again.
+    fn subscription_ended(&self, channel: &str) {
+        let mut map = self.lock();
+        let Some(ch) = map.get_mut(channel) else {
+            return; // Our own unsubscribe.
+        };
+        if ch.subscribed {
+            info!(
+                channel,
+                "Redis ended the channel's subscription (its slot moved?); subscribing again"
+            );
+            ch.subscribed = false;
+            ch.stale = ch.last.is_some();
+            self.lost_subscriptions.notify_one();
+        }
+    }
+
+    /// The wanted channels whose subscription is not confirmed.
+    fn unsubscribed(&self) -> Vec<Arc<str>> {
+        self.lock()
+            .values()
+            .filter(|ch| !ch.subscribed && !ch.subscribers.is_empty())
+            .map(|ch| ch.name.clone())
+            .collect()
+    }
+
+    /// Issues the subscription of `channel` if it is wanted and not confirmed; the
+    /// confirmation's push catches the channel up. Returns false when Redis refused or did
+    /// not answer.
+    async fn ensure_subscribed(&self, channel: &str) -> bool {
+        let _ordered = self.op_lock(channel).lock().await;
+        let needed = self
+            .lock()
+            .get(channel)
+            .is_some_and(|ch| !ch.subscribed && !ch.subscribers.is_empty());
+        if !needed {
+            return true;
+        }
+        let mut subscriptions = self.link.subscriptions();
+        let live = self.live_channel(channel);
+        match self.link.bounded(subscriptions.subscribe(&live)).await {
+            Ok(()) => {
+                if let Some(ch) = self.lock().get_mut(channel) {
+                    ch.subscribed = true;
+                }
+                true
+            }
+            Err(e) => {
+                debug!(channel, "cannot subscribe again yet: {e}");
+                false
+            }
         }
     }
 
@@ -480,15 +582,69 @@ async fn run_pushes(
                     broker.catch_up(&channel).await;
                 }
             }
+            PushKind::Unsubscribe | PushKind::SUnsubscribe => {
+                if let Some(Value::BulkString(live)) = push.data.first() {
+                    if let Some(channel) = std::str::from_utf8(live)
+                        .ok()
+                        .and_then(|l| broker.channel_of_live(l))
+                    {
+                        broker.subscription_ended(channel);
+                    }
+                }
+            }
             PushKind::Disconnection => {
                 warn!(
                     redis = broker.link.address(),
-                    "lost the Redis pub/sub connection; reconnecting, then catching up from history"
+                    "lost the Redis pub/sub connection; subscribing again, then catching up from history"
                 );
                 broker.pubsub_disconnects.fetch_add(1, Ordering::Relaxed);
-                broker.mark_all_stale();
+                broker.mark_all_lost();
             }
             _ => {}
+        }
+    }
+}
+
+/// Issues lost subscriptions again, every [`RETRY_SUBSCRIBE`] until Redis confirms each.
+async fn resubscribe(broker: Weak<RedisBroker>, shutdown: CancellationToken) {
+    use futures_util::StreamExt as _;
+    let mut pending = false;
+    loop {
+        {
+            let Some(broker) = broker.upgrade() else {
+                return;
+            };
+            let notified = broker.lost_subscriptions.notified();
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = notified => {}
+                _ = tokio::time::sleep(RETRY_SUBSCRIBE), if pending => {}
+            }
+        }
+        let Some(broker) = broker.upgrade() else {
+            return;
+        };
+        let channels = broker.unsubscribed();
+        let total = channels.len();
+        let confirmed = futures_util::stream::iter(channels)
+            .map(|channel| {
+                let broker = &broker;
+                async move { broker.ensure_subscribed(&channel).await }
+            })
+            .buffer_unordered(RESUBSCRIBE_CONCURRENCY)
+            .filter(|ok| std::future::ready(*ok))
+            .count()
+            .await;
+        pending = confirmed < total;
+        if total > 0 {
+            if pending {
+                debug!(
+                    confirmed,
+                    total, "some subscriptions are not restored yet; retrying"
+                );
+            } else {
+                info!(total, "subscriptions restored");
+            }
         }
     }
 }

@@ -11,6 +11,7 @@ mod config;
 mod delivery;
 mod demo_tokens;
 mod dispatch;
+mod failover;
 mod frames;
 mod handshake;
 mod harness_redis;

@@ -7,9 +7,19 @@
 -- ARGV[2]  seconds the channel's keys live after their last use
 -- ARGV[3]  how many entries to return at most
 -- ARGV[4]  return only entries with an id below this (0: from the newest)
+-- ARGV[5]  the epoch of the newest message the reader already handed on (0: none)
+-- ARGV[6]  that message's id
+--
+-- A last id below the reader's in the same epoch means Redis lost acknowledged messages
+-- (a replica promoted before it had them): their ids would be given to new messages, so
+-- the channel starts a new epoch instead, as if its history were gone.
 --
 -- Returns {epoch, last id, entries newest first...}; entries are "<epoch>:<id>:<JSON>".
 local ep = redis.call('HGET', KEYS[1], 'ep')
+local head = tonumber(redis.call('HGET', KEYS[1], 'id')) or 0
+if ep and ep == ARGV[5] and head < tonumber(ARGV[6]) then
+  ep = nil
+end
 if not ep then
   ep = ARGV[1]
   redis.call('HSET', KEYS[1], 'ep', ep, 'id', 0)
@@ -17,7 +27,6 @@ if not ep then
   redis.call('EXPIRE', KEYS[1], ARGV[2])
   return {ep, 0}
 end
-local head = tonumber(redis.call('HGET', KEYS[1], 'id')) or 0
 local count = tonumber(ARGV[3])
 local before = tonumber(ARGV[4])
 local start = 0

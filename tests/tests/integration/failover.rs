@@ -1,0 +1,96 @@
+//! Redis's own failures under traffic: a Redis Cluster master that owns the channel is
+//! killed and its replica promoted, or the channel's slot is moved by a live reshard.
+//! Viewers on every host must end with every acknowledged message, once, in order.
+
+use std::time::Duration;
+
+use chatup_tests::traffic::{self, Plan};
+use chatup_tests::{Chatup, Options, RedisCluster, Subscriber};
+
+const CHANNEL: &str = "live";
+
+fn live_key() -> String {
+    format!("chatup:{{{CHANNEL}}}:live")
+}
+
+fn plan(before: Duration, after: Duration) -> Plan {
+    Plan {
+        channel: CHANNEL.into(),
+        rate: 50,
+        before,
+        after,
+        settle: Duration::from_secs(15),
+    }
+}
+
+async fn two_hosts_on(cluster: &RedisCluster) -> (Chatup, Chatup, Vec<Subscriber>) {
+    let nodes = cluster.nodes();
+    let a = Chatup::start_with(Options::host_on_cluster("127.0.0.2", "a", &nodes));
+    let b = Chatup::start_with(Options::host_on_cluster("127.0.0.3", "b", &nodes));
+    let mut subs = Vec::new();
+    for env in [&a, &b, &a, &b] {
+        subs.push(Subscriber::connect(env, &format!("/sub/{CHANNEL}")).await);
+    }
+    // Let every worker's subscription reach Redis before publishing.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    (a, b, subs)
+}
+
+#[tokio::test]
+async fn a_cluster_failover_of_the_channels_master_loses_no_acked_message() {
+    let mut cluster = RedisCluster::start_with_replicas(3, 1);
+    let (a, b, mut subs) = two_hosts_on(&cluster).await;
+    let owner = cluster.node_index_for(&live_key());
+    let killed = std::cell::Cell::new(false);
+    let report = traffic::run(
+        &[&a, &b],
+        &mut subs,
+        &plan(Duration::from_secs(2), Duration::from_secs(12)),
+        || {
+            cluster.node_mut(owner).kill();
+            killed.set(true);
+        },
+    )
+    .await;
+    assert!(killed.get());
+    let promoted = cluster.wait_new_owner(&live_key(), owner, Duration::from_secs(1));
+    eprintln!(
+        "cluster failover (node {owner} killed, node {promoted} promoted): {}",
+        report.summary()
+    );
+    assert!(
+        report.acked_after_fault() > 0,
+        "publishing never resumed after the failover: {}",
+        report.summary()
+    );
+    report.assert_every_ack_once();
+}
+
+#[tokio::test]
+async fn a_live_reshard_of_the_channels_slot_loses_no_acked_message() {
+    let cluster = RedisCluster::start_with_replicas(3, 0);
+    let (a, b, mut subs) = two_hosts_on(&cluster).await;
+    let owner = cluster.node_index_for(&live_key());
+    let target = (owner + 1) % 3;
+    let report = traffic::run(
+        &[&a, &b],
+        &mut subs,
+        &plan(Duration::from_secs(2), Duration::from_secs(4)),
+        || {
+            cluster.move_slot_of(&live_key(), target);
+        },
+    )
+    .await;
+    assert_eq!(cluster.node_index_for(&live_key()), target);
+    eprintln!(
+        "live reshard (slot moved from node {owner} to node {target}): {}",
+        report.summary()
+    );
+    assert!(report.acked_after_fault() > 0, "{}", report.summary());
+    report.assert_every_ack_once();
+    // The sidecars now listen on the new owner only.
+    let shard_channels = cluster.node(target).cli(&["PUBSUB", "SHARDCHANNELS", "*"]);
+    assert!(shard_channels.contains(&live_key()), "{shard_channels:?}");
+    let old = cluster.node(owner).cli(&["PUBSUB", "SHARDCHANNELS", "*"]);
+    assert!(!old.contains(&live_key()), "{old:?}");
+}
