@@ -94,3 +94,33 @@ async fn a_live_reshard_of_the_channels_slot_loses_no_acked_message() {
     let old = cluster.node(owner).cli(&["PUBSUB", "SHARDCHANNELS", "*"]);
     assert!(!old.contains(&live_key()), "{old:?}");
 }
+
+#[tokio::test]
+async fn a_history_that_went_backwards_starts_a_new_epoch_that_viewers_are_told_of() {
+    // What a promoted replica that lagged looks like: the last acknowledged messages are
+    // gone and the channel's last id is lower than what viewers already saw.
+    let redis = chatup_tests::RedisServer::start();
+    let a = Chatup::start_with(Options::host_on_redis("127.0.0.2", "a", &redis.url()));
+    let mut sub = Subscriber::connect(&a, &format!("/sub/{CHANNEL}")).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for i in 1..=5 {
+        a.publish(CHANNEL, &format!("m{i}")).await;
+    }
+    let seen = sub.recv_n(5).await;
+    let old_epoch = seen[4]["ep"].as_u64().expect("an epoch");
+    let meta = format!("chatup:{{{CHANNEL}}}:meta");
+    let history = format!("chatup:{{{CHANNEL}}}:history");
+    redis.cli(&["HSET", &meta, "id", "3"]);
+    redis.cli(&["LTRIM", &history, "2", "-1"]);
+    // The sidecar's pub/sub connection drops, as it does in a failover.
+    redis.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+
+    let resync = sub.recv().await;
+    assert_eq!(resync["ev"], "resync", "{resync}");
+    let new_epoch = resync["data"]["ep"].as_u64().expect("the new epoch");
+    assert_ne!(new_epoch, old_epoch);
+    let ack = a.publish(CHANNEL, "after").await;
+    assert_eq!((ack["ep"].as_u64(), ack["id"].as_u64()), (Some(new_epoch), Some(1)));
+    let msg = sub.recv().await;
+    assert_eq!((msg["msg"].as_str(), msg["id"].as_u64()), (Some("after"), Some(1)));
+}
