@@ -157,7 +157,8 @@ impl Default for HistoryConfig {
     }
 }
 
-/// Redis, for many hosts. With neither `url` nor `cluster_nodes` set the sidecar uses its
+/// Redis, for many hosts: one server (`url`), a Redis Cluster (`cluster_nodes`) or a
+/// primary watched by Redis Sentinel (`sentinels`). With none set the sidecar uses its
 /// in-process memory broker and serves one host.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -169,6 +170,15 @@ pub struct RedisConfig {
     /// Seed nodes of a Redis Cluster (same URL form). When set, channels use sharded
     /// pub/sub (SPUBLISH/SSUBSCRIBE) so a message travels only within its channel's shard.
     pub cluster_nodes: Vec<String>,
+    /// Redis Sentinel nodes (`redis://[:password@]host:26379`) watching the primary named
+    /// `sentinel_master`. The sidecar asks them where the primary is and moves to the new
+    /// one when they promote a replica.
+    pub sentinels: Vec<String>,
+    /// The name the sentinels know the primary by (`sentinel monitor <name> ...`).
+    pub sentinel_master: String,
+    /// The password of the primary and its replicas, with `sentinels` (for `url` and
+    /// `cluster_nodes` it is part of the URLs).
+    pub password: String,
     /// Prefix of every key and pub/sub channel, so several deployments can share one Redis.
     pub key_prefix: String,
     /// How long a Redis command may take; past it a publish fails with `unavailable`
@@ -181,6 +191,9 @@ impl Default for RedisConfig {
         Self {
             url: String::new(),
             cluster_nodes: Vec::new(),
+            sentinels: Vec::new(),
+            sentinel_master: String::new(),
+            password: String::new(),
             key_prefix: "chatup".into(),
             timeout_ms: 1000,
         }
@@ -190,7 +203,7 @@ impl Default for RedisConfig {
 impl RedisConfig {
     /// Whether Redis is configured at all (otherwise: memory broker).
     pub fn enabled(&self) -> bool {
-        !self.url.is_empty() || !self.cluster_nodes.is_empty()
+        !self.url.is_empty() || !self.cluster_nodes.is_empty() || !self.sentinels.is_empty()
     }
 }
 
@@ -688,18 +701,53 @@ impl Config {
                 ))
             }
         };
+        let kinds = [
+            !self.redis.url.is_empty(),
+            !self.redis.cluster_nodes.is_empty(),
+            !self.redis.sentinels.is_empty(),
+        ];
+        if kinds.iter().filter(|set| **set).count() > 1 {
+            return Err(invalid(
+                "redis",
+                "set one of redis.url (one server), redis.cluster_nodes (a cluster) or \
+                 redis.sentinels (a primary watched by Redis Sentinel)"
+                    .into(),
+            ));
+        }
         if !self.redis.url.is_empty() {
             redis_url("redis.url", &self.redis.url)?;
-            if !self.redis.cluster_nodes.is_empty() {
-                return Err(invalid(
-                    "redis.cluster_nodes",
-                    "set either redis.url (one server) or redis.cluster_nodes (a cluster), not both"
-                        .into(),
-                ));
-            }
         }
         for node in &self.redis.cluster_nodes {
             redis_url("redis.cluster_nodes", node)?;
+        }
+        for node in &self.redis.sentinels {
+            redis_url("redis.sentinels", node)?;
+            if !node.starts_with("redis://") {
+                return Err(invalid(
+                    "redis.sentinels",
+                    format!("{node:?}: sentinels are reached over TCP (redis://host:26379)"),
+                ));
+            }
+        }
+        if !self.redis.sentinels.is_empty() && self.redis.sentinel_master.is_empty() {
+            return Err(invalid(
+                "redis.sentinel_master",
+                "the name the sentinels know the primary by is needed with redis.sentinels".into(),
+            ));
+        }
+        if self.redis.sentinels.is_empty()
+            && (!self.redis.sentinel_master.is_empty() || !self.redis.password.is_empty())
+        {
+            return Err(invalid(
+                if self.redis.password.is_empty() {
+                    "redis.sentinel_master"
+                } else {
+                    "redis.password"
+                },
+                "only used with redis.sentinels (put a password in redis.url or \
+                 redis.cluster_nodes)"
+                    .into(),
+            ));
         }
         if self.redis.key_prefix.is_empty() || self.redis.key_prefix.contains(['{', '}', ' ']) {
             return Err(invalid(
@@ -1260,6 +1308,14 @@ mod tests {
         let c = load(&["redis.url=redis://10.0.0.5:6379", "host.id=chat-1.eu:7001"]).unwrap();
         assert!(c.redis.enabled());
         assert!(!load(&[]).unwrap().redis.enabled());
+        let sentinel = load(&[
+            "redis.sentinels=redis://10.0.0.1:26379,redis://10.0.0.2:26379",
+            "redis.sentinel_master=chat",
+            "redis.password=pw",
+        ])
+        .unwrap();
+        assert!(sentinel.redis.enabled());
+        assert_eq!(sentinel.redis.sentinels.len(), 2);
         for (sets, needle) in [
             (&["host.id=chat 1"][..], "host.id"),
             (&["host.id=a{b}"], "host.id"),
@@ -1267,9 +1323,29 @@ mod tests {
             (&["redis.url=rediss://x"], "TLS tunnel"),
             (
                 &["redis.url=redis://a", "redis.cluster_nodes=redis://b"],
-                "not both",
+                "set one of",
+            ),
+            (
+                &["redis.url=redis://a", "redis.sentinels=redis://b:26379"],
+                "set one of",
             ),
             (&["redis.cluster_nodes=b:6379"], "redis.cluster_nodes"),
+            (
+                &["redis.sentinels=redis://b:26379"],
+                "redis.sentinel_master",
+            ),
+            (
+                &["redis.sentinels=unix:///s.sock", "redis.sentinel_master=m"],
+                "over TCP",
+            ),
+            (
+                &["redis.sentinel_master=m"],
+                "only used with redis.sentinels",
+            ),
+            (
+                &["redis.url=redis://a", "redis.password=pw"],
+                "redis.password",
+            ),
             (&["redis.key_prefix=a{b"], "hash tags"),
             (&["redis.timeout_ms=0"], "redis.timeout_ms"),
             (

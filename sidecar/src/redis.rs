@@ -1,5 +1,5 @@
-//! The connection to Redis, one server or a Redis Cluster, shared by the Redis broker and the
-//! host registry.
+//! The connection to Redis, one server, a Redis Cluster or a primary watched by Redis
+//! Sentinel, shared by the Redis broker and the host registry.
 //!
 //! Two connections are made: one for commands ([`Commands`], cheap to clone, multiplexed)
 //! and one for pub/sub ([`Subscriptions`]), whose messages arrive as RESP3 pushes on a
@@ -9,16 +9,26 @@
 //!
 //! Every command is bounded by `redis.timeout_ms`: while Redis is down a call fails after
 //! that long with [`RedisError::Unavailable`] instead of waiting for the reconnect.
+//!
+//! With Sentinel, each connection is a [`Primary`]: a connection to the server the
+//! sentinels name as primary, asked again every [`SENTINEL_POLL`]. When they name another
+//! (a failover), the connection moves there, and a pub/sub connection reports the move as a
+//! disconnection, so that the broker subscribes again and catches up.
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock, Weak};
 use std::time::Duration;
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, IntoConnectionInfo, Pipeline, ProtocolVersion, PushInfo, RedisFuture, Value};
+use redis::sentinel::{Sentinel, SentinelNodeConnectionInfo};
+use redis::{
+    Cmd, ConnectionAddr, IntoConnectionInfo, Pipeline, ProtocolVersion, PushInfo, PushKind,
+    RedisConnectionInfo, RedisFuture, Value,
+};
 use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
 
 use crate::config::RedisConfig;
 
@@ -27,6 +37,9 @@ const RECONNECT_MIN: Duration = Duration::from_millis(100);
 const RECONNECT_MAX: Duration = Duration::from_millis(1000);
 /// One TCP connect attempt.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(1000);
+/// How often the sentinels are asked which server is the primary. It adds at most this
+/// much to a failover, after the sentinels' own `down-after-milliseconds` and election.
+const SENTINEL_POLL: Duration = Duration::from_millis(500);
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RedisError {
@@ -47,6 +60,7 @@ pub enum RedisError {
 pub enum Commands {
     Single(ConnectionManager),
     Cluster(ClusterConnection),
+    Sentinel(Primary),
 }
 
 impl ConnectionLike for Commands {
@@ -54,6 +68,10 @@ impl ConnectionLike for Commands {
         match self {
             Self::Single(c) => c.req_packed_command(cmd),
             Self::Cluster(c) => c.req_packed_command(cmd),
+            Self::Sentinel(p) => {
+                let mut c = p.current();
+                Box::pin(async move { c.req_packed_command(cmd).await })
+            }
         }
     }
 
@@ -66,6 +84,10 @@ impl ConnectionLike for Commands {
         match self {
             Self::Single(c) => c.req_packed_commands(pipeline, offset, count),
             Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+            Self::Sentinel(p) => {
+                let mut c = p.current();
+                Box::pin(async move { c.req_packed_commands(pipeline, offset, count).await })
+            }
         }
     }
 
@@ -73,7 +95,25 @@ impl ConnectionLike for Commands {
         match self {
             Self::Single(c) => c.get_db(),
             Self::Cluster(c) => c.get_db(),
+            Self::Sentinel(p) => p.current().get_db(),
         }
+    }
+}
+
+/// A connection to the primary the sentinels name, moved when they name another. Clones
+/// share it; the task that follows the sentinels ends when the last clone is dropped.
+#[derive(Clone)]
+pub struct Primary {
+    /// The connection to the current primary; replaced, never mutated, on a failover.
+    current: Arc<RwLock<ConnectionManager>>,
+}
+
+impl Primary {
+    fn current(&self) -> ConnectionManager {
+        self.current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 }
 
@@ -86,6 +126,8 @@ pub enum Subscriptions {
     /// `SSUBSCRIBE`/`SPUBLISH`: a channel lives on the shard of its hash slot, so a message
     /// does not travel to every node of the cluster.
     Cluster(ClusterConnection),
+    /// `SUBSCRIBE`/`PUBLISH` on the current primary.
+    Sentinel(Primary),
 }
 
 impl Subscriptions {
@@ -94,6 +136,7 @@ impl Subscriptions {
         match self {
             Self::Single(c) => c.subscribe(channel).await,
             Self::Cluster(c) => c.ssubscribe(channel).await,
+            Self::Sentinel(p) => p.current().subscribe(channel).await,
         }
     }
 
@@ -101,6 +144,7 @@ impl Subscriptions {
         match self {
             Self::Single(c) => c.unsubscribe(channel).await,
             Self::Cluster(c) => c.sunsubscribe(channel).await,
+            Self::Sentinel(p) => p.current().unsubscribe(channel).await,
         }
     }
 }
@@ -137,6 +181,8 @@ impl RedisLink {
                     .await
                     .map_err(|e| target.unavailable(e))?,
             )
+        } else if target.sentinel {
+            Commands::Sentinel(target.follow_primary(config, None).await?)
         } else {
             let info = target.connection_info(config)?;
             let client = redis::Client::open(info).map_err(|e| target.config_error(e))?;
@@ -244,6 +290,8 @@ struct Target {
     timeout: Duration,
     /// A cluster (`redis.cluster_nodes`) rather than one server (`redis.url`).
     cluster: bool,
+    /// A primary found through Redis Sentinel (`redis.sentinels`).
+    sentinel: bool,
     /// The address for messages, without credentials.
     address: Arc<str>,
 }
@@ -251,21 +299,118 @@ struct Target {
 impl Target {
     fn of(config: &RedisConfig) -> Self {
         let cluster = !config.cluster_nodes.is_empty();
-        let address: Arc<str> = if cluster {
-            config
-                .cluster_nodes
+        let sentinel = !config.sentinels.is_empty();
+        let list = |nodes: &[String]| {
+            nodes
                 .iter()
                 .map(|n| without_credentials(n))
                 .collect::<Vec<_>>()
                 .join(",")
-                .into()
+        };
+        let address: Arc<str> = if cluster {
+            list(&config.cluster_nodes).into()
+        } else if sentinel {
+            format!(
+                "{} (sentinels {})",
+                config.sentinel_master,
+                list(&config.sentinels)
+            )
+            .into()
         } else {
             without_credentials(&config.url).into()
         };
         Self {
             timeout: Duration::from_millis(config.timeout_ms),
             cluster,
+            sentinel,
             address,
+        }
+    }
+
+    /// How to reach the primary and replicas the sentinels name.
+    fn sentinel_nodes(
+        config: &RedisConfig,
+        protocol: ProtocolVersion,
+    ) -> SentinelNodeConnectionInfo {
+        let mut redis = RedisConnectionInfo::default().set_protocol(protocol);
+        if !config.password.is_empty() {
+            redis = redis.set_password(&config.password);
+        }
+        SentinelNodeConnectionInfo::default().set_redis_connection_info(redis)
+    }
+
+    /// Connects to the primary the sentinels name and follows it from then on. With
+    /// `pushes`, a pub/sub connection whose pushes go there (a move to a new primary is
+    /// reported as a disconnection).
+    async fn follow_primary(
+        &self,
+        config: &RedisConfig,
+        pushes: Option<mpsc::UnboundedSender<PushInfo>>,
+    ) -> Result<Primary, RedisError> {
+        let protocol = if pushes.is_some() {
+            ProtocolVersion::RESP3
+        } else {
+            ProtocolVersion::RESP2
+        };
+        let mut sentinel =
+            Sentinel::build(config.sentinels.clone()).map_err(|e| self.config_error(e))?;
+        let nodes = Self::sentinel_nodes(config, protocol);
+        let wait = self.timeout.max(CONNECT_TIMEOUT);
+        let client = match tokio::time::timeout(
+            wait,
+            sentinel.async_master_for(&config.sentinel_master, Some(&nodes)),
+        )
+        .await
+        {
+            Ok(Ok(client)) => client,
+            Ok(Err(e)) => return Err(self.unavailable(e)),
+            Err(_) => return Err(self.unavailable_with("no sentinel answered".into())),
+        };
+        let addr = client.get_connection_info().addr().clone();
+        let manager = self.primary_manager(client, pushes.clone()).await?;
+        let current = Arc::new(RwLock::new(manager));
+        tokio::spawn(follow_sentinels(Follower {
+            current: Arc::downgrade(&current),
+            sentinel,
+            master: config.sentinel_master.clone(),
+            nodes,
+            addr,
+            pushes,
+            target: Self {
+                timeout: self.timeout,
+                cluster: false,
+                sentinel: true,
+                address: self.address.clone(),
+            },
+        }));
+        Ok(Primary { current })
+    }
+
+    /// A connection manager on the primary `client` points at.
+    async fn primary_manager(
+        &self,
+        client: redis::Client,
+        pushes: Option<mpsc::UnboundedSender<PushInfo>>,
+    ) -> Result<ConnectionManager, RedisError> {
+        let config = match pushes {
+            Some(pushes) => self
+                .manager_config()
+                .set_push_sender(pushes)
+                .set_automatic_resubscription(),
+            None => self.manager_config(),
+        };
+        first_contact(
+            ConnectionManager::new_with_config(client, config),
+            self.timeout.max(CONNECT_TIMEOUT),
+            &self.address,
+        )
+        .await
+    }
+
+    fn unavailable_with(&self, message: String) -> RedisError {
+        RedisError::Unavailable {
+            address: self.address.to_string(),
+            message,
         }
     }
 
@@ -324,7 +469,9 @@ impl Target {
         config: &RedisConfig,
     ) -> Result<(Subscriptions, mpsc::UnboundedReceiver<PushInfo>), RedisError> {
         let (push_tx, push_rx) = mpsc::unbounded_channel();
-        let subscriptions = if self.cluster {
+        let subscriptions = if self.sentinel {
+            Subscriptions::Sentinel(self.follow_primary(config, Some(push_tx)).await?)
+        } else if self.cluster {
             Subscriptions::Cluster(
                 self.cluster_client(config, ProtocolVersion::RESP3, Some(push_tx))?
                     .get_async_connection()
@@ -354,6 +501,82 @@ impl Target {
             )
         };
         Ok((subscriptions, push_rx))
+    }
+}
+
+/// What the task following the sentinels for one [`Primary`] needs.
+struct Follower {
+    /// The connection it replaces; gone when every user dropped it.
+    current: Weak<RwLock<ConnectionManager>>,
+    sentinel: Sentinel,
+    /// `redis.sentinel_master`.
+    master: String,
+    /// Credentials and protocol for the primary.
+    nodes: SentinelNodeConnectionInfo,
+    /// The primary connected to now.
+    addr: ConnectionAddr,
+    /// The pub/sub receiver told of a move, for a pub/sub connection.
+    pushes: Option<mpsc::UnboundedSender<PushInfo>>,
+    /// Timeouts and the address for logs.
+    target: Target,
+}
+
+/// Asks the sentinels for the primary every [`SENTINEL_POLL`] and moves the connection when
+/// they name another server that answers as a primary.
+async fn follow_sentinels(mut f: Follower) {
+    loop {
+        tokio::time::sleep(SENTINEL_POLL).await;
+        if f.current.strong_count() == 0 {
+            return;
+        }
+        let wait = f.target.timeout.max(CONNECT_TIMEOUT);
+        // The library checks with ROLE that the server it returns is a primary.
+        let client = match tokio::time::timeout(
+            wait,
+            f.sentinel.async_master_for(&f.master, Some(&f.nodes)),
+        )
+        .await
+        {
+            Ok(Ok(client)) => client,
+            Ok(Err(e)) => {
+                debug!(redis = %f.target.address, "asking the sentinels for the primary: {e}");
+                continue;
+            }
+            Err(_) => {
+                debug!(redis = %f.target.address, "no sentinel answered in time");
+                continue;
+            }
+        };
+        let addr = client.get_connection_info().addr().clone();
+        if addr == f.addr {
+            continue;
+        }
+        let manager = match f.target.primary_manager(client, f.pushes.clone()).await {
+            Ok(manager) => manager,
+            Err(e) => {
+                warn!(primary = %addr, "cannot connect to the new primary yet: {e}");
+                continue;
+            }
+        };
+        let Some(current) = f.current.upgrade() else {
+            return;
+        };
+        *current.write().unwrap_or_else(PoisonError::into_inner) = manager;
+        info!(
+            redis = %f.target.address,
+            from = %f.addr,
+            to = %addr,
+            "the sentinels promoted another primary; moved to it"
+        );
+        f.addr = addr;
+        if let Some(pushes) = &f.pushes {
+            // Subscriptions live on the old primary's connection: the broker must issue
+            // them again on the new one and catch up.
+            let _ = pushes.send(PushInfo {
+                kind: PushKind::Disconnection,
+                data: Vec::new(),
+            });
+        }
     }
 }
 

@@ -130,6 +130,8 @@ pub struct Options {
     pub redis_url: String,
     /// `redis.cluster_nodes`; empty: not written.
     pub redis_cluster: Vec<String>,
+    /// `redis.sentinels` and `redis.sentinel_master`; empty: not written.
+    pub redis_sentinels: Vec<String>,
     /// `host.id`; `None` leaves the sidecar's default (hostname and port).
     pub host_id: Option<String>,
     /// `plugins.chain`. The harness default is `["ban"]`: tests publish quickly, and the
@@ -151,6 +153,7 @@ impl Default for Options {
             address: Ipv4Addr::LOCALHOST,
             redis_url: String::new(),
             redis_cluster: Vec::new(),
+            redis_sentinels: Vec::new(),
             host_id: None,
             plugins: vec!["ban".to_owned()],
         }
@@ -202,6 +205,14 @@ impl Options {
             .redis_cluster(nodes)
     }
 
+    /// A chat host of a multi-host test on the primary watched by the sentinels at
+    /// `sentinels` (as [`crate::redis::SENTINEL_MASTER`]): on `address`, named `id`.
+    pub fn host_on_sentinel(address: &str, id: &str, sentinels: &[String]) -> Self {
+        let mut options = Self::default().address(address).host_id(id);
+        options.redis_sentinels = sentinels.to_vec();
+        options
+    }
+
     pub fn sidecar_set(mut self, kv: &str) -> Self {
         self.sidecar_set.push(kv.to_owned());
         self
@@ -239,8 +250,15 @@ impl Options {
     /// The `[redis]` section for these options; empty when no Redis is configured.
     fn redis_toml(&self) -> String {
         let mut out = String::new();
-        if !self.redis_url.is_empty() || !self.redis_cluster.is_empty() {
+        if !self.redis_url.is_empty()
+            || !self.redis_cluster.is_empty()
+            || !self.redis_sentinels.is_empty()
+        {
             out.push_str("[redis]\n");
+        }
+        if !self.redis_sentinels.is_empty() {
+            let _ = writeln!(out, "sentinels = {:?}", self.redis_sentinels);
+            let _ = writeln!(out, "sentinel_master = {:?}", crate::redis::SENTINEL_MASTER);
         }
         if !self.redis_url.is_empty() {
             let _ = writeln!(out, "url = {:?}", self.redis_url);

@@ -188,6 +188,41 @@ impl RedisServer {
         Self::launch(Some(tmp), dir, parse_loopback(ip), None, Vec::new())
     }
 
+    /// Starts a replica of `primary` on a free port of 127.0.0.1 and waits until its link to
+    /// the primary is up.
+    pub fn start_replica_of(primary: &RedisServer) -> Self {
+        let tmp = tempfile::Builder::new()
+            .prefix("chatup-redis-replica-")
+            .tempdir()
+            .expect("create a temp folder");
+        let dir = tmp.path().to_path_buf();
+        let extra = vec![
+            "--replicaof".to_owned(),
+            primary.ip.to_string(),
+            primary.port.to_string(),
+        ];
+        let replica = Self::launch(Some(tmp), dir, Ipv4Addr::LOCALHOST, None, extra);
+        let deadline = Instant::now() + READY_TIMEOUT;
+        while info_field(&replica.cli(&["INFO", "replication"]), "master_link_status").as_deref()
+            != Some("up")
+        {
+            assert!(
+                Instant::now() < deadline,
+                "replica {} did not sync with {} within {READY_TIMEOUT:?}",
+                replica.addr(),
+                primary.addr()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        replica
+    }
+
+    /// The role the server reports (`master`, `slave`).
+    pub fn role(&self) -> Option<String> {
+        let info = self.command(&["INFO", "replication"]).ok()?.text();
+        info_field(&info, "role")
+    }
+
     /// Starts a cluster-enabled node (no slots yet) in `dir`.
     fn start_cluster_node(dir: PathBuf) -> Self {
         fs::create_dir_all(&dir).expect("create the node's folder");
@@ -805,6 +840,199 @@ impl Drop for RedisCluster {
             if let Some(dir) = self.dir.take() {
                 eprintln!("kept {}", dir.keep().display());
             }
+        }
+    }
+}
+
+// ---- sentinel -------------------------------------------------------------------------------
+
+/// The name the sentinels of [`RedisSentinel`] know the primary by.
+pub const SENTINEL_MASTER: &str = "chatup";
+
+/// A primary with one replica, watched by three Redis Sentinels (Debian's `redis-sentinel`)
+/// with a quorum of two, all on 127.0.0.1. The primary is declared down after
+/// `down-after-milliseconds` = 1000.
+pub struct RedisSentinel {
+    /// Node 0 starts as the primary, node 1 as its replica.
+    pub nodes: Vec<RedisServer>,
+    sentinels: Vec<SentinelProcess>,
+}
+
+/// One `redis-sentinel` process.
+struct SentinelProcess {
+    dir: tempfile::TempDir,
+    port: u16,
+    child: Option<Child>,
+}
+
+impl RedisSentinel {
+    pub fn start() -> Self {
+        let primary = RedisServer::start();
+        let replica = RedisServer::start_replica_of(&primary);
+        let sentinels = (0..3).map(|_| SentinelProcess::start(&primary)).collect();
+        let sentinel = Self {
+            nodes: vec![primary, replica],
+            sentinels,
+        };
+        // Every sentinel must know the replica and the other sentinels before a failover
+        // can be agreed on.
+        let deadline = Instant::now() + CLUSTER_TIMEOUT;
+        loop {
+            let ready = sentinel.sentinels.iter().all(|s| {
+                let master = s.command(&["SENTINEL", "MASTER", SENTINEL_MASTER]);
+                let fields = master.map(|r| r.strings()).unwrap_or_default();
+                let field = |name: &str| {
+                    fields
+                        .iter()
+                        .position(|f| f == name)
+                        .and_then(|i| fields.get(i + 1))
+                        .cloned()
+                };
+                field("num-slaves").as_deref() == Some("1")
+                    && field("num-other-sentinels").as_deref() == Some("2")
+            });
+            if ready {
+                return sentinel;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the sentinels did not find the replica and each other within {CLUSTER_TIMEOUT:?}:\n{}",
+                sentinel.logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `redis://127.0.0.1:<port>` of each sentinel, for the sidecar's `redis.sentinels`.
+    pub fn sentinel_urls(&self) -> Vec<String> {
+        self.sentinels
+            .iter()
+            .map(|s| format!("redis://127.0.0.1:{}", s.port))
+            .collect()
+    }
+
+    /// The index of the node the sentinels name as primary (all must agree), if any.
+    pub fn primary_index(&self) -> Option<usize> {
+        let named: Vec<Option<u16>> = self
+            .sentinels
+            .iter()
+            .map(|s| {
+                let reply = s
+                    .command(&["SENTINEL", "GET-MASTER-ADDR-BY-NAME", SENTINEL_MASTER])
+                    .ok()?;
+                reply.strings().get(1)?.parse().ok()
+            })
+            .collect();
+        let port = named.first().copied().flatten()?;
+        if named.iter().any(|p| *p != Some(port)) {
+            return None;
+        }
+        self.nodes.iter().position(|n| n.port == port)
+    }
+
+    /// Waits until the sentinels agree on a primary other than node `old` and that node
+    /// answers as a primary; returns its index.
+    #[track_caller]
+    pub fn wait_promoted(&self, old: usize, timeout: Duration) -> usize {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(i) = self.primary_index() {
+                if i != old && self.nodes[i].role().as_deref() == Some("master") {
+                    return i;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no replica was promoted within {timeout:?}:\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn logs(&self) -> String {
+        let mut out = String::new();
+        for s in &self.sentinels {
+            let _ = writeln!(
+                out,
+                "---- sentinel 127.0.0.1:{}:\n{}",
+                s.port,
+                fs::read_to_string(s.dir.path().join("sentinel.log")).unwrap_or_default()
+            );
+        }
+        out
+    }
+}
+
+impl Drop for RedisSentinel {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("{}", self.logs());
+        }
+    }
+}
+
+impl SentinelProcess {
+    fn start(primary: &RedisServer) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("chatup-sentinel-")
+            .tempdir()
+            .expect("create a temp folder");
+        for _ in 0..5 {
+            let port = free_port_on(Ipv4Addr::LOCALHOST);
+            // Sentinel rewrites its config file, so each gets its own.
+            let conf = dir.path().join("sentinel.conf");
+            fs::write(
+                &conf,
+                format!(
+                    "port {port}\nbind 127.0.0.1\ndaemonize no\ndir {dir}\nlogfile {dir}/sentinel.log\n\
+                     sentinel monitor {SENTINEL_MASTER} {ip} {primary_port} 2\n\
+                     sentinel down-after-milliseconds {SENTINEL_MASTER} 1000\n\
+                     sentinel failover-timeout {SENTINEL_MASTER} 10000\n\
+                     sentinel parallel-syncs {SENTINEL_MASTER} 1\n",
+                    dir = dir.path().display(),
+                    ip = primary.ip,
+                    primary_port = primary.port,
+                ),
+            )
+            .expect("write sentinel.conf");
+            let child = Command::new("redis-sentinel")
+                .arg(&conf)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .process_group(0)
+                .spawn()
+                .unwrap_or_else(|e| {
+                    panic!("spawn redis-sentinel (is Debian's redis-sentinel installed?): {e}")
+                });
+            let mut child = Some(child);
+            let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+            let log = dir.path().join("sentinel.log");
+            let started = wait_ready(
+                &mut child,
+                &format!("redis-sentinel on {addr}"),
+                READY_TIMEOUT,
+                || matches!(command(addr, &["PING"]), Ok(Reply::Status(s)) if s == "PONG"),
+                || fs::read_to_string(&log).unwrap_or_default(),
+            );
+            if started.is_ok() {
+                return Self { dir, port, child };
+            }
+        }
+        panic!("redis-sentinel could not start on a free port in 5 tries");
+    }
+
+    fn command(&self, args: &[&str]) -> io::Result<Reply> {
+        command(SocketAddr::from((Ipv4Addr::LOCALHOST, self.port)), args)
+    }
+}
+
+impl Drop for SentinelProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            kill_group(child.id());
+            let _ = child.wait();
         }
     }
 }

@@ -22,7 +22,7 @@ use crate::Chatup;
 pub struct Plan {
     /// The channel published to (the subscribers must watch it).
     pub channel: String,
-    /// Publishes per second.
+    /// Publishes per second (one every `1/rate`, or right after a slower answer).
     pub rate: u32,
     /// Publishing before the fault.
     pub before: Duration,
@@ -113,8 +113,8 @@ pub async fn run(
             } else {
                 failed.push((text, resp.status));
             }
-            let next = start + interval * i as u32;
-            tokio::time::sleep_until(next.max(Instant::now()).into()).await;
+            // A steady rate, also after a slow answer: no burst to make up for lost time.
+            tokio::time::sleep_until((sent + interval).max(Instant::now()).into()).await;
         }
         publishing.set(false);
     };

@@ -64,15 +64,13 @@ pub const READ_LUA: &str = include_str!("redis/read.lua");
 /// UNSUBSCRIBE of the same channel never cross on the wire.
 const OP_LOCKS: usize = 64;
 
-/// How often channels whose catch-up failed (Redis flapping) are retried.
-const RETRY_STALE: Duration = Duration::from_secs(1);
+/// How often lost subscriptions are issued again, and catch-ups that failed are tried
+/// again, until they succeed. Short: the channel is silent until then; each attempt is
+/// bounded by `redis.timeout_ms`.
+const RETRY_REPAIR: Duration = Duration::from_millis(250);
 
-/// How often lost subscriptions are issued again until Redis confirms them. Short: the
-/// channel is silent until then; each attempt is bounded by `redis.timeout_ms`.
-const RETRY_SUBSCRIBE: Duration = Duration::from_millis(250);
-
-/// Subscriptions issued at once when many were lost together.
-const RESUBSCRIBE_CONCURRENCY: usize = 64;
+/// Subscriptions or catch-ups done at once when many channels need one.
+const REPAIR_CONCURRENCY: usize = 64;
 
 /// Settings of a [`RedisBroker`].
 #[derive(Debug, Clone, Copy)]
@@ -99,8 +97,8 @@ pub struct RedisBroker {
     hasher: RandomState,
     /// Times the pub/sub connection was lost, for metrics.
     pubsub_disconnects: AtomicU64,
-    /// Wakes [`resubscribe`] when a subscription was lost.
-    lost_subscriptions: tokio::sync::Notify,
+    /// Wakes [`repair`] when a subscription was lost or a catch-up failed.
+    needs_repair: tokio::sync::Notify,
 }
 
 struct LocalChannel {
@@ -114,7 +112,8 @@ struct LocalChannel {
     /// Whether Redis has confirmed the subscription and not ended it since (connection
     /// lost, slot moved): while false, [`resubscribe`] keeps issuing it.
     subscribed: bool,
-    /// Set when a catch-up could not be done; retried every [`RETRY_STALE`].
+    /// Set when a catch-up is owed (it failed, or the subscription was lost); retried every
+    /// [`RETRY_REPAIR`]. Meanwhile live messages after a gap are left to it.
     stale: bool,
 }
 
@@ -166,14 +165,14 @@ impl RedisBroker {
             op_locks: (0..OP_LOCKS).map(|_| tokio::sync::Mutex::new(())).collect(),
             hasher: RandomState::new(),
             pubsub_disconnects: AtomicU64::new(0),
-            lost_subscriptions: tokio::sync::Notify::new(),
+            needs_repair: tokio::sync::Notify::new(),
         });
         tokio::spawn(run_pushes(
             Arc::downgrade(&broker),
             pushes,
             shutdown.clone(),
         ));
-        tokio::spawn(resubscribe(Arc::downgrade(&broker), shutdown));
+        tokio::spawn(repair(Arc::downgrade(&broker), shutdown));
         broker
     }
 
@@ -286,18 +285,23 @@ impl RedisBroker {
             let Some(ch) = map.get_mut(channel) else {
                 return; // No longer wanted.
             };
-            match ch.last {
+            let follows = match ch.last {
                 Some(last) if last.epoch == entry.epoch && entry.id <= last.id => return,
-                Some(last) if last.epoch == entry.epoch && entry.id > last.id + 1 => true,
-                Some(last) if last.epoch != entry.epoch && entry.id > 1 => true,
-                _ => {
-                    ch.hand_on(&entry);
-                    false
-                }
+                Some(last) if last.epoch == entry.epoch => entry.id == last.id + 1,
+                Some(_) => entry.id == 1,
+                None => true,
+            };
+            if follows {
+                ch.hand_on(&entry);
+                return;
             }
+            if ch.stale {
+                // A catch-up is owed and will read this message from the history.
+                return;
+            }
+            true
         };
-        if missing {
-            self.catch_up(channel).await;
+        if missing && self.catch_up(channel).await {
             // Normally the history held it; without history it comes now, after the gap.
             let mut map = self.lock();
             if let Some(ch) = map.get_mut(channel) {
@@ -318,9 +322,11 @@ impl RedisBroker {
     }
 
     /// Reads the history and hands on everything after the channel's last position.
-    async fn catch_up(&self, channel: &str) {
+    /// Returns false when the history could not be read (the channel is left stale, for
+    /// [`repair`] to try again).
+    async fn catch_up(&self, channel: &str) -> bool {
         let Some(seen) = self.lock().get(channel).and_then(|ch| ch.last) else {
-            return;
+            return true;
         };
         let read = match self
             .read_after(channel, self.options.history_size, 0, Some(seen))
@@ -335,16 +341,17 @@ impl RedisBroker {
                 if let Some(ch) = self.lock().get_mut(channel) {
                     ch.stale = true;
                 }
-                return;
+                self.needs_repair.notify_one();
+                return false;
             }
         };
         let mut map = self.lock();
         let Some(ch) = map.get_mut(channel) else {
-            return;
+            return true;
         };
         ch.stale = false;
         let Some(last) = ch.last else {
-            return;
+            return true;
         };
         let after = if read.epoch == last.epoch {
             last.id
@@ -390,19 +397,7 @@ impl RedisBroker {
         if count > 0 {
             debug!(channel, count, "caught up from the history");
         }
-    }
-
-    /// Retries the catch-up of channels where it failed.
-    async fn retry_stale(&self) {
-        let stale: Vec<Arc<str>> = self
-            .lock()
-            .values()
-            .filter(|ch| ch.stale)
-            .map(|ch| ch.name.clone())
-            .collect();
-        for channel in stale {
-            self.catch_up(&channel).await;
-        }
+        true
     }
 
     /// After a lost pub/sub connection every channel may have missed messages, and its
@@ -412,7 +407,7 @@ impl RedisBroker {
             ch.stale = ch.last.is_some();
             ch.subscribed = false;
         }
-        self.lost_subscriptions.notify_one();
+        self.needs_repair.notify_one();
     }
 
     /// Redis ended the subscription of `channel` by itself (in a cluster: its slot moved to
@@ -429,17 +424,24 @@ impl RedisBroker {
             );
             ch.subscribed = false;
             ch.stale = ch.last.is_some();
-            self.lost_subscriptions.notify_one();
+            self.needs_repair.notify_one();
         }
     }
 
-    /// The wanted channels whose subscription is not confirmed.
-    fn unsubscribed(&self) -> Vec<Arc<str>> {
-        self.lock()
-            .values()
-            .filter(|ch| !ch.subscribed && !ch.subscribers.is_empty())
+    /// The wanted channels whose subscription is not confirmed, and those owed a
+    /// catch-up.
+    fn needing_repair(&self) -> (Vec<Arc<str>>, Vec<Arc<str>>) {
+        let map = self.lock();
+        let wanted = || map.values().filter(|ch| !ch.subscribers.is_empty());
+        let unsubscribed = wanted()
+            .filter(|ch| !ch.subscribed)
             .map(|ch| ch.name.clone())
-            .collect()
+            .collect();
+        let stale = wanted()
+            .filter(|ch| ch.subscribed && ch.stale)
+            .map(|ch| ch.name.clone())
+            .collect();
+        (unsubscribed, stale)
     }
 
     /// Issues the subscription of `channel` if it is wanted and not confirmed; the
@@ -534,16 +536,9 @@ async fn run_pushes(
     mut pushes: mpsc::UnboundedReceiver<PushInfo>,
     shutdown: CancellationToken,
 ) {
-    let mut retry = tokio::time::interval(RETRY_STALE);
-    retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let push = tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = retry.tick() => {
-                let Some(broker) = broker.upgrade() else { return };
-                broker.retry_stale().await;
-                continue;
-            }
             push = pushes.recv() => push,
         };
         let Some(push) = push else { return };
@@ -605,8 +600,11 @@ async fn run_pushes(
     }
 }
 
-/// Issues lost subscriptions again, every [`RETRY_SUBSCRIBE`] until Redis confirms each.
-async fn resubscribe(broker: Weak<RedisBroker>, shutdown: CancellationToken) {
+/// Issues lost subscriptions again and retries failed catch-ups, every [`RETRY_REPAIR`]
+/// until each succeeds. A confirmed subscription is caught up by its confirmation's push.
+/// Runs beside the pushes: positions are checked under the channel map's lock, so a
+/// catch-up here and live messages there never hand on the same message twice.
+async fn repair(broker: Weak<RedisBroker>, shutdown: CancellationToken) {
     use futures_util::StreamExt as _;
     let mut pending = false;
     loop {
@@ -614,38 +612,50 @@ async fn resubscribe(broker: Weak<RedisBroker>, shutdown: CancellationToken) {
             let Some(broker) = broker.upgrade() else {
                 return;
             };
-            let notified = broker.lost_subscriptions.notified();
+            let notified = broker.needs_repair.notified();
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = notified => {}
-                _ = tokio::time::sleep(RETRY_SUBSCRIBE), if pending => {}
+                _ = tokio::time::sleep(RETRY_REPAIR), if pending => {}
             }
         }
         let Some(broker) = broker.upgrade() else {
             return;
         };
-        let channels = broker.unsubscribed();
-        let total = channels.len();
-        let confirmed = futures_util::stream::iter(channels)
+        let (unsubscribed, stale) = broker.needing_repair();
+        let total = unsubscribed.len();
+        let subscribed = futures_util::stream::iter(unsubscribed)
             .map(|channel| {
                 let broker = &broker;
                 async move { broker.ensure_subscribed(&channel).await }
             })
-            .buffer_unordered(RESUBSCRIBE_CONCURRENCY)
+            .buffer_unordered(REPAIR_CONCURRENCY)
             .filter(|ok| std::future::ready(*ok))
             .count()
             .await;
-        pending = confirmed < total;
         if total > 0 {
-            if pending {
+            if subscribed < total {
                 debug!(
-                    confirmed,
+                    subscribed,
                     total, "some subscriptions are not restored yet; retrying"
                 );
             } else {
                 info!(total, "subscriptions restored");
             }
         }
+        let owed = stale.len();
+        let caught_up = futures_util::stream::iter(stale)
+            .map(|channel| {
+                let broker = broker.clone();
+                async move { broker.catch_up(&channel).await }
+            })
+            .buffer_unordered(REPAIR_CONCURRENCY)
+            .filter(|ok| std::future::ready(*ok))
+            .count()
+            .await;
+        // One more round after new subscriptions: a channel whose confirmation did not catch
+        // it up (it failed, or no confirmation came) is caught up then.
+        pending = subscribed < total || caught_up < owed || subscribed > 0;
     }
 }
 

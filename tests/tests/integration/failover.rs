@@ -120,7 +120,45 @@ async fn a_history_that_went_backwards_starts_a_new_epoch_that_viewers_are_told_
     let new_epoch = resync["data"]["ep"].as_u64().expect("the new epoch");
     assert_ne!(new_epoch, old_epoch);
     let ack = a.publish(CHANNEL, "after").await;
-    assert_eq!((ack["ep"].as_u64(), ack["id"].as_u64()), (Some(new_epoch), Some(1)));
+    assert_eq!(
+        (ack["ep"].as_u64(), ack["id"].as_u64()),
+        (Some(new_epoch), Some(1))
+    );
     let msg = sub.recv().await;
-    assert_eq!((msg["msg"].as_str(), msg["id"].as_u64()), (Some("after"), Some(1)));
+    assert_eq!(
+        (msg["msg"].as_str(), msg["id"].as_u64()),
+        (Some("after"), Some(1))
+    );
+}
+
+#[tokio::test]
+async fn a_sentinel_failover_loses_no_acked_message() {
+    let mut redis = chatup_tests::RedisSentinel::start();
+    let sentinels = redis.sentinel_urls();
+    let a = Chatup::start_with(Options::host_on_sentinel("127.0.0.2", "a", &sentinels));
+    let b = Chatup::start_with(Options::host_on_sentinel("127.0.0.3", "b", &sentinels));
+    let mut subs = Vec::new();
+    for env in [&a, &b, &a, &b] {
+        subs.push(Subscriber::connect(env, &format!("/sub/{CHANNEL}")).await);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(redis.primary_index(), Some(0));
+    let report = traffic::run(
+        &[&a, &b],
+        &mut subs,
+        &plan(Duration::from_secs(2), Duration::from_secs(10)),
+        || redis.nodes[0].kill(),
+    )
+    .await;
+    let promoted = redis.wait_promoted(0, Duration::from_secs(1));
+    eprintln!(
+        "sentinel failover (primary killed, node {promoted} promoted): {}",
+        report.summary()
+    );
+    assert!(report.acked_after_fault() > 0, "{}", report.summary());
+    report.assert_every_ack_once();
+    assert!(
+        a.sidecar_log().contains("promoted another primary"),
+        "the sidecar says it moved"
+    );
 }
