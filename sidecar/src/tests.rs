@@ -449,6 +449,26 @@ async fn websocket_refuses_bad_and_expired_tokens_with_close_codes() {
 }
 
 #[tokio::test]
+async fn websocket_first_frame_that_is_not_a_token_is_closed_4503() {
+    let s = start().await;
+    for frame in [
+        json!({"ref": 1, "ch": "room", "msg": "too early"}),
+        json!({"token": 7}),
+    ] {
+        let mut ws = ws_connect(s.addr).await;
+        ws_send(&mut ws, frame.clone()).await;
+        let reply = ws_json(&mut ws).await;
+        assert_eq!(
+            (reply["type"].as_str(), reply["code"].as_str()),
+            (Some("error"), Some("bad_request")),
+            "{frame}: {reply}"
+        );
+        assert_eq!(ws_close_code(&mut ws).await, 4503, "{frame}");
+    }
+    s.stop().await.unwrap();
+}
+
+#[tokio::test]
 async fn websocket_without_token_is_closed_4503() {
     let s = start_with(WsSettings {
         auth_timeout: Duration::from_millis(200),

@@ -615,7 +615,8 @@ impl Chatup {
     /// The pid of the nginx worker that accepted the client connection whose local port
     /// is `client_port`.
     pub fn worker_of(&self, client_port: u16) -> Option<u32> {
-        procfs::owner_of_connection(self.port, client_port, &self.all_worker_pids())
+        let server = std::net::SocketAddrV4::new(self.opts.address, self.port);
+        procfs::owner_of_connection(server, client_port, &self.all_worker_pids())
     }
 
     /// SIGHUP to the master; waits until a full set of new workers runs. Returns the old

@@ -1,6 +1,7 @@
 //! Process and socket facts from /proc (Linux).
 
 use std::fs;
+use std::net::{Ipv4Addr, SocketAddrV4};
 
 /// Pids whose parent is `parent`.
 pub fn children(parent: u32) -> Vec<u32> {
@@ -62,15 +63,18 @@ pub fn cmdline(pid: u32) -> String {
         .unwrap_or_default()
 }
 
-/// The inode of the server-side TCP socket on 127.0.0.1 whose local port is `server_port`
-/// and whose peer is 127.0.0.1:`client_port`.
-pub fn server_socket_inode(server_port: u16, client_port: u16) -> Option<u64> {
+/// The inode of the server-side TCP socket on `server` (a loopback address and port) whose
+/// peer is a loopback client on `client_port`.
+pub fn server_socket_inode(server: SocketAddrV4, client_port: u16) -> Option<u64> {
     let table = fs::read_to_string("/proc/net/tcp").ok()?;
-    let local = format!("0100007F:{server_port:04X}");
-    let remote = format!("0100007F:{client_port:04X}");
+    // /proc/net/tcp prints an address as its 32 bits in host (little-endian) order.
+    let hex = |ip: Ipv4Addr| format!("{:08X}", u32::from_le_bytes(ip.octets()));
+    let local = format!("{}:{:04X}", hex(*server.ip()), server.port());
+    let remote_port = format!(":{client_port:04X}");
     for line in table.lines().skip(1) {
         let f: Vec<&str> = line.split_whitespace().collect();
-        if f.len() > 9 && f[1] == local && f[2] == remote {
+        // The client's address is whichever loopback address the kernel picked.
+        if f.len() > 9 && f[1] == local && f[2].ends_with(&remote_port) {
             return f[9].parse().ok().filter(|&i| i != 0);
         }
     }
@@ -91,9 +95,13 @@ pub fn has_socket(pid: u32, inode: u64) -> bool {
 }
 
 /// Which of `candidates` holds the server side of the loopback connection from
-/// `client_port` to `server_port`.
-pub fn owner_of_connection(server_port: u16, client_port: u16, candidates: &[u32]) -> Option<u32> {
-    let inode = server_socket_inode(server_port, client_port)?;
+/// `client_port` to `server`.
+pub fn owner_of_connection(
+    server: SocketAddrV4,
+    client_port: u16,
+    candidates: &[u32],
+) -> Option<u32> {
+    let inode = server_socket_inode(server, client_port)?;
     candidates
         .iter()
         .copied()

@@ -1,6 +1,7 @@
-//! The worker's Unix-socket connection to the sidecar: connect, reconnect with backoff, read
-//! frames into the hub, write what the hub queued. While it is down, subscribers stay
-//! connected; on reconnect the hub resubscribes from its last positions.
+//! The worker's Unix-socket connection to the sidecar: connect, reconnect (at once, then with
+//! backoff up to 1 s: [`crate::backoff`] says why), read frames into the hub, write what the
+//! hub queued. While it is down, subscribers stay connected; on reconnect the hub
+//! resubscribes from its last positions.
 
 use std::ffi::c_void;
 use std::ptr;
@@ -155,6 +156,8 @@ fn fail(reason: &str) {
         reason,
         delay
     );
+    // A 0 ms timer fires on the next turn of the event loop: at once, but not from inside
+    // the read or write handler that saw the connection break.
     // SAFETY: the retry timer lives as long as the worker state.
     unsafe { ngx::ffi::ngx_add_timer(timer, delay as _) };
 }

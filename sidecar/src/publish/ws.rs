@@ -2,7 +2,9 @@
 //!
 //! The first frame is the JWT (raw, or `{"token": ".."}`), answered with
 //! `{"type":"auth","user":{..}}` or an error and a close (4500 bad token, 4501 expired; 4503
-//! when no token comes within the auth timeout). Then each frame
+//! when no token comes within the auth timeout or the first frame is not a token at all).
+//! A frame over the size limit closes with 1009, one that breaks RFC 6455 with 1002, text
+//! that is not UTF-8 with 1007, first frame or not. Then each frame
 //! `{"ref":..,"ch":..,"msg":..}` / `{"ref":..,"ch":..,"ev":..,"data":..}` is answered with an
 //! ack or an error carrying the same `ref`, in order. `{"token":".."}` re-authenticates.
 //! Frames are read ahead: up to 64 wait for the broker at once (a Redis
@@ -54,6 +56,33 @@ use crate::presence::Session;
 
 /// How long to wait for the client's close frame after sending ours.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// How large a frame (or message) tungstenite reads whole, for a publisher limit of
+/// `limit` bytes. The session refuses what is over `limit` itself, with close 1009 and a
+/// closing handshake ([`over_limit`]). Were tungstenite's limit `limit`, it would stop at
+/// the header of an oversized frame and the session could only send its close with the
+/// rest of the frame unread: dropping the socket then resets the connection, and nginx,
+/// still forwarding that rest, may see the reset first and end the client's connection
+/// without passing the close on (the client sees 1006). Reading up to four times the limit
+/// covers clients that overshoot (a long paste, a token with a large `_public`) for at
+/// most that much memory per connection; past it the close is still sent, at best effort
+/// ([`read_failure`]).
+fn read_cap(limit: usize) -> usize {
+    limit.saturating_mul(4)
+}
+
+/// Whether what was read is a message over the publisher's `limit` bytes.
+fn over_limit(read: &Option<Result<Message, axum::Error>>, limit: usize) -> bool {
+    match read {
+        Some(Ok(Message::Text(text))) => text.len() > limit,
+        Some(Ok(Message::Binary(bytes))) => bytes.len() > limit,
+        _ => false,
+    }
+}
+
+fn too_big() -> End {
+    End::Close(close::TOO_BIG, "frame too large".into())
+}
 
 #[derive(Serialize)]
 struct Ack<'a> {
@@ -124,10 +153,10 @@ pub async fn upgrade(
         forwarded,
         sub = tracing::field::Empty
     );
-    let limit = app.publisher.limits().max_request_bytes();
+    let cap = read_cap(app.publisher.limits().max_request_bytes());
     let tracker = app.tracker.clone();
-    ws.max_message_size(limit)
-        .max_frame_size(limit)
+    ws.max_message_size(cap)
+        .max_frame_size(cap)
         .on_upgrade(move |socket| tracker.track_future(session(socket, app).instrument(span)))
 }
 
@@ -148,6 +177,7 @@ async fn session(mut socket: WebSocket, app: Arc<App>) {
 
 /// Waits for the first frame and verifies it as a token.
 async fn authenticate(socket: &mut WebSocket, app: &App) -> Result<Identity, End> {
+    let limit = app.publisher.limits().max_request_bytes();
     let deadline = tokio::time::sleep(app.ws.auth_timeout);
     tokio::pin!(deadline);
     loop {
@@ -163,8 +193,12 @@ async fn authenticate(socket: &mut WebSocket, app: &App) -> Result<Identity, End
             }
             message = socket.recv() => message,
         };
+        if over_limit(&message, limit) {
+            return Err(too_big());
+        }
         let text = match message {
-            None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return Err(End::Gone),
+            None | Some(Ok(Message::Close(_))) => return Err(End::Gone),
+            Some(Err(e)) => return Err(read_failure(e)),
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
             Some(Ok(Message::Text(text))) => text.to_string(),
             Some(Ok(Message::Binary(bytes))) => match String::from_utf8(bytes.to_vec()) {
@@ -184,7 +218,13 @@ async fn authenticate(socket: &mut WebSocket, app: &App) -> Result<Identity, End
                 }
             },
         };
-        let token = token_from_frame(&text).unwrap_or(text);
+        let Some(token) = token_in(&text) else {
+            send_error(socket, None, ErrorCode::BadRequest, NOT_A_TOKEN).await?;
+            return Err(End::Close(
+                close::BAD_REQUEST,
+                "first frame is not a token".into(),
+            ));
+        };
         return match app.publisher.verifier().verify(&token) {
             Ok(identity) => {
                 send_auth(socket, &identity).await?;
@@ -232,6 +272,7 @@ async fn serve(socket: &mut WebSocket, app: &App, mut identity: Identity) -> End
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut heard_since_ping = true;
     let mut in_flight: FuturesOrdered<Pending<'_>> = FuturesOrdered::new();
+    let limit = app.publisher.limits().max_request_bytes();
     loop {
         let message = tokio::select! {
             biased;
@@ -271,12 +312,12 @@ async fn serve(socket: &mut WebSocket, app: &App, mut identity: Identity) -> End
             message = socket.recv(), if in_flight.len() < MAX_IN_FLIGHT => message,
         };
         heard_since_ping = true;
+        if over_limit(&message, limit) {
+            return too_big();
+        }
         let text = match message {
             None | Some(Ok(Message::Close(_))) => return End::Gone,
-            Some(Err(e)) => {
-                debug!("publisher connection failed: {e}");
-                return too_big_or_gone(e);
-            }
+            Some(Err(e)) => return read_failure(e),
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
             Some(Ok(Message::Text(text))) => text,
             Some(Ok(Message::Binary(bytes))) => match Utf8Bytes::try_from(bytes) {
@@ -587,9 +628,15 @@ fn handle_frame<'a>(
     )
 }
 
-fn token_from_frame(text: &str) -> Option<String> {
+/// The answer to a first frame that is not a token.
+const NOT_A_TOKEN: &str = "the first frame must be the token: the raw JWT or {\"token\":\"<JWT>\"}";
+
+/// The token a first frame carries: the frame itself (a raw JWT), or the `token` string of
+/// a JSON object. None for any other JSON (a publish frame sent too early, say), which is
+/// not a token at all rather than a bad one: a JWT never starts with `{`.
+fn token_in(text: &str) -> Option<String> {
     if !text.trim_start().starts_with('{') {
-        return None;
+        return Some(text.to_owned());
     }
     let value: Value = serde_json::from_str(text).ok()?;
     value.get("token")?.as_str().map(str::to_owned)
@@ -671,14 +718,36 @@ async fn send_text(socket: &mut WebSocket, text: String) -> Result<(), End> {
         .map_err(|_| End::Gone)
 }
 
-/// A frame over the size limit gets close 1009; any other failure means the peer is gone.
-fn too_big_or_gone(e: axum::Error) -> End {
-    match e.into_inner().downcast::<tungstenite::Error>() {
-        Ok(e) if matches!(*e, tungstenite::Error::Capacity(_)) => {
-            End::Close(close::TOO_BIG, "frame too large".into())
-        }
-        _ => End::Gone,
-    }
+/// How a session that could not read the client's next frame ends. tungstenite reports a
+/// frame that breaks RFC 6455, text that is not UTF-8 or a frame over [`read_cap`] as a
+/// read error and closes nothing itself; the stream can no longer be read, but it can
+/// still be written. So the client is told why with a close frame (1002, 1007, 1009)
+/// before the connection is dropped; without it the client (through nginx) would only see
+/// the connection end (1006). Any other error means the peer is gone.
+fn read_failure(e: axum::Error) -> End {
+    use tungstenite::error::ProtocolError as P;
+    let Ok(e) = e.into_inner().downcast::<tungstenite::Error>() else {
+        return End::Gone;
+    };
+    debug!("publisher read failed: {e}");
+    let (code, reason) = match *e {
+        tungstenite::Error::Capacity(_) => return too_big(),
+        tungstenite::Error::Utf8(_) => (close::INVALID_PAYLOAD, "text is not UTF-8"),
+        tungstenite::Error::Protocol(
+            P::NonZeroReservedBits
+            | P::UnmaskedFrameFromClient
+            | P::FragmentedControlFrame
+            | P::ControlFrameTooBig
+            | P::UnknownControlFrameType(_)
+            | P::UnknownDataFrameType(_)
+            | P::UnexpectedContinueFrame
+            | P::ExpectedFragment(_)
+            | P::InvalidOpcode(_)
+            | P::InvalidCloseSequence,
+        ) => (close::PROTOCOL_ERROR, "protocol error"),
+        _ => return End::Gone,
+    };
+    End::Close(code, reason.into())
 }
 
 /// Sends a close frame and waits briefly for the client's.

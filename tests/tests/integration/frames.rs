@@ -1,7 +1,9 @@
-//! Client frames the subscriber endpoint refuses, and the ones it answers.
+//! Client frames the subscriber endpoint refuses, and the ones it answers; and the close
+//! codes of the publisher endpoint (`/pub`, the sidecar behind nginx) for bad frames.
 
-use chatup_tests::raw::{Frame, OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG};
-use chatup_tests::{Chatup, RawWs};
+use chatup_tests::raw::{Frame, OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT};
+use chatup_tests::token::{claims, sign, token};
+use chatup_tests::{brief, Chatup, RawWs};
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(5);
@@ -176,4 +178,196 @@ async fn frames_split_across_packets_and_many_in_one_packet() {
     let pong = ws.read_frame(T).await.expect("pong");
     assert_eq!(pong.opcode, OP_PONG);
     assert_eq!(pong.payload, b"after");
+}
+
+/// A raw client on nginx's `/pub` (proxied to the sidecar); with `authed`, past the token.
+async fn raw_publisher(env: &Chatup, authed: bool) -> RawWs {
+    let mut ws = RawWs::connect(env.nginx_addr(), "/pub").await;
+    if authed {
+        ws.send(&Frame::text(token("raw"))).await;
+        let auth = ws.expect_json(T).await;
+        assert_eq!(auth["type"], "auth", "{auth}");
+    }
+    ws
+}
+
+/// Sends `frames` on `ws`; returns the close code that follows, with the text frames before
+/// it. The connection must end after the close.
+async fn publisher_close_after(mut ws: RawWs, frames: &[Frame]) -> (Option<u16>, Vec<String>) {
+    for f in frames {
+        ws.send(f).await;
+    }
+    let (close, before) = ws.expect_close(T).await;
+    let code = close.close_code();
+    ws.send(&Frame::close(code.unwrap_or(1000), b"")).await;
+    assert!(
+        ws.wait_eof(T).await,
+        "connection not closed after the close frame"
+    );
+    let texts = before
+        .iter()
+        .filter(|f| f.opcode == OP_TEXT)
+        .map(Frame::payload_text)
+        .collect();
+    (code, texts)
+}
+
+/// The publisher's frame limit is the sidecar's request limit: 64 KB with the default
+/// message limits.
+const PUB_LIMIT: usize = 64 * 1024;
+
+#[tokio::test]
+async fn bad_publisher_frames_through_nginx_get_the_right_close_code() {
+    let env = Chatup::start();
+    // A token too large to be read: a signed JWT whose _public is over the limit.
+    let mut claims = claims("big");
+    claims["_public"]["bio"] = "b".repeat(PUB_LIMIT).into();
+    let big_token = sign(&claims);
+    assert!(big_token.len() > PUB_LIMIT);
+    let over = PUB_LIMIT + 1;
+    let unmasked = |f: Frame| Frame { masked: false, ..f };
+    let rsv = |bits: u8, f: Frame| Frame { rsv: bits, ..f };
+    let first_half = Frame {
+        fin: false,
+        ..Frame::text(vec![b'a'; PUB_LIMIT / 2 + 1])
+    };
+    let second_half = Frame::new(OP_CONT, vec![b'a'; PUB_LIMIT / 2 + 1]);
+    let fragmented_ping = Frame {
+        fin: false,
+        ..Frame::new(OP_PING, "x")
+    };
+    let not_utf8 = Frame::text(vec![b'a', 0xff, 0xfe]);
+    let mut close_bad_utf8 = 1000u16.to_be_bytes().to_vec();
+    close_bad_utf8.extend_from_slice(b"\xc3\x28 bad");
+    // (what, past the token?, frames, close code)
+    let cases: Vec<(&str, bool, Vec<Frame>, u16)> = vec![
+        ("oversized token", false, vec![Frame::text(big_token)], 1009),
+        (
+            "oversized binary first frame",
+            false,
+            vec![Frame::new(OP_BINARY, vec![b'x'; over])],
+            1009,
+        ),
+        (
+            "unmasked first frame",
+            false,
+            vec![unmasked(Frame::text(token("a")))],
+            1002,
+        ),
+        (
+            "RSV1 on the first frame",
+            false,
+            vec![rsv(0b100, Frame::text(token("a")))],
+            1002,
+        ),
+        ("opcode 0x3 first", false, vec![Frame::new(0x3, "x")], 1002),
+        ("first frame not UTF-8", false, vec![not_utf8.clone()], 1007),
+        (
+            "oversized text frame",
+            true,
+            vec![Frame::text(vec![b'x'; over])],
+            1009,
+        ),
+        (
+            "oversized binary frame",
+            true,
+            vec![Frame::new(OP_BINARY, vec![0; over])],
+            1009,
+        ),
+        (
+            "oversized fragmented message",
+            true,
+            vec![first_half, second_half],
+            1009,
+        ),
+        (
+            "unmasked frame",
+            true,
+            vec![unmasked(Frame::text("{}"))],
+            1002,
+        ),
+        ("RSV2 set", true, vec![rsv(0b010, Frame::text("{}"))], 1002),
+        ("opcode 0xB", true, vec![Frame::new(0xB, "x")], 1002),
+        (
+            "200-byte ping",
+            true,
+            vec![Frame::new(OP_PING, vec![b'p'; 200])],
+            1002,
+        ),
+        ("fragmented ping", true, vec![fragmented_ping], 1002),
+        (
+            "stray continuation",
+            true,
+            vec![Frame::new(OP_CONT, "x")],
+            1002,
+        ),
+        ("text not UTF-8", true, vec![not_utf8], 1007),
+        (
+            "close reason not UTF-8",
+            true,
+            vec![Frame::new(OP_CLOSE, close_bad_utf8)],
+            1007,
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (what, authed, frames, want) in cases {
+        eprintln!("publisher case: {what}");
+        let ws = raw_publisher(&env, authed).await;
+        let (got, texts) = publisher_close_after(ws, &frames).await;
+        if got != Some(want) {
+            failures.push(format!(
+                "{what}: expected close {want}, got {got:?} after {texts:?}"
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    // The sidecar still serves publishers.
+    let mut ws = raw_publisher(&env, true).await;
+    ws.send(&Frame::text(r#"{"ref":1,"ch":"after","msg":"still here"}"#))
+        .await;
+    let ack = ws.expect_json(T).await;
+    assert_eq!(
+        (ack["type"].as_str(), ack["id"].as_u64()),
+        (Some("ack"), Some(1)),
+        "{ack}"
+    );
+}
+
+#[tokio::test]
+async fn a_first_publisher_frame_that_is_not_a_token_gets_4503_through_nginx() {
+    let env = Chatup::start();
+    let not_tokens = [
+        Frame::text(r#"{"ref":1,"ch":"room","msg":"hi"}"#),
+        Frame::text(r#"{"token":42}"#),
+        Frame::text(r#"{"tok"#),
+        Frame::new(OP_BINARY, vec![0xff, 0xfe]),
+    ];
+    for frame in not_tokens {
+        let what = brief(&frame.payload_text());
+        let ws = raw_publisher(&env, false).await;
+        let (code, texts) = publisher_close_after(ws, &[frame]).await;
+        assert_eq!(code, Some(4503), "{what}: {texts:?}");
+        assert_eq!(
+            texts.len(),
+            1,
+            "{what}: one error before the close: {texts:?}"
+        );
+        let error: serde_json::Value = serde_json::from_str(&texts[0]).expect("JSON");
+        assert_eq!(error["type"], "error", "{what}: {error}");
+        assert!(
+            matches!(error["code"].as_str(), Some("bad_request" | "invalid_utf8")),
+            "{what}: {error}"
+        );
+    }
+    // A bad token, raw or in {"token":..}, is still a bad token (4500).
+    for frame in [
+        Frame::text("garbage"),
+        Frame::text(r#"{"token":"garbage"}"#),
+    ] {
+        let what = brief(&frame.payload_text());
+        let ws = raw_publisher(&env, false).await;
+        let (code, texts) = publisher_close_after(ws, &[frame]).await;
+        assert_eq!(code, Some(4500), "{what}: {texts:?}");
+        assert!(texts[0].contains("bad_token"), "{what}: {texts:?}");
+    }
 }

@@ -462,3 +462,101 @@ async fn a_viewer_joining_while_redis_is_down_gets_the_channel_once_it_is_back()
     let (chat, _) = messages(&mut old_viewer, 1, WAIT).await;
     assert_eq!(chat[0]["msg"], "still here");
 }
+
+#[tokio::test]
+async fn viewers_of_a_host_whose_sidecar_was_down_for_7_s_get_every_message_once_in_order() {
+    // Host A's sidecar stops for 7 s while host B keeps publishing to the room. A's nginx
+    // workers keep their viewers and retry the relay; once the sidecar is back they resume
+    // from their last positions through the shared history (the outage's messages are
+    // fewer than history.size, 100), so viewers miss nothing and need no resync.
+    const OUTAGE: Duration = Duration::from_secs(7);
+    const MISSED: u64 = 30;
+    let redis = RedisServer::start();
+    let mut a = Chatup::start_with(Options::host_on_redis("127.0.0.2", "a", &redis.url()));
+    let b = Chatup::start_with(Options::host_on_redis("127.0.0.3", "b", &redis.url()));
+    let mut viewers = a.subscribers_on_every_worker("/sub/outage").await;
+    // Let every worker's subscription reach Redis before publishing.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for i in 1..=3u64 {
+        b.publish("outage", &format!("before {i}")).await;
+    }
+    let mut epoch = 0;
+    for (viewer, worker) in &mut viewers {
+        let (chat, events) = messages(viewer, 3, WAIT).await;
+        for (msg, id) in chat.iter().zip(1..) {
+            epoch = assert_message(msg, "outage", id, &format!("before {id}"));
+        }
+        assert!(events.is_empty(), "worker {worker}: {events:?}");
+    }
+
+    let stopped = tokio::time::Instant::now();
+    let status = a.stop_sidecar();
+    assert!(
+        status.success(),
+        "host A's sidecar exits 0 on SIGTERM, got {status}"
+    );
+    // Spread over the outage, through host B.
+    for i in 1..=MISSED {
+        let id = i + 3;
+        let ack = b.publish("outage", &format!("missed {id}")).await;
+        assert_eq!(ack["id"], id, "{ack}");
+        let next = stopped + OUTAGE.mul_f64(i as f64 / (MISSED + 1) as f64);
+        tokio::time::sleep_until(next).await;
+    }
+    tokio::time::sleep_until(stopped + OUTAGE).await;
+
+    // start_sidecar blocks until the sidecar is ready: run it on a thread so the viewers'
+    // first message is timed as it arrives.
+    let restart = std::thread::spawn(move || {
+        let spawned = tokio::time::Instant::now();
+        a.start_sidecar();
+        (a, spawned, tokio::time::Instant::now())
+    });
+    let received =
+        futures_util::future::join_all(viewers.iter_mut().map(|(viewer, worker)| async move {
+            let (mut chat, mut events) = messages(viewer, 1, WAIT * 2).await;
+            let first = tokio::time::Instant::now();
+            let (rest, more) = messages(viewer, MISSED as usize - 1, WAIT).await;
+            chat.extend(rest);
+            events.extend(more);
+            (*worker, first, chat, events)
+        }))
+        .await;
+    let (a, spawned, ready) = restart.join().expect("host A's sidecar restarted");
+
+    for (worker, first, chat, events) in &received {
+        eprintln!(
+            "worker {worker}: first message {:?} after host A's sidecar was started \
+             ({:?} after it was ready; the outage lasted {:?})",
+            first.saturating_duration_since(spawned),
+            first.saturating_duration_since(ready),
+            spawned.duration_since(stopped),
+        );
+        assert!(
+            events.is_empty(),
+            "worker {worker}: a clean resume has no resync: {events:?}"
+        );
+        for (msg, id) in chat.iter().zip(4..) {
+            let ep = assert_message(msg, "outage", id, &format!("missed {id}"));
+            assert_eq!(ep, epoch, "worker {worker}: the same epoch");
+        }
+    }
+    // Live again, and nothing came twice.
+    b.publish("outage", "after").await;
+    for (viewer, worker) in &mut viewers {
+        let (chat, events) = messages(viewer, 1, WAIT).await;
+        assert_message(&chat[0], "outage", MISSED + 4, "after");
+        assert!(events.is_empty(), "worker {worker}: {events:?}");
+        viewer.expect_no_message(Duration::from_millis(300)).await;
+    }
+    // Each worker retried at once when its relay broke (then backed off).
+    for (_, worker) in &viewers {
+        let log = a.grep_error_log(&format!("{worker}#"));
+        assert!(
+            log.iter()
+                .any(|l| l.contains("relay lost") && l.contains("retrying in 0 ms")),
+            "worker {worker} did not retry at once:\n{}",
+            log.join("\n")
+        );
+    }
+}
