@@ -13,6 +13,7 @@
 //!
 //! Progress goes to stderr once a second; the result is one JSON line on stdout.
 
+mod failover;
 mod floor;
 mod load;
 mod payload;

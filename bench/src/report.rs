@@ -408,6 +408,25 @@ const FLOOR: Fixed = &[
     ),
 ];
 
+const FAILOVER: Fixed = &[
+    ("Redis", &["engine"]),
+    ("primary deemed failed after (ms)", &["timeout_ms"]),
+    ("that setting", &["setting"]),
+    ("messages/s", &["rate"]),
+    ("acked", &["acked"]),
+    ("acked after the kill", &["acked_after_kill"]),
+    ("refused (503) during the failover", &["refused"]),
+    ("acked messages lost, all viewers", &["lost"]),
+    ("duplicates, all viewers", &["duplicates"]),
+    ("resync events", &["resyncs"]),
+    (
+        "kill to first delivery of a later message, fastest viewer (ms)",
+        &["recovery_ms_min"],
+    ),
+    ("same, slowest viewer (ms)", &["recovery_ms_max"]),
+    ("viewers that never recovered", &["viewers_never_recovered"]),
+];
+
 /// Fanout and rooms.
 const DELIVERY: Fixed = &[
     ("subscribers", &["subscribers"]),
@@ -485,6 +504,7 @@ fn figures(scenario: &str, run: &Value) -> Vec<Row> {
             latency_rows("ack_latency_ms", "ack latency"),
         ],
         "floor" => vec![rows(FLOOR), latency_rows("latency_ms", "latency")],
+        "failover" => vec![rows(FAILOVER)],
         _ => vec![
             rows(SERVER),
             rows(DELIVERY),

@@ -35,6 +35,8 @@ pub enum Scenario {
     Publish(PublishArgs),
     /// The kernel floor: a minimal server writing the same frame to N open sockets.
     Floor(FloorArgs),
+    /// Redis's primary killed under traffic: time until viewers get messages again.
+    Failover(crate::failover::FailoverArgs),
 }
 
 impl Scenario {
@@ -65,6 +67,7 @@ impl Scenario {
             }
             Scenario::Publish(a) => publish_flood(a).await,
             Scenario::Floor(a) => floor(a).await,
+            Scenario::Failover(a) => crate::failover::failover(a).await,
         }
     }
 }

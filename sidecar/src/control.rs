@@ -271,6 +271,15 @@ async fn listen_to_redis(
                 down = false;
                 said_down = false;
             }
+            PushKind::Unsubscribe | PushKind::SUnsubscribe if matches!(push.data.first(), Some(Value::BulkString(c)) if c == channel.as_bytes()) =>
+            {
+                // Redis ended it: in a cluster, the channel's slot moved to another node.
+                info!(
+                    channel,
+                    "Redis ended the control channel's subscription; subscribing again"
+                );
+                down = true;
+            }
             PushKind::Disconnection => {
                 if !said_down {
                     warn!(

@@ -30,6 +30,11 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 const CLUSTER_TIMEOUT: Duration = Duration::from_secs(20);
 /// Bound on one command's connect, write and read.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
+/// The cluster nodes' `cluster-node-timeout` in tests: short, so a failover happens within a
+/// test's patience (Redis's default is 15 s).
+pub const TEST_NODE_TIMEOUT: Duration = Duration::from_secs(3);
+/// The sentinels' `down-after-milliseconds` in tests (Debian's sentinel.conf has 30 s).
+pub const TEST_DOWN_AFTER: Duration = Duration::from_secs(1);
 /// Redis Cluster's number of hash slots.
 pub const SLOTS: u16 = 16384;
 
@@ -223,20 +228,21 @@ impl RedisServer {
         info_field(&info, "role")
     }
 
-    /// Starts a cluster-enabled node (no slots yet) in `dir`.
-    fn start_cluster_node(dir: PathBuf) -> Self {
+    /// Starts a cluster-enabled node (no slots yet) in `dir`; it deems a silent node
+    /// failed after `node_timeout`.
+    fn start_cluster_node(dir: PathBuf, node_timeout: Duration) -> Self {
         fs::create_dir_all(&dir).expect("create the node's folder");
         let extra = [
             "--cluster-enabled",
             "yes",
             "--cluster-config-file",
             "nodes.conf",
-            // Short, so a stopped node is noticed within a test's patience.
             "--cluster-node-timeout",
-            "3000",
         ]
         .map(String::from)
-        .to_vec();
+        .into_iter()
+        .chain([node_timeout.as_millis().to_string()])
+        .collect();
         let ip = Ipv4Addr::LOCALHOST;
         Self::launch(None, dir, ip, Some(free_port_on(ip)), extra)
     }
@@ -506,6 +512,12 @@ impl RedisCluster {
     /// replicas, node `masters + r * masters + i` a replica of master `i`), forms the
     /// cluster and waits until every replica's link to its master is up (bounded).
     pub fn start_with_replicas(masters: usize, replicas: usize) -> Self {
+        Self::start_with(masters, replicas, TEST_NODE_TIMEOUT)
+    }
+
+    /// [`start_with_replicas`](Self::start_with_replicas) with the nodes'
+    /// `cluster-node-timeout` (how long a master is silent before its replica takes over).
+    pub fn start_with(masters: usize, replicas: usize, node_timeout: Duration) -> Self {
         let n = masters;
         assert!(n >= 1, "a cluster needs at least one master");
         let dir = tempfile::Builder::new()
@@ -513,7 +525,9 @@ impl RedisCluster {
             .tempdir()
             .expect("create a temp folder");
         let nodes: Vec<RedisServer> = (0..n * (1 + replicas))
-            .map(|i| RedisServer::start_cluster_node(dir.path().join(format!("node{i}"))))
+            .map(|i| {
+                RedisServer::start_cluster_node(dir.path().join(format!("node{i}")), node_timeout)
+            })
             .collect();
         let cluster = Self {
             nodes,
@@ -850,8 +864,7 @@ impl Drop for RedisCluster {
 pub const SENTINEL_MASTER: &str = "chatup";
 
 /// A primary with one replica, watched by three Redis Sentinels (Debian's `redis-sentinel`)
-/// with a quorum of two, all on 127.0.0.1. The primary is declared down after
-/// `down-after-milliseconds` = 1000.
+/// with a quorum of two, all on 127.0.0.1.
 pub struct RedisSentinel {
     /// Node 0 starts as the primary, node 1 as its replica.
     pub nodes: Vec<RedisServer>,
@@ -866,10 +879,19 @@ struct SentinelProcess {
 }
 
 impl RedisSentinel {
+    /// Sentinels that declare the primary down after [`TEST_DOWN_AFTER`].
     pub fn start() -> Self {
+        Self::start_with(TEST_DOWN_AFTER)
+    }
+
+    /// Sentinels that declare the primary down after `down_after` without an answer
+    /// (`down-after-milliseconds`).
+    pub fn start_with(down_after: Duration) -> Self {
         let primary = RedisServer::start();
         let replica = RedisServer::start_replica_of(&primary);
-        let sentinels = (0..3).map(|_| SentinelProcess::start(&primary)).collect();
+        let sentinels = (0..3)
+            .map(|_| SentinelProcess::start(&primary, down_after))
+            .collect();
         let sentinel = Self {
             nodes: vec![primary, replica],
             sentinels,
@@ -973,7 +995,7 @@ impl Drop for RedisSentinel {
 }
 
 impl SentinelProcess {
-    fn start(primary: &RedisServer) -> Self {
+    fn start(primary: &RedisServer, down_after: Duration) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("chatup-sentinel-")
             .tempdir()
@@ -987,12 +1009,13 @@ impl SentinelProcess {
                 format!(
                     "port {port}\nbind 127.0.0.1\ndaemonize no\ndir {dir}\nlogfile {dir}/sentinel.log\n\
                      sentinel monitor {SENTINEL_MASTER} {ip} {primary_port} 2\n\
-                     sentinel down-after-milliseconds {SENTINEL_MASTER} 1000\n\
+                     sentinel down-after-milliseconds {SENTINEL_MASTER} {down_after}\n\
                      sentinel failover-timeout {SENTINEL_MASTER} 10000\n\
                      sentinel parallel-syncs {SENTINEL_MASTER} 1\n",
                     dir = dir.path().display(),
                     ip = primary.ip,
                     primary_port = primary.port,
+                    down_after = down_after.as_millis(),
                 ),
             )
             .expect("write sentinel.conf");

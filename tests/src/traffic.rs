@@ -221,6 +221,34 @@ impl Report {
         }
     }
 
+    /// Per subscriber, how many acknowledged messages it never received.
+    pub fn missing(&self) -> Vec<usize> {
+        self.received
+            .iter()
+            .map(|chat| {
+                let seen: HashSet<(u64, u64)> = chat.iter().filter_map(position).collect();
+                self.acked
+                    .iter()
+                    .filter(|a| !seen.contains(&(a.epoch, a.id)))
+                    .count()
+            })
+            .collect()
+    }
+
+    /// Per subscriber, how many messages it received more than once.
+    pub fn duplicates(&self) -> Vec<usize> {
+        self.received
+            .iter()
+            .map(|chat| {
+                let mut seen = HashSet::new();
+                chat.iter()
+                    .filter_map(position)
+                    .filter(|p| !seen.insert(*p))
+                    .count()
+            })
+            .collect()
+    }
+
     /// Acknowledged publishes sent after the fault.
     pub fn acked_after_fault(&self) -> usize {
         self.acked
@@ -266,4 +294,9 @@ impl Report {
             self.recovery()
         )
     }
+}
+
+/// A received message's epoch and id.
+fn position(r: &Received) -> Option<(u64, u64)> {
+    Some((r.msg["ep"].as_u64()?, r.msg["id"].as_u64()?))
 }
