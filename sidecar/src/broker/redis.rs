@@ -456,20 +456,25 @@ impl RedisBroker {
         if !needed {
             return true;
         }
-        let mut subscriptions = self.link.subscriptions();
-        let live = self.live_channel(channel);
-        match self.link.bounded(subscriptions.subscribe(&live)).await {
-            Ok(()) => {
-                if let Some(ch) = self.lock().get_mut(channel) {
-                    ch.subscribed = true;
-                }
-                true
-            }
+        match self.subscribe_in_redis(channel).await {
+            Ok(()) => true,
             Err(e) => {
                 debug!(channel, "cannot subscribe again yet: {e}");
                 false
             }
         }
+    }
+
+    /// Issues the channel's subscription and marks it confirmed. The caller holds the
+    /// channel's op lock.
+    async fn subscribe_in_redis(&self, channel: &str) -> Result<(), RedisError> {
+        let mut subscriptions = self.link.subscriptions();
+        let live = self.live_channel(channel);
+        self.link.bounded(subscriptions.subscribe(&live)).await?;
+        if let Some(ch) = self.lock().get_mut(channel) {
+            ch.subscribed = true;
+        }
+        Ok(())
     }
 
     /// Removes `subscriber` from `channel`; returns whether the channel is now unwanted and
@@ -721,18 +726,9 @@ impl Broker for RedisBroker {
                 !ch.subscribed
             };
             if needs_redis {
-                let mut subscriptions = self.link.subscriptions();
-                let live = self.live_channel(channel);
-                match self.link.bounded(subscriptions.subscribe(&live)).await {
-                    Ok(()) => {
-                        if let Some(ch) = self.lock().get_mut(channel) {
-                            ch.subscribed = true;
-                        }
-                    }
-                    Err(e) => {
-                        self.remove_subscriber(channel, subscriber.id());
-                        return Err(Self::unavailable(e));
-                    }
+                if let Err(e) = self.subscribe_in_redis(channel).await {
+                    self.remove_subscriber(channel, subscriber.id());
+                    return Err(Self::unavailable(e));
                 }
             }
         }

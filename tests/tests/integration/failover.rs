@@ -25,8 +25,13 @@ fn plan(before: Duration, after: Duration) -> Plan {
 
 async fn two_hosts_on(cluster: &RedisCluster) -> (Chatup, Chatup, Vec<Subscriber>) {
     let nodes = cluster.nodes();
-    let a = Chatup::start_with(Options::host_on_cluster("127.0.0.2", "a", &nodes));
-    let b = Chatup::start_with(Options::host_on_cluster("127.0.0.3", "b", &nodes));
+    two_hosts(|address, id| Options::host_on_cluster(address, id, &nodes)).await
+}
+
+/// Hosts "a" on 127.0.0.2 and "b" on 127.0.0.3, two viewers of the channel on each.
+async fn two_hosts(options: impl Fn(&str, &str) -> Options) -> (Chatup, Chatup, Vec<Subscriber>) {
+    let a = Chatup::start_with(options("127.0.0.2", "a"));
+    let b = Chatup::start_with(options("127.0.0.3", "b"));
     let mut subs = Vec::new();
     for env in [&a, &b, &a, &b] {
         subs.push(Subscriber::connect(env, &format!("/sub/{CHANNEL}")).await);
@@ -135,13 +140,8 @@ async fn a_history_that_went_backwards_starts_a_new_epoch_that_viewers_are_told_
 async fn a_sentinel_failover_loses_no_acked_message() {
     let mut redis = chatup_tests::RedisSentinel::start();
     let sentinels = redis.sentinel_urls();
-    let a = Chatup::start_with(Options::host_on_sentinel("127.0.0.2", "a", &sentinels));
-    let b = Chatup::start_with(Options::host_on_sentinel("127.0.0.3", "b", &sentinels));
-    let mut subs = Vec::new();
-    for env in [&a, &b, &a, &b] {
-        subs.push(Subscriber::connect(env, &format!("/sub/{CHANNEL}")).await);
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (a, b, mut subs) =
+        two_hosts(|address, id| Options::host_on_sentinel(address, id, &sentinels)).await;
     assert_eq!(redis.primary_index(), Some(0));
     let report = traffic::run(
         &[&a, &b],
