@@ -665,7 +665,10 @@ mod tests {
 
     #[test]
     fn keys_expire_after_their_window() {
-        let b = broker(10);
+        let b = MemoryBroker::new(MemoryOptions {
+            history_size: 10,
+            ttl: Duration::from_secs(1000),
+        });
         let t0 = Instant::now();
         let first = b
             .publish_once_at("r", &tail("a"), Some(&once("k", 300)), t0)
