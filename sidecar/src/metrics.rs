@@ -698,6 +698,7 @@ mod tests {
             Limits {
                 max_message_chars: 5,
                 max_event_bytes: 10,
+                idempotency_window: Duration::from_secs(300),
             },
             Chain::default(),
         )
