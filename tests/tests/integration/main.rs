@@ -14,6 +14,7 @@ mod dispatch;
 mod frames;
 mod handshake;
 mod harness_redis;
+mod idempotency;
 mod limits;
 mod metrics;
 mod moderation;
