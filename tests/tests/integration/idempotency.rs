@@ -124,6 +124,13 @@ async fn post_publish_retried_with_its_key_through_a_redis_freeze_is_delivered_o
             "the answer names the delivered message: {answer} {delivered}"
         );
     }
+    // One key per message, on the channel's hash tag, expiring within the window (300 s).
+    let keys = redis.keys("chatup:{frozen}:once:*");
+    assert_eq!(keys.len(), N, "{keys:?}");
+    for key in &keys {
+        let ttl: i64 = redis.cli(&["TTL", key]).trim().parse().expect("a TTL");
+        assert!((1..=300).contains(&ttl), "{key} expires in {ttl} s");
+    }
 }
 
 #[tokio::test]
