@@ -356,7 +356,8 @@ impl Publisher {
             idempotency::check_key(key)?;
         }
         self.check_body(identity, &body)?;
-        let mut draft = Draft::new(identity, channel, body);
+        let scoped = key.map(|key| idempotency::scoped(identity, key));
+        let mut draft = Draft::new(identity, channel, body).with_key(scoped.as_deref());
         self.chain.run(&mut draft).await?;
         if !draft.broadcast {
             return Ok(Outcome::Withheld);
@@ -364,13 +365,13 @@ impl Publisher {
         let tail = Tail::encode(now_ms(), &identity.user, &draft.body).map_err(|e| {
             PublishError::new(ErrorCode::Internal, format!("cannot encode message: {e}"))
         })?;
-        let Some(key) = key else {
+        let Some(key) = scoped else {
             return Ok(Outcome::Published(
                 self.broker.publish(channel, &tail).await?,
             ));
         };
         let once = Once {
-            key: idempotency::scoped(identity, key),
+            key,
             window: self.limits.idempotency_window,
         };
         Ok(
