@@ -21,6 +21,11 @@
   // another host. Close codes 4500-4999 mean "do not reconnect until something changes" (bad or
   // expired token, banned, bad request).
   //
+  // Every say() carries an idempotency key (a random UUID). When its outcome is unknown (the
+  // connection dropped before the answer, or the server answered `unavailable`), the client
+  // sends it again with the same key until `sendTimeout`; the server publishes a key once, so a
+  // retry can never post the message twice.
+  //
   // No dependencies; runs in browsers and in Node 22+ (or with `WebSocket` and `fetch` given).
 
   /** The client's state, as one value for a status line. */
@@ -85,6 +90,24 @@
     return `channel name "${name}" has "${bad}": only ASCII letters, digits, "_", "-" and "." are allowed`;
   }
 
+  const IDEMPOTENCY_KEY = /^[A-Za-z0-9_.:-]{1,64}$/;
+
+  /**
+   * A fresh idempotency key: `crypto.randomUUID()` where the page may use it (secure contexts),
+   * else a random version-4 UUID from `crypto.getRandomValues` (or, with no crypto at all,
+   * `random`).
+   */
+  function newIdempotencyKey(crypto = globalThis.crypto, random = Math.random) {
+    if (crypto && typeof crypto.randomUUID === 'function') return crypto.randomUUID();
+    const bytes = new Uint8Array(16);
+    if (crypto && typeof crypto.getRandomValues === 'function') crypto.getRandomValues(bytes);
+    else for (let i = 0; i < bytes.length; i++) bytes[i] = Math.floor(random() * 256);
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    const hex = [...bytes].map((b) => b.toString(16).padStart(2, '0')).join('');
+    return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
+  }
+
   /** An error with the server's (or the client's) error code, e.g. `banned`, `rate_limited`. */
   class ChatUpError extends Error {
     constructor(code, message, details = {}) {
@@ -96,6 +119,11 @@
       this.retryAfter = details.retryAfter ?? null;
       /** HTTP status, for errors of HTTP calls. */
       this.status = details.status ?? null;
+      /**
+       * The idempotency key of a say() whose outcome is unknown (`timeout`): say it again with
+       * `{idempotencyKey}` and it is published at most once.
+       */
+      this.idempotencyKey = details.idempotencyKey ?? null;
     }
   }
 
@@ -164,6 +192,9 @@
     };
     return { id: host.id, sub: ws(host.sub), pub: ws(host.pub) };
   }
+
+  /** The shortest wait before a say() answered `unavailable` goes again, ms. */
+  const MIN_RETRY_DELAY = 100;
 
   const DEFAULTS = {
     reconnectDelay: 500,
@@ -276,10 +307,14 @@
         openFailures: 0,
         user: null,
         nextRef: 1,
+        /** Orders say()s, so those sent again keep their order in the queue. */
+        nextSeq: 1,
         /** Frames sent and not yet answered, by ref. */
         inFlight: new Map(),
         /** say()s waiting for the socket. */
         queue: [],
+        /** say()s waiting to be sent again after `unavailable`. */
+        retrying: new Set(),
         authWaiters: [],
         banReason: '',
         authError: null,
@@ -380,17 +415,20 @@
     }
 
     /**
-     * Sends `text` to the room (or `options.channel`). Resolves with `{ch, id, ep}` (or
+     * Sends `text` to the room (or `options.channel`). Resolves with `{ch, id, ep}` (with
+     * `duplicate: true` when the server had already published it under its key, or
      * `{withheld: true}` when a moderation plugin kept it from the channel); rejects with a
      * ChatUpError whose `code` is the server's (`banned`, `rate_limited`, `too_long`,
-     * `blacklisted`, …) or the client's (`not_authenticated`, `connection_lost`: sent but
-     * unanswered when the connection dropped, so it may or may not have gone out; `timeout`;
-     * `queue_full`; `closed`).
+     * `blacklisted`, …) or the client's (`not_authenticated`; `timeout`: no answer within
+     * `sendTimeout`, the error's `idempotencyKey` retries it safely; `queue_full`; `closed`).
+     * A message whose outcome is unknown (connection lost before the answer, `unavailable`) is
+     * sent again with the same idempotency key until `sendTimeout`. `options.idempotencyKey`
+     * gives the key (1-64 of `A-Z a-z 0-9 _ . : -`) instead of a fresh random one.
      */
     say(text, options = {}) {
       if (typeof text !== 'string') return Promise.reject(new ChatUpError('bad_request', 'say(text): text must be a string'));
       if (text.trim() === '') return Promise.reject(new ChatUpError('empty', 'the message is empty'));
-      return this._publish({ msg: text }, options.channel);
+      return this._publish({ msg: text }, options);
     }
 
     /** Sends an event (`ev` + `data`) to the room or `options.channel`; the token must allow events. */
@@ -398,12 +436,16 @@
       if (typeof ev !== 'string' || ev === '') return Promise.reject(new ChatUpError('bad_request', 'sendEvent(ev, data): ev must be a non-empty string'));
       const frame = { ev };
       if (data !== undefined) frame.data = data;
-      return this._publish(frame, options.channel);
+      return this._publish(frame, options);
     }
 
-    _publish(body, channel = this.room) {
+    _publish(body, { channel = this.room, idempotencyKey } = {}) {
       const problem = channelProblem(channel);
       if (problem) return Promise.reject(new ChatUpError('bad_channel', problem));
+      if (idempotencyKey !== undefined && (typeof idempotencyKey !== 'string' || !IDEMPOTENCY_KEY.test(idempotencyKey))) {
+        return Promise.reject(new ChatUpError('bad_idempotency_key', 'idempotencyKey must be 1 to 64 characters of A-Z a-z 0-9 _ . : -'));
+      }
+      const key = idempotencyKey ?? newIdempotencyKey(globalThis.crypto, this._random);
       const pub = this._pub;
       if (this._closed) return Promise.reject(new ChatUpError('closed', 'this client was closed'));
       if (pub.jwt === null) return Promise.reject(new ChatUpError('not_authenticated', 'no token: call authenticate(jwt) first'));
@@ -415,9 +457,22 @@
         return Promise.reject(new ChatUpError(e ? e.code : 'bad_token', e ? e.message : 'the token was refused'));
       }
       return new Promise((resolve, reject) => {
-        const entry = { kind: 'publish', frame: { ch: channel, ...body }, resolve, reject, timer: null, sent: false };
+        const entry = {
+          kind: 'publish',
+          seq: pub.nextSeq++,
+          frame: { ch: channel, ...body, key },
+          resolve,
+          reject,
+          timer: null,
+          retryTimer: null,
+          attempts: 0,
+          lastError: null,
+          sent: false,
+        };
         entry.settle = (error, value) => {
           clearTimeout(entry.timer);
+          clearTimeout(entry.retryTimer);
+          pub.retrying.delete(entry);
           const i = pub.queue.indexOf(entry);
           if (i >= 0) pub.queue.splice(i, 1);
           if (error) reject(error);
@@ -425,8 +480,10 @@
         };
         entry.timer = setTimeout(() => {
           if (entry.ref !== undefined) pub.inFlight.delete(entry.ref);
-          const maybe = entry.sent ? ' (it was sent, and may still appear)' : '';
-          entry.settle(new ChatUpError('timeout', `no answer within ${this.options.sendTimeout} ms${maybe}`));
+          let message = `no answer within ${this.options.sendTimeout} ms`;
+          if (entry.lastError) message += ` (last: ${entry.lastError.code}: ${entry.lastError.message})`;
+          if (entry.sent) message += '; it was sent and may still appear: say it again with its idempotencyKey to be sure';
+          entry.settle(new ChatUpError('timeout', message, { idempotencyKey: entry.sent ? key : null }));
         }, this.options.sendTimeout);
         if (pub.state === 'authenticated' && pub.socket) {
           this._send(entry);
@@ -443,8 +500,44 @@
       const ref = pub.nextRef++;
       entry.ref = ref;
       entry.sent = true;
+      entry.attempts += 1;
       pub.inFlight.set(ref, entry);
       pub.socket.send(JSON.stringify({ ref, ...entry.frame }));
+    }
+
+    /** Sends a say() again now, or queues it (in say() order) for the next connection. */
+    _resend(entry) {
+      const pub = this._pub;
+      entry.ref = undefined;
+      if (pub.state === 'authenticated' && pub.socket) {
+        this._send(entry);
+        return;
+      }
+      const i = pub.queue.findIndex((other) => other.seq > entry.seq);
+      if (i < 0) pub.queue.push(entry);
+      else pub.queue.splice(i, 0, entry);
+    }
+
+    /** After `unavailable` the outcome is unknown: the same frame (same key) goes again after a backoff wait. */
+    _retryLater(entry, error) {
+      const pub = this._pub;
+      entry.lastError = error;
+      const delay = Math.max(
+        MIN_RETRY_DELAY,
+        backoffDelay(entry.attempts, this.options.reconnectDelay, this.options.maxReconnectDelay, this._random),
+      );
+      pub.retrying.add(entry);
+      entry.retryTimer = setTimeout(() => {
+        entry.retryTimer = null;
+        pub.retrying.delete(entry);
+        this._resend(entry);
+      }, delay);
+    }
+
+    /** Rejects the say()s that wait for a connection or for a retry. */
+    _settleWaiting(error) {
+      const pub = this._pub;
+      for (const entry of [...pub.queue, ...pub.retrying]) entry.settle(error);
     }
 
     /** The joined users of the room (their `_public` objects), paged: `{total, users, skip, limit}`. */
@@ -767,11 +860,13 @@
       if (frame.type === 'ack') {
         if (entry && entry.kind === 'publish') {
           const value = frame.withheld ? { ch: entry.frame.ch, withheld: true } : { ch: entry.frame.ch, id: frame.id, ep: frame.ep };
+          if (frame.duplicate === true) value.duplicate = true;
           entry.settle(null, value);
         }
       } else if (frame.type === 'error') {
         const error = new ChatUpError(frame.code || 'error', frame.message, { retryAfter: frame.retryAfter });
-        if (entry && entry.kind === 'publish') entry.settle(error);
+        if (entry && entry.kind === 'publish' && error.code === 'unavailable') this._retryLater(entry, error);
+        else if (entry && entry.kind === 'publish') entry.settle(error);
         else if (entry && entry.kind === 'join') this._joinRefused(entry.channel, error);
         else this._emit('error', error);
       } else if (frame.type === 'auth') {
@@ -814,7 +909,7 @@
       pub.state = 'banned';
       pub.banReason = reason;
       const error = new ChatUpError('banned', reason);
-      for (const entry of pub.queue.splice(0)) entry.settle(error);
+      this._settleWaiting(error);
       for (const waiter of pub.authWaiters.splice(0)) waiter.reject(error);
       this._update(reason);
     }
@@ -823,20 +918,21 @@
       const pub = this._pub;
       pub.state = 'authError';
       pub.authError = error;
-      for (const entry of pub.queue.splice(0)) entry.settle(error);
+      this._settleWaiting(error);
       for (const waiter of pub.authWaiters.splice(0)) waiter.reject(error);
       this._update(error.message);
     }
 
-    /** Frames sent on a socket that closed: their outcome is unknown. */
+    /**
+     * Frames sent on a socket that closed: their outcome is unknown, so say()s go again, with
+     * their key, on the next connection (until their deadline).
+     */
     _dropInFlight() {
       const pub = this._pub;
       pub.awaitingAuth = false;
       for (const [ref, entry] of pub.inFlight) {
         pub.inFlight.delete(ref);
-        if (entry.kind === 'publish') {
-          entry.settle(new ChatUpError('connection_lost', 'the connection dropped before the server answered; the message may or may not have gone out'));
-        }
+        if (entry.kind === 'publish') this._resend(entry);
       }
     }
 
@@ -882,7 +978,7 @@
       }
       const reason = error || new ChatUpError('closed', 'the client was closed');
       const pub = this._pub;
-      for (const entry of pub.queue.splice(0)) entry.settle(reason);
+      this._settleWaiting(reason);
       for (const [, entry] of pub.inFlight) if (entry.kind === 'publish') entry.settle(reason);
       pub.inFlight.clear();
       for (const waiter of pub.authWaiters.splice(0)) waiter.reject(reason);
@@ -996,7 +1092,7 @@
   }
 
   // The plain-script build exposes only `window.ChatUp`: everything else hangs off it.
-  Object.assign(ChatUp, { Status, CloseCode, ChatUpError, ResumePoints, backoffDelay, shouldReconnect, channelProblem, hostEndpoints });
+  Object.assign(ChatUp, { Status, CloseCode, ChatUpError, ResumePoints, backoffDelay, shouldReconnect, channelProblem, hostEndpoints, newIdempotencyKey });
 
   global.ChatUp = ChatUp;
 })(typeof window !== 'undefined' ? window : globalThis);

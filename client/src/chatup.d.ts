@@ -36,6 +36,12 @@ export declare function backoffDelay(attempt: number, baseDelay: number, maxDela
 /** Why a channel name is refused, or null when it is allowed. */
 export declare function channelProblem(name: unknown): string | null;
 
+/**
+ * A fresh idempotency key, a random UUID: `crypto.randomUUID()` where available, else one
+ * made from `crypto.getRandomValues` (or `random` without crypto).
+ */
+export declare function newIdempotencyKey(crypto?: Crypto | null, random?: () => number): string;
+
 /** The dispatcher's host paths as absolute WebSocket URLs. */
 export declare function hostEndpoints(host: JoinHost, dispatcherURL: string): { id: string; sub: string; pub: string };
 
@@ -57,9 +63,9 @@ export type ErrorCode =
   | 'unavailable'
   | 'no_host'
   | 'too_many_channels'
+  | 'bad_idempotency_key'
   // The client's own:
   | 'not_authenticated'
-  | 'connection_lost'
   | 'timeout'
   | 'queue_full'
   | 'closed'
@@ -70,7 +76,11 @@ export type ErrorCode =
   | (string & {});
 
 export declare class ChatUpError extends Error {
-  constructor(code: ErrorCode, message?: string, details?: { retryAfter?: number | null; status?: number | null });
+  constructor(
+    code: ErrorCode,
+    message?: string,
+    details?: { retryAfter?: number | null; status?: number | null; idempotencyKey?: string | null },
+  );
   readonly name: 'ChatUpError';
   /** The server's `error.code`, or one of the client's own codes. */
   readonly code: ErrorCode;
@@ -78,6 +88,11 @@ export declare class ChatUpError extends Error {
   readonly retryAfter: number | null;
   /** The HTTP status of a failed HTTP call, or null. */
   readonly status: number | null;
+  /**
+   * For a say() that timed out after it was sent (its outcome is unknown): its idempotency
+   * key. `say(text, {idempotencyKey})` with it publishes the message at most once. Else null.
+   */
+  readonly idempotencyKey: string | null;
 }
 
 /** The `_public` object of a sender's token: at least what the site puts there. */
@@ -135,7 +150,26 @@ export interface UsersPage {
   limit: number;
 }
 
-export type SayResult = { ch: string; id: number; ep: number; withheld?: undefined } | { ch: string; withheld: true };
+/**
+ * What became of a say(): its id and epoch (`duplicate: true` when the server had already
+ * published it under its idempotency key, and these are that message's), or withheld by a
+ * moderation plugin.
+ */
+export type SayResult =
+  | { ch: string; id: number; ep: number; duplicate?: true; withheld?: undefined }
+  | { ch: string; withheld: true };
+
+/** Options of say() and sendEvent(). */
+export interface SayOptions {
+  /** The channel to send to (default: the room). */
+  channel?: string;
+  /**
+   * The idempotency key (1-64 of `A-Z a-z 0-9 _ . : -`); default: a fresh random UUID. The
+   * server publishes one key once (per user and channel, within its window), so sending
+   * again with the key of a say() that timed out cannot post it twice.
+   */
+  idempotencyKey?: string;
+}
 
 /** A host as `POST /join` names it. */
 export interface JoinHost {
@@ -169,7 +203,7 @@ export interface ChatUpOptions {
   connectTimeout?: number;
   /** The server must answer the token within this, ms (default 10000). */
   authTimeout?: number;
-  /** say() rejects with `timeout` after this, ms (default 15000). */
+  /** say() rejects with `timeout` after this, ms (default 15000); until then a say() whose outcome is unknown is sent again with its idempotency key. */
   sendTimeout?: number;
   /** say()s that may wait for a connection (default 100). */
   maxQueued?: number;
@@ -216,10 +250,14 @@ export declare class ChatUp {
   init(): Promise<ChatUp>;
   /** Sets the token and authenticates; resolves with the user's `_public`. */
   authenticate(jwt: TokenSource): Promise<PublicUser>;
-  /** Sends a message; rejects with a ChatUpError carrying the server's code. */
-  say(text: string, options?: { channel?: string }): Promise<SayResult>;
-  /** Sends an event (the token must allow events). */
-  sendEvent(ev: string, data?: unknown, options?: { channel?: string }): Promise<SayResult>;
+  /**
+   * Sends a message with an idempotency key, again with the same key while its outcome is
+   * unknown (connection lost, `unavailable`) until `sendTimeout`; rejects with a
+   * ChatUpError carrying the server's code or `timeout` (with `idempotencyKey`).
+   */
+  say(text: string, options?: SayOptions): Promise<SayResult>;
+  /** Sends an event (the token must allow events), retried the same way. */
+  sendEvent(ev: string, data?: unknown, options?: SayOptions): Promise<SayResult>;
   /** The joined users of the room, paged. */
   getUsers(options?: { limit?: number; skip?: number }): Promise<UsersPage>;
   /** Fetches the counts now. */
@@ -238,6 +276,7 @@ export declare class ChatUp {
   static readonly shouldReconnect: typeof shouldReconnect;
   static readonly channelProblem: typeof channelProblem;
   static readonly hostEndpoints: typeof hostEndpoints;
+  static readonly newIdempotencyKey: typeof newIdempotencyKey;
 }
 
 export default ChatUp;

@@ -9,11 +9,20 @@ import {
   backoffDelay,
   channelProblem,
   hostEndpoints,
+  newIdempotencyKey,
   shouldReconnect,
 } from '../src/chatup.js';
 import { joinAnswer, makeWorld, msg, sleep, waitFor } from './fake.mjs';
 
 const DISPATCHER = 'http://chat.test:8080';
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/;
+
+/** A publish frame without its idempotency key (checked to be a UUID). */
+function withoutKey(frame) {
+  const { key, ...rest } = frame;
+  assert.match(key, UUID, `the frame's key: ${JSON.stringify(frame)}`);
+  return rest;
+}
 
 /** A client on a scripted world with short delays; `statuses` records every status. */
 function client(world, options = {}) {
@@ -290,7 +299,7 @@ test('say sends after authentication and settles with the ack or the server erro
   assert.deepEqual(chat.user, { name: 'ann' });
   const frames = pub.frames();
   assert.deepEqual(frames[1], { ref: 1, join: 'lobby' });
-  assert.deepEqual(frames[2], { ref: 2, ch: 'lobby', msg: 'first' });
+  assert.deepEqual(withoutKey(frames[2]), { ref: 2, ch: 'lobby', msg: 'first' });
   pub.push({ type: 'joined', ref: 1, ch: 'lobby' });
   pub.push({ type: 'ack', ref: 2, id: 5, ep: 7 });
   assert.deepEqual(await early, { ch: 'lobby', id: 5, ep: 7 });
@@ -304,7 +313,9 @@ test('say sends after authentication and settles with the ack or the server erro
   await assert.rejects(chat.say('   '), (e) => e.code === 'empty');
   await assert.rejects(chat.say(12), (e) => e.code === 'bad_request');
   const event = chat.sendEvent('typing', { on: true });
-  assert.deepEqual(pub.frames()[5], { ref: 5, ch: 'lobby', ev: 'typing', data: { on: true } });
+  assert.deepEqual(withoutKey(pub.frames()[5]), { ref: 5, ch: 'lobby', ev: 'typing', data: { on: true } });
+  const keys = pub.frames().slice(2).map((f) => f.key);
+  assert.equal(new Set(keys).size, keys.length, 'each say() has its own key');
   pub.push({ type: 'error', ref: 5, code: 'events_not_allowed', message: 'no events' });
   await assert.rejects(event, (e) => e.code === 'events_not_allowed');
   assert.deepEqual(statuses, [Status.CONNECTING, Status.CONNECTED, Status.AUTHENTICATED]);
@@ -318,21 +329,89 @@ test('say without a token is refused at once', async () => {
   chat.close();
 });
 
-test('a publisher drop: in-flight messages fail as connection_lost, queued ones go after re-auth', async () => {
+test('a publisher drop: in-flight messages go again with their key after re-auth, before queued ones', async () => {
   const { world, chat, statuses, pub } = await connected({ jwt: 'T' });
   const lost = chat.say('in flight');
+  const sent = pub.frames().find((f) => f.msg === 'in flight');
   pub.serverClose(1001, 'server shutting down');
-  await assert.rejects(lost, (e) => e.code === 'connection_lost');
-  assert.equal(chat.status, Status.RECONNECTING);
+  await waitFor(() => chat.status === Status.RECONNECTING, 'reconnecting');
   const queued = chat.say('queued');
   const again = await authenticatePublisher(world, 'ann', 1);
   await waitFor(() => again.frames().some((f) => f.msg === 'queued'), 'the queued message');
-  const frame = again.frames().find((f) => f.msg === 'queued');
-  again.push({ type: 'ack', ref: frame.ref, id: 9, ep: 7 });
+  const resent = again.frames().filter((f) => f.msg !== undefined);
+  assert.deepEqual(resent.map((f) => f.msg), ['in flight', 'queued'], 'in say() order');
+  assert.equal(resent[0].key, sent.key, 'the same key: the server publishes it once');
+  assert.notEqual(resent[1].key, sent.key);
+  // The first attempt had gone out after all: the server says so with the first id.
+  again.push({ type: 'ack', ref: resent[0].ref, id: 8, ep: 7, duplicate: true });
+  again.push({ type: 'ack', ref: resent[1].ref, id: 9, ep: 7 });
+  assert.deepEqual(await lost, { ch: 'lobby', id: 8, ep: 7, duplicate: true });
   assert.deepEqual(await queued, { ch: 'lobby', id: 9, ep: 7 });
   assert.equal(chat.status, Status.AUTHENTICATED);
   assert.deepEqual(statuses.slice(-2), [Status.RECONNECTING, Status.AUTHENTICATED]);
   chat.close();
+});
+
+test('unavailable: the same frame goes again after a wait, until acked', async () => {
+  const { chat, pub } = await connected({ jwt: 'T' });
+  const said = chat.say('through the outage');
+  const attempts = () => pub.frames().filter((f) => f.msg === 'through the outage');
+  for (let n = 1; n <= 3; n++) {
+    await waitFor(() => attempts().length === n, `attempt ${n}`);
+    pub.push({ type: 'error', ref: attempts()[n - 1].ref, code: 'unavailable', message: 'the message broker is unavailable' });
+  }
+  await waitFor(() => attempts().length === 4, 'attempt 4');
+  const all = attempts();
+  assert.equal(new Set(all.map((f) => f.key)).size, 1, 'one key for every attempt');
+  assert.equal(new Set(all.map((f) => f.ref)).size, 4, 'a ref per attempt');
+  pub.push({ type: 'ack', ref: all[3].ref, id: 3, ep: 7, duplicate: true });
+  assert.deepEqual(await said, { ch: 'lobby', id: 3, ep: 7, duplicate: true });
+  // Other errors are final.
+  const refused = chat.say('too much');
+  await waitFor(() => pub.frames().some((f) => f.msg === 'too much'), 'the frame');
+  pub.push({ type: 'error', ref: pub.frames().at(-1).ref, code: 'rate_limited', message: 'slow down', retryAfter: 2 });
+  await assert.rejects(refused, (e) => e.code === 'rate_limited');
+  assert.equal(pub.frames().filter((f) => f.msg === 'too much').length, 1);
+  chat.close();
+});
+
+test('a timeout gives the key to say again with; a given key is used and checked', async () => {
+  const { chat, pub } = await connected({ jwt: 'T', sendTimeout: 150 });
+  const slow = chat.say('no answer');
+  let error;
+  await slow.catch((e) => {
+    error = e;
+  });
+  assert.equal(error.code, 'timeout');
+  const sent = pub.frames().find((f) => f.msg === 'no answer');
+  assert.equal(error.idempotencyKey, sent.key);
+  assert.match(error.message, /idempotencyKey/);
+  // Saying it again with the key: the frame carries it, and the answer may be the first one's.
+  const again = chat.say('no answer', { idempotencyKey: error.idempotencyKey });
+  await waitFor(() => pub.frames().filter((f) => f.msg === 'no answer').length === 2, 'the retry');
+  const retry = pub.frames().at(-1);
+  assert.equal(retry.key, sent.key);
+  pub.push({ type: 'ack', ref: retry.ref, id: 4, ep: 7, duplicate: true });
+  assert.deepEqual(await again, { ch: 'lobby', id: 4, ep: 7, duplicate: true });
+  // The last error before a timeout is named.
+  const down = chat.say('down');
+  await waitFor(() => pub.frames().some((f) => f.msg === 'down'), 'the frame');
+  pub.push({ type: 'error', ref: pub.frames().at(-1).ref, code: 'unavailable', message: 'broker down' });
+  await assert.rejects(down, (e) => e.code === 'timeout' && /unavailable: broker down/.test(e.message) && e.idempotencyKey !== null);
+  for (const bad of ['', 'a b', 'x'.repeat(65), 7]) {
+    await assert.rejects(chat.say('x', { idempotencyKey: bad }), (e) => e.code === 'bad_idempotency_key');
+  }
+  assert.equal(pub.frames().filter((f) => f.msg === 'x').length, 0);
+  chat.close();
+});
+
+test('idempotency keys are UUIDs, with or without crypto.randomUUID', () => {
+  assert.match(newIdempotencyKey(), UUID);
+  assert.equal(newIdempotencyKey({ randomUUID: () => 'from-crypto' }), 'from-crypto');
+  const fill = { getRandomValues: (bytes) => bytes.fill(0xff) };
+  assert.equal(newIdempotencyKey(fill), 'ffffffff-ffff-4fff-bfff-ffffffffffff');
+  assert.equal(newIdempotencyKey(null, () => 0), '00000000-0000-4000-8000-000000000000');
+  assert.notEqual(newIdempotencyKey(), newIdempotencyKey());
 });
 
 test('banned (4502): never reconnects, refuses to send, keeps receiving', async () => {
@@ -343,7 +422,8 @@ test('banned (4502): never reconnects, refuses to send, keeps receiving', async 
   });
   const pending = chat.say('last words');
   pub.serverClose(4502, 'banned from lobby');
-  await assert.rejects(pending, (e) => e.code === 'connection_lost');
+  // Unanswered when the ban closed the socket: it is not sent again.
+  await assert.rejects(pending, (e) => e.code === 'banned');
   assert.equal(chat.status, Status.BANNED);
   assert.equal(reason, 'banned from lobby');
   await assert.rejects(chat.say('more'), (e) => e.code === 'banned' && e.message === 'banned from lobby');

@@ -126,13 +126,22 @@ pub struct LimitsConfig {
     pub max_message_chars: usize,
     /// Largest serialized `data` of an event, in bytes.
     pub max_event_bytes: usize,
+    /// How long a publish's idempotency key is remembered: a retry with the same key (same
+    /// user, same channel) within it gets the first answer and publishes nothing. Long
+    /// enough to cover a client's retries through an outage, short enough that keys take
+    /// little room.
+    pub idempotency_window_seconds: u64,
 }
+
+/// Longest `limits.idempotency_window_seconds`: a day.
+pub const MAX_IDEMPOTENCY_WINDOW_SECONDS: u64 = 86_400;
 
 impl Default for LimitsConfig {
     fn default() -> Self {
         Self {
             max_message_chars: 1000,
             max_event_bytes: 4096,
+            idempotency_window_seconds: 300,
         }
     }
 }
@@ -682,6 +691,12 @@ impl Config {
                 "must be at least 1".into(),
             ));
         }
+        if !(1..=MAX_IDEMPOTENCY_WINDOW_SECONDS).contains(&self.limits.idempotency_window_seconds) {
+            return Err(invalid(
+                "limits.idempotency_window_seconds",
+                format!("must be from 1 to {MAX_IDEMPOTENCY_WINDOW_SECONDS} (a day)"),
+            ));
+        }
         if self.history.ttl_seconds == 0 {
             return Err(invalid("history.ttl_seconds", "must be at least 1".into()));
         }
@@ -1144,6 +1159,7 @@ mod tests {
         assert_eq!(c.auth.leeway_seconds, 5);
         assert_eq!(c.limits.max_message_chars, 1000);
         assert_eq!(c.limits.max_event_bytes, 4096);
+        assert_eq!(c.limits.idempotency_window_seconds, 300);
         assert_eq!(c.history.size, 100);
         assert_eq!(c.history.ttl_seconds, 86400);
         assert_eq!(c.log.format, LogFormat::Text);
@@ -1163,6 +1179,7 @@ mod tests {
             "auth.audience",
             "limits.max_message_chars",
             "limits.max_event_bytes",
+            "limits.idempotency_window_seconds",
             "history.size",
             "history.ttl_seconds",
             "log.level",
@@ -1353,6 +1370,14 @@ mod tests {
                 "http:// or https://",
             ),
             (&["host.sub_path=sub"], "must start with /"),
+            (
+                &["limits.idempotency_window_seconds=0"],
+                "limits.idempotency_window_seconds",
+            ),
+            (
+                &["limits.idempotency_window_seconds=86401"],
+                "from 1 to 86400",
+            ),
             (&["host.ttl_ms=1000"], "larger than host.report_interval_ms"),
             (
                 &[

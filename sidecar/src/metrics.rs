@@ -27,7 +27,9 @@ use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry, TextEncoder,
 };
 
-use crate::broker::{Backlog, Broker, BrokerError, History, Published, Subscriber, SubscriberId};
+use crate::broker::{
+    Backlog, Broker, BrokerError, History, Once, Publication, Published, Subscriber, SubscriberId,
+};
 use crate::message::Tail;
 use crate::presence::Presence;
 use crate::publish::ErrorCode;
@@ -439,6 +441,22 @@ impl Broker for Metered {
         result
     }
 
+    async fn publish_once(
+        &self,
+        channel: &str,
+        tail: &Tail,
+        once: &Once,
+    ) -> Result<Publication, BrokerError> {
+        let started = Instant::now();
+        let result = self.inner.publish_once(channel, tail, once).await;
+        self.publish_seconds
+            .observe(started.elapsed().as_secs_f64());
+        if let (Ok(Publication::New(_)), Some(kind)) = (&result, self.kind) {
+            self.metrics.published(kind);
+        }
+        result
+    }
+
     async fn subscribe(
         &self,
         channel: &str,
@@ -680,6 +698,7 @@ mod tests {
             Limits {
                 max_message_chars: 5,
                 max_event_bytes: 10,
+                idempotency_window: Duration::from_secs(300),
             },
             Chain::default(),
         )

@@ -223,10 +223,7 @@ impl Sidecar {
                 publisher: Publisher::new(
                     metrics.metered(broker.clone(), None),
                     Arc::new(verifier),
-                    Limits {
-                        max_message_chars: config.limits.max_message_chars,
-                        max_event_bytes: config.limits.max_event_bytes,
-                    },
+                    Limits::from(&config.limits),
                     chain,
                 )
                 .with_metrics(metrics.clone()),
@@ -272,10 +269,7 @@ impl Sidecar {
                 verifier: admin_tokens,
                 broker: metrics.metered(broker.clone(), Some(PublishedKind::Admin)),
                 directory,
-                limits: Limits {
-                    max_message_chars: config.limits.max_message_chars,
-                    max_event_bytes: config.limits.max_event_bytes,
-                },
+                limits: Limits::from(&config.limits),
                 metrics: metrics.clone(),
                 blacklist: blacklist.clone(),
                 moderation: moderation.clone(),

@@ -35,7 +35,7 @@ pub use env::{
 pub use http::HttpResponse;
 pub use raw::{Frame, RawWs};
 pub use recorder::{Recorder, Reply};
-pub use redis::{RedisCluster, RedisSentinel, RedisServer};
+pub use redis::{Frozen, RedisCluster, RedisSentinel, RedisServer};
 pub use ws::{Event, Publisher, Subscriber};
 
 use std::time::Duration;

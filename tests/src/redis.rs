@@ -38,6 +38,33 @@ pub const TEST_DOWN_AFTER: Duration = Duration::from_secs(1);
 /// Redis Cluster's number of hash slots.
 pub const SLOTS: u16 = 16384;
 
+/// A [`RedisServer::freeze`] in force; it ends with [`thaw`](Self::thaw) or on drop, so a
+/// failing test never leaves a stopped server behind.
+#[derive(Debug)]
+pub struct Frozen {
+    /// The stopped server's pid, until it is continued.
+    pid: Option<u32>,
+}
+
+impl Frozen {
+    /// Lets the server run again (SIGCONT).
+    pub fn thaw(mut self) {
+        self.continue_server();
+    }
+
+    fn continue_server(&mut self) {
+        if let Some(pid) = self.pid.take() {
+            signal_pid(pid, libc::SIGCONT);
+        }
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        self.continue_server();
+    }
+}
+
 // ---- RESP ---------------------------------------------------------------------------------
 
 /// A RESP2 reply.
@@ -407,6 +434,15 @@ impl RedisServer {
                 child.wait().expect("wait for redis-server")
             }
         }
+    }
+
+    /// Freezes the server with SIGSTOP until the returned guard thaws it (SIGCONT), or is
+    /// dropped: its connections stay open and commands wait in them unanswered, as with a
+    /// server stalled by a slow command or a paused VM. They all run once it thaws.
+    pub fn freeze(&self) -> Frozen {
+        let pid = self.pid().expect("redis-server is not running");
+        signal_pid(pid, libc::SIGSTOP);
+        Frozen { pid: Some(pid) }
     }
 
     /// Kills the server with SIGKILL (a crash: nothing is flushed, clients see resets).

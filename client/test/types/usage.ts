@@ -21,10 +21,15 @@ async function example(): Promise<void> {
   await chat.init();
   try {
     const ack = await chat.say('hello');
-    if (!ack.withheld) console.log(ack.id + 1);
+    if (!ack.withheld) console.log(ack.id + 1, ack.duplicate === true);
   } catch (e) {
     if (e instanceof ChatUpError && e.code === 'rate_limited') console.log(e.retryAfter);
+    if (e instanceof ChatUpError && e.code === 'timeout' && e.idempotencyKey !== null) {
+      await chat.say('hello', { idempotencyKey: e.idempotencyKey });
+    }
   }
+  const key: string = ChatUp.newIdempotencyKey();
+  await chat.sendEvent('typing', { on: true }, { channel: 'news', idempotencyKey: key });
   const page = await chat.getUsers({ limit: 10, skip: 0 });
   console.log(page.total, page.users[0]?.name);
   const user = await chat.authenticate('other-token');
@@ -39,6 +44,8 @@ async function example(): Promise<void> {
   chat.on('messages', () => {});
   // @ts-expect-error: say takes text
   await chat.say({ msg: 'x' });
+  // @ts-expect-error: a key is a string
+  await chat.say('x', { idempotencyKey: 42 });
   // @ts-expect-error: not a status
   const wrong: StatusValue = 'online';
   console.log(wrong);

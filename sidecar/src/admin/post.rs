@@ -305,10 +305,12 @@ fn halfway(e: BrokerError, done: &[Placed], total: usize) -> AdminError {
 mod tests {
     use super::*;
     use serde_json::json;
+    use std::time::Duration;
 
     const LIMITS: Limits = Limits {
         max_message_chars: 5,
         max_event_bytes: 20,
+        idempotency_window: Duration::from_secs(300),
     };
 
     fn ok(body: Value) -> Vec<Post> {

@@ -8,6 +8,10 @@
 //! A channel is created with a random epoch on first use. It is forgotten when it has had no
 //! subscribers and no messages for `ttl`; a later use starts a new epoch, which tells
 //! resuming clients that their position is void.
+//!
+//! Idempotency keys ([`Broker::publish_once`]) are kept per channel, under the same lock
+//! as the publish they name, until their window passes; a channel is not forgotten while
+//! it holds one, so a retry within the window is still recognized.
 
 use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, VecDeque};
@@ -21,8 +25,8 @@ use chatup_wire::{Entry, Position};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    new_epoch, plan_backlog, Backlog, Broker, BrokerError, Delivery, Event, History, Published,
-    Subscriber, SubscriberId,
+    new_epoch, plan_backlog, Backlog, Broker, BrokerError, Delivery, Event, History, Once,
+    Publication, Published, Subscriber, SubscriberId,
 };
 use crate::message::{assemble, Tail};
 
@@ -64,6 +68,12 @@ struct Channel {
     subscribers: Vec<Subscriber>,
     /// Since when the channel has been without publishes and without subscribers.
     idle_since: Instant,
+    /// The idempotency keys of recent publishes: where each one's message went, and until
+    /// when the key counts.
+    keys: HashMap<String, (Position, Instant)>,
+    /// The same keys with when each stops counting, oldest first (every key gets the same
+    /// window, so this is also the order they expire in).
+    key_expiry: VecDeque<(Instant, String)>,
 }
 
 impl Channel {
@@ -75,11 +85,33 @@ impl Channel {
             history: VecDeque::new(),
             subscribers: Vec::new(),
             idle_since: now,
+            keys: HashMap::new(),
+            key_expiry: VecDeque::new(),
         }
     }
 
     fn expired(&self, now: Instant, ttl: Duration) -> bool {
-        self.subscribers.is_empty() && now.saturating_duration_since(self.idle_since) >= ttl
+        self.subscribers.is_empty()
+            && now.saturating_duration_since(self.idle_since) >= ttl
+            && self
+                .key_expiry
+                .back()
+                .is_none_or(|(until, _)| *until <= now)
+    }
+
+    /// Forgets the idempotency keys whose window has passed.
+    fn expire_keys(&mut self, now: Instant) {
+        while let Some((until, _)) = self.key_expiry.front() {
+            if *until > now {
+                break;
+            }
+            if let Some((until, key)) = self.key_expiry.pop_front() {
+                // Only if no later publish has taken the key since.
+                if self.keys.get(&key).is_some_and(|(_, u)| *u == until) {
+                    self.keys.remove(&key);
+                }
+            }
+        }
     }
 }
 
@@ -163,8 +195,36 @@ impl MemoryBroker {
         tail: &Tail,
         now: Instant,
     ) -> Result<Published, BrokerError> {
+        match self.publish_once_at(channel, tail, None, now)? {
+            Publication::New(published) => Ok(published),
+            Publication::Repeat(_) => Err(BrokerError::Internal(
+                "a publish without a key was taken for a repeat".into(),
+            )),
+        }
+    }
+
+    /// Publishes unless `once` names a publish made within its window; see
+    /// [`Broker::publish_once`].
+    pub(crate) fn publish_once_at(
+        &self,
+        channel: &str,
+        tail: &Tail,
+        once: Option<&Once>,
+        now: Instant,
+    ) -> Result<Publication, BrokerError> {
         let mut map = self.shard(channel);
         let ch = Self::touch(&mut map, channel, now, self.options.ttl)?;
+        ch.expire_keys(now);
+        if let Some((first, _)) = once.and_then(|once| ch.keys.get(&once.key)) {
+            return Ok(Publication::Repeat(*first));
+        }
+        let until = once
+            .map(|once| {
+                now.checked_add(once.window).ok_or_else(|| {
+                    BrokerError::Internal(format!("idempotency window {:?} too long", once.window))
+                })
+            })
+            .transpose()?;
         let id = ch
             .last_id
             .checked_add(1)
@@ -177,6 +237,14 @@ impl MemoryBroker {
         };
         ch.last_id = id;
         ch.idle_since = now;
+        if let (Some(once), Some(until)) = (once, until) {
+            let position = Position {
+                epoch: ch.epoch,
+                id,
+            };
+            ch.keys.insert(once.key.clone(), (position, until));
+            ch.key_expiry.push_back((until, once.key.clone()));
+        }
         if self.options.history_size > 0 {
             if ch.history.len() >= self.options.history_size {
                 ch.history.pop_front();
@@ -194,7 +262,7 @@ impl MemoryBroker {
             }
             delivery == Delivery::Queued
         });
-        Ok(published)
+        Ok(Publication::New(published))
     }
 
     pub(crate) fn subscribe_at(
@@ -272,6 +340,15 @@ impl Broker for MemoryBroker {
 
     async fn publish(&self, channel: &str, tail: &Tail) -> Result<Published, BrokerError> {
         self.publish_at(channel, tail, Instant::now())
+    }
+
+    async fn publish_once(
+        &self,
+        channel: &str,
+        tail: &Tail,
+        once: &Once,
+    ) -> Result<Publication, BrokerError> {
+        self.publish_once_at(channel, tail, Some(once), Instant::now())
     }
 
     async fn subscribe(
@@ -527,5 +604,129 @@ mod tests {
         assert_eq!(b.channel_count(), 2);
         assert_eq!(b.sweep(later + Duration::from_secs(60)), 2);
         assert_eq!(b.channel_count(), 0);
+    }
+    fn once(key: &str, seconds: u64) -> Once {
+        Once {
+            key: key.into(),
+            window: Duration::from_secs(seconds),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_repeated_key_publishes_nothing_and_answers_the_first_position() {
+        let b = broker(10);
+        let (s, mut rx) = Subscriber::new(64);
+        b.subscribe("r", 0, None, &s).await.unwrap();
+        let Publication::New(first) = b
+            .publish_once("r", &tail("a"), &once("k1", 300))
+            .await
+            .unwrap()
+        else {
+            panic!("the first publish with a key is new");
+        };
+        // The retry carries another text and time: still the first message's position.
+        let again = b
+            .publish_once("r", &tail("b"), &once("k1", 300))
+            .await
+            .unwrap();
+        assert_eq!(
+            again,
+            Publication::Repeat(Position {
+                epoch: first.epoch,
+                id: first.id
+            })
+        );
+        // Another key, or no key, publishes; so does the same key in another channel.
+        let Publication::New(second) = b
+            .publish_once("r", &tail("c"), &once("k2", 300))
+            .await
+            .unwrap()
+        else {
+            panic!("another key is new");
+        };
+        assert_eq!(second.id, first.id + 1);
+        assert_eq!(b.publish("r", &tail("d")).await.unwrap().id, first.id + 2);
+        assert!(matches!(
+            b.publish_once("other", &tail("a"), &once("k1", 300)).await.unwrap(),
+            Publication::New(p) if p.id == 1
+        ));
+        // Subscribers and the history saw each message once.
+        assert_eq!(live_ids(&mut rx), vec![1, 2, 3]);
+        let history = b.history("r", None, 10).await.unwrap();
+        let texts: Vec<String> = history
+            .messages
+            .iter()
+            .map(|e| String::from_utf8(e.payload.clone()).unwrap())
+            .collect();
+        assert_eq!(texts.len(), 3);
+        assert!(texts[0].contains("\"msg\":\"a\""), "{texts:?}");
+        assert!(texts[1].contains("\"msg\":\"c\""), "{texts:?}");
+    }
+
+    #[test]
+    fn keys_expire_after_their_window() {
+        let b = MemoryBroker::new(MemoryOptions {
+            history_size: 10,
+            ttl: Duration::from_secs(1000),
+        });
+        let t0 = Instant::now();
+        let first = b
+            .publish_once_at("r", &tail("a"), Some(&once("k", 300)), t0)
+            .unwrap();
+        let Publication::New(first) = first else {
+            panic!("new")
+        };
+        let within = t0 + Duration::from_secs(299);
+        assert!(matches!(
+            b.publish_once_at("r", &tail("a"), Some(&once("k", 300)), within).unwrap(),
+            Publication::Repeat(p) if p.id == first.id
+        ));
+        // The window counts from the publish, not from the retries.
+        let after = t0 + Duration::from_secs(300);
+        assert!(matches!(
+            b.publish_once_at("r", &tail("a"), Some(&once("k", 300)), after).unwrap(),
+            Publication::New(p) if p.id == first.id + 1
+        ));
+        // The key now names the second publish, for a window from it.
+        assert!(matches!(
+            b.publish_once_at("r", &tail("a"), Some(&once("k", 300)), after + Duration::from_secs(299)).unwrap(),
+            Publication::Repeat(p) if p.id == first.id + 1
+        ));
+        let ch = b.shard("r");
+        assert_eq!(ch.get("r").map(|c| c.keys.len()), Some(1));
+    }
+
+    #[test]
+    fn a_channel_holding_a_key_is_not_forgotten() {
+        // The channel's idle time-to-live is shorter than the key's window.
+        let b = MemoryBroker::new(MemoryOptions {
+            history_size: 10,
+            ttl: Duration::from_secs(60),
+        });
+        let t0 = Instant::now();
+        let Publication::New(first) = b
+            .publish_once_at("r", &tail("a"), Some(&once("k", 300)), t0)
+            .unwrap()
+        else {
+            panic!("new")
+        };
+        assert_eq!(b.sweep(t0 + Duration::from_secs(200)), 0);
+        let retry = b
+            .publish_once_at(
+                "r",
+                &tail("a"),
+                Some(&once("k", 300)),
+                t0 + Duration::from_secs(200),
+            )
+            .unwrap();
+        assert_eq!(
+            retry,
+            Publication::Repeat(Position {
+                epoch: first.epoch,
+                id: first.id
+            })
+        );
+        // Once the key is gone the idle channel goes too.
+        assert_eq!(b.sweep(t0 + Duration::from_secs(300)), 1);
     }
 }

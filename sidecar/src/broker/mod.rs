@@ -7,6 +7,12 @@
 //! * [`Broker::publish`] takes the channel and the already encoded [`Tail`] of the message and,
 //!   in one atomic step, assigns the next id, builds the final bytes with
 //!   [`crate::message::assemble`], appends them to the history and fans them out.
+//! * [`Broker::publish_once`] does the same for a publish that carries an idempotency key
+//!   ([`Once`]): in the same atomic step it first looks the key up, and when a publish with
+//!   that key came within the key's window it publishes nothing and answers with that
+//!   publish's position ([`Publication::Repeat`]). The key is remembered for the window
+//!   whether or not the publisher ever got the first answer, so a publisher that retries
+//!   after a timeout (the first attempt may have been applied after all) publishes once.
 //! * [`Broker::subscribe`] registers a [`Subscriber`] for live messages *before* reading the
 //!   history, then answers with the [`Backlog`] chosen by [`plan_backlog`]. The backlog's
 //!   `head` tells the subscriber which live messages it already has, so nothing is missed
@@ -20,6 +26,7 @@ pub mod redis;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -43,6 +50,28 @@ pub struct Published {
     pub id: u64,
     /// The complete message JSON, exactly as subscribers receive it.
     pub payload: Bytes,
+}
+
+/// A publish that happens at most once per key: see [`Broker::publish_once`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Once {
+    /// Names the publish among the channel's: the client's idempotency key already scoped
+    /// to its user (see [`crate::publish::idempotency`]). Opaque to the broker; it only
+    /// holds characters allowed in a Redis key name.
+    pub key: String,
+    /// How long after the publish the key still names it; a retry after that publishes
+    /// again.
+    pub window: Duration,
+}
+
+/// What [`Broker::publish_once`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Publication {
+    /// The message was published now.
+    New(Published),
+    /// A publish with the same key came first, within the window: nothing was published,
+    /// and this is where that first message went.
+    Repeat(Position),
 }
 
 /// What a subscriber receives live.
@@ -187,6 +216,18 @@ pub trait Broker: Send + Sync + 'static {
     /// Assigns the next id of `channel`, builds the message from `tail`, appends it to the
     /// history and delivers it to the channel's subscribers, as one atomic step.
     async fn publish(&self, channel: &str, tail: &Tail) -> Result<Published, BrokerError>;
+
+    /// Like [`publish`](Self::publish), unless a publish with `once.key` in `channel` came
+    /// less than its window ago: then nothing is published and the answer is that
+    /// publish's position. The look-up, the publish and remembering the key for
+    /// `once.window` are one atomic step, so of two attempts with one key exactly one
+    /// publishes, whichever reaches the broker first and however late.
+    async fn publish_once(
+        &self,
+        channel: &str,
+        tail: &Tail,
+        once: &Once,
+    ) -> Result<Publication, BrokerError>;
 
     /// Registers `subscriber` for live events of `channel` and returns what to send first:
     /// the last `want` messages when `since` is `None`, otherwise what follows `since` (see

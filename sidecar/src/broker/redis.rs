@@ -5,10 +5,13 @@
 //!
 //! * `P:{C}:meta`, a hash: `ep`, the channel's epoch, and `id`, its last id;
 //! * `P:{C}:history`, a list of the newest messages, newest first;
-//! * `P:{C}:live`, the pub/sub channel (sharded pub/sub in a cluster).
+//! * `P:{C}:live`, the pub/sub channel (sharded pub/sub in a cluster);
+//! * `P:{C}:once:<key>`, per idempotency key of a recent publish ([`Broker::publish_once`]),
+//!   a string `<epoch>:<id>` naming the message published with it, expiring after the key's
+//!   window.
 //!
-//! Publishing is one script ([`PUBLISH_LUA`]): next id, append to the history (trimmed,
-//! with an expiry), publish. History entries and live messages are
+//! Publishing is one script ([`PUBLISH_LUA`]): look up the idempotency key if there is one,
+//! next id, append to the history (trimmed, with an expiry), remember the key, publish. History entries and live messages are
 //! `<epoch>:<id>:<message JSON>`; the JSON is built by the script exactly as
 //! [`crate::message::assemble`] builds it, so every host forwards the same bytes.
 //!
@@ -31,7 +34,10 @@
 //! saw: the channel moves to a new epoch, and clients are told.
 //!
 //! Publishing while Redis is unreachable fails within `redis.timeout_ms` with
-//! [`BrokerError::Unavailable`]: a message is acknowledged only once Redis has it.
+//! [`BrokerError::Unavailable`]: a message is acknowledged only once Redis has it. Such a
+//! failure does not say the message was not published: the command may still be waiting in
+//! the connection and run once Redis answers again. A retry with the same idempotency key
+//! then gets the first attempt's id instead of publishing twice.
 
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
@@ -49,8 +55,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::{
-    new_epoch, plan_backlog, Backlog, Broker, BrokerError, Delivery, Event, History, Published,
-    Subscriber, SubscriberId,
+    new_epoch, plan_backlog, Backlog, Broker, BrokerError, Delivery, Event, History, Once,
+    Publication, Published, Subscriber, SubscriberId,
 };
 use crate::message::{assemble, Tail};
 use crate::redis::{RedisError, RedisLink};
@@ -189,6 +195,10 @@ impl RedisBroker {
         format!("{}:{{{channel}}}:history", self.link.key_prefix())
     }
 
+    fn once_key(&self, channel: &str, key: &str) -> String {
+        format!("{}:{{{channel}}}:once:{key}", self.link.key_prefix())
+    }
+
     fn live_channel(&self, channel: &str) -> String {
         format!("{}:{{{channel}}}:live", self.link.key_prefix())
     }
@@ -236,6 +246,47 @@ impl RedisBroker {
                 "unexpected reply from the {script} script for {channel}"
             ))),
         }
+    }
+
+    /// Runs the publish script, with the idempotency key of `once` if given.
+    async fn run_publish(
+        &self,
+        channel: &str,
+        tail: &Tail,
+        once: Option<&Once>,
+    ) -> Result<Publication, BrokerError> {
+        let channel_json = serde_json::to_string(channel)
+            .map_err(|e| BrokerError::Internal(format!("cannot encode the channel name: {e}")))?;
+        let publish_command = if self.link.is_cluster() {
+            "SPUBLISH"
+        } else {
+            "PUBLISH"
+        };
+        let mut invocation = self.publish_script.key(self.meta_key(channel));
+        invocation
+            .key(self.history_key(channel))
+            .arg(channel_json)
+            .arg(tail.as_bytes())
+            .arg(new_epoch(None))
+            .arg(self.options.history_size)
+            .arg(self.options.ttl.as_secs().max(1))
+            .arg(self.live_channel(channel))
+            .arg(publish_command);
+        if let Some(once) = once {
+            invocation
+                .key(self.once_key(channel, &once.key))
+                .arg(once.window.as_secs().max(1));
+        }
+        let (epoch, id, mut rest) = self.call(&invocation, "publish", channel).await?;
+        if rest.next().and_then(value_u64) == Some(1) {
+            return Ok(Publication::Repeat(Position { epoch, id }));
+        }
+        Ok(Publication::New(Published {
+            channel: channel.into(),
+            epoch,
+            id,
+            payload: assemble(channel, id, epoch, tail),
+        }))
     }
 
     /// Runs the read script: epoch, head and up to `count` entries below `before`.
@@ -680,30 +731,21 @@ impl Broker for RedisBroker {
     }
 
     async fn publish(&self, channel: &str, tail: &Tail) -> Result<Published, BrokerError> {
-        let channel_json = serde_json::to_string(channel)
-            .map_err(|e| BrokerError::Internal(format!("cannot encode the channel name: {e}")))?;
-        let publish_command = if self.link.is_cluster() {
-            "SPUBLISH"
-        } else {
-            "PUBLISH"
-        };
-        let mut invocation = self.publish_script.key(self.meta_key(channel));
-        invocation
-            .key(self.history_key(channel))
-            .arg(channel_json)
-            .arg(tail.as_bytes())
-            .arg(new_epoch(None))
-            .arg(self.options.history_size)
-            .arg(self.options.ttl.as_secs().max(1))
-            .arg(self.live_channel(channel))
-            .arg(publish_command);
-        let (epoch, id, _) = self.call(&invocation, "publish", channel).await?;
-        Ok(Published {
-            channel: channel.into(),
-            epoch,
-            id,
-            payload: assemble(channel, id, epoch, tail),
-        })
+        match self.run_publish(channel, tail, None).await? {
+            Publication::New(published) => Ok(published),
+            Publication::Repeat(_) => Err(BrokerError::Internal(format!(
+                "the publish script took a publish without a key for a repeat in {channel}"
+            ))),
+        }
+    }
+
+    async fn publish_once(
+        &self,
+        channel: &str,
+        tail: &Tail,
+        once: &Once,
+    ) -> Result<Publication, BrokerError> {
+        self.run_publish(channel, tail, Some(once)).await
     }
 
     async fn subscribe(

@@ -55,6 +55,10 @@ pub struct Draft<'a> {
     pub body: Body,
     /// Cleared by a plugin that wants the message acknowledged but not broadcast.
     pub broadcast: bool,
+    /// The publish's idempotency key scoped to its user ([`crate::publish::idempotency`]),
+    /// if the publisher gave one: the retries of one message share it, so a plugin that
+    /// counts messages counts them once.
+    pub key: Option<&'a str>,
 }
 
 impl<'a> Draft<'a> {
@@ -64,7 +68,14 @@ impl<'a> Draft<'a> {
             channel,
             body,
             broadcast: true,
+            key: None,
         }
+    }
+
+    /// The same draft, for a publish with this (scoped) idempotency key.
+    pub fn with_key(mut self, key: Option<&'a str>) -> Self {
+        self.key = key;
+        self
     }
 }
 

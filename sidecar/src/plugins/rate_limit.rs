@@ -6,6 +6,8 @@
 //! it would with fixed windows. A refused message is not counted; joins and leaves are not
 //! messages. The refusal is `rate_limited` with `retryAfter` (WebSocket) or `Retry-After`
 //! (HTTP): the seconds, rounded up, until the oldest counted message leaves the window.
+//! Retries of one message with its idempotency key ([`crate::publish::idempotency`]) count
+//! once: an attempt whose outcome was unknown may have been counted already.
 //!
 //! The user is [`Identity::moderation_id`], or the token's `_public` text when it has none
 //! (so such users are limited too, by what they show). Counting:
@@ -52,11 +54,15 @@ enum Engine {
     },
 }
 
-/// The in-process counts: channel → user → times of the counted messages, oldest first.
+/// The in-process counts: channel → user → the counted messages (their time, and their
+/// idempotency key if they had one), oldest first.
 #[derive(Debug, Default)]
 struct Windows {
-    channels: Mutex<HashMap<String, HashMap<String, VecDeque<Instant>>>>,
+    channels: Mutex<HashMap<String, HashMap<String, VecDeque<Counted>>>>,
 }
+
+/// A counted message: when, and its scoped idempotency key if it had one.
+type Counted = (Instant, Option<String>);
 
 impl RateLimit {
     /// The plugin as `[rate_limit]` sets it: through Redis when `[redis]` is configured,
@@ -109,18 +115,24 @@ impl RateLimit {
 
     /// Counts a message of `user` in `channel`; `Err` with the wait when it is one too
     /// many.
-    async fn count(&self, channel: &str, user: &str) -> Result<(), Refusal> {
+    async fn count(&self, channel: &str, user: &str, key: Option<&str>) -> Result<(), Refusal> {
         match &self.engine {
-            Engine::Memory(windows) => {
-                windows.count(channel, user, self.messages, self.window, Instant::now())
-            }
+            Engine::Memory(windows) => windows.count(
+                channel,
+                user,
+                key,
+                self.messages,
+                self.window,
+                Instant::now(),
+            ),
             Engine::Redis { link, script } => {
-                let key = format!("{}:{{{channel}}}:rate:{user}", link.key_prefix());
-                let mut invocation = script.key(key);
+                let counts = format!("{}:{{{channel}}}:rate:{user}", link.key_prefix());
+                let mut invocation = script.key(counts);
                 invocation
                     .arg(self.messages)
                     .arg(u64::try_from(self.window.as_millis()).unwrap_or(u64::MAX))
-                    .arg(rand::random::<u64>());
+                    .arg(rand::random::<u64>())
+                    .arg(key.unwrap_or(""));
                 let mut conn = link.commands();
                 let (counted, wait_ms): (i64, i64) = link
                     .bounded(invocation.invoke_async(&mut conn))
@@ -155,7 +167,7 @@ impl Plugin for RateLimit {
 
     async fn check(&self, draft: &mut Draft<'_>) -> Result<(), PublishError> {
         let user = user_of(draft.identity);
-        match self.count(draft.channel, &user).await {
+        match self.count(draft.channel, &user, draft.key).await {
             Ok(()) => Ok(()),
             Err(Refusal::Full(wait)) => {
                 let seconds = retry_after_seconds(wait);
@@ -191,7 +203,7 @@ fn retry_after_seconds(wait: Duration) -> u64 {
 }
 
 impl Windows {
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, HashMap<String, VecDeque<Instant>>>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, HashMap<String, VecDeque<Counted>>>> {
         // No critical section here panics; the counts stay usable if one ever did.
         self.channels.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -200,27 +212,31 @@ impl Windows {
         &self,
         channel: &str,
         user: &str,
+        key: Option<&str>,
         messages: u32,
         window: Duration,
         now: Instant,
     ) -> Result<(), Refusal> {
         let mut channels = self.lock();
-        let times = channels
+        let counted = channels
             .entry(channel.to_owned())
             .or_default()
             .entry(user.to_owned())
             .or_default();
-        while times
+        while counted
             .front()
-            .is_some_and(|t| now.saturating_duration_since(*t) >= window)
+            .is_some_and(|(t, _)| now.saturating_duration_since(*t) >= window)
         {
-            times.pop_front();
+            counted.pop_front();
         }
-        if times.len() < messages as usize {
-            times.push_back(now);
+        if key.is_some() && counted.iter().any(|(_, k)| k.as_deref() == key) {
+            return Ok(()); // A retry of a message already counted.
+        }
+        if counted.len() < messages as usize {
+            counted.push_back((now, key.map(str::to_owned)));
             return Ok(());
         }
-        let oldest = times.front().copied().unwrap_or(now);
+        let oldest = counted.front().map_or(now, |(t, _)| *t);
         Err(Refusal::Full(
             (oldest + window).saturating_duration_since(now),
         ))
@@ -229,10 +245,10 @@ impl Windows {
     /// Forgets the users whose last counted message has left the window.
     fn sweep(&self, window: Duration, now: Instant) {
         self.lock().retain(|_, users| {
-            users.retain(|_, times| {
-                times
+            users.retain(|_, counted| {
+                counted
                     .back()
-                    .is_some_and(|t| now.saturating_duration_since(*t) < window)
+                    .is_some_and(|(t, _)| now.saturating_duration_since(*t) < window)
             });
             !users.is_empty()
         });
@@ -276,7 +292,7 @@ mod tests {
     fn the_window_slides_and_refusals_do_not_count() {
         let w = Windows::default();
         let t0 = Instant::now();
-        let count = |at: Duration| w.count("room", "ann", 3, WINDOW, t0 + at);
+        let count = |at: Duration| w.count("room", "ann", None, 3, WINDOW, t0 + at);
         assert_eq!(count(ms(0)), Ok(()));
         assert_eq!(count(ms(4_000)), Ok(()));
         assert_eq!(count(ms(9_000)), Ok(()));
@@ -290,8 +306,14 @@ mod tests {
         assert_eq!(count(ms(14_000)), Ok(()));
         assert_eq!(count(ms(14_001)), Err(Refusal::Full(ms(4_999))));
         // Other users and other channels have their own counts.
-        assert_eq!(w.count("room", "bo", 3, WINDOW, t0 + ms(14_001)), Ok(()));
-        assert_eq!(w.count("hall", "ann", 3, WINDOW, t0 + ms(14_001)), Ok(()));
+        assert_eq!(
+            w.count("room", "bo", None, 3, WINDOW, t0 + ms(14_001)),
+            Ok(())
+        );
+        assert_eq!(
+            w.count("hall", "ann", None, 3, WINDOW, t0 + ms(14_001)),
+            Ok(())
+        );
     }
 
     #[test]
@@ -307,9 +329,11 @@ mod tests {
     fn idle_users_are_swept() {
         let w = Windows::default();
         let t0 = Instant::now();
-        w.count("room", "ann", 3, WINDOW, t0).unwrap();
-        w.count("room", "bo", 3, WINDOW, t0 + ms(5_000)).unwrap();
-        w.count("hall", "cy", 3, WINDOW, t0 + ms(1_000)).unwrap();
+        w.count("room", "ann", None, 3, WINDOW, t0).unwrap();
+        w.count("room", "bo", None, 3, WINDOW, t0 + ms(5_000))
+            .unwrap();
+        w.count("hall", "cy", None, 3, WINDOW, t0 + ms(1_000))
+            .unwrap();
         w.sweep(WINDOW, t0 + ms(9_999));
         assert_eq!(w.users(), 3);
         w.sweep(WINDOW, t0 + ms(11_000));
@@ -395,5 +419,39 @@ mod tests {
         drop(redis);
         let err = publish(&host_a, &ann, "room").await.unwrap_err();
         assert_eq!(err.code, ErrorCode::Unavailable);
+    }
+    async fn publish_keyed(
+        limit: &RateLimit,
+        who: &Identity,
+        key: &str,
+    ) -> Result<(), PublishError> {
+        let mut draft = Draft::new(who, "room", Body::Text("hi".into())).with_key(Some(key));
+        limit.check(&mut draft).await
+    }
+
+    /// Retries with one key count once; other keys and unkeyed messages count as usual.
+    async fn retries_count_once(limit: &RateLimit) {
+        let ann = identity(Some("ann"), "{}");
+        for _ in 0..5 {
+            publish_keyed(limit, &ann, "k1").await.unwrap();
+        }
+        publish_keyed(limit, &ann, "k2").await.unwrap();
+        let err = publish_keyed(limit, &ann, "k3").await.unwrap_err();
+        assert_eq!(err.code, ErrorCode::RateLimited);
+        // A counted message's retry still passes when the window is full.
+        publish_keyed(limit, &ann, "k1").await.unwrap();
+        assert!(publish(limit, &ann, "room").await.is_err());
+    }
+
+    #[tokio::test]
+    async fn retries_of_a_keyed_message_count_once() {
+        retries_count_once(&RateLimit::memory(2, Duration::from_secs(60))).await;
+        let redis = crate::registry::tests::RedisServer::start();
+        retries_count_once(&RateLimit::redis(
+            2,
+            Duration::from_secs(60),
+            redis.link().await,
+        ))
+        .await;
     }
 }

@@ -1,19 +1,24 @@
 //! Publishing: the checks every message goes through, shared by the WebSocket publisher
 //! (`GET /pub`, [`ws`]) and the one-shot HTTP endpoint (`POST /pub/<ch>`, [`post`]);
-//! [`sessions`] lists the open WebSocket sessions by user, so a ban can close them.
+//! [`sessions`] lists the open WebSocket sessions by user, so a ban can close them;
+//! [`idempotency`] checks and scopes the keys that make a retried publish happen once.
 
+pub mod idempotency;
 pub mod post;
 pub mod sessions;
 pub mod ws;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::http::StatusCode;
+use chatup_wire::Position;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::auth::{AuthError, Identity, Verifier};
-use crate::broker::{Broker, BrokerError, Published};
+use crate::broker::{Broker, BrokerError, Once, Publication, Published};
+use crate::config::LimitsConfig;
 use crate::message::{now_ms, Body, Tail};
 use crate::metrics::{Metrics, PublishedKind};
 use crate::plugins::{Chain, Draft};
@@ -38,6 +43,7 @@ pub enum ErrorCode {
     InvalidUtf8,
     EventsNotAllowed,
     UnsupportedMediaType,
+    BadIdempotencyKey,
     TooManyChannels,
     Banned,
     RateLimited,
@@ -60,6 +66,7 @@ impl ErrorCode {
             Self::InvalidUtf8 => "invalid_utf8",
             Self::EventsNotAllowed => "events_not_allowed",
             Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::BadIdempotencyKey => "bad_idempotency_key",
             Self::TooManyChannels => "too_many_channels",
             Self::Banned => "banned",
             Self::RateLimited => "rate_limited",
@@ -79,6 +86,7 @@ impl ErrorCode {
             | Self::BadChannel
             | Self::Empty
             | Self::InvalidUtf8
+            | Self::BadIdempotencyKey
             | Self::TooManyChannels => StatusCode::BAD_REQUEST,
             Self::EventsNotAllowed | Self::Banned | Self::Rejected => StatusCode::FORBIDDEN,
             Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
@@ -161,6 +169,19 @@ pub struct Limits {
     pub max_message_chars: usize,
     /// Largest serialized event `data`, in bytes.
     pub max_event_bytes: usize,
+    /// How long an idempotency key names its publish: a retry with the key within it gets
+    /// the first answer instead of publishing again.
+    pub idempotency_window: Duration,
+}
+
+impl From<&LimitsConfig> for Limits {
+    fn from(config: &LimitsConfig) -> Self {
+        Self {
+            max_message_chars: config.max_message_chars,
+            max_event_bytes: config.max_event_bytes,
+            idempotency_window: Duration::from_secs(config.idempotency_window_seconds),
+        }
+    }
 }
 
 impl Limits {
@@ -181,6 +202,9 @@ pub enum Outcome {
     Published(Published),
     /// Accepted but, by a plugin's choice, not broadcast (nor kept in history).
     Withheld,
+    /// A retry: a publish with the same idempotency key (same user, same channel) came
+    /// within the window and went to this position; nothing was published now.
+    Repeat(Position),
 }
 
 /// How both publish endpoints tell the publisher what became of a message: its id and
@@ -195,6 +219,10 @@ pub struct Receipt {
     /// A plugin accepted the message but kept it from the channel.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub withheld: bool,
+    /// The publish repeated an earlier one's idempotency key: `id` and `ep` are that
+    /// earlier message's, and nothing was published now.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub duplicate: bool,
 }
 
 impl From<&Outcome> for Receipt {
@@ -204,11 +232,19 @@ impl From<&Outcome> for Receipt {
                 id: Some(p.id),
                 ep: Some(p.epoch),
                 withheld: false,
+                duplicate: false,
             },
             Outcome::Withheld => Self {
                 id: None,
                 ep: None,
                 withheld: true,
+                duplicate: false,
+            },
+            Outcome::Repeat(first) => Self {
+                id: Some(first.id),
+                ep: Some(first.epoch),
+                withheld: false,
+                duplicate: true,
             },
         }
     }
@@ -273,15 +309,29 @@ impl Publisher {
         channel: &str,
         body: Body,
     ) -> Result<Outcome, PublishError> {
+        self.publish_keyed(identity, channel, body, None).await
+    }
+
+    /// [`publish`](Self::publish) with the publisher's idempotency key, if it gave one: a
+    /// retry within the window gets [`Outcome::Repeat`] and publishes nothing.
+    pub async fn publish_keyed(
+        &self,
+        identity: &Identity,
+        channel: &str,
+        body: Body,
+        key: Option<&str>,
+    ) -> Result<Outcome, PublishError> {
         let kind = match body {
             Body::Text(_) => PublishedKind::Msg,
             Body::Event { .. } => PublishedKind::Event,
         };
-        let result = self.check_and_publish(identity, channel, body).await;
+        let result = self.check_and_publish(identity, channel, body, key).await;
         if let Some(metrics) = &self.metrics {
             match &result {
                 Ok(Outcome::Published(_)) => metrics.published(kind),
                 Ok(Outcome::Withheld) => metrics.withheld(),
+                // Counted when it was published.
+                Ok(Outcome::Repeat(_)) => {}
                 Err(e) => metrics.rejected(e.code),
             }
         }
@@ -293,6 +343,7 @@ impl Publisher {
         identity: &Identity,
         channel: &str,
         body: Body,
+        key: Option<&str>,
     ) -> Result<Outcome, PublishError> {
         if self.verifier.expired(identity, now_ms() / 1000) {
             return Err(PublishError::new(
@@ -301,8 +352,12 @@ impl Publisher {
             ));
         }
         check_channel(channel)?;
+        if let Some(key) = key {
+            idempotency::check_key(key)?;
+        }
         self.check_body(identity, &body)?;
-        let mut draft = Draft::new(identity, channel, body);
+        let scoped = key.map(|key| idempotency::scoped(identity, key));
+        let mut draft = Draft::new(identity, channel, body).with_key(scoped.as_deref());
         self.chain.run(&mut draft).await?;
         if !draft.broadcast {
             return Ok(Outcome::Withheld);
@@ -310,9 +365,21 @@ impl Publisher {
         let tail = Tail::encode(now_ms(), &identity.user, &draft.body).map_err(|e| {
             PublishError::new(ErrorCode::Internal, format!("cannot encode message: {e}"))
         })?;
-        Ok(Outcome::Published(
-            self.broker.publish(channel, &tail).await?,
-        ))
+        let Some(key) = scoped else {
+            return Ok(Outcome::Published(
+                self.broker.publish(channel, &tail).await?,
+            ));
+        };
+        let once = Once {
+            key,
+            window: self.limits.idempotency_window,
+        };
+        Ok(
+            match self.broker.publish_once(channel, &tail, &once).await? {
+                Publication::New(published) => Outcome::Published(published),
+                Publication::Repeat(first) => Outcome::Repeat(first),
+            },
+        )
     }
 
     fn check_body(&self, identity: &Identity, body: &Body) -> Result<(), PublishError> {
@@ -423,6 +490,7 @@ mod tests {
             Limits {
                 max_message_chars: 5,
                 max_event_bytes: 10,
+                idempotency_window: Duration::from_secs(300),
             },
             Chain::default(),
         )
@@ -440,6 +508,7 @@ mod tests {
             .await
             .map(|outcome| match outcome {
                 Outcome::Published(p) => p.id,
+                Outcome::Repeat(first) => first.id,
                 Outcome::Withheld => 0,
             })
             .map_err(|e| e.code)
@@ -554,5 +623,46 @@ mod tests {
                 ErrorCode::BadRequest
             );
         }
+    }
+    #[tokio::test]
+    async fn keyed_publishes_happen_once_per_user_and_key() {
+        let p = publisher();
+        let who = identity(false);
+        let publish = |key: Option<&'static str>, text: &'static str| {
+            let p = &p;
+            let who = &who;
+            async move {
+                p.publish_keyed(who, "r", Body::Text(text.into()), key)
+                    .await
+            }
+        };
+        let Ok(Outcome::Published(first)) = publish(Some("k"), "a").await else {
+            panic!("the first keyed publish is published");
+        };
+        let again = publish(Some("k"), "b").await.unwrap();
+        assert_eq!(
+            again,
+            Outcome::Repeat(Position {
+                epoch: first.epoch,
+                id: first.id
+            })
+        );
+        assert_eq!(
+            Receipt::from(&again),
+            Receipt {
+                id: Some(first.id),
+                ep: Some(first.epoch),
+                withheld: false,
+                duplicate: true,
+            }
+        );
+        // Unkeyed publishes never repeat.
+        assert!(matches!(publish(None, "a").await, Ok(Outcome::Published(p)) if p.id == 2));
+        assert!(matches!(publish(None, "a").await, Ok(Outcome::Published(p)) if p.id == 3));
+        // A bad key is refused before the message's own checks.
+        assert_eq!(
+            publish(Some("no spaces"), "").await.unwrap_err().code,
+            ErrorCode::BadIdempotencyKey
+        );
     }
 }

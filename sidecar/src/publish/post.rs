@@ -3,6 +3,10 @@
 //! A `text/plain` body is the message text; an `application/json` body is `{"msg": ..}` or
 //! `{"ev": .., "data": ..}`. Success is `200 {"ch":..,"id":..,"ep":..}`; errors are
 //! `{"error":{"code":..,"message":..}}` with the status of their code.
+//!
+//! An `Idempotency-Key: <key>` header makes retrying safe ([`super::idempotency`]): a
+//! retry within the window answers `200 {"ch":..,"id":..,"ep":..,"duplicate":true}` with
+//! the first message's id and publishes nothing.
 
 use std::sync::Arc;
 
@@ -16,12 +20,17 @@ use serde::Serialize;
 use serde_json::Value;
 use tracing::{debug, Instrument};
 
+use super::idempotency::check_key;
 use super::{
     body_from_json, check_channel, ErrorCode, HttpError, HttpErrorBody, Outcome, PublishError,
     Receipt,
 };
 use crate::http::App;
 use crate::message::Body;
+
+/// The request header naming a publish, as in the IETF draft "The Idempotency-Key HTTP
+/// Header Field".
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
 #[derive(Serialize)]
 struct Accepted<'a> {
@@ -58,6 +67,10 @@ pub async fn publish(
                         debug!("accepted, withheld");
                         StatusCode::ACCEPTED
                     }
+                    Outcome::Repeat(first) => {
+                        debug!(id = first.id, "a retry of a publish already made");
+                        StatusCode::OK
+                    }
                 };
                 let receipt = Receipt::from(&outcome);
                 (
@@ -92,6 +105,7 @@ async fn handle(
         tracing::Span::current().record("sub", sub.as_str());
     }
     check_channel(channel)?;
+    let key = idempotency_key(headers)?;
 
     let kind = content_kind(headers)?;
     let limit = app.publisher.limits().max_request_bytes();
@@ -122,7 +136,25 @@ async fn handle(
             body_from_json(&object)?
         }
     };
-    app.publisher.publish(&identity, channel, body).await
+    app.publisher
+        .publish_keyed(&identity, channel, body, key)
+        .await
+}
+
+/// The `Idempotency-Key` header, if any (checked by the publisher; unreadable bytes are a
+/// bad key here).
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, PublishError> {
+    let Some(value) = headers.get(IDEMPOTENCY_KEY) else {
+        return Ok(None);
+    };
+    let key = value.to_str().map_err(|_| {
+        PublishError::new(
+            ErrorCode::BadIdempotencyKey,
+            "the Idempotency-Key header is not ASCII",
+        )
+    })?;
+    check_key(key)?;
+    Ok(Some(key))
 }
 
 enum ContentKind {

@@ -7,6 +7,9 @@
 //! that is not UTF-8 with 1007, first frame or not. Then each frame
 //! `{"ref":..,"ch":..,"msg":..}` / `{"ref":..,"ch":..,"ev":..,"data":..}` is answered with an
 //! ack or an error carrying the same `ref`, in order. `{"token":".."}` re-authenticates.
+//! A publish frame may carry `"key"`, an idempotency key ([`super::idempotency`]): a retry
+//! within the window is acked with the first message's `id` and `ep` and
+//! `"duplicate":true`, and publishes nothing.
 //! Frames are read ahead: up to 64 wait for the broker at once (a Redis
 //! round trip per publish would otherwise bound a socket), and answers go out in frame
 //! order, several per flush.
@@ -603,6 +606,14 @@ fn handle_frame<'a>(
         Ok(body) => body,
         Err(e) => return error(reference, e.code, &e.message),
     };
+    let key = match object.get("key") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(key)) => Some(key.clone()),
+        Some(_) => {
+            let message = "\"key\" (an idempotency key) must be a string";
+            return error(reference, ErrorCode::BadIdempotencyKey, message);
+        }
+    };
     if chatup_wire::channel::validate(channel.as_bytes()).is_ok() {
         registration.published(&channel);
     }
@@ -611,7 +622,11 @@ fn handle_frame<'a>(
     let span = tracing::Span::current();
     Box::pin(
         async move {
-            match app.publisher.publish(&identity, &channel, body).await {
+            let published = app
+                .publisher
+                .publish_keyed(&identity, &channel, body, key.as_deref())
+                .await;
+            match published {
                 Ok(outcome) => Answer::Send(json_text(&Ack::of(reference.as_ref(), &outcome))),
                 Err(e) => {
                     debug!(

@@ -15,6 +15,7 @@ mod failover;
 mod frames;
 mod handshake;
 mod harness_redis;
+mod idempotency;
 mod limits;
 mod metrics;
 mod moderation;
