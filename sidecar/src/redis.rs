@@ -37,6 +37,9 @@ const RECONNECT_MIN: Duration = Duration::from_millis(100);
 const RECONNECT_MAX: Duration = Duration::from_millis(1000);
 /// One TCP connect attempt.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(1000);
+/// Commands queued for the Redis connection before callers wait (the library's default
+/// is 50).
+const PIPELINE_BUFFER: usize = 4096;
 /// How often the sentinels are asked which server is the primary. It adds at most this
 /// much to a failover, after the sentinels' own `down-after-milliseconds` and election.
 const SENTINEL_POLL: Duration = Duration::from_millis(500);
@@ -456,6 +459,9 @@ impl Target {
 
     fn manager_config(&self) -> ConnectionManagerConfig {
         ConnectionManagerConfig::new()
+            // Room for every publisher's pipelined scripts: a publish waits for a free
+            // place in this queue, and one that waits may lose its place in frame order.
+            .set_pipeline_buffer_size(PIPELINE_BUFFER)
             .set_number_of_retries(usize::MAX)
             .set_min_delay(RECONNECT_MIN)
             .set_max_delay(RECONNECT_MAX)

@@ -6,6 +6,7 @@
 pub mod idempotency;
 pub mod post;
 pub mod sessions;
+pub mod turn;
 pub mod ws;
 
 use std::sync::Arc;
@@ -321,11 +322,27 @@ impl Publisher {
         body: Body,
         key: Option<&str>,
     ) -> Result<Outcome, PublishError> {
+        self.publish_in_turn(identity, channel, body, key, None)
+            .await
+    }
+
+    /// [`publish_keyed`](Self::publish_keyed) that reaches the broker only in its `turn`
+    /// (see [`turn`]), for a session whose publishes must keep their order.
+    pub async fn publish_in_turn(
+        &self,
+        identity: &Identity,
+        channel: &str,
+        body: Body,
+        key: Option<&str>,
+        turn: Option<turn::Turn>,
+    ) -> Result<Outcome, PublishError> {
         let kind = match body {
             Body::Text(_) => PublishedKind::Msg,
             Body::Event { .. } => PublishedKind::Event,
         };
-        let result = self.check_and_publish(identity, channel, body, key).await;
+        let result = self
+            .check_and_publish(identity, channel, body, key, turn)
+            .await;
         if let Some(metrics) = &self.metrics {
             match &result {
                 Ok(Outcome::Published(_)) => metrics.published(kind),
@@ -344,6 +361,7 @@ impl Publisher {
         channel: &str,
         body: Body,
         key: Option<&str>,
+        turn: Option<turn::Turn>,
     ) -> Result<Outcome, PublishError> {
         if self.verifier.expired(identity, now_ms() / 1000) {
             return Err(PublishError::new(
@@ -365,21 +383,27 @@ impl Publisher {
         let tail = Tail::encode(now_ms(), &identity.user, &draft.body).map_err(|e| {
             PublishError::new(ErrorCode::Internal, format!("cannot encode message: {e}"))
         })?;
-        let Some(key) = scoped else {
-            return Ok(Outcome::Published(
-                self.broker.publish(channel, &tail).await?,
-            ));
+        let step = async {
+            let Some(key) = scoped else {
+                return Ok(Outcome::Published(
+                    self.broker.publish(channel, &tail).await?,
+                ));
+            };
+            let once = Once {
+                key,
+                window: self.limits.idempotency_window,
+            };
+            Ok(
+                match self.broker.publish_once(channel, &tail, &once).await? {
+                    Publication::New(published) => Outcome::Published(published),
+                    Publication::Repeat(first) => Outcome::Repeat(first),
+                },
+            )
         };
-        let once = Once {
-            key,
-            window: self.limits.idempotency_window,
-        };
-        Ok(
-            match self.broker.publish_once(channel, &tail, &once).await? {
-                Publication::New(published) => Outcome::Published(published),
-                Publication::Repeat(first) => Outcome::Repeat(first),
-            },
-        )
+        match turn {
+            Some(turn) => turn.take(step).await,
+            None => step.await,
+        }
     }
 
     fn check_body(&self, identity: &Identity, body: &Body) -> Result<(), PublishError> {

@@ -52,6 +52,7 @@ use serde_json::Value;
 use tracing::{debug, Instrument};
 
 use super::sessions::Registration;
+use super::turn::Turns;
 use super::{body_from_json, ErrorCode, Outcome, PublishError, Receipt};
 use crate::auth::{AuthError, Identity};
 use crate::http::App;
@@ -275,6 +276,8 @@ async fn serve(socket: &mut WebSocket, app: &App, mut identity: Identity) -> End
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut heard_since_ping = true;
     let mut in_flight: FuturesOrdered<Pending<'_>> = FuturesOrdered::new();
+    // Publishes reach the broker in frame order, whatever order their checks end in.
+    let mut turns = Turns::default();
     let limit = app.publisher.limits().max_request_bytes();
     loop {
         let message = tokio::select! {
@@ -349,6 +352,7 @@ async fn serve(socket: &mut WebSocket, app: &App, mut identity: Identity) -> End
                 &mut identity,
                 &mut presence,
                 &mut registration,
+                &mut turns,
                 text.as_str(),
             ),
         });
@@ -486,6 +490,7 @@ fn handle_frame<'a>(
     identity: &mut Identity,
     presence: &mut Session,
     registration: &mut Registration,
+    turns: &mut Turns,
     text: &str,
 ) -> Pending<'a> {
     let error = |reference: Option<&Value>, code, message: &str| {
@@ -619,12 +624,13 @@ fn handle_frame<'a>(
     }
     let reference = reference.cloned();
     let identity = identity.clone();
+    let turn = turns.next();
     let span = tracing::Span::current();
     Box::pin(
         async move {
             let published = app
                 .publisher
-                .publish_keyed(&identity, &channel, body, key.as_deref())
+                .publish_in_turn(&identity, &channel, body, key.as_deref(), Some(turn))
                 .await;
             match published {
                 Ok(outcome) => Answer::Send(json_text(&Ack::of(reference.as_ref(), &outcome))),
