@@ -31,7 +31,7 @@ pub struct Turn {
 
 impl Turns {
     /// The turn after every turn given so far.
-    pub fn next(&mut self) -> Turn {
+    pub fn take_next(&mut self) -> Turn {
         let (handed_over, latest) = oneshot::channel();
         Turn {
             previous: self.latest.replace(latest),
@@ -78,7 +78,7 @@ mod tests {
         let mut tasks = Vec::new();
         // Publish 0's checks take longest, publish 3's none.
         for (i, check) in [30u64, 20, 10, 0].into_iter().enumerate() {
-            let turn = turns.next();
+            let turn = turns.take_next();
             let order = order.clone();
             tasks.push(tokio::spawn(async move {
                 tokio::time::sleep(Duration::from_millis(check)).await;
@@ -95,8 +95,8 @@ mod tests {
     #[tokio::test]
     async fn a_dropped_turn_lets_the_next_one_go() {
         let mut turns = Turns::default();
-        let refused = turns.next();
-        let next = turns.next();
+        let refused = turns.take_next();
+        let next = turns.take_next();
         drop(refused);
         let out = tokio::time::timeout(Duration::from_secs(1), next.take(async { 7 })).await;
         assert_eq!(out.ok(), Some(7));
@@ -105,8 +105,8 @@ mod tests {
     #[tokio::test]
     async fn the_next_goes_once_the_step_is_handed_over_not_finished() {
         let mut turns = Turns::default();
-        let first = turns.next();
-        let second = turns.next();
+        let first = turns.take_next();
+        let second = turns.take_next();
         let (finish, finished) = oneshot::channel::<()>();
         // The first step is handed over (first poll) but waits for its answer.
         let slow = tokio::spawn(first.take(async move {

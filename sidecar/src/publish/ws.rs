@@ -624,7 +624,7 @@ fn handle_frame<'a>(
     }
     let reference = reference.cloned();
     let identity = identity.clone();
-    let turn = turns.next();
+    let turn = turns.take_next();
     let span = tracing::Span::current();
     Box::pin(
         async move {
