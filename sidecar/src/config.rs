@@ -961,7 +961,8 @@ pub fn keys_help() -> String {
     let mut out = String::from(
         "Configuration keys (TOML file section.key; environment variable; default).\n\
          Precedence: --set > environment > config file > default. Lists in environment\n\
-         variables and --set are comma-separated (CHATUP_AUTH_ALGORITHMS=RS256,RS512).\n\n",
+         variables and --set are comma-separated (CHATUP_AUTH_ALGORITHMS=RS256,RS512) or\n\
+         written as in TOML (--set 'dispatch.cors_origins=[\"*\"]'); a string may be quoted.\n\n",
     );
     for (path, value) in leaves(&Config::defaults_tree()) {
         let key = path.join(".");
@@ -1099,7 +1100,22 @@ fn set_leaf(
         message,
     };
     let raw_trimmed = raw.trim();
+    // A TOML value as in the file (`["*"]`, `"text"`), for the kinds whose plain form
+    // would take the brackets or quotes literally.
+    let toml_value = || -> Result<Value, ConfigError> {
+        let mut table: toml::Table = toml::from_str(&format!("v = {raw_trimmed}"))
+            .map_err(|e| bad(format!("{raw:?} is not a TOML value: {}", e.message())))?;
+        table
+            .remove("v")
+            .ok_or_else(|| bad(format!("{raw:?} is not a TOML value")))
+    };
+    let quoted =
+        raw_trimmed.len() >= 2 && raw_trimmed.starts_with('"') && raw_trimmed.ends_with('"');
     let value = match default {
+        Value::String(_) if quoted => match toml_value()? {
+            text @ Value::String(_) => text,
+            _ => return Err(bad(format!("expected a string, got {raw:?}"))),
+        },
         Value::String(_) => Value::String(raw.to_owned()),
         Value::Integer(_) => Value::Integer(
             raw_trimmed
@@ -1116,6 +1132,10 @@ fn set_leaf(
                 .parse()
                 .map_err(|_| bad(format!("expected true or false, got {raw:?}")))?,
         ),
+        Value::Array(_) if raw_trimmed.starts_with('[') => match toml_value()? {
+            list @ Value::Array(_) => list,
+            _ => return Err(bad(format!("expected a list, got {raw:?}"))),
+        },
         Value::Array(_) => Value::Array(
             raw.split(',')
                 .map(str::trim)
@@ -1227,6 +1247,37 @@ mod tests {
             c.auth.algorithms,
             vec![Algorithm::RS256, Algorithm::RS512, Algorithm::PS256]
         );
+    }
+
+    #[test]
+    fn lists_and_strings_may_be_written_as_in_toml() {
+        let sets = |sets: &[&str]| {
+            let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+            Config::load(None, env(&[]), &sets).map(|l| l.config)
+        };
+        let c = sets(&[r#"dispatch.cors_origins=["*"]"#, r#"host.id="chat-1""#]).unwrap();
+        assert_eq!(c.dispatch.cors_origins, vec!["*".to_owned()]);
+        assert_eq!(c.host.id, "chat-1");
+        let c = sets(&[r#"dispatch.cors_origins=["https://a.example", "https://b.example"]"#]).unwrap();
+        assert_eq!(c.dispatch.cors_origins.len(), 2);
+        // The comma-separated form still works.
+        let c = sets(&["dispatch.cors_origins=https://a.example,https://b.example"]).unwrap();
+        assert_eq!(c.dispatch.cors_origins[1], "https://b.example");
+        let c = Config::load(
+            None,
+            env(&[("CHATUP_AUTH_ALGORITHMS", r#"["RS256", "RS512"]"#)]),
+            &[],
+        )
+        .unwrap()
+        .config;
+        assert_eq!(c.auth.algorithms, vec![Algorithm::RS256, Algorithm::RS512]);
+        for (bad, needle) in [
+            (r#"dispatch.cors_origins=["*""#, "not a TOML value"),
+            (r#"host.id="a" "b""#, "not a TOML value"),
+        ] {
+            let msg = sets(&[bad]).unwrap_err().to_string();
+            assert!(msg.contains(needle), "{bad}: {msg}");
+        }
     }
 
     #[test]
