@@ -1258,7 +1258,8 @@ mod tests {
         let c = sets(&[r#"dispatch.cors_origins=["*"]"#, r#"host.id="chat-1""#]).unwrap();
         assert_eq!(c.dispatch.cors_origins, vec!["*".to_owned()]);
         assert_eq!(c.host.id, "chat-1");
-        let c = sets(&[r#"dispatch.cors_origins=["https://a.example", "https://b.example"]"#]).unwrap();
+        let c =
+            sets(&[r#"dispatch.cors_origins=["https://a.example", "https://b.example"]"#]).unwrap();
         assert_eq!(c.dispatch.cors_origins.len(), 2);
         // The comma-separated form still works.
         let c = sets(&["dispatch.cors_origins=https://a.example,https://b.example"]).unwrap();

@@ -172,5 +172,29 @@ pub fn router(state: Arc<AdminState>) -> Router {
                 .post(blacklist::add)
                 .delete(blacklist::remove),
         )
+        .layer(axum::middleware::map_response(end_with_newline))
         .with_state(state)
+}
+
+/// Ends JSON answers with a newline, so that in a terminal `curl` leaves the prompt on a
+/// line of its own.
+async fn end_with_newline(response: Response) -> Response {
+    let json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|t| t.as_bytes().starts_with(b"application/json"));
+    if !json {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    match axum::body::to_bytes(body, usize::MAX).await {
+        Ok(bytes) => {
+            let mut text = Vec::with_capacity(bytes.len() + 1);
+            text.extend_from_slice(&bytes);
+            text.push(b'\n');
+            parts.headers.remove(header::CONTENT_LENGTH);
+            Response::from_parts(parts, axum::body::Body::from(text))
+        }
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
 }

@@ -38,7 +38,23 @@ fn bearer(token: &str) -> String {
 
 /// `GET path` with a valid admin token.
 async fn admin_get(env: &Chatup, path: &str) -> HttpResponse {
-    env.admin("GET", path, None).await
+    ends_with_newline(env.admin("GET", path, None).await)
+}
+
+/// Admin JSON answers end with a newline (curl in a terminal).
+#[track_caller]
+fn ends_with_newline(resp: HttpResponse) -> HttpResponse {
+    if resp
+        .header("content-type")
+        .is_some_and(|t| t.starts_with("application/json"))
+    {
+        assert!(
+            resp.text().ends_with('\n'),
+            "a JSON answer without a final newline: {:?}",
+            resp.text()
+        );
+    }
+    resp
 }
 
 /// `GET path` with a valid admin token; panics unless it answers 200; the JSON answer.
@@ -50,7 +66,7 @@ async fn admin_get_ok(env: &Chatup, path: &str) -> Value {
 
 /// `POST /post` with a valid admin token and `body` as JSON.
 async fn admin_post(env: &Chatup, body: &Value) -> HttpResponse {
-    env.admin("POST", "/post", Some(body)).await
+    ends_with_newline(env.admin("POST", "/post", Some(body)).await)
 }
 
 /// `POST /post` whose body is an admin JWT carrying `requests` (the original format).
