@@ -108,7 +108,8 @@ export interface ChatMessage {
   ep: number;
   /** Milliseconds since the Unix epoch. */
   t: number;
-  user: PublicUser;
+  /** The sender's `_public` object; absent on messages the admin API posted without one. */
+  user?: PublicUser;
   msg: string;
 }
 

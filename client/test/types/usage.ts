@@ -10,7 +10,9 @@ async function example(): Promise<void> {
     additionalChannels: ['news'],
     reconnectDelay: 250,
   });
-  const stop: () => void = chat.on('message', (m: ChatMessage) => console.log(m.user.name, m.msg, m.id));
+  const stop: () => void = chat.on('message', (m: ChatMessage) => console.log(m.user?.name, m.msg, m.id));
+  // @ts-expect-error: user is absent on admin posts without one
+  chat.on('message', (m: ChatMessage) => console.log(m.user.name));
   chat.on('event', (e) => console.log(e.ev, e.data));
   chat.on('status', ({ status, reason }) => {
     const s: StatusValue = status;

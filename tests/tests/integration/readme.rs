@@ -124,6 +124,12 @@ async fn the_curl_examples_of_the_readme_run_as_written() {
         "{}",
         commands[0]
     );
+    // Frames are binary to curl, which refuses to print them to a terminal without it.
+    assert!(
+        commands[0].contains("--output -"),
+        "the subscribe example needs --output -: {}",
+        commands[0]
+    );
     let frames_file = chatup.path("curl-subscriber.out");
     let subscriber = spawn(&chatup, &prelude, &commands[0], &frames_file);
     let mut viewer = Subscriber::connect(&chatup, "/sub/lobby").await;
