@@ -141,6 +141,50 @@ fn ws_err(e: tokio_tungstenite::tungstenite::Error) -> BenchError {
     BenchError::Protocol(format!("publisher: {e}"))
 }
 
+/// Publishes in a burst this large to find out whether the host limits publishes per user.
+const PROBE_BURST: usize = 20;
+
+/// Whether the host at `url` limits the publishes of `token`'s user: a burst of
+/// [`PROBE_BURST`] messages on a channel of their own (`channel`); `Some` with what was
+/// seen when one was refused `rate_limited`.
+pub async fn probe_rate_limit(
+    url: &str,
+    token: &str,
+    channel: &str,
+) -> Result<Option<String>, BenchError> {
+    let mut ws = open(url, token).await?;
+    for r in 0..PROBE_BURST {
+        let frame = serde_json::json!({"ref": r, "ch": channel, "msg": "bench probe"});
+        ws.send(Message::text(frame.to_string()))
+            .await
+            .map_err(ws_err)?;
+    }
+    let (mut acked, mut limited) = (0, 0);
+    for _ in 0..PROBE_BURST {
+        let reply = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .map_err(|_| BenchError::Protocol("no answer to a probe publish".into()))?;
+        let Some(Ok(Message::Text(text))) = reply else {
+            return Err(BenchError::Protocol(format!(
+                "unexpected answer to a probe publish: {reply:?}"
+            )));
+        };
+        let reply: Value = serde_json::from_str(&text).unwrap_or_default();
+        match (reply["type"].as_str(), reply["code"].as_str()) {
+            (Some("ack"), _) => acked += 1,
+            (_, Some("rate_limited")) => limited += 1,
+            _ => {}
+        }
+    }
+    let _ = ws.close(None).await;
+    Ok((limited > 0).then(|| {
+        format!(
+            "of {PROBE_BURST} messages sent at once by the bench's user, {acked} were published \
+             and {limited} refused rate_limited"
+        )
+    }))
+}
+
 /// Publishes per `plan` and waits (up to 10 s) for the last acks.
 pub async fn run(plan: &PublishPlan) -> Result<PublishStats, BenchError> {
     if plan.urls.is_empty() {

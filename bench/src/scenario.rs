@@ -294,6 +294,27 @@ impl Target {
         started.or(self.args.stack.redis_pid).into_iter().collect()
     }
 
+    /// The publishers' token; against `--url`, first checks that the host does not limit
+    /// its user's publishes (the sidecar's default `rate_limit` allows 10 per 10 s, which
+    /// would refuse most of a benchmark's messages) and says so up front if it does.
+    async fn publisher_token(&self) -> Result<String, BenchError> {
+        let token = self.token()?;
+        if self.args.url.is_some() {
+            let url = self.pub_urls().into_iter().next().unwrap_or_default();
+            let channel = run_prefix("probe");
+            if let Some(seen) = publish::probe_rate_limit(&url, &token, &channel).await? {
+                eprintln!(
+                    "chatup-bench: WARNING: the host at --url limits publishes per user \
+                     ({seen}). Most of this run's messages will be refused. Benchmark a \
+                     sidecar without \"rate_limit\" in plugins.chain (for example \
+                     --set 'plugins.chain=[\"ban\"]'), or with a [rate_limit] above the \
+                     rate you measure."
+                );
+            }
+        }
+        Ok(token)
+    }
+
     fn token(&self) -> Result<String, BenchError> {
         let key = match &self.stack {
             Some(stack) => Some(&stack.private_key),
@@ -501,7 +522,7 @@ async fn deliver(target_args: TargetArgs, spec: DeliverySpec) -> Result<Value, B
         ));
     }
     let target = Target::open(&target_args)?;
-    let token = target.token()?;
+    let token = target.publisher_token().await?;
     let prefix = run_prefix(spec.name);
     let mut fleet = Fleet::spawn(&target.load_plan(&prefix, spec.rooms, spec.subscribers))?;
     let connect_seconds = connect_all(&mut fleet, spec.name, spec.subscribers).await?;
@@ -635,7 +656,7 @@ pub async fn publish_flood(args: PublishArgs) -> Result<Value, BenchError> {
     // Publisher sockets go to the hosts in turn.
     let plan = PublishPlan {
         urls: target.pub_urls(),
-        token: target.token()?,
+        token: target.publisher_token().await?,
         channels: (0..args.channels)
             .map(|r| room_channel(&prefix, r))
             .collect(),

@@ -256,3 +256,34 @@ fn bad_input_is_refused_with_a_reason() {
         );
     }
 }
+
+#[test]
+fn a_host_that_limits_publishes_per_user_is_reported_up_front() {
+    let key = chatup_tests::repo_root().join("nginx-conf/example-keys/jwt-private.pem");
+    let run = |plugins: &[&str]| {
+        let host =
+            chatup_tests::Chatup::start_with(chatup_tests::Options::default().plugins(plugins));
+        let url = format!("http://{}", host.nginx_addr());
+        let out = bench(&[
+            "publish",
+            "--url",
+            &url,
+            "--key",
+            key.to_str().expect("a UTF-8 path"),
+            "--publishers",
+            "1",
+            "--window",
+            "1",
+            "--duration",
+            "1",
+        ]);
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let warning = "limits publishes per user";
+    // The sidecar's default chain, with its 10 messages per 10 s.
+    let limited = run(&["ban", "rate_limit", "blacklist"]);
+    assert!(limited.contains(warning), "{limited}");
+    assert!(limited.contains("plugins.chain"), "{limited}");
+    let unlimited = run(&["ban"]);
+    assert!(!unlimited.contains(warning), "{unlimited}");
+}
