@@ -236,7 +236,8 @@ impl Identity {
 /// The claims this server reads; the rest of the payload is ignored.
 #[derive(Deserialize)]
 struct Claims {
-    exp: Value,
+    #[serde(default)]
+    exp: Option<Value>,
     #[serde(default)]
     sub: Option<Value>,
     #[serde(default, rename = "_public")]
@@ -260,6 +261,8 @@ pub struct Verifier {
     leeway: u64,
     /// Whether the key is the example key from the repository (logged loudly at startup).
     example_key: bool,
+    /// `auth.require_exp`: without it a token without `exp` never expires.
+    require_exp: bool,
 }
 
 impl Verifier {
@@ -283,7 +286,8 @@ impl Verifier {
         validation.leeway = cfg.leeway_seconds;
         validation.validate_exp = true;
         validation.validate_nbf = true;
-        let mut required = vec!["exp"];
+        // `exp` is still checked when present (validate_exp) if it is not required.
+        let mut required = if cfg.require_exp { vec!["exp"] } else { vec![] };
         if cfg.issuer.is_empty() {
             validation.iss = None;
         } else {
@@ -305,6 +309,7 @@ impl Verifier {
             algorithm_names: cfg.algorithms.iter().map(|a| format!("{a:?}")).collect(),
             leeway: cfg.leeway_seconds,
             example_key: family != KeyFamily::Hmac && same_pem(bytes, EXAMPLE_PUBLIC_KEY),
+            require_exp: cfg.require_exp,
         })
     }
 
@@ -323,7 +328,8 @@ impl Verifier {
         let claims = data.claims;
 
         let expires_at = match &claims.exp {
-            Value::Number(n) => n
+            None | Some(Value::Null) if !self.require_exp => Some(u64::MAX),
+            Some(Value::Number(n)) => n
                 .as_u64()
                 .or_else(|| n.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64)),
             _ => None,
@@ -446,6 +452,17 @@ pub(crate) fn same_pem(a: &[u8], b: &str) -> bool {
     }
     let a = body(a);
     !a.is_empty() && a == body(b.as_bytes())
+}
+
+/// Logs, at WARN and impossible to miss, that tokens without `exp` are accepted.
+pub fn warn_no_exp() {
+    let texts = [
+        "auth.require_exp = false: tokens WITHOUT \"exp\" are accepted and NEVER".to_owned(),
+        "expire. A leaked token publishes until the key is changed. Meant for a".to_owned(),
+        "migration from tokens without expiry; give your tokens an exp and".to_owned(),
+        "remove the setting.".to_owned(),
+    ];
+    warn_boxed("-", &texts);
 }
 
 /// Logs, at WARN and impossible to miss, that an example key is in use; `setting` is the
@@ -642,6 +659,35 @@ pub(crate) mod tests {
         let err = verifier().verify(&sign(&c)).unwrap_err();
         assert_eq!(err.code(), "bad_token");
         assert!(err.to_string().contains("exp"), "{err}");
+    }
+
+    #[test]
+    fn tokens_without_exp_pass_only_when_exp_is_not_required() {
+        let lenient = Verifier::from_key_bytes(
+            &AuthConfig {
+                require_exp: false,
+                ..AuthConfig::default()
+            },
+            Path::new("jwt-public.pem"),
+            EXAMPLE_PUBLIC_KEY.as_bytes(),
+        )
+        .unwrap();
+        // The original system's shape: `_public` and no `exp`.
+        let original = json!({"_public": {"name": "zoe"}});
+        let identity = lenient.verify(&sign(&original)).unwrap();
+        assert_eq!(identity.expires_at, u64::MAX);
+        assert!(!lenient.expired(&identity, now() + 10 * 365 * 86_400));
+        assert_eq!(
+            verifier().verify(&sign(&original)).unwrap_err().code(),
+            "bad_token"
+        );
+        // An `exp` that is there is still checked.
+        let mut c = good_claims();
+        c["exp"] = json!(now() - 60);
+        assert_eq!(
+            lenient.verify(&sign(&c)).unwrap_err().code(),
+            "token_expired"
+        );
     }
 
     #[test]

@@ -104,6 +104,10 @@ pub struct AuthConfig {
     pub issuer: String,
     /// Required `aud` claim; empty means not checked.
     pub audience: String,
+    /// Refuse tokens without an `exp` claim. The original system's tokens had none:
+    /// `false` accepts them, for a migration, and such a token never expires (a leaked one
+    /// works until the key is changed), so every start then logs a warning.
+    pub require_exp: bool,
 }
 
 impl Default for AuthConfig {
@@ -114,6 +118,7 @@ impl Default for AuthConfig {
             leeway_seconds: 5,
             issuer: String::new(),
             audience: String::new(),
+            require_exp: true,
         }
     }
 }

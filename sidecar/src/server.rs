@@ -14,7 +14,7 @@ use tracing::{error, info, warn};
 
 use crate::admin::auth::{warn_example_admin_key, AdminVerifier};
 use crate::admin::AdminState;
-use crate::auth::{warn_example_key, Verifier};
+use crate::auth::{warn_example_key, warn_no_exp, Verifier};
 use crate::broker::memory::{MemoryBroker, MemoryOptions};
 use crate::broker::redis::{RedisBroker, RedisOptions};
 use crate::broker::Broker;
@@ -96,6 +96,9 @@ impl Sidecar {
                     &config.auth.public_key_file,
                     "publish as any user",
                 );
+            }
+            if !config.auth.require_exp {
+                warn_no_exp();
             }
             Some(verifier)
         } else {

@@ -3,7 +3,7 @@
 use chatup_tests::token::{
     alg_none, claims, hs256_with_public_key, now, sign, token, token_signed_by_other_key,
 };
-use chatup_tests::{Chatup, Publisher, Subscriber};
+use chatup_tests::{Chatup, Options, Publisher, Subscriber};
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -205,4 +205,29 @@ async fn expired_token_on_post_says_token_expired_and_valid_one_passes() {
             .is_some_and(|ep| (1..1 << 53).contains(&ep)),
         "{body}"
     );
+}
+
+#[tokio::test]
+async fn tokens_of_the_original_system_without_exp_publish_only_when_exp_is_not_required() {
+    // The original system's tokens: `_public`, no `exp`.
+    let original = sign(&json!({"_public": {"name": "zoe"}}));
+    let strict = Chatup::start();
+    let resp = strict.post_text("lobby", &original, b"hi").await;
+    assert_eq!(resp.status, 401, "{}", resp.text());
+    assert!(resp.text().contains("exp"), "{}", resp.text());
+
+    let lenient = Chatup::start_with(Options::default().sidecar_set("auth.require_exp=false"));
+    let mut viewer = Subscriber::connect(&lenient, "/sub/lobby").await;
+    let resp = lenient.post_text("lobby", &original, b"hi").await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let msg = viewer.recv().await;
+    assert_eq!(
+        (&msg["msg"], &msg["user"]["name"]),
+        (&"hi".into(), &"zoe".into())
+    );
+    assert!(
+        lenient.sidecar_log().contains("NEVER"),
+        "the start warns that such tokens never expire"
+    );
+    assert!(!strict.sidecar_log().contains("require_exp"));
 }
