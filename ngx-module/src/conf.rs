@@ -13,9 +13,13 @@
 //! Values are parsed by plain functions (tested below), and the one-value directives are
 //! listed in [`MAIN_SETTINGS`] and [`LOC_SETTINGS`], from which the command table is built;
 //! the setters only move values in and out of nginx, so `nginx -t` reports every mistake
-//! with the directive and what is allowed.
+//! with the directive and what is allowed. Once the `http` block is parsed, a subscribe
+//! location with another module's content handler is refused (`merge_loc_conf`), and a relay
+//! socket whose folder is missing is warned of (`init_main_conf`).
 
 use std::ffi::CStr;
+use std::io;
+use std::path::Path;
 
 use ngx::http::{Merge, MergeConfigError};
 
@@ -59,6 +63,8 @@ pub struct LocConf {
     pub subscribe: bool,
     /// The location's prefix: what follows it in the URI is the channel list.
     pub prefix: Vec<u8>,
+    /// `file:line` of `chatup_subscribe`, for errors found after the block is parsed.
+    pub subscribe_at: String,
     /// Milliseconds; `Some(0)` is `off`.
     pub ping_interval_ms: Option<u64>,
     pub max_channels: Option<usize>,
@@ -77,6 +83,28 @@ impl LocConf {
     pub fn max_unsent(&self) -> usize {
         self.max_unsent.unwrap_or(DEFAULT_MAX_UNSENT)
     }
+
+    /// [`check_sole_handler`] for a subscribe location, once its whole block is parsed.
+    pub fn check_content_handler(&self, other_handler: bool) -> Result<(), ConfError> {
+        if self.subscribe {
+            check_sole_handler(&self.prefix, other_handler)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// A subscribe location must answer its requests itself: nginx runs one content handler per
+/// location, the last one set, so `proxy_pass` & co. would silently win or lose depending on
+/// the order of the directives. `other_handler` says whether another module set the handler
+/// of the location whose prefix is `location`.
+pub fn check_sole_handler(location: &[u8], other_handler: bool) -> Result<(), ConfError> {
+    if other_handler {
+        return Err(ConfError::SharedContentHandler {
+            location: String::from_utf8_lossy(location).into_owned(),
+        });
+    }
+    Ok(())
 }
 
 impl Merge for LocConf {
@@ -110,6 +138,71 @@ pub enum ConfError {
     RelativePath(String),
     #[error("\"{0}\" is longer than the {MAX_SOCKET_PATH} bytes a Unix socket path may have")]
     PathTooLong(String),
+    #[error(
+        "cannot share location \"{location}\" with another content handler (\"proxy_pass\", \
+         \"fastcgi_pass\", \"uwsgi_pass\", \"scgi_pass\", \"grpc_pass\", \"memcached_pass\" or \
+         another module's directive): only one of them can answer its requests"
+    )]
+    SharedContentHandler { location: String },
+}
+
+/// What a single `stat` says about the folder that should hold the relay socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DirState {
+    Dir,
+    Missing,
+    NotDir,
+    /// The `stat` failed otherwise (e.g. permission): nothing useful to say.
+    Unknown,
+}
+
+impl DirState {
+    /// One `stat` of `dir`; cheap enough for config time, never called in a worker.
+    pub fn of(dir: &Path) -> Self {
+        match std::fs::metadata(dir) {
+            Ok(meta) if meta.is_dir() => Self::Dir,
+            Ok(_) => Self::NotDir,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => Self::Missing,
+            Err(err) if err.kind() == io::ErrorKind::NotADirectory => Self::NotDir,
+            Err(_) => Self::Unknown,
+        }
+    }
+}
+
+/// Configuration that nginx accepts but that cannot work as it stands.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfWarning {
+    #[error(
+        "\"chatup_relay_socket\" \"{socket}\": directory \"{dir}\" does not exist; \
+         workers will keep retrying to connect to the sidecar until it creates the socket there"
+    )]
+    RelayDirMissing { socket: String, dir: String },
+    #[error(
+        "\"chatup_relay_socket\" \"{socket}\": \"{dir}\" is not a directory; \
+         workers will keep retrying to connect to the sidecar until it creates the socket there"
+    )]
+    RelayDirNotDir { socket: String, dir: String },
+}
+
+/// The relay socket itself may not exist yet (the sidecar creates it), but a missing folder
+/// is almost always a typo; `state` tells what the folder is.
+pub fn check_relay_socket_dir(
+    socket: &str,
+    state: impl FnOnce(&Path) -> DirState,
+) -> Option<ConfWarning> {
+    let dir = Path::new(socket).parent()?;
+    let names = || (socket.to_owned(), dir.display().to_string());
+    match state(dir) {
+        DirState::Dir | DirState::Unknown => None,
+        DirState::Missing => {
+            let (socket, dir) = names();
+            Some(ConfWarning::RelayDirMissing { socket, dir })
+        }
+        DirState::NotDir => {
+            let (socket, dir) = names();
+            Some(ConfWarning::RelayDirNotDir { socket, dir })
+        }
+    }
 }
 
 pub fn parse_number(value: &str, min: usize, max: usize) -> Result<usize, ConfError> {
@@ -244,12 +337,12 @@ mod directives {
 
     use ngx::core::{NGX_CONF_ERROR, NGX_CONF_OK};
     use ngx::ffi::{
-        ngx_command_t, ngx_conf_t, ngx_str_t, ngx_uint_t, NGX_CONF_NOARGS, NGX_CONF_TAKE1,
-        NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF, NGX_HTTP_MAIN_CONF_OFFSET,
-        NGX_HTTP_SRV_CONF, NGX_LOG_EMERG,
+        ngx_command_t, ngx_conf_t, ngx_http_handler_pt, ngx_str_t, ngx_uint_t, NGX_CONF_NOARGS,
+        NGX_CONF_TAKE1, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF,
+        NGX_HTTP_MAIN_CONF_OFFSET, NGX_HTTP_SRV_CONF, NGX_LOG_EMERG, NGX_LOG_WARN,
     };
     use ngx::http::{HttpModuleLocationConf, HttpModuleMainConf, NgxHttpCoreModule};
-    use ngx::{ngx_conf_log_error, ngx_string};
+    use ngx::{ngx_conf_log_error, ngx_log_error, ngx_string};
 
     use super::*;
     use crate::Module;
@@ -331,7 +424,23 @@ mod directives {
             return unsafe { conf_result(cf, Err(ConfError::NotPrefixLocation)) };
         }
         let prefix = clcf.name.as_bytes().to_vec();
+        // A handler set before this directive (e.g. by `proxy_pass`) would be overwritten
+        // here and one set after it is caught in merge_loc_conf.
+        let handler_before = check_sole_handler(&prefix, is_other_handler(clcf.handler));
+        if handler_before.is_err() {
+            // SAFETY: cf is the setter's configuration.
+            return unsafe { conf_result(cf, handler_before) };
+        }
         clcf.handler = Some(crate::ffi::subscriber::content_handler);
+        // SAFETY: while a directive is parsed, cf->conf_file is the file it stands in.
+        let subscribe_at = unsafe {
+            let file = &*cf_ref.conf_file;
+            format!(
+                "{}:{}",
+                String::from_utf8_lossy(file.file.name.as_bytes()),
+                file.line
+            )
+        };
         if let Some(main) = Module::main_conf_mut(cf_ref) {
             main.enabled = true;
         }
@@ -343,9 +452,71 @@ mod directives {
                 }
                 lc.subscribe = true;
                 lc.prefix = prefix;
+                lc.subscribe_at = subscribe_at;
                 Ok(())
             })
         }
+    }
+
+    /// Whether a location's content handler is set, and not by this module.
+    fn is_other_handler(handler: ngx_http_handler_pt) -> bool {
+        let ours: ngx_http_handler_pt = Some(crate::ffi::subscriber::content_handler);
+        match (handler, ours) {
+            (Some(handler), Some(ours)) => !std::ptr::fn_addr_eq(handler, ours),
+            (handler, _) => handler.is_some(),
+        }
+    }
+
+    /// Inherits the settings, then refuses a subscribe location whose content handler is
+    /// another module's. Only here is it sound: `proxy_pass` & co. may come after
+    /// `chatup_subscribe` in the block and overwrite the handler it set.
+    pub(crate) extern "C" fn merge_loc_conf(
+        cf: *mut ngx_conf_t,
+        prev: *mut c_void,
+        conf: *mut c_void,
+    ) -> *mut c_char {
+        // SAFETY: nginx passes the enclosing level's and this level's LocConf, two distinct
+        // structs made by this module's create_loc_conf.
+        let (prev, conf) = unsafe { (&*prev.cast::<LocConf>(), &mut *conf.cast::<LocConf>()) };
+        if conf.merge(prev).is_err() {
+            return NGX_CONF_ERROR;
+        }
+        if !conf.subscribe {
+            return NGX_CONF_OK;
+        }
+        // SAFETY: nginx calls merge_loc_conf with a valid cf whose ctx->loc_conf is the
+        // configuration array of the location being merged (ngx_http_merge_locations).
+        let cf_ref = unsafe { &*cf };
+        let Some(clcf) = NgxHttpCoreModule::location_conf(cf_ref) else {
+            return NGX_CONF_ERROR;
+        };
+        match conf.check_content_handler(is_other_handler(clcf.handler)) {
+            Ok(()) => NGX_CONF_OK,
+            Err(err) => {
+                // The parser has left the block: say where chatup_subscribe stands.
+                ngx_log_error!(
+                    NGX_LOG_EMERG,
+                    cf_ref.log,
+                    "\"chatup_subscribe\" {} in {}",
+                    err,
+                    conf.subscribe_at
+                );
+                NGX_CONF_ERROR
+            }
+        }
+    }
+
+    /// Warns, once the `http` block is parsed, of a relay socket that cannot appear.
+    pub(crate) extern "C" fn init_main_conf(cf: *mut ngx_conf_t, conf: *mut c_void) -> *mut c_char {
+        // SAFETY: nginx passes a valid cf and this module's MainConf, made by create_main_conf.
+        let (cf_ref, main) = unsafe { (&*cf, &*conf.cast::<MainConf>()) };
+        // Without a subscribe location the workers never connect: nothing to warn of.
+        if main.enabled {
+            if let Some(warning) = check_relay_socket_dir(main.relay_socket(), DirState::of) {
+                ngx_log_error!(NGX_LOG_WARN, cf_ref.log, "{}", warning);
+            }
+        }
+        NGX_CONF_OK
     }
 
     /// A configuration struct of this module: where nginx keeps it, where its directives may
@@ -452,6 +623,8 @@ mod directives {
 
 #[cfg(not(test))]
 pub use directives::COMMANDS;
+#[cfg(not(test))]
+pub(crate) use directives::{init_main_conf, merge_loc_conf};
 
 #[cfg(test)]
 mod tests {
@@ -532,6 +705,82 @@ mod tests {
         assert_eq!(child.ping_interval_ms(), 0);
         assert_eq!(child.max_unsent(), 10);
         assert_eq!(LocConf::default().max_unsent(), DEFAULT_MAX_UNSENT);
+    }
+
+    #[test]
+    fn a_subscribe_location_has_no_other_content_handler() {
+        let sub = LocConf {
+            subscribe: true,
+            prefix: b"/sub/".to_vec(),
+            ..Default::default()
+        };
+        assert_eq!(sub.check_content_handler(false), Ok(()));
+        let err = sub.check_content_handler(true).unwrap_err();
+        assert_eq!(
+            err,
+            ConfError::SharedContentHandler {
+                location: "/sub/".into()
+            }
+        );
+        let text = err.to_string();
+        assert!(
+            text.contains("\"/sub/\"") && text.contains("\"proxy_pass\""),
+            "{text}"
+        );
+        // A location without chatup_subscribe may proxy as it likes.
+        assert_eq!(LocConf::default().check_content_handler(true), Ok(()));
+        assert_eq!(check_sole_handler(b"/a/", false), Ok(()));
+        assert!(check_sole_handler(b"/a/", true).is_err());
+    }
+
+    #[test]
+    fn a_relay_socket_folder_that_is_not_there_is_warned_of() {
+        let seen = |want: &'static str, state: DirState| {
+            move |dir: &Path| {
+                assert_eq!(dir, Path::new(want));
+                state
+            }
+        };
+        assert_eq!(
+            check_relay_socket_dir("/run/chatup/relay.sock", seen("/run/chatup", DirState::Dir)),
+            None
+        );
+        assert_eq!(
+            check_relay_socket_dir("/x/relay.sock", seen("/x", DirState::Unknown)),
+            None
+        );
+        let missing = check_relay_socket_dir("/rnu/relay.sock", seen("/rnu", DirState::Missing));
+        assert_eq!(
+            missing,
+            Some(ConfWarning::RelayDirMissing {
+                socket: "/rnu/relay.sock".into(),
+                dir: "/rnu".into()
+            })
+        );
+        let text = missing.unwrap().to_string();
+        assert!(
+            text.contains("\"/rnu\" does not exist") && text.contains("retrying"),
+            "{text}"
+        );
+        assert!(matches!(
+            check_relay_socket_dir("/f/relay.sock", seen("/f", DirState::NotDir)),
+            Some(ConfWarning::RelayDirNotDir { .. })
+        ));
+    }
+
+    #[test]
+    fn dir_state_stats_the_folder() {
+        let dir = std::env::temp_dir();
+        assert_eq!(DirState::of(&dir), DirState::Dir);
+        assert_eq!(
+            DirState::of(&dir.join("chatup-no-such-dir-7f3a")),
+            DirState::Missing
+        );
+        let file = dir.join(format!("chatup-dir-state-{}", std::process::id()));
+        std::fs::write(&file, b"").unwrap();
+        assert_eq!(DirState::of(&file), DirState::NotDir);
+        assert_eq!(DirState::of(&file.join("below")), DirState::NotDir);
+        std::fs::remove_file(&file).unwrap();
     }
 
     fn setter<C>(table: &[Setting<C>], name: &str) -> fn(&mut C, &str) -> Result<(), ConfError> {

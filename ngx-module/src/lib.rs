@@ -34,7 +34,7 @@ mod module {
     use ngx::ffi::{ngx_http_module_t, ngx_module_t, NGX_HTTP_MODULE};
     use ngx::http::{HttpModule, HttpModuleLocationConf, HttpModuleMainConf};
 
-    use crate::conf::{LocConf, MainConf, COMMANDS};
+    use crate::conf::{init_main_conf, merge_loc_conf, LocConf, MainConf, COMMANDS};
     use crate::ffi::worker;
 
     pub struct Module;
@@ -61,11 +61,11 @@ mod module {
         preconfiguration: None,
         postconfiguration: None,
         create_main_conf: Some(Module::create_main_conf),
-        init_main_conf: None,
+        init_main_conf: Some(init_main_conf),
         create_srv_conf: None,
         merge_srv_conf: None,
         create_loc_conf: Some(Module::create_loc_conf),
-        merge_loc_conf: Some(Module::merge_loc_conf),
+        merge_loc_conf: Some(merge_loc_conf),
     };
 
     #[cfg(feature = "export-modules")]

@@ -1210,6 +1210,16 @@ fn indent_block(text: &str, by: usize) -> String {
 /// Runs `nginx -t` on a configuration made of the module, an http block holding
 /// `http_directives`, and a server holding `server_directives`. Returns (success, output).
 pub fn nginx_config_test(http_directives: &str, server_directives: &str) -> (bool, String) {
+    nginx_config_test_with_relay_socket("relay.sock", http_directives, server_directives)
+}
+
+/// [`nginx_config_test`] with `chatup_relay_socket` at `socket` under the test's temp folder
+/// (e.g. `missing/relay.sock`: a folder that does not exist).
+pub fn nginx_config_test_with_relay_socket(
+    socket: &str,
+    http_directives: &str,
+    server_directives: &str,
+) -> (bool, String) {
     let dir = tempfile::Builder::new()
         .prefix("chatup-conftest-")
         .tempdir()
@@ -1220,7 +1230,7 @@ pub fn nginx_config_test(http_directives: &str, server_directives: &str) -> (boo
          error_log {d}/error.log info;\nevents {{ worker_connections 64; }}\n\
          http {{\n    access_log off;\n    client_body_temp_path {d}/cb;\n    \
          proxy_temp_path {d}/px;\n    fastcgi_temp_path {d}/fc;\n    uwsgi_temp_path {d}/uw;\n    \
-         scgi_temp_path {d}/sc;\n    chatup_relay_socket {d}/relay.sock;\n{http}\n    \
+         scgi_temp_path {d}/sc;\n    chatup_relay_socket {d}/{socket};\n{http}\n    \
          server {{\n        listen 127.0.0.1:{port};\n{server}\n    }}\n}}\n",
         module = module_path().display(),
         http = indent(http_directives, 4),

@@ -30,7 +30,8 @@ pub mod traffic;
 pub mod ws;
 
 pub use env::{
-    build_dir, free_port, free_port_on, nginx_config_test, repo_root, Chatup, Dispatcher, Options,
+    build_dir, free_port, free_port_on, nginx_config_test, nginx_config_test_with_relay_socket,
+    repo_root, Chatup, Dispatcher, Options,
 };
 pub use http::HttpResponse;
 pub use raw::{Frame, RawWs};

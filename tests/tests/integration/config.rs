@@ -1,6 +1,6 @@
 //! `nginx -t` refuses bad module configuration with a clear message.
 
-use chatup_tests::nginx_config_test;
+use chatup_tests::{nginx_config_test, nginx_config_test_with_relay_socket};
 
 #[test]
 fn a_complete_configuration_passes() {
@@ -120,4 +120,62 @@ fn bad_directive_values_are_refused() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n---\n"));
+}
+
+/// nginx runs one content handler per location: `proxy_pass` would silently take the
+/// viewers' requests whichever order the two directives stand in.
+#[test]
+fn subscribe_with_another_content_handler_is_refused() {
+    let cases = [
+        "location /sub/ {\n chatup_subscribe;\n proxy_pass http://127.0.0.1:9;\n}",
+        "location /sub/ {\n proxy_pass http://127.0.0.1:9;\n chatup_subscribe;\n}",
+        "location /sub/ {\n chatup_subscribe;\n fastcgi_pass 127.0.0.1:9;\n}",
+        "location /sub/ {\n location /sub/x/ { proxy_pass http://127.0.0.1:9; }\n chatup_subscribe;\n proxy_pass http://127.0.0.1:9;\n}",
+    ];
+    let mut failures = Vec::new();
+    for server in cases {
+        let (ok, out) = nginx_config_test("", server);
+        if ok {
+            failures.push(format!("nginx -t passed:\n{server}\n{out}"));
+        } else if !["[emerg]", "\"/sub/\"", "chatup_subscribe", "proxy_pass"]
+            .iter()
+            .all(|needle| out.contains(needle))
+        {
+            failures.push(format!("unclear error for\n{server}\n{out}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n---\n"));
+}
+
+#[test]
+fn subscribe_beside_proxied_locations_passes() {
+    let (ok, out) = nginx_config_test(
+        "",
+        "location /sub/ {\n chatup_subscribe;\n location /sub/inner/ { proxy_pass http://127.0.0.1:9; }\n}\nlocation / { proxy_pass http://127.0.0.1:9; }",
+    );
+    assert!(ok, "nginx -t failed:\n{out}");
+    assert!(!out.contains("[emerg]"), "{out}");
+}
+
+#[test]
+fn relay_socket_in_a_missing_directory_is_warned_of() {
+    let subscribe = "location /sub/ { chatup_subscribe; }";
+    let (ok, out) = nginx_config_test_with_relay_socket("missing/relay.sock", "", subscribe);
+    assert!(ok, "a missing directory is a warning, not an error:\n{out}");
+    let warning = out
+        .lines()
+        .find(|l| l.contains("[warn]") && l.contains("chatup_relay_socket"))
+        .unwrap_or_else(|| panic!("no warning:\n{out}"));
+    assert!(
+        warning.contains("/missing\" does not exist") && warning.contains("retrying"),
+        "{warning}"
+    );
+
+    // The socket itself need not exist yet: the sidecar creates it.
+    let (ok, out) = nginx_config_test_with_relay_socket("relay.sock", "", subscribe);
+    assert!(ok, "{out}");
+    assert!(
+        !out.contains("[warn]"),
+        "an existing directory is warned of:\n{out}"
+    );
 }
