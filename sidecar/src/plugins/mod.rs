@@ -7,6 +7,11 @@
 //! (the publisher gets an ack without an id). The [`Chain`] runs the plugins named in
 //! `plugins.chain`, in that order, and stops at the first refusal.
 //!
+//! A plugin may also [`Hold`] something for the message that depends on whether it ends up
+//! published (the rate limiter's slot): the chain gives holds back when a later plugin
+//! refuses the message, the publisher once the message is withheld, published, or lost to a
+//! broker failure ([`Draft::settle`]).
+//!
 //! Messages posted through the admin API do not go through the chain: they come from the
 //! operator.
 //!
@@ -45,7 +50,7 @@ use self::publish_hook::PublishHook;
 use self::webhook::Webhook;
 
 /// A message on its way through the chain.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug)]
 pub struct Draft<'a> {
     /// Who publishes it (checked token).
     pub identity: &'a Identity,
@@ -59,6 +64,17 @@ pub struct Draft<'a> {
     /// if the publisher gave one: the retries of one message share it, so a plugin that
     /// counts messages counts them once.
     pub key: Option<&'a str>,
+    /// What plugins took for this message until it is known whether it was published.
+    holds: Vec<Box<dyn Hold>>,
+}
+
+/// Something a plugin took for a message (a slot of the rate limit) that is kept if the
+/// message is published and given back if not.
+#[async_trait]
+pub trait Hold: Send + Sync + std::fmt::Debug {
+    /// Keeps it (`published`) or gives it back. Cannot fail: a hold that cannot be settled
+    /// lapses by itself (see the plugin).
+    async fn settle(self: Box<Self>, published: bool);
 }
 
 impl<'a> Draft<'a> {
@@ -69,6 +85,21 @@ impl<'a> Draft<'a> {
             body,
             broadcast: true,
             key: None,
+            holds: Vec::new(),
+        }
+    }
+
+    /// Keeps `hold` until [`settle`](Self::settle).
+    pub fn hold(&mut self, hold: Box<dyn Hold>) {
+        self.holds.push(hold);
+    }
+
+    /// Keeps (`published`) or gives back what the plugins held for this message. Called
+    /// once its fate is known: refused by the chain, withheld, published (or a repeat of
+    /// a published one), or failed in the broker.
+    pub async fn settle(&mut self, published: bool) {
+        for hold in std::mem::take(&mut self.holds) {
+            hold.settle(published).await;
         }
     }
 
@@ -106,10 +137,15 @@ impl Chain {
         self.plugins.iter().map(|p| p.name()).collect()
     }
 
-    /// Runs every plugin on `draft` until one refuses it.
+    /// Runs every plugin on `draft` until one refuses it; a refused message gives back
+    /// what the plugins before held for it. An accepted one keeps its holds: the caller
+    /// settles them once it knows whether the message was published.
     pub async fn run(&self, draft: &mut Draft<'_>) -> Result<(), PublishError> {
         for plugin in &self.plugins {
-            plugin.check(draft).await?;
+            if let Err(e) = plugin.check(draft).await {
+                draft.settle(false).await;
+                return Err(e);
+            }
         }
         Ok(())
     }

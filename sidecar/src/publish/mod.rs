@@ -376,15 +376,24 @@ impl Publisher {
         self.check_body(identity, &body)?;
         let scoped = key.map(|key| idempotency::scoped(identity, key));
         let mut draft = Draft::new(identity, channel, body).with_key(scoped.as_deref());
+        // A refusal in the chain settles the holds there.
         self.chain.run(&mut draft).await?;
         if !draft.broadcast {
+            draft.settle(false).await;
             return Ok(Outcome::Withheld);
         }
-        let tail = Tail::encode(now_ms(), &identity.user, &draft.body).map_err(|e| {
-            PublishError::new(ErrorCode::Internal, format!("cannot encode message: {e}"))
-        })?;
+        let tail = match Tail::encode(now_ms(), &identity.user, &draft.body) {
+            Ok(tail) => tail,
+            Err(e) => {
+                draft.settle(false).await;
+                return Err(PublishError::new(
+                    ErrorCode::Internal,
+                    format!("cannot encode message: {e}"),
+                ));
+            }
+        };
         let step = async {
-            let Some(key) = scoped else {
+            let Some(key) = scoped.clone() else {
                 return Ok(Outcome::Published(
                     self.broker.publish(channel, &tail).await?,
                 ));
@@ -400,10 +409,14 @@ impl Publisher {
                 },
             )
         };
-        match turn {
+        let result = match turn {
             Some(turn) => turn.take(step).await,
             None => step.await,
-        }
+        };
+        // A repeat was published by its first attempt: it counts (once) too. A broker
+        // failure counts as not published; if it was, a retry with its key counts once.
+        draft.settle(result.is_ok()).await;
+        result
     }
 
     fn check_body(&self, identity: &Identity, body: &Body) -> Result<(), PublishError> {

@@ -1,10 +1,12 @@
 //! Moderation through real nginx and sidecars: the rate limit (one host, and counted across
-//! two hosts through Redis), and bans made in Redis the way a host's admin API makes them
+//! two hosts through Redis; only what was published counts, whatever the plugins after it
+//! or a publish-hook backend refuse or withhold), and bans made in Redis the way a host's admin API makes them
 //! (the ban record, then the kick notice on the control channel), which every host obeys.
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use chatup_tests::http::{build_request, request};
+use chatup_tests::recorder::{Recorder, Reply};
 use chatup_tests::token::{sign_admin, token};
 use chatup_tests::{
     Chatup, HttpResponse, Options, Publisher, RedisCluster, RedisServer, Subscriber, WAIT,
@@ -153,6 +155,100 @@ async fn the_rate_limit_is_counted_across_hosts_through_redis() {
         b.post_text("room", &alice, b"again").await.status == 200
     })
     .await;
+}
+
+/// Every plugin after the limiter, with this rate limit: `blacklist.words=spam`, the publish
+/// hook on `hook`, and a webhook on `slack` that withholds messages with "alert".
+fn long_chain(opts: Options, messages: u32, hook: &Recorder, slack: &Recorder) -> Chatup {
+    Chatup::start_with(
+        opts.plugins(&["ban", "rate_limit", "blacklist", "publish_hook", "webhook"])
+            .sidecar_set(&format!("rate_limit.messages={messages}"))
+            .sidecar_set("rate_limit.per_seconds=60")
+            .sidecar_set("blacklist.words=spam")
+            .sidecar_set(&format!("publish_hook.url={}", hook.url("/check")))
+            .sidecar_set(&format!("webhook.url={}", slack.url("/hook")))
+            .sidecar_set("webhook.triggers=alert")
+            .sidecar_set("webhook.broadcast=false"),
+    )
+}
+
+/// Posts `text` as alice to `room` through each of `hosts` in turn, expecting `status`
+/// (and `code` when refused).
+async fn post_each(hosts: &[&Chatup], n: usize, text: &str, status: u16, code: Option<&str>) {
+    let alice = token("alice");
+    for i in 0..n {
+        let env = hosts[i % hosts.len()];
+        let resp = env.post_text("room", &alice, text.as_bytes()).await;
+        match code {
+            Some(code) => assert_refused(&resp, status, code),
+            None => assert_eq!(resp.status, status, "{text} #{i}: {}", resp.text()),
+        }
+    }
+}
+
+/// With a limit of 10: 3 messages the backend rejects, a blacklisted one and a withheld one,
+/// then 10 accepted ones all get 200; the 11th gets 429.
+/// (A withheld message is answered 202.)
+async fn refused_by_later_plugins_do_not_count(hosts: &[&Chatup], hook: &Recorder) {
+    for _ in 0..3 {
+        hook.then(Reply::json(
+            &json!({"action": "reject", "message": "not this"}),
+        ));
+    }
+    post_each(hosts, 3, "rejected", 403, Some("rejected")).await;
+    post_each(hosts, 1, "spam", 422, Some("blacklisted")).await;
+    post_each(hosts, 1, "alert", 202, None).await;
+    post_each(hosts, 10, "hello", 200, None).await;
+    post_each(hosts, 1, "one too many", 429, Some("rate_limited")).await;
+    // The backend saw all but the blacklisted message and the last, refused first.
+    assert_eq!(hook.requests().len(), 3 + 1 + 10);
+}
+
+#[tokio::test]
+async fn messages_refused_after_the_rate_limit_do_not_count_on_one_host() {
+    let (hook, slack) = (Recorder::start(), Recorder::start());
+    hook.reply(Reply::status(204));
+    let env = long_chain(Options::default(), 10, &hook, &slack);
+    refused_by_later_plugins_do_not_count(&[&env], &hook).await;
+}
+
+#[tokio::test]
+async fn messages_refused_after_the_rate_limit_do_not_count_through_redis() {
+    let redis = RedisServer::start();
+    let (hook, slack) = (Recorder::start(), Recorder::start());
+    hook.reply(Reply::status(204));
+    let a = long_chain(host("127.0.0.2", "a", &redis), 10, &hook, &slack);
+    let b = long_chain(host("127.0.0.3", "b", &redis), 10, &hook, &slack);
+    refused_by_later_plugins_do_not_count(&[&a, &b], &hook).await;
+    // Given-back slots leave nothing behind: the 10 published messages.
+    let held = redis.cli(&["ZCARD", "chatup:{room}:rate:user-alice"]);
+    assert_eq!(held.trim(), "10");
+}
+
+/// The default chain with a limit of 9: a blacklisted message, then 9 accepted ones all get
+/// 200; the 10th gets 429.
+async fn a_blacklisted_message_does_not_count(hosts: &[&Chatup]) {
+    post_each(hosts, 1, "spam", 422, Some("blacklisted")).await;
+    post_each(hosts, 9, "hello", 200, None).await;
+    post_each(hosts, 1, "one too many", 429, Some("rate_limited")).await;
+}
+
+fn default_chain(opts: Options) -> Chatup {
+    Chatup::start_with(
+        opts.plugins(&["ban", "rate_limit", "blacklist"])
+            .sidecar_set("rate_limit.messages=9")
+            .sidecar_set("rate_limit.per_seconds=60")
+            .sidecar_set("blacklist.words=spam"),
+    )
+}
+
+#[tokio::test]
+async fn a_blacklisted_message_does_not_count_with_the_default_chain() {
+    a_blacklisted_message_does_not_count(&[&default_chain(Options::default())]).await;
+    let redis = RedisServer::start();
+    let a = default_chain(host("127.0.0.2", "a", &redis));
+    let b = default_chain(host("127.0.0.3", "b", &redis));
+    a_blacklisted_message_does_not_count(&[&a, &b]).await;
 }
 
 // ---- bans -----------------------------------------------------------------------------------
