@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use chatup_tests::traffic::{self, Plan};
-use chatup_tests::{Chatup, Options, RedisCluster, RedisSentinel, Subscriber};
+use chatup_tests::{Options, RedisCluster, RedisSentinel};
 use serde_json::{json, Value};
 
 use crate::BenchError;
@@ -61,13 +61,13 @@ pub async fn failover(a: FailoverArgs) -> Result<Value, BenchError> {
         Engine::Cluster => {
             let mut cluster = RedisCluster::start_with(3, 1, timeout);
             let nodes = cluster.nodes();
-            let hosts = [
-                Chatup::start_with(Options::host_on_cluster("127.0.0.2", "a", &nodes)),
-                Chatup::start_with(Options::host_on_cluster("127.0.0.3", "b", &nodes)),
-            ];
-            let mut subs = viewers(&hosts).await;
+            let (a, b, mut subs) = traffic::two_hosts(
+                |address, id| Options::host_on_cluster(address, id, &nodes),
+                CHANNEL,
+            )
+            .await;
             let owner = cluster.node_index_for(&live);
-            let report = traffic::run(&[&hosts[0], &hosts[1]], &mut subs, &plan, || {
+            let report = traffic::run(&[&a, &b], &mut subs, &plan, || {
                 cluster.node_mut(owner).kill()
             })
             .await;
@@ -76,15 +76,12 @@ pub async fn failover(a: FailoverArgs) -> Result<Value, BenchError> {
         Engine::Sentinel => {
             let mut redis = RedisSentinel::start_with(timeout);
             let sentinels = redis.sentinel_urls();
-            let hosts = [
-                Chatup::start_with(Options::host_on_sentinel("127.0.0.2", "a", &sentinels)),
-                Chatup::start_with(Options::host_on_sentinel("127.0.0.3", "b", &sentinels)),
-            ];
-            let mut subs = viewers(&hosts).await;
-            let report = traffic::run(&[&hosts[0], &hosts[1]], &mut subs, &plan, || {
-                redis.nodes[0].kill()
-            })
+            let (a, b, mut subs) = traffic::two_hosts(
+                |address, id| Options::host_on_sentinel(address, id, &sentinels),
+                CHANNEL,
+            )
             .await;
+            let report = traffic::run(&[&a, &b], &mut subs, &plan, || redis.nodes[0].kill()).await;
             (report, "down-after-milliseconds")
         }
     };
@@ -113,15 +110,4 @@ pub async fn failover(a: FailoverArgs) -> Result<Value, BenchError> {
         "recovery_ms_max": recovery_ms.iter().flatten().copied().reduce(f64::max),
         "viewers_never_recovered": recovery_ms.iter().filter(|r| r.is_none()).count(),
     }))
-}
-
-/// Two viewers per host, subscribed before publishing starts.
-async fn viewers(hosts: &[Chatup]) -> Vec<Subscriber> {
-    let mut subs = Vec::new();
-    for host in hosts.iter().chain(hosts) {
-        subs.push(Subscriber::connect(host, &format!("/sub/{CHANNEL}")).await);
-    }
-    // Let every worker's subscription reach Redis.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    subs
 }

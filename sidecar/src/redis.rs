@@ -288,6 +288,7 @@ impl RedisLink {
 
 /// Where the configured Redis is and how to reach it, shared by every connection made to
 /// it.
+#[derive(Clone)]
 struct Target {
     /// Bound on every call.
     timeout: Duration,
@@ -379,12 +380,7 @@ impl Target {
             nodes,
             addr,
             pushes,
-            target: Self {
-                timeout: self.timeout,
-                cluster: false,
-                sentinel: true,
-                address: self.address.clone(),
-            },
+            target: self.clone(),
         }));
         Ok(Primary { current })
     }

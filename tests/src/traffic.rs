@@ -15,7 +15,7 @@ use serde_json::Value;
 
 use crate::token::token;
 use crate::ws::{Event, Subscriber};
-use crate::Chatup;
+use crate::{Chatup, Options};
 
 /// How the traffic goes.
 #[derive(Debug, Clone)]
@@ -61,6 +61,23 @@ pub struct Report {
     pub received: Vec<Vec<Received>>,
     /// Other frames (events such as `resync`) per subscriber.
     pub events: Vec<Vec<Value>>,
+}
+
+/// Chat hosts "a" on 127.0.0.2 and "b" on 127.0.0.3 (their options from `options`), with
+/// two viewers of `channel` on each (a, b, a, b), subscribed before publishing starts.
+pub async fn two_hosts(
+    options: impl Fn(&str, &str) -> Options,
+    channel: &str,
+) -> (Chatup, Chatup, Vec<Subscriber>) {
+    let a = Chatup::start_with(options("127.0.0.2", "a"));
+    let b = Chatup::start_with(options("127.0.0.3", "b"));
+    let mut subs = Vec::new();
+    for env in [&a, &b, &a, &b] {
+        subs.push(Subscriber::connect(env, &format!("/sub/{channel}")).await);
+    }
+    // Let every worker's subscription reach Redis before publishing.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    (a, b, subs)
 }
 
 /// Publishes through `hosts` (in turn) on `plan.channel` while reading `subs`, calling

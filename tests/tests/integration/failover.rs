@@ -25,20 +25,11 @@ fn plan(before: Duration, after: Duration) -> Plan {
 
 async fn two_hosts_on(cluster: &RedisCluster) -> (Chatup, Chatup, Vec<Subscriber>) {
     let nodes = cluster.nodes();
-    two_hosts(|address, id| Options::host_on_cluster(address, id, &nodes)).await
-}
-
-/// Hosts "a" on 127.0.0.2 and "b" on 127.0.0.3, two viewers of the channel on each.
-async fn two_hosts(options: impl Fn(&str, &str) -> Options) -> (Chatup, Chatup, Vec<Subscriber>) {
-    let a = Chatup::start_with(options("127.0.0.2", "a"));
-    let b = Chatup::start_with(options("127.0.0.3", "b"));
-    let mut subs = Vec::new();
-    for env in [&a, &b, &a, &b] {
-        subs.push(Subscriber::connect(env, &format!("/sub/{CHANNEL}")).await);
-    }
-    // Let every worker's subscription reach Redis before publishing.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    (a, b, subs)
+    traffic::two_hosts(
+        |address, id| Options::host_on_cluster(address, id, &nodes),
+        CHANNEL,
+    )
+    .await
 }
 
 #[tokio::test]
@@ -140,8 +131,11 @@ async fn a_history_that_went_backwards_starts_a_new_epoch_that_viewers_are_told_
 async fn a_sentinel_failover_loses_no_acked_message() {
     let mut redis = chatup_tests::RedisSentinel::start();
     let sentinels = redis.sentinel_urls();
-    let (a, b, mut subs) =
-        two_hosts(|address, id| Options::host_on_sentinel(address, id, &sentinels)).await;
+    let (a, b, mut subs) = traffic::two_hosts(
+        |address, id| Options::host_on_sentinel(address, id, &sentinels),
+        CHANNEL,
+    )
+    .await;
     assert_eq!(redis.primary_index(), Some(0));
     let report = traffic::run(
         &[&a, &b],
