@@ -55,6 +55,8 @@ pub(super) unsafe fn on_timer(conn: *mut SubscriberConn) {
     }
 }
 
+/// Starts the close timeout on the subscriber's timer, once (it replaces the ping).
+///
 /// # Safety
 /// `conn` must be a live subscriber.
 pub(super) unsafe fn arm_close_timeout(conn: *mut SubscriberConn) {
