@@ -7,80 +7,20 @@
 //!
 //! Layout:
 //! - `chatup-module-core` (in `core/`): the logic in plain Rust, tested and fuzzed without
-//!   nginx — WebSocket codec, handshake checks, channel cache and resume, subscriber outbox,
-//!   the per-worker hub, reconnect backoff. The relay frames live in `chatup-wire`, shared
-//!   with the sidecar.
-//! - [`conf`]: the directives and their defaults.
-//! - `ffi`: the thin layer that touches nginx — the content handler and connection
-//!   events of subscribers, the relay connection, worker start and exit. Every `unsafe` block
-//!   is there, each with a `// SAFETY:` comment.
+//!   nginx — the directives' values and defaults ([`conf`]), WebSocket codec, handshake
+//!   checks, channel cache and resume, subscriber outbox, the per-worker hub, reconnect
+//!   backoff. The relay frames live in `chatup-wire`, shared with the sidecar.
+//! - `ffi`: the thin layer that touches nginx — the module table and the directives'
+//!   setters, the content handler and connection events of subscribers, the relay
+//!   connection, worker start and exit. Every `unsafe` block is there, each with a
+//!   `// SAFETY:` comment.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
-pub mod conf;
-
-pub use chatup_module_core::{backoff, cache, handshake, hub, outbox, ws};
+pub use chatup_module_core::{backoff, cache, conf, handshake, hub, outbox, ws};
 
 #[cfg(not(test))]
 mod ffi;
 
 #[cfg(not(test))]
-pub use module::*;
-
-#[cfg(not(test))]
-mod module {
-    use std::ptr::{addr_of, addr_of_mut};
-
-    use ngx::ffi::{ngx_http_module_t, ngx_module_t, NGX_HTTP_MODULE};
-    use ngx::http::{HttpModule, HttpModuleLocationConf, HttpModuleMainConf};
-
-    use crate::conf::{init_main_conf, merge_loc_conf, LocConf, MainConf, COMMANDS};
-    use crate::ffi::worker;
-
-    pub struct Module;
-
-    impl HttpModule for Module {
-        fn module() -> &'static ngx_module_t {
-            // SAFETY: the module table is only written by nginx while loading the
-            // configuration, before any request or worker event reads it through here.
-            unsafe { &*addr_of!(ngx_http_chatup_module) }
-        }
-    }
-
-    // SAFETY: create_main_conf allocates a MainConf for this module.
-    unsafe impl HttpModuleMainConf for Module {
-        type MainConf = MainConf;
-    }
-
-    // SAFETY: create_loc_conf allocates a LocConf for this module.
-    unsafe impl HttpModuleLocationConf for Module {
-        type LocationConf = LocConf;
-    }
-
-    static MODULE_CTX: ngx_http_module_t = ngx_http_module_t {
-        preconfiguration: None,
-        postconfiguration: None,
-        create_main_conf: Some(Module::create_main_conf),
-        init_main_conf: Some(init_main_conf),
-        create_srv_conf: None,
-        merge_srv_conf: None,
-        create_loc_conf: Some(Module::create_loc_conf),
-        merge_loc_conf: Some(merge_loc_conf),
-    };
-
-    #[cfg(feature = "export-modules")]
-    ngx::ngx_modules!(ngx_http_chatup_module);
-
-    #[used]
-    #[allow(non_upper_case_globals)]
-    #[cfg_attr(not(feature = "export-modules"), no_mangle)]
-    pub static mut ngx_http_chatup_module: ngx_module_t = ngx_module_t {
-        ctx: addr_of!(MODULE_CTX) as _,
-        // SAFETY: taking the address of the static command table; nginx only reads it.
-        commands: unsafe { addr_of_mut!(COMMANDS[0]) },
-        type_: NGX_HTTP_MODULE as _,
-        init_process: Some(worker::init_process),
-        exit_process: Some(worker::exit_process),
-        ..ngx_module_t::default()
-    };
-}
+pub use ffi::module::{ngx_http_chatup_module, Module};

@@ -1,6 +1,7 @@
 //! The logic of `ngx_http_chatup_module`, in plain Rust: no nginx types, no `unsafe`, tested
 //! and fuzzed on its own. The module crate feeds it nginx events and writes what it queues.
 //!
+//! - [`conf`]: the directives: their values parsed and checked, their defaults.
 //! - [`ws`]: the WebSocket codec (client frames in, server frames out, accept key).
 //! - [`handshake`]: upgrade checks, channels from the path, `since` resume points.
 //! - [`cache`]: a channel's recent messages as ready-to-send frames, and resume.
@@ -11,6 +12,7 @@
 
 pub mod backoff;
 pub mod cache;
+pub mod conf;
 pub mod handshake;
 pub mod hub;
 pub mod outbox;

@@ -1,6 +1,12 @@
 //! The thin layer between nginx and the plain-Rust core. Everything here runs on the worker's
 //! single event-loop thread; nothing is shared with other threads.
+//!
+//! - [`module`]: the module table; [`directives`]: the setters and the command table.
+//! - [`subscriber`]: a viewer's connection, from the upgrade to its close.
+//! - [`relay`]: the connection to the sidecar; [`worker`]: worker start, exit, state.
 
+pub mod directives;
+pub mod module;
 pub mod relay;
 pub mod subscriber;
 pub mod worker;

@@ -7,11 +7,11 @@ use ngx::ffi::{ngx_cycle_t, ngx_event_t, ngx_int_t, ngx_log_t, NGX_LOG_NOTICE, N
 use ngx::http::HttpModuleMainConf;
 use ngx::ngx_log_error;
 
+use super::module::Module;
 use super::subscriber::{self, SubscriberConn};
 use super::{free_timer, new_timer, relay};
 use crate::cache::CacheLimits;
 use crate::hub::{Hub, SubscriberKey};
-use crate::Module;
 
 /// How often subscriber counts are reported to the sidecar (when they changed), and how
 /// soon after a reload or quit begins the subscribers of an old worker are told to move.

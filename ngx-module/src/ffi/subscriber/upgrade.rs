@@ -1,0 +1,301 @@
+//! Answering the upgrade request: the checks, a refusal's response, or the 101 and the
+//! subscriber's registration and first event handlers.
+
+use std::ptr::{self, addr_of_mut};
+
+use ngx::ffi::{
+    ngx_chain_t, ngx_create_temp_buf, ngx_http_output_filter, ngx_http_request_t,
+    ngx_http_send_header, ngx_http_send_special, ngx_int_t, ngx_list_push, ngx_pcalloc,
+    ngx_pool_cleanup_add, ngx_post_event, ngx_posted_events, ngx_table_elt_t, ngx_uint_t, NGX_DONE,
+    NGX_ERROR, NGX_HTTP_FLUSH, NGX_HTTP_GET, NGX_HTTP_INTERNAL_SERVER_ERROR,
+    NGX_HTTP_SWITCHING_PROTOCOLS, NGX_HTTP_VERSION_11, NGX_LOG_INFO, NGX_OK,
+};
+use ngx::http::{HttpModule, HttpModuleLocationConf, Request};
+use ngx::{ngx_log_error, ngx_string};
+
+use super::{
+    close::on_request_freed,
+    events::{on_attached_timer, on_read_attached, on_write_attached},
+    read::handle_input,
+    Attached, SubscriberConn, ACTION,
+};
+use crate::ffi::module::Module;
+use crate::ffi::relay;
+use crate::ffi::worker::with_worker;
+use crate::handshake::{self, HandshakeError, UpgradeRequest};
+
+/// Sets the response to a WebSocket upgrade, or answers why not.
+pub extern "C" fn content_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
+    // SAFETY: nginx calls the content handler with a live request on this thread.
+    unsafe { handle(r) }
+}
+
+unsafe fn handle(r: *mut ngx_http_request_t) -> ngx_int_t {
+    // SAFETY: r is the live request nginx passed to the content handler.
+    let req = unsafe { Request::from_ngx_http_request(r) };
+    let Some(lc) = Module::location_conf(req) else {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
+    };
+    let rc = req.discard_request_body();
+    if rc.0 != NGX_OK as ngx_int_t {
+        return rc.0;
+    }
+    // SAFETY: r is live.
+    if unsafe { (*r).discard_body() } != 0 {
+        // A body is still arriving: its bytes would be taken for WebSocket frames.
+        // SAFETY: r is live and no response was sent yet.
+        return unsafe { refuse_body(r) };
+    }
+    let mut upgrade = None;
+    let mut connection = None;
+    let mut version = None;
+    let mut key = None;
+    for (name, value) in req.headers_in_iterator() {
+        let name = name.as_bytes();
+        let value = Some(value.as_bytes());
+        if name.eq_ignore_ascii_case(b"upgrade") {
+            upgrade = value;
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            connection = value;
+        } else if name.eq_ignore_ascii_case(b"sec-websocket-version") {
+            version = value;
+        } else if name.eq_ignore_ascii_case(b"sec-websocket-key") {
+            key = value;
+        }
+    }
+    // SAFETY: r is live; uri and args are ngx_str_t views into its memory.
+    let (uri, args, is_get, is_http11, is_main) = unsafe {
+        (
+            (*r).uri.as_bytes(),
+            (*r).args.as_bytes(),
+            (*r).method == NGX_HTTP_GET as ngx_uint_t,
+            (*r).http_version == NGX_HTTP_VERSION_11 as ngx_uint_t,
+            (*r).main == r,
+        )
+    };
+    let channels = uri.strip_prefix(lc.prefix.as_slice()).unwrap_or(b"");
+    let request = UpgradeRequest {
+        is_get: is_get && is_main,
+        is_http11,
+        upgrade,
+        connection,
+        version,
+        key,
+        channels,
+        args,
+    };
+    let accepted = match handshake::check(&request, lc.max_channels()) {
+        Ok(accepted) => accepted,
+        // SAFETY: r is live and no response was sent yet.
+        Err(err) => return unsafe { refuse(r, &err) },
+    };
+    if with_worker(|_| ()).is_none() {
+        // SAFETY: as above.
+        return unsafe { send_text(r, 503, "chatup is not running in this nginx worker\n", &[]) };
+    }
+    // SAFETY: r is live and no response was sent yet.
+    unsafe { upgrade_connection(r, accepted, lc.ping_interval_ms(), lc.max_unsent()) }
+}
+
+/// Answers a refused upgrade with its status and reason.
+///
+/// # Safety
+/// `r` must be a live request with no response sent.
+unsafe fn refuse(r: *mut ngx_http_request_t, err: &HandshakeError) -> ngx_int_t {
+    // SAFETY: r is live (caller's contract), and so are its connection and log.
+    let log = unsafe { (*(*r).connection).log };
+    ngx_log_error!(NGX_LOG_INFO, log, "chatup: subscribe refused: {}", err);
+    let body = format!("{err}\n");
+    let extra: &[(&str, &str)] = match err {
+        HandshakeError::WsVersion => &[("Sec-WebSocket-Version", "13")],
+        HandshakeError::Method => &[("Allow", "GET")],
+        _ => &[],
+    };
+    // SAFETY: caller's contract.
+    unsafe { send_text(r, err.status(), &body, extra) }
+}
+
+/// Sends a complete text/plain response.
+///
+/// # Safety
+/// `r` must be a live request with no response sent.
+unsafe fn send_text(
+    r: *mut ngx_http_request_t,
+    status: u16,
+    body: &str,
+    extra: &[(&str, &str)],
+) -> ngx_int_t {
+    // SAFETY: r is live; everything allocated comes from its pool and lives as long as it.
+    unsafe {
+        (*r).headers_out.status = status as ngx_uint_t;
+        (*r).headers_out.content_type = ngx_string!("text/plain; charset=utf-8");
+        (*r).headers_out.content_type_len = (*r).headers_out.content_type.len;
+        (*r).headers_out.content_length_n = body.len() as _;
+        for (name, value) in extra {
+            if !push_header(r, name, value) {
+                return NGX_ERROR as ngx_int_t;
+            }
+        }
+        let rc = ngx_http_send_header(r);
+        if rc == NGX_ERROR as ngx_int_t || rc > NGX_OK as ngx_int_t || (*r).header_only() != 0 {
+            return rc;
+        }
+        let buf = ngx_create_temp_buf((*r).pool, body.len());
+        if buf.is_null() {
+            return NGX_ERROR as ngx_int_t;
+        }
+        ptr::copy_nonoverlapping(body.as_ptr(), (*buf).last, body.len());
+        (*buf).last = (*buf).last.add(body.len());
+        (*buf).set_last_buf(1);
+        (*buf).set_last_in_chain(1);
+        let mut out = ngx_chain_t {
+            buf,
+            next: ptr::null_mut(),
+        };
+        ngx_http_output_filter(r, &mut out)
+    }
+}
+
+/// Adds a response header.
+///
+/// # Safety
+/// `r` must be a live request whose header was not sent yet.
+unsafe fn push_header(r: *mut ngx_http_request_t, name: &str, value: &str) -> bool {
+    // SAFETY: r is live; the list element is filled completely before use.
+    unsafe {
+        let h = ngx_list_push(addr_of_mut!((*r).headers_out.headers)).cast::<ngx_table_elt_t>();
+        if h.is_null() {
+            return false;
+        }
+        if ngx::ffi::add_to_ngx_table(h, (*r).pool, name, value).is_none() {
+            return false;
+        }
+        #[cfg(nginx1_23)]
+        {
+            (*h).next = ptr::null_mut();
+        }
+    }
+    true
+}
+
+/// Answers an upgrade that came with a body still being read.
+///
+/// # Safety
+/// `r` must be a live request with no response sent.
+unsafe fn refuse_body(r: *mut ngx_http_request_t) -> ngx_int_t {
+    // SAFETY: r is live (caller's contract), and so are its connection and log.
+    let log = unsafe { (*(*r).connection).log };
+    ngx_log_error!(
+        NGX_LOG_INFO,
+        log,
+        "chatup: subscribe refused: the upgrade request has a body"
+    );
+    // SAFETY: caller's contract.
+    unsafe { send_text(r, 400, "a WebSocket upgrade request has no body\n", &[]) }
+}
+
+/// Sends the 101, registers the subscriber and takes over the connection's events.
+///
+/// # Safety
+/// `r` must be a live main request with no response sent.
+unsafe fn upgrade_connection(
+    r: *mut ngx_http_request_t,
+    accepted: handshake::Accepted,
+    ping_interval_ms: u64,
+    max_unsent: usize,
+) -> ngx_int_t {
+    // SAFETY: r is live (caller's contract); all pointers below come from it.
+    unsafe {
+        let c = (*r).connection;
+        (*r).headers_out.status = NGX_HTTP_SWITCHING_PROTOCOLS as ngx_uint_t;
+        (*r).headers_out.status_line = ngx_string!("101 Switching Protocols");
+        (*r).headers_out.content_length_n = -1;
+        if !push_header(r, "Upgrade", "websocket")
+            || !push_header(r, "Sec-WebSocket-Accept", &accepted.accept_key)
+        {
+            return NGX_ERROR as ngx_int_t;
+        }
+        (*r).set_keepalive(0);
+        let rc = ngx_http_send_header(r);
+        if rc == NGX_ERROR as ngx_int_t || rc > NGX_OK as ngx_int_t {
+            return rc;
+        }
+        if ngx_http_send_special(r, NGX_HTTP_FLUSH as ngx_uint_t) == NGX_ERROR as ngx_int_t {
+            return NGX_ERROR as ngx_int_t;
+        }
+        ngx::ffi::ngx_tcp_nodelay(c);
+
+        let cleanup = ngx_pool_cleanup_add((*r).pool, 0);
+        if cleanup.is_null() {
+            return NGX_ERROR as ngx_int_t;
+        }
+        let conn = Box::into_raw(Box::new(SubscriberConn {
+            c,
+            r,
+            key: usize::MAX,
+            inbuf: Vec::new(),
+            ping_interval_ms: u32::try_from(ping_interval_ms).unwrap_or(u32::MAX),
+            heard: false,
+            ping_due: false,
+            input_done: false,
+            closing_armed: false,
+        }));
+        (*cleanup).handler = Some(on_request_freed);
+        (*cleanup).data = conn.cast();
+
+        let Some(key) = with_worker(|w| {
+            w.hub
+                .add_subscriber(conn, accepted.subscriptions, max_unsent)
+        }) else {
+            return NGX_ERROR as ngx_int_t;
+        };
+        (*conn).key = key;
+        // A channel new to this worker was just subscribed: tell the sidecar now.
+        relay::flush();
+        let attached = ngx_pcalloc((*r).pool, std::mem::size_of::<Attached>()).cast::<Attached>();
+        if attached.is_null() {
+            return NGX_ERROR as ngx_int_t;
+        }
+        (*attached).conn = conn;
+        let timer = addr_of_mut!((*attached).timer);
+        (*timer).handler = Some(on_attached_timer);
+        (*timer).data = c.cast();
+        (*timer).log = (*c).log;
+        (*timer).set_cancelable(1);
+        Request::from_ngx_http_request(r).set_module_ctx(attached.cast(), Module::module());
+
+        // Frames that arrived with the upgrade request sit in its header buffer, which is
+        // freed with the request: decode them now (what they ask for goes out with the
+        // first write).
+        let hin = (*r).header_in;
+        if !hin.is_null() && (*hin).pos < (*hin).last {
+            let len = (*hin).last.offset_from((*hin).pos) as usize;
+            let early = std::slice::from_raw_parts((*hin).pos, len);
+            handle_input(conn, early);
+            (*hin).pos = (*hin).last;
+        }
+
+        (*(*c).log).action = ACTION.as_ptr().cast_mut();
+        let rev = (*c).read;
+        let wev = (*c).write;
+        // The connection's events come to us from now on, not to nginx's request handler.
+        (*rev).handler = Some(on_read_attached);
+        (*wev).handler = Some(on_write_attached);
+        if ping_interval_ms > 0 {
+            ngx::ffi::ngx_add_timer(timer, (*conn).ping_interval_ms as _);
+        }
+        // Keep the request alive after the content phase, until it is released.
+        (*(*r).main).set_count((*(*r).main).count() + 1);
+
+        // The replay goes out from the write event, which also releases the request (the
+        // content handler must not finalize it).
+        ngx_post_event(wev, addr_of_mut!(ngx_posted_events));
+        if (*rev).ready() != 0 {
+            ngx_post_event(rev, addr_of_mut!(ngx_posted_events));
+        }
+        if ngx::ffi::ngx_handle_read_event(rev, 0) != NGX_OK as isize {
+            return NGX_ERROR as ngx_int_t;
+        }
+        NGX_DONE as ngx_int_t
+    }
+}
