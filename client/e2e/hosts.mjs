@@ -8,35 +8,12 @@
 
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { readFile } from 'node:fs/promises';
-import { createServer } from 'node:http';
-import { dirname, extname, join, normalize } from 'node:path';
-import { fileURLToPath } from 'node:url';
 
-import { Browser, assertAllShownOnce, control, feed, need, shownCount, waitShown, waitStatus } from './support.mjs';
+import { Browser, assertAllShownOnce, control, feed, need, serveClient, shownCount, waitShown, waitStatus } from './support.mjs';
 
 const DISPATCHER = need('CHATUP_DISPATCHER_URL');
 const ADMIN_TOKEN = need('CHATUP_ADMIN_TOKEN');
 const ROOM = 'stage';
-const CLIENT = join(dirname(fileURLToPath(import.meta.url)), '..');
-const TYPES = { '.html': 'text/html', '.js': 'text/javascript', '.css': 'text/css' };
-
-/** The page's own origin: client/{src,dist,example} over HTTP, as a site would serve them. */
-function serveClient() {
-  const server = createServer(async (request, response) => {
-    const path = normalize(decodeURIComponent(new URL(request.url, 'http://x').pathname)).replace(/\/$/, '/index.html');
-    const match = /^\/client\/((src|dist|example)\/[^]*)$/.exec(path);
-    try {
-      if (!match) throw new Error('not served');
-      const body = await readFile(join(CLIENT, match[1]));
-      response.writeHead(200, { 'content-type': TYPES[extname(path)] || 'application/octet-stream' });
-      response.end(body);
-    } catch {
-      response.writeHead(404).end();
-    }
-  });
-  return new Promise((resolve) => server.listen(0, '127.0.0.1', () => resolve(server)));
-}
 
 const browser = new Browser(need('CHATUP_ARTIFACTS'));
 let site;

@@ -6,8 +6,11 @@
 
 import assert from 'node:assert/strict';
 import { mkdirSync } from 'node:fs';
-import { join } from 'node:path';
+import { readFile } from 'node:fs/promises';
+import { createServer } from 'node:http';
+import { dirname, extname, join, normalize } from 'node:path';
 import readline from 'node:readline';
+import { fileURLToPath } from 'node:url';
 
 import { chromium } from 'playwright-core';
 
@@ -37,6 +40,33 @@ export async function control(verb) {
   assert.match(line, /^OK( |$)/, `CONTROL ${verb}`);
   const rest = line.slice(3);
   return rest ? JSON.parse(rest) : undefined;
+}
+
+const CLIENT = join(dirname(fileURLToPath(import.meta.url)), '..');
+const TYPES = { '.html': 'text/html', '.js': 'text/javascript', '.css': 'text/css' };
+
+/**
+ * The page's own origin: client/{src,dist,example} over HTTP, as a site would serve them, on
+ * a free port of 127.0.0.1. `other(request, response)` answers the other paths (else 404).
+ */
+export function serveClient(other = null) {
+  const server = createServer(async (request, response) => {
+    const path = normalize(decodeURIComponent(new URL(request.url, 'http://x').pathname)).replace(/\/$/, '/index.html');
+    const match = /^\/client\/((src|dist|example)\/[^]*)$/.exec(path);
+    if (!match && other) {
+      other(request, response);
+      return;
+    }
+    try {
+      if (!match) throw new Error('not served');
+      const body = await readFile(join(CLIENT, match[1]));
+      response.writeHead(200, { 'content-type': TYPES[extname(path)] || 'application/octet-stream' });
+      response.end(body);
+    } catch {
+      response.writeHead(404).end();
+    }
+  });
+  return new Promise((resolve) => server.listen(0, '127.0.0.1', () => resolve(server)));
 }
 
 /** Chromium (Debian's, or $CHROMIUM) and the pages opened in it, screenshotted by `finish`. */

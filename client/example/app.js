@@ -7,7 +7,7 @@
 // Query parameters: `room` and `name` fill the form (with `name`, the page joins at once;
 // `watch=1` watches without a name); `dispatcher` is the dispatcher's URL when it is not this
 // page's origin (it must allow the origin: `dispatch.cors_origins`); `reconnectDelay`,
-// `maxReconnectDelay` and `countInterval` (ms) are passed to the client.
+// `maxReconnectDelay`, `countInterval` and `requestTimeout` (ms) are passed to the client.
 
 import { ChatUp, Status } from '../src/chatup.js';
 
@@ -45,7 +45,7 @@ async function demoToken(name) {
 
 function clientOptions() {
   const options = {};
-  for (const key of ['reconnectDelay', 'maxReconnectDelay', 'countInterval']) {
+  for (const key of ['reconnectDelay', 'maxReconnectDelay', 'countInterval', 'requestTimeout']) {
     const value = Number(params.get(key));
     if (params.has(key) && Number.isFinite(value)) options[key] = value;
   }
@@ -134,7 +134,7 @@ function showStatus({ status, reason }) {
   badge.textContent = STATUS_TEXT[status] || status;
   let why = '';
   if (status === Status.BANNED) why = reason || 'banned from this room';
-  else if (status === Status.AUTH_ERROR || status === Status.NO_HOST || status === Status.DISCONNECTED) why = reason;
+  else if (status === Status.AUTH_ERROR || status === Status.NO_HOST || status === Status.DISCONNECTED || status === Status.RECONNECTING) why = reason;
   $('status-reason').textContent = why;
   const canSend = status === Status.AUTHENTICATED;
   $('text').disabled = !canSend;
@@ -166,6 +166,10 @@ async function start(name, room) {
   chat.on('message', showMessage);
   chat.on('event', showEvent);
   chat.on('status', showStatus);
+  // Each failed attempt says why and when the next one is (the status stays `reconnecting`).
+  chat.on('retry', ({ error, delay }) => {
+    if (chat.status === Status.RECONNECTING) $('status-reason').textContent = `${error.message}; retrying in ${(delay / 1000).toFixed(1)} s`;
+  });
   chat.on('counts', ({ subCount, pubCount }) => {
     $('viewers').textContent = String(subCount);
     $('chatters').textContent = String(pubCount);
@@ -179,7 +183,8 @@ async function start(name, room) {
   try {
     await chat.init();
   } catch (e) {
-    $('send-error').textContent = e.message;
+    // While retrying, the status line says why and when; other errors are final.
+    if (chat.status !== Status.RECONNECTING) $('send-error').textContent = e.message;
   }
 }
 

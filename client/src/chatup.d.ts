@@ -66,10 +66,15 @@ export type ErrorCode =
   | 'bad_idempotency_key'
   // The client's own:
   | 'not_authenticated'
+  // say() without an answer within sendTimeout, or a dispatcher request within requestTimeout:
   | 'timeout'
   | 'queue_full'
   | 'closed'
-  | 'network'
+  // Not connected yet, retrying (README, "When it cannot connect"):
+  | 'unreachable'
+  | 'cors_refused'
+  | 'host_unreachable'
+  | 'connection_lost'
   | 'bad_response'
   | 'bad_frame'
   | 'refused'
@@ -131,8 +136,23 @@ export interface ChatEvent {
 export interface StatusChange {
   status: StatusValue;
   previous: StatusValue;
-  /** Why, when known: a close reason or an error message (e.g. "banned from lobby"). */
+  /**
+   * Why, when known: a close reason or an error message (e.g. "banned from lobby"); after a
+   * failed attempt, the error's message and when the next one is ("…; retrying in 1.2 s").
+   */
   reason: string;
+  /** After a failed attempt: ms until the next one (null: asking the dispatcher for another host). Else null. */
+  retryIn: number | null;
+  /** After a failed attempt: what failed. Else null. */
+  error: ChatUpError | null;
+}
+
+/** An attempt failed (the dispatcher, or opening a socket) and the next one is in `delay` ms. */
+export interface Retry {
+  error: ChatUpError;
+  delay: number;
+  /** 1 for the first retry of this connection (or of this dispatcher request). */
+  attempt: number;
 }
 
 export interface Counts {
@@ -202,6 +222,8 @@ export interface ChatUpOptions {
   stableAfter?: number;
   /** Opening a socket may take this long, ms (default 10000). */
   connectTimeout?: number;
+  /** A dispatcher request must be answered within this, ms (default 10000); else `timeout`, and it is retried. */
+  requestTimeout?: number;
   /** The server must answer the token within this, ms (default 10000). */
   authTimeout?: number;
   /** say() rejects with `timeout` after this, ms (default 15000); until then a say() whose outcome is unknown is sent again with its idempotency key. */
@@ -218,6 +240,12 @@ export interface ChatUpOptions {
   network?: EventTarget | null;
   fetch?: typeof fetch;
   random?: () => number;
+  /**
+   * The page's origin (default `location.origin`): when a dispatcher on another origin cannot
+   * be read, the client checks whether it answers at all and, if so, names this origin in the
+   * `cors_refused` error. Null: never suspect CORS.
+   */
+  origin?: string | null;
 }
 
 export interface ChatUpEvents {
@@ -226,6 +254,7 @@ export interface ChatUpEvents {
   status: StatusChange;
   counts: Counts;
   error: ChatUpError;
+  retry: Retry;
 }
 
 /** Where each channel's reader is; decides what is new and builds `since`. */
@@ -247,9 +276,19 @@ export declare class ChatUp {
   /** The last counts, or null before the first. */
   readonly counts: Counts | null;
 
-  /** Joins the room; resolves once messages flow (and a given token was accepted). */
+  /**
+   * Joins the room; resolves once messages flow (and a given token was accepted). Rejects
+   * when retrying cannot help (`bad_channel`, `bad_token`, …), and when an attempt fails
+   * (`unreachable`, `cors_refused`, `timeout`, `unavailable`, `host_unreachable`, …): the
+   * client then goes on retrying (see `status`, `retry`) until it connects or `close()`;
+   * init() called again waits for the outcome of the next attempt. Waits while `noHost`.
+   */
   init(): Promise<ChatUp>;
-  /** Sets the token and authenticates; resolves with the user's `_public`. */
+  /**
+   * Sets the token and authenticates; resolves with the user's `_public`. Rejects when the
+   * token is refused, and when the publisher's connection attempt fails (`host_unreachable`;
+   * the client goes on trying).
+   */
   authenticate(jwt: TokenSource): Promise<PublicUser>;
   /**
    * Sends a message with an idempotency key, again with the same key while its outcome is

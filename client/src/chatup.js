@@ -16,6 +16,12 @@
 // another host. Close codes 4500-4999 mean "do not reconnect until something changes" (bad or
 // expired token, banned, bad request).
 //
+// A failure is never silent: when the dispatcher cannot be reached (nothing answers, it
+// refuses this page's origin, or it does not answer within `requestTimeout`) or a socket
+// cannot be opened, the status turns `reconnecting`, the `retry` event says why and when the
+// next attempt is, init() rejects with a ChatUpError naming the likely cause, and the client
+// goes on retrying: a later success still connects.
+//
 // Every say() carries an idempotency key (a random UUID). When its outcome is unknown (the
 // connection dropped before the answer, or the server answered `unavailable`), the client
 // sends it again with the same key until `sendTimeout`; the server publishes a key once, so a
@@ -25,13 +31,16 @@
 
 /** The client's state, as one value for a status line. */
 export const Status = Object.freeze({
-  /** Asking the dispatcher for a host, or opening the first connection. */
+  /** Asking the dispatcher for a host, or opening the first connection (before any failure). */
   CONNECTING: 'connecting',
   /** Receiving the room's messages (no token, or the token is being checked). */
   CONNECTED: 'connected',
   /** Receiving, and allowed to send. */
   AUTHENTICATED: 'authenticated',
-  /** A connection dropped: retrying with backoff, catching up on reconnect. */
+  /**
+   * An attempt failed (the dispatcher or a socket, the first one included, or a connection
+   * dropped): retrying with backoff, catching up on reconnect. The reason says why and when.
+   */
   RECONNECTING: 'reconnecting',
   /** The host failed repeatedly: asking the dispatcher for another one. */
   SWITCHING_HOST: 'switchingHost',
@@ -188,6 +197,9 @@ export function hostEndpoints(host, dispatcherURL) {
   return { id: host.id, sub: ws(host.sub), pub: ws(host.pub) };
 }
 
+/** What a request's timer gives in a race with the request. */
+const TIMED_OUT = Symbol('timed out');
+
 /** The shortest wait before a say() answered `unavailable` goes again, ms. */
 const MIN_RETRY_DELAY = 100;
 
@@ -197,12 +209,34 @@ const DEFAULTS = {
   hostFailures: 3,
   stableAfter: 5000,
   connectTimeout: 10000,
+  requestTimeout: 10000,
   authTimeout: 10000,
   sendTimeout: 15000,
   maxQueued: 100,
   countInterval: 10000,
   presence: true,
 };
+
+/** `ms` as a short text for a person: "1.2 s". */
+function seconds(ms) {
+  return `${(ms / 1000).toFixed(1)} s`;
+}
+
+/**
+ * Why a socket to `url` (without its query) ended: `host_unreachable` when it never opened
+ * (a browser tells no more than 1006 for a host that is down, a refused upgrade or a proxy
+ * in the way), else `connection_lost`.
+ */
+function socketError(what, url, openedAt, end) {
+  const how = end.reason ? `${end.code}: ${end.reason}` : `${end.code}`;
+  if (openedAt === null) {
+    return new ChatUpError(
+      'host_unreachable',
+      `${what} to ${url} could not be opened (${how}): the chat host is down or unreachable, or a proxy in front of it does not pass WebSocket upgrades`,
+    );
+  }
+  return new ChatUpError('connection_lost', `${what} to ${url} closed (${how})`);
+}
 
 /** A connection that closed before it opened, or a timeout while opening. */
 class OpenFailed extends Error {
@@ -218,8 +252,9 @@ class OpenFailed extends Error {
  *
  * Events (`on(name, handler)`): `message` (a chat message), `event` (an `ev` message:
  * `join`, `leave`, `rmUserMsg`, `resync`, or an application's), `status` (`{status,
- * previous, reason}`), `counts` (`{channel, subCount, pubCount}`), `error` (a ChatUpError
- * the client recovered from or that has no caller to reject).
+ * previous, reason, retryIn, error}`), `retry` (`{error, delay, attempt}`: an attempt
+ * failed, the next is in `delay` ms), `counts` (`{channel, subCount, pubCount}`), `error` (a
+ * ChatUpError the client recovered from or that has no caller to reject).
  */
 export class ChatUp {
   constructor(options) {
@@ -264,6 +299,9 @@ export class ChatUp {
     this._WebSocket = options.WebSocket || globalThis.WebSocket;
     this._fetch = options.fetch || (globalThis.fetch && globalThis.fetch.bind(globalThis));
     this._random = options.random || Math.random;
+    // The page's origin: a cross-origin dispatcher that answers but cannot be read is
+    // refusing it (CORS), and the error should name it.
+    this._origin = options.origin !== undefined ? options.origin : (globalThis.location && globalThis.location.origin) || null;
     // A browser that comes back online need not sit out the rest of a backoff wait.
     this._network = options.network || (typeof globalThis.addEventListener === 'function' ? globalThis : null);
     this._onOnline = () => {
@@ -289,6 +327,8 @@ export class ChatUp {
     this._countsInFlight = false;
     this._connectedWaiters = [];
     this._fatal = null;
+    /** Set when an attempt failed since the last connection: the status is then `reconnecting`. */
+    this._failing = false;
 
     this._sub = { socket: null, open: false, attempt: 0, openFailures: 0 };
     this._pub = {
@@ -369,11 +409,18 @@ export class ChatUp {
   /**
    * Joins the room: asks the dispatcher for a host, delivers the recent history, opens the
    * subscriber and, with a token, the publisher. Resolves once messages flow (and the token
-   * was answered); rejects on what retrying cannot fix (a bad room, a refused token).
+   * was answered). Rejects on what retrying cannot fix (a bad room, a refused token), and
+   * when an attempt fails (`unreachable`, `cors_refused`, `timeout`, `unavailable`,
+   * `host_unreachable`, …): then the client goes on retrying with backoff, the `status` and
+   * `retry` events follow it, and init() called again waits for the next attempt's outcome.
+   * While the dispatcher answers `no_host` it keeps waiting (the status is `noHost`).
    */
   init() {
     if (this._closed) return Promise.reject(new ChatUpError('closed', 'this client was closed; make a new one'));
-    if (this._started) return this._whenConnected();
+    if (this._started) {
+      if (this._pub.jwt === null) return this._whenConnected();
+      return this._whenConnected().then(() => this._whenAuthenticated()).then(() => this);
+    }
     this._started = true;
     if (this._network) this._network.addEventListener('online', this._onOnline);
     this._update();
@@ -383,7 +430,11 @@ export class ChatUp {
     return connected.then(() => this._whenAuthenticated()).then(() => this);
   }
 
-  /** Sets the publisher token (a string, or a function returning one), and authenticates. */
+  /**
+   * Sets the publisher token (a string, or a function returning one), and authenticates.
+   * Rejects when the token is refused or the publisher's connection attempt fails (the client
+   * goes on trying).
+   */
   authenticate(jwt) {
     if (typeof jwt !== 'string' && typeof jwt !== 'function') {
       return Promise.reject(new TypeError('authenticate(jwt): jwt must be a token string or a function returning one'));
@@ -579,15 +630,22 @@ export class ChatUp {
       } catch (e) {
         if (this._closed) return;
         if (e.code === 'bad_channel' || e.code === 'bad_request') throw e;
-        this._hostState = e.code === 'no_host' ? 'none' : 'unreachable';
-        this._update(e.message);
         this._emit('error', e);
         if (e.code === 'no_host' && exclude.length) {
           // Only excluded hosts are alive: one of them may be back, try them all again.
           exclude = [];
         }
         attempt += 1;
-        await this._sleep(backoffDelay(attempt, this.options.reconnectDelay, this.options.maxReconnectDelay, this._random));
+        const delay = backoffDelay(attempt, this.options.reconnectDelay, this.options.maxReconnectDelay, this._random);
+        if (e.code === 'no_host') {
+          this._hostState = 'none';
+          this._update(e.message, { retryIn: delay, error: e });
+          this._emit('retry', { error: e, delay, attempt });
+        } else {
+          this._hostState = 'unreachable';
+          this._failed(e, delay, attempt);
+        }
+        await this._sleep(delay);
         if (this._closed) return;
       }
     }
@@ -651,7 +709,7 @@ export class ChatUp {
         } catch {
           // Closing a socket that never opened may throw in some runtimes.
         }
-        reject(new OpenFailed(1006, `no connection within ${this.options.connectTimeout} ms`));
+        reject(new OpenFailed(1006, `no connection within ${this.options.connectTimeout} ms (connectTimeout)`));
       }, this.options.connectTimeout);
       ws.onerror = () => {};
       ws.onopen = () => {
@@ -702,7 +760,7 @@ export class ChatUp {
         end = await this._pump(ws, (frame) => this._deliver(frame));
       } catch (e) {
         if (!(e instanceof OpenFailed)) throw e;
-        end = { code: e.code, reason: e.message };
+        end = { code: e.code, reason: e.reason || '' };
       }
       sub.open = false;
       sub.socket = null;
@@ -712,30 +770,46 @@ export class ChatUp {
         this._stop(new ChatUpError('refused', `the server closed the room's connection with ${end.code}: ${end.reason}`));
         return;
       }
-      if (!(await this._afterFailure(sub, host, openedAt, end))) return;
+      const error = socketError('the room\'s connection', host.sub, openedAt, end);
+      if (!(await this._afterFailure(sub, host, openedAt, error))) return;
     }
   }
 
   /**
-   * Bookkeeping after a connection ended: backoff, host switching. Returns false when the
-   * client stopped meanwhile.
+   * Bookkeeping after a connection ended with `error`: backoff, host switching. Returns false
+   * when the client stopped meanwhile.
    */
-  async _afterFailure(side, host, openedAt, end) {
+  async _afterFailure(side, host, openedAt, error) {
     if (openedAt === null) {
       side.openFailures += 1;
       side.attempt += 1;
     } else {
       side.attempt = Date.now() - openedAt >= this.options.stableAfter ? 1 : side.attempt + 1;
     }
-    this._update(end.reason);
     if (side.openFailures >= this.options.hostFailures) {
       side.openFailures = 0;
+      this._failed(error, null, side.attempt);
       await this._switchHost(host.id);
       if (this._closed) return false;
       if (this._host !== host) return true;
     }
-    await this._sleep(backoffDelay(side.attempt, this.options.reconnectDelay, this.options.maxReconnectDelay, this._random));
+    const delay = backoffDelay(side.attempt, this.options.reconnectDelay, this.options.maxReconnectDelay, this._random);
+    this._failed(error, delay, side.attempt);
+    await this._sleep(delay);
     return !this._closed;
+  }
+
+  /**
+   * An attempt failed with `error`; the next one is in `delay` ms (null: after asking the
+   * dispatcher for another host). Whoever waits for this attempt hears why; the status says
+   * `reconnecting`, why and when.
+   */
+  _failed(error, delay, attempt) {
+    this._failing = true;
+    for (const waiter of this._connectedWaiters.splice(0)) waiter.reject(error);
+    const when = delay === null ? 'asking the dispatcher for another host' : `retrying in ${seconds(delay)}`;
+    this._update(`${error.message}; ${when}`, { retryIn: delay, error });
+    if (delay !== null) this._emit('retry', { error, delay, attempt });
   }
 
   _deliver(frame) {
@@ -764,7 +838,7 @@ export class ChatUp {
           end = await this._publisherSession(ws);
         } catch (e) {
           if (!(e instanceof OpenFailed)) throw e;
-          end = { code: e.code, reason: e.message };
+          end = { code: e.code, reason: e.reason || '' };
         }
         pub.socket = null;
         this._dropInFlight();
@@ -786,7 +860,10 @@ export class ChatUp {
         }
         pub.state = 'waiting';
         if (host !== this._host) continue;
-        if (!(await this._afterFailure(pub, host, openedAt, end))) return;
+        const error = socketError('the publisher connection', host.pub, openedAt, end);
+        // A token waits for this attempt (init(), authenticate()): say it failed.
+        for (const waiter of pub.authWaiters.splice(0)) waiter.reject(error);
+        if (!(await this._afterFailure(pub, host, openedAt, error))) return;
       }
     } finally {
       pub.running = false;
@@ -949,6 +1026,7 @@ export class ChatUp {
 
   _connected() {
     this._everConnected = true;
+    this._failing = false;
     this._hostState = 'ok';
     this._update();
     for (const waiter of this._connectedWaiters.splice(0)) waiter.resolve(this);
@@ -1000,7 +1078,7 @@ export class ChatUp {
     if (this._closed || !this._started) return Status.DISCONNECTED;
     if (this._hostState === 'switching') return Status.SWITCHING_HOST;
     if (this._hostState === 'none') return Status.NO_HOST;
-    if (!this._sub.open) return this._everConnected ? Status.RECONNECTING : Status.CONNECTING;
+    if (!this._sub.open) return this._everConnected || this._failing ? Status.RECONNECTING : Status.CONNECTING;
     const pub = this._pub;
     switch (pub.state) {
       case 'authenticated':
@@ -1018,12 +1096,13 @@ export class ChatUp {
     }
   }
 
-  _update(reason = '') {
+  /** Emits `status` when the status changed; `retryIn` (ms) and `error` say why and when, for retries. */
+  _update(reason = '', { retryIn = null, error = null } = {}) {
     const status = this._computeStatus();
     if (status === this._status) return;
     const previous = this._status;
     this._status = status;
-    this._emit('status', { status, previous, reason });
+    this._emit('status', { status, previous, reason, retryIn, error });
   }
 
   _setCounts(subCount, pubCount) {
@@ -1054,23 +1133,51 @@ export class ChatUp {
     }, jittered);
   }
 
+  /**
+   * A dispatcher request, answered within `requestTimeout` (a dispatcher that accepts the
+   * connection and never answers must not hold the client for ever).
+   */
   async _http(method, path, body) {
+    const url = new URL(path, this.dispatcherURL).href;
     const init = { method, headers: {} };
     if (body !== undefined) {
       init.body = body;
       init.headers['content-type'] = 'application/json';
     }
+    const limit = this.options.requestTimeout;
+    const controller = typeof AbortController === 'function' ? new AbortController() : null;
+    if (controller) init.signal = controller.signal;
+    let timer;
+    // Raced as well as aborted: a fetch given in the options may not heed the signal.
+    const timedOut = new Promise((resolve) => {
+      timer = setTimeout(() => {
+        if (controller) controller.abort();
+        resolve(TIMED_OUT);
+      }, limit);
+    });
+    const timeoutError = () =>
+      new ChatUpError(
+        'timeout',
+        `the dispatcher at ${this.dispatcherURL} did not answer ${method} /${path.split('?')[0]} within ${limit} ms (requestTimeout): it accepts connections but is stuck or overloaded, or a proxy in front of it is`,
+      );
     let response;
-    try {
-      response = await this._fetch(new URL(path, this.dispatcherURL).href, init);
-    } catch (e) {
-      throw new ChatUpError('network', `cannot reach ${this.dispatcherURL}: ${e.message}`);
-    }
     let answer = null;
     try {
-      answer = await response.json();
-    } catch {
-      // Not JSON: a proxy's error page; the status says enough.
+      try {
+        response = await Promise.race([this._fetch(url, init), timedOut]);
+      } catch (e) {
+        if (controller && controller.signal.aborted) throw timeoutError();
+        throw await this._fetchFailed(method, path, e);
+      }
+      if (response === TIMED_OUT) throw timeoutError();
+      try {
+        answer = await Promise.race([response.json(), timedOut]);
+      } catch {
+        // Not JSON: a proxy's error page; the status says enough.
+      }
+      if (answer === TIMED_OUT) throw timeoutError();
+    } finally {
+      clearTimeout(timer);
     }
     if (!response.ok) {
       const error = answer && answer.error;
@@ -1083,6 +1190,54 @@ export class ChatUp {
     }
     if (answer === null) throw new ChatUpError('bad_response', `${method} ${path}: the answer is not JSON`);
     return answer;
+  }
+
+  /**
+   * Why a dispatcher request failed with `error`. A browser gives the same TypeError for a
+   * host that does not answer and for an answer CORS keeps from the page; a `no-cors` request
+   * tells them apart: it succeeds (opaquely) whenever the host answers at all.
+   */
+  async _fetchFailed(method, path, error) {
+    const dispatcher = new URL(this.dispatcherURL);
+    const origin = this._origin && this._origin !== 'null' ? this._origin : null;
+    const what = `${method} /${path.split('?')[0]}`;
+    if (origin && origin !== dispatcher.origin) {
+      if (await this._answers(dispatcher.href)) {
+        return new ChatUpError(
+          'cors_refused',
+          `the dispatcher at ${this.dispatcherURL} answers, but the browser does not let this page read its answer to ${what} (${error.message}): it does not allow this page's origin (CORS); add "${origin}" to dispatch.cors_origins in the dispatcher's config`,
+        );
+      }
+      if (origin.startsWith('https:') && dispatcher.protocol === 'http:') {
+        return new ChatUpError(
+          'unreachable',
+          `cannot reach the dispatcher at ${this.dispatcherURL} (${error.message}): this page is https and the dispatcher http, which browsers block (mixed content); give dispatcherURL an https address`,
+        );
+      }
+    }
+    return new ChatUpError(
+      'unreachable',
+      `cannot reach the dispatcher at ${this.dispatcherURL} (${error.message}): nothing answers there; check that it runs and that dispatcherURL is its address (the browser does not say whether the name did not resolve, the connection was refused or the network is down)`,
+    );
+  }
+
+  /** Whether anything answers HTTP at `url`: a `no-cors` GET, within `requestTimeout`. */
+  async _answers(url) {
+    const controller = typeof AbortController === 'function' ? new AbortController() : null;
+    let timer;
+    const timedOut = new Promise((resolve) => {
+      timer = setTimeout(() => {
+        if (controller) controller.abort();
+        resolve(false);
+      }, this.options.requestTimeout);
+    });
+    try {
+      const init = { method: 'GET', mode: 'no-cors', cache: 'no-store', credentials: 'omit' };
+      if (controller) init.signal = controller.signal;
+      return await Promise.race([this._fetch(url, init).then(() => true, () => false), timedOut]);
+    } finally {
+      clearTimeout(timer);
+    }
   }
 }
 

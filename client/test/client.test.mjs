@@ -503,16 +503,20 @@ test('a publisher that cannot connect moves the client to another host', async (
   const world = makeWorld();
   world.route('POST', '/join/lobby', (r) => (r.body ? joinAnswer('h2', { base: 'http://chat2.test' }) : joinAnswer('h1')));
   const { chat } = client(world, { jwt: 'T', hostFailures: 2 });
-  const ready = chat.init();
+  const first = chat.init();
   const sub = await world.nextSocket('/sub/');
   sub.accept();
   await waitFor(() => chat.status === Status.CONNECTED, 'connected');
   sub.push(msg(3, 'x'));
   (await world.nextSocket('chat.test:8080/pub', 0)).refuse();
+  // init() says the token could not be sent; the client goes on trying.
+  await assert.rejects(first, (e) => e.code === 'host_unreachable' && /publisher connection to ws:\/\/chat\.test:8080\/pub could not be opened \(1006\)/.test(e.message));
   (await world.nextSocket('chat.test:8080/pub', 1)).refuse();
   const sub2 = await world.nextSocket('chat2.test/sub/');
   assert.equal(sub2.url, 'ws://chat2.test/sub/lobby?since=lobby:7:3');
   assert.ok(sub.closedByClient, 'the old subscriber is closed');
+  // Called again, init() waits for the attempt on the new host.
+  const ready = chat.init();
   sub2.accept();
   await authenticatePublisher(world, 'ann', 2);
   await ready;
@@ -571,7 +575,7 @@ test('getUsers pages through the dispatcher and checks its arguments', async () 
   await assert.rejects(chat.getUsers({ limit: 0 }), /limit must be a whole number from 1 to 1000/);
   await assert.rejects(chat.getUsers({ skip: -1 }), /skip must be/);
   world.route('GET', '/channels/lobby/users', () => new TypeError('Failed to fetch'));
-  await assert.rejects(chat.getUsers(), (e) => e.code === 'network' && /Failed to fetch/.test(e.message));
+  await assert.rejects(chat.getUsers(), (e) => e.code === 'unreachable' && /Failed to fetch/.test(e.message));
 });
 
 test('close() stops everything and rejects what waits', async () => {
@@ -585,4 +589,128 @@ test('close() stops everything and rejects what waits', async () => {
   assert.equal(world.sockets.length, 2, 'nothing reopens');
   await assert.rejects(chat.init(), (e) => e.code === 'closed');
   assert.equal(statuses.at(-1), Status.DISCONNECTED);
+});
+
+/** The page's origin in the tests that act as a browser page on another origin. */
+const PAGE = 'http://page.test:3000';
+const FAILED_TO_FETCH = () => new TypeError('Failed to fetch');
+
+test('an unreachable dispatcher: reconnecting with when, init rejects naming it, a later success connects', async () => {
+  const world = makeWorld();
+  let failures = 3;
+  world.route('POST', '/join/lobby', () => (failures-- > 0 ? FAILED_TO_FETCH() : joinAnswer('h1')));
+  // Nothing answers at all: the plain probe fails too.
+  world.route('GET', '/', FAILED_TO_FETCH);
+  const { chat, statuses } = client(world, { origin: PAGE });
+  const changes = [];
+  const retries = [];
+  chat.on('status', (s) => changes.push(s));
+  chat.on('retry', (r) => retries.push(r));
+  const ready = chat.init();
+  await assert.rejects(ready, (e) => e instanceof ChatUpError && e.code === 'unreachable'
+    && e.message.startsWith('cannot reach the dispatcher at http://chat.test:8080/ (Failed to fetch): nothing answers there'));
+  const reconnecting = changes.find((s) => s.status === Status.RECONNECTING);
+  assert.equal(reconnecting.previous, Status.CONNECTING);
+  assert.equal(reconnecting.error.code, 'unreachable');
+  assert.equal(typeof reconnecting.retryIn, 'number');
+  assert.match(reconnecting.reason, /^cannot reach the dispatcher at http:\/\/chat\.test:8080\/ .*; retrying in \d+\.\d s$/);
+  const sub = await world.nextSocket('/sub/');
+  // init() again waits for the attempt under way.
+  const again = chat.init();
+  sub.accept();
+  assert.equal(await again, chat);
+  assert.deepEqual(statuses, [Status.CONNECTING, Status.RECONNECTING, Status.CONNECTED]);
+  assert.deepEqual(retries.map((r) => [r.attempt, r.error.code, r.delay]), [[1, 'unreachable', 2], [2, 'unreachable', 4], [3, 'unreachable', 8]]);
+  assert.ok(world.requests.some((r) => r.path === '/' && r.mode === 'no-cors'), 'probed');
+  chat.close();
+});
+
+test('a dispatcher that answers but not to this origin: cors_refused names the origin and the setting', async () => {
+  const world = makeWorld();
+  let refusals = 1;
+  // CORS keeps the answer from the page; a no-cors request gets an (opaque) answer.
+  world.route('POST', '/join/lobby', () => (refusals-- > 0 ? FAILED_TO_FETCH() : joinAnswer('h1')));
+  const { chat, statuses } = client(world, { origin: PAGE });
+  let reason = '';
+  chat.on('status', (s) => {
+    if (s.status === Status.RECONNECTING) reason = s.reason;
+  });
+  await assert.rejects(chat.init(), (e) => e.code === 'cors_refused'
+    && e.message.includes('the dispatcher at http://chat.test:8080/ answers, but the browser does not let this page read its answer to POST /join/lobby')
+    && e.message.endsWith('add "http://page.test:3000" to dispatch.cors_origins in the dispatcher\'s config'));
+  assert.match(reason, /dispatch\.cors_origins.*; retrying in/);
+  const probe = world.requests.find((r) => r.mode === 'no-cors');
+  assert.deepEqual([probe.method, probe.path], ['GET', '/']);
+  (await world.nextSocket('/sub/')).accept();
+  await waitFor(() => chat.status === Status.CONNECTED, 'connected once allowed');
+  assert.deepEqual(statuses, [Status.CONNECTING, Status.RECONNECTING, Status.CONNECTED]);
+  chat.close();
+});
+
+test('without a page origin (or on the same one) CORS cannot be the cause: unreachable, no probe', async () => {
+  for (const origin of [null, 'http://chat.test:8080']) {
+    const world = makeWorld();
+    world.route('POST', '/join/lobby', FAILED_TO_FETCH);
+    const { chat } = client(world, { origin });
+    await assert.rejects(chat.init(), (e) => e.code === 'unreachable');
+    assert.ok(!world.requests.some((r) => r.mode === 'no-cors'), `no probe for origin ${origin}`);
+    chat.close();
+  }
+  // An https page and an http dispatcher that does not answer: mixed content, most likely.
+  const world = makeWorld();
+  world.route('POST', '/join/lobby', FAILED_TO_FETCH);
+  world.route('GET', '/', FAILED_TO_FETCH);
+  const { chat } = client(world, { origin: 'https://page.test' });
+  await assert.rejects(chat.init(), (e) => e.code === 'unreachable' && /mixed content/.test(e.message));
+  chat.close();
+});
+
+test('a dispatcher that never answers: timeout after requestTimeout, aborted, retried', async () => {
+  const world = makeWorld();
+  let hang = 1;
+  world.route('POST', '/join/lobby', () => (hang-- > 0 ? new Promise(() => {}) : joinAnswer('h1')));
+  const { chat, statuses } = client(world, { requestTimeout: 40 });
+  await assert.rejects(chat.init(), (e) => e.code === 'timeout'
+    && e.message.startsWith('the dispatcher at http://chat.test:8080/ did not answer POST /join/lobby within 40 ms (requestTimeout)'));
+  assert.equal(world.requests[0].signal.aborted, true, 'the request is aborted');
+  (await world.nextSocket('/sub/')).accept();
+  await waitFor(() => chat.status === Status.CONNECTED, 'connected');
+  assert.deepEqual(statuses, [Status.CONNECTING, Status.RECONNECTING, Status.CONNECTED]);
+  chat.close();
+});
+
+test('a host whose socket cannot be opened: reconnecting, init rejects host_unreachable, retried', async () => {
+  const world = makeWorld();
+  world.route('POST', '/join/lobby', () => joinAnswer('h1'));
+  const { chat, statuses } = client(world, { connectTimeout: 30 });
+  let reason = '';
+  chat.on('status', (s) => {
+    if (s.status === Status.RECONNECTING) reason = s.reason;
+  });
+  const ready = chat.init();
+  (await world.nextSocket('/sub/')).refuse();
+  await assert.rejects(ready, (e) => e.code === 'host_unreachable'
+    && e.message.startsWith('the room\'s connection to ws://chat.test:8080/sub/ could not be opened (1006)'));
+  assert.match(reason, /could not be opened.*; retrying in \d+\.\d s$/);
+  // One that never opens: connectTimeout.
+  const again = chat.init();
+  await world.nextSocket('/sub/', 1);
+  await assert.rejects(again, (e) => e.code === 'host_unreachable' && /no connection within 30 ms \(connectTimeout\)/.test(e.message));
+  const last = chat.init();
+  (await world.nextSocket('/sub/', 2)).accept();
+  assert.equal(await last, chat);
+  assert.deepEqual(statuses, [Status.CONNECTING, Status.RECONNECTING, Status.CONNECTED]);
+  chat.close();
+});
+
+test('close() ends the retries of an unreachable dispatcher', async () => {
+  const world = makeWorld();
+  world.route('POST', '/join/lobby', FAILED_TO_FETCH);
+  const { chat } = client(world, { reconnectDelay: 20 });
+  await assert.rejects(chat.init(), (e) => e.code === 'unreachable');
+  chat.close();
+  const asked = world.requests.length;
+  await sleep(60);
+  assert.equal(world.requests.length, asked);
+  assert.equal(chat.status, Status.DISCONNECTED);
 });

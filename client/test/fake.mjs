@@ -63,7 +63,13 @@ export function makeWorld() {
 
   async function fetch(url, init = {}) {
     const u = new URL(url);
-    const request = { method: init.method || 'GET', path: u.pathname + u.search, body: init.body ? JSON.parse(init.body) : undefined };
+    const request = {
+      method: init.method || 'GET',
+      path: u.pathname + u.search,
+      body: init.body ? JSON.parse(init.body) : undefined,
+      mode: init.mode || 'cors',
+      signal: init.signal || null,
+    };
     requests.push(request);
     for (const route of routes) {
       if (route.method === request.method && route.match(request.path)) {

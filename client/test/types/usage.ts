@@ -19,6 +19,8 @@ async function example(): Promise<void> {
     if (s === Status.BANNED) console.log(reason);
   });
   chat.on('counts', ({ subCount, pubCount }) => console.log(subCount + pubCount));
+  chat.on('retry', ({ error, delay, attempt }) => console.log(error.code, delay + attempt));
+  chat.on('status', ({ retryIn, error }) => console.log(retryIn ?? 0, error?.code === 'cors_refused'));
   stop();
   await chat.init();
   try {

@@ -203,3 +203,32 @@ fn the_page_switches_host_when_its_host_dies() {
     });
     drop(second);
 }
+
+/// A page on its own origin pointed at a dispatcher that does not allow that origin, at a
+/// closed port, at a server that never answers, and at a host that cannot be reached: the
+/// page says `reconnecting` and why, init() rejects with the cause, and the client keeps
+/// trying (the dispatcher, once it allows the origin, gets the page connected).
+#[test]
+fn the_page_says_why_it_cannot_connect() {
+    let redis = RedisServer::start();
+    let _host = Chatup::start_with(Options::host_on_redis("127.0.0.2", "only", &redis.url()));
+    let mut dispatcher = Dispatcher::start_with(
+        Options::default()
+            .redis(&redis.url())
+            .sidecar_set("host.report_interval_ms=200"),
+    );
+    let env = [("CHATUP_DISPATCHER_URL", dispatcher.url())];
+    run_script("failures", &env, |verb| {
+        match verb.split_once(' ') {
+            Some(("allow-origin", origin)) => {
+                let config = dispatcher.path("chatup.toml");
+                let mut toml = std::fs::read_to_string(&config).expect("read chatup.toml");
+                toml.push_str(&format!("\n[dispatch]\ncors_origins = [{origin:?}]\n"));
+                std::fs::write(&config, toml).expect("write chatup.toml");
+                dispatcher.restart();
+            }
+            _ => panic!("unknown control request {verb:?}"),
+        }
+        None
+    });
+}
