@@ -12,6 +12,7 @@
 //!   and what is read from /proc (CPU, RSS, steal).
 //!
 //! Progress goes to stderr once a second; the result is one JSON line on stdout.
+#![forbid(unsafe_code)]
 
 mod failover;
 mod floor;

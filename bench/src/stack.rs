@@ -20,6 +20,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
 use crate::payload::run_stamp;
 use crate::procfs;
 use crate::BenchError;
@@ -445,8 +448,7 @@ impl Drop for Stack {
 
 /// SIGTERM, up to 10 s to exit, then SIGKILL.
 fn stop_child(mut child: Child) {
-    // SAFETY: kill(2) with the pid of a child we have not reaped yet.
-    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
     let deadline = Instant::now() + Duration::from_secs(10);
     while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
@@ -571,8 +573,7 @@ fn nginx_conf(
     relay: &Path,
 ) -> String {
     let d = dir.display();
-    // SAFETY: geteuid(2) cannot fail.
-    let user = if unsafe { libc::geteuid() } == 0 {
+    let user = if nix::unistd::geteuid().is_root() {
         "user root;\n"
     } else {
         ""

@@ -4,9 +4,10 @@
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::AsRawFd;
 
 use base64::Engine as _;
+use nix::sys::socket::setsockopt;
+use nix::sys::socket::sockopt::IpBindAddressNoPort;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
@@ -50,21 +51,7 @@ pub async fn tcp_connect(addr: SocketAddr, source: Option<IpAddr>) -> io::Result
     if let Some(ip) = source {
         // Let connect() pick the port per destination, so each source address gives a full
         // ephemeral range to every server port instead of sharing one.
-        let one: libc::c_int = 1;
-        // SAFETY: the fd is open for the life of `socket`; the option value is a c_int on
-        // the stack whose size is passed.
-        let rc = unsafe {
-            libc::setsockopt(
-                socket.as_raw_fd(),
-                libc::IPPROTO_IP,
-                libc::IP_BIND_ADDRESS_NO_PORT,
-                (&one as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        setsockopt(&socket, IpBindAddressNoPort, &true).map_err(io::Error::from)?;
         socket.bind(SocketAddr::new(ip, 0))?;
     }
     let stream = socket.connect(addr).await?;

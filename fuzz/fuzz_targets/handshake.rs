@@ -22,7 +22,9 @@ fuzz_target!(|data: &[u8]| {
         assert!(!accepted.subscriptions.is_empty() && accepted.subscriptions.len() <= 8);
         for (i, s) in accepted.subscriptions.iter().enumerate() {
             assert!(chatup_wire::channel::validate(s.channel.as_bytes()).is_ok());
-            assert!(accepted.subscriptions[..i].iter().all(|o| o.channel != s.channel));
+            assert!(accepted.subscriptions[..i]
+                .iter()
+                .all(|o| o.channel != s.channel));
         }
     }
 });

@@ -17,7 +17,10 @@ fuzz_target!(|data: &[u8]| {
     let mut keys = Vec::new();
     for (i, ch) in channels.iter().enumerate() {
         let since = (selector & (1 << i) != 0).then_some(Position { epoch: 1, id: 2 });
-        let subs = vec![Subscription { channel: ch.to_string(), since }];
+        let subs = vec![Subscription {
+            channel: ch.to_string(),
+            since,
+        }];
         keys.push(hub.add_subscriber(i as u8, subs, 64 + usize::from(selector)));
     }
     let mut closed = std::collections::HashSet::new();
@@ -40,7 +43,9 @@ fuzz_target!(|data: &[u8]| {
             hub.relay_connected(1);
         }
         for (key, _) in hub.take_dirty() {
-            let Some(sub) = hub.subscriber(key) else { continue };
+            let Some(sub) = hub.subscriber(key) else {
+                continue;
+            };
             let mut bytes = Vec::new();
             sub.outbox.gather(&mut bytes, usize::MAX);
             sub.outbox.consume(bytes.len());

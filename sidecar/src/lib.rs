@@ -60,6 +60,7 @@
 //! * [`shutdown`]: SIGTERM/SIGINT handling.
 //! * [`logging`]: `tracing` output to stderr, text or JSON.
 //! * [`error`]: the errors that stop the process.
+#![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod auth;

@@ -636,7 +636,7 @@ async fn post_errors_have_the_documented_statuses() {
     let expired = expired_token();
     /// Token, path, content type, body, expected status and code.
     type Case<'a> = (Option<&'a str>, &'a str, &'a str, &'a [u8], u16, &'a str);
-    let cases: Vec<Case> = vec![
+    let cases: Vec<Case<'_>> = vec![
         (None, "/pub/room", "text/plain", b"hi", 401, "bad_token"),
         (
             Some("nonsense"),

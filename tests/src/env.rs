@@ -15,6 +15,9 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use nix::sys::signal::{kill, killpg, Signal};
+use nix::unistd::Pid;
+
 use crate::http::{build_request, HttpResponse};
 use crate::procfs;
 
@@ -1081,7 +1084,7 @@ fn nginx_conf(
 ) -> String {
     let d = dir.display();
     // Workers must be able to open the relay socket the sidecar (run by the same user) made.
-    let user = if unsafe { libc::geteuid() } == 0 {
+    let user = if nix::unistd::geteuid().is_root() {
         "user root;\n"
     } else {
         ""
@@ -1334,18 +1337,15 @@ pub fn terminate(mut child: Child, what: &str) -> ExitStatus {
 }
 
 pub fn signal_pid(pid: u32, sig: i32) {
-    // SAFETY: kill(2) with a pid we spawned; no memory is involved.
-    unsafe {
-        libc::kill(pid as libc::pid_t, sig);
-    }
+    let sig = Signal::try_from(sig).expect("a signal number");
+    // The process may have exited already.
+    let _ = kill(Pid::from_raw(pid as i32), sig);
 }
 
 /// SIGKILL to the process group `pgid` (every child runs in its own group).
 pub(crate) fn kill_group(pgid: u32) {
-    // SAFETY: kill(2) on a process group we created with process_group(0).
-    unsafe {
-        libc::kill(-(pgid as libc::pid_t), libc::SIGKILL);
-    }
+    // The group may be gone already.
+    let _ = killpg(Pid::from_raw(pgid as i32), Signal::SIGKILL);
 }
 
 /// Waits for `child` to exit, at most `timeout`.

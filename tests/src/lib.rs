@@ -18,6 +18,7 @@
 //!
 //! The artifacts come from `build/` (`scripts/setup` makes them); `CHATUP_BUILD_DIR` points
 //! elsewhere. Every wait is bounded, so a broken build fails instead of hanging.
+#![forbid(unsafe_code)]
 
 pub mod env;
 pub mod http;

@@ -19,6 +19,7 @@
 //!
 //! The crate has no I/O: callers own their buffers and call [`encode`] and [`decode`].
 //! Decoding never panics on any input; malformed frames give a [`WireError`].
+#![forbid(unsafe_code)]
 
 use std::fmt;
 

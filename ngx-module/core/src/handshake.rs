@@ -230,7 +230,7 @@ mod tests {
 
     #[test]
     fn refuses_bad_requests_with_a_reason_and_status() {
-        let cases: Vec<(UpgradeRequest, u16, &str)> = vec![
+        let cases: Vec<(UpgradeRequest<'_>, u16, &str)> = vec![
             (
                 UpgradeRequest {
                     is_get: false,

@@ -1,5 +1,6 @@
 //! Integration tests: real nginx with the module and a real chatup-sidecar per test, each
 //! on its own ports and in its own temp folder. Build first with scripts/setup.
+#![forbid(unsafe_code)]
 
 mod admin;
 mod auth;
