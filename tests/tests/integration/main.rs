@@ -22,6 +22,7 @@ mod moderation;
 mod multihost;
 mod ping;
 mod plugins;
+mod presence;
 mod readme;
 mod reload;
 mod restart;
