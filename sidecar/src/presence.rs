@@ -833,6 +833,40 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_shutdown_ends_every_grace_at_once() {
+        let broker = MemoryBroker::new(MemoryOptions {
+            history_size: 10,
+            ttl: Duration::from_secs(60),
+        });
+        let (subscriber, mut rx) = Subscriber::new(16);
+        broker.subscribe("r", 0, None, &subscriber).await.unwrap();
+        let (presence, pump) = Presence::with_leave_grace(true, Duration::from_secs(60));
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(pump.unwrap().run(
+            presence.clone(),
+            broker.clone(),
+            shutdown.clone(),
+        ));
+        let ann = identity(Some("1"), r#"{"n":"ann"}"#);
+        let mut s = presence.connect(&ann);
+        s.join(&ann, "r").unwrap().unwrap().await.unwrap();
+        s.dropped();
+        drop(s);
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .unwrap()
+            .unwrap();
+        let mut got = Vec::new();
+        while let Ok(Event::Message(p)) = rx.try_recv() {
+            got.push(String::from_utf8(p.payload.to_vec()).unwrap());
+        }
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert!(got[1].ends_with(r#""ev":"leave"}"#), "{}", got[1]);
+        assert_eq!(presence.publishers("r"), 0);
+    }
+
+    #[tokio::test]
     async fn the_pump_publishes_events_in_order() {
         let broker = MemoryBroker::new(MemoryOptions {
             history_size: 10,
