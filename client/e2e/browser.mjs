@@ -41,7 +41,7 @@ async function send(page, text) {
 test('two pages chat with each other', async () => {
   const alice = await openChat('alice');
   const bob = await openChat('bob');
-  await alice.waitForFunction(() => [...document.querySelectorAll('#messages li.notice')].some((li) => li.textContent === 'bob joined'));
+  await alice.waitForFunction(() => [...document.querySelectorAll('#messages li.notice')].some((li) => li.querySelector('.text')?.textContent === 'bob joined'));
   await send(alice, 'hello bob');
   await waitText(bob, 'hello bob');
   await send(bob, 'hi alice');

@@ -86,8 +86,11 @@ export class Browser {
     });
   }
 
-  /** Opens `url` as page `name`, recording every status the page shows in `window.__shown`. */
-  async open(name, url) {
+  /**
+   * Opens `url` as page `name`, recording every status the page shows in `window.__shown`;
+   * `watch(page)`, if given, is called before the page loads (to listen to its requests).
+   */
+  async open(name, url, watch) {
     const context = await this.browser.newContext({ viewport: { width: 900, height: 700 } });
     const page = await context.newPage();
     page.dialogs = [];
@@ -97,6 +100,7 @@ export class Browser {
       dialog.dismiss().catch(() => {});
     });
     page.on('pageerror', (e) => page.errors.push(e.message));
+    if (watch) watch(page);
     await page.addInitScript(() => {
       window.__shown = [];
       document.addEventListener('DOMContentLoaded', () => {

@@ -29,6 +29,21 @@ const STATUS_TEXT = {
 /** The client of this page, also `window.chat` for a look from the console. */
 let chat = null;
 
+/**
+ * How long after a join or leave (or this page's own connection) the page asks for the
+ * counts and the "Who is here" list again: the hosts report their numbers about every
+ * second and answers are cached as long, so asking at once would get the old numbers.
+ * Spread over a second, so that a big room's pages do not all ask at the same moment.
+ */
+const SETTLE_MS = 3000;
+const SETTLE_SPREAD_MS = 1000;
+
+/** "Who is here": shown or not, and the users listed, by their `_public` JSON. */
+const who = { open: false, users: new Map(), more: 0, error: '', loading: null };
+let settleTimer = null;
+/** Clears a "try again in N s" line once the N seconds are over. */
+let sendErrorTimer = null;
+
 async function demoToken(name) {
   const response = await fetch('/demo/token', {
     method: 'POST',
@@ -91,21 +106,33 @@ function showMessage(m) {
   append(li);
 }
 
-function notice(text, kind) {
+/** A line about the room; with `t` (the server's time of the event), that time first. */
+function notice(text, kind, t) {
   const li = document.createElement('li');
   li.className = 'notice';
   li.dataset.kind = kind;
-  li.textContent = text;
+  const line = document.createElement('span');
+  line.className = 'text';
+  line.textContent = text;
+  if (typeof t === 'number') {
+    const when = document.createElement('span');
+    when.className = 'time';
+    when.textContent = time(t);
+    li.append(when);
+  }
+  li.append(line);
   append(li);
 }
 
 function showEvent(e) {
   switch (e.ev) {
     case 'join':
-      notice(`${userName(e.user)} joined`, 'join');
+      notice(`${userName(e.user)} joined`, 'join', e.t);
+      moved(e.user, true);
       break;
     case 'leave':
-      notice(`${userName(e.user)} left`, 'leave');
+      notice(`${userName(e.user)} left`, 'leave', e.t);
+      moved(e.user, false);
       break;
     case 'rmUserMsg': {
       // A moderator banned this user: hide what they said. `data` is the user's id, which
@@ -117,15 +144,68 @@ function showEvent(e) {
           li.querySelector('.text').textContent = '(removed by a moderator)';
         }
       }
-      notice(`a moderator removed ${banned}`, 'moderation');
+      notice(`a moderator removed ${banned}`, 'moderation', e.t);
       break;
     }
     case 'resync':
       notice('some earlier messages are no longer available', 'resync');
       break;
     default:
-      notice(`${e.ev}${e.data === undefined ? '' : ` ${JSON.stringify(e.data)}`}`, 'event');
+      notice(`${e.ev}${e.data === undefined ? '' : ` ${JSON.stringify(e.data)}`}`, 'event', e.t);
   }
+}
+
+/** A user joined (or left): "Who is here" shows it now, the counts once the hosts tell. */
+function moved(user, joined) {
+  if (user && typeof user === 'object') {
+    const key = JSON.stringify(user);
+    if (who.loading) who.loading.push([key, user, joined]);
+    else if (joined) who.users.set(key, user);
+    else who.users.delete(key);
+    if (who.open) renderWho();
+  }
+  settleSoon();
+}
+
+/** Asks for the counts (and the list, when shown) once the hosts have reported a change. */
+function settleSoon() {
+  clearTimeout(settleTimer);
+  settleTimer = setTimeout(() => {
+    settleTimer = null;
+    if (!chat) return;
+    chat.refreshCounts().catch(() => {});
+    if (who.open) loadWho();
+  }, SETTLE_MS + Math.random() * SETTLE_SPREAD_MS);
+}
+
+/** Fetches "Who is here"; joins and leaves seen meanwhile are applied on top. */
+async function loadWho() {
+  if (who.loading) return;
+  who.loading = [];
+  try {
+    const page = await chat.getUsers({ limit: 100 });
+    who.users = new Map(page.users.map((user) => [JSON.stringify(user), user]));
+    who.more = Math.max(0, page.total - page.users.length);
+    who.error = '';
+  } catch (e) {
+    who.error = e.message;
+  }
+  const seen = who.loading;
+  who.loading = null;
+  for (const [key, user, joined] of seen) {
+    if (joined) who.users.set(key, user);
+    else who.users.delete(key);
+  }
+  if (who.open) renderWho();
+}
+
+function renderWho() {
+  const item = (text) => Object.assign(document.createElement('li'), { textContent: text });
+  const items = [...who.users.values()].map((user) => item(userName(user)));
+  if (who.more > 0) items.push(item(`and ${who.more} more`));
+  if (!items.length) items.push(item('nobody has joined'));
+  if (who.error) items.push(item(who.error));
+  $('user-list').replaceChildren(...items);
 }
 
 function showStatus({ status, reason }) {
@@ -136,6 +216,8 @@ function showStatus({ status, reason }) {
   if (status === Status.BANNED) why = reason || 'banned from this room';
   else if (status === Status.AUTH_ERROR || status === Status.NO_HOST || status === Status.DISCONNECTED || status === Status.RECONNECTING) why = reason;
   $('status-reason').textContent = why;
+  // The counts this page started with were taken before it was watching.
+  if (status === Status.CONNECTED || status === Status.AUTHENTICATED) settleSoon();
   const canSend = status === Status.AUTHENTICATED;
   $('text').disabled = !canSend;
   $('send').disabled = !canSend;
@@ -205,37 +287,34 @@ $('send-form').addEventListener('submit', async (event) => {
   try {
     await chat.say(text);
   } catch (e) {
-    const wait = e.retryAfter ? ` (try again in ${e.retryAfter} s)` : '';
-    $('send-error').textContent = `Not sent: ${e.message}${wait}`;
+    // The server's message may say when already (the rate limit's does).
+    const wait = e.retryAfter && !/try again/i.test(e.message) ? ` (try again in ${e.retryAfter} s)` : '';
+    const line = `Not sent: ${e.message}${wait}`;
+    $('send-error').textContent = line;
     if (!input.value) input.value = text;
+    if (e.retryAfter) {
+      // Past the wait the line would be wrong: it goes, unless something else is shown.
+      clearTimeout(sendErrorTimer);
+      sendErrorTimer = setTimeout(() => {
+        if ($('send-error').textContent === line) $('send-error').textContent = '';
+      }, e.retryAfter * 1000);
+    }
   }
 });
 
+// "Who is here" follows joins and leaves while it is shown (and is fetched again once the
+// hosts have reported them, in case an event was missed while reconnecting).
 $('who').addEventListener('click', async () => {
   const panel = $('users');
-  if (!panel.hidden) {
+  if (who.open) {
+    who.open = false;
     panel.hidden = true;
     return;
   }
-  const list = $('user-list');
-  list.replaceChildren();
-  try {
-    const page = await chat.getUsers({ limit: 100 });
-    for (const user of page.users) {
-      const li = document.createElement('li');
-      li.textContent = userName(user);
-      list.append(li);
-    }
-    if (page.total > page.users.length) {
-      const li = document.createElement('li');
-      li.textContent = `and ${page.total - page.users.length} more`;
-      list.append(li);
-    }
-    if (page.total === 0) list.append(Object.assign(document.createElement('li'), { textContent: 'nobody has joined' }));
-  } catch (e) {
-    list.append(Object.assign(document.createElement('li'), { textContent: e.message }));
-  }
-  panel.hidden = false;
+  who.open = true;
+  $('user-list').replaceChildren();
+  await loadWho();
+  panel.hidden = !who.open;
 });
 
 if (params.has('room')) $('room').value = params.get('room');

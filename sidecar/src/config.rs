@@ -306,11 +306,22 @@ pub struct PresenceConfig {
     /// Publish `join`/`leave` events when an authenticated publisher enters or leaves a
     /// channel.
     pub events: bool,
+    /// How long a user whose last session dropped (closed by the client, or its connection
+    /// broke) still counts as in the channel before its `leave` is announced: a reload or a
+    /// short network break comes back within it and makes neither a `leave` nor a `join`.
+    /// An explicit leave, a ban and a shutdown leave at once. 0: leave at once always.
+    pub leave_grace_ms: u64,
 }
+
+/// The longest `presence.leave_grace_ms`: a user gone for longer is not coming back soon.
+pub const MAX_LEAVE_GRACE_MS: u64 = 60_000;
 
 impl Default for PresenceConfig {
     fn default() -> Self {
-        Self { events: true }
+        Self {
+            events: true,
+            leave_grace_ms: 5000,
+        }
     }
 }
 
@@ -824,6 +835,12 @@ impl Config {
                 "must be larger than host.report_interval_ms (which must be at least 1), so a \
                  live host never looks dead between two reports"
                     .into(),
+            ));
+        }
+        if self.presence.leave_grace_ms > MAX_LEAVE_GRACE_MS {
+            return Err(invalid(
+                "presence.leave_grace_ms",
+                format!("must be from 0 to {MAX_LEAVE_GRACE_MS}"),
             ));
         }
         if !self.roles.worker && !self.roles.dispatcher && !self.roles.admin {
@@ -1436,6 +1453,10 @@ mod tests {
                 "from 1 to 86400",
             ),
             (&["host.ttl_ms=1000"], "larger than host.report_interval_ms"),
+            (
+                &["presence.leave_grace_ms=60001"],
+                "`presence.leave_grace_ms`: must be from 0 to 60000",
+            ),
             (
                 &[
                     "roles.worker=false",

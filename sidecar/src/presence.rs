@@ -10,6 +10,12 @@
 //! this host publishes an event `join`, and its last session leaving publishes `leave`, both
 //! carrying the user's `_public` object as `user`, through the broker like any message.
 //!
+//! A user whose last session drops (the client closed it, or the connection broke) lingers
+//! for `presence.leave_grace_ms`: still counted and listed, its `leave` not yet announced.
+//! If it joins again meanwhile (a page reload, a short network break), nothing is announced
+//! at all; otherwise the pump announces the `leave` when the grace ends. An explicit leave,
+//! a ban, a change of user and a shutdown leave at once.
+//!
 //! Counting is synchronous under one short lock, so a [`Session`] can leave everything from
 //! `Drop`. Events are handed, in the order of the transitions, to one [`EventPump`] task that
 //! publishes them one after the other: a channel's `join` and `leave` for a user are never
@@ -17,7 +23,7 @@
 //! is full (the broker is failing) further events are dropped and counted in the log; the
 //! counts stay exact.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -78,6 +84,9 @@ struct Member {
     /// The `_public` object of the session that joined first: the `leave` event carries
     /// the same `user` as the `join` did.
     user: Arc<str>,
+    /// Set while its last session has gone and the leave waits out the grace: the number
+    /// of that wait, so that the end of an older, cancelled wait changes nothing.
+    lingering: Option<u64>,
 }
 
 #[derive(Debug, Default)]
@@ -87,6 +96,8 @@ struct State {
     /// Authenticated publisher sessions connected to this host, joined or not: part of the
     /// host's load.
     sessions: u64,
+    /// Numbers the waits of lingering members ([`Member::lingering`]).
+    next_linger: u64,
 }
 
 /// Which way a user moved.
@@ -111,6 +122,9 @@ struct Notice {
     channel: String,
     user: Arc<str>,
     kind: Move,
+    /// For a lingering member's leave: who and which wait, checked again when the grace
+    /// ends ([`Presence::expire`]); `None`: publish as it comes.
+    linger: Option<(UserKey, u64)>,
     /// Told once the event is published (or could not be), so that the session waits for
     /// its `join` before publishing what it says in the channel.
     done: Option<oneshot::Sender<()>>,
@@ -129,6 +143,8 @@ pub struct Presence {
     events: Option<mpsc::Sender<Notice>>,
     /// Events dropped because the queue was full, for the log.
     dropped: AtomicU64,
+    /// `presence.leave_grace_ms`; zero (or no events) leaves at once.
+    leave_grace: Duration,
 }
 
 /// Publishes presence events in order; spawn [`EventPump::run`] once.
@@ -138,8 +154,15 @@ pub struct EventPump {
 }
 
 impl Presence {
-    /// A presence registry; with `events`, also the pump that publishes its events.
+    /// A presence registry; with `events`, also the pump that publishes its events. Users
+    /// leave at once.
     pub fn new(events: bool) -> (Arc<Self>, Option<EventPump>) {
+        Self::with_leave_grace(events, Duration::ZERO)
+    }
+
+    /// [`new`](Self::new), with users whose sessions dropped lingering for `leave_grace`
+    /// (when `events` is on: without events nobody is told, so there is nothing to spare).
+    pub fn with_leave_grace(events: bool, leave_grace: Duration) -> (Arc<Self>, Option<EventPump>) {
         let (sender, pump) = if events {
             let (tx, rx) = mpsc::channel(EVENT_QUEUE);
             (Some(tx), Some(EventPump { queue: rx }))
@@ -150,6 +173,7 @@ impl Presence {
             state: Mutex::default(),
             events: sender,
             dropped: AtomicU64::new(0),
+            leave_grace: if events { leave_grace } else { Duration::ZERO },
         });
         (presence, pump)
     }
@@ -163,6 +187,7 @@ impl Presence {
             key: UserKey::of(identity),
             user: identity.user.clone(),
             channels: BTreeSet::new(),
+            dropped: false,
         }
     }
 
@@ -225,31 +250,42 @@ impl Presence {
 
     /// Counts `key` in (or out of) `channel`; on the user's first join or last leave, queues
     /// the event while still holding the lock, so events queue in transition order. Returns
-    /// what resolves once that event is out, when there is one.
+    /// what resolves once that event is out, when there is one. A last leave with `linger`
+    /// (the session dropped) keeps the user for the grace and hands the pump a leave to
+    /// check when it ends; a join meanwhile takes the user back without an event.
     fn apply(
         &self,
         channel: &str,
         key: &UserKey,
         user: &Arc<str>,
         kind: Move,
+        linger: bool,
     ) -> Option<Published> {
         let mut state = self.lock();
+        let linger = linger && !self.leave_grace.is_zero();
+        let wait = state.next_linger;
+        let mut lingers = None;
         let notice_user = match kind {
             Move::Join => {
                 let users = state.channels.entry(channel.to_owned()).or_default();
                 let member = users.entry(key.clone()).or_insert_with(|| Member {
                     sessions: 0,
                     user: user.clone(),
+                    lingering: None,
                 });
                 member.sessions += 1;
-                (member.sessions == 1).then(|| member.user.clone())
+                let back = member.lingering.take().is_some();
+                (member.sessions == 1 && !back).then(|| member.user.clone())
             }
             Move::Leave => {
                 let users = state.channels.get_mut(channel)?;
                 let member = users.get_mut(key)?;
                 member.sessions = member.sessions.saturating_sub(1);
                 let gone = (member.sessions == 0).then(|| member.user.clone());
-                if gone.is_some() {
+                if gone.is_some() && linger {
+                    member.lingering = Some(wait);
+                    lingers = Some((key.clone(), wait));
+                } else if gone.is_some() {
                     users.remove(key);
                     if users.is_empty() {
                         state.channels.remove(channel);
@@ -259,15 +295,54 @@ impl Presence {
             }
         };
         let user = notice_user?;
-        debug!(channel, user = %key.0, event = kind.event(), "presence changed");
+        if lingers.is_some() {
+            state.next_linger += 1;
+            debug!(channel, user = %key.0, "left; the leave waits out the grace");
+        } else {
+            debug!(channel, user = %key.0, event = kind.event(), "presence changed");
+        }
         let (done, published) = oneshot::channel();
-        self.queue(Notice {
+        let queued = self.queue(Notice {
             channel: channel.to_owned(),
             user,
             kind,
+            linger: lingers.clone(),
             done: Some(done),
-        })
-        .then_some(published)
+        });
+        if !queued {
+            if let Some((key, wait)) = lingers {
+                // Nothing will end the grace: the user leaves now, unannounced (as a
+                // dropped event would be).
+                Self::remove_lingering(&mut state, channel, &key, wait);
+            }
+        }
+        queued.then_some(published)
+    }
+
+    /// Ends the grace of `key`'s wait `wait` in `channel`: if the user is still lingering
+    /// in that wait, it leaves now and its `_public` object is returned for the event.
+    fn expire(&self, channel: &str, key: &UserKey, wait: u64) -> Option<Arc<str>> {
+        let mut state = self.lock();
+        let user = Self::remove_lingering(&mut state, channel, key, wait)?;
+        debug!(channel, user = %key.0, event = LEAVE_EVENT, "presence changed");
+        Some(user)
+    }
+
+    fn remove_lingering(
+        state: &mut State,
+        channel: &str,
+        key: &UserKey,
+        wait: u64,
+    ) -> Option<Arc<str>> {
+        let users = state.channels.get_mut(channel)?;
+        if users.get(key)?.lingering != Some(wait) {
+            return None;
+        }
+        let member = users.remove(key)?;
+        if users.is_empty() {
+            state.channels.remove(channel);
+        }
+        Some(member.user)
     }
 
     /// Hands the event to the pump; false when there is none or it was dropped.
@@ -306,6 +381,9 @@ pub struct Session {
     user: Arc<str>,
     /// The channels it joined, left again when the session ends.
     channels: BTreeSet<String>,
+    /// Set by [`dropped`](Self::dropped): the client went away and may be back, so its
+    /// channels are left after the grace.
+    dropped: bool,
 }
 
 impl Session {
@@ -329,7 +407,7 @@ impl Session {
         }
         let published = self
             .presence
-            .apply(channel, &self.key, &self.user, Move::Join);
+            .apply(channel, &self.key, &self.user, Move::Join, false);
         self.channels.insert(channel.to_owned());
         Ok(published)
     }
@@ -344,7 +422,13 @@ impl Session {
         }
         Ok(self
             .presence
-            .apply(channel, &self.key, &self.user, Move::Leave))
+            .apply(channel, &self.key, &self.user, Move::Leave, false))
+    }
+
+    /// The client closed the session or its connection broke (rather than being closed by
+    /// the server): when it ends, its user lingers for the grace before leaving.
+    pub fn dropped(&mut self) {
+        self.dropped = true;
     }
 
     /// The channels this session is in.
@@ -365,7 +449,7 @@ impl Session {
         let channels = std::mem::take(&mut self.channels);
         for channel in &channels {
             self.presence
-                .apply(channel, &self.key, &self.user, Move::Leave);
+                .apply(channel, &self.key, &self.user, Move::Leave, false);
         }
         self.key = key;
         self.user = identity.user.clone();
@@ -381,7 +465,7 @@ impl Drop for Session {
     fn drop(&mut self) {
         for channel in std::mem::take(&mut self.channels) {
             self.presence
-                .apply(&channel, &self.key, &self.user, Move::Leave);
+                .apply(&channel, &self.key, &self.user, Move::Leave, self.dropped);
         }
         let mut state = self.presence.lock();
         state.sessions = state.sessions.saturating_sub(1);
@@ -398,15 +482,34 @@ impl EventPump {
         broker: Arc<dyn Broker>,
         shutdown: CancellationToken,
     ) {
+        // Leaves waiting out the grace, oldest first: the grace is one length, so they end
+        // in this order.
+        let mut lingering: VecDeque<(tokio::time::Instant, Notice)> = VecDeque::new();
+        let grace = presence.leave_grace;
         loop {
+            let next_end = lingering.front().map(|(end, _)| *end);
             let notice = tokio::select! {
                 _ = shutdown.cancelled() => break,
+                () = sleep_until(next_end) => {
+                    if let Some((_, notice)) = lingering.pop_front() {
+                        end_grace(&presence, broker.as_ref(), notice).await;
+                    }
+                    continue;
+                }
                 notice = self.queue.recv() => match notice {
                     Some(notice) => notice,
                     None => return,
                 },
             };
-            publish(broker.as_ref(), notice).await;
+            if notice.linger.is_some() {
+                lingering.push_back((tokio::time::Instant::now() + grace, notice));
+            } else {
+                publish(broker.as_ref(), notice).await;
+            }
+        }
+        // Shutting down: nobody is coming back here, so every lingering user leaves now.
+        for (_, notice) in lingering.drain(..) {
+            end_grace(&presence, broker.as_ref(), notice).await;
         }
         let deadline = tokio::time::Instant::now() + SHUTDOWN_DRAIN;
         loop {
@@ -414,6 +517,9 @@ impl EventPump {
             // counting, so with no session left the queue already holds them all.
             let idle = presence.total() == 0;
             match self.queue.try_recv() {
+                Ok(notice) if notice.linger.is_some() => {
+                    end_grace(&presence, broker.as_ref(), notice).await;
+                }
                 Ok(notice) => publish(broker.as_ref(), notice).await,
                 Err(_) if idle => break,
                 Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
@@ -425,6 +531,23 @@ impl EventPump {
         let left = self.queue.len();
         if left > 0 {
             info!(left, "presence events not published at shutdown");
+        }
+    }
+}
+
+/// Resolves at `end`, never without one.
+async fn sleep_until(end: Option<tokio::time::Instant>) {
+    match end {
+        Some(end) => tokio::time::sleep_until(end).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The grace of a lingering leave is over: publishes the leave unless the user came back.
+async fn end_grace(presence: &Presence, broker: &dyn Broker, mut notice: Notice) {
+    if let Some((key, wait)) = notice.linger.take() {
+        if presence.expire(&notice.channel, &key, wait).is_some() {
+            publish(broker, notice).await;
         }
     }
 }
@@ -622,6 +745,125 @@ mod tests {
         );
         assert_eq!(s.channels().collect::<Vec<_>>(), ["r"]);
         assert_eq!(presence.publishers("r"), 1);
+    }
+
+    #[test]
+    fn a_dropped_user_lingers_and_a_join_takes_it_back_without_events() {
+        let (presence, pump) = Presence::with_leave_grace(true, Duration::from_secs(60));
+        let mut pump = pump.unwrap();
+        let ann = identity(Some("1"), r#"{"n":"ann"}"#);
+        let mut s = presence.connect(&ann);
+        s.join(&ann, "r").unwrap();
+        assert_eq!(drain(&mut pump).len(), 1);
+        s.dropped();
+        drop(s);
+        // Still counted; the pump holds a leave to check when the grace ends.
+        assert_eq!(presence.publishers("r"), 1);
+        let held: Vec<_> = std::iter::from_fn(|| pump.queue.try_recv().ok()).collect();
+        assert_eq!(held.len(), 1);
+        let (key, wait) = held[0].linger.clone().unwrap();
+        let mut back = presence.connect(&ann);
+        back.join(&ann, "r").unwrap();
+        assert!(
+            drain(&mut pump).is_empty(),
+            "no join for a user who came back"
+        );
+        assert_eq!(
+            presence.expire("r", &key, wait),
+            None,
+            "the old wait is over"
+        );
+        assert_eq!(presence.publishers("r"), 1);
+        // An explicit leave is at once, even with a grace.
+        back.leave("r").unwrap();
+        assert_eq!(
+            drain(&mut pump),
+            vec![("r".into(), r#"{"n":"ann"}"#.into(), Move::Leave)]
+        );
+        assert_eq!(presence.publishers("r"), 0);
+        // A session the server closes (not marked dropped) leaves at once too.
+        back.join(&ann, "r").unwrap();
+        drain(&mut pump);
+        drop(back);
+        let gone: Vec<_> = std::iter::from_fn(|| pump.queue.try_recv().ok()).collect();
+        assert_eq!(gone.len(), 1);
+        assert!(gone[0].linger.is_none());
+        assert_eq!(presence.publishers("r"), 0);
+    }
+
+    #[tokio::test]
+    async fn a_lingering_user_leaves_when_the_grace_ends() {
+        let broker = MemoryBroker::new(MemoryOptions {
+            history_size: 10,
+            ttl: Duration::from_secs(60),
+        });
+        let (subscriber, mut rx) = Subscriber::new(16);
+        broker.subscribe("r", 0, None, &subscriber).await.unwrap();
+        let (presence, pump) = Presence::with_leave_grace(true, Duration::from_millis(200));
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(pump.unwrap().run(
+            presence.clone(),
+            broker.clone(),
+            shutdown.clone(),
+        ));
+        let ann = identity(Some("1"), r#"{"n":"ann"}"#);
+        let mut s = presence.connect(&ann);
+        s.join(&ann, "r").unwrap().unwrap().await.unwrap();
+        s.dropped();
+        drop(s);
+        assert_eq!(presence.publishers("r"), 1);
+        let mut got = Vec::new();
+        for _ in 0..2 {
+            let event = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            let Event::Message(p) = event else {
+                panic!("{event:?}")
+            };
+            got.push(String::from_utf8(p.payload.to_vec()).unwrap());
+        }
+        assert!(got[1].ends_with(r#""ev":"leave"}"#), "{}", got[1]);
+        assert_eq!(presence.publishers("r"), 0);
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_shutdown_ends_every_grace_at_once() {
+        let broker = MemoryBroker::new(MemoryOptions {
+            history_size: 10,
+            ttl: Duration::from_secs(60),
+        });
+        let (subscriber, mut rx) = Subscriber::new(16);
+        broker.subscribe("r", 0, None, &subscriber).await.unwrap();
+        let (presence, pump) = Presence::with_leave_grace(true, Duration::from_secs(60));
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(pump.unwrap().run(
+            presence.clone(),
+            broker.clone(),
+            shutdown.clone(),
+        ));
+        let ann = identity(Some("1"), r#"{"n":"ann"}"#);
+        let mut s = presence.connect(&ann);
+        s.join(&ann, "r").unwrap().unwrap().await.unwrap();
+        s.dropped();
+        drop(s);
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .unwrap()
+            .unwrap();
+        let mut got = Vec::new();
+        while let Ok(Event::Message(p)) = rx.try_recv() {
+            got.push(String::from_utf8(p.payload.to_vec()).unwrap());
+        }
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert!(got[1].ends_with(r#""ev":"leave"}"#), "{}", got[1]);
+        assert_eq!(presence.publishers("r"), 0);
     }
 
     #[tokio::test]

@@ -212,7 +212,10 @@ impl Sidecar {
                 },
                 metrics.metered(broker.clone(), None),
             )?;
-            let (presence, events) = Presence::new(config.presence.events);
+            let (presence, events) = Presence::with_leave_grace(
+                config.presence.events,
+                Duration::from_millis(config.presence.leave_grace_ms),
+            );
             metrics.watch_relay(&server.workers())?;
             metrics.watch_presence(&presence)?;
             let presence_broker = metrics.metered(broker.clone(), Some(PublishedKind::Presence));

@@ -67,6 +67,9 @@ async fn start_configured(ws: WsSettings, extra: &[&str]) -> Running {
         // Bans checked; no rate limit, so tests may publish quickly (those of the rate
         // limit turn it on).
         "plugins.chain=ban".to_string(),
+        // Leaves at once, so tests closing a publisher see its leave right away (presence's
+        // own tests cover the grace).
+        "presence.leave_grace_ms=0".to_string(),
     ];
     sets.extend(extra.iter().map(|s| s.to_string()));
     let config = Config::load(None, Vec::new(), &sets).unwrap().config;

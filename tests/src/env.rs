@@ -140,6 +140,9 @@ pub struct Options {
     /// `plugins.chain`. The harness default is `["ban"]`: tests publish quickly, and the
     /// sidecar's default rate limit would refuse them; tests of the rate limit add it.
     pub plugins: Vec<String>,
+    /// `presence.leave_grace_ms`. The harness default is 0: tests close a publisher and
+    /// wait for its `leave` at once; tests of the grace set it.
+    pub leave_grace_ms: u64,
 }
 
 impl Default for Options {
@@ -159,6 +162,7 @@ impl Default for Options {
             redis_sentinels: Vec::new(),
             host_id: None,
             plugins: vec!["ban".to_owned()],
+            leave_grace_ms: 0,
         }
     }
 }
@@ -244,6 +248,12 @@ impl Options {
         self.host_id = Some(id.to_owned());
         self
     }
+    /// The sidecar's `presence.leave_grace_ms`.
+    pub fn leave_grace_ms(mut self, ms: u64) -> Self {
+        self.leave_grace_ms = ms;
+        self
+    }
+
     /// The sidecar's `plugins.chain` (e.g. `&["ban", "rate_limit"]`).
     pub fn plugins(mut self, chain: &[&str]) -> Self {
         self.plugins = chain.iter().map(|p| p.to_string()).collect();
@@ -379,6 +389,7 @@ impl Chatup {
              [admin]\npublic_key_file = {admin_key:?}\n\n\
              {redis}\n{host}\n\
              [plugins]\nchain = {plugins:?}\n\n\
+             [presence]\nleave_grace_ms = {grace}\n\n\
              [log]\nlevel = \"debug\"\nformat = \"text\"\n",
             socket = self.relay_socket().display().to_string(),
             listen = self.sidecar_addr(),
@@ -386,6 +397,7 @@ impl Chatup {
             admin_key = keys.join("admin-public.pem").display().to_string(),
             redis = self.opts.redis_toml(),
             plugins = self.opts.plugins,
+            grace = self.opts.leave_grace_ms,
         )
     }
 

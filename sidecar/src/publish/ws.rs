@@ -265,10 +265,26 @@ enum Answer {
 type Pending<'a> = Pin<Box<dyn Future<Output = Answer> + Send + 'a>>;
 
 /// Serves an authenticated publisher until it leaves, fails, or the server stops.
-async fn serve(socket: &mut WebSocket, app: &App, mut identity: Identity) -> End {
+async fn serve(socket: &mut WebSocket, app: &App, identity: Identity) -> End {
     record_sub(&identity);
     // Dropped when this function returns: the session then leaves every joined channel.
     let mut presence = app.presence.connect(&identity);
+    let end = serve_present(socket, app, identity, &mut presence).await;
+    // A client that went away may be back in a moment (a reload, a network break): its
+    // user lingers for the grace. One the server closes (ban, bad frame, shutdown) does not.
+    if matches!(end, End::Gone | End::Close(close::PING_TIMEOUT, _)) {
+        presence.dropped();
+    }
+    end
+}
+
+/// [`serve`], with the session's presence.
+async fn serve_present(
+    socket: &mut WebSocket,
+    app: &App,
+    mut identity: Identity,
+    presence: &mut Session,
+) -> End {
     // Dropped when this function returns: the session can no longer be kicked.
     let mut registration = app.sessions.register(&identity);
     let period = app.ws.ping_interval;
@@ -350,7 +366,7 @@ async fn serve(socket: &mut WebSocket, app: &App, mut identity: Identity) -> End
             None => handle_frame(
                 app,
                 &mut identity,
-                &mut presence,
+                presence,
                 &mut registration,
                 &mut turns,
                 text.as_str(),

@@ -47,6 +47,16 @@ fn artifacts(script: &str) -> PathBuf {
 fn run_script(
     script: &str,
     env: &[(&str, String)],
+    on_control: impl FnMut(&str) -> Option<String>,
+) {
+    run_script_into(script, &artifacts(script), env, on_control);
+}
+
+/// [`run_script`], leaving the screenshots in `shots`.
+fn run_script_into(
+    script: &str,
+    shots: &Path,
+    env: &[(&str, String)],
     mut on_control: impl FnMut(&str) -> Option<String>,
 ) {
     let client = repo_root().join("client");
@@ -63,7 +73,7 @@ fn run_script(
         .arg(client.join(format!("e2e/{script}.mjs")))
         .current_dir(&client)
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-        .env("CHATUP_ARTIFACTS", artifacts(script))
+        .env("CHATUP_ARTIFACTS", shots)
         .env("CHROMIUM", chromium())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -171,6 +181,43 @@ fn the_example_page_in_chromium() {
             shot.display()
         );
     }
+}
+
+/// The example page as `scripts/run` serves it (two nginx workers, the memory broker, the
+/// default plugin chain), two windows on one room: "Who is here" and the counts follow joins
+/// and leaves, join and leave lines have a time, a reload is neither a leave nor a join, the
+/// rate limit is said once, and no request fails.
+#[test]
+fn two_example_pages_agree_on_who_is_here() {
+    const LEAVE_GRACE_MS: u64 = 5000;
+    let root = repo_root();
+    let demo_key = root.join("nginx-conf/example-keys/jwt-private.pem");
+    let chatup = Chatup::start_with(
+        Options::default()
+            .workers(2)
+            .plugins(&["ban", "rate_limit", "blacklist"])
+            // The sidecar's defaults, which the harness changes for other tests.
+            .leave_grace_ms(LEAVE_GRACE_MS)
+            .server(&example_locations(&root))
+            .sidecar_set(&format!("demo.private_key_file={}", demo_key.display())),
+    );
+    let env = [
+        ("CHATUP_URL", chatup.public_url()),
+        ("CHATUP_LEAVE_GRACE_MS", LEAVE_GRACE_MS.to_string()),
+    ];
+    let shots = artifacts("browser");
+    run_script_into("page", &shots, &env, |verb| {
+        panic!("unknown control request {verb:?}")
+    });
+    for page in ["example-a", "example-b"] {
+        let shot = shots.join(format!("{page}.png"));
+        assert!(
+            shot.metadata().is_ok_and(|m| m.len() > 1000),
+            "no screenshot at {}",
+            shot.display()
+        );
+    }
+    drop(chatup);
 }
 
 /// A room on two hosts behind a dispatcher; the page's host is killed and the page moves to

@@ -23,6 +23,7 @@ mod moderation;
 mod multihost;
 mod ping;
 mod plugins;
+mod presence;
 mod readme;
 mod reload;
 mod restart;
