@@ -104,6 +104,7 @@ impl IntoResponse for DemoError {
             error: HttpError {
                 code: self.code(),
                 message: &message,
+                until: None,
             },
         };
         (self.status(), Json(body)).into_response()
