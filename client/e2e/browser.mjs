@@ -201,12 +201,14 @@ test('a temporary ban lifts by itself: the page sends again, without a reload', 
   // Says until when, and may not send meanwhile.
   assert.equal(await carol.textContent('#status-reason'), `banned from ${ROOM} until ${until}`);
   assert.equal(await carol.isDisabled('#text'), true);
+  assert.match(await carol.textContent('#send-error'), /You cannot send here: banned from lobby until /);
 
   // After the ban's end the page is back by itself: input enabled, a message goes out.
   await waitStatus(carol, 'authenticated', 15000);
   assert.ok(Date.now() >= banned[0].until, 'back before the ban ended');
   assert.equal(await carol.isDisabled('#text'), false);
   assert.equal(await carol.textContent('#status-reason'), '');
+  assert.equal(await carol.textContent('#send-error'), '');
   await send(carol, 'free to talk again');
   await waitText(alice, 'free to talk again');
   const said = await carol.evaluate(() => window.chat.say('and from the API').then((r) => typeof r.id, (e) => e.code));

@@ -145,6 +145,8 @@ function showStatus({ status, reason }) {
   $('text').disabled = !canSend;
   $('send').disabled = !canSend;
   if (status === Status.BANNED) $('send-error').textContent = `You cannot send here: ${why}`;
+  // A ban that ended: its notice goes with it.
+  else if (canSend && $('send-error').textContent.startsWith('You cannot send here')) $('send-error').textContent = '';
 }
 
 async function start(name, room) {
