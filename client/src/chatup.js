@@ -902,7 +902,7 @@ export class ChatUp {
         entry.settle(error);
         // Refused as banned from the room (the kick may not have reached this host): the
         // room is banned until the server's time, as for a refused join.
-        if (error.code === 'banned' && until !== undefined) this._joinRefused(entry.frame.ch, error, until);
+        if (error.code === 'banned' && until !== undefined && entry.frame.ch === this.room) this._joinRefused(this.room, error, until);
       } else if (entry && entry.kind === 'join') this._joinRefused(entry.channel, error, until);
       else if (error.code === 'banned' && frame.ref === undefined) {
         // A kick: the frame before close 4502 says from which channel and until when.

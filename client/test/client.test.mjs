@@ -504,6 +504,27 @@ test('a join refused until a time is joined again then, and sending works', asyn
   chat.close();
 });
 
+test('a message refused as banned until a time bans the room until then (no kick came)', async () => {
+  const { chat, pub } = await connected({ jwt: 'T' });
+  pub.push({ type: 'joined', ref: 1, ch: 'lobby' });
+  const said = chat.say('x');
+  const frame = pub.frames().find((f) => f.msg === 'x');
+  const until = Date.now() + 100;
+  pub.push({ type: 'error', ref: frame.ref, code: 'banned', until, message: 'you are banned from this channel until …' });
+  await assert.rejects(said, (e) => e.code === 'banned' && e.until === until);
+  assert.equal(chat.status, Status.BANNED);
+  // Another channel's refusal is only that say()'s.
+  const elsewhere = chat.say('y', { channel: 'news' });
+  const other = pub.frames().find((f) => f.msg === 'y');
+  pub.push({ type: 'error', ref: other.ref, code: 'banned', until: null, message: 'banned there' });
+  await assert.rejects(elsewhere, (e) => e.code === 'banned' && e.until === null);
+  await waitFor(() => pub.frames().filter((f) => f.join === 'lobby').length === 2, 'the room joined again', 3000);
+  const join = pub.frames().filter((f) => f.join === 'lobby')[1];
+  pub.push({ type: 'joined', ref: join.ref, ch: 'lobby' });
+  assert.equal(chat.status, Status.AUTHENTICATED);
+  chat.close();
+});
+
 test('a refused token: auth error, no reconnect, authenticate() with a new one recovers', async () => {
   const world = makeWorld();
   world.route('POST', '/join/lobby', () => joinAnswer('h1'));
