@@ -154,7 +154,8 @@ test('a banned user\'s page stops sending and says why', async () => {
   const response = await fetch(`${BASE}/ban`, {
     method: 'POST',
     headers: { authorization: `Bearer ${ADMIN_TOKEN}`, 'content-type': 'application/json' },
-    body: JSON.stringify({ channel: ROOM, users: ['bob'], expire: 600 }),
+    // Demo tokens have no `sub`: the user is banned by the name the page shows.
+    body: JSON.stringify({ channel: ROOM, names: ['bob'], expire: 600 }),
   });
   assert.equal(response.status, 200, await response.text());
 
@@ -179,4 +180,38 @@ test('a banned user\'s page stops sending and says why', async () => {
   const shown = await bob.evaluate(() => window.__shown);
   assert.equal(shown.at(-1), 'banned');
   assert.equal(shown.filter((s) => s === 'banned').length, 1, `no reconnect after the ban: ${shown.join(',')}`);
+});
+
+test('a temporary ban lifts by itself: the page sends again, without a reload', async () => {
+  const alice = pages.get('alice');
+  const carol = await openChat('carol');
+  const from = await shownCount(carol);
+  const response = await fetch(`${BASE}/ban`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${ADMIN_TOKEN}`, 'content-type': 'application/json' },
+    body: JSON.stringify({ channel: ROOM, names: ['carol'], expire: 2 }),
+  });
+  const answer = await response.text();
+  assert.equal(response.status, 200, answer);
+  const { banned } = JSON.parse(answer);
+  assert.deepEqual(banned.map((b) => [b.channel, b.name]), [[ROOM, 'carol']]);
+  const until = new Date(banned[0].until).toISOString().replace(/\.\d{3}Z$/, 'Z');
+
+  await waitShown(carol, 'banned', from);
+  // Says until when, and may not send meanwhile.
+  assert.equal(await carol.textContent('#status-reason'), `banned from ${ROOM} until ${until}`);
+  assert.equal(await carol.isDisabled('#text'), true);
+  assert.match(await carol.textContent('#send-error'), /You cannot send here: banned from lobby until /);
+
+  // After the ban's end the page is back by itself: input enabled, a message goes out.
+  await waitStatus(carol, 'authenticated', 15000);
+  assert.ok(Date.now() >= banned[0].until, 'back before the ban ended');
+  assert.equal(await carol.isDisabled('#text'), false);
+  assert.equal(await carol.textContent('#status-reason'), '');
+  assert.equal(await carol.textContent('#send-error'), '');
+  await send(carol, 'free to talk again');
+  await waitText(alice, 'free to talk again');
+  const said = await carol.evaluate(() => window.chat.say('and from the API').then((r) => typeof r.id, (e) => e.code));
+  assert.equal(said, 'number');
+  await waitText(alice, 'and from the API');
 });

@@ -93,6 +93,8 @@ function showMessage(m) {
   li.dataset.id = String(m.id);
   li.dataset.ep = String(m.ep);
   li.dataset.user = userName(m.user);
+  // A site that puts its user id in `_public` lets bans by user id hide messages too.
+  if (m.user && (typeof m.user.id === 'string' || typeof m.user.id === 'number')) li.dataset.userId = String(m.user.id);
   const when = document.createElement('span');
   when.className = 'time';
   when.textContent = time(m.t);
@@ -135,11 +137,14 @@ function showEvent(e) {
       moved(e.user, false);
       break;
     case 'rmUserMsg': {
-      // A moderator banned this user: hide what they said. `data` is the user's id, which
-      // for demo tokens (no `sub`) is their name.
+      // A moderator banned this user: hide what they said. `by` says what `data` is: `name`
+      // (the token's `_public.name`, shown here) or `user` (its `sub`, which messages carry
+      // only if the site puts it in `_public` as `id`). Servers before `by` sent the id, which
+      // for demo tokens (no `sub`) was the name.
       const banned = String(e.data);
+      const byUser = e.by === 'user';
       for (const li of document.querySelectorAll('#messages li.message')) {
-        if (li.dataset.user === banned) {
+        if (byUser ? li.dataset.userId === banned : li.dataset.user === banned) {
           li.classList.add('removed');
           li.querySelector('.text').textContent = '(removed by a moderator)';
         }
@@ -222,6 +227,8 @@ function showStatus({ status, reason }) {
   $('text').disabled = !canSend;
   $('send').disabled = !canSend;
   if (status === Status.BANNED) $('send-error').textContent = `You cannot send here: ${why}`;
+  // A ban that ended: its notice goes with it.
+  else if (canSend && $('send-error').textContent.startsWith('You cannot send here')) $('send-error').textContent = '';
 }
 
 async function start(name, room) {

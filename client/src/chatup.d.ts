@@ -84,7 +84,7 @@ export declare class ChatUpError extends Error {
   constructor(
     code: ErrorCode,
     message?: string,
-    details?: { retryAfter?: number | null; status?: number | null; idempotencyKey?: string | null },
+    details?: { retryAfter?: number | null; status?: number | null; idempotencyKey?: string | null; until?: number | null },
   );
   readonly name: 'ChatUpError';
   /** The server's `error.code`, or one of the client's own codes. */
@@ -98,6 +98,11 @@ export declare class ChatUpError extends Error {
    * key. `say(text, {idempotencyKey})` with it publishes the message at most once. Else null.
    */
   readonly idempotencyKey: string | null;
+  /**
+   * For `banned`: when the ban ends, in ms since the Unix epoch (the client sends again
+   * from then on by itself); null when it is permanent or the server did not say.
+   */
+  readonly until: number | null;
 }
 
 /** The `_public` object of a sender's token: at least what the site puts there. */
@@ -120,7 +125,8 @@ export interface ChatMessage {
 
 /**
  * An event message: `join`/`leave` (presence, `user` set), `rmUserMsg` (`data`: the banned
- * user's id), `resync` (`data: {reason, ep}`, no id: the resume point was void), or one
+ * user's `sub` when `by` is `user`, their `_public.name` when `by` is `name`: hide their
+ * messages), `resync` (`data: {reason, ep}`, no id: the resume point was void), or one
  * published by the site.
  */
 export interface ChatEvent {
@@ -131,14 +137,17 @@ export interface ChatEvent {
   user?: PublicUser;
   ev: string;
   data?: unknown;
+  /** `rmUserMsg` only: what `data` is, the token's `sub` (`user`) or `_public.name` (`name`). */
+  by?: 'user' | 'name';
 }
 
 export interface StatusChange {
   status: StatusValue;
   previous: StatusValue;
   /**
-   * Why, when known: a close reason or an error message (e.g. "banned from lobby"); after a
-   * failed attempt, the error's message and when the next one is ("…; retrying in 1.2 s").
+   * Why, when known: a close reason or an error message; after a failed attempt, the
+   * error's message and when the next one is ("…; retrying in 1.2 s"). For `banned`:
+   * "banned from lobby until 2026-11-22T10:00:00Z" or "banned from lobby permanently".
    */
   reason: string;
   /** After a failed attempt: ms until the next one (null: asking the dispatcher for another host). Else null. */

@@ -128,7 +128,30 @@ export class ChatUpError extends Error {
      * `{idempotencyKey}` and it is published at most once.
      */
     this.idempotencyKey = details.idempotencyKey ?? null;
+    /**
+     * For `banned`: when the ban ends, in ms since the Unix epoch; `null` when it is
+     * permanent or the server did not say.
+     */
+    this.until = details.until ?? null;
   }
+}
+
+/** The longest a timer may wait (setTimeout's limit, some 24.8 days). */
+const MAX_TIMER = 2 ** 31 - 1;
+
+/** `banned from <channel>` with `until <ISO time>` or `permanently`, when known. */
+function banText(channel, until) {
+  const base = `banned from ${channel}`;
+  if (until === null) return `${base} permanently`;
+  if (typeof until !== 'number') return base;
+  return `${base} until ${new Date(until).toISOString().replace(/\.\d{3}Z$/, 'Z')}`;
+}
+
+/** The ban's end a server frame gives: a number, `null` (for ever), or `undefined` (not said). */
+function untilOf(frame) {
+  if (!frame || !('until' in frame)) return undefined;
+  if (frame.until === null) return null;
+  return typeof frame.until === 'number' && Number.isFinite(frame.until) ? frame.until : undefined;
 }
 
 /**
@@ -352,6 +375,14 @@ export class ChatUp {
       retrying: new Set(),
       authWaiters: [],
       banReason: '',
+      /** When the ban in force ends (ms since the epoch); null: never or not said. */
+      banUntil: null,
+      /** Lifts the ban at `banUntil`. */
+      banTimer: null,
+      /** Bans lifted that the server then said still hold (clock skew): spaces the retries. */
+      banRetries: 0,
+      /** The `banned` frame a kick sends before close 4502: `{ch, until}`. */
+      kickedBy: null,
       authError: null,
       /** True between sending the token on a new socket and its answer. */
       awaitingAuth: false,
@@ -443,7 +474,7 @@ export class ChatUp {
     const pub = this._pub;
     pub.jwt = jwt;
     pub.authError = null;
-    pub.banReason = '';
+    this._clearBan();
     const answered = new Promise((resolve, reject) => pub.authWaiters.push({ resolve, reject }));
     if (pub.state === 'authenticated' && pub.socket) {
       // A fresh token on the open socket (before the old one expires, or another user).
@@ -496,7 +527,7 @@ export class ChatUp {
     if (this._closed) return Promise.reject(new ChatUpError('closed', 'this client was closed'));
     if (pub.jwt === null) return Promise.reject(new ChatUpError('not_authenticated', 'no token: call authenticate(jwt) first'));
     if (pub.state === 'banned' || (pub.banReason && channel === this.room)) {
-      return Promise.reject(new ChatUpError('banned', pub.banReason || 'banned'));
+      return Promise.reject(new ChatUpError('banned', pub.banReason || 'banned', { until: pub.banUntil }));
     }
     if (pub.state === 'authError') {
       const e = pub.authError;
@@ -845,7 +876,9 @@ export class ChatUp {
         if (this._closed) return;
         if (pub.state === 'authError' || pub.state === 'banned') return;
         if (end.code === CloseCode.BANNED) {
-          this._banned(end.reason || 'banned');
+          const kick = pub.kickedBy;
+          pub.kickedBy = null;
+          this._banned(kick ? banText(kick.ch, kick.until) : end.reason || 'banned', kick ? kick.until : undefined);
           return;
         }
         if (!shouldReconnect(end.code)) {
@@ -925,22 +958,33 @@ export class ChatUp {
       // The answer to a new token sent on the open socket: an error is followed by a close.
       pub.reauthRef = null;
       if (frame.type === 'error') pub.authError = new ChatUpError(frame.code || 'bad_token', frame.message);
+      if (frame.type === 'error' && frame.code === 'banned') pub.kickedBy = { ch: this.room, until: untilOf(frame) };
       return;
     }
     const entry = frame.ref !== undefined ? pub.inFlight.get(frame.ref) : undefined;
     if (entry) pub.inFlight.delete(frame.ref);
+    if (frame.type === 'joined' && frame.ch === this.room) pub.banRetries = 0;
     if (frame.type === 'ack') {
+      pub.banRetries = 0;
       if (entry && entry.kind === 'publish') {
         const value = frame.withheld ? { ch: entry.frame.ch, withheld: true } : { ch: entry.frame.ch, id: frame.id, ep: frame.ep };
         if (frame.duplicate === true) value.duplicate = true;
         entry.settle(null, value);
       }
     } else if (frame.type === 'error') {
-      const error = new ChatUpError(frame.code || 'error', frame.message, { retryAfter: frame.retryAfter });
+      const until = untilOf(frame);
+      const error = new ChatUpError(frame.code || 'error', frame.message, { retryAfter: frame.retryAfter, until });
       if (entry && entry.kind === 'publish' && error.code === 'unavailable') this._retryLater(entry, error);
-      else if (entry && entry.kind === 'publish') entry.settle(error);
-      else if (entry && entry.kind === 'join') this._joinRefused(entry.channel, error);
-      else this._emit('error', error);
+      else if (entry && entry.kind === 'publish') {
+        entry.settle(error);
+        // Refused as banned from the room (the kick may not have reached this host): the
+        // room is banned until the server's time, as for a refused join.
+        if (error.code === 'banned' && until !== undefined && entry.frame.ch === this.room) this._joinRefused(this.room, error, until);
+      } else if (entry && entry.kind === 'join') this._joinRefused(entry.channel, error, until);
+      else if (error.code === 'banned' && frame.ref === undefined) {
+        // A kick: the frame before close 4502 says from which channel and until when.
+        pub.kickedBy = { ch: typeof frame.ch === 'string' ? frame.ch : this.room, until };
+      } else this._emit('error', error);
     } else if (frame.type === 'auth') {
       // The answer to a new token on the open socket (the server does not echo its ref).
       pub.reauthRef = null;
@@ -956,34 +1000,88 @@ export class ChatUp {
     pub.everAuthenticated = true;
     pub.authError = null;
     pub.retriedExpired = false;
-    if (this.options.presence) {
-      const ref = pub.nextRef++;
-      pub.inFlight.set(ref, { kind: 'join', channel: this.room });
-      pub.socket.send(JSON.stringify({ ref, join: this.room }));
-    }
+    if (this.options.presence) this._joinRoom();
     for (const entry of pub.queue.splice(0)) this._send(entry);
     this._update();
     for (const waiter of pub.authWaiters.splice(0)) waiter.resolve();
   }
 
-  _joinRefused(channel, error) {
+  /** Joins the room on the open publisher socket, so the user counts as a chatter. */
+  _joinRoom() {
+    const pub = this._pub;
+    const ref = pub.nextRef++;
+    pub.inFlight.set(ref, { kind: 'join', channel: this.room });
+    pub.socket.send(JSON.stringify({ ref, join: this.room }));
+  }
+
+  _joinRefused(channel, error, until) {
     if (error.code === 'banned' && channel === this.room) {
-      this._pub.banReason = error.message;
-      this._update(error.message);
-      for (const waiter of this._pub.authWaiters.splice(0)) waiter.reject(error);
+      const pub = this._pub;
+      const reason = until === undefined ? error.message : banText(channel, until);
+      pub.banReason = reason;
+      this._scheduleLift(error.until, () => {
+        // Joining again says whether the ban is over (or shows the new term).
+        pub.banReason = '';
+        if (pub.state === 'authenticated' && pub.socket && this.options.presence) this._joinRoom();
+        this._update();
+      });
+      this._update(reason);
+      for (const waiter of pub.authWaiters.splice(0)) waiter.reject(error);
     } else {
       this._emit('error', error);
     }
   }
 
-  _banned(reason) {
+  _banned(reason, until) {
     const pub = this._pub;
     pub.state = 'banned';
     pub.banReason = reason;
-    const error = new ChatUpError('banned', reason);
+    const error = new ChatUpError('banned', reason, { until });
     this._settleWaiting(error);
     for (const waiter of pub.authWaiters.splice(0)) waiter.reject(error);
+    this._scheduleLift(until, () => {
+      // The ban is over: the publisher connects again (and says if it is not).
+      pub.banReason = '';
+      if (pub.state === 'banned') pub.state = 'waiting';
+      this._update();
+      this._runPublisher();
+    });
     this._update(reason);
+  }
+
+  /**
+   * Calls `lift` once `until` (ms since the epoch) has passed; a permanent ban (`null`) or
+   * one of unknown end (`undefined`) is never lifted here. A ban the server still holds
+   * after its end (the clocks differ) is tried again later and later.
+   */
+  _scheduleLift(until, lift) {
+    const pub = this._pub;
+    clearTimeout(pub.banTimer);
+    pub.banTimer = null;
+    pub.banUntil = typeof until === 'number' ? until : null;
+    if (typeof until !== 'number' || this._closed) return;
+    const floor = pub.banRetries > 0 ? Math.min(1000 * 2 ** (pub.banRetries - 1), 30000) : 0;
+    const wait = () => {
+      const left = Math.max(until - Date.now(), floor);
+      pub.banTimer = setTimeout(() => {
+        pub.banTimer = null;
+        if (this._closed) return;
+        if (until - Date.now() > 0) return wait(); // a wait longer than a timer can hold
+        pub.banRetries += 1;
+        pub.banUntil = null;
+        lift();
+      }, Math.min(left, MAX_TIMER));
+    };
+    wait();
+  }
+
+  /** Forgets the ban (a new token, or the room joined again). */
+  _clearBan() {
+    const pub = this._pub;
+    clearTimeout(pub.banTimer);
+    pub.banTimer = null;
+    pub.banReason = '';
+    pub.banUntil = null;
   }
 
   _authFailed(error) {
@@ -1012,7 +1110,7 @@ export class ChatUp {
     const pub = this._pub;
     if (pub.state === 'authenticated' && !pub.awaitingAuth) return Promise.resolve();
     if (pub.state === 'authError' || pub.state === 'banned') {
-      const e = pub.state === 'banned' ? new ChatUpError('banned', pub.banReason) : pub.authError;
+      const e = pub.state === 'banned' ? new ChatUpError('banned', pub.banReason, { until: pub.banUntil }) : pub.authError;
       return Promise.reject(e || new ChatUpError('bad_token', 'the token was refused'));
     }
     return new Promise((resolve, reject) => pub.authWaiters.push({ resolve, reject }));
@@ -1038,6 +1136,8 @@ export class ChatUp {
     this._fatal = error;
     clearTimeout(this._countTimer);
     this._countTimer = null;
+    clearTimeout(this._pub.banTimer);
+    this._pub.banTimer = null;
     if (this._network) this._network.removeEventListener('online', this._onOnline);
     for (const wake of [...this._sleepers]) wake();
     for (const side of [this._sub, this._pub]) {

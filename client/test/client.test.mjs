@@ -444,6 +444,87 @@ test('a join refused as banned shows banned and refuses to send', async () => {
   chat.close();
 });
 
+test('a temporary ban (kick with until) lifts by itself: reconnects, authenticates, say() works', async () => {
+  const { world, chat, pub } = await connected({ jwt: 'T' });
+  const reasons = [];
+  chat.on('status', (s) => reasons.push([s.status, s.reason]));
+  const until = Date.now() + 150;
+  pub.push({ type: 'error', code: 'banned', ch: 'lobby', until, message: 'you are banned from this channel until …' });
+  pub.serverClose(4502, 'banned from lobby');
+  await waitFor(() => chat.status === Status.BANNED, 'banned');
+  const iso = new Date(until).toISOString().replace(/\.\d{3}Z$/, 'Z');
+  assert.deepEqual(reasons.at(-1), [Status.BANNED, `banned from lobby until ${iso}`]);
+  await assert.rejects(chat.say('too early'), (e) => e.code === 'banned' && e.until === until && e.message.includes(iso));
+  assert.equal(world.socketsTo('/pub').length, 1, 'no reconnect while banned');
+  // At its end: a new publisher socket, the token, the room joined again.
+  const again = await authenticatePublisher(world, 'ann', 1);
+  assert.ok(Date.now() >= until, 'not reconnected before the ban ended');
+  await waitFor(() => chat.status === Status.AUTHENTICATED, 'authenticated again');
+  await waitFor(() => again.frames().some((f) => f.join === 'lobby'), 'the join');
+  const said = chat.say('back');
+  await waitFor(() => again.frames().some((f) => f.msg === 'back'), 'the message sent');
+  const frame = again.frames().find((f) => f.msg === 'back');
+  again.push({ type: 'ack', ref: frame.ref, id: 9, ep: 7 });
+  assert.deepEqual(await said, { ch: 'lobby', id: 9, ep: 7 });
+  chat.close();
+});
+
+test('a permanent ban (until null) stays: no timer, no reconnect', async () => {
+  const { world, chat, pub } = await connected({ jwt: 'T' });
+  let reason = '';
+  chat.on('status', (s) => {
+    if (s.status === Status.BANNED) reason = s.reason;
+  });
+  pub.push({ type: 'error', code: 'banned', ch: 'lobby', until: null, message: 'you are banned from this channel permanently' });
+  pub.serverClose(4502, 'banned from lobby');
+  await waitFor(() => chat.status === Status.BANNED, 'banned');
+  assert.equal(reason, 'banned from lobby permanently');
+  await assert.rejects(chat.say('x'), (e) => e.code === 'banned' && e.until === null);
+  await sleep(150);
+  assert.equal(world.socketsTo('/pub').length, 1);
+  assert.equal(chat.status, Status.BANNED);
+  chat.close();
+});
+
+test('a join refused until a time is joined again then, and sending works', async () => {
+  const { chat, pub } = await connected({ jwt: 'T' });
+  const until = Date.now() + 120;
+  pub.push({ type: 'error', ref: 1, code: 'banned', until, message: 'you are banned from this channel until …' });
+  assert.equal(chat.status, Status.BANNED);
+  await assert.rejects(chat.say('x'), (e) => e.code === 'banned' && /^banned from lobby until /.test(e.message));
+  await waitFor(() => pub.frames().filter((f) => f.join === 'lobby').length === 2, 'the room joined again', 3000);
+  assert.ok(Date.now() >= until);
+  const join = pub.frames().filter((f) => f.join === 'lobby')[1];
+  pub.push({ type: 'joined', ref: join.ref, ch: 'lobby' });
+  assert.equal(chat.status, Status.AUTHENTICATED);
+  const said = chat.say('hi again');
+  const frame = pub.frames().find((f) => f.msg === 'hi again');
+  pub.push({ type: 'ack', ref: frame.ref, id: 3, ep: 7 });
+  assert.deepEqual(await said, { ch: 'lobby', id: 3, ep: 7 });
+  chat.close();
+});
+
+test('a message refused as banned until a time bans the room until then (no kick came)', async () => {
+  const { chat, pub } = await connected({ jwt: 'T' });
+  pub.push({ type: 'joined', ref: 1, ch: 'lobby' });
+  const said = chat.say('x');
+  const frame = pub.frames().find((f) => f.msg === 'x');
+  const until = Date.now() + 100;
+  pub.push({ type: 'error', ref: frame.ref, code: 'banned', until, message: 'you are banned from this channel until …' });
+  await assert.rejects(said, (e) => e.code === 'banned' && e.until === until);
+  assert.equal(chat.status, Status.BANNED);
+  // Another channel's refusal is only that say()'s.
+  const elsewhere = chat.say('y', { channel: 'news' });
+  const other = pub.frames().find((f) => f.msg === 'y');
+  pub.push({ type: 'error', ref: other.ref, code: 'banned', until: null, message: 'banned there' });
+  await assert.rejects(elsewhere, (e) => e.code === 'banned' && e.until === null);
+  await waitFor(() => pub.frames().filter((f) => f.join === 'lobby').length === 2, 'the room joined again', 3000);
+  const join = pub.frames().filter((f) => f.join === 'lobby')[1];
+  pub.push({ type: 'joined', ref: join.ref, ch: 'lobby' });
+  assert.equal(chat.status, Status.AUTHENTICATED);
+  chat.close();
+});
+
 test('a refused token: auth error, no reconnect, authenticate() with a new one recovers', async () => {
   const world = makeWorld();
   world.route('POST', '/join/lobby', () => joinAnswer('h1'));

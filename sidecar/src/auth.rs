@@ -214,15 +214,22 @@ pub struct Identity {
 }
 
 impl Identity {
-    /// The id bans and rate limits know the user by: the token's `sub`, or, when it has
-    /// none, `_public.name` (the original system banned users by name). A token with
-    /// neither has no such id: it cannot be banned by name (the ban plugin lets it through,
-    /// and a kick never matches it), and the rate limit counts it by its `_public` text
-    /// instead, as presence does.
+    /// The id rate limits know the user by: the token's `sub`, or, when it has none,
+    /// `_public.name`. A token with neither has no such id: the rate limit counts it by its
+    /// `_public` text instead, as presence does. Bans match [`user_id`](Self::user_id) or
+    /// [`public_name`](Self::public_name), as each ban says.
     pub fn moderation_id(&self) -> Option<String> {
-        if let Some(sub) = self.sub.as_deref().filter(|s| !s.is_empty()) {
-            return Some(sub.to_owned());
-        }
+        self.user_id().or_else(|| self.public_name())
+    }
+
+    /// The token's `sub`, when it is there and not empty: what a ban by user matches.
+    pub fn user_id(&self) -> Option<String> {
+        self.sub.clone().filter(|s| !s.is_empty())
+    }
+
+    /// The token's `_public.name`, when it is a non-empty string: what a ban by name
+    /// matches (the original system's bans).
+    pub fn public_name(&self) -> Option<String> {
         #[derive(Deserialize)]
         struct Name<'a> {
             #[serde(borrow, default)]

@@ -14,7 +14,7 @@
 //! which delivered its own notice at once, skips it when it comes back:
 //!
 //! ```json
-//! {"from":"<host instance>","kick":{"channel":"room","users":["alice"]}}
+//! {"from":"<host instance>","kick":{"channel":"room","users":["u-17"],"names":["Zoe"],"until":1764000000000}}
 //! ```
 //!
 //! A host ignores (and logs) notices it does not know, so newer hosts can add kinds.
@@ -32,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::config::RedisConfig;
+use crate::moderation::Who;
 use crate::redis::{RedisError, RedisLink, Subscriptions};
 
 /// Notices a slow receiver on this host may fall behind by before it misses some.
@@ -47,12 +48,48 @@ pub enum Notice {
     Kick(Kick),
 }
 
-/// Close these users' sessions that joined or published to this channel.
+/// Close the sessions of these users and names that joined or published to this channel.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Kick {
     pub channel: String,
-    /// User ids, as [`crate::auth::Identity::moderation_id`] gives them.
+    /// Users, by the token's `sub` ([`crate::auth::Identity::user_id`]).
     pub users: Vec<String>,
+    /// Names, by the token's `_public.name` ([`crate::auth::Identity::public_name`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub names: Vec<String>,
+    /// When the ban lapses (ms since the Unix epoch), so the kicked clients know when to
+    /// come back; absent: never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<u64>,
+}
+
+impl Kick {
+    /// The kick for a ban of `whom` in `channel` until `until`.
+    pub fn new(channel: &str, whom: &[Who], until: Option<u64>) -> Self {
+        let (mut users, mut names) = (Vec::new(), Vec::new());
+        for who in whom {
+            match who {
+                Who::User(id) => users.push(id.clone()),
+                Who::Name(name) => names.push(name.clone()),
+                // Never banned anew, so never kicked for.
+                Who::Legacy(_) => {}
+            }
+        }
+        Self {
+            channel: channel.to_owned(),
+            users,
+            names,
+            until,
+        }
+    }
+
+    /// Whom it kicks.
+    pub fn whom(&self) -> Vec<Who> {
+        let users = self.users.iter().cloned().map(Who::User);
+        users
+            .chain(self.names.iter().cloned().map(Who::Name))
+            .collect()
+    }
 }
 
 /// A notice on the wire. Every kind is an optional field, so one a host does not know
@@ -305,6 +342,8 @@ mod tests {
         Notice::Kick(Kick {
             channel: channel.into(),
             users: users.iter().map(|u| u.to_string()).collect(),
+            names: Vec::new(),
+            until: None,
         })
     }
 
@@ -327,6 +366,22 @@ mod tests {
         assert_eq!(
             text,
             r#"{"from":"h1","kick":{"channel":"room","users":["alice"]}}"#
+        );
+
+        let by_name = Notice::Kick(Kick::new(
+            "room",
+            &[Who::Name("Zoe".into()), Who::User("u-17".into())],
+            Some(5),
+        ));
+        let text = serde_json::to_string(&Envelope::wrap("h1", &by_name)).unwrap();
+        assert_eq!(
+            text,
+            r#"{"from":"h1","kick":{"channel":"room","users":["u-17"],"names":["Zoe"],"until":5}}"#
+        );
+        let Notice::Kick(k) = &by_name;
+        assert_eq!(
+            k.whom(),
+            [Who::User("u-17".into()), Who::Name("Zoe".into())]
         );
 
         let control = Control::memory();

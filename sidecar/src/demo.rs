@@ -10,8 +10,8 @@
 //!
 //! The token is what a site's backend would mint: `_public: {"name": <name>}`, `iat`, `exp`
 //! (`demo.ttl_seconds` ahead; `expiresAt` is it in ms), `iss`/`aud` from `auth.issuer` and
-//! `auth.audience` when set, no `_events`, and no `sub`, so that bans and rate limits go by
-//! the name. It is signed with the first of `auth.algorithms` by the token code of
+//! `auth.audience` when set, no `_events`, and no `sub`, so that rate limits go by the name
+//! and such users are banned by name (`names` in `POST /ban`). It is signed with the first of `auth.algorithms` by the token code of
 //! [`crate::token`]; at startup a test token must pass the sidecar's own verifier, so a key
 //! that is not the private half of `auth.public_key_file` stops the start.
 //!
@@ -104,6 +104,7 @@ impl IntoResponse for DemoError {
             error: HttpError {
                 code: self.code(),
                 message: &message,
+                until: None,
             },
         };
         (self.status(), Json(body)).into_response()
@@ -313,6 +314,7 @@ mod tests {
         assert_eq!(id.sub, None);
         assert!(!id.events);
         assert_eq!(id.moderation_id().as_deref(), Some("Ann B."));
+        assert_eq!(id.public_name().as_deref(), Some("Ann B."));
     }
 
     #[test]

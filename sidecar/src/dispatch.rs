@@ -367,6 +367,7 @@ pub(crate) fn error_response(e: &DispatchError) -> Response {
         error: HttpError {
             code: e.code(),
             message: &message,
+            until: None,
         },
     };
     let mut response = (e.status(), Json(body)).into_response();

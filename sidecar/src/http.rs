@@ -93,6 +93,7 @@ async fn not_found(method: Method, uri: Uri) -> Response {
         error: HttpError {
             code: "not_found",
             message: &format!("no such endpoint: {method} {}", uri.path()),
+            until: None,
         },
     };
     (StatusCode::NOT_FOUND, Json(body)).into_response()

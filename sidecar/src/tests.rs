@@ -19,6 +19,7 @@ use crate::auth::tests::{good_claims, now, sign};
 use crate::codec::WireCodec;
 use crate::config::Config;
 use crate::http::WsSettings;
+use crate::moderation::Who;
 use crate::server::Sidecar;
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
@@ -1481,8 +1482,27 @@ async fn the_admin_key_must_not_be_the_publishers_key() {
 
 // --- Bans --------------------------------------------------------------------------------
 
-fn ids(names: &[&str]) -> Vec<String> {
-    names.iter().map(|n| n.to_string()).collect()
+/// Bans by user id (`sub`).
+fn users(subs: &[&str]) -> Vec<Who> {
+    subs.iter().map(|n| Who::User(n.to_string())).collect()
+}
+
+/// The text frames a session gets before its close frame, and the close.
+async fn ws_frames_until_close(ws: &mut Ws) -> (Vec<Value>, (u16, String)) {
+    let mut texts = Vec::new();
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("a frame within 5s");
+        match m {
+            Some(Ok(Message::Text(t))) => texts.push(serde_json::from_str(t.as_str()).unwrap()),
+            Some(Ok(Message::Close(Some(frame)))) => {
+                return (texts, (u16::from(frame.code), frame.reason.to_string()))
+            }
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    }
 }
 
 /// A WebSocket publisher of `token` that joined `channel`.
@@ -1541,10 +1561,22 @@ async fn a_ban_kicks_the_users_sessions_in_the_channel_and_refuses_the_rest() {
     assert_eq!(relay_json(&mut w).await["ev"], "join");
 
     s.moderation
-        .ban("room", &ids(&["u-ann", "bo"]), None)
+        .ban(
+            "room",
+            &[Who::User("u-ann".into()), Who::Name("bo".into())],
+            None,
+        )
         .await
         .unwrap();
-    for ws in [&mut joined, &mut published, &mut bo] {
+    // Told why and until when (for ever: null), then closed.
+    let (texts, close) = ws_frames_until_close(&mut joined).await;
+    assert_eq!(close, (4502, "banned from room".to_string()));
+    assert_eq!(
+        texts.last().unwrap(),
+        &json!({"type": "error", "code": "banned", "ch": "room", "until": null,
+                "message": "you are banned from this channel permanently"})
+    );
+    for ws in [&mut published, &mut bo] {
         assert_eq!(
             ws_close_frame(ws).await,
             (4502, "banned from room".to_string())
@@ -1591,7 +1623,10 @@ async fn a_ban_kicks_the_users_sessions_in_the_channel_and_refuses_the_rest() {
     assert_eq!(r.json()["error"]["code"], "banned");
 
     // Unbanned: all works again.
-    s.moderation.unban("room", &ids(&["u-ann"])).await.unwrap();
+    s.moderation
+        .unban("room", &users(&["u-ann"]))
+        .await
+        .unwrap();
     ws_publish(&mut elsewhere, "room", "back").await;
     assert_eq!(relay_json(&mut w).await["msg"], "back");
     let r = post(s.addr, "/pub/room", Some(&ann()), "text/plain", b"x").await;
@@ -1606,7 +1641,7 @@ async fn a_ban_with_an_expiry_lapses_by_itself() {
     let started = std::time::Instant::now();
     let ban = s
         .moderation
-        .ban("room", &ids(&["u-ann"]), Some(Duration::from_secs(1)))
+        .ban("room", &users(&["u-ann"]), Some(Duration::from_secs(1)))
         .await
         .unwrap();
     assert!(ban.until.is_some());
@@ -1645,7 +1680,7 @@ async fn without_the_ban_plugin_bans_kick_but_do_not_refuse() {
     let ann = || user_token(Some("u-ann"), "ann", false);
     let mut joined = ws_joined(s.addr, ann(), "room").await;
     s.moderation
-        .ban("room", &ids(&["u-ann"]), None)
+        .ban("room", &users(&["u-ann"]), None)
         .await
         .unwrap();
     assert_eq!(ws_close_frame(&mut joined).await.0, 4502);
@@ -1659,7 +1694,7 @@ async fn a_token_for_a_banned_user_closes_the_session() {
     let s = start().await;
     let mut ws = ws_joined(s.addr, user_token(Some("u-bo"), "bo", false), "room").await;
     s.moderation
-        .ban("room", &ids(&["u-ann"]), None)
+        .ban("room", &users(&["u-ann"]), None)
         .await
         .unwrap();
     // Bo's session is untouched; the same user's fresh token is fine.
@@ -1704,7 +1739,7 @@ async fn a_ban_made_on_one_host_kicks_the_session_on_another() {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     loop {
         a.moderation
-            .ban("room", &ids(&["u-ann"]), None)
+            .ban("room", &users(&["u-ann"]), None)
             .await
             .unwrap();
         match tokio::time::timeout(Duration::from_millis(200), ws_close_frame(&mut on_b)).await {
@@ -1737,7 +1772,10 @@ async fn a_ban_made_on_one_host_kicks_the_session_on_another() {
     let mut again = ws_as(b.addr, ann()).await;
     ws_refused(&mut again, json!({"ref": 1, "join": "room"}), "banned").await;
     // Lifted on A, lifted on B.
-    a.moderation.unban("room", &ids(&["u-ann"])).await.unwrap();
+    a.moderation
+        .unban("room", &users(&["u-ann"]))
+        .await
+        .unwrap();
     ws_send(&mut again, json!({"ref": 2, "join": "room"})).await;
     assert_eq!(ws_json(&mut again).await["type"], "joined");
     a.stop().await.unwrap();

@@ -13,7 +13,7 @@ async function example(): Promise<void> {
   const stop: () => void = chat.on('message', (m: ChatMessage) => console.log(m.user?.name, m.msg, m.id));
   // @ts-expect-error: user is absent on admin posts without one
   chat.on('message', (m: ChatMessage) => console.log(m.user.name));
-  chat.on('event', (e) => console.log(e.ev, e.data));
+  chat.on('event', (e) => console.log(e.ev, e.data, e.by === 'name'));
   chat.on('status', ({ status, reason }) => {
     const s: StatusValue = status;
     if (s === Status.BANNED) console.log(reason);
@@ -28,6 +28,7 @@ async function example(): Promise<void> {
     if (!ack.withheld) console.log(ack.id + 1, ack.duplicate === true);
   } catch (e) {
     if (e instanceof ChatUpError && e.code === 'rate_limited') console.log(e.retryAfter);
+    if (e instanceof ChatUpError && e.code === 'banned' && e.until !== null) console.log(new Date(e.until));
     if (e instanceof ChatUpError && e.code === 'timeout' && e.idempotencyKey !== null) {
       await chat.say('hello', { idempotencyKey: e.idempotencyKey });
     }

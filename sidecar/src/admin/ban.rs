@@ -1,14 +1,16 @@
 //! `POST /ban`, `DELETE /ban` (or `POST /unban`), `GET /bans/<ch>`: moderation by the
 //! operator.
 //!
-//! A ban is stored (in Redis with many hosts), the user's publisher sessions in the channel
-//! are closed on every host with 4502 ("do not reconnect"), and an `rmUserMsg` event
-//! carrying the user id is published so that clients hide the user's messages. Users are
-//! named by the id bans use: the token's `sub`, else its `_public.name`.
+//! A ban says whom it matches: `users` by the token's `sub`, `names` by its
+//! `_public.name`. It is stored (in Redis with many hosts), the matching publisher sessions
+//! in the channel are closed on every host with 4502 ("do not reconnect"), and an
+//! `rmUserMsg` event carrying the id or name is published so that clients hide their
+//! messages. Every answer says per entry what it matches (`user` or `name`).
 //!
-//! A request is `{"channel": .., "users": [..], "expire": <seconds>}` (no `expire`: until
-//! unbanned), or an array of them; the original system's array-token form names one user
-//! per entry with `name`. Every entry is checked before anything is done.
+//! A request is `{"channel": .., "users": [..], "names": [..], "expire": <seconds>}` (one
+//! of `users` and `names` at least; no `expire`: until unbanned), or an array of them; the
+//! original system's array-token form names one public name per entry with `name`. Every
+//! entry is checked before anything is done.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,7 +23,7 @@ use serde_json::Value;
 
 use super::auth::{AdminAuth, AdminBody};
 use super::{channel_from_path, AdminError, AdminState};
-use crate::moderation::{check_call, ModerationError};
+use crate::moderation::{check_call, ModerationError, Who};
 
 /// Entries in one call.
 const MAX_ENTRIES: usize = 1000;
@@ -31,9 +33,13 @@ const MAX_ENTRIES: usize = 1000;
 #[serde(deny_unknown_fields)]
 struct Entry {
     channel: String,
+    /// Users by the token's `sub`.
     #[serde(default)]
     users: Vec<String>,
-    /// One user, the original format's field.
+    /// Public names, by the token's `_public.name`.
+    #[serde(default)]
+    names: Vec<String>,
+    /// One public name, the original format's field (the original system banned by name).
     #[serde(default)]
     name: Option<String>,
     /// Seconds; absent or null: until unbanned.
@@ -45,7 +51,7 @@ struct Entry {
 #[derive(Debug, PartialEq, Eq)]
 struct Target {
     channel: String,
-    users: Vec<String>,
+    whom: Vec<Who>,
     expire: Option<Duration>,
 }
 
@@ -65,8 +71,8 @@ fn targets(body: Value) -> Result<Vec<Target>, AdminError> {
             Value::Array(entries) => entries,
             object @ Value::Object(_) => vec![object],
             _ => return Err(AdminError::BadRequest(
-                "the body must be an object like {\"channel\": \"room\", \"users\": [\"alice\"]} \
-                 or an array of them"
+                "the body must be an object like {\"channel\": \"room\", \"users\": [\"u-17\"]} \
+                 or {\"channel\": \"room\", \"names\": [\"Zoe\"]}, or an array of them"
                     .into(),
             )),
         };
@@ -82,21 +88,46 @@ fn targets(body: Value) -> Result<Vec<Target>, AdminError> {
         .map(|(index, entry)| {
             let at = |m: String| AdminError::BadRequest(format!("entry #{index}: {m}"));
             let entry: Entry = serde_json::from_value(entry).map_err(|e| at(e.to_string()))?;
-            let mut users = entry.users;
-            users.extend(entry.name);
+            let whom: Vec<Who> = entry
+                .users
+                .into_iter()
+                .map(Who::User)
+                .chain(entry.names.into_iter().chain(entry.name).map(Who::Name))
+                .collect();
             if entry.expire == Some(0) {
                 return Err(at(
                     "\"expire\" must be at least 1 second (or absent: until unbanned)".into(),
                 ));
             }
-            let users = check_call(&entry.channel, &users).map_err(|e| at(e.to_string()))?;
+            let whom = check_call(&entry.channel, &whom).map_err(|e| at(e.to_string()))?;
             Ok(Target {
                 channel: entry.channel,
-                users,
+                whom,
                 expire: entry.expire.map(Duration::from_secs),
             })
         })
         .collect()
+}
+
+/// Whom an answer's entry is about, as a field named by its kind: `"user": "<sub>"`,
+/// `"name": "<public name>"`, or `"legacy": "<id>"` (a ban stored before bans had kinds,
+/// matching a token whose `sub` or `_public.name` is the id).
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "lowercase")]
+enum Whom {
+    User(String),
+    Name(String),
+    Legacy(String),
+}
+
+impl From<Who> for Whom {
+    fn from(who: Who) -> Self {
+        match who {
+            Who::User(v) => Self::User(v),
+            Who::Name(v) => Self::Name(v),
+            Who::Legacy(v) => Self::Legacy(v),
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -107,7 +138,8 @@ pub struct Banned {
 #[derive(Serialize)]
 struct BanEntry {
     channel: String,
-    user: String,
+    #[serde(flatten)]
+    whom: Whom,
     /// ms since the Unix epoch; null: until unbanned.
     until: Option<u64>,
 }
@@ -120,11 +152,11 @@ pub async fn ban(
     let mut banned = Vec::new();
     for target in targets(body)? {
         let ban = moderation
-            .ban(&target.channel, &target.users, target.expire)
+            .ban(&target.channel, &target.whom, target.expire)
             .await?;
-        banned.extend(target.users.into_iter().map(|user| BanEntry {
+        banned.extend(target.whom.into_iter().map(|who| BanEntry {
             channel: target.channel.clone(),
-            user,
+            whom: who.into(),
             until: ban.until,
         }));
     }
@@ -139,7 +171,8 @@ pub struct Unbanned {
 #[derive(Serialize)]
 struct UnbanEntry {
     channel: String,
-    user: String,
+    #[serde(flatten)]
+    whom: Whom,
 }
 
 pub async fn unban(
@@ -149,10 +182,10 @@ pub async fn unban(
     let moderation = &state.moderation;
     let mut unbanned = Vec::new();
     for target in targets(body)? {
-        moderation.unban(&target.channel, &target.users).await?;
-        unbanned.extend(target.users.into_iter().map(|user| UnbanEntry {
+        moderation.unban(&target.channel, &target.whom).await?;
+        unbanned.extend(target.whom.into_iter().map(|who| UnbanEntry {
             channel: target.channel.clone(),
-            user,
+            whom: who.into(),
         }));
     }
     Ok(Json(Unbanned { unbanned }))
@@ -166,7 +199,8 @@ pub struct Bans {
 
 #[derive(Serialize)]
 struct ListedBan {
-    user: String,
+    #[serde(flatten)]
+    whom: Whom,
     until: Option<u64>,
 }
 
@@ -181,8 +215,8 @@ pub async fn list(
         channel,
         bans: bans
             .into_iter()
-            .map(|(user, ban)| ListedBan {
-                user,
+            .map(|(who, ban)| ListedBan {
+                whom: who.into(),
                 until: ban.until,
             })
             .collect(),
@@ -196,26 +230,42 @@ mod tests {
 
     #[test]
     fn both_forms_are_read_and_every_entry_is_checked() {
-        let one = targets(json!({"channel": "r", "users": ["a", "b", "a"], "expire": 60})).unwrap();
+        let one = targets(
+            json!({"channel": "r", "users": ["a", "b", "a"], "names": ["Zoe"], "expire": 60}),
+        )
+        .unwrap();
         assert_eq!(
             one,
             [Target {
                 channel: "r".into(),
-                users: vec!["a".into(), "b".into()],
+                whom: vec![
+                    Who::User("a".into()),
+                    Who::User("b".into()),
+                    Who::Name("Zoe".into())
+                ],
                 expire: Some(Duration::from_secs(60)),
             }]
         );
+        // The original format's `name` is the public name.
         let legacy = targets(
             json!([{"name": "a", "channel": "r"}, {"name": "b", "channel": "s", "expire": 5}]),
         )
         .unwrap();
         assert_eq!(legacy.len(), 2);
         assert_eq!(legacy[0].expire, None);
-        assert_eq!(legacy[1].users, ["b"]);
+        assert_eq!(legacy[0].whom, [Who::Name("a".into())]);
+        assert_eq!(legacy[1].whom, [Who::Name("b".into())]);
         for (bad, needle) in [
             (json!("x"), "must be an object"),
             (json!([]), "0 entries"),
-            (json!({"channel": "r"}), "no users"),
+            (json!({"channel": "r"}), "no users or names"),
+            (
+                json!({"channel": "r", "users": [], "names": []}),
+                "no users or names",
+            ),
+            (json!({"channel": "r", "name": ""}), "a name is empty"),
+            (json!({"channel": "r", "names": [" "]}), "a name is empty"),
+            (json!({"channel": "r", "users": [""]}), "a user id is empty"),
             (json!({"channel": "a b", "users": ["x"]}), "channel"),
             (
                 json!({"channel": "r", "users": ["x"], "expire": 0}),
@@ -235,5 +285,25 @@ mod tests {
                 other => panic!("{bad}: {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn answers_say_what_each_entry_matches() {
+        let entry = |who: Who| {
+            serde_json::to_value(BanEntry {
+                channel: "r".into(),
+                whom: who.into(),
+                until: Some(5),
+            })
+            .unwrap()
+        };
+        assert_eq!(
+            entry(Who::Name("Zoe".into())),
+            json!({"channel": "r", "name": "Zoe", "until": 5})
+        );
+        assert_eq!(
+            entry(Who::User("u-17".into())),
+            json!({"channel": "r", "user": "u-17", "until": 5})
+        );
     }
 }

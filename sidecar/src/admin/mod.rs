@@ -143,6 +143,7 @@ impl IntoResponse for AdminError {
             error: HttpError {
                 code: self.code(),
                 message: &message,
+                until: None,
             },
         };
         let mut response = (status, Json(body)).into_response();

@@ -1,38 +1,115 @@
-//! The ban store: which users may not publish in which channel, and until when.
+//! The ban store: who may not publish in which channel, and until when.
 //!
-//! Users are known by [`crate::auth::Identity::moderation_id`]. Two engines, chosen like
+//! A ban says whom it matches ([`Who`]): a user, by the token's `sub`
+//! ([`Identity::user_id`]), or a name, by the token's `_public.name`
+//! ([`Identity::public_name`]), as the original system banned. Two engines, chosen like
 //! the broker:
 //!
 //! * memory, for a single host: a map per channel; lapsed bans are dropped whenever the
 //!   channel is read, and every new ban sweeps all channels, so the map holds only bans in
 //!   force plus those lapsed since the last ban;
-//! * Redis, shared by every host: one hash per channel, `<prefix>:{<channel>}:bans`
+//! * Redis, shared by every host: one hash per channel, `<prefix>:{<channel>}:bans:by-kind`
 //!   (hash-tagged by channel like the broker's keys, so it lives on the channel's shard),
-//!   field = user id, value = until in ms since the Unix epoch, `0` for ever. Setting and
-//!   listing go through one script ([`BANS_LUA`]) that drops lapsed bans and makes the
-//!   hash expire with its last ban; a lookup is one `HGET`. Every call is bounded by
-//!   `redis.timeout_ms`: with Redis down it fails with
+//!   field = `user:<sub>` or `name:<name>`, value = until in ms since the Unix epoch, `0`
+//!   for ever. Setting and listing go through one script ([`BANS_LUA`]) that drops lapsed
+//!   bans and makes the hash expire with its last ban; a lookup is one pipeline of two
+//!   `HMGET`s. Every call is bounded by `redis.timeout_ms`: with Redis down it fails with
 //!   [`ModerationError::Unavailable`], never hangs.
+//!
+//! Bans stored by earlier versions, in `<prefix>:{<channel>}:bans` with the bare id as the
+//! field, are read as they are ([`Who::Legacy`]): such a ban was made for whoever the
+//! token named by its `sub` or its `_public.name`, so it still matches a token whose `sub`
+//! or `_public.name` is that id until it lapses or is lifted (unbanning the id as a user
+//! or as a name lifts it). Nothing new is written there; it expires with its last ban.
 //!
 //! A ban's lapse is judged by the clock of the host that reads it (hosts are expected to
 //! keep their clocks in sync).
 
 use std::collections::HashMap;
+use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use redis::{Script, Value};
+use redis::Script;
 
 use super::ModerationError;
+use crate::auth::Identity;
 use crate::message::now_ms;
 use crate::redis::RedisLink;
 
-/// Sets bans, drops lapsed ones and sets the hash's expiry; see its header.
+/// Sets bans, drops lapsed ones and sets the hashes' expiry; see its header.
 pub const BANS_LUA: &str = include_str!("bans.lua");
 
 /// The latest `until` a ban may have: Lua numbers are doubles, exact up to 2^53 ms (some
 /// 285,000 years).
 const MAX_UNTIL_MS: u64 = (1 << 53) - 1;
+
+/// Whom a ban matches.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Who {
+    /// A token whose `sub` is this.
+    User(String),
+    /// A token whose `_public.name` is this.
+    Name(String),
+    /// A ban stored before bans had kinds: a token whose `sub` or `_public.name` is this.
+    /// Read, listed and lifted, never made.
+    Legacy(String),
+}
+
+impl Who {
+    /// `user`, `name` or `legacy`: the field the admin API and the `rmUserMsg` event name
+    /// it by.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::User(_) => "user",
+            Self::Name(_) => "name",
+            Self::Legacy(_) => "legacy",
+        }
+    }
+
+    /// The id or the name.
+    pub fn value(&self) -> &str {
+        match self {
+            Self::User(v) | Self::Name(v) | Self::Legacy(v) => v,
+        }
+    }
+
+    /// The field in the channel's hash (`Legacy`: in the old hash).
+    fn field(&self) -> String {
+        match self {
+            Self::User(v) => format!("user:{v}"),
+            Self::Name(v) => format!("name:{v}"),
+            Self::Legacy(v) => v.clone(),
+        }
+    }
+
+    fn from_field(field: &str) -> Option<Self> {
+        if let Some(v) = field.strip_prefix("user:") {
+            Some(Self::User(v.to_owned()))
+        } else {
+            field
+                .strip_prefix("name:")
+                .map(|v| Self::Name(v.to_owned()))
+        }
+    }
+
+    /// What bans of `identity` may be stored under, kind by kind: its user and its name
+    /// (each when it has one).
+    pub fn of(identity: &Identity) -> Vec<Who> {
+        identity
+            .user_id()
+            .map(Who::User)
+            .into_iter()
+            .chain(identity.public_name().map(Who::Name))
+            .collect()
+    }
+}
+
+impl fmt::Display for Who {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {:?}", self.kind(), self.value())
+    }
+}
 
 /// A ban in force.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +144,16 @@ impl Ban {
     pub fn in_force(&self, now: u64) -> bool {
         self.until.is_none_or(|until| until > now)
     }
+
+    /// The longer of two bans (for ever beats any term).
+    fn longer(self, other: Self) -> Self {
+        match (self.until, other.until) {
+            (None, _) | (_, None) => Self { until: None },
+            (Some(a), Some(b)) => Self {
+                until: Some(a.max(b)),
+            },
+        }
+    }
 }
 
 /// The bans of every channel, in memory or in Redis. Clones share the store.
@@ -76,8 +163,8 @@ pub struct Bans {
 }
 
 enum Engine {
-    /// Channel → user id → ban.
-    Memory(Mutex<HashMap<String, HashMap<String, Ban>>>),
+    /// Channel → whom → ban.
+    Memory(Mutex<HashMap<String, HashMap<Who, Ban>>>),
     Redis {
         link: RedisLink,
         /// [`BANS_LUA`], loaded once per node and then called by hash.
@@ -103,28 +190,30 @@ impl Bans {
         }
     }
 
-    /// Bans `users` from `channel` for `expire`, or for ever; a user already banned gets
-    /// the new term. Returns the ban set.
+    /// Bans `whom` from `channel` for `expire`, or for ever; one already banned gets the
+    /// new term. Returns the ban set.
     pub async fn ban(
         &self,
         channel: &str,
-        users: &[String],
+        whom: &[Who],
         expire: Option<Duration>,
     ) -> Result<Ban, ModerationError> {
         let now = now_ms();
         let ban = Ban::from_now(expire, now);
-        self.set(channel, users, ban, now).await?;
+        self.set(channel, whom, ban, now).await?;
         Ok(ban)
     }
 
-    /// Lifts the bans of `users` in `channel` (users not banned are no error).
-    pub async fn unban(&self, channel: &str, users: &[String]) -> Result<(), ModerationError> {
+    /// Lifts the bans of `whom` in `channel` (those not banned are no error). Lifting a
+    /// user or a name also lifts a [`Who::Legacy`] ban of the same id.
+    pub async fn unban(&self, channel: &str, whom: &[Who]) -> Result<(), ModerationError> {
         match &*self.engine {
             Engine::Memory(map) => {
                 let mut map = lock(map);
                 if let Some(bans) = map.get_mut(channel) {
-                    for user in users {
-                        bans.remove(user);
+                    for who in whom {
+                        bans.remove(who);
+                        bans.remove(&Who::Legacy(who.value().to_owned()));
                     }
                     if bans.is_empty() {
                         map.remove(channel);
@@ -133,64 +222,114 @@ impl Bans {
                 Ok(())
             }
             Engine::Redis { link, .. } => {
-                if users.is_empty() {
+                if whom.is_empty() {
                     return Ok(());
                 }
-                let mut cmd = redis::cmd("HDEL");
-                cmd.arg(key(link, channel)).arg(users);
-                link.run::<Value>(cmd).await.map_err(unavailable)?;
+                let fields: Vec<String> = whom
+                    .iter()
+                    .filter(|w| !matches!(w, Who::Legacy(_)))
+                    .map(Who::field)
+                    .collect();
+                let legacy: Vec<&str> = whom.iter().map(Who::value).collect();
+                let mut pipe = redis::pipe();
+                if !fields.is_empty() {
+                    pipe.cmd("HDEL")
+                        .arg(key(link, channel))
+                        .arg(fields)
+                        .ignore();
+                }
+                pipe.cmd("HDEL")
+                    .arg(legacy_key(link, channel))
+                    .arg(legacy)
+                    .ignore();
+                let mut conn = link.commands();
+                link.bounded(pipe.query_async::<()>(&mut conn))
+                    .await
+                    .map_err(unavailable)?;
                 Ok(())
             }
         }
     }
 
-    /// The ban of `user` in `channel`, if one is in force.
-    pub async fn ban_of(&self, channel: &str, user: &str) -> Result<Option<Ban>, ModerationError> {
-        self.ban_of_at(channel, user, now_ms()).await
+    /// The longest ban in force in `channel` that matches `identity`, with whom it bans.
+    pub async fn ban_of(
+        &self,
+        channel: &str,
+        identity: &Identity,
+    ) -> Result<Option<(Who, Ban)>, ModerationError> {
+        self.ban_of_at(channel, &Who::of(identity), now_ms()).await
     }
 
     async fn ban_of_at(
         &self,
         channel: &str,
-        user: &str,
+        keys: &[Who],
         now: u64,
-    ) -> Result<Option<Ban>, ModerationError> {
-        match &*self.engine {
+    ) -> Result<Option<(Who, Ban)>, ModerationError> {
+        if keys.is_empty() {
+            return Ok(None);
+        }
+        let found: Vec<(Who, Ban)> = match &*self.engine {
             Engine::Memory(map) => {
                 let mut map = lock(map);
                 prune(&mut map, channel, now);
-                Ok(map.get(channel).and_then(|bans| bans.get(user)).copied())
+                map.get(channel)
+                    .map(|bans| {
+                        keys.iter()
+                            .filter_map(|k| bans.get(k).map(|b| (k.clone(), *b)))
+                            .collect()
+                    })
+                    .unwrap_or_default()
             }
             Engine::Redis { link, .. } => {
-                let mut cmd = redis::cmd("HGET");
-                cmd.arg(key(link, channel)).arg(user);
-                let value: Option<String> = link.run(cmd).await.map_err(unavailable)?;
-                // Something unreadable in the field counts as no ban; the next listing
+                let legacy: Vec<Who> = keys.iter().map(|k| Who::Legacy(k.value().into())).collect();
+                let mut pipe = redis::pipe();
+                pipe.cmd("HMGET")
+                    .arg(key(link, channel))
+                    .arg(keys.iter().map(Who::field).collect::<Vec<_>>());
+                pipe.cmd("HMGET")
+                    .arg(legacy_key(link, channel))
+                    .arg(legacy.iter().map(Who::field).collect::<Vec<_>>());
+                let mut conn = link.commands();
+                let (current, old): (Vec<Option<String>>, Vec<Option<String>>) = link
+                    .bounded(pipe.query_async(&mut conn))
+                    .await
+                    .map_err(unavailable)?;
+                // Something unreadable in a field counts as no ban; the next listing
                 // drops it.
-                Ok(value
-                    .and_then(|v| v.parse::<u64>().ok())
-                    .map(Ban::from_stored)
-                    .filter(|ban| ban.in_force(now)))
+                keys.iter()
+                    .chain(&legacy)
+                    .zip(current.into_iter().chain(old))
+                    .filter_map(|(who, value)| {
+                        let ban = Ban::from_stored(value?.parse::<u64>().ok()?);
+                        Some((who.clone(), ban))
+                    })
+                    .filter(|(_, ban)| ban.in_force(now))
+                    .collect()
             }
-        }
+        };
+        Ok(found.into_iter().reduce(|a, b| {
+            let longer = a.1.longer(b.1);
+            if longer == a.1 {
+                a
+            } else {
+                b
+            }
+        }))
     }
 
-    /// The bans in force in `channel`, by user id.
-    pub async fn list(&self, channel: &str) -> Result<Vec<(String, Ban)>, ModerationError> {
+    /// The bans in force in `channel`, sorted by kind then id.
+    pub async fn list(&self, channel: &str) -> Result<Vec<(Who, Ban)>, ModerationError> {
         self.list_at(channel, now_ms()).await
     }
 
-    async fn list_at(
-        &self,
-        channel: &str,
-        now: u64,
-    ) -> Result<Vec<(String, Ban)>, ModerationError> {
+    async fn list_at(&self, channel: &str, now: u64) -> Result<Vec<(Who, Ban)>, ModerationError> {
         let mut bans = match &*self.engine {
             Engine::Memory(map) => {
                 let mut map = lock(map);
                 prune(&mut map, channel, now);
                 map.get(channel)
-                    .map(|bans| bans.iter().map(|(u, b)| (u.clone(), *b)).collect())
+                    .map(|bans| bans.iter().map(|(w, b)| (w.clone(), *b)).collect())
                     .unwrap_or_default()
             }
             Engine::Redis { .. } => self.run_script(channel, &[], Ban::default(), now).await?,
@@ -202,7 +341,7 @@ impl Bans {
     async fn set(
         &self,
         channel: &str,
-        users: &[String],
+        whom: &[Who],
         ban: Ban,
         now: u64,
     ) -> Result<(), ModerationError> {
@@ -215,44 +354,49 @@ impl Bans {
                     !bans.is_empty()
                 });
                 let bans = map.entry(channel.to_owned()).or_default();
-                for user in users {
-                    bans.insert(user.clone(), ban);
+                for who in whom {
+                    bans.insert(who.clone(), ban);
                 }
                 Ok(())
             }
-            Engine::Redis { .. } => self.run_script(channel, users, ban, now).await.map(|_| ()),
+            Engine::Redis { .. } => self.run_script(channel, whom, ban, now).await.map(|_| ()),
         }
     }
 
-    /// Runs [`BANS_LUA`]: sets `users` to `ban` (none: only cleans up) and returns the
-    /// bans in force.
+    /// Runs [`BANS_LUA`]: sets `whom` to `ban` (none: only cleans up) and returns the bans
+    /// in force, the legacy ones included.
     async fn run_script(
         &self,
         channel: &str,
-        users: &[String],
+        whom: &[Who],
         ban: Ban,
         now: u64,
-    ) -> Result<Vec<(String, Ban)>, ModerationError> {
+    ) -> Result<Vec<(Who, Ban)>, ModerationError> {
         let Engine::Redis { link, script } = &*self.engine else {
             return Ok(Vec::new());
         };
         let mut invocation = script.key(key(link, channel));
-        invocation.arg(now);
-        for user in users {
-            invocation.arg(user).arg(ban.stored());
+        invocation.key(legacy_key(link, channel)).arg(now);
+        for who in whom {
+            invocation.arg(who.field()).arg(ban.stored());
         }
         let mut conn = link.commands();
-        let reply: Vec<String> = link
+        let (current, legacy): (Vec<String>, Vec<String>) = link
             .bounded(invocation.invoke_async(&mut conn))
             .await
             .map_err(unavailable)?;
-        Ok(reply
-            .chunks_exact(2)
-            .filter_map(|pair| {
-                let until = pair[1].parse::<u64>().ok()?;
-                Some((pair[0].clone(), Ban::from_stored(until)))
-            })
-            .collect())
+        let read = |pairs: &[String], who: &dyn Fn(&str) -> Option<Who>| -> Vec<(Who, Ban)> {
+            pairs
+                .chunks_exact(2)
+                .filter_map(|pair| {
+                    let until = pair[1].parse::<u64>().ok()?;
+                    Some((who(&pair[0])?, Ban::from_stored(until)))
+                })
+                .collect()
+        };
+        let mut all = read(&current, &Who::from_field);
+        all.extend(read(&legacy, &|f| Some(Who::Legacy(f.to_owned()))));
+        Ok(all)
     }
 }
 
@@ -263,8 +407,13 @@ impl Default for Ban {
     }
 }
 
-/// `<prefix>:{<channel>}:bans`.
+/// `<prefix>:{<channel>}:bans:by-kind`.
 fn key(link: &RedisLink, channel: &str) -> String {
+    format!("{}:{{{channel}}}:bans:by-kind", link.key_prefix())
+}
+
+/// `<prefix>:{<channel>}:bans`: where earlier versions kept bans by bare id.
+fn legacy_key(link: &RedisLink, channel: &str) -> String {
     format!("{}:{{{channel}}}:bans", link.key_prefix())
 }
 
@@ -278,7 +427,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// Drops the lapsed bans of `channel` (and the channel when none is left).
-fn prune(map: &mut HashMap<String, HashMap<String, Ban>>, channel: &str, now: u64) {
+fn prune(map: &mut HashMap<String, HashMap<Who, Ban>>, channel: &str, now: u64) {
     if let Some(bans) = map.get_mut(channel) {
         bans.retain(|_, ban| ban.in_force(now));
         if bans.is_empty() {
@@ -290,9 +439,14 @@ fn prune(map: &mut HashMap<String, HashMap<String, Ban>>, channel: &str, now: u6
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::tests::identity_of as identity;
 
-    fn users(names: &[&str]) -> Vec<String> {
-        names.iter().map(|n| n.to_string()).collect()
+    fn users(ids: &[&str]) -> Vec<Who> {
+        ids.iter().map(|n| Who::User(n.to_string())).collect()
+    }
+
+    fn user(id: &str) -> Who {
+        Who::User(id.into())
     }
 
     const T0: u64 = 1_700_000_000_000;
@@ -311,51 +465,87 @@ mod tests {
         bans.set("hall", &users(&["ann"]), forever, t0)
             .await
             .unwrap();
+        let of = |id: &str| vec![user(id)];
         assert_eq!(
-            bans.ban_of_at("room", "ann", t0).await.unwrap(),
-            Some(short)
+            bans.ban_of_at("room", &of("ann"), t0).await.unwrap(),
+            Some((user("ann"), short))
         );
         assert_eq!(
-            bans.ban_of_at("room", "ann", t0 + 9_999).await.unwrap(),
-            Some(short)
+            bans.ban_of_at("room", &of("ann"), t0 + 9_999)
+                .await
+                .unwrap(),
+            Some((user("ann"), short))
         );
-        assert_eq!(bans.ban_of_at("room", "dee", t0).await.unwrap(), None);
-        assert_eq!(bans.ban_of_at("lobby", "ann", t0).await.unwrap(), None);
+        assert_eq!(bans.ban_of_at("room", &of("dee"), t0).await.unwrap(), None);
+        assert_eq!(bans.ban_of_at("lobby", &of("ann"), t0).await.unwrap(), None);
+        // A ban by user does not match the same text as a name, nor the other way round.
+        let named_ann = vec![Who::Name("ann".into())];
+        assert_eq!(bans.ban_of_at("room", &named_ann, t0).await.unwrap(), None);
+        bans.set("room", &[Who::Name("dee".into())], forever, t0)
+            .await
+            .unwrap();
+        assert_eq!(bans.ban_of_at("room", &of("dee"), t0).await.unwrap(), None);
+        // Both kinds of one user: the longer ban is the one reported.
+        let both = vec![user("ann"), Who::Name("dee".into())];
+        assert_eq!(
+            bans.ban_of_at("room", &both, t0).await.unwrap(),
+            Some((Who::Name("dee".into()), forever))
+        );
+        bans.unban("room", &[Who::Name("dee".into())])
+            .await
+            .unwrap();
         assert_eq!(
             bans.list_at("room", t0).await.unwrap(),
             vec![
-                ("ann".to_string(), short),
-                ("bo".to_string(), short),
-                ("cy".to_string(), forever)
+                (user("ann"), short),
+                (user("bo"), short),
+                (user("cy"), forever)
             ]
         );
         // Lapsed at its `until`.
         assert_eq!(
-            bans.ban_of_at("room", "ann", t0 + 10_000).await.unwrap(),
+            bans.ban_of_at("room", &of("ann"), t0 + 10_000)
+                .await
+                .unwrap(),
             None
         );
         assert_eq!(
             bans.list_at("room", t0 + 10_000).await.unwrap(),
-            vec![("cy".to_string(), forever)]
+            vec![(user("cy"), forever)]
         );
         // A new term replaces the old one, either way.
         bans.set("room", &users(&["cy"]), short, t0).await.unwrap();
-        assert_eq!(bans.ban_of_at("room", "cy", t0).await.unwrap(), Some(short));
+        assert_eq!(
+            bans.ban_of_at("room", &of("cy"), t0).await.unwrap(),
+            Some((user("cy"), short))
+        );
         bans.set("room", &users(&["cy"]), forever, t0)
             .await
             .unwrap();
         assert_eq!(
-            bans.ban_of_at("room", "cy", t0 + 99_999_999).await.unwrap(),
-            Some(forever)
+            bans.ban_of_at("room", &of("cy"), t0 + 99_999_999)
+                .await
+                .unwrap(),
+            Some((user("cy"), forever))
         );
         // Unban: gone at once, others untouched; unknown users are no error.
         bans.unban("room", &users(&["cy", "nobody"])).await.unwrap();
-        assert_eq!(bans.ban_of_at("room", "cy", t0).await.unwrap(), None);
+        assert_eq!(bans.ban_of_at("room", &of("cy"), t0).await.unwrap(), None);
         assert_eq!(
             bans.list_at("hall", t0 + 99_999_999).await.unwrap(),
-            vec![("ann".to_string(), forever)]
+            vec![(user("ann"), forever)]
         );
         bans.unban("nowhere", &users(&["ann"])).await.unwrap();
+    }
+
+    #[test]
+    fn a_token_is_banned_by_its_sub_and_by_its_name() {
+        let zoe = identity(Some("u-17"), r#"{"name":"Zoe"}"#);
+        assert_eq!(
+            Who::of(&zoe),
+            [Who::User("u-17".into()), Who::Name("Zoe".into())]
+        );
+        assert_eq!(Who::of(&identity(None, "{}")), []);
     }
 
     #[tokio::test]
@@ -389,24 +579,39 @@ mod tests {
         bans.set("room", &users(&["ann"]), short, now)
             .await
             .unwrap();
-        let ttl: i64 = link
-            .run(redis::cmd("PTTL").arg("chatup:{room}:bans").clone())
-            .await
-            .unwrap();
+        let pttl = |key: &'static str| {
+            let link = link.clone();
+            async move {
+                link.run::<i64>(redis::cmd("PTTL").arg(key).clone())
+                    .await
+                    .unwrap()
+            }
+        };
+        let ttl = pttl("chatup:{room}:bans:by-kind").await;
         assert!((9_000..=10_000).contains(&ttl), "{ttl}");
-        bans.set("room", &users(&["bo"]), forever, now)
+        let field: Option<String> = link
+            .run(
+                redis::cmd("HGET")
+                    .arg("chatup:{room}:bans:by-kind")
+                    .arg("user:ann")
+                    .clone(),
+            )
             .await
             .unwrap();
-        let ttl: i64 = link
-            .run(redis::cmd("PTTL").arg("chatup:{room}:bans").clone())
+        assert_eq!(field, Some(short.until.unwrap().to_string()));
+        bans.set("room", &[Who::Name("bo".into())], forever, now)
             .await
             .unwrap();
-        assert_eq!(ttl, -1, "a ban for ever keeps the hash");
+        assert_eq!(
+            pttl("chatup:{room}:bans:by-kind").await,
+            -1,
+            "a ban for ever keeps the hash"
+        );
         assert_eq!(
             bans.list_at("room", now + 10_000).await.unwrap(),
-            vec![("bo".to_string(), forever)]
+            vec![(Who::Name("bo".into()), forever)]
         );
-        bans.unban("room", &users(&["bo"])).await.unwrap();
+        bans.unban("room", &[Who::Name("bo".into())]).await.unwrap();
         assert!(bans.list_at("room", now).await.unwrap().is_empty());
 
         // The shared checks, on channels of their own.
@@ -414,22 +619,64 @@ mod tests {
         expiry_unban_and_list(&bans, now_ms()).await;
 
         // A real 300 ms ban lapses by itself and its hash goes.
+        let ann = identity(Some("ann"), "{}");
         bans.ban("quick", &users(&["ann"]), Some(Duration::from_millis(300)))
             .await
             .unwrap();
-        assert!(bans.ban_of("quick", "ann").await.unwrap().is_some());
+        assert!(bans.ban_of("quick", &ann).await.unwrap().is_some());
         tokio::time::sleep(Duration::from_millis(400)).await;
-        assert_eq!(bans.ban_of("quick", "ann").await.unwrap(), None);
+        assert_eq!(bans.ban_of("quick", &ann).await.unwrap(), None);
         let exists: i64 = link
-            .run(redis::cmd("EXISTS").arg("chatup:{quick}:bans").clone())
+            .run(
+                redis::cmd("EXISTS")
+                    .arg("chatup:{quick}:bans:by-kind")
+                    .clone(),
+            )
             .await
             .unwrap();
         assert_eq!(exists, 0);
 
+        // Bans by bare id from earlier versions: matched by sub or name, listed as
+        // legacy, lifted by either kind, and kept to their term.
+        let later = (now_ms() + 60_000).to_string();
+        let mut hset = redis::cmd("HSET");
+        hset.arg("chatup:{old}:bans")
+            .arg("Zoe")
+            .arg(&later)
+            .arg("u-9")
+            .arg("0")
+            .arg("junk")
+            .arg("x");
+        link.run::<i64>(hset).await.unwrap();
+        let zoe = identity(Some("u-17"), r#"{"name":"Zoe"}"#);
+        let nine = identity(Some("u-9"), r#"{"name":"Nina"}"#);
+        let other = identity(Some("u-1"), r#"{"name":"Al"}"#);
+        let until = Some(later.parse::<u64>().unwrap());
+        assert_eq!(
+            bans.ban_of("old", &zoe).await.unwrap(),
+            Some((Who::Legacy("Zoe".into()), Ban { until }))
+        );
+        assert_eq!(
+            bans.ban_of("old", &nine).await.unwrap(),
+            Some((Who::Legacy("u-9".into()), forever))
+        );
+        assert_eq!(bans.ban_of("old", &other).await.unwrap(), None);
+        assert_eq!(
+            bans.list("old").await.unwrap(),
+            vec![
+                (Who::Legacy("Zoe".into()), Ban { until }),
+                (Who::Legacy("u-9".into()), forever)
+            ]
+        );
+        bans.unban("old", &[Who::Name("Zoe".into())]).await.unwrap();
+        assert_eq!(bans.ban_of("old", &zoe).await.unwrap(), None);
+        bans.unban("old", &users(&["u-9"])).await.unwrap();
+        assert!(bans.list("old").await.unwrap().is_empty());
+
         // Redis down: a clear error within the bound.
         drop(redis);
         let started = std::time::Instant::now();
-        let err = bans.ban_of("room", "ann").await.unwrap_err();
+        let err = bans.ban_of("room", &ann).await.unwrap_err();
         assert!(matches!(err, ModerationError::Unavailable(_)), "{err}");
         let err = bans.ban("room", &users(&["x"]), None).await.unwrap_err();
         assert!(matches!(err, ModerationError::Unavailable(_)), "{err}");

@@ -1,14 +1,13 @@
 //! Moderation: bans, and what a ban sets off.
 //!
-//! [`Moderation`] is what the admin API calls. A ban is stored ([`bans`]), then every host
-//! is told on the control bus ([`crate::control`]) to close the banned users' publisher
-//! sessions in the channel ([`crate::publish::sessions`]), and the channel gets one event
-//! `{"ev":"rmUserMsg","data":"<user id>"}` per user, so that clients hide what the user
-//! wrote (the event name and data of the original system). The `ban` plugin
-//! ([`crate::plugins::ban`]) refuses the banned users' publishes and joins from then on.
-//!
-//! Users are known by [`crate::auth::Identity::moderation_id`]: the token's `sub`, else
-//! `_public.name`.
+//! [`Moderation`] is what the admin API calls. A ban names whom it matches ([`Who`]): users
+//! by the token's `sub`, or names by its `_public.name` (as the original system banned). It
+//! is stored ([`bans`]), then every host is told on the control bus ([`crate::control`]) to
+//! close the matching publisher sessions in the channel ([`crate::publish::sessions`]), and
+//! the channel gets one event per user or name, `{"ev":"rmUserMsg","data":"<sub or
+//! name>","by":"user"|"name"}`, so that clients hide what they wrote (the event name and
+//! data of the original system, which banned by name; `by` says which it is). The `ban`
+//! plugin ([`crate::plugins::ban`]) refuses their publishes and joins from then on.
 
 pub mod bans;
 
@@ -20,18 +19,18 @@ use tracing::{info, warn};
 use crate::auth::Identity;
 use crate::broker::Broker;
 use crate::control::{Control, Kick, Notice};
-use crate::message::{now_ms, Body, Tail};
+use crate::message::{now_ms, Tail};
 use crate::publish::PublishError;
 
-pub use bans::{Ban, Bans};
+pub use bans::{Ban, Bans, Who};
 
-/// Longest user id accepted in a ban, in bytes.
+/// Longest user id or name accepted in a ban, in bytes.
 pub const MAX_USER_BYTES: usize = 256;
 
-/// Most users in one ban or unban call.
+/// Most users and names in one ban or unban call.
 pub const MAX_USERS_PER_CALL: usize = 1000;
 
-/// The event a ban publishes to the channel, with the user id as its data.
+/// The event a ban publishes to the channel, with the user id or name as its data.
 pub const REMOVE_USER_MESSAGES_EVENT: &str = "rmUserMsg";
 
 /// Why a moderation call failed.
@@ -88,29 +87,27 @@ impl Moderation {
         self.enforced
     }
 
-    /// Bans `users` from `channel` for `expire` (or for ever), kicks their publisher
-    /// sessions there on every host and publishes one `rmUserMsg` event per user. Banning
-    /// again is safe: it sets the new term and does the rest again. Returns the ban.
+    /// Bans `whom` from `channel` for `expire` (or for ever), kicks their publisher
+    /// sessions there on every host and publishes one `rmUserMsg` event per user or name.
+    /// Banning again is safe: it sets the new term and does the rest again. Returns the
+    /// ban.
     pub async fn ban(
         &self,
         channel: &str,
-        users: &[String],
+        whom: &[Who],
         expire: Option<Duration>,
     ) -> Result<Ban, ModerationError> {
-        let users = check_call(channel, users)?;
+        let whom = check_call(channel, whom)?;
         if expire.is_some_and(|e| e.is_zero()) {
             return Err(ModerationError::BadRequest(
                 "the expiry must be more than 0 seconds; leave it out to ban for ever".into(),
             ));
         }
-        let ban = self.bans.ban(channel, &users, expire).await?;
-        info!(channel, ?users, until = ?ban.until, "banned");
+        let ban = self.bans.ban(channel, &whom, expire).await?;
+        info!(channel, ?whom, until = ?ban.until, "banned");
 
         let mut missed = Vec::new();
-        let kick = Notice::Kick(Kick {
-            channel: channel.to_owned(),
-            users: users.clone(),
-        });
+        let kick = Notice::Kick(Kick::new(channel, &whom, ban.until));
         if let Err(e) = self.control.send(kick).await {
             warn!(
                 channel,
@@ -120,15 +117,15 @@ impl Moderation {
                 "the other hosts were not told to close the sessions ({e})"
             ));
         }
-        for user in &users {
-            if let Err(e) = self.publish_removal(channel, user).await {
+        for who in &whom {
+            if let Err(e) = self.publish_removal(channel, who).await {
                 warn!(
                     channel,
-                    user,
+                    %who,
                     "ban stored, but its {REMOVE_USER_MESSAGES_EVENT} event was not published: {e}"
                 );
                 missed.push(format!(
-                    "the {REMOVE_USER_MESSAGES_EVENT} event for {user:?} was not published ({e})"
+                    "the {REMOVE_USER_MESSAGES_EVENT} event for {who} was not published ({e})"
                 ));
             }
         }
@@ -142,16 +139,16 @@ impl Moderation {
         }
     }
 
-    /// Lifts the bans of `users` in `channel`.
-    pub async fn unban(&self, channel: &str, users: &[String]) -> Result<(), ModerationError> {
-        let users = check_call(channel, users)?;
-        self.bans.unban(channel, &users).await?;
-        info!(channel, ?users, "unbanned");
+    /// Lifts the bans of `whom` in `channel`.
+    pub async fn unban(&self, channel: &str, whom: &[Who]) -> Result<(), ModerationError> {
+        let whom = check_call(channel, whom)?;
+        self.bans.unban(channel, &whom).await?;
+        info!(channel, ?whom, "unbanned");
         Ok(())
     }
 
-    /// The bans in force in `channel`, by user id.
-    pub async fn list(&self, channel: &str) -> Result<Vec<(String, Ban)>, ModerationError> {
+    /// The bans in force in `channel`.
+    pub async fn list(&self, channel: &str) -> Result<Vec<(Who, Ban)>, ModerationError> {
         check_channel(channel)?;
         self.bans.list(channel).await
     }
@@ -164,12 +161,8 @@ impl Moderation {
         crate::plugins::ban::check(&self.bans, identity, channel).await
     }
 
-    async fn publish_removal(&self, channel: &str, user: &str) -> Result<(), String> {
-        let body = Body::Event {
-            name: REMOVE_USER_MESSAGES_EVENT.into(),
-            data: Some(serde_json::Value::String(user.to_owned())),
-        };
-        let tail = Tail::encode_from(now_ms(), None, &body).map_err(|e| e.to_string())?;
+    async fn publish_removal(&self, channel: &str, who: &Who) -> Result<(), String> {
+        let tail = removal_tail(now_ms(), who).map_err(|e| e.to_string())?;
         self.broker
             .publish(channel, &tail)
             .await
@@ -178,38 +171,69 @@ impl Moderation {
     }
 }
 
+/// `"t":<ms>,"ev":"rmUserMsg","data":"<sub or name>","by":"user"|"name"}`: `data` is what
+/// it always was (the original system put the banned name there), `by` says what it is.
+fn removal_tail(t_ms: u64, who: &Who) -> Result<Tail, serde_json::Error> {
+    #[derive(serde::Serialize)]
+    struct Removal<'a> {
+        t: u64,
+        ev: &'a str,
+        data: &'a str,
+        by: &'a str,
+    }
+    let json = serde_json::to_vec(&Removal {
+        t: t_ms,
+        ev: REMOVE_USER_MESSAGES_EVENT,
+        data: who.value(),
+        by: who.kind(),
+    })?;
+    // The tail is the object without its opening brace.
+    Ok(Tail::from_encoded(bytes::Bytes::copy_from_slice(
+        &json[1..],
+    )))
+}
+
 fn check_channel(channel: &str) -> Result<(), ModerationError> {
     chatup_wire::channel::validate(channel.as_bytes())
         .map_err(|e| ModerationError::BadRequest(format!("channel {channel:?}: {e}")))
 }
 
-/// Checks the channel and the users of a ban or unban; returns the users without repeats,
-/// in their first order.
-pub fn check_call(channel: &str, users: &[String]) -> Result<Vec<String>, ModerationError> {
+/// Checks the channel and whom a ban or unban names; returns them without repeats, in
+/// their first order.
+pub fn check_call(channel: &str, whom: &[Who]) -> Result<Vec<Who>, ModerationError> {
     check_channel(channel)?;
     let bad = |m: String| Err(ModerationError::BadRequest(m));
-    if users.is_empty() {
-        return bad("no users given: name at least one user id".into());
+    if whom.is_empty() {
+        return bad(
+            "no users or names given: name at least one user id (\"users\") or public name \
+             (\"names\")"
+                .into(),
+        );
     }
-    if users.len() > MAX_USERS_PER_CALL {
+    if whom.len() > MAX_USERS_PER_CALL {
         return bad(format!(
-            "{} users given; at most {MAX_USERS_PER_CALL} per call",
-            users.len()
+            "{} users and names given; at most {MAX_USERS_PER_CALL} per call",
+            whom.len()
         ));
     }
-    let mut unique: Vec<String> = Vec::with_capacity(users.len());
-    for user in users {
-        if user.trim().is_empty() {
-            return bad("a user id is empty".into());
+    let mut unique: Vec<Who> = Vec::with_capacity(whom.len());
+    for who in whom {
+        let what = match who {
+            Who::User(_) => "a user id",
+            Who::Name(_) => "a name",
+            Who::Legacy(_) => return bad("bans by bare id can no longer be made".into()),
+        };
+        if who.value().trim().is_empty() {
+            return bad(format!("{what} is empty"));
         }
-        if user.len() > MAX_USER_BYTES {
+        if who.value().len() > MAX_USER_BYTES {
             return bad(format!(
-                "a user id is {} bytes long; the limit is {MAX_USER_BYTES}",
-                user.len()
+                "{what} is {} bytes long; the limit is {MAX_USER_BYTES}",
+                who.value().len()
             ));
         }
-        if !unique.contains(user) {
-            unique.push(user.clone());
+        if !unique.contains(who) {
+            unique.push(who.clone());
         }
     }
     Ok(unique)
@@ -221,8 +245,8 @@ mod tests {
     use crate::broker::memory::{MemoryBroker, MemoryOptions};
     use crate::broker::{Event, Subscriber};
 
-    fn users(names: &[&str]) -> Vec<String> {
-        names.iter().map(|n| n.to_string()).collect()
+    fn users(ids: &[&str]) -> Vec<Who> {
+        ids.iter().map(|n| Who::User(n.to_string())).collect()
     }
 
     fn moderation() -> (Moderation, Arc<MemoryBroker>, Arc<Control>) {
@@ -245,12 +269,13 @@ mod tests {
             .unwrap();
         let mut notices = control.subscribe();
 
+        let whom = vec![
+            Who::User("ann".into()),
+            Who::Name("Bo".into()),
+            Who::User("ann".into()),
+        ];
         let ban = moderation
-            .ban(
-                "room",
-                &users(&["ann", "bo", "ann"]),
-                Some(Duration::from_secs(60)),
-            )
+            .ban("room", &whom, Some(Duration::from_secs(60)))
             .await
             .unwrap();
         assert!(ban.until.is_some());
@@ -258,27 +283,31 @@ mod tests {
             notices.try_recv().unwrap(),
             Notice::Kick(Kick {
                 channel: "room".into(),
-                users: users(&["ann", "bo"]),
+                users: vec!["ann".into()],
+                names: vec!["Bo".into()],
+                until: ban.until,
             })
         );
-        for user in ["ann", "bo"] {
+        for (data, by) in [("ann", "user"), ("Bo", "name")] {
             let Event::Message(p) = rx.try_recv().unwrap() else {
                 panic!("expected a message")
             };
             let v: serde_json::Value = serde_json::from_slice(&p.payload).unwrap();
             assert_eq!(v["ev"], REMOVE_USER_MESSAGES_EVENT);
-            assert_eq!(v["data"], user);
+            assert_eq!(v["data"], data);
+            assert_eq!(v["by"], by);
+            assert!(v["t"].as_u64().is_some(), "{v}");
             assert!(v.get("user").is_none(), "{v}");
         }
         assert!(rx.try_recv().is_err());
-        let listed: Vec<String> = moderation
+        let listed: Vec<Who> = moderation
             .list("room")
             .await
             .unwrap()
             .into_iter()
-            .map(|(u, _)| u)
+            .map(|(w, _)| w)
             .collect();
-        assert_eq!(listed, ["ann", "bo"]);
+        assert_eq!(listed, [Who::User("ann".into()), Who::Name("Bo".into())]);
 
         moderation.unban("room", &users(&["ann"])).await.unwrap();
         assert_eq!(moderation.list("room").await.unwrap().len(), 1);
@@ -288,14 +317,23 @@ mod tests {
     async fn bad_calls_are_refused_with_the_reason() {
         let (moderation, _, _) = moderation();
         let long = "x".repeat(MAX_USER_BYTES + 1);
-        let many: Vec<String> = (0..=MAX_USERS_PER_CALL).map(|i| i.to_string()).collect();
+        let many: Vec<Who> = (0..=MAX_USERS_PER_CALL)
+            .map(|i| Who::User(i.to_string()))
+            .collect();
         for (channel, who, expire, expect) in [
             ("a b", users(&["ann"]), None, "channel \"a b\""),
             ("", users(&["ann"]), None, "channel \"\""),
-            ("room", vec![], None, "no users"),
-            ("room", users(&["ann", " "]), None, "empty"),
-            ("room", vec![long], None, "257 bytes"),
+            ("room", vec![], None, "no users or names"),
+            ("room", users(&["ann", " "]), None, "a user id is empty"),
+            (
+                "room",
+                vec![Who::Name(String::new())],
+                None,
+                "a name is empty",
+            ),
+            ("room", vec![Who::User(long)], None, "257 bytes"),
             ("room", many, None, "at most 1000"),
+            ("room", vec![Who::Legacy("x".into())], None, "bare id"),
             ("room", users(&["ann"]), Some(Duration::ZERO), "more than 0"),
         ] {
             let err = moderation.ban(channel, &who, expire).await.unwrap_err();

@@ -1,11 +1,12 @@
 //! The `ban` plugin: a user banned from a channel ([`crate::moderation`]) can publish
-//! nothing there (`banned`, with until when), and a WebSocket publisher's
-//! `{"join":"<ch>"}` is refused the same way, so a banned user makes no `join` event.
+//! nothing there (`banned`, with until when, in words and as `until`), and a WebSocket
+//! publisher's `{"join":"<ch>"}` is refused the same way, so a banned user makes no `join`
+//! event.
 //!
-//! The user is [`Identity::moderation_id`]: a token with neither `sub` nor `_public.name`
-//! cannot be banned by name and passes. One lookup per publish: in memory, or one `HGET`
-//! in Redis; with Redis unreachable the publish fails with `unavailable` (as it would at
-//! the broker).
+//! A token is banned when a ban matches its `sub` (a ban by user) or its `_public.name` (a
+//! ban by name); a token with neither passes. One lookup per publish: in memory, or one
+//! pipeline in Redis; with Redis unreachable the publish fails with `unavailable` (as it
+//! would at the broker).
 //!
 //! Without `ban` in `plugins.chain`, bans are still stored and banned users' sessions are
 //! still kicked when the ban is made, but nothing checks publishes or joins afterwards: a
@@ -44,12 +45,9 @@ impl Plugin for BanPlugin {
 /// `banned` when `identity` is banned from `channel`; `unavailable` when the bans cannot
 /// be read.
 pub async fn check(bans: &Bans, identity: &Identity, channel: &str) -> Result<(), PublishError> {
-    let Some(user) = identity.moderation_id() else {
-        return Ok(());
-    };
-    match bans.ban_of(channel, &user).await {
+    match bans.ban_of(channel, identity).await {
         Ok(None) => Ok(()),
-        Ok(Some(ban)) => Err(PublishError::new(ErrorCode::Banned, describe(&ban))),
+        Ok(Some((_, ban))) => Err(PublishError::new(ErrorCode::Banned, describe(&ban)).ban(ban)),
         Err(e) => Err(PublishError::new(
             ErrorCode::Unavailable,
             format!("cannot check bans right now: {e}"),
@@ -58,7 +56,7 @@ pub async fn check(bans: &Bans, identity: &Identity, channel: &str) -> Result<()
 }
 
 /// "you are banned from this channel until 2026-11-22T10:00:00Z" or "... permanently".
-fn describe(ban: &Ban) -> String {
+pub fn describe(ban: &Ban) -> String {
     match ban.until {
         None => "you are banned from this channel permanently".into(),
         Some(until) => format!(
@@ -96,6 +94,7 @@ mod tests {
     use super::*;
     use crate::auth::tests::identity_of as identity;
     use crate::message::Body;
+    use crate::moderation::Who;
     use std::time::Duration;
 
     #[test]
@@ -122,15 +121,24 @@ mod tests {
             }
         };
         assert!(publish(&ann, "room").await.is_ok());
-        bans.ban("room", &["ann".into()], None).await.unwrap();
-        bans.ban("room", &["bo".into()], Some(Duration::from_secs(3600)))
+        bans.ban("room", &[Who::User("ann".into())], None)
+            .await
+            .unwrap();
+        let hour = bans
+            .ban(
+                "room",
+                &[Who::Name("bo".into())],
+                Some(Duration::from_secs(3600)),
+            )
             .await
             .unwrap();
         let err = publish(&ann, "room").await.unwrap_err();
         assert_eq!(err.code, ErrorCode::Banned);
         assert_eq!(err.message, "you are banned from this channel permanently");
+        assert_eq!(err.until(), Some(None));
         let err = publish(&bo, "room").await.unwrap_err();
         assert_eq!(err.code, ErrorCode::Banned);
+        assert_eq!(err.until(), Some(hour.until));
         assert!(
             err.message
                 .starts_with("you are banned from this channel until 20")
@@ -141,8 +149,14 @@ mod tests {
         // Elsewhere, and without any user id: not banned.
         assert!(publish(&ann, "hall").await.is_ok());
         assert!(publish(&anon, "room").await.is_ok());
-        // `_public.name` is not used when there is a `sub`.
+        // A ban by name matches the name of a token that has a `sub` too...
         let ann_named_bo = identity(Some("ann2"), r#"{"name":"bo"}"#);
-        assert!(publish(&ann_named_bo, "room").await.is_ok());
+        assert_eq!(
+            publish(&ann_named_bo, "room").await.unwrap_err().code,
+            ErrorCode::Banned
+        );
+        // ...and a ban by user id matches no one who merely has that text as a name.
+        let named_ann = identity(Some("u-5"), r#"{"name":"ann"}"#);
+        assert!(publish(&named_ann, "room").await.is_ok());
     }
 }

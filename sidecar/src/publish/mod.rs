@@ -110,6 +110,9 @@ pub struct PublishError {
     /// Seconds after which the same publish may succeed (rate limit), sent as
     /// `Retry-After` / `retryAfter`.
     pub retry_after: Option<u64>,
+    /// For `banned`: the ban, whose end is sent as `until` (ms since the Unix epoch, `null`
+    /// for ever) so that clients know when they may publish again.
+    pub ban: Option<crate::moderation::Ban>,
 }
 
 impl PublishError {
@@ -118,6 +121,7 @@ impl PublishError {
             code,
             message: message.into(),
             retry_after: None,
+            ban: None,
         }
     }
 
@@ -125,6 +129,17 @@ impl PublishError {
     pub fn retry_after(mut self, seconds: u64) -> Self {
         self.retry_after = Some(seconds);
         self
+    }
+
+    /// The same error, telling the publisher when its ban ends.
+    pub fn ban(mut self, ban: crate::moderation::Ban) -> Self {
+        self.ban = Some(ban);
+        self
+    }
+
+    /// The ban's end as sent: absent when not a ban, `null` for ever.
+    pub fn until(&self) -> Option<Option<u64>> {
+        self.ban.map(|b| b.until)
     }
 }
 
@@ -507,6 +522,9 @@ pub struct HttpErrorBody<'a> {
 pub struct HttpError<'a> {
     pub code: &'a str,
     pub message: &'a str,
+    /// For `banned`: when the ban ends (ms since the Unix epoch; `null`: never).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub until: Option<Option<u64>>,
 }
 
 #[cfg(test)]

@@ -222,6 +222,7 @@ pub fn error_response(e: &PublishError) -> Response {
         error: HttpError {
             code: e.code.as_str(),
             message: &e.message,
+            until: e.until(),
         },
     };
     let mut response = (status, Json(body)).into_response();

@@ -1,15 +1,16 @@
-//! This host's live WebSocket publisher sessions, by the user id bans know them by
-//! ([`Identity::moderation_id`]), so that a ban closes them at once: the kick.
+//! This host's live WebSocket publisher sessions, by what bans match them by (their
+//! token's `sub` and its `_public.name`: [`Who::of`]), so that a ban closes them at once:
+//! the kick.
 //!
 //! Each session ([`ws`](super::ws)) registers while it is open and reports the channels it
-//! joins, leaves and publishes to. A kick for (channel, users), from the control bus
-//! ([`kick_on_notice`]), closes every session of those users that joined the channel or
-//! published to it, with close code 4502 (`chatup_wire::close::BANNED`: "do not
-//! reconnect"). A session remembers the last [`MAX_PUBLISHED_CHANNELS`] channels it
+//! joins, leaves and publishes to. A kick for (channel, users, names), from the control
+//! bus ([`kick_on_notice`]), closes every session of those users or names that joined the
+//! channel or published to it: the session sends a `banned` error saying until when, then
+//! closes with 4502 (`chatup_wire::close::BANNED`: "do not reconnect"). A session remembers the last [`MAX_PUBLISHED_CHANNELS`] channels it
 //! published to (joins are already bounded by presence); past that, the oldest is
 //! forgotten and a kick there leaves the session open, but the `ban` plugin still refuses
-//! what it publishes. Sessions whose token has no user id (neither `sub` nor
-//! `_public.name`) cannot be kicked by name and are not listed. `POST /pub/<ch>` is one
+//! what it publishes. Sessions whose token has neither `sub` nor `_public.name` cannot be
+//! kicked and are not listed. `POST /pub/<ch>` is one
 //! request, so there is nothing to kick.
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -21,17 +22,18 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::auth::Identity;
-use crate::control::Notice;
+use crate::control::{Kick, Notice};
+use crate::moderation::Who;
 use crate::presence::MAX_CHANNELS_PER_SESSION;
 
 /// Channels a session remembers having published to.
 pub const MAX_PUBLISHED_CHANNELS: usize = MAX_CHANNELS_PER_SESSION;
 
-/// The open sessions of this host, by user id.
+/// The open sessions of this host, by user and by name.
 #[derive(Debug, Default)]
 pub struct Sessions {
-    /// User id → that user's open sessions here.
-    users: Mutex<HashMap<String, Vec<Arc<Entry>>>>,
+    /// User or name → the open sessions here of tokens with that `sub` or `_public.name`.
+    users: Mutex<HashMap<Who, Vec<Arc<Entry>>>>,
     /// Tells sessions apart within a user.
     next_id: AtomicU64,
 }
@@ -42,8 +44,17 @@ struct Entry {
     id: u64,
     /// Where it is: a kick applies to these channels only.
     channels: Mutex<Channels>,
-    /// Set to the close reason by a kick; the session waits on it.
-    kicked: watch::Sender<Option<String>>,
+    /// Set by a kick; the session waits on it.
+    kicked: watch::Sender<Option<Kicked>>,
+}
+
+/// Why a session was kicked: what it tells the client before closing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Kicked {
+    /// The channel the session is banned from.
+    pub channel: String,
+    /// When the ban lapses, in ms since the Unix epoch; `None`: never.
+    pub until: Option<u64>,
 }
 
 #[derive(Debug, Default)]
@@ -67,10 +78,10 @@ impl Channels {
 pub struct Registration {
     sessions: Arc<Sessions>,
     entry: Arc<Entry>,
-    /// The user id it is listed under; `None`: not listed (no id).
-    user: Option<String>,
+    /// What it is listed under (none: not listed).
+    keys: Vec<Who>,
     /// Changes when the session is kicked.
-    kicked: watch::Receiver<Option<String>>,
+    kicked: watch::Receiver<Option<Kicked>>,
 }
 
 impl Sessions {
@@ -86,58 +97,67 @@ impl Sessions {
             channels: Mutex::default(),
             kicked,
         });
-        let user = identity.moderation_id();
-        if let Some(user) = &user {
-            self.lock()
-                .entry(user.clone())
-                .or_default()
-                .push(entry.clone());
-        }
+        let keys = Who::of(identity);
+        self.list(&keys, &entry);
         Registration {
             sessions: self.clone(),
             entry,
-            user,
+            keys,
             kicked: watch,
         }
     }
 
-    /// Closes the sessions of `users` that joined or published to `channel`; returns how
-    /// many.
-    pub fn kick(&self, channel: &str, users: &[String]) -> usize {
-        let reason = format!("banned from {channel}");
+    fn list(&self, keys: &[Who], entry: &Arc<Entry>) {
+        let mut map = self.lock();
+        for key in keys {
+            map.entry(key.clone()).or_default().push(entry.clone());
+        }
+    }
+
+    /// Closes the sessions of the kick's users and names that joined or published to its
+    /// channel; returns how many.
+    pub fn kick(&self, kick: &Kick) -> usize {
+        let why = Kicked {
+            channel: kick.channel.clone(),
+            until: kick.until,
+        };
         let map = self.lock();
-        let mut kicked = 0;
-        for user in users {
-            for entry in map.get(user).into_iter().flatten() {
-                if lock(&entry.channels).contains(channel) {
-                    entry.kicked.send_replace(Some(reason.clone()));
-                    kicked += 1;
+        let mut kicked = HashSet::new();
+        for who in kick.whom() {
+            for entry in map.get(&who).into_iter().flatten() {
+                // A session listed by both its user and its name is kicked once.
+                if lock(&entry.channels).contains(&kick.channel) && kicked.insert(entry.id) {
+                    entry.kicked.send_replace(Some(why.clone()));
                 }
             }
         }
-        kicked
+        kicked.len()
     }
 
-    /// Open sessions listed here (with a user id).
+    /// Open sessions listed here (with a `sub` or a `_public.name`).
     pub fn len(&self) -> usize {
-        self.lock().values().map(Vec::len).sum()
+        let map = self.lock();
+        let ids: HashSet<u64> = map.values().flatten().map(|e| e.id).collect();
+        ids.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, Vec<Arc<Entry>>>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<Who, Vec<Arc<Entry>>>> {
         // No critical section here panics; the map stays usable if one ever did.
         self.users.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn unlist(&self, user: &str, id: u64) {
+    fn unlist(&self, keys: &[Who], id: u64) {
         let mut map = self.lock();
-        if let Some(entries) = map.get_mut(user) {
-            entries.retain(|e| e.id != id);
-            if entries.is_empty() {
-                map.remove(user);
+        for key in keys {
+            if let Some(entries) = map.get_mut(key) {
+                entries.retain(|e| e.id != id);
+                if entries.is_empty() {
+                    map.remove(key);
+                }
             }
         }
     }
@@ -189,27 +209,19 @@ impl Registration {
     }
 
     /// The session authenticated again, maybe as another user: it is listed under the new
-    /// id from now on.
+    /// user and name from now on.
     pub fn reidentify(&mut self, identity: &Identity) {
-        let user = identity.moderation_id();
-        if user == self.user {
+        let keys = Who::of(identity);
+        if keys == self.keys {
             return;
         }
-        if let Some(old) = self.user.take() {
-            self.sessions.unlist(&old, self.entry.id);
-        }
-        if let Some(new) = &user {
-            self.sessions
-                .lock()
-                .entry(new.clone())
-                .or_default()
-                .push(self.entry.clone());
-        }
-        self.user = user;
+        self.sessions.unlist(&self.keys, self.entry.id);
+        self.sessions.list(&keys, &self.entry);
+        self.keys = keys;
     }
 
-    /// Resolves with the close reason once the session is kicked.
-    pub async fn kicked(&mut self) -> String {
+    /// Resolves with the channel and term once the session is kicked.
+    pub async fn kicked(&mut self) -> Kicked {
         let reason = match self.kicked.wait_for(Option::is_some).await {
             Ok(reason) => reason.clone(),
             // The sender lives in the entry this registration holds: never dropped first.
@@ -224,9 +236,8 @@ impl Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        if let Some(user) = self.user.take() {
-            self.sessions.unlist(&user, self.entry.id);
-        }
+        let keys = std::mem::take(&mut self.keys);
+        self.sessions.unlist(&keys, self.entry.id);
     }
 }
 
@@ -247,11 +258,11 @@ pub async fn kick_on_notice(
         };
         match notice {
             Ok(Notice::Kick(kick)) => {
-                let closed = sessions.kick(&kick.channel, &kick.users);
+                let closed = sessions.kick(&kick);
                 if closed > 0 {
-                    info!(channel = kick.channel, users = ?kick.users, closed, "kicked banned publishers");
+                    info!(channel = kick.channel, users = ?kick.users, names = ?kick.names, closed, "kicked banned publishers");
                 } else {
-                    debug!(channel = kick.channel, users = ?kick.users, "no session here to kick");
+                    debug!(channel = kick.channel, users = ?kick.users, names = ?kick.names, "no session here to kick");
                 }
             }
             Err(broadcast::error::RecvError::Lagged(missed)) => {
@@ -271,11 +282,16 @@ mod tests {
     use crate::auth::tests::identity_of as identity;
     use std::time::Duration;
 
-    fn users(names: &[&str]) -> Vec<String> {
-        names.iter().map(|n| n.to_string()).collect()
+    fn kick(channel: &str, users: &[&str], names: &[&str]) -> Kick {
+        Kick {
+            channel: channel.into(),
+            users: users.iter().map(|n| n.to_string()).collect(),
+            names: names.iter().map(|n| n.to_string()).collect(),
+            until: Some(42),
+        }
     }
 
-    fn is_kicked(r: &Registration) -> Option<String> {
+    fn is_kicked(r: &Registration) -> Option<Kicked> {
         r.kicked.borrow().clone()
     }
 
@@ -300,15 +316,28 @@ mod tests {
         bo.joined("room");
         anon.joined("room");
 
-        assert_eq!(sessions.kick("room", &users(&["ann", "nobody"])), 2);
-        assert_eq!(is_kicked(&joined).as_deref(), Some("banned from room"));
-        assert_eq!(is_kicked(&published).as_deref(), Some("banned from room"));
+        // By user and by name at once: each session once.
+        assert_eq!(
+            sessions.kick(&kick("room", &["ann", "nobody"], &["Ann"])),
+            2
+        );
+        let room = Some(Kicked {
+            channel: "room".into(),
+            until: Some(42),
+        });
+        assert_eq!(is_kicked(&joined), room);
+        assert_eq!(is_kicked(&published), room);
         for untouched in [&elsewhere, &left, &bo, &anon] {
             assert_eq!(is_kicked(untouched), None);
         }
-        // By `_public.name` when there is no `sub`.
-        assert_eq!(sessions.kick("room", &users(&["bo"])), 1);
+        // A user id does not match a name, nor a name a user id.
+        assert_eq!(sessions.kick(&kick("room", &["bo"], &[])), 0);
+        assert_eq!(sessions.kick(&kick("hall", &[], &["ann"])), 0);
+        assert_eq!(sessions.kick(&kick("room", &[], &["bo"])), 1);
         assert!(is_kicked(&bo).is_some());
+        // The name of a token that has a `sub` too.
+        assert_eq!(sessions.kick(&kick("hall", &[], &["Ann"])), 1);
+        assert!(is_kicked(&elsewhere).is_some());
 
         drop((joined, published, elsewhere, left, bo, anon));
         assert!(sessions.is_empty());
@@ -329,11 +358,12 @@ mod tests {
             !channels.contains(&"c0".to_string()),
             "the oldest is forgotten"
         );
-        assert_eq!(sessions.kick("c0", &users(&["ann"])), 0);
+        assert_eq!(sessions.kick(&kick("c0", &["ann"], &[])), 0);
 
-        s.reidentify(&identity(Some("bo"), "{}"));
-        assert_eq!(sessions.kick("c1", &users(&["ann"])), 0);
-        assert_eq!(sessions.kick("c1", &users(&["bo"])), 1);
+        s.reidentify(&identity(Some("bo"), r#"{"name":"Bo"}"#));
+        assert_eq!(sessions.kick(&kick("c1", &["ann"], &[])), 0);
+        assert_eq!(sessions.kick(&kick("c1", &["bo"], &[])), 1);
+        assert_eq!(sessions.kick(&kick("c1", &[], &["Bo"])), 1);
         s.reidentify(&identity(None, "{}"));
         assert!(sessions.is_empty());
     }
@@ -351,16 +381,19 @@ mod tests {
         let mut s = sessions.register(&identity(Some("ann"), "{}"));
         s.joined("room");
         control
-            .send(Notice::Kick(crate::control::Kick {
+            .send(Notice::Kick(kick("room", &["ann"], &[])))
+            .await
+            .unwrap();
+        let kicked = tokio::time::timeout(Duration::from_secs(5), s.kicked())
+            .await
+            .unwrap();
+        assert_eq!(
+            kicked,
+            Kicked {
                 channel: "room".into(),
-                users: users(&["ann"]),
-            }))
-            .await
-            .unwrap();
-        let reason = tokio::time::timeout(Duration::from_secs(5), s.kicked())
-            .await
-            .unwrap();
-        assert_eq!(reason, "banned from room");
+                until: Some(42)
+            }
+        );
         shutdown.cancel();
         task.await.unwrap();
     }

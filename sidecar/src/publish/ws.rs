@@ -51,11 +51,12 @@ use serde::Serialize;
 use serde_json::Value;
 use tracing::{debug, Instrument};
 
-use super::sessions::Registration;
+use super::sessions::{Kicked, Registration};
 use super::turn::Turns;
 use super::{body_from_json, ErrorCode, Outcome, PublishError, Receipt};
 use crate::auth::{AuthError, Identity};
 use crate::http::App;
+use crate::moderation::{Ban, Who};
 use crate::presence::Session;
 
 /// How long to wait for the client's close frame after sending ours.
@@ -126,6 +127,12 @@ struct ErrorReply<'a> {
     /// Seconds until the same publish may succeed (rate limit).
     #[serde(rename = "retryAfter", skip_serializing_if = "Option::is_none")]
     retry_after: Option<u64>,
+    /// The channel a `banned` without a `ref` is about (sent before close 4502).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ch: Option<&'a str>,
+    /// For `banned`: when the ban ends, in ms since the Unix epoch (`null`: never).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    until: Option<Option<u64>>,
 }
 
 /// Why a session ends.
@@ -309,9 +316,13 @@ async fn serve_present(
                     _ => End::Close(close::GOING_AWAY, "server shutting down".into()),
                 };
             }
-            reason = registration.kicked() => {
-                debug!(reason, "kicked");
-                return End::Close(close::BANNED, reason);
+            kicked = registration.kicked() => {
+                debug!(channel = kicked.channel, until = ?kicked.until, "kicked");
+                // The ban's terms, as the frame before the close.
+                if socket.send(Message::Text(kicked_text(&kicked).into())).await.is_err() {
+                    return End::Gone;
+                }
+                return End::Close(close::BANNED, format!("banned from {}", kicked.channel));
             }
             answer = in_flight.next(), if !in_flight.is_empty() => {
                 let Some(answer) = answer else { continue };
@@ -442,7 +453,7 @@ async fn ban_check(
         .filter(|r| !r.is_object() && !r.is_array());
     if let Some(Value::String(fresh)) = object.get("token") {
         let fresh = app.publisher.verifier().verify(fresh).ok()?;
-        if fresh.moderation_id() == identity.moderation_id() {
+        if Who::of(&fresh) == Who::of(identity) {
             return None;
         }
         for channel in registration.channels() {
@@ -721,6 +732,8 @@ fn error_text(reference: Option<&Value>, code: ErrorCode, message: &str) -> Stri
         code: code.as_str(),
         message,
         retry_after: None,
+        ch: None,
+        until: None,
     })
 }
 
@@ -731,6 +744,25 @@ fn publish_error_text(reference: Option<&Value>, e: &PublishError) -> String {
         code: e.code.as_str(),
         message: &e.message,
         retry_after: e.retry_after,
+        ch: None,
+        until: e.until(),
+    })
+}
+
+/// The `banned` error a kicked session gets before close 4502: which channel, and until
+/// when (the close reason has no room for more than a short text).
+fn kicked_text(kicked: &Kicked) -> String {
+    let ban = Ban {
+        until: kicked.until,
+    };
+    json_text(&ErrorReply {
+        r#type: "error",
+        reference: None,
+        code: ErrorCode::Banned.as_str(),
+        message: &crate::plugins::ban::describe(&ban),
+        retry_after: None,
+        ch: Some(&kicked.channel),
+        until: Some(kicked.until),
     })
 }
 

@@ -53,8 +53,8 @@ async fn a_demo_token_publishes_under_its_name() {
     assert_eq!(msg["user"], json!({"name": "alice"}), "{msg}");
     assert_eq!(msg["msg"], "hello from the demo", "{msg}");
 
-    // No sub: a ban names the user by name, and it holds for demo tokens.
-    let body = json!({"channel": "demo", "users": ["alice"]});
+    // No sub: a ban by name (the `_public.name` the page shows) holds for demo tokens.
+    let body = json!({"channel": "demo", "names": ["alice"]});
     let resp = env.admin("POST", "/ban", Some(&body)).await;
     assert_eq!(resp.status, 200, "{}", resp.text());
     let again = mint(&env, "application/json", br#"{"name":"alice"}"#).await;

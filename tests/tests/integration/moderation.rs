@@ -7,7 +7,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use chatup_tests::http::{build_request, request};
 use chatup_tests::recorder::{Recorder, Reply};
-use chatup_tests::token::{sign_admin, token};
+use chatup_tests::token::{now, sign, sign_admin, token};
 use chatup_tests::{
     Chatup, HttpResponse, Options, Publisher, RedisCluster, RedisServer, Subscriber, WAIT,
 };
@@ -353,7 +353,7 @@ async fn a_ban_kicks_the_users_sessions_on_every_host_and_refuses_what_follows()
     // Viewers were told to hide her messages.
     assert!(
         rest.iter()
-            .any(|m| m["ev"] == "rmUserMsg" && m["data"] == "user-alice"),
+            .any(|m| m["ev"] == "rmUserMsg" && m["data"] == "user-alice" && m["by"] == "user"),
         "{rest:?}"
     );
     let listed = b.admin("GET", "/bans/room", None).await;
@@ -381,6 +381,12 @@ async fn a_ban_with_an_expiry_lapses() {
     ban(&env, "room", "user-alice", Some(Duration::from_secs(1))).await;
     let resp = env.post_text("room", &alice, b"x").await;
     assert_refused(&resp, 403, "banned");
+    // The end, machine-readable too.
+    assert!(
+        resp.json()["error"]["until"].as_u64().is_some(),
+        "{}",
+        resp.text()
+    );
     let message = resp.json()["error"]["message"]
         .as_str()
         .unwrap_or("")
@@ -428,7 +434,8 @@ async fn bans_in_the_original_format_and_bad_ban_calls_on_one_host() {
     let env = Chatup::start();
     let mut alice = joined(&env, "alice", "room").await;
     // The original system's body: a JWT whose payload is the array of bans.
-    let body = sign_admin(&json!([{"name": "user-alice", "channel": "room", "expire": 60}]));
+    // Its `name` is the public name, `_public.name`.
+    let body = sign_admin(&json!([{"name": "alice", "channel": "room", "expire": 60}]));
     let resp = request(
         env.nginx_addr(),
         &build_request("POST", "/ban", &[], Some(body.as_bytes())),
@@ -436,6 +443,7 @@ async fn bans_in_the_original_format_and_bad_ban_calls_on_one_host() {
     )
     .await;
     assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(resp.json()["banned"][0]["name"], "alice", "{}", resp.text());
     let until = resp.json()["banned"][0]["until"]
         .as_u64()
         .expect("an expiry");
@@ -453,7 +461,17 @@ async fn bans_in_the_original_format_and_bad_ban_calls_on_one_host() {
     assert_eq!(listed.json()["bans"][0]["until"], json!(until));
 
     for (body, needle) in [
-        (json!({"channel": "room"}), "no users"),
+        (json!({"channel": "room"}), "no users or names given"),
+        (
+            json!({"channel": "room", "users": [], "names": []}),
+            "no users or names given",
+        ),
+        (json!({"channel": "room", "names": [""]}), "a name is empty"),
+        (json!([{"channel": "room", "name": " "}]), "a name is empty"),
+        (
+            json!({"channel": "room", "users": [""]}),
+            "a user id is empty",
+        ),
         (json!({"channel": "a b", "users": ["x"]}), "channel"),
         (
             json!({"channel": "room", "users": ["x"], "expire": 0}),
@@ -483,7 +501,7 @@ async fn bans_in_the_original_format_and_bad_ban_calls_on_one_host() {
     assert_refused(&resp, 401, "bad_token");
 
     // Lifted with the original format too.
-    let body = sign_admin(&json!([{"name": "user-alice", "channel": "room"}]));
+    let body = sign_admin(&json!([{"name": "alice", "channel": "room"}]));
     let resp = request(
         env.nginx_addr(),
         &build_request("POST", "/unban", &[], Some(body.as_bytes())),
@@ -492,4 +510,202 @@ async fn bans_in_the_original_format_and_bad_ban_calls_on_one_host() {
     .await;
     assert_eq!(resp.status, 200, "{}", resp.text());
     joined(&env, "alice", "room").await;
+}
+
+/// A token with both a `sub` and a `_public.name`.
+fn token_of(sub: &str, name: &str) -> String {
+    sign(&json!({"sub": sub, "exp": now() + 3600, "iat": now(), "_public": {"name": name}}))
+}
+
+async fn joined_as(env: &Chatup, token: &str, channel: &str) -> Publisher {
+    let mut p = Publisher::connect_ok(env, token).await;
+    p.join(channel).await;
+    p
+}
+
+/// Reads `sub` until a message matching `wanted` (skipping others).
+async fn heard(sub: &mut Subscriber, wanted: impl Fn(&Value) -> bool) -> Value {
+    loop {
+        let m = sub.recv().await;
+        if wanted(&m) {
+            return m;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_ban_by_name_in_the_original_format_kicks_and_refuses_a_user_who_has_a_sub_too() {
+    let redis = RedisServer::start();
+    let a = Chatup::start_with(host("127.0.0.2", "a", &redis));
+    let b = Chatup::start_with(host("127.0.0.3", "b", &redis));
+    control_listeners(&redis, 2).await;
+    let mut sub = Subscriber::connect(&a, "/sub/room").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let zoe = token_of("u-17", "Zoe");
+    // Her live socket is on B; the ban is made on A.
+    let mut on_b = joined_as(&b, &zoe, "room").await;
+    let body = sign_admin(&json!([{"name": "Zoe", "channel": "room", "expire": 600}]));
+    let resp = request(
+        a.nginx_addr(),
+        &build_request("POST", "/ban", &[], Some(body.as_bytes())),
+        WAIT,
+    )
+    .await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let until = resp.json()["banned"][0]["until"].as_u64().expect("until");
+    assert_eq!(
+        resp.json(),
+        json!({"banned": [{"channel": "room", "name": "Zoe", "until": until}]})
+    );
+
+    let (code, texts) = on_b.expect_close(WAIT).await;
+    assert_eq!(code, Some(4502), "{texts:?}");
+    // Told until when before the close.
+    let last = texts.last().expect("a frame before the close");
+    assert_eq!(
+        (&last["type"], &last["code"], &last["ch"], &last["until"]),
+        (
+            &json!("error"),
+            &json!("banned"),
+            &json!("room"),
+            &json!(until)
+        ),
+        "{last}"
+    );
+    for env in [&a, &b] {
+        let resp = env.post_text("room", &zoe, b"x").await;
+        assert_refused(&resp, 403, "banned");
+        assert_eq!(
+            resp.json()["error"]["until"],
+            json!(until),
+            "{}",
+            resp.text()
+        );
+    }
+    let mut again = Publisher::connect_ok(&a, &zoe).await;
+    let refused = again.request(json!({"join": "room"})).await;
+    assert_eq!(
+        (&refused["code"], &refused["until"]),
+        (&json!("banned"), &json!(until)),
+        "{refused}"
+    );
+    // Viewers hide her messages by her name.
+    let removal = heard(&mut sub, |m| m["ev"] == "rmUserMsg").await;
+    assert_eq!(
+        (&removal["data"], &removal["by"]),
+        (&json!("Zoe"), &json!("name"))
+    );
+    let listed = b.admin("GET", "/bans/room", None).await;
+    assert_eq!(
+        listed.json(),
+        json!({"channel": "room", "bans": [{"name": "Zoe", "until": until}]})
+    );
+}
+
+#[tokio::test]
+async fn bans_by_user_and_by_name_match_only_their_kind_and_lift_by_kind() {
+    let redis = RedisServer::start();
+    let a = Chatup::start_with(host("127.0.0.2", "a", &redis));
+    let b = Chatup::start_with(host("127.0.0.3", "b", &redis));
+    control_listeners(&redis, 2).await;
+    let zoe = token_of("u-17", "Zoe");
+    let other_zoe = token_of("u-99", "Zoe");
+    let named_like_her_id = token_of("u-5", "u-17");
+    let mut zoe_on_b = joined_as(&b, &zoe, "room").await;
+    let mut other_on_b = joined_as(&b, &other_zoe, "room").await;
+    let mut named_on_b = joined_as(&b, &named_like_her_id, "room").await;
+
+    // By user id: only the token whose `sub` is u-17.
+    let resp = a
+        .admin(
+            "POST",
+            "/ban",
+            Some(&json!({"channel": "room", "users": ["u-17"]})),
+        )
+        .await;
+    assert_eq!(
+        resp.json(),
+        json!({"banned": [{"channel": "room", "user": "u-17", "until": null}]})
+    );
+    let (code, _) = zoe_on_b.expect_close(WAIT).await;
+    assert_eq!(code, Some(4502));
+    other_on_b.publish("room", "another Zoe").await;
+    named_on_b.publish("room", "named u-17").await;
+    assert_refused(&a.post_text("room", &zoe, b"x").await, 403, "banned");
+
+    // By name: every Zoe, on every host; lifted by name, the ban by user stays.
+    let resp = a
+        .admin(
+            "POST",
+            "/ban",
+            Some(&json!({"channel": "room", "names": ["Zoe"]})),
+        )
+        .await;
+    assert_eq!(
+        resp.json(),
+        json!({"banned": [{"channel": "room", "name": "Zoe", "until": null}]})
+    );
+    let (code, _) = other_on_b.expect_close(WAIT).await;
+    assert_eq!(code, Some(4502));
+    assert_refused(&b.post_text("room", &other_zoe, b"x").await, 403, "banned");
+    named_on_b.publish("room", "still here").await;
+    let listed = a.admin("GET", "/bans/room", None).await;
+    assert_eq!(
+        listed.json()["bans"],
+        json!([{"user": "u-17", "until": null}, {"name": "Zoe", "until": null}])
+    );
+    let resp = b
+        .admin(
+            "DELETE",
+            "/ban",
+            Some(&json!({"channel": "room", "names": ["Zoe"]})),
+        )
+        .await;
+    assert_eq!(
+        resp.json(),
+        json!({"unbanned": [{"channel": "room", "name": "Zoe"}]})
+    );
+    let back = a.post_text("room", &other_zoe, b"back").await;
+    assert_eq!(back.status, 200, "{}", back.text());
+    assert_refused(&a.post_text("room", &zoe, b"x").await, 403, "banned");
+}
+
+#[tokio::test]
+async fn bans_stored_by_bare_id_before_an_upgrade_still_hold_and_lift() {
+    let redis = RedisServer::start();
+    let env = Chatup::start_with(host("127.0.0.2", "a", &redis));
+    // As an earlier version stored them: field = the id (sub, else the name), value = until.
+    let later = (SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis() as u64
+        + 600_000)
+        .to_string();
+    redis.cli(&["HSET", "chatup:{room}:bans", "Zoe", &later, "u-9", "0"]);
+    let zoe = token_of("u-17", "Zoe");
+    let nine = token_of("u-9", "Nina");
+    assert_refused(&env.post_text("room", &zoe, b"x").await, 403, "banned");
+    assert_refused(&env.post_text("room", &nine, b"x").await, 403, "banned");
+    let ok = env.post_text("room", &token("alice"), b"x").await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    let listed = env.admin("GET", "/bans/room", None).await;
+    assert_eq!(
+        listed.json()["bans"],
+        json!([
+            {"legacy": "Zoe", "until": later.parse::<u64>().unwrap()},
+            {"legacy": "u-9", "until": null}
+        ])
+    );
+    // Lifted by either kind.
+    for body in [
+        json!({"channel": "room", "names": ["Zoe"]}),
+        json!({"channel": "room", "users": ["u-9"]}),
+    ] {
+        let resp = env.admin("DELETE", "/ban", Some(&body)).await;
+        assert_eq!(resp.status, 200, "{}", resp.text());
+    }
+    for t in [&zoe, &nine] {
+        let resp = env.post_text("room", t, b"free").await;
+        assert_eq!(resp.status, 200, "{}", resp.text());
+    }
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use chatup_tests::env::repo_root;
 use chatup_tests::{Chatup, Options, Subscriber, WAIT};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 /// The ```sh blocks of README.md that run curl, in order.
 fn curl_blocks() -> Vec<String> {
@@ -191,8 +191,15 @@ async fn the_curl_examples_of_the_readme_run_as_written() {
             "rmUserMsg"
         ]
     );
-    assert_eq!(heard[3]["data"], "user-42");
-    assert_eq!(heard[4]["data"], "user-7");
+    assert_eq!(
+        (&heard[3]["data"], &heard[3]["by"]),
+        (&json!("user-42"), &json!("user"))
+    );
+    // The original format bans by public name.
+    assert_eq!(
+        (&heard[4]["data"], &heard[4]["by"]),
+        (&json!("Zoe"), &json!("name"))
+    );
     let health: Value = serde_json::from_str(output_of("/health")).expect("/health is JSON");
     assert_eq!(health["status"], "ok");
     // hello, notice (to two channels), from the backend.
