@@ -289,6 +289,9 @@ impl StackArgs {
             ));
         }
         fs::write(d.join("chatup.toml"), toml)?;
+        for (name, text) in LOCATIONS {
+            fs::write(d.join(name), text)?;
+        }
         fs::write(
             d.join("nginx.conf"),
             nginx_conf(
@@ -548,6 +551,18 @@ fn free_port() -> Result<u16, BenchError> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// The locations nginx-conf/chatup.conf includes: built in, so the bench runs from anywhere.
+const LOCATIONS: [(&str, &str); 2] = [
+    (
+        "chatup-locations.conf",
+        include_str!("../../nginx-conf/chatup-locations.conf"),
+    ),
+    (
+        "chatup-publish-locations.conf",
+        include_str!("../../nginx-conf/chatup-publish-locations.conf"),
+    ),
+];
+
 fn nginx_conf(
     dir: &Path,
     build: &Path,
@@ -564,8 +579,6 @@ fn nginx_conf(
     } else {
         ""
     };
-    let proxy =
-        format!("proxy_pass http://127.0.0.1:{sidecar_port};\n            proxy_http_version 1.1;");
     format!(
         r#"load_module {module};
 daemon off;
@@ -594,6 +607,16 @@ http {{
         default upgrade;
         ''      close;
     }}
+    geo $chatup_admin_denied {{
+        default 0;
+    }}
+    geo $chatup_metrics_denied {{
+        default 0;
+    }}
+
+    upstream chatup_sidecar {{
+        server 127.0.0.1:{sidecar_port};
+    }}
 
     server {{
         listen 127.0.0.1:{port} reuseport backlog=4096;
@@ -602,18 +625,9 @@ http {{
             chatup_subscribe;
         }}
 
-        location = /pub {{
-            {proxy}
-            proxy_set_header Upgrade $http_upgrade;
-            proxy_set_header Connection $chatup_connection_upgrade;
-            proxy_read_timeout 1h;
-            proxy_send_timeout 1h;
-        }}
-
-        location /pub/ {{
-            {proxy}
-            proxy_set_header Connection "";
-        }}
+        # The packaged locations, written next to this file.
+        include chatup-publish-locations.conf;
+        include chatup-locations.conf;
     }}
 }}
 "#,

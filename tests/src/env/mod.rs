@@ -7,7 +7,8 @@
 //! - [`chatup`]: [`Chatup`], the host: start, stop, kill and restart its processes, logs.
 //! - [`dispatcher`]: the [`Dispatcher`].
 //! - [`options`]: [`Options`], what a test changes in the default setup.
-//! - [`nginx_conf`]: the test's nginx.conf and `nginx -t` runs.
+//! - [`nginx_conf`]: the test's nginx.conf (the packaged locations of `nginx-conf/`, included)
+//!   and `nginx -t` runs.
 //! - [`sidecar`]: spawning `chatup-sidecar`, and its readiness probe.
 //! - [`ports`], [`paths`]: free loopback ports; the repository and the built artifacts.
 
@@ -25,7 +26,9 @@ pub use chatup::Chatup;
 pub use dispatcher::Dispatcher;
 pub use nginx_conf::{nginx_config_test, nginx_config_test_with_relay_socket, nginx_test};
 pub use options::Options;
-pub use paths::{build_dir, example_keys, module_path, nginx_bin, repo_root, sidecar_bin};
+pub use paths::{
+    build_dir, example_keys, module_path, nginx_bin, nginx_conf_dir, repo_root, sidecar_bin,
+};
 pub use ports::{free_port, free_port_on};
 pub use sidecar::http_status;
 // Where they were before the process guard had a module of its own.

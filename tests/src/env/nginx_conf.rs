@@ -1,4 +1,5 @@
-//! nginx.conf for a test's host, and `nginx -t` runs for the tests of the configuration.
+//! nginx.conf for a test's host, built on the packaged locations (`nginx-conf/*.conf`), and
+//! `nginx -t` runs for the tests of the configuration.
 
 use std::fs;
 use std::io::Read;
@@ -8,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use super::options::Options;
-use super::paths::{module_path, nginx_bin};
+use super::paths::{module_path, nginx_bin, nginx_conf_dir};
 use super::ports::free_port;
 use crate::process::wait_timeout;
 
@@ -58,6 +59,18 @@ http {{
         ''      close;
     }}
 
+    # Tests reach the admin API and /metrics from anywhere on loopback.
+    geo $chatup_admin_denied {{
+        default 0;
+    }}
+    geo $chatup_metrics_denied {{
+        default 0;
+    }}
+
+    upstream chatup_sidecar {{
+        server {sidecar};
+    }}
+
     server {{
         listen {listen} reuseport{listen_extra};
 
@@ -65,61 +78,11 @@ http {{
             chatup_subscribe;
 {sub_extra}        }}
 
-        location = /pub {{
-            proxy_pass http://{sidecar};
-            proxy_http_version 1.1;
-            proxy_set_header Upgrade $http_upgrade;
-            proxy_set_header Connection $chatup_connection_upgrade;
-            proxy_read_timeout 1h;
-            proxy_send_timeout 1h;
-        }}
-
-        location /pub/ {{
-            proxy_pass http://{sidecar};
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-        }}
-
-        location = /health {{
-            proxy_pass http://{sidecar};
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-        }}
-
-        # The dispatcher (POST /join/<ch>). The client's Host reaches it, for answers that
-        # name the origin the client used.
-        location /join/ {{
-            proxy_pass http://{sidecar};
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header Host $http_host;
-            proxy_set_header X-Forwarded-Proto $scheme;
-        }}
-
-        # Public channel info (GET /channels/<ch>[/users]), as nginx-conf/chatup.conf
-        # proxies it.
-        location /channels/ {{
-            proxy_pass http://{sidecar};
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header Host $http_host;
-            proxy_set_header X-Forwarded-Proto $scheme;
-        }}
-
-        # Demo tokens (only served with demo.private_key_file set).
-        location = /demo/token {{
-            proxy_pass http://{sidecar};
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-        }}
-
-        # The admin API, as nginx-conf/chatup.conf proxies it.
-        location ~ ^/(post|ban|unban|bans/.+|messages/.+|stats|stats/.+|blacklist|metrics)$ {{
-            client_max_body_size 2m;
-            proxy_pass http://{sidecar};
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-        }}
+        # The packaged locations, as nginx-conf/chatup.conf includes them, and the demo
+        # tokens (only served with demo.private_key_file set).
+        include {locations}/chatup-publish-locations.conf;
+        include {locations}/chatup-locations.conf;
+        include {locations}/chatup-demo-locations.conf;
 {server_extra}
     }}
 }}
@@ -131,6 +94,7 @@ http {{
         sub_extra = indent(&opts.sub_extra, 12),
         listen_extra = opts.listen_extra,
         server_extra = indent_block(&opts.server_extra, 8),
+        locations = nginx_conf_dir().display(),
     )
 }
 

@@ -49,3 +49,8 @@ pub fn sidecar_bin() -> PathBuf {
 pub fn example_keys() -> PathBuf {
     repo_root().join("nginx-conf/example-keys")
 }
+
+/// `nginx-conf/`: the packaged configuration, whose locations every test's nginx includes.
+pub fn nginx_conf_dir() -> PathBuf {
+    repo_root().join("nginx-conf")
+}
