@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::payload::{now_ns, sample_message};
-use crate::wsclient::{accept_key, server_text_frame};
+use chatup_tests::raw::accept_for;
+
+use crate::wsclient::server_text_frame;
 use crate::{emit_line, BenchError};
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -105,7 +107,7 @@ fn upgrade(mut stream: TcpStream) -> io::Result<TcpStream> {
     let response = format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Accept: {}\r\n\r\n",
-        accept_key(&key)
+        accept_for(&key)
     );
     stream.write_all(response.as_bytes())?;
     stream.set_nodelay(true)?;

@@ -17,11 +17,10 @@ use std::fs;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use chatup_tests::ChildGuard;
 
 use crate::payload::run_stamp;
 use crate::procfs;
@@ -103,8 +102,9 @@ pub struct Stack {
 
 /// One chat host: nginx with the module and its sidecar.
 struct Host {
-    nginx: Child,
-    sidecar: Child,
+    /// Stopped before the sidecar (field order), as an operator would.
+    nginx: ChildGuard,
+    sidecar: ChildGuard,
     port: u16,
     sidecar_port: u16,
     relay: PathBuf,
@@ -289,6 +289,9 @@ impl StackArgs {
             ));
         }
         fs::write(d.join("chatup.toml"), toml)?;
+        for (name, text) in LOCATIONS {
+            fs::write(d.join(name), text)?;
+        }
         fs::write(
             d.join("nginx.conf"),
             nginx_conf(
@@ -302,31 +305,29 @@ impl StackArgs {
             ),
         )?;
 
-        let sidecar = Command::new(build.join("chatup-sidecar"))
-            .arg("--config")
-            .arg(d.join("chatup.toml"))
-            .stdin(Stdio::null())
-            .stdout(fs::File::create(d.join("sidecar.log"))?)
-            .stderr(fs::File::create(d.join("sidecar.err"))?)
-            .spawn()?;
-        let nginx = Command::new(build.join("nginx"))
-            .arg("-p")
-            .arg(d)
-            .arg("-c")
-            .arg(d.join("nginx.conf"))
-            .arg("-e")
-            .arg(d.join("error.log"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(d.join("nginx.err"))?)
-            .spawn();
-        let nginx = match nginx {
-            Ok(n) => n,
-            Err(e) => {
-                stop_child(sidecar);
-                return Err(e.into());
-            }
-        };
+        // The processes stay in the bench's process group, so a Ctrl-C stops them too.
+        let sidecar = ChildGuard::adopt(
+            Command::new(build.join("chatup-sidecar"))
+                .arg("--config")
+                .arg(d.join("chatup.toml"))
+                .stdin(Stdio::null())
+                .stdout(fs::File::create(d.join("sidecar.log"))?)
+                .stderr(fs::File::create(d.join("sidecar.err"))?)
+                .spawn()?,
+        );
+        let nginx = ChildGuard::adopt(
+            Command::new(build.join("nginx"))
+                .arg("-p")
+                .arg(d)
+                .arg("-c")
+                .arg(d.join("nginx.conf"))
+                .arg("-e")
+                .arg(d.join("error.log"))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(fs::File::create(d.join("nginx.err"))?)
+                .spawn()?,
+        );
         Ok(Host {
             nginx,
             sidecar,
@@ -424,37 +425,23 @@ impl Host {
 }
 
 /// An error with the end of `log` when `child` (`name`) has exited.
-fn still_running(child: &mut Child, name: &str, log: &Path) -> Result<(), BenchError> {
-    match child.try_wait() {
-        Ok(Some(status)) => Err(BenchError::Setup(format!(
+fn still_running(child: &mut ChildGuard, name: &str, log: &Path) -> Result<(), BenchError> {
+    match child.exited() {
+        Some(status) => Err(BenchError::Setup(format!(
             "{name} exited ({status}); its log: {}",
             tail(log)
         ))),
-        _ => Ok(()),
+        None => Ok(()),
     }
 }
 
 impl Drop for Stack {
     fn drop(&mut self) {
-        for host in self.hosts.drain(..) {
-            stop_child(host.nginx);
-            stop_child(host.sidecar);
-        }
-        if let Some(redis) = self.redis.take() {
-            stop_child(redis.child);
-        }
+        // Every guard stops its process (SIGTERM, up to 10 s, then SIGKILL): the hosts, then
+        // Redis, before the folder they write in is removed.
+        self.hosts.clear();
+        self.redis = None;
     }
-}
-
-/// SIGTERM, up to 10 s to exit, then SIGKILL.
-fn stop_child(mut child: Child) {
-    let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 /// The last lines of a log, for an error message.
@@ -472,7 +459,7 @@ fn tail(path: &Path) -> String {
 /// A redis-server the bench runs: a free port of 127.0.0.1, no persistence, its folder
 /// inside the bench's.
 struct RedisServer {
-    child: Child,
+    child: ChildGuard,
     addr: SocketAddr,
 }
 
@@ -486,7 +473,7 @@ impl RedisServer {
             let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
             let log = dir.join("redis.log");
             let _ = fs::remove_file(&log);
-            let mut child = Command::new(&program)
+            let child = Command::new(&program)
                 .args(["--bind", "127.0.0.1", "--port", &addr.port().to_string()])
                 .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
                 .arg("--dir")
@@ -503,9 +490,10 @@ impl RedisServer {
                         program.display()
                     ))
                 })?;
+            let mut child = ChildGuard::adopt(child);
             let deadline = Instant::now() + Duration::from_secs(10);
             loop {
-                if let Ok(Some(status)) = child.try_wait() {
+                if let Some(status) = child.exited() {
                     last_error = format!("redis-server exited ({status}): {}", tail(&log));
                     break;
                 }
@@ -513,7 +501,7 @@ impl RedisServer {
                     return Ok(Self { child, addr });
                 }
                 if Instant::now() > deadline {
-                    stop_child(child);
+                    drop(child);
                     return Err(BenchError::Setup(format!(
                         "redis-server on {addr} did not answer PING within 10 s: {}",
                         tail(&log)
@@ -563,6 +551,18 @@ fn free_port() -> Result<u16, BenchError> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// The locations nginx-conf/chatup.conf includes: built in, so the bench runs from anywhere.
+const LOCATIONS: [(&str, &str); 2] = [
+    (
+        "chatup-locations.conf",
+        include_str!("../../nginx-conf/chatup-locations.conf"),
+    ),
+    (
+        "chatup-publish-locations.conf",
+        include_str!("../../nginx-conf/chatup-publish-locations.conf"),
+    ),
+];
+
 fn nginx_conf(
     dir: &Path,
     build: &Path,
@@ -578,8 +578,6 @@ fn nginx_conf(
     } else {
         ""
     };
-    let proxy =
-        format!("proxy_pass http://127.0.0.1:{sidecar_port};\n            proxy_http_version 1.1;");
     format!(
         r#"load_module {module};
 daemon off;
@@ -608,6 +606,16 @@ http {{
         default upgrade;
         ''      close;
     }}
+    geo $chatup_admin_denied {{
+        default 0;
+    }}
+    geo $chatup_metrics_denied {{
+        default 0;
+    }}
+
+    upstream chatup_sidecar {{
+        server 127.0.0.1:{sidecar_port};
+    }}
 
     server {{
         listen 127.0.0.1:{port} reuseport backlog=4096;
@@ -616,18 +624,9 @@ http {{
             chatup_subscribe;
         }}
 
-        location = /pub {{
-            {proxy}
-            proxy_set_header Upgrade $http_upgrade;
-            proxy_set_header Connection $chatup_connection_upgrade;
-            proxy_read_timeout 1h;
-            proxy_send_timeout 1h;
-        }}
-
-        location /pub/ {{
-            {proxy}
-            proxy_set_header Connection "";
-        }}
+        # The packaged locations, written next to this file.
+        include chatup-publish-locations.conf;
+        include chatup-locations.conf;
     }}
 }}
 "#,

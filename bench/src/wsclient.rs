@@ -13,8 +13,6 @@ use tokio::net::{TcpSocket, TcpStream};
 
 use crate::payload::find;
 
-/// The GUID of RFC 6455 section 1.3.
-const WS_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 const MAX_HEADER: usize = 8192;
 const MAX_FRAME: usize = 1 << 20;
 
@@ -59,14 +57,6 @@ pub async fn tcp_connect(addr: SocketAddr, source: Option<IpAddr>) -> io::Result
     Ok(stream)
 }
 
-/// The `Sec-WebSocket-Accept` value for `key`.
-pub fn accept_key(key: &str) -> String {
-    let mut sha = sha1_smol::Sha1::new();
-    sha.update(key.as_bytes());
-    sha.update(WS_GUID.as_bytes());
-    base64::engine::general_purpose::STANDARD.encode(sha.digest().bytes())
-}
-
 impl WsClient {
     /// Connects and upgrades `GET path` on `addr`.
     pub async fn connect(
@@ -109,7 +99,7 @@ impl WsClient {
         if !status.starts_with("HTTP/1.1 101") {
             return Err(ConnectError::Refused(status.to_owned()));
         }
-        let expected = accept_key(&key);
+        let expected = chatup_tests::raw::accept_for(&key);
         let accept_ok = head.lines().any(|l| {
             l.split_once(':').is_some_and(|(name, value)| {
                 name.eq_ignore_ascii_case("sec-websocket-accept") && value.trim() == expected
@@ -251,14 +241,6 @@ pub fn server_text_frame(payload: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn accept_key_matches_rfc_example() {
-        assert_eq!(
-            accept_key("dGhlIHNhbXBsZSBub25jZQ=="),
-            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
-        );
-    }
 
     #[test]
     fn headers_of_every_length_form() {

@@ -11,6 +11,8 @@
 //! - [`ws`]: WebSocket subscribers and publishers (tokio-tungstenite).
 //! - [`raw`]: a raw WebSocket client that sends hand-made frames and reads the server's.
 //! - [`token`]: JWTs, good and bad.
+//! - [`process`]: [`ChildGuard`], which owns every process the harness starts and stops it
+//!   when dropped; signals and bounded waits.
 //! - [`procfs`]: which nginx worker owns a client connection.
 //! - [`traffic`]: steady publishing while a fault is injected, and what subscribers saw.
 //! - [`recorder`]: an HTTP server that records requests and answers as scripted, standing
@@ -22,6 +24,7 @@
 
 pub mod env;
 pub mod http;
+pub mod process;
 pub mod procfs;
 pub mod raw;
 pub mod recorder;
@@ -35,6 +38,7 @@ pub use env::{
     repo_root, Chatup, Dispatcher, Options,
 };
 pub use http::HttpResponse;
+pub use process::ChildGuard;
 pub use raw::{Frame, RawWs};
 pub use recorder::{Recorder, Reply};
 pub use redis::{Frozen, RedisCluster, RedisSentinel, RedisServer};

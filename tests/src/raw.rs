@@ -118,12 +118,11 @@ pub fn random_key() -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
-/// The `Sec-WebSocket-Accept` value for `key` (RFC 6455).
+/// The `Sec-WebSocket-Accept` value for `key` (RFC 6455), as tungstenite computes it; the
+/// bench checks its handshakes with it too. The module keeps its own (ngx-module/core), as it
+/// runs in nginx without tungstenite.
 pub fn accept_for(key: &str) -> String {
-    let mut sha = sha1_smol::Sha1::new();
-    sha.update(key.as_bytes());
-    sha.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
-    base64::engine::general_purpose::STANDARD.encode(sha.digest().bytes())
+    tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes())
 }
 
 /// A correct upgrade request for `path`, with `key`.
@@ -399,4 +398,17 @@ pub fn parse_frame(buf: &[u8]) -> Result<Option<(Frame, usize)>, ReadError> {
         },
         at + len,
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_for_matches_rfc_example() {
+        assert_eq!(
+            accept_for("dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+    }
 }

@@ -111,8 +111,10 @@ impl fmt::Display for Who {
     }
 }
 
-/// A ban in force.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A ban in force. Sent to publishers as its end alone (`until`: a number, or `null` for
+/// ever), hence `transparent`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(transparent)]
 pub struct Ban {
     /// When it lapses, in ms since the Unix epoch; `None`: never.
     pub until: Option<u64>,

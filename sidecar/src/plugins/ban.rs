@@ -135,10 +135,10 @@ mod tests {
         let err = publish(&ann, "room").await.unwrap_err();
         assert_eq!(err.code, ErrorCode::Banned);
         assert_eq!(err.message, "you are banned from this channel permanently");
-        assert_eq!(err.until(), Some(None));
+        assert_eq!(err.until(), Some(Ban { until: None }));
         let err = publish(&bo, "room").await.unwrap_err();
         assert_eq!(err.code, ErrorCode::Banned);
-        assert_eq!(err.until(), Some(hour.until));
+        assert_eq!(err.until(), Some(hour));
         assert!(
             err.message
                 .starts_with("you are banned from this channel until 20")

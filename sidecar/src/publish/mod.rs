@@ -137,9 +137,9 @@ impl PublishError {
         self
     }
 
-    /// The ban's end as sent: absent when not a ban, `null` for ever.
-    pub fn until(&self) -> Option<Option<u64>> {
-        self.ban.map(|b| b.until)
+    /// The ban behind a `banned` error, sent as its end (`until`); none for other errors.
+    pub fn until(&self) -> Option<crate::moderation::Ban> {
+        self.ban
     }
 }
 
@@ -524,7 +524,7 @@ pub struct HttpError<'a> {
     pub message: &'a str,
     /// For `banned`: when the ban ends (ms since the Unix epoch; `null`: never).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub until: Option<Option<u64>>,
+    pub until: Option<crate::moderation::Ban>,
 }
 
 #[cfg(test)]

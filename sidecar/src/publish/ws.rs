@@ -132,7 +132,7 @@ struct ErrorReply<'a> {
     ch: Option<&'a str>,
     /// For `banned`: when the ban ends, in ms since the Unix epoch (`null`: never).
     #[serde(skip_serializing_if = "Option::is_none")]
-    until: Option<Option<u64>>,
+    until: Option<Ban>,
 }
 
 /// Why a session ends.
@@ -762,7 +762,7 @@ fn kicked_text(kicked: &Kicked) -> String {
         message: &crate::plugins::ban::describe(&ban),
         retry_after: None,
         ch: Some(&kicked.channel),
-        until: Some(kicked.until),
+        until: Some(ban),
     })
 }
 

@@ -179,3 +179,92 @@ fn relay_socket_in_a_missing_directory_is_warned_of() {
         "an existing directory is warned of:\n{out}"
     );
 }
+
+/// The locations nginx-conf/ ships for including.
+const LOCATIONS: [&str; 3] = [
+    "chatup-locations.conf",
+    "chatup-publish-locations.conf",
+    "chatup-demo-locations.conf",
+];
+
+/// `nginx -t` on `conf` (a whole nginx.conf) with the packaged locations copied next to it,
+/// as operators are told to, and only this machine's paths changed: the module, the relay
+/// socket, the port; TLS certificate lines dropped. Returns (success, output).
+fn nginx_t_with_locations(conf: &str) -> (bool, String) {
+    let conf_dir = chatup_tests::env::nginx_conf_dir();
+    let dir = tempfile::tempdir().expect("create a temp folder");
+    // The default access and error logs, relative to the prefix.
+    std::fs::create_dir(dir.path().join("logs")).expect("create logs/");
+    for name in LOCATIONS {
+        std::fs::copy(conf_dir.join(name), dir.path().join(name)).expect("copy locations");
+    }
+    let port = chatup_tests::free_port();
+    let text: String = conf
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("ssl_certificate"))
+        .map(|l| {
+            let t = l.trim_start();
+            if t.starts_with("load_module ") {
+                format!(
+                    "load_module {};",
+                    chatup_tests::env::module_path().display()
+                )
+            } else if t.starts_with("chatup_relay_socket ") {
+                format!("chatup_relay_socket {}/relay.sock;", dir.path().display())
+            } else if t.starts_with("listen ") {
+                format!("listen 127.0.0.1:{port};")
+            } else {
+                l.to_owned()
+            }
+        })
+        .map(|l| l + "\n")
+        .collect();
+    let path = dir.path().join("nginx.conf");
+    std::fs::write(&path, text).expect("write nginx.conf");
+    chatup_tests::env::nginx_test(&path)
+}
+
+/// nginx-conf/chatup.conf (a chat host) and nginx-conf/multi-host/dispatcher.conf (nginx in
+/// front of the dispatchers) include the packaged locations and pass `nginx -t`.
+#[test]
+fn the_packaged_configurations_pass() {
+    let conf_dir = chatup_tests::env::nginx_conf_dir();
+    for (conf, includes) in [
+        ("chatup.conf", &LOCATIONS[..2]),
+        ("multi-host/dispatcher.conf", &LOCATIONS[..1]),
+    ] {
+        let text = std::fs::read_to_string(conf_dir.join(conf)).expect("read the conf");
+        for name in includes {
+            assert!(
+                text.contains(&format!("include {name};")),
+                "{conf} does not include {name}"
+            );
+        }
+        let (ok, out) = nginx_t_with_locations(&text);
+        assert!(ok, "nginx -t failed on {conf}:\n{out}");
+        assert!(
+            !out.contains("[emerg]") && !out.contains("[warn]"),
+            "{conf}: {out}"
+        );
+    }
+}
+
+/// The README's nginx.conf that includes the locations passes `nginx -t` as written (with
+/// the module loaded and an events block, which it leaves out).
+#[test]
+fn the_readme_configuration_passes() {
+    let readme = std::fs::read_to_string(chatup_tests::repo_root().join("README.md"))
+        .expect("read README.md");
+    let snippet = readme
+        .split("```nginx\n")
+        .skip(1)
+        .filter_map(|b| b.split("\n```").next())
+        .find(|b| b.contains("include chatup-locations.conf;"))
+        .expect("a README nginx block including chatup-locations.conf");
+    let conf = format!("load_module ngx_http_chatup_module.so;\nevents {{ }}\n{snippet}\n");
+    let (ok, out) = nginx_t_with_locations(&conf);
+    assert!(
+        ok,
+        "nginx -t failed on the README's configuration:\n{conf}\n{out}"
+    );
+}
