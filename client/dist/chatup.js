@@ -242,6 +242,7 @@
     sendTimeout: 15000,
     maxQueued: 100,
     countInterval: 10000,
+    countSettle: 3000,
     presence: true,
   };
 
@@ -281,8 +282,10 @@
    * Events (`on(name, handler)`): `message` (a chat message), `event` (an `ev` message:
    * `join`, `leave`, `rmUserMsg`, `resync`, or an application's), `status` (`{status,
    * previous, reason, retryIn, error}`), `retry` (`{error, delay, attempt}`: an attempt
-   * failed, the next is in `delay` ms), `counts` (`{channel, subCount, pubCount}`), `error` (a
-   * ChatUpError the client recovered from or that has no caller to reject).
+   * failed, the next is in `delay` ms), `counts` (`{channel, subCount, pubCount}`, when they
+   * change: from the join answer, every `countInterval`, and `countSettle` after the subscriber
+   * connects, the publisher joins the room or someone joins or leaves), `error` (a ChatUpError
+   * the client recovered from or that has no caller to reject).
    */
   class ChatUp {
     constructor(options) {
@@ -353,6 +356,8 @@
       this._counts = null;
       this._countTimer = null;
       this._countsInFlight = false;
+      /** The one pending refresh after a change (`countSettle`); a new change pushes it back. */
+      this._settleTimer = null;
       this._connectedWaiters = [];
       this._fatal = null;
       /** Set when an attempt failed since the last connection: the status is then `reconnecting`. */
@@ -629,7 +634,10 @@
       return this._http('GET', `channels/${this.room}/users?skip=${skip}&limit=${limit}`);
     }
 
-    /** Fetches the room's counts now (the client also does every `countInterval` ms). */
+    /**
+     * Fetches the room's counts now (the client also does every `countInterval` ms, and
+     * `countSettle` ms after its own connection or a join or leave in the room).
+     */
     async refreshCounts() {
       const answer = await this._http('GET', `channels/${this.room}`);
       this._setCounts(answer.subCount, answer.pubCount);
@@ -793,6 +801,9 @@
           sub.open = true;
           sub.openFailures = 0;
           this._connected();
+          // The counts so far were taken before this socket counted (the join answer, or the
+          // room before a reconnect or host switch).
+          this._settleCounts();
           end = await this._pump(ws, (frame) => this._deliver(frame));
         } catch (e) {
           if (!(e instanceof OpenFailed)) throw e;
@@ -853,7 +864,10 @@
       const verdict = this._points.accept(frame);
       if (verdict === 'duplicate') return;
       if (typeof frame.msg === 'string') this._emit('message', frame);
-      else if (typeof frame.ev === 'string') this._emit('event', frame);
+      else if (typeof frame.ev === 'string') {
+        this._emit('event', frame);
+        if (frame.ch === this.room && (frame.ev === 'join' || frame.ev === 'leave')) this._settleCounts();
+      }
     }
 
     async _runPublisher() {
@@ -968,7 +982,11 @@
       }
       const entry = frame.ref !== undefined ? pub.inFlight.get(frame.ref) : undefined;
       if (entry) pub.inFlight.delete(frame.ref);
-      if (frame.type === 'joined' && frame.ch === this.room) pub.banRetries = 0;
+      if (frame.type === 'joined' && frame.ch === this.room) {
+        pub.banRetries = 0;
+        // This user now counts as a chatter.
+        this._settleCounts();
+      }
       if (frame.type === 'ack') {
         pub.banRetries = 0;
         if (entry && entry.kind === 'publish') {
@@ -1141,6 +1159,8 @@
       this._fatal = error;
       clearTimeout(this._countTimer);
       this._countTimer = null;
+      clearTimeout(this._settleTimer);
+      this._settleTimer = null;
       clearTimeout(this._pub.banTimer);
       this._pub.banTimer = null;
       if (this._network) this._network.removeEventListener('online', this._onOnline);
@@ -1236,6 +1256,27 @@
         this._countTimer = null;
         this._startCounts();
       }, jittered);
+    }
+
+    /**
+     * After a change in the room (this page's own connection or join, someone's join or
+     * leave): one refresh once the hosts have reported it. They report every second or so and
+     * the dispatcher caches its answer as long, so asking at once gets the old numbers. A burst
+     * of changes gives one refresh, `countSettle` after the last; the spread (up to a third
+     * more) keeps a big room's pages, which all see the same join, from asking at once.
+     */
+    _settleCounts() {
+      const settle = this.options.countSettle;
+      if (this._closed || !(settle > 0)) return;
+      clearTimeout(this._settleTimer);
+      const delay = Math.min(settle * (1 + this._random() / 3), MAX_TIMER);
+      this._settleTimer = setTimeout(() => {
+        this._settleTimer = null;
+        if (this._closed) return;
+        this.refreshCounts().catch((e) => {
+          if (!this._closed) this._emit('error', e);
+        });
+      }, delay);
     }
 
     /**

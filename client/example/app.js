@@ -7,7 +7,7 @@
 // Query parameters: `room` and `name` fill the form (with `name`, the page joins at once;
 // `watch=1` watches without a name); `dispatcher` is the dispatcher's URL when it is not this
 // page's origin (it must allow the origin: `dispatch.cors_origins`); `reconnectDelay`,
-// `maxReconnectDelay`, `countInterval` and `requestTimeout` (ms) are passed to the client.
+// `maxReconnectDelay`, `countInterval`, `countSettle` and `requestTimeout` (ms) are passed to the client.
 
 import { ChatUp, Status } from '../src/chatup.js';
 
@@ -31,9 +31,10 @@ let chat = null;
 
 /**
  * How long after a join or leave (or this page's own connection) the page asks for the
- * counts and the "Who is here" list again: the hosts report their numbers about every
- * second and answers are cached as long, so asking at once would get the old numbers.
- * Spread over a second, so that a big room's pages do not all ask at the same moment.
+ * "Who is here" list again, while it is shown: the hosts report who is joined about every
+ * second and answers are cached as long, so asking at once would get the old list. Spread
+ * over a second, so that a big room's pages do not all ask at the same moment. (The counts
+ * are the client's: it asks again after the same changes, see its `countSettle`.)
  */
 const SETTLE_MS = 3000;
 const SETTLE_SPREAD_MS = 1000;
@@ -60,7 +61,7 @@ async function demoToken(name) {
 
 function clientOptions() {
   const options = {};
-  for (const key of ['reconnectDelay', 'maxReconnectDelay', 'countInterval', 'requestTimeout']) {
+  for (const key of ['reconnectDelay', 'maxReconnectDelay', 'countInterval', 'countSettle', 'requestTimeout']) {
     const value = Number(params.get(key));
     if (params.has(key) && Number.isFinite(value)) options[key] = value;
   }
@@ -160,7 +161,7 @@ function showEvent(e) {
   }
 }
 
-/** A user joined (or left): "Who is here" shows it now, the counts once the hosts tell. */
+/** A user joined (or left): "Who is here" shows it now, and the list again once the hosts tell. */
 function moved(user, joined) {
   if (user && typeof user === 'object') {
     const key = JSON.stringify(user);
@@ -172,14 +173,12 @@ function moved(user, joined) {
   settleSoon();
 }
 
-/** Asks for the counts (and the list, when shown) once the hosts have reported a change. */
+/** Asks for the list, when shown, once the hosts have reported a change. */
 function settleSoon() {
   clearTimeout(settleTimer);
   settleTimer = setTimeout(() => {
     settleTimer = null;
-    if (!chat) return;
-    chat.refreshCounts().catch(() => {});
-    if (who.open) loadWho();
+    if (chat && who.open) loadWho();
   }, SETTLE_MS + Math.random() * SETTLE_SPREAD_MS);
 }
 
@@ -221,7 +220,7 @@ function showStatus({ status, reason }) {
   if (status === Status.BANNED) why = reason || 'banned from this room';
   else if (status === Status.AUTH_ERROR || status === Status.NO_HOST || status === Status.DISCONNECTED || status === Status.RECONNECTING) why = reason;
   $('status-reason').textContent = why;
-  // The counts this page started with were taken before it was watching.
+  // The list this page started with was taken before it had joined.
   if (status === Status.CONNECTED || status === Status.AUTHENTICATED) settleSoon();
   const canSend = status === Status.AUTHENTICATED;
   $('text').disabled = !canSend;

@@ -164,6 +164,12 @@ export interface Retry {
   attempt: number;
 }
 
+/**
+ * The room's counts, as the dispatcher gives them. Emitted (`counts` event) when they change:
+ * from the `POST /join` answer, every `countInterval`, and `countSettle` after this client's
+ * subscriber connects (each time), its publisher joins the room, or a `join`/`leave` event
+ * arrives in the room (a burst of those gives one refresh), and on `refreshCounts()`.
+ */
 export interface Counts {
   channel: string;
   /** Viewers, over all hosts. */
@@ -241,6 +247,14 @@ export interface ChatUpOptions {
   maxQueued?: number;
   /** Counts refresh period, ms (default 10000, ±20 %); 0 turns it off. */
   countInterval?: number;
+  /**
+   * After a change in the room (this client's subscriber connected, its publisher joined the
+   * room, a `join` or `leave` event), the counts are asked again once, this long after the
+   * last change, ms, plus a random spread of up to a third more (default 3000, so 3-4 s):
+   * the hosts report their counts about every second and the dispatcher caches them as long,
+   * so asking at once gets the old numbers. 0 or less turns it off.
+   */
+  countSettle?: number;
   /** Join the room on the publisher socket, so the user counts as a chatter and others see join/leave (default true). */
   presence?: boolean;
   /** Replacements for the globals, for other runtimes and tests. */
@@ -309,7 +323,7 @@ export declare class ChatUp {
   sendEvent(ev: string, data?: unknown, options?: SayOptions): Promise<SayResult>;
   /** The joined users of the room, paged. */
   getUsers(options?: { limit?: number; skip?: number }): Promise<UsersPage>;
-  /** Fetches the counts now. */
+  /** Fetches the counts now (the client also does, see `countInterval` and `countSettle`). */
   refreshCounts(): Promise<Counts>;
   /** Closes for good. */
   close(): void;

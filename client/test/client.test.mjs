@@ -35,6 +35,7 @@ function client(world, options = {}) {
     maxReconnectDelay: 20,
     random: () => 0.5,
     countInterval: 0,
+    countSettle: 0,
     ...options,
   });
   const statuses = [];
@@ -644,6 +645,83 @@ test('one count-refresh loop, whatever happens to the sockets', async () => {
   const after = served;
   await sleep(80);
   assert.equal(served, after, 'close() stops the loop');
+});
+
+/** A dispatcher whose counts answer says how many times it was asked (subCount 10 + n). */
+function countingCounts(world) {
+  const asked = { n: 0 };
+  world.route('GET', '/channels/lobby', () => {
+    asked.n += 1;
+    return { status: 200, body: { channel: 'lobby', subCount: 10 + asked.n, pubCount: 1 } };
+  });
+  return asked;
+}
+
+// countSettle 40 with random 0.5: each refresh comes 40 * (1 + 0.5 / 3) ≈ 47 ms after the last change.
+const SETTLE = 40;
+
+test('after each connection the counts are asked again once the hosts can have counted it', async () => {
+  const world = makeWorld();
+  world.route('POST', '/join/lobby', () => joinAnswer('h1', { subCount: 1, pubCount: 0 }));
+  const asked = countingCounts(world);
+  const { chat } = client(world, { countSettle: SETTLE });
+  const counts = [];
+  chat.on('counts', (c) => counts.push(c.subCount));
+  const ready = chat.init();
+  (await world.nextSocket('/sub/')).accept();
+  await ready;
+  assert.equal(asked.n, 0, 'not at once: the hosts have not reported this page yet');
+  await waitFor(() => asked.n === 1, 'the counts asked after connecting');
+  assert.deepEqual(counts, [1, 11]);
+  assert.deepEqual(chat.counts, { channel: 'lobby', subCount: 11, pubCount: 1 });
+  // A reconnect: the room is counted again.
+  world.socketsTo('/sub/')[0].serverClose(1001);
+  (await world.nextSocket('/sub/', 1)).accept();
+  await waitFor(() => asked.n === 2, 'the counts asked after reconnecting');
+  assert.deepEqual(counts, [1, 11, 12]);
+  chat.close();
+});
+
+test('joining as a chatter, then a burst of joins and leaves: one refresh each', async () => {
+  const { world, sub, chat } = await connected({ countSettle: SETTLE, jwt: 'token' });
+  const asked = countingCounts(world);
+  await waitFor(() => asked.n === 1, 'the counts asked after connecting');
+  const pub = world.socketsTo('/pub')[0];
+  await waitFor(() => pub.frames().some((f) => f.join === 'lobby'), 'the room joined');
+  pub.push({ type: 'joined', ref: pub.frames().find((f) => f.join === 'lobby').ref, ch: 'lobby' });
+  await waitFor(() => asked.n === 2, 'the counts asked after joining the room');
+  for (let i = 0; i < 5; i++) {
+    sub.push({ ch: 'lobby', id: 100 + 2 * i, ep: 7, t: 1, ev: 'join', data: { name: `u${i}` } });
+    sub.push({ ch: 'lobby', id: 101 + 2 * i, ep: 7, t: 1, ev: 'leave', data: { name: `u${i}` } });
+    await sleep(5);
+  }
+  await waitFor(() => asked.n === 3, 'the counts asked after the burst');
+  // Other events change no count.
+  sub.push({ ch: 'lobby', id: 200, ep: 7, t: 1, ev: 'rmUserMsg', data: { name: 'u1' } });
+  await sleep(SETTLE * 4);
+  assert.equal(asked.n, 3, 'one refresh for the whole burst, none for other events');
+  chat.close();
+});
+
+test('countSettle 0 asks for no counts after changes', async () => {
+  const { world, sub, chat } = await connected({ countSettle: 0, jwt: 'token' });
+  const asked = countingCounts(world);
+  const pub = world.socketsTo('/pub')[0];
+  await waitFor(() => pub.frames().some((f) => f.join === 'lobby'), 'the room joined');
+  pub.push({ type: 'joined', ref: pub.frames().find((f) => f.join === 'lobby').ref, ch: 'lobby' });
+  sub.push({ ch: 'lobby', id: 100, ep: 7, t: 1, ev: 'join', data: { name: 'u' } });
+  await sleep(SETTLE * 4);
+  assert.equal(asked.n, 0);
+  chat.close();
+});
+
+test('close() cancels a pending counts refresh', async () => {
+  const { world, sub, chat } = await connected({ countSettle: SETTLE });
+  const asked = countingCounts(world);
+  sub.push({ ch: 'lobby', id: 100, ep: 7, t: 1, ev: 'leave', data: { name: 'u' } });
+  chat.close();
+  await sleep(SETTLE * 4);
+  assert.equal(asked.n, 0);
 });
 
 test('getUsers pages through the dispatcher and checks its arguments', async () => {

@@ -9,6 +9,7 @@ async function example(): Promise<void> {
     jwt: async () => 'token',
     additionalChannels: ['news'],
     reconnectDelay: 250,
+    countSettle: 2000,
   });
   const stop: () => void = chat.on('message', (m: ChatMessage) => console.log(m.user?.name, m.msg, m.id));
   // @ts-expect-error: user is absent on admin posts without one
