@@ -15,7 +15,7 @@ use jsonwebtoken::Algorithm;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use toml::{Table, Value};
 
-use crate::auth::KeyFamily;
+use crate::jwt::KeyFamily;
 
 /// Prefix of every environment variable that overrides a config key.
 pub const ENV_PREFIX: &str = "CHATUP_";

@@ -63,33 +63,22 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
-pub mod auth;
 pub mod broker;
-pub mod cache;
-pub mod channels;
 pub mod cli;
-pub mod codec;
+pub mod cluster;
 pub mod config;
-pub mod control;
-pub mod demo;
-pub mod dispatch;
+pub mod dispatcher;
 pub mod error;
-pub mod health;
+pub mod host;
 pub mod http;
+pub mod jwt;
 pub mod logging;
-pub mod members;
 pub mod message;
 pub mod metrics;
 pub mod moderation;
 pub mod plugins;
-pub mod presence;
-pub mod publish;
-pub mod redis;
-pub mod registry;
-pub mod relay;
 pub mod server;
 pub mod shutdown;
-pub mod token;
 
 pub use error::Error;
 

@@ -14,27 +14,30 @@ use tracing::{error, info, warn};
 
 use crate::admin::auth::{warn_example_admin_key, AdminVerifier};
 use crate::admin::AdminState;
-use crate::auth::{warn_example_key, warn_no_exp, Verifier};
 use crate::broker::memory::{MemoryBroker, MemoryOptions};
 use crate::broker::redis::{RedisBroker, RedisOptions};
 use crate::broker::Broker;
+use crate::cluster::control::Control;
+use crate::cluster::redis::RedisLink;
+use crate::cluster::registry::{
+    Directory, HostInfo, HostLoad, LocalDirectory, RedisDirectory, Reporter,
+};
 use crate::config::Config;
-use crate::control::Control;
-use crate::demo::{warn_open_minting, DemoTokens};
-use crate::dispatch::Dispatcher;
+use crate::dispatcher::join::Dispatcher;
 use crate::error::Error;
-use crate::health::Health;
-use crate::http::{router, App, HttpServer, WsSettings};
+use crate::host::demo::{warn_open_minting, DemoTokens};
+use crate::host::presence::{EventPump, Presence};
+use crate::host::publish::sessions::{kick_on_notice, Sessions};
+use crate::host::publish::{App, WsSettings};
+use crate::host::publish::{Limits, Publisher};
+use crate::host::relay::{NginxWorkers, RelayOptions, RelayServer};
+use crate::http::health::Health;
+use crate::http::{router, HttpServer};
+use crate::jwt::{warn_example_key, warn_no_exp, Verifier};
 use crate::metrics::{Metrics, PublishedKind};
 use crate::moderation::{Bans, Moderation};
 use crate::plugins::blacklist::Blacklist;
 use crate::plugins::{admin_blacklist, build_chain, Setup};
-use crate::presence::{EventPump, Presence};
-use crate::publish::sessions::{kick_on_notice, Sessions};
-use crate::publish::{Limits, Publisher};
-use crate::redis::RedisLink;
-use crate::registry::{Directory, HostInfo, HostLoad, LocalDirectory, RedisDirectory, Reporter};
-use crate::relay::{RelayOptions, RelayServer, Workers};
 
 /// How long shutdown waits for connections to close before giving up on them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -60,7 +63,7 @@ pub struct Sidecar {
     /// Where it is, for callers (the server is consumed by `run`).
     relay_path: Option<PathBuf>,
     /// The relay's connected workers and their counts (worker role only).
-    workers: Option<Arc<Workers>>,
+    workers: Option<Arc<NginxWorkers>>,
     /// The bound HTTP listener.
     http: HttpServer,
     /// Its actual address (the configured port may be 0).
@@ -311,7 +314,7 @@ impl Sidecar {
         );
         let mut routes = router(health, worker_app, dispatcher, admin);
         if let Some(demo) = demo {
-            routes = routes.merge(crate::demo::router(Arc::new(demo)));
+            routes = routes.merge(crate::host::demo::router(Arc::new(demo)));
         }
         Ok(Self {
             relay,
@@ -351,7 +354,7 @@ impl Sidecar {
     }
 
     /// The connected nginx workers and their counts (none without the worker role).
-    pub fn workers(&self) -> Option<Arc<Workers>> {
+    pub fn workers(&self) -> Option<Arc<NginxWorkers>> {
         self.workers.clone()
     }
 

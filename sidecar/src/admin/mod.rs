@@ -25,8 +25,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 
 use crate::broker::{Broker, BrokerError};
-use crate::publish::{HttpError, HttpErrorBody, Limits};
-use crate::registry::{Directory, RegistryError};
+use crate::cluster::registry::{Directory, RegistryError};
+use crate::host::publish::{HttpError, HttpErrorBody, Limits};
 use auth::AdminVerifier;
 
 /// What the admin endpoints share.

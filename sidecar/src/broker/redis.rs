@@ -58,8 +58,8 @@ use super::{
     new_epoch, plan_backlog, Backlog, Broker, BrokerError, Delivery, Event, History, Once,
     Publication, Published, Subscriber, SubscriberId,
 };
+use crate::cluster::redis::{RedisError, RedisLink};
 use crate::message::{assemble, Tail};
-use crate::redis::{RedisError, RedisLink};
 
 /// The publish script; see its header for the keys and arguments.
 pub const PUBLISH_LUA: &str = include_str!("redis/publish.lua");

@@ -38,10 +38,10 @@ use tracing::{debug, info, warn};
 
 use super::words::{normalize, Words};
 use super::{Draft, Plugin};
+use crate::cluster::redis::{RedisError, RedisLink};
 use crate::config::BlacklistConfig;
+use crate::host::publish::{ErrorCode, PublishError};
 use crate::message::Body;
-use crate::publish::{ErrorCode, PublishError};
-use crate::redis::{RedisError, RedisLink};
 
 /// Longest managed entry, in characters (after trimming).
 pub const MAX_ENTRY_CHARS: usize = 200;
@@ -548,10 +548,10 @@ impl Plugin for Blacklist {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::tests::{good_claims, sign, verifier};
-    use crate::auth::Identity;
+    use crate::cluster::registry::tests::RedisServer;
     use crate::config::RedisConfig;
-    use crate::registry::tests::RedisServer;
+    use crate::jwt::verify::tests::{good_claims, sign, verifier};
+    use crate::jwt::Identity;
 
     fn identity() -> Identity {
         verifier().verify(&sign(&good_claims())).unwrap()

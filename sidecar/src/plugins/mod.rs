@@ -38,12 +38,12 @@ use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::Identity;
+use crate::cluster::redis::RedisLink;
 use crate::config::Config;
+use crate::host::publish::PublishError;
+use crate::jwt::Identity;
 use crate::message::Body;
 use crate::moderation::Bans;
-use crate::publish::PublishError;
-use crate::redis::RedisLink;
 
 use self::blacklist::Blacklist;
 use self::publish_hook::PublishHook;
@@ -60,7 +60,7 @@ pub struct Draft<'a> {
     pub body: Body,
     /// Cleared by a plugin that wants the message acknowledged but not broadcast.
     pub broadcast: bool,
-    /// The publish's idempotency key scoped to its user ([`crate::publish::idempotency`]),
+    /// The publish's idempotency key scoped to its user ([`crate::host::publish::idempotency`]),
     /// if the publisher gave one: the retries of one message share it, so a plugin that
     /// counts messages counts them once.
     pub key: Option<&'a str>,
@@ -261,8 +261,8 @@ impl std::fmt::Debug for Chain {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::tests::{good_claims, sign, verifier};
-    use crate::publish::ErrorCode;
+    use crate::host::publish::ErrorCode;
+    use crate::jwt::verify::tests::{good_claims, sign, verifier};
 
     struct Upper;
     #[async_trait]

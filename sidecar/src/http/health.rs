@@ -20,7 +20,7 @@ use axum::Json;
 use serde::Serialize;
 use tracing::debug;
 
-use crate::redis::RedisLink;
+use crate::cluster::redis::RedisLink;
 
 /// What `/health` reports and checks.
 pub struct Health {

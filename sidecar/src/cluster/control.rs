@@ -31,9 +31,9 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::cluster::redis::{RedisError, RedisLink, Subscriptions};
 use crate::config::RedisConfig;
 use crate::moderation::Who;
-use crate::redis::{RedisError, RedisLink, Subscriptions};
 
 /// Notices a slow receiver on this host may fall behind by before it misses some.
 const LOCAL_QUEUE: usize = 1024;
@@ -44,7 +44,7 @@ const RESUBSCRIBE_EVERY: Duration = Duration::from_secs(1);
 /// Something every host must do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Notice {
-    /// Close the publisher sessions of `users` in `channel` (see [`crate::publish::sessions`]).
+    /// Close the publisher sessions of `users` in `channel` (see [`crate::host::publish::sessions`]).
     Kick(Kick),
 }
 
@@ -52,9 +52,9 @@ pub enum Notice {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Kick {
     pub channel: String,
-    /// Users, by the token's `sub` ([`crate::auth::Identity::user_id`]).
+    /// Users, by the token's `sub` ([`crate::jwt::Identity::user_id`]).
     pub users: Vec<String>,
-    /// Names, by the token's `_public.name` ([`crate::auth::Identity::public_name`]).
+    /// Names, by the token's `_public.name` ([`crate::jwt::Identity::public_name`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub names: Vec<String>,
     /// When the ban lapses (ms since the Unix epoch), so the kicked clients know when to
@@ -398,7 +398,7 @@ mod tests {
 
     #[tokio::test]
     async fn notices_cross_hosts_through_redis_once() {
-        let redis = crate::registry::tests::RedisServer::start();
+        let redis = crate::cluster::registry::tests::RedisServer::start();
         let config = RedisConfig {
             url: redis.url(),
             ..RedisConfig::default()
