@@ -87,10 +87,10 @@ pub struct Sidecar {
 
 impl Sidecar {
     /// Loads the key, creates the broker and binds the listeners the configured roles need
-    /// (the relay socket and `/pub` only with `roles.worker`, `/join` only with
+    /// (the relay socket and `/pub` only with `roles.chat_host`, `/join` only with
     /// `roles.dispatcher`). Nothing is served yet.
     pub async fn start(config: &Config, ws: WsSettings) -> Result<Self, Error> {
-        let worker = config.roles.worker;
+        let worker = config.roles.chat_host;
         let verifier = if worker {
             let verifier = Verifier::from_config(&config.auth)?;
             if verifier.uses_example_key() {
@@ -287,6 +287,8 @@ impl Sidecar {
         };
 
         let health = Arc::new(Health {
+            // The chat-host role is reported as "worker", its name before `roles.chat_host`:
+            // monitors match on it.
             roles: [
                 ("worker", worker_app.is_some()),
                 ("dispatcher", dispatcher.is_some()),

@@ -77,7 +77,7 @@ async fn start_configured(ws: WsSettings, extra: &[&str]) -> Running {
     let sidecar = Sidecar::start(&config, ws).await.unwrap();
     let addr = sidecar.http_addr();
     let moderation = sidecar.moderation();
-    if config.roles.worker {
+    if config.roles.chat_host {
         assert_eq!(sidecar.relay_path(), Some(socket.as_path()));
     } else {
         assert_eq!(sidecar.relay_path(), None);
@@ -1279,7 +1279,7 @@ async fn a_dispatcher_alone_finds_the_hosts_reporting_to_redis() {
         WsSettings::default(),
         &[
             &url,
-            "roles.worker=false",
+            "roles.chat_host=false",
             "dispatch.history=5",
             // Without the worker role no publisher token is checked: no key is read.
             "auth.public_key_file=/nonexistent/jwt-public.pem",
@@ -1355,7 +1355,8 @@ async fn a_dispatcher_alone_finds_the_hosts_reporting_to_redis() {
     dispatcher.stop().await.unwrap();
 
     // With Redis gone, the dispatcher says so.
-    let dispatcher = start_configured(WsSettings::default(), &[&url, "roles.worker=false"]).await;
+    let dispatcher =
+        start_configured(WsSettings::default(), &[&url, "roles.chat_host=false"]).await;
     drop(redis);
     let r = join(&dispatcher, "/join/room", &[], b"").await;
     assert_eq!(

@@ -845,7 +845,7 @@ mod tests {
         stop: &CancellationToken,
     ) -> (std::net::SocketAddr, Option<Arc<Blacklist>>) {
         let sets = vec![
-            format!("roles.worker={worker}"),
+            format!("roles.chat_host={worker}"),
             format!("relay.socket={}", dir.join("relay.sock").display()),
             "http.listen=127.0.0.1:0".to_string(),
             format!(
