@@ -78,6 +78,7 @@ pub mod metrics;
 pub mod moderation;
 pub mod plugins;
 pub mod server;
+pub mod shared;
 pub mod shutdown;
 
 pub use error::Error;

@@ -15,29 +15,35 @@ use axum::{Json, Router};
 
 use crate::admin::AdminState;
 use crate::dispatcher::join::Dispatcher;
+use crate::host::demo::DemoTokens;
 use crate::host::publish::{App, HttpError, HttpErrorBody};
 use health::Health;
 
-/// The routes of the roles this process plays: the publisher endpoints with `worker`, the
-/// dispatcher with `dispatcher`, the admin API with `admin`; `/health` always.
-pub fn router(
+/// All routes, by role: `/health` always; the publisher endpoints (and `/demo/token` with
+/// its key) with the chat-host role, `/join` and `/channels` with the dispatcher, the admin
+/// API with `admin`.
+pub fn routes(
     health: Arc<Health>,
-    worker: Option<Arc<App>>,
+    chat_host: Option<Arc<App>>,
+    demo: Option<Arc<DemoTokens>>,
     dispatcher: Option<Arc<Dispatcher>>,
     admin: Option<Arc<AdminState>>,
 ) -> Router {
     let mut router = Router::new().merge(
         Router::new()
-            .route("/health", get(crate::http::health::check))
+            .route("/health", get(health::check))
             .with_state(health),
     );
-    if let Some(app) = worker {
+    if let Some(app) = chat_host {
         router = router.merge(
             Router::new()
                 .route("/pub", get(crate::host::publish::ws::upgrade))
                 .route("/pub/{channel}", post(crate::host::publish::post::publish))
                 .with_state(app),
         );
+    }
+    if let Some(demo) = demo {
+        router = router.merge(crate::host::demo::router(demo));
     }
     if let Some(dispatcher) = dispatcher {
         router = router.merge(crate::dispatcher::join::router(dispatcher));

@@ -32,6 +32,7 @@ mod throttle;
 pub mod webhook;
 pub mod words;
 
+use std::any::Any;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -112,7 +113,7 @@ impl<'a> Draft<'a> {
 
 /// One check in the chain.
 #[async_trait]
-pub trait Plugin: Send + Sync + 'static {
+pub trait Plugin: Any + Send + Sync {
     /// Its name in `plugins.chain`, for logs and metrics.
     fn name(&self) -> &'static str;
 
@@ -135,6 +136,15 @@ impl Chain {
     /// The names of the plugins, in order.
     pub fn names(&self) -> Vec<&'static str> {
         self.plugins.iter().map(|p| p.name()).collect()
+    }
+
+    /// Whether a plugin of type `P` is in the chain (e.g. the ban plugin, which also
+    /// decides whether joins are checked).
+    pub fn has<P: Plugin>(&self) -> bool {
+        self.plugins.iter().any(|plugin| {
+            let plugin: &dyn Any = plugin.as_ref();
+            plugin.is::<P>()
+        })
     }
 
     /// Runs every plugin on `draft` until one refuses it; a refused message gives back
@@ -292,6 +302,14 @@ mod tests {
                 _ => Ok(()),
             }
         }
+    }
+
+    #[test]
+    fn the_chain_knows_its_plugins_by_type() {
+        let chain = Chain::new(vec![Arc::new(Upper)]);
+        assert!(chain.has::<Upper>());
+        assert!(!chain.has::<RefuseBang>());
+        assert!(!Chain::default().has::<Upper>());
     }
 
     #[tokio::test]
