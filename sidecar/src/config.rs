@@ -477,7 +477,7 @@ impl Default for PublishHookConfig {
     }
 }
 
-/// Demo publisher tokens, `POST /demo/token` (worker role), for the example page of
+/// Demo publisher tokens, `POST /demo/token` (chat-host role), for the example page of
 /// `scripts/run`. Anyone who can reach the endpoint can publish under any name: never in
 /// production.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

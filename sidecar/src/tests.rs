@@ -1281,7 +1281,7 @@ async fn a_dispatcher_alone_finds_the_hosts_reporting_to_redis() {
             &url,
             "roles.chat_host=false",
             "dispatch.history=5",
-            // Without the worker role no publisher token is checked: no key is read.
+            // Without the chat-host role no publisher token is checked: no key is read.
             "auth.public_key_file=/nonexistent/jwt-public.pem",
         ],
     )

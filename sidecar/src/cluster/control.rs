@@ -153,7 +153,7 @@ impl Control {
         })
     }
 
-    /// The bus through Redis. With `listen` (the worker role, which has sessions to kick)
+    /// The bus through Redis. With `listen` (the chat-host role, which has sessions to kick)
     /// it opens its own pub/sub connection and hands on other hosts' notices until
     /// `shutdown`; without it, it only sends.
     pub async fn redis(
@@ -192,7 +192,7 @@ impl Control {
     /// Acts on `notice` on this host, and sends it to the others. An error means the other
     /// hosts may not have it.
     pub async fn send(&self, notice: Notice) -> Result<(), ControlError> {
-        // No receiver here (a process without the worker role) is not an error.
+        // No receiver here (a process without the chat-host role) is not an error.
         let _ = self.local.send(notice.clone());
         let Some(bus) = &self.redis else {
             return Ok(());
@@ -430,7 +430,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert!(on_a.try_recv().is_err());
 
-        // A sender without the worker role only sends.
+        // A sender without the chat-host role only sends.
         let (link, _pushes) = RedisLink::connect(&config).await.unwrap();
         let admin = Control::redis(link, &config, false, shutdown.clone())
             .await

@@ -4,7 +4,7 @@
 //!
 //! * [`LocalDirectory`] (memory broker, one host): the only host is this one, its numbers
 //!   read straight from the relay's [`NginxWorkers`] and from [`Presence`].
-//! * [`RedisDirectory`] (many hosts): every worker runs a [`Reporter`] that writes its entry
+//! * [`RedisDirectory`] (many hosts): every chat host runs a [`Reporter`] that writes its entry
 //!   and channel counts to Redis every `host.report_interval_ms`, with an expiry of
 //!   `host.ttl_ms`, so a host that stops reporting vanishes within that time. No `KEYS` or
 //!   `SCAN` anywhere.

@@ -1,7 +1,7 @@
 //! `POST /demo/token`: publisher tokens for whoever asks, so that the example page of
 //! `scripts/run` can chat without a backend of its own. Demo only: anyone who can reach the
 //! endpoint publishes under any name, so it exists only when `demo.private_key_file` is set
-//! (worker role), and the sidecar says so loudly at startup.
+//! (chat-host role), and the sidecar says so loudly at startup.
 //!
 //! ```json
 //! POST /demo/token   {"name":"alice"}

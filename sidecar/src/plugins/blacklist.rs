@@ -835,7 +835,7 @@ mod tests {
         shutdown.cancel();
     }
 
-    /// A whole sidecar (worker role) on `redis_url` with `chain`, serving until `stop` is
+    /// A whole sidecar (chat-host role) on `redis_url` with `chain`, serving until `stop` is
     /// cancelled.
     async fn sidecar(
         redis_url: &str,
@@ -909,7 +909,7 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
 
-        // A host without the worker role (dispatcher, admin API) manages the same lists.
+        // A host without the chat-host role (dispatcher, admin API) manages the same lists.
         let dir_c = tempfile::tempdir().unwrap();
         let (_, admin_only) = sidecar(&server.url(), "blacklist", false, dir_c.path(), &stop).await;
         let admin_only = admin_only.expect("an admin host reaches the lists through Redis");

@@ -238,7 +238,7 @@ pub async fn build_chain(setup: &Setup<'_>) -> Result<Plugins, PluginSetupError>
     })
 }
 
-/// The blacklist's lists for the admin API of a host that runs no chain (no worker role):
+/// The blacklist's lists for the admin API of a host that runs no chain (no chat-host role):
 /// with `blacklist` in `plugins.chain` and Redis configured, the lists the chat hosts share
 /// are managed from here too. `None` otherwise.
 pub async fn admin_blacklist(

@@ -31,7 +31,7 @@ impl Default for WsSettings {
     }
 }
 
-/// What the publisher endpoints share (worker role).
+/// What the publisher endpoints share (chat-host role).
 pub struct App {
     /// Checks and publishes messages.
     pub publisher: Publisher,
