@@ -63,9 +63,10 @@ impl Sidecar {
     pub async fn start(config: &Config, ws: WsSettings) -> Result<Self, Error> {
         // Keys first: one that does not fit stops the start before anything is bound.
         let host_keys = HostKeys::load(config)?;
-        let admin_keys = match config.roles.admin {
-            true => admin::verifier(config)?,
-            false => None,
+        let admin_keys = if config.roles.admin {
+            admin::verifier(config)?
+        } else {
+            None
         };
 
         // Shared services: metrics, broker and Redis link, bans, control bus.
