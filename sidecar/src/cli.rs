@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::config::{keys_help, CONFIG_FILE_ENV};
-use crate::token::TokenArgs;
+use crate::jwt::mint::TokenArgs;
 
 /// chatup's sidecar: relay server for the nginx workers of this host, publisher endpoints
 /// (JWT-authenticated) and message broker.

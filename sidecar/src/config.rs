@@ -15,13 +15,18 @@ use jsonwebtoken::Algorithm;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use toml::{Table, Value};
 
-use crate::auth::KeyFamily;
+use crate::jwt::KeyFamily;
 
 /// Prefix of every environment variable that overrides a config key.
 pub const ENV_PREFIX: &str = "CHATUP_";
 
 /// Environment variable naming the config file (same as `--config`).
 pub const CONFIG_FILE_ENV: &str = "CHATUP_CONFIG";
+
+/// Keys that were renamed, `(old, new)`. The old name is still read in every layer (file,
+/// environment, `--set`), with a warning naming the new one; both given with different
+/// values is an error.
+pub const RENAMED_KEYS: &[(&str, &str)] = &[("roles.worker", "roles.chat_host")];
 
 /// The sidecar's whole configuration. Every key is optional; see the field docs for why each
 /// exists and its default.
@@ -257,8 +262,9 @@ impl Default for HostConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RolesConfig {
-    /// Relay for the local nginx workers, publisher endpoints, load reports.
-    pub worker: bool,
+    /// The chat host: relay for the local nginx workers, publisher endpoints, load reports.
+    /// Formerly `roles.worker`, still read (see [`RENAMED_KEYS`]).
+    pub chat_host: bool,
     /// `POST /join/<channel>`: picks a chat host for a client.
     pub dispatcher: bool,
     /// The admin API: post, ban, history, stats, blacklist, metrics.
@@ -268,7 +274,7 @@ pub struct RolesConfig {
 impl Default for RolesConfig {
     fn default() -> Self {
         Self {
-            worker: true,
+            chat_host: true,
             dispatcher: true,
             admin: true,
         }
@@ -471,7 +477,7 @@ impl Default for PublishHookConfig {
     }
 }
 
-/// Demo publisher tokens, `POST /demo/token` (worker role), for the example page of
+/// Demo publisher tokens, `POST /demo/token` (chat-host role), for the example page of
 /// `scripts/run`. Anyone who can reach the endpoint can publish under any name: never in
 /// production.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -582,6 +588,16 @@ pub enum ConfigError {
     BadSet(String),
     #[error("invalid value for `{key}`: {message}")]
     Invalid { key: String, message: String },
+    #[error(
+        "`{old}` ({old_origin}) and `{new}` ({new_origin}) are the same setting and disagree; \
+         `{old}` is the deprecated name: remove it and keep `{new}`"
+    )]
+    RenamedConflict {
+        old: &'static str,
+        old_origin: String,
+        new: &'static str,
+        new_origin: String,
+    },
 }
 
 /// A loaded configuration and the warnings met on the way (logged once logging is set up).
@@ -624,18 +640,34 @@ impl Config {
         let defaults = Config::defaults_tree();
         let mut merged = defaults.clone();
         let mut warnings = Vec::new();
+        let mut renames: Vec<Rename> = RENAMED_KEYS
+            .iter()
+            .map(|&(old, new)| Rename::new(old, new))
+            .collect();
 
         if let Some(path) = file {
             let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
                 path: path.to_owned(),
                 source,
             })?;
-            let table: Table = toml::from_str(&text).map_err(|e| ConfigError::ParseFile {
+            let mut table: Table = toml::from_str(&text).map_err(|e| ConfigError::ParseFile {
                 path: path.to_owned(),
                 message: e.to_string(),
             })?;
             let origin = format!("config file {}", path.display());
+            for rename in &mut renames {
+                if let Some(value) = take_path(&mut table, rename.old) {
+                    check_type(rename.default(&defaults)?, &value, rename.old, &origin)?;
+                    rename.old_given = Some((value, origin.clone()));
+                }
+            }
             merge_table(&defaults, &mut merged, &table, &mut Vec::new(), &origin)?;
+            for rename in &mut renames {
+                let path: Vec<&str> = rename.new.split('.').collect();
+                if let Some(value) = get_path(&table, &path) {
+                    rename.new_given = Some((value.clone(), origin.clone()));
+                }
+            }
         }
 
         let key_by_env: BTreeMap<String, Vec<String>> = leaves(&defaults)
@@ -646,6 +678,17 @@ impl Config {
         for (name, value) in env {
             let Some(name) = name.to_str() else { continue };
             if !name.starts_with(ENV_PREFIX) || name == CONFIG_FILE_ENV {
+                continue;
+            }
+            if let Some(rename) = renames.iter_mut().find(|r| Config::env_var(r.old) == name) {
+                let origin = format!("environment variable {name}");
+                let raw = value.to_str().ok_or_else(|| ConfigError::BadValue {
+                    key: rename.old.into(),
+                    origin: origin.clone(),
+                    message: "not valid UTF-8".into(),
+                })?;
+                let value = leaf_value(rename.default(&defaults)?, raw, rename.old, &origin)?;
+                rename.old_given = Some((value, origin));
                 continue;
             }
             let Some(path) = key_by_env.get(name) else {
@@ -664,6 +707,7 @@ impl Config {
         for (name, (path, raw)) in env_values {
             let origin = format!("environment variable {name}");
             set_leaf(&defaults, &mut merged, &path, &raw, &origin)?;
+            note_new_key(&mut renames, &merged, &path, &origin);
         }
 
         for assignment in sets {
@@ -674,7 +718,43 @@ impl Config {
             if path.iter().any(String::is_empty) {
                 return Err(ConfigError::BadSet(assignment.clone()));
             }
+            if let Some(rename) = renames.iter_mut().find(|r| r.old == path.join(".")) {
+                let value = leaf_value(rename.default(&defaults)?, raw, rename.old, "--set")?;
+                rename.old_given = Some((value, "--set".into()));
+                continue;
+            }
             set_leaf(&defaults, &mut merged, &path, raw, "--set")?;
+            note_new_key(&mut renames, &merged, &path, "--set");
+        }
+
+        for rename in renames {
+            let Some((value, old_origin)) = rename.old_given else {
+                continue;
+            };
+            warnings.push(format!(
+                "config key `{}` ({old_origin}) is deprecated: it is now `{}` (environment \
+                 variable {}); rename it",
+                rename.old,
+                rename.new,
+                Config::env_var(rename.new),
+            ));
+            match rename.new_given {
+                Some((new_value, new_origin)) if new_value != value => {
+                    return Err(ConfigError::RenamedConflict {
+                        old: rename.old,
+                        old_origin,
+                        new: rename.new,
+                        new_origin,
+                    });
+                }
+                Some(_) => {}
+                None => {
+                    let path: Vec<&str> = rename.new.split('.').collect();
+                    if let Some(slot) = get_path_mut(&mut merged, &path) {
+                        *slot = value;
+                    }
+                }
+            }
         }
 
         let config: Config = serde_path_to_error::deserialize(Value::Table(merged)).map_err(
@@ -843,17 +923,17 @@ impl Config {
                 format!("must be from 0 to {MAX_LEAVE_GRACE_MS}"),
             ));
         }
-        if !self.roles.worker && !self.roles.dispatcher && !self.roles.admin {
+        if !self.roles.chat_host && !self.roles.dispatcher && !self.roles.admin {
             return Err(invalid(
                 "roles",
-                "at least one of roles.worker, roles.dispatcher and roles.admin must be true"
+                "at least one of roles.chat_host, roles.dispatcher and roles.admin must be true"
                     .into(),
             ));
         }
-        if !self.roles.worker && !self.redis.enabled() {
+        if !self.roles.chat_host && !self.redis.enabled() {
             return Err(invalid(
-                "roles.worker",
-                "a dispatcher or admin API without the worker role needs Redis (redis.url or \
+                "roles.chat_host",
+                "a dispatcher or admin API without the chat-host role needs Redis (redis.url or \
                  redis.cluster_nodes) to reach the chat hosts"
                     .into(),
             ));
@@ -1116,8 +1196,15 @@ fn set_leaf(
         Some(Value::Table(_)) | None => return Err(unknown()),
         Some(v) => v,
     };
+    let value = leaf_value(default, raw, &key, origin)?;
+    m.insert(last.clone(), value);
+    Ok(())
+}
+
+/// A leaf's value from text (an environment variable or `--set`), typed like `default`.
+fn leaf_value(default: &Value, raw: &str, key: &str, origin: &str) -> Result<Value, ConfigError> {
     let bad = |message: String| ConfigError::BadValue {
-        key: key.clone(),
+        key: key.into(),
         origin: origin.into(),
         message,
     };
@@ -1169,8 +1256,78 @@ fn set_leaf(
             return Err(bad("this key cannot be set from text".into()))
         }
     };
-    m.insert(last.clone(), value);
-    Ok(())
+    Ok(value)
+}
+
+/// A renamed key met while loading: where each of its names was given, last layer winning.
+struct Rename {
+    old: &'static str,
+    new: &'static str,
+    /// The value given under the old name, and where.
+    old_given: Option<(Value, String)>,
+    /// The value given under the new name, and where: compared with the old one.
+    new_given: Option<(Value, String)>,
+}
+
+impl Rename {
+    fn new(old: &'static str, new: &'static str) -> Self {
+        Self {
+            old,
+            new,
+            old_given: None,
+            new_given: None,
+        }
+    }
+
+    /// The new key's default, which types the value given under the old name.
+    fn default<'a>(&self, defaults: &'a Table) -> Result<&'a Value, ConfigError> {
+        let path: Vec<&str> = self.new.split('.').collect();
+        get_path(defaults, &path).ok_or_else(|| ConfigError::UnknownKey {
+            key: self.new.into(),
+            origin: "the list of renamed keys".into(),
+            known: known_keys(),
+        })
+    }
+}
+
+/// Records that a layer set the new name of a renamed key.
+fn note_new_key(renames: &mut [Rename], merged: &Table, path: &[String], origin: &str) {
+    let key = path.join(".");
+    for rename in renames.iter_mut().filter(|r| r.new == key) {
+        let parts: Vec<&str> = path.iter().map(String::as_str).collect();
+        if let Some(value) = get_path(merged, &parts) {
+            rename.new_given = Some((value.clone(), origin.into()));
+        }
+    }
+}
+
+fn get_path<'a>(table: &'a Table, path: &[&str]) -> Option<&'a Value> {
+    let (last, parents) = path.split_last()?;
+    let mut t = table;
+    for p in parents {
+        t = t.get(*p)?.as_table()?;
+    }
+    t.get(*last)
+}
+
+fn get_path_mut<'a>(table: &'a mut Table, path: &[&str]) -> Option<&'a mut Value> {
+    let (last, parents) = path.split_last()?;
+    let mut t = table;
+    for p in parents {
+        t = t.get_mut(*p)?.as_table_mut()?;
+    }
+    t.get_mut(*last)
+}
+
+/// Removes a dotted key from a parsed file, returning its value.
+fn take_path(table: &mut Table, dotted: &str) -> Option<Value> {
+    let path: Vec<&str> = dotted.split('.').collect();
+    let (last, parents) = path.split_last()?;
+    let mut t = table;
+    for p in parents {
+        t = t.get_mut(*p)?.as_table_mut()?;
+    }
+    t.remove(*last)
 }
 
 #[cfg(test)]
@@ -1345,6 +1502,98 @@ mod tests {
     }
 
     #[test]
+    fn the_old_chat_host_key_still_works_and_warns_once() {
+        let f = file("[roles]\nworker = false\n[redis]\nurl = \"redis://127.0.0.1:1\"\n");
+        let loaded = Config::load(Some(f.path()), env(&[]), &[]).unwrap();
+        assert!(!loaded.config.roles.chat_host);
+        assert_eq!(loaded.warnings.len(), 1, "{:?}", loaded.warnings);
+        assert!(loaded.warnings[0].contains("`roles.worker`"));
+        assert!(loaded.warnings[0].contains("`roles.chat_host`"));
+        assert!(loaded.warnings[0].contains("CHATUP_ROLES_CHAT_HOST"));
+
+        // In every layer, and given twice it still warns once.
+        let loaded = Config::load(
+            Some(f.path()),
+            env(&[("CHATUP_ROLES_WORKER", "false")]),
+            &["roles.worker=false".into()],
+        )
+        .unwrap();
+        assert!(!loaded.config.roles.chat_host);
+        assert_eq!(loaded.warnings.len(), 1, "{:?}", loaded.warnings);
+        assert!(loaded.warnings[0].contains("--set"));
+
+        let loaded = Config::load(None, env(&[("CHATUP_ROLES_WORKER", "true")]), &[]).unwrap();
+        assert!(loaded.config.roles.chat_host);
+        assert!(loaded.warnings[0].contains("CHATUP_ROLES_WORKER"));
+
+        let msg = Config::load(None, env(&[("CHATUP_ROLES_WORKER", "maybe")]), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("roles.worker") && msg.contains("true or false"),
+            "{msg}"
+        );
+        assert!(!Config::keys().contains(&"roles.worker".to_string()));
+    }
+
+    #[test]
+    fn the_new_chat_host_key_works_without_warning() {
+        let redis = "redis.url=redis://127.0.0.1:1".to_string();
+        let loaded =
+            Config::load(None, env(&[]), &["roles.chat_host=false".into(), redis]).unwrap();
+        assert!(!loaded.config.roles.chat_host);
+        assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+        let f = file("[roles]\nchat_host = false\n[redis]\nurl = \"redis://127.0.0.1:1\"\n");
+        let loaded = Config::load(Some(f.path()), env(&[]), &[]).unwrap();
+        assert!(!loaded.config.roles.chat_host);
+        assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+        let loaded = Config::load(None, env(&[("CHATUP_ROLES_CHAT_HOST", "true")]), &[]).unwrap();
+        assert!(loaded.config.roles.chat_host);
+        assert!(Config::keys().contains(&"roles.chat_host".to_string()));
+    }
+
+    #[test]
+    fn old_and_new_chat_host_keys_in_conflict_are_an_error() {
+        let f = file("[roles]\nworker = false\n");
+        let msg = Config::load(
+            Some(f.path()),
+            env(&[("CHATUP_ROLES_CHAT_HOST", "true")]),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(msg.contains("`roles.worker`"), "{msg}");
+        assert!(msg.contains("`roles.chat_host`"), "{msg}");
+        assert!(
+            msg.contains("environment variable CHATUP_ROLES_CHAT_HOST"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains(&format!("config file {}", f.path().display())),
+            "{msg}"
+        );
+
+        let f = file("[roles]\nworker = true\nchat_host = false\n");
+        let msg = Config::load(Some(f.path()), env(&[]), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("roles.worker") && msg.contains("roles.chat_host"),
+            "{msg}"
+        );
+
+        // The same value under both names is no conflict, only the old name's warning.
+        let loaded = Config::load(
+            None,
+            env(&[]),
+            &["roles.worker=true".into(), "roles.chat_host=true".into()],
+        )
+        .unwrap();
+        assert!(loaded.config.roles.chat_host);
+        assert_eq!(loaded.warnings.len(), 1);
+    }
+
+    #[test]
     fn type_errors_name_key_and_origin() {
         let f = file("[history]\nsize = \"many\"\n");
         let msg = Config::load(Some(f.path()), env(&[]), &[])
@@ -1459,13 +1708,13 @@ mod tests {
             ),
             (
                 &[
-                    "roles.worker=false",
+                    "roles.chat_host=false",
                     "roles.dispatcher=false",
                     "roles.admin=false",
                 ],
                 "at least one",
             ),
-            (&["roles.worker=false"], "needs Redis"),
+            (&["roles.chat_host=false"], "needs Redis"),
         ] {
             let err = load(sets).expect_err(&format!("{sets:?} must be refused"));
             assert!(err.to_string().contains(needle), "{sets:?}: {err}");

@@ -1,15 +1,15 @@
 //! The errors that stop the sidecar, each naming what to fix.
 
-use crate::auth::KeySetupError;
+use crate::cluster::redis::RedisError;
 use crate::config::ConfigError;
-use crate::demo::DemoSetupError;
+use crate::host::demo::DemoSetupError;
+use crate::host::relay::RelayError;
 use crate::http::HttpBindError;
+use crate::jwt::mint::TokenError;
+use crate::jwt::KeySetupError;
 use crate::logging::LogError;
 use crate::metrics::MetricsError;
 use crate::plugins::PluginSetupError;
-use crate::redis::RedisError;
-use crate::relay::RelayError;
-use crate::token::TokenError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

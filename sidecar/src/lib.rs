@@ -2,94 +2,109 @@
 //!
 //! nginx (with `ngx_http_chatup_module`) holds the subscribers' WebSockets; the sidecar
 //! gives their messages ids and history, checks who publishes, and feeds each nginx worker
-//! over a Unix socket. One process, tokio based:
+//! over a Unix socket. One process, tokio based, playing the roles its configuration turns
+//! on (`[roles]`; a single-host install plays them all):
 //!
 //! ```text
-//!  publishers ──HTTP/WS──▶ http ─▶ publish ─▶ broker ─▶ relay ──unix socket──▶ nginx workers
-//!                                  (auth,      (ids,     (one connection
-//!                                   limits)     history)  per worker)
+//!  publishers ─HTTP/WS─▶ http ─▶ host::publish ─▶ broker ─▶ host::relay ─unix─▶ nginx workers
+//!                               (jwt, limits,    (ids,     (one connection
+//!                                plugins)         history)  per nginx worker)
 //! ```
 //!
-//! Layout, one concern per module:
+//! # Roles
 //!
-//! * [`config`]: the `[relay] [http] [auth] [admin] [limits] [history] [redis] [host]
-//!   [roles] [dispatch] [presence] [plugins] [rate_limit] [blacklist] [webhook]
-//!   [publish_hook] [demo] [log]` settings, layered default < file < `CHATUP_*`
-//!   environment < `--set`.
-//! * [`cli`]: the command line (`run`, `token`, `config`).
-//! * [`auth`]: JWT verification with pinned algorithms; the example-key warning.
-//! * [`token`]: the `token` subcommand that mints publisher and admin tokens.
-//! * [`message`]: the message JSON, encoded once; [`message::assemble`] puts `ch`, `id`,
-//!   `ep` in front of the publisher-encoded tail.
+//! * [`host`], the chat host (`roles.chat_host`, formerly `roles.worker`; `/health` still
+//!   calls it `worker`): [`host::relay`], the Unix-socket server for this host's nginx
+//!   workers ([`host::relay::codec`] its frames, [`host::relay::nginx_workers`] the
+//!   connected workers and their counts); [`host::publish`], the publisher endpoints
+//!   `GET /pub` (WebSocket, also join/leave) and `POST /pub/<ch>`, and the open sessions by
+//!   user, for kicks; [`host::presence`], who joined which channel here, and the
+//!   `join`/`leave` events; [`host::demo`], `POST /demo/token` for the example page.
+//!   [`host::ChatHost::assemble`] puts them together.
+//! * [`dispatcher`] (`roles.dispatcher`): [`dispatcher::join`], `POST /join/<ch>`, the
+//!   least-loaded host for a client with the channel's counts and recent history;
+//!   [`dispatcher::channels`], `GET /channels/<ch>[/users]`, the public counts browsers poll,
+//!   from an [`dispatcher::answer_cache`] fresh for one report interval.
+//!   [`dispatcher::assemble`] builds it.
+//! * [`admin`] (`roles.admin`): the admin API (admin tokens; post, ban, history, stats,
+//!   blacklist, metrics); its routes are listed in `sidecar/openapi.json`.
+//!   [`admin::assemble`] builds it.
+//!
+//! # Shared services
+//!
+//! * [`shared`]: what every role uses, started first ([`shared::Shared::start`]): metrics,
+//!   broker and Redis link, bans, control bus, shutdown.
 //! * [`broker`]: the [`broker::Broker`] trait (publish with atomic id + history + fan-out,
 //!   subscribe with a gap-free backlog); [`broker::memory`], the single-host engine, and
 //!   [`broker::redis`], the many-host engine (a Lua script per publish, sharded pub/sub on
 //!   a cluster, catch-up from history after a lost connection).
-//! * [`redis`]: the connection to one Redis server or a Redis Cluster, with the bound on
-//!   every call, shared by the Redis broker and the registry.
-//! * [`control`]: the control bus, notices every host acts on (kick banned publishers),
-//!   in process or through Redis pub/sub.
+//! * [`cluster`]: what the hosts know of each other: [`cluster::redis`], the connection to
+//!   Redis (server, Cluster or Sentinel) with the bound on every call;
+//!   [`cluster::registry`], the live hosts and their load (this host alone or every host
+//!   reporting to Redis); [`cluster::members`], who is joined where on every host, for the
+//!   admin API's channel stats; [`cluster::control`], the control bus (kick banned
+//!   publishers on every host).
+//! * [`jwt`]: [`jwt::keys`], key families and loading, and the warnings about example keys;
+//!   [`jwt::verify`], publisher tokens checked with pinned algorithms; [`jwt::mint`], the
+//!   `token` subcommand and the demo tokens' signing.
 //! * [`moderation`]: bans (memory or Redis) and what a ban sets off; the admin API's entry
 //!   point.
-//! * [`codec`]: the relay frames of `chatup_wire` as a `tokio_util` codec.
-//! * [`relay`]: the Unix-socket server for nginx workers.
-//! * [`publish`]: the publisher endpoints, `GET /pub` (WebSocket, also join/leave) and
-//!   `POST /pub/<ch>`; the open sessions by user, for kicks.
 //! * [`plugins`]: the checks of `plugins.chain` every publish goes through (`ban`,
 //!   `rate_limit`, `blacklist`, `webhook`, `publish_hook`).
-//! * [`admin`]: the admin API (admin tokens; post, ban, history, stats, blacklist,
-//!   metrics); its routes are listed in `sidecar/openapi.json`.
-//! * [`presence`]: which publishers joined which channels on this host; `join`/`leave`
-//!   events.
-//! * [`registry`]: the live hosts and their load, for the dispatcher: this host alone
-//!   ([`registry::LocalDirectory`]) or every host reporting to Redis
-//!   ([`registry::RedisDirectory`], [`registry::Reporter`]).
-//! * [`members`]: who is joined to which channel on every host, mirrored to Redis by the
-//!   registry's reporter, for the admin API's channel stats.
-//! * [`dispatch`]: `POST /join/<ch>`, the least-loaded host for a client, with the channel's
-//!   counts and recent history.
-//! * [`channels`]: `GET /channels/<ch>` and `/channels/<ch>/users`, the public counts and
-//!   user lists browsers poll, from a [`cache`] fresh for one report interval.
-//! * [`cache`]: per-key answers kept for a fixed time, bounded, one load per miss.
-//! * [`demo`]: `POST /demo/token`, publisher tokens for the example page (`[demo]`).
-//! * [`http`]: the HTTP router and listener, routes by role.
-//! * [`health`]: `GET /health`, with a Redis check.
+//! * [`http`]: all routes in one place ([`http::routes`]), the listener
+//!   ([`http::server`]) and `GET /health` ([`http::health`]).
+//! * [`message`]: the message JSON, encoded once; [`message::assemble`] puts `ch`, `id`,
+//!   `ep` in front of the publisher-encoded tail.
 //! * [`metrics`]: the Prometheus metrics `GET /metrics` serves (admin API).
-//! * [`server`]: wires the above together for the configured roles and shuts it down in
-//!   order.
-//! * [`shutdown`]: SIGTERM/SIGINT handling.
-//! * [`logging`]: `tracing` output to stderr, text or JSON.
-//! * [`error`]: the errors that stop the process.
+//! * [`config`]: the `[relay] [http] [auth] [admin] [limits] [history] [redis] [host]
+//!   [roles] [dispatch] [presence] [plugins] [rate_limit] [blacklist] [webhook]
+//!   [publish_hook] [demo] [log]` settings, layered default < file < `CHATUP_*`
+//!   environment < `--set`.
+//! * [`server`]: [`server::Sidecar::start`] wires the shared services, then each role,
+//!   then the routes; [`server::Sidecar::run`] serves and shuts down in order.
+//! * [`cli`] (the command line: `run`, `token`, `config`), [`shutdown`] (SIGTERM/SIGINT),
+//!   [`logging`] (`tracing` to stderr, text or JSON), [`error`] (the errors that stop the
+//!   process).
+//!
+//! # The path of one message
+//!
+//! `POST /pub/<ch>` with `Authorization: Bearer <jwt>`, to the nginx workers whose
+//! subscribers watch `<ch>`:
+//!
+//! 1. `http/mod.rs`: [`http::routes`] sends `/pub/{channel}` to the chat host's handler.
+//! 2. `host/publish/post.rs`: [`host::publish::post::publish`] reads the body (text or
+//!    JSON) and the `Idempotency-Key` (`host/publish/idempotency.rs`).
+//! 3. `host/publish/mod.rs`: [`host::publish::Publisher`] checks the token
+//!    (`jwt/verify.rs`), the channel and the [`host::publish::Limits`], runs the plugin
+//!    chain (`plugins/mod.rs` and one file per plugin), and encodes the message's tail once
+//!    (`message.rs`).
+//! 4. `metrics.rs`: the metered broker times the call and counts the publish.
+//! 5. `broker/memory.rs` or `broker/redis.rs`: the broker gives the message its id, keeps
+//!    it in history and fans it out to the channel's subscribers.
+//! 6. `host/relay/mod.rs`: each relay connection subscribed to `<ch>` (an nginx worker
+//!    asked for it) queues the message and writes it as a `Message` frame
+//!    (`host/relay/codec.rs`, `chatup_wire`) to its nginx worker, which sends it to its
+//!    viewers.
 #![forbid(unsafe_code)]
 
 pub mod admin;
-pub mod auth;
 pub mod broker;
-pub mod cache;
-pub mod channels;
 pub mod cli;
-pub mod codec;
+pub mod cluster;
 pub mod config;
-pub mod control;
-pub mod demo;
-pub mod dispatch;
+pub mod dispatcher;
 pub mod error;
-pub mod health;
+pub mod host;
 pub mod http;
+pub mod jwt;
 pub mod logging;
-pub mod members;
 pub mod message;
 pub mod metrics;
 pub mod moderation;
 pub mod plugins;
-pub mod presence;
-pub mod publish;
-pub mod redis;
-pub mod registry;
-pub mod relay;
 pub mod server;
+pub mod shared;
 pub mod shutdown;
-pub mod token;
 
 pub use error::Error;
 

@@ -4,10 +4,10 @@ use std::process::ExitCode;
 
 use chatup_sidecar::cli::{Cli, Command};
 use chatup_sidecar::config::Config;
-use chatup_sidecar::http::WsSettings;
+use chatup_sidecar::host::publish::WsSettings;
+use chatup_sidecar::jwt::mint::make_token;
 use chatup_sidecar::server::Sidecar;
 use chatup_sidecar::shutdown::Signals;
-use chatup_sidecar::token::make_token;
 use chatup_sidecar::{logging, Error};
 
 fn main() -> ExitCode {

@@ -2,13 +2,13 @@
 //!
 //! One [`Metrics`] is made at start ([`crate::server`]) and handed to what counts:
 //!
-//! * the [`Publisher`](crate::publish::Publisher) counts messages published (`msg`,
+//! * the [`Publisher`](crate::host::publish::Publisher) counts messages published (`msg`,
 //!   `event`), withheld and refused (by error code, including the token refusals of the
 //!   publisher endpoints);
 //! * every user of the broker gets its own [`Metrics::metered`] handle, which times broker
 //!   calls and, for presence events and the admin API, counts what they publish;
 //! * what already exists elsewhere is read at scrape time rather than copied: subscriber
-//!   counts and delivery totals from the relay's [`Workers`] (as the nginx workers report
+//!   counts and delivery totals from the relay's [`NginxWorkers`] (as the nginx workers report
 //!   them), publisher sessions from [`Presence`], relay traffic and Redis pub/sub
 //!   disconnects from their owners' counters. Nothing has to be kept in sync by hand.
 //!
@@ -30,10 +30,10 @@ use prometheus::{
 use crate::broker::{
     Backlog, Broker, BrokerError, History, Once, Publication, Published, Subscriber, SubscriberId,
 };
+use crate::host::presence::Presence;
+use crate::host::publish::ErrorCode;
+use crate::host::relay::NginxWorkers;
 use crate::message::Tail;
-use crate::presence::Presence;
-use crate::publish::ErrorCode;
-use crate::relay::Workers;
 
 /// The `Content-Type` of a scrape.
 pub const CONTENT_TYPE: &str = prometheus::TEXT_FORMAT;
@@ -193,7 +193,7 @@ impl Metrics {
     }
 
     /// Adds the metrics of the relay and of what the nginx workers report through it.
-    pub fn watch_relay(&self, workers: &Arc<Workers>) -> Result<(), MetricsError> {
+    pub fn watch_relay(&self, workers: &Arc<NginxWorkers>) -> Result<(), MetricsError> {
         let w = workers.clone();
         self.add(Pulled::single(
             "chatup_subscribers",
@@ -497,13 +497,13 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::auth::tests::{good_claims, sign, verifier};
-    use crate::auth::Identity;
     use crate::broker::memory::{MemoryBroker, MemoryOptions};
+    use crate::host::presence::Session;
+    use crate::host::publish::{Limits, Publisher};
+    use crate::jwt::verify::tests::{good_claims, sign, verifier};
+    use crate::jwt::Identity;
     use crate::message::Body;
     use crate::plugins::Chain;
-    use crate::presence::Session;
-    use crate::publish::{Limits, Publisher};
 
     /// A scrape, checked line by line: every line is `# HELP name text`, `# TYPE name type`
     /// or a sample `name{label="value",...} number` of a family whose HELP and TYPE came
@@ -591,7 +591,9 @@ mod tests {
     /// a publisher connected.
     async fn everything() -> (Arc<Metrics>, Session) {
         let metrics = Arc::new(Metrics::new().unwrap());
-        metrics.watch_relay(&Arc::new(Workers::default())).unwrap();
+        metrics
+            .watch_relay(&Arc::new(NginxWorkers::default()))
+            .unwrap();
         let (presence, _) = Presence::new(false);
         metrics.watch_presence(&presence).unwrap();
         metrics.watch_redis(|| 3).unwrap();

@@ -1,5 +1,6 @@
-//! Puts the pieces together for the configured roles: key, broker, relay socket, presence,
-//! host registry, dispatcher, HTTP listener; and takes them down again in order at shutdown.
+//! Puts the roles together: the shared services first, then each role this process plays
+//! (chat host, dispatcher, admin API), then the routes; and takes them down again in order
+//! at shutdown.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -8,300 +9,124 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
-use crate::admin::auth::{warn_example_admin_key, AdminVerifier};
-use crate::admin::AdminState;
-use crate::auth::{warn_example_key, warn_no_exp, Verifier};
-use crate::broker::memory::{MemoryBroker, MemoryOptions};
-use crate::broker::redis::{RedisBroker, RedisOptions};
-use crate::broker::Broker;
+use crate::cluster::registry::HostInfo;
 use crate::config::Config;
-use crate::control::Control;
-use crate::demo::{warn_open_minting, DemoTokens};
-use crate::dispatch::Dispatcher;
 use crate::error::Error;
-use crate::health::Health;
-use crate::http::{router, App, HttpServer, WsSettings};
-use crate::metrics::{Metrics, PublishedKind};
-use crate::moderation::{Bans, Moderation};
+use crate::host::publish::{Limits, WsSettings};
+use crate::host::relay::NginxWorkers;
+use crate::host::{ChatHost, HostKeys, HostTasks};
+use crate::http::health::Health;
+use crate::http::{routes, HttpServer};
+use crate::moderation::Moderation;
+use crate::plugins::admin_blacklist;
 use crate::plugins::blacklist::Blacklist;
-use crate::plugins::{admin_blacklist, build_chain, Setup};
-use crate::presence::{EventPump, Presence};
-use crate::publish::sessions::{kick_on_notice, Sessions};
-use crate::publish::{Limits, Publisher};
-use crate::redis::RedisLink;
-use crate::registry::{Directory, HostInfo, HostLoad, LocalDirectory, RedisDirectory, Reporter};
-use crate::relay::{RelayOptions, RelayServer, Workers};
+use crate::shared::Shared;
+use crate::{admin, cluster, dispatcher};
 
 /// How long shutdown waits for connections to close before giving up on them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-/// The admin token checker, or `None` (admin API off) when no key is configured.
-fn admin_verifier(config: &Config) -> Result<Option<Arc<AdminVerifier>>, Error> {
-    let path = &config.admin.public_key_file;
-    if path.as_os_str().is_empty() {
-        warn!("admin.public_key_file is empty: the admin API is off (only /health and /metrics answer)");
-        return Ok(None);
-    }
-    let verifier = AdminVerifier::from_config(&config.admin, &config.auth)?;
-    if verifier.uses_example_key() {
-        warn_example_admin_key(path);
-    }
-    Ok(Some(Arc::new(verifier)))
-}
-
 /// A sidecar whose sockets are bound, ready to [`run`](Sidecar::run).
 pub struct Sidecar {
-    /// The bound relay socket (worker role only).
-    relay: Option<RelayServer>,
-    /// Where it is, for callers (the server is consumed by `run`).
+    /// The chat host's relay, presence events and load reports (chat-host role only).
+    host_tasks: Option<HostTasks>,
+    /// Where the relay socket is, for callers (the tasks are consumed by `run`).
     relay_path: Option<PathBuf>,
-    /// The relay's connected workers and their counts (worker role only).
-    workers: Option<Arc<Workers>>,
+    /// The relay's connected nginx workers and their counts (chat-host role only).
+    workers: Option<Arc<NginxWorkers>>,
     /// The bound HTTP listener.
     http: HttpServer,
     /// Its actual address (the configured port may be 0).
     http_addr: SocketAddr,
     /// The routes of this process's roles.
     router: Router,
-    /// Publishes presence events (worker role with `presence.events`).
-    pump: Option<(EventPump, Arc<Presence>, Arc<dyn Broker>)>,
-    /// Reports this host's load to Redis (worker role with Redis).
-    reporter: Option<Reporter>,
     /// Bans and their effects, for the admin API.
     moderation: Arc<Moderation>,
     /// Cancelled to stop everything.
     shutdown: CancellationToken,
     /// Relay connections, publisher sessions and background tasks, awaited at shutdown.
     tracker: TaskTracker,
-    /// The blacklist's lists, for the admin API: with `blacklist` in the chain, on a worker,
-    /// or on an admin host without the worker role (then through Redis).
+    /// The blacklist's lists, for the admin API: with `blacklist` in the chain, on a chat
+    /// host, or on an admin host without the chat-host role (then through Redis).
     blacklist: Option<Arc<Blacklist>>,
 }
 
 impl Sidecar {
-    /// Loads the key, creates the broker and binds the listeners the configured roles need
-    /// (the relay socket and `/pub` only with `roles.worker`, `/join` only with
-    /// `roles.dispatcher`). Nothing is served yet.
+    /// Loads the keys, starts the shared services and binds the listeners the configured
+    /// roles need (the relay socket and `/pub` only with `roles.chat_host`, `/join` only
+    /// with `roles.dispatcher`). Nothing is served yet.
     pub async fn start(config: &Config, ws: WsSettings) -> Result<Self, Error> {
-        let worker = config.roles.worker;
-        let verifier = if worker {
-            let verifier = Verifier::from_config(&config.auth)?;
-            if verifier.uses_example_key() {
-                warn_example_key(
-                    "auth.public_key_file",
-                    &config.auth.public_key_file,
-                    "publish as any user",
-                );
-            }
-            if !config.auth.require_exp {
-                warn_no_exp();
-            }
-            Some(verifier)
+        // Keys first: one that does not fit stops the start before anything is bound.
+        let host_keys = HostKeys::load(config)?;
+        let admin_keys = if config.roles.admin {
+            admin::verifier(config)?
         } else {
             None
         };
-        // Checked before anything is bound, like the keys: a demo key that does not fit
-        // stops the start.
-        let demo = match &verifier {
-            Some(verifier) => DemoTokens::from_config(&config.demo, &config.auth, verifier)?,
-            None => None,
-        };
-        if demo.is_some() {
-            warn_open_minting(&config.demo.private_key_file);
-        } else if !config.demo.private_key_file.as_os_str().is_empty() {
-            warn!(
-                "demo.private_key_file is set but this process has no worker role: no /demo/token"
-            );
-        }
-        // Checked before anything is bound: a wrong admin key stops the start.
-        let admin_tokens = if config.roles.admin {
-            admin_verifier(config)?
-        } else {
-            None
-        };
-        let shutdown = CancellationToken::new();
-        let tracker = TaskTracker::new();
-        // Every part that counts gets this one (rather than a global), so that several
-        // sidecars in one test process keep their own numbers.
-        let metrics = Arc::new(Metrics::new()?);
 
-        // The broker, and with `[redis]` the connection the host registry shares.
-        let (broker, redis): (Arc<dyn Broker>, Option<RedisLink>) = if config.redis.enabled() {
-            let (link, pushes) = RedisLink::connect(&config.redis).await?;
-            info!(
-                redis = link.address(),
-                cluster = link.is_cluster(),
-                "connected to Redis"
-            );
-            let broker = RedisBroker::start(
-                link.clone(),
-                pushes,
-                RedisOptions {
-                    history_size: config.history.size,
-                    ttl: Duration::from_secs(config.history.ttl_seconds),
-                },
-                shutdown.clone(),
-            );
-            let redis_broker = broker.clone();
-            metrics.watch_redis(move || redis_broker.pubsub_disconnects())?;
-            (broker, Some(link))
-        } else {
-            let memory = MemoryBroker::new(MemoryOptions {
-                history_size: config.history.size,
-                ttl: Duration::from_secs(config.history.ttl_seconds),
-            });
-            memory.spawn_sweeper(shutdown.clone());
-            (memory, None)
-        };
-
-        // Bans, and the bus that tells every host to kick: the worker checks and kicks,
-        // the admin API bans.
-        let bans = match &redis {
-            Some(link) => Bans::redis(link.clone()),
-            None => Bans::memory(),
-        };
-        let control = match &redis {
-            Some(link) => {
-                Control::redis(link.clone(), &config.redis, worker, shutdown.clone()).await?
-            }
-            None => Control::memory(),
-        };
-        let moderation = Arc::new(Moderation::new(
-            bans.clone(),
-            control.clone(),
-            broker.clone(),
-            config.plugins.chain.iter().any(|name| name == "ban"),
-        ));
-
+        // Shared services: metrics, broker and Redis link, bans, control bus.
+        let shared = Shared::start(config).await?;
         let http = HttpServer::bind(config.http.listen).await?;
         let http_addr = http.local_addr().unwrap_or(config.http.listen);
-        let host = HostInfo::from_config(&config.host, http_addr);
+        let host_info = HostInfo::from_config(&config.host, http_addr);
+        let limits = Limits::from(&config.limits);
 
-        let mut relay = None;
-        let mut load = None;
-        let mut worker_app = None;
-        let mut pump = None;
-        let blacklist;
-        let setup = Setup {
+        // The roles.
+        let chat_host = match host_keys {
+            Some(keys) => {
+                Some(ChatHost::assemble(config, keys, &shared, &host_info, limits, ws).await?)
+            }
+            None => None,
+        };
+        let (moderation, blacklist) = match &chat_host {
+            Some(host) => (host.moderation.clone(), host.blacklist.clone()),
+            // Nothing here checks joins, so bans need no enforcing on this host.
+            None => (
+                shared.moderation(false),
+                admin_blacklist(&shared.plugin_setup(config)).await?,
+            ),
+        };
+        let directory = cluster::directory(
+            shared.redis.as_ref(),
+            &host_info,
+            chat_host.as_ref().map(|host| host.load.clone()),
+        );
+        let dispatcher = dispatcher::assemble(config, directory.as_ref(), &shared);
+        let admin = admin::assemble(
             config,
-            redis: redis.clone(),
-            shutdown: shutdown.clone(),
-            tracker: tracker.clone(),
-            bans: bans.clone(),
-        };
-        if let Some(verifier) = verifier {
-            let plugins = build_chain(&setup).await?;
-            let chain = plugins.chain;
-            blacklist = plugins.blacklist;
-            info!(plugins = ?chain.names(), "plugin chain ready");
-            let sessions = Sessions::new();
-            tracker.spawn(kick_on_notice(
-                control.subscribe(),
-                sessions.clone(),
-                shutdown.clone(),
-            ));
-            let server = RelayServer::bind(
-                RelayOptions {
-                    socket: config.relay.socket.clone(),
-                    mode: config.relay.socket_mode.0,
-                    queue_size: config.relay.queue_size,
-                },
-                metrics.metered(broker.clone(), None),
-            )?;
-            let (presence, events) = Presence::with_leave_grace(
-                config.presence.events,
-                Duration::from_millis(config.presence.leave_grace_ms),
-            );
-            metrics.watch_relay(&server.workers())?;
-            metrics.watch_presence(&presence)?;
-            let presence_broker = metrics.metered(broker.clone(), Some(PublishedKind::Presence));
-            pump = events.map(|events| (events, presence.clone(), presence_broker));
-            load = Some(HostLoad {
-                workers: server.workers(),
-                presence: presence.clone(),
-            });
-            relay = Some(server);
-            worker_app = Some(Arc::new(App {
-                publisher: Publisher::new(
-                    metrics.metered(broker.clone(), None),
-                    Arc::new(verifier),
-                    Limits::from(&config.limits),
-                    chain,
-                )
-                .with_metrics(metrics.clone()),
-                presence,
-                shutdown: shutdown.clone(),
-                tracker: tracker.clone(),
-                ws,
-                moderation: moderation.clone(),
-                sessions,
-            }));
-        } else {
-            blacklist = admin_blacklist(&setup).await?;
-        }
+            admin_keys,
+            directory.as_ref(),
+            &shared,
+            limits,
+            moderation.clone(),
+            blacklist.clone(),
+        );
 
-        let reporter = match (&redis, &load) {
-            (Some(link), Some(load)) => Some(Reporter::new(
-                link.clone(),
-                host.clone(),
-                load.clone(),
-                &config.host,
-            )),
-            _ => None,
-        };
-        let directory: Option<Arc<dyn Directory>> = match (&redis, load) {
-            (Some(link), _) => Some(Arc::new(RedisDirectory::new(link.clone()))),
-            (None, Some(load)) => Some(Arc::new(LocalDirectory::new(host.clone(), load))),
-            // Refused by the configuration check: a dispatcher alone needs Redis.
-            (None, None) => None,
-        };
-        let dispatcher = match &directory {
-            Some(directory) if config.roles.dispatcher => Some(Arc::new(
-                Dispatcher::new(
-                    directory.clone(),
-                    metrics.metered(broker.clone(), None),
-                    config.dispatch.clone(),
-                )
-                .with_report_interval(Duration::from_millis(config.host.report_interval_ms)),
-            )),
-            _ => None,
-        };
-        let admin = match directory {
-            Some(directory) if config.roles.admin => Some(Arc::new(AdminState {
-                verifier: admin_tokens,
-                broker: metrics.metered(broker.clone(), Some(PublishedKind::Admin)),
-                directory,
-                limits: Limits::from(&config.limits),
-                metrics: metrics.clone(),
-                blacklist: blacklist.clone(),
-                moderation: moderation.clone(),
-            })),
-            _ => None,
-        };
-
+        // The routes.
         let health = Arc::new(Health {
+            // The chat-host role is reported as "worker", its name before `roles.chat_host`:
+            // monitors match on it.
             roles: [
-                ("worker", worker_app.is_some()),
+                ("worker", chat_host.is_some()),
                 ("dispatcher", dispatcher.is_some()),
                 ("admin", admin.is_some()),
             ]
             .into_iter()
             .filter_map(|(role, on)| on.then_some(role))
             .collect(),
-            broker: broker.name(),
-            host: host.id.clone(),
-            redis: redis.clone(),
+            broker: shared.broker.name(),
+            host: host_info.id.clone(),
+            redis: shared.redis.clone(),
         });
-        let relay_path = relay.as_ref().map(|r| r.path().to_owned());
-        let workers = relay.as_ref().map(RelayServer::workers);
         info!(
-            broker = broker.name(),
-            host = host.id,
-            worker = worker,
+            broker = shared.broker.name(),
+            host = host_info.id,
+            chat_host = config.roles.chat_host,
             dispatcher = dispatcher.as_ref().map(|d| d.directory_name()),
             presence_events = config.presence.events,
             history_size = config.history.size,
@@ -309,22 +134,21 @@ impl Sidecar {
             algorithms = ?config.auth.algorithms,
             "sidecar ready"
         );
-        let mut routes = router(health, worker_app, dispatcher, admin);
-        if let Some(demo) = demo {
-            routes = routes.merge(crate::demo::router(Arc::new(demo)));
-        }
+        let (app, demo, host_tasks) = match chat_host {
+            Some(host) => (Some(host.app), host.demo, Some(host.tasks)),
+            None => (None, None, None),
+        };
+        let router = routes(health, app, demo, dispatcher, admin);
         Ok(Self {
-            relay,
-            relay_path,
-            workers,
+            relay_path: host_tasks.as_ref().map(|t| t.relay_path().to_owned()),
+            workers: host_tasks.as_ref().map(HostTasks::workers),
+            host_tasks,
             http,
             http_addr,
-            router: routes,
-            pump,
-            reporter,
+            router,
             moderation,
-            shutdown,
-            tracker,
+            shutdown: shared.shutdown,
+            tracker: shared.tracker,
             blacklist,
         })
     }
@@ -335,7 +159,7 @@ impl Sidecar {
     }
 
     /// The blacklist's lists (none without `blacklist` in `plugins.chain`, or on a host
-    /// with neither the worker role nor Redis).
+    /// with neither the chat-host role nor Redis).
     pub fn blacklist(&self) -> Option<Arc<Blacklist>> {
         self.blacklist.clone()
     }
@@ -345,13 +169,13 @@ impl Sidecar {
         self.http_addr
     }
 
-    /// The relay socket's path (none without the worker role).
+    /// The relay socket's path (none without the chat-host role).
     pub fn relay_path(&self) -> Option<&Path> {
         self.relay_path.as_deref()
     }
 
-    /// The connected nginx workers and their counts (none without the worker role).
-    pub fn workers(&self) -> Option<Arc<Workers>> {
+    /// The connected nginx workers and their counts (none without the chat-host role).
+    pub fn workers(&self) -> Option<Arc<NginxWorkers>> {
         self.workers.clone()
     }
 
@@ -359,23 +183,15 @@ impl Sidecar {
     /// removes the socket file and returns.
     pub async fn run(self, stop: impl Future<Output = ()>) -> Result<(), Error> {
         let Self {
-            relay,
+            host_tasks,
             http,
             router,
-            pump,
-            reporter,
             shutdown,
             tracker,
             ..
         } = self;
-        let relay_task =
-            relay.map(|relay| tokio::spawn(relay.run(shutdown.clone(), tracker.clone())));
-        if let Some((pump, presence, broker)) = pump {
-            tracker.spawn(pump.run(presence, broker, shutdown.clone()));
-        }
-        if let Some(reporter) = reporter {
-            tracker.spawn(reporter.run(shutdown.clone()));
-        }
+        let relay_task: Option<JoinHandle<()>> =
+            host_tasks.map(|tasks| tasks.spawn(&shutdown, &tracker));
         let mut http_task = tokio::spawn(http.run(router, shutdown.clone()));
 
         let failure = tokio::select! {

@@ -15,10 +15,10 @@ use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::codec::Framed;
 
-use crate::auth::tests::{good_claims, now, sign};
-use crate::codec::WireCodec;
 use crate::config::Config;
-use crate::http::WsSettings;
+use crate::host::publish::WsSettings;
+use crate::host::relay::codec::WireCodec;
+use crate::jwt::verify::tests::{good_claims, now, sign};
 use crate::moderation::Who;
 use crate::server::Sidecar;
 
@@ -77,7 +77,7 @@ async fn start_configured(ws: WsSettings, extra: &[&str]) -> Running {
     let sidecar = Sidecar::start(&config, ws).await.unwrap();
     let addr = sidecar.http_addr();
     let moderation = sidecar.moderation();
-    if config.roles.worker {
+    if config.roles.chat_host {
         assert_eq!(sidecar.relay_path(), Some(socket.as_path()));
     } else {
         assert_eq!(sidecar.relay_path(), None);
@@ -1261,7 +1261,7 @@ async fn join_cors_follows_the_configured_origins() {
 
 #[tokio::test]
 async fn a_dispatcher_alone_finds_the_hosts_reporting_to_redis() {
-    let redis = crate::registry::tests::RedisServer::start();
+    let redis = crate::cluster::registry::tests::RedisServer::start();
     let url = format!("redis.url={}", redis.url());
     let host = start_configured(
         WsSettings::default(),
@@ -1279,9 +1279,9 @@ async fn a_dispatcher_alone_finds_the_hosts_reporting_to_redis() {
         WsSettings::default(),
         &[
             &url,
-            "roles.worker=false",
+            "roles.chat_host=false",
             "dispatch.history=5",
-            // Without the worker role no publisher token is checked: no key is read.
+            // Without the chat-host role no publisher token is checked: no key is read.
             "auth.public_key_file=/nonexistent/jwt-public.pem",
         ],
     )
@@ -1355,7 +1355,8 @@ async fn a_dispatcher_alone_finds_the_hosts_reporting_to_redis() {
     dispatcher.stop().await.unwrap();
 
     // With Redis gone, the dispatcher says so.
-    let dispatcher = start_configured(WsSettings::default(), &[&url, "roles.worker=false"]).await;
+    let dispatcher =
+        start_configured(WsSettings::default(), &[&url, "roles.chat_host=false"]).await;
     drop(redis);
     let r = join(&dispatcher, "/join/room", &[], b"").await;
     assert_eq!(
@@ -1725,7 +1726,7 @@ async fn a_token_for_a_banned_user_closes_the_session() {
 
 #[tokio::test]
 async fn a_ban_made_on_one_host_kicks_the_session_on_another() {
-    let redis = crate::registry::tests::RedisServer::start();
+    let redis = crate::cluster::registry::tests::RedisServer::start();
     let url = format!("redis.url={}", redis.url());
     let a = start_configured(WsSettings::default(), &[&url, "host.id=a"]).await;
     let b = start_configured(WsSettings::default(), &[&url, "host.id=b"]).await;

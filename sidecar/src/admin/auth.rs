@@ -23,8 +23,8 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::Value;
 
 use super::{AdminError, AdminState};
-use crate::auth::{describe, json_kind, precheck, AuthError, KeySetupError, LoadedKey};
 use crate::config::{AdminConfig, AuthConfig};
+use crate::jwt::{describe, json_kind, precheck, AuthError, KeySetupError, LoadedKey};
 
 /// The scope a Bearer admin token must carry.
 pub const ADMIN_SCOPE: &str = "chatup:admin";
@@ -89,7 +89,7 @@ impl AdminVerifier {
             validation,
             algorithm_names: admin.algorithms.iter().map(|a| format!("{a:?}")).collect(),
             array_tokens: admin.array_tokens,
-            example_key: crate::auth::same_pem(bytes, EXAMPLE_ADMIN_KEY),
+            example_key: crate::jwt::keys::same_pem(bytes, EXAMPLE_ADMIN_KEY),
         }
     }
 
@@ -285,7 +285,7 @@ pub(crate) fn json_content_type(headers: &HeaderMap) -> Result<bool, AdminError>
 
 /// The example admin key's file, for the startup warning.
 pub fn warn_example_admin_key(path: &Path) {
-    crate::auth::warn_example_key(KEY_SETTING, path, "call the admin API (post, ban, ...)");
+    crate::jwt::warn_example_key(KEY_SETTING, path, "call the admin API (post, ban, ...)");
 }
 
 #[cfg(test)]
@@ -366,16 +366,16 @@ pub(crate) mod tests {
     fn publisher_tokens_are_not_admin_tokens() {
         let v = admin_verifier(true);
         // Signed with the publishers' key, even with the admin scope.
-        let mut claims = crate::auth::tests::good_claims();
+        let mut claims = crate::jwt::verify::tests::good_claims();
         claims["scope"] = json!("chatup:admin");
         let err = v
-            .verify_bearer(&crate::auth::tests::sign(&claims))
+            .verify_bearer(&crate::jwt::verify::tests::sign(&claims))
             .unwrap_err();
         assert!(
             matches!(err, AdminError::BadToken(ref m) if m.contains("signature")),
             "{err:?}"
         );
-        let array = crate::auth::tests::sign(&json!([{"channel": "r", "msg": "x"}]));
+        let array = crate::jwt::verify::tests::sign(&json!([{"channel": "r", "msg": "x"}]));
         assert!(matches!(
             v.verify_array_token(&array).unwrap_err(),
             AdminError::BadToken(_)

@@ -25,9 +25,16 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 
 use crate::broker::{Broker, BrokerError};
-use crate::publish::{HttpError, HttpErrorBody, Limits};
-use crate::registry::{Directory, RegistryError};
-use auth::AdminVerifier;
+use crate::cluster::registry::{Directory, RegistryError};
+use crate::config::Config;
+use crate::host::publish::{HttpError, HttpErrorBody, Limits};
+use crate::jwt::KeySetupError;
+use crate::metrics::PublishedKind;
+use crate::moderation::Moderation;
+use crate::plugins::blacklist::Blacklist;
+use crate::shared::Shared;
+use auth::{warn_example_admin_key, AdminVerifier};
+use tracing::warn;
 
 /// What the admin endpoints share.
 pub struct AdminState {
@@ -47,6 +54,49 @@ pub struct AdminState {
     pub moderation: Arc<crate::moderation::Moderation>,
     /// The blacklist plugin's lists; `None` when the plugin is off.
     pub blacklist: Option<Arc<crate::plugins::blacklist::Blacklist>>,
+}
+
+/// The admin token checker, or `None` (admin API off) when no key is configured. Called
+/// before anything is bound: a wrong admin key stops the start.
+pub fn verifier(config: &Config) -> Result<Option<Arc<AdminVerifier>>, KeySetupError> {
+    let path = &config.admin.public_key_file;
+    if path.as_os_str().is_empty() {
+        warn!(
+            "admin.public_key_file is empty: the admin API is off (only /health and /metrics answer)"
+        );
+        return Ok(None);
+    }
+    let verifier = AdminVerifier::from_config(&config.admin, &config.auth)?;
+    if verifier.uses_example_key() {
+        warn_example_admin_key(path);
+    }
+    Ok(Some(Arc::new(verifier)))
+}
+
+/// The admin role's state (`roles.admin`), or `None` when this process does not play it or
+/// has no hosts to tell about (no chat-host role and no Redis: refused by the
+/// configuration check).
+pub fn assemble(
+    config: &Config,
+    verifier: Option<Arc<AdminVerifier>>,
+    directory: Option<&Arc<dyn Directory>>,
+    shared: &Shared,
+    limits: Limits,
+    moderation: Arc<Moderation>,
+    blacklist: Option<Arc<Blacklist>>,
+) -> Option<Arc<AdminState>> {
+    let directory = directory.filter(|_| config.roles.admin)?;
+    Some(Arc::new(AdminState {
+        verifier,
+        broker: shared
+            .metrics
+            .metered(shared.broker.clone(), Some(PublishedKind::Admin)),
+        directory: directory.clone(),
+        limits,
+        metrics: shared.metrics.clone(),
+        blacklist,
+        moderation,
+    }))
 }
 
 /// Why an admin call failed.

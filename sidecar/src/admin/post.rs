@@ -30,8 +30,8 @@ use tracing::{info, Instrument};
 use super::auth::AdminBody;
 use super::{AdminError, AdminState};
 use crate::broker::BrokerError;
+use crate::host::publish::{Limits, MAX_EVENT_NAME, RESERVED_EVENTS};
 use crate::message::{now_ms, Body, Tail};
-use crate::publish::{Limits, MAX_EVENT_NAME, RESERVED_EVENTS};
 
 /// Most channel × message pairs one call may publish.
 pub const MAX_POSTS: usize = 1000;
@@ -85,7 +85,7 @@ pub fn parse(body: &Value, limits: &Limits) -> Result<Vec<Post>, AdminError> {
                     return Err(in_item(AdminError::BadRequest(format!(
                         "must be an object like {{\"channel\": \"lobby\", \"msg\": \"hello\"}}, \
                          not {}",
-                        crate::auth::json_kind(item)
+                        crate::jwt::json_kind(item)
                     ))));
                 };
                 let post = parse_one(object, limits).map_err(in_item)?;
@@ -100,7 +100,7 @@ pub fn parse(body: &Value, limits: &Limits) -> Result<Vec<Post>, AdminError> {
         other => Err(AdminError::BadRequest(format!(
             "the body must be a JSON object like {{\"channel\": \"lobby\", \"msg\": \"hello\"}} \
              or an array of them, not {}",
-            crate::auth::json_kind(other)
+            crate::jwt::json_kind(other)
         ))),
     }
 }
@@ -174,7 +174,7 @@ fn parse_one(object: &Map<String, Value>, limits: &Limits) -> Result<Post, Admin
         Some(other) => {
             return Err(bad(format!(
                 "\"user\" must be an object (shown as the sender), not {}",
-                crate::auth::json_kind(other)
+                crate::jwt::json_kind(other)
             )))
         }
     };

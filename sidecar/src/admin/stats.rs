@@ -1,5 +1,5 @@
 //! `GET /stats/<ch>` and `GET /stats`: audience and load, from the host registry
-//! ([`crate::registry::Directory`]).
+//! ([`crate::cluster::registry::Directory`]).
 //!
 //! `GET /stats/<ch>?skip=<n>&limit=<n>`:
 //!
@@ -40,7 +40,7 @@ use tracing::warn;
 use super::auth::AdminAuth;
 use super::query::{self, Param};
 use super::{channel_from_path, AdminError, AdminState};
-use crate::registry::{HostEntry, JoinedPublisher};
+use crate::cluster::registry::{HostEntry, JoinedPublisher};
 
 /// Publishers per page without `limit`.
 pub const DEFAULT_LIMIT: u64 = 100;
@@ -80,7 +80,7 @@ struct ChannelStats<'a> {
 }
 
 /// The `_public` objects of `publishers[skip..skip + limit]` (also the page of the public
-/// `GET /channels/<ch>/users`, [`crate::channels`]).
+/// `GET /channels/<ch>/users`, [`crate::dispatcher::channels`]).
 pub fn window_of<'a>(
     channel: &str,
     publishers: &'a [JoinedPublisher],

@@ -56,7 +56,7 @@ pub struct Published {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Once {
     /// Names the publish among the channel's: the client's idempotency key already scoped
-    /// to its user (see [`crate::publish::idempotency`]). Opaque to the broker; it only
+    /// to its user (see [`crate::host::publish::idempotency`]). Opaque to the broker; it only
     /// holds characters allowed in a Redis key name.
     pub key: String,
     /// How long after the publish the key still names it; a retry after that publishes

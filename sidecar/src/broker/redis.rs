@@ -26,7 +26,7 @@
 //! The broker owns its subscriptions rather than trusting the client library to restore
 //! them: when the pub/sub connection drops, or Redis itself ends a subscription (a Redis
 //! Cluster node sends `sunsubscribe` when the channel's slot moves to another node), every
-//! channel still wanted is subscribed again ([`resubscribe`]), retried until Redis
+//! channel still wanted is subscribed again (`ensure_subscribed`), retried until Redis
 //! confirms, and the confirmation fills the gap from history. In a cluster the new
 //! subscription goes to whichever node serves the slot now: the promoted replica after a
 //! failover, the target of a reshard. A history whose last id went backwards (a master died
@@ -58,8 +58,8 @@ use super::{
     new_epoch, plan_backlog, Backlog, Broker, BrokerError, Delivery, Event, History, Once,
     Publication, Published, Subscriber, SubscriberId,
 };
+use crate::cluster::redis::{RedisError, RedisLink};
 use crate::message::{assemble, Tail};
-use crate::redis::{RedisError, RedisLink};
 
 /// The publish script; see its header for the keys and arguments.
 pub const PUBLISH_LUA: &str = include_str!("redis/publish.lua");
@@ -116,7 +116,7 @@ struct LocalChannel {
     /// next live message must follow it.
     last: Option<Position>,
     /// Whether Redis has confirmed the subscription and not ended it since (connection
-    /// lost, slot moved): while false, [`resubscribe`] keeps issuing it.
+    /// lost, slot moved): while false, `ensure_subscribed` keeps issuing it.
     subscribed: bool,
     /// Set when a catch-up is owed (it failed, or the subscription was lost); retried every
     /// [`RETRY_REPAIR`]. Meanwhile live messages after a gap are left to it.

@@ -33,9 +33,9 @@ use std::time::Duration;
 use redis::Script;
 
 use super::ModerationError;
-use crate::auth::Identity;
+use crate::cluster::redis::RedisLink;
+use crate::jwt::Identity;
 use crate::message::now_ms;
-use crate::redis::RedisLink;
 
 /// Sets bans, drops lapsed ones and sets the hashes' expiry; see its header.
 pub const BANS_LUA: &str = include_str!("bans.lua");
@@ -419,7 +419,7 @@ fn legacy_key(link: &RedisLink, channel: &str) -> String {
     format!("{}:{{{channel}}}:bans", link.key_prefix())
 }
 
-fn unavailable(e: crate::redis::RedisError) -> ModerationError {
+fn unavailable(e: crate::cluster::redis::RedisError) -> ModerationError {
     ModerationError::Unavailable(e.to_string())
 }
 
@@ -441,7 +441,7 @@ fn prune(map: &mut HashMap<String, HashMap<Who, Ban>>, channel: &str, now: u64) 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::tests::identity_of as identity;
+    use crate::jwt::verify::tests::identity_of as identity;
 
     fn users(ids: &[&str]) -> Vec<Who> {
         ids.iter().map(|n| Who::User(n.to_string())).collect()
@@ -571,7 +571,7 @@ mod tests {
 
     #[tokio::test]
     async fn redis_bans_lapse_lift_and_expire_with_their_last_ban() {
-        let redis = crate::registry::tests::RedisServer::start();
+        let redis = crate::cluster::registry::tests::RedisServer::start();
         let link = redis.link().await;
         let bans = Bans::redis(link.clone());
         // Against the real clock here, since Redis expires keys by it.

@@ -2,8 +2,8 @@
 //!
 //! [`Moderation`] is what the admin API calls. A ban names whom it matches ([`Who`]): users
 //! by the token's `sub`, or names by its `_public.name` (as the original system banned). It
-//! is stored ([`bans`]), then every host is told on the control bus ([`crate::control`]) to
-//! close the matching publisher sessions in the channel ([`crate::publish::sessions`]), and
+//! is stored ([`bans`]), then every host is told on the control bus ([`crate::cluster::control`]) to
+//! close the matching publisher sessions in the channel ([`crate::host::publish::sessions`]), and
 //! the channel gets one event per user or name, `{"ev":"rmUserMsg","data":"<sub or
 //! name>","by":"user"|"name"}`, so that clients hide what they wrote (the event name and
 //! data of the original system, which banned by name; `by` says which it is). The `ban`
@@ -16,11 +16,11 @@ use std::time::Duration;
 
 use tracing::{info, warn};
 
-use crate::auth::Identity;
 use crate::broker::Broker;
-use crate::control::{Control, Kick, Notice};
+use crate::cluster::control::{Control, Kick, Notice};
+use crate::host::publish::PublishError;
+use crate::jwt::Identity;
 use crate::message::{now_ms, Tail};
-use crate::publish::PublishError;
 
 pub use bans::{Ban, Bans, Who};
 

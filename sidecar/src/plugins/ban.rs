@@ -15,9 +15,9 @@
 use async_trait::async_trait;
 
 use super::{Draft, Plugin};
-use crate::auth::Identity;
+use crate::host::publish::{ErrorCode, PublishError};
+use crate::jwt::Identity;
 use crate::moderation::{Ban, Bans};
-use crate::publish::{ErrorCode, PublishError};
 
 /// Refuses the publishes of banned users.
 pub struct BanPlugin {
@@ -92,7 +92,7 @@ fn utc_timestamp(ms: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::tests::identity_of as identity;
+    use crate::jwt::verify::tests::identity_of as identity;
     use crate::message::Body;
     use crate::moderation::Who;
     use std::time::Duration;

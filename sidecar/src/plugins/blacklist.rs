@@ -38,10 +38,10 @@ use tracing::{debug, info, warn};
 
 use super::words::{normalize, Words};
 use super::{Draft, Plugin};
+use crate::cluster::redis::{RedisError, RedisLink};
 use crate::config::BlacklistConfig;
+use crate::host::publish::{ErrorCode, PublishError};
 use crate::message::Body;
-use crate::publish::{ErrorCode, PublishError};
-use crate::redis::{RedisError, RedisLink};
 
 /// Longest managed entry, in characters (after trimming).
 pub const MAX_ENTRY_CHARS: usize = 200;
@@ -548,10 +548,10 @@ impl Plugin for Blacklist {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::tests::{good_claims, sign, verifier};
-    use crate::auth::Identity;
+    use crate::cluster::registry::tests::RedisServer;
     use crate::config::RedisConfig;
-    use crate::registry::tests::RedisServer;
+    use crate::jwt::verify::tests::{good_claims, sign, verifier};
+    use crate::jwt::Identity;
 
     fn identity() -> Identity {
         verifier().verify(&sign(&good_claims())).unwrap()
@@ -835,7 +835,7 @@ mod tests {
         shutdown.cancel();
     }
 
-    /// A whole sidecar (worker role) on `redis_url` with `chain`, serving until `stop` is
+    /// A whole sidecar (chat-host role) on `redis_url` with `chain`, serving until `stop` is
     /// cancelled.
     async fn sidecar(
         redis_url: &str,
@@ -845,7 +845,7 @@ mod tests {
         stop: &CancellationToken,
     ) -> (std::net::SocketAddr, Option<Arc<Blacklist>>) {
         let sets = vec![
-            format!("roles.worker={worker}"),
+            format!("roles.chat_host={worker}"),
             format!("relay.socket={}", dir.join("relay.sock").display()),
             "http.listen=127.0.0.1:0".to_string(),
             format!(
@@ -909,7 +909,7 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
 
-        // A host without the worker role (dispatcher, admin API) manages the same lists.
+        // A host without the chat-host role (dispatcher, admin API) manages the same lists.
         let dir_c = tempfile::tempdir().unwrap();
         let (_, admin_only) = sidecar(&server.url(), "blacklist", false, dir_c.path(), &stop).await;
         let admin_only = admin_only.expect("an admin host reaches the lists through Redis");

@@ -32,18 +32,19 @@ mod throttle;
 pub mod webhook;
 pub mod words;
 
+use std::any::Any;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::Identity;
+use crate::cluster::redis::RedisLink;
 use crate::config::Config;
+use crate::host::publish::PublishError;
+use crate::jwt::Identity;
 use crate::message::Body;
 use crate::moderation::Bans;
-use crate::publish::PublishError;
-use crate::redis::RedisLink;
 
 use self::blacklist::Blacklist;
 use self::publish_hook::PublishHook;
@@ -60,7 +61,7 @@ pub struct Draft<'a> {
     pub body: Body,
     /// Cleared by a plugin that wants the message acknowledged but not broadcast.
     pub broadcast: bool,
-    /// The publish's idempotency key scoped to its user ([`crate::publish::idempotency`]),
+    /// The publish's idempotency key scoped to its user ([`crate::host::publish::idempotency`]),
     /// if the publisher gave one: the retries of one message share it, so a plugin that
     /// counts messages counts them once.
     pub key: Option<&'a str>,
@@ -112,7 +113,7 @@ impl<'a> Draft<'a> {
 
 /// One check in the chain.
 #[async_trait]
-pub trait Plugin: Send + Sync + 'static {
+pub trait Plugin: Any + Send + Sync {
     /// Its name in `plugins.chain`, for logs and metrics.
     fn name(&self) -> &'static str;
 
@@ -135,6 +136,15 @@ impl Chain {
     /// The names of the plugins, in order.
     pub fn names(&self) -> Vec<&'static str> {
         self.plugins.iter().map(|p| p.name()).collect()
+    }
+
+    /// Whether a plugin of type `P` is in the chain (e.g. the ban plugin, which also
+    /// decides whether joins are checked).
+    pub fn has<P: Plugin>(&self) -> bool {
+        self.plugins.iter().any(|plugin| {
+            let plugin: &dyn Any = plugin.as_ref();
+            plugin.is::<P>()
+        })
     }
 
     /// Runs every plugin on `draft` until one refuses it; a refused message gives back
@@ -228,7 +238,7 @@ pub async fn build_chain(setup: &Setup<'_>) -> Result<Plugins, PluginSetupError>
     })
 }
 
-/// The blacklist's lists for the admin API of a host that runs no chain (no worker role):
+/// The blacklist's lists for the admin API of a host that runs no chain (no chat-host role):
 /// with `blacklist` in `plugins.chain` and Redis configured, the lists the chat hosts share
 /// are managed from here too. `None` otherwise.
 pub async fn admin_blacklist(
@@ -261,8 +271,8 @@ impl std::fmt::Debug for Chain {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::tests::{good_claims, sign, verifier};
-    use crate::publish::ErrorCode;
+    use crate::host::publish::ErrorCode;
+    use crate::jwt::verify::tests::{good_claims, sign, verifier};
 
     struct Upper;
     #[async_trait]
@@ -292,6 +302,14 @@ mod tests {
                 _ => Ok(()),
             }
         }
+    }
+
+    #[test]
+    fn the_chain_knows_its_plugins_by_type() {
+        let chain = Chain::new(vec![Arc::new(Upper)]);
+        assert!(chain.has::<Upper>());
+        assert!(!chain.has::<RefuseBang>());
+        assert!(!Chain::default().has::<Upper>());
     }
 
     #[tokio::test]

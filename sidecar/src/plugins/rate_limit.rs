@@ -8,7 +8,7 @@
 //! leaves are not messages. The refusal is `rate_limited` with `retryAfter` (WebSocket) or
 //! `Retry-After` (HTTP): the seconds, rounded up, until the oldest counted message leaves
 //! the window. Retries of one message with its idempotency key
-//! ([`crate::publish::idempotency`]) count once: an attempt whose outcome was unknown may
+//! ([`crate::host::publish::idempotency`]) count once: an attempt whose outcome was unknown may
 //! have been counted already.
 //!
 //! How: the check reserves a slot, which counts at once, so that concurrent publishes (from
@@ -42,9 +42,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use super::{Draft, Hold, Plugin, PluginSetupError, Setup};
-use crate::auth::Identity;
-use crate::publish::{ErrorCode, PublishError};
-use crate::redis::RedisLink;
+use crate::cluster::redis::RedisLink;
+use crate::host::publish::{ErrorCode, PublishError};
+use crate::jwt::Identity;
 
 /// Reserves a slot or refuses the message; see its header.
 pub const RATE_LIMIT_LUA: &str = include_str!("rate_limit.lua");
@@ -464,7 +464,7 @@ async fn sweep(windows: std::sync::Weak<Windows>, window: Duration, shutdown: Ca
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::tests::identity_of as identity;
+    use crate::jwt::verify::tests::identity_of as identity;
     use crate::message::Body;
 
     const WINDOW: Duration = Duration::from_secs(10);
@@ -560,7 +560,7 @@ mod tests {
 
     #[tokio::test]
     async fn redis_counts_are_shared_and_slide() {
-        let redis = crate::registry::tests::RedisServer::start();
+        let redis = crate::cluster::registry::tests::RedisServer::start();
         let window = Duration::from_millis(1_000);
         let (a_link, b_link) = (redis.link().await, redis.link().await);
         let host_a = RateLimit::redis(3, window, a_link.clone());
@@ -633,7 +633,7 @@ mod tests {
     #[tokio::test]
     async fn retries_of_a_keyed_message_count_once() {
         retries_count_once(&RateLimit::memory(2, Duration::from_secs(60))).await;
-        let redis = crate::registry::tests::RedisServer::start();
+        let redis = crate::cluster::registry::tests::RedisServer::start();
         retries_count_once(&RateLimit::redis(
             2,
             Duration::from_secs(60),
@@ -649,15 +649,15 @@ mod published_tests {
     use std::sync::atomic::AtomicBool;
 
     use super::*;
-    use crate::auth::tests::{identity_of as identity, verifier};
     use crate::broker::memory::{MemoryBroker, MemoryOptions};
     use crate::broker::{
         Backlog, Broker, BrokerError, History, Once, Publication, Published, Subscriber,
         SubscriberId,
     };
+    use crate::host::publish::{Limits, Outcome, Publisher};
+    use crate::jwt::verify::tests::{identity_of as identity, verifier};
     use crate::message::{Body, Tail};
     use crate::plugins::Chain;
-    use crate::publish::{Limits, Outcome, Publisher};
     use chatup_wire::Position;
 
     /// A plugin after the limiter: refuses "reject", withholds "hide".
@@ -831,7 +831,7 @@ mod published_tests {
 
     #[tokio::test]
     async fn through_redis_only_published_messages_count() {
-        let redis = crate::registry::tests::RedisServer::start();
+        let redis = crate::cluster::registry::tests::RedisServer::start();
         let window = Duration::from_secs(60);
         let link = redis.link().await;
         only_published_messages_count(RateLimit::redis(3, window, link.clone())).await;
@@ -865,7 +865,7 @@ mod published_tests {
     /// window; concurrent publishes never pass the limit.
     #[tokio::test]
     async fn unsettled_slots_count_and_lapse_with_the_window() {
-        let redis = crate::registry::tests::RedisServer::start();
+        let redis = crate::cluster::registry::tests::RedisServer::start();
         let window = Duration::from_millis(500);
         let (a, b) = (redis.link().await, redis.link().await);
         let host_a = Arc::new(RateLimit::redis(3, window, a));

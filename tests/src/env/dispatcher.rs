@@ -14,7 +14,7 @@ use super::READY_TIMEOUT;
 use crate::http::{build_request, HttpResponse};
 use crate::process::{terminate, wait_ready, ChildGuard};
 
-/// A sidecar with only the dispatcher role (`roles.worker = false`, `roles.dispatcher =
+/// A sidecar with only the dispatcher role (`roles.chat_host = false`, `roles.dispatcher =
 /// true`): what a deployment runs behind its load balancer to send clients to chat hosts.
 /// It finds the hosts through Redis, so it needs [`Options::redis`] or
 /// [`Options::redis_cluster`]; of the rest of [`Options`] only `address` and `sidecar_set`
@@ -66,7 +66,7 @@ impl Dispatcher {
              [auth]\npublic_key_file = {key:?}\nalgorithms = [\"RS256\"]\nleeway_seconds = 5\n\n\
              [admin]\npublic_key_file = {admin_key:?}\n\n\
              {redis}\n\
-             [roles]\nworker = false\ndispatcher = true\n\n\
+             [roles]\nchat_host = false\ndispatcher = true\n\n\
              [log]\nlevel = \"debug\"\nformat = \"text\"\n",
             socket = d.path("relay.sock").display().to_string(),
             key = keys.join("jwt-public.pem").display().to_string(),

@@ -262,3 +262,37 @@ async fn health_through_nginx() {
         "{health}"
     );
 }
+
+#[tokio::test]
+async fn the_old_chat_host_key_still_works_and_warns_once() {
+    let env = Chatup::start_with(chatup_tests::Options::default().sidecar_set("roles.worker=true"));
+    let resp = env.get("/health", &[]).await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(
+        resp.json()["roles"],
+        json!(["worker", "dispatcher", "admin"]),
+        "{}",
+        resp.text()
+    );
+    let log = env.sidecar_log();
+    let warnings: Vec<&str> = log.lines().filter(|l| l.contains("roles.worker")).collect();
+    assert_eq!(warnings.len(), 1, "one deprecation warning:\n{log}");
+    assert!(
+        warnings[0].contains("WARN") && warnings[0].contains("roles.chat_host"),
+        "the warning names the new key:\n{log}"
+    );
+}
+
+#[test]
+fn old_and_new_chat_host_keys_that_disagree_stop_the_start() {
+    let dir = tempfile::tempdir().expect("temp folder");
+    let base = base_config(dir.path());
+    let err = failing_start(
+        &format!("{base}[roles]\nworker = false\n"),
+        &["--set", "roles.chat_host=true"],
+    );
+    assert!(
+        err.contains("`roles.worker`") && err.contains("`roles.chat_host`"),
+        "both keys are named:\n{err}"
+    );
+}

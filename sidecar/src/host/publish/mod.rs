@@ -3,6 +3,7 @@
 //! [`sessions`] lists the open WebSocket sessions by user, so a ban can close them;
 //! [`idempotency`] checks and scopes the keys that make a retried publish happen once.
 
+pub mod app;
 pub mod idempotency;
 pub mod post;
 pub mod sessions;
@@ -17,19 +18,21 @@ use chatup_wire::Position;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::auth::{AuthError, Identity, Verifier};
+use crate::jwt::{AuthError, Identity, Verifier};
+pub use app::{App, WsSettings};
+
 use crate::broker::{Broker, BrokerError, Once, Publication, Published};
 use crate::config::LimitsConfig;
+use crate::host::presence::PresenceError;
 use crate::message::{now_ms, Body, Tail};
 use crate::metrics::{Metrics, PublishedKind};
 use crate::plugins::{Chain, Draft};
-use crate::presence::PresenceError;
 
 /// Longest event name, in bytes.
 pub const MAX_EVENT_NAME: usize = 64;
 
 /// Event names the platform itself emits; publishers may not impersonate them: `resync`
-/// (the module, on resume), `join` and `leave` (presence, see [`crate::presence`]).
+/// (the module, on resume), `join` and `leave` (presence, see [`crate::host::presence`]).
 pub const RESERVED_EVENTS: &[&str] = &["resync", "join", "leave"];
 
 /// The error codes publishers see.
@@ -530,8 +533,8 @@ pub struct HttpError<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::tests::{good_claims, sign, verifier};
     use crate::broker::memory::{MemoryBroker, MemoryOptions};
+    use crate::jwt::verify::tests::{good_claims, sign, verifier};
     use serde_json::json;
     use std::time::Duration;
 

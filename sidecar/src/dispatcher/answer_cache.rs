@@ -1,5 +1,5 @@
 //! A small per-process cache of answers that cannot change faster than a known interval,
-//! for the public channel endpoints ([`crate::channels`]) that every browser polls.
+//! for the public channel endpoints ([`crate::dispatcher::channels`]) that every browser polls.
 //!
 //! Each key (a channel) holds one answer, fresh for `fresh_for` from when it was loaded:
 //! hosts report their counts only every `host.report_interval_ms`, so asking the registry

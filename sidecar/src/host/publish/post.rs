@@ -25,7 +25,7 @@ use super::{
     body_from_json, check_channel, ErrorCode, HttpError, HttpErrorBody, Outcome, PublishError,
     Receipt,
 };
-use crate::http::App;
+use crate::host::publish::App;
 use crate::message::Body;
 
 /// The request header naming a publish, as in the IETF draft "The Idempotency-Key HTTP

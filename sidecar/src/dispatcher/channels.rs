@@ -40,9 +40,11 @@ use serde_json::value::RawValue;
 use tracing::{debug, Instrument};
 
 use crate::admin::stats::{window, window_of};
-use crate::cache::FreshCache;
-use crate::dispatch::{error_response, with_headers, DispatchError, Dispatcher};
-use crate::registry::{ChannelCounts, Directory, HostEntry, JoinedPublisher, RegistryError};
+use crate::cluster::registry::{
+    ChannelCounts, Directory, HostEntry, JoinedPublisher, RegistryError,
+};
+use crate::dispatcher::answer_cache::FreshCache;
+use crate::dispatcher::join::{error_response, with_headers, DispatchError, Dispatcher};
 
 /// Most channels whose answers are kept at once (per kind of answer); past it, stale ones
 /// are dropped, and while all are fresh new ones are answered without being kept.

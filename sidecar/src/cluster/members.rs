@@ -1,7 +1,7 @@
 //! Who is joined to which channel on every host, for `GET /stats/<ch>` of the admin API.
 //!
-//! [`Presence`](crate::presence::Presence) knows the publishers joined on its own host
-//! only. With Redis, each worker's [`Reporter`](crate::registry::Reporter) mirrors them
+//! [`Presence`](crate::host::presence::Presence) knows the publishers joined on its own host
+//! only. With Redis, each worker's [`Reporter`](crate::cluster::registry::Reporter) mirrors them
 //! with a [`MemberMirror`], and [`read`] gathers a channel's lists from the live hosts.
 //!
 //! Redis keys (`<p>` is `redis.key_prefix`):
@@ -34,8 +34,8 @@ use std::time::{Duration, Instant};
 use futures_util::stream::{self, StreamExt as _};
 use tracing::debug;
 
-use crate::redis::{RedisError, RedisLink};
-use crate::registry::HostEntry;
+use crate::cluster::redis::{RedisError, RedisLink};
+use crate::cluster::registry::HostEntry;
 
 /// Channel lists → per channel, user key → `_public` JSON.
 pub type Members = HashMap<String, HashMap<Arc<str>, Arc<str>>>;
@@ -105,7 +105,7 @@ impl MemberMirror {
     }
 
     /// Brings Redis in line with `current` (from
-    /// [`Presence::all_members`](crate::presence::Presence::all_members)): the changes
+    /// [`Presence::all_members`](crate::host::presence::Presence::all_members)): the changes
     /// since the last write, the expiries that are due, or everything after a failure.
     pub async fn write(&mut self, link: &RedisLink, current: Members) -> Result<(), RedisError> {
         let now = Instant::now();

@@ -20,11 +20,12 @@ use axum::Json;
 use serde::Serialize;
 use tracing::debug;
 
-use crate::redis::RedisLink;
+use crate::cluster::redis::RedisLink;
 
 /// What `/health` reports and checks.
 pub struct Health {
-    /// The roles this process serves (`worker`, `dispatcher`, `admin`).
+    /// The roles this process serves (`worker`, `dispatcher`, `admin`); the chat-host role
+    /// (`roles.chat_host`) keeps the name `worker` here, which monitors match on.
     pub roles: Vec<&'static str>,
     /// The broker's name (`memory`, `redis`).
     pub broker: &'static str,

@@ -4,7 +4,7 @@
 //! Production tokens come from the site's own backend, which holds the private key; this
 //! command signs the same claims so that anything can be tried end to end from a shell.
 //! [`SigningKey`] and [`PublisherClaims`] are shared with the demo tokens of
-//! [`crate::demo`].
+//! [`crate::host::demo`].
 
 use std::path::{Path, PathBuf};
 
@@ -12,7 +12,7 @@ use clap::Args;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{json, Map, Value};
 
-use crate::auth::KeyFamily;
+use crate::jwt::KeyFamily;
 
 #[derive(Debug, Clone, Args)]
 pub struct TokenArgs {
@@ -277,7 +277,7 @@ pub fn make_token(args: &TokenArgs, now: u64) -> Result<String, TokenError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::tests::{now, verifier};
+    use crate::jwt::verify::tests::{now, verifier};
 
     fn args() -> TokenArgs {
         TokenArgs {

@@ -31,9 +31,9 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::cluster::redis::{RedisError, RedisLink, Subscriptions};
 use crate::config::RedisConfig;
 use crate::moderation::Who;
-use crate::redis::{RedisError, RedisLink, Subscriptions};
 
 /// Notices a slow receiver on this host may fall behind by before it misses some.
 const LOCAL_QUEUE: usize = 1024;
@@ -44,7 +44,7 @@ const RESUBSCRIBE_EVERY: Duration = Duration::from_secs(1);
 /// Something every host must do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Notice {
-    /// Close the publisher sessions of `users` in `channel` (see [`crate::publish::sessions`]).
+    /// Close the publisher sessions of `users` in `channel` (see [`crate::host::publish::sessions`]).
     Kick(Kick),
 }
 
@@ -52,9 +52,9 @@ pub enum Notice {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Kick {
     pub channel: String,
-    /// Users, by the token's `sub` ([`crate::auth::Identity::user_id`]).
+    /// Users, by the token's `sub` ([`crate::jwt::Identity::user_id`]).
     pub users: Vec<String>,
-    /// Names, by the token's `_public.name` ([`crate::auth::Identity::public_name`]).
+    /// Names, by the token's `_public.name` ([`crate::jwt::Identity::public_name`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub names: Vec<String>,
     /// When the ban lapses (ms since the Unix epoch), so the kicked clients know when to
@@ -153,7 +153,7 @@ impl Control {
         })
     }
 
-    /// The bus through Redis. With `listen` (the worker role, which has sessions to kick)
+    /// The bus through Redis. With `listen` (the chat-host role, which has sessions to kick)
     /// it opens its own pub/sub connection and hands on other hosts' notices until
     /// `shutdown`; without it, it only sends.
     pub async fn redis(
@@ -192,7 +192,7 @@ impl Control {
     /// Acts on `notice` on this host, and sends it to the others. An error means the other
     /// hosts may not have it.
     pub async fn send(&self, notice: Notice) -> Result<(), ControlError> {
-        // No receiver here (a process without the worker role) is not an error.
+        // No receiver here (a process without the chat-host role) is not an error.
         let _ = self.local.send(notice.clone());
         let Some(bus) = &self.redis else {
             return Ok(());
@@ -398,7 +398,7 @@ mod tests {
 
     #[tokio::test]
     async fn notices_cross_hosts_through_redis_once() {
-        let redis = crate::registry::tests::RedisServer::start();
+        let redis = crate::cluster::registry::tests::RedisServer::start();
         let config = RedisConfig {
             url: redis.url(),
             ..RedisConfig::default()
@@ -430,7 +430,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert!(on_a.try_recv().is_err());
 
-        // A sender without the worker role only sends.
+        // A sender without the chat-host role only sends.
         let (link, _pushes) = RedisLink::connect(&config).await.unwrap();
         let admin = Control::redis(link, &config, false, shutdown.clone())
             .await

@@ -11,7 +11,7 @@
 //! that long with [`RedisError::Unavailable`] instead of waiting for the reconnect.
 //!
 //! With Sentinel, each connection is a [`Primary`]: a connection to the server the
-//! sentinels name as primary, asked again every [`SENTINEL_POLL`]. When they name another
+//! sentinels name as primary, asked again every `SENTINEL_POLL` (500 ms). When they name another
 //! (a failover), the connection moves there, and a pub/sub connection reports the move as a
 //! disconnection, so that the broker subscribes again and catches up.
 

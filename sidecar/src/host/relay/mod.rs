@@ -11,12 +11,11 @@ use std::io;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chatup_wire::{
-    BacklogKind, ChannelCount, Position, ToSidecar, ToWorker, Totals, MAX_FRAME_LEN,
-    PROTOCOL_VERSION,
+    BacklogKind, Position, ToSidecar, ToWorker, Totals, MAX_FRAME_LEN, PROTOCOL_VERSION,
 };
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
@@ -27,8 +26,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn, Instrument};
 
+pub mod codec;
+pub mod nginx_workers;
+
+pub use nginx_workers::{NginxWorkerStats, NginxWorkers, RelayTraffic};
+
 use crate::broker::{Backlog, Broker, BrokerError, Event, Subscriber};
-use crate::codec::{CodecError, WireCodec};
+use crate::host::relay::codec::{CodecError, WireCodec};
 
 /// How long a new connection may take to say `Hello`.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -73,107 +77,6 @@ pub enum RelayError {
     },
 }
 
-/// The latest `Stats` of one connected worker.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WorkerStats {
-    /// The worker's process id, from its `Hello`.
-    pub pid: u32,
-    /// Its subscriber connections.
-    pub subscribers: u32,
-    /// Its subscribers per channel.
-    pub channels: Vec<ChannelCount>,
-    /// What it did for its subscribers during this connection (see [`Totals`]).
-    pub totals: Totals,
-}
-
-/// The connected workers and their latest counts, for load reporting and metrics.
-#[derive(Debug, Default)]
-pub struct Workers {
-    /// The workers' stats, and what the closed connections reported, under one lock so that
-    /// a scrape never sees a closing connection's totals twice or not at all.
-    table: Mutex<WorkerTable>,
-    /// What the relay sent and why connections ended, for metrics.
-    pub traffic: RelayTraffic,
-}
-
-#[derive(Debug, Default)]
-struct WorkerTable {
-    /// Keyed by relay connection, so a restarted worker reusing a pid is not confused
-    /// with the old one.
-    by_connection: HashMap<u64, WorkerStats>,
-    /// The last totals of every closed connection, added up: the host's totals never go
-    /// down when a worker goes away.
-    retired: Totals,
-}
-
-/// Counters of the relay's own work, read by [`crate::metrics`] at each scrape.
-#[derive(Debug, Default)]
-pub struct RelayTraffic {
-    /// Live messages written to workers.
-    pub live_messages: AtomicU64,
-    /// Messages written to workers in backlogs (answers to `Subscribe`).
-    pub backlog_messages: AtomicU64,
-    /// Connections the worker closed.
-    pub closed: AtomicU64,
-    /// Connections dropped for a protocol or socket error.
-    pub failed: AtomicU64,
-    /// Connections dropped because the worker let its queue overflow.
-    pub overflowed: AtomicU64,
-}
-
-impl Workers {
-    /// The current workers' stats.
-    pub fn snapshot(&self) -> Vec<WorkerStats> {
-        let table = self.lock();
-        table.by_connection.values().cloned().collect()
-    }
-
-    /// Subscribers on this host, summed over workers.
-    pub fn total_subscribers(&self) -> u64 {
-        let table = self.lock();
-        table
-            .by_connection
-            .values()
-            .map(|w| u64::from(w.subscribers))
-            .sum()
-    }
-
-    /// Connected workers.
-    pub fn connected(&self) -> usize {
-        self.lock().by_connection.len()
-    }
-
-    /// What this host's workers did for their subscribers since this sidecar started:
-    /// the connected workers' totals plus those of every closed connection.
-    pub fn totals(&self) -> Totals {
-        let table = self.lock();
-        table
-            .by_connection
-            .values()
-            .fold(table.retired, |sum, w| sum.plus(w.totals))
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, WorkerTable> {
-        self.table.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn set(&self, conn: u64, mut stats: WorkerStats) {
-        let mut table = self.lock();
-        // A connection's totals only grow; a report that says otherwise changes nothing.
-        if let Some(old) = table.by_connection.get(&conn) {
-            stats.totals = stats.totals.max(old.totals);
-        }
-        table.by_connection.insert(conn, stats);
-    }
-
-    fn remove(&self, conn: u64) {
-        let mut table = self.lock();
-        if let Some(gone) = table.by_connection.remove(&conn) {
-            table.retired = table.retired.plus(gone.totals);
-        }
-    }
-}
-
 /// The socket file, removed when dropped unless another process has replaced it.
 #[derive(Debug)]
 struct SocketFile {
@@ -208,7 +111,7 @@ pub struct RelayServer {
     /// Where connections subscribe.
     broker: Arc<dyn Broker>,
     /// Stats of the connected workers, shared with whoever reports this host's load.
-    workers: Arc<Workers>,
+    workers: Arc<NginxWorkers>,
 }
 
 impl RelayServer {
@@ -250,7 +153,7 @@ impl RelayServer {
     }
 
     /// The connected workers' latest stats.
-    pub fn workers(&self) -> Arc<Workers> {
+    pub fn workers(&self) -> Arc<NginxWorkers> {
         self.workers.clone()
     }
 
@@ -353,7 +256,7 @@ struct Connection {
     /// Where subscriptions go.
     broker: Arc<dyn Broker>,
     /// Where this worker's `Stats` are kept.
-    workers: Arc<Workers>,
+    workers: Arc<NginxWorkers>,
     /// This connection's handle in the broker; its queue is `queue`.
     subscriber: Subscriber,
     queue: mpsc::Receiver<Event>,
@@ -379,7 +282,7 @@ impl Connection {
         id: u64,
         stream: UnixStream,
         broker: Arc<dyn Broker>,
-        workers: Arc<Workers>,
+        workers: Arc<NginxWorkers>,
         queue_size: usize,
         shutdown: CancellationToken,
     ) -> Self {
@@ -417,7 +320,7 @@ impl Connection {
         info!("nginx worker connected");
         self.workers.set(
             self.id,
-            WorkerStats {
+            NginxWorkerStats {
                 pid,
                 subscribers: 0,
                 channels: Vec::new(),
@@ -573,7 +476,7 @@ impl Connection {
                 );
                 self.workers.set(
                     self.id,
-                    WorkerStats {
+                    NginxWorkerStats {
                         pid,
                         subscribers,
                         channels,
@@ -792,6 +695,7 @@ mod tests {
     use super::*;
     use crate::broker::memory::{MemoryBroker, MemoryOptions};
     use crate::message::{Body, Tail};
+    use chatup_wire::ChannelCount;
     use chatup_wire::Entry;
     use futures_util::SinkExt;
     use tokio_util::codec::Framed;
@@ -802,7 +706,7 @@ mod tests {
         _dir: tempfile::TempDir,
         path: PathBuf,
         broker: Arc<MemoryBroker>,
-        workers: Arc<Workers>,
+        workers: Arc<NginxWorkers>,
         shutdown: CancellationToken,
         tracker: TaskTracker,
         server: tokio::task::JoinHandle<()>,

@@ -1,11 +1,11 @@
 //! Presence: which authenticated publishers are in which channels on this host.
 //!
 //! A WebSocket publisher joins and leaves channels explicitly (`{"join":..}`,
-//! `{"leave":..}`, see [`crate::publish::ws`]); closing the session leaves them all. A user
+//! `{"leave":..}`, see [`crate::host::publish::ws`]); closing the session leaves them all. A user
 //! is counted once per channel however many sessions (tabs, devices) it has here: the key is
 //! the token's `sub`, or the encoded `_public` object when there is no `sub`.
 //!
-//! The counts feed the host registry ([`crate::registry`]) and so the dispatcher's
+//! The counts feed the host registry ([`crate::cluster::registry`]) and so the dispatcher's
 //! `pubCount`. With `presence.events` on, the user's first session entering a channel on
 //! this host publishes an event `join`, and its last session leaving publishes `leave`, both
 //! carrying the user's `_public` object as `user`, through the broker like any message.
@@ -32,8 +32,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::auth::Identity;
 use crate::broker::Broker;
+use crate::jwt::Identity;
 use crate::message::{now_ms, Body, Tail};
 
 /// Channels one publisher session may be in at once: bounds what one token can make a host
@@ -595,9 +595,9 @@ async fn publish_event(broker: &dyn Broker, notice: &Notice) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::tests::identity_of as identity;
     use crate::broker::memory::{MemoryBroker, MemoryOptions};
     use crate::broker::{Event, Subscriber};
+    use crate::jwt::verify::tests::identity_of as identity;
 
     fn drain(pump: &mut EventPump) -> Vec<(String, String, Move)> {
         let mut out = Vec::new();

@@ -35,7 +35,7 @@
 //! preflight of a POST with `Content-Type: application/json`.
 //!
 //! The same role serves the public channel counts and user lists browsers poll
-//! (`GET /channels/<ch>`, [`crate::channels`]), with the same CORS rule.
+//! (`GET /channels/<ch>`, [`crate::dispatcher::channels`]), with the same CORS rule.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -53,10 +53,10 @@ use serde_json::Value;
 use tracing::{debug, Instrument};
 
 use crate::broker::{Broker, BrokerError};
-use crate::channels::ChannelInfo;
+use crate::cluster::registry::{ChannelCounts, Directory, HostEntry, RegistryError};
 use crate::config::DispatchConfig;
-use crate::publish::{HttpError, HttpErrorBody};
-use crate::registry::{ChannelCounts, Directory, HostEntry, RegistryError};
+use crate::dispatcher::channels::ChannelInfo;
+use crate::host::publish::{HttpError, HttpErrorBody};
 
 /// Largest request body read: a list of host ids.
 const MAX_BODY: usize = 16 * 1024;
@@ -276,11 +276,11 @@ impl Dispatcher {
     }
 }
 
-/// The `/join/{channel}` route, and the public channel routes of [`crate::channels`].
+/// The `/join/{channel}` route, and the public channel routes of [`crate::dispatcher::channels`].
 pub fn router(dispatcher: Arc<Dispatcher>) -> Router {
     Router::new()
         .route("/join/{channel}", post(join).options(preflight))
-        .merge(crate::channels::routes())
+        .merge(crate::dispatcher::channels::routes())
         .with_state(dispatcher)
 }
 

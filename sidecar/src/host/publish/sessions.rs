@@ -21,10 +21,10 @@ use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::auth::Identity;
-use crate::control::{Kick, Notice};
+use crate::cluster::control::{Kick, Notice};
+use crate::host::presence::MAX_CHANNELS_PER_SESSION;
+use crate::jwt::Identity;
 use crate::moderation::Who;
-use crate::presence::MAX_CHANNELS_PER_SESSION;
 
 /// Channels a session remembers having published to.
 pub const MAX_PUBLISHED_CHANNELS: usize = MAX_CHANNELS_PER_SESSION;
@@ -279,7 +279,7 @@ pub async fn kick_on_notice(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::tests::identity_of as identity;
+    use crate::jwt::verify::tests::identity_of as identity;
     use std::time::Duration;
 
     fn kick(channel: &str, users: &[&str], names: &[&str]) -> Kick {
@@ -371,7 +371,7 @@ mod tests {
     #[tokio::test]
     async fn a_kick_notice_wakes_the_session() {
         let sessions = Sessions::new();
-        let control = crate::control::Control::memory();
+        let control = crate::cluster::control::Control::memory();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(kick_on_notice(
             control.subscribe(),

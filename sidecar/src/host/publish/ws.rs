@@ -14,7 +14,7 @@
 //! round trip per publish would otherwise bound a socket), and answers go out in frame
 //! order, several per flush.
 //!
-//! Presence ([`crate::presence`]): `{"ref":..,"join":"<ch>"}` enters a channel, answered
+//! Presence ([`crate::host::presence`]): `{"ref":..,"join":"<ch>"}` enters a channel, answered
 //! `{"type":"joined","ref":..,"ch":"<ch>"}`, and `{"ref":..,"leave":"<ch>"}` leaves it,
 //! answered `{"type":"left","ref":..,"ch":"<ch>"}`; both are idempotent. A bad name gets
 //! `bad_channel`, more than 256 joined channels `too_many_channels`. Closing the session
@@ -54,10 +54,10 @@ use tracing::{debug, Instrument};
 use super::sessions::{Kicked, Registration};
 use super::turn::Turns;
 use super::{body_from_json, ErrorCode, Outcome, PublishError, Receipt};
-use crate::auth::{AuthError, Identity};
-use crate::http::App;
+use crate::host::presence::Session;
+use crate::host::publish::App;
+use crate::jwt::{AuthError, Identity};
 use crate::moderation::{Ban, Who};
-use crate::presence::Session;
 
 /// How long to wait for the client's close frame after sending ours.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);

@@ -1,7 +1,7 @@
 //! `POST /demo/token`: publisher tokens for whoever asks, so that the example page of
 //! `scripts/run` can chat without a backend of its own. Demo only: anyone who can reach the
 //! endpoint publishes under any name, so it exists only when `demo.private_key_file` is set
-//! (worker role), and the sidecar says so loudly at startup.
+//! (chat-host role), and the sidecar says so loudly at startup.
 //!
 //! ```json
 //! POST /demo/token   {"name":"alice"}
@@ -12,7 +12,7 @@
 //! (`demo.ttl_seconds` ahead; `expiresAt` is it in ms), `iss`/`aud` from `auth.issuer` and
 //! `auth.audience` when set, no `_events`, and no `sub`, so that rate limits go by the name
 //! and such users are banned by name (`names` in `POST /ban`). It is signed with the first of `auth.algorithms` by the token code of
-//! [`crate::token`]; at startup a test token must pass the sidecar's own verifier, so a key
+//! [`crate::jwt::mint`]; at startup a test token must pass the sidecar's own verifier, so a key
 //! that is not the private half of `auth.public_key_file` stops the start.
 //!
 //! The name is trimmed and must then be 1 to [`MAX_NAME_CHARS`] characters without control
@@ -34,10 +34,10 @@ use serde_json::{Map, Value};
 use tracing::info;
 
 use crate::admin::auth::json_content_type;
-use crate::auth::{warn_boxed, Verifier};
 use crate::config::{AuthConfig, DemoConfig};
-use crate::publish::{HttpError, HttpErrorBody};
-use crate::token::{PublisherClaims, SigningKey, SigningKeyError};
+use crate::host::publish::{HttpError, HttpErrorBody};
+use crate::jwt::mint::{PublisherClaims, SigningKey, SigningKeyError};
+use crate::jwt::{warn_boxed, Verifier};
 
 /// The config key naming the key file.
 pub const KEY_SETTING: &str = "demo.private_key_file";
@@ -277,7 +277,7 @@ async fn mint(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::tests::now;
+    use crate::jwt::verify::tests::now;
 
     const KEYS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../nginx-conf/example-keys");
 

@@ -9,7 +9,7 @@ use base64::Engine as _;
 use ring::digest;
 
 use super::{ErrorCode, PublishError};
-use crate::auth::Identity;
+use crate::jwt::Identity;
 
 /// Longest idempotency key, in bytes (a UUID is 36).
 pub const MAX_KEY_LEN: usize = 64;

@@ -1,10 +1,10 @@
 //! The host registry: which chat hosts are alive, how loaded each is, and how many viewers
-//! and publishers each has in a channel. The dispatcher ([`crate::dispatch`]) reads it
+//! and publishers each has in a channel. The dispatcher ([`crate::dispatcher::join`]) reads it
 //! through the [`Directory`] trait, which has two implementations:
 //!
 //! * [`LocalDirectory`] (memory broker, one host): the only host is this one, its numbers
-//!   read straight from the relay's [`Workers`] and from [`Presence`].
-//! * [`RedisDirectory`] (many hosts): every worker runs a [`Reporter`] that writes its entry
+//!   read straight from the relay's [`NginxWorkers`] and from [`Presence`].
+//! * [`RedisDirectory`] (many hosts): every chat host runs a [`Reporter`] that writes its entry
 //!   and channel counts to Redis every `host.report_interval_ms`, with an expiry of
 //!   `host.ttl_ms`, so a host that stops reporting vanishes within that time. No `KEYS` or
 //!   `SCAN` anywhere.
@@ -16,7 +16,7 @@
 //! | `<p>:{hosts}:index` | sorted set | member: host id; score: when its entry expires (ms since the Unix epoch, the writer's clock) |
 //! | `<p>:{hosts}:host:<id>` | string, `PX host.ttl_ms` | the host's [`HostEntry`] as JSON |
 //! | `<p>:counts:<id>` | hash, `PEXPIRE host.ttl_ms` | `s:<ch>` viewers and `p:<ch>` publishers of the host in channel `<ch>` (absent when 0) |
-//! | `<p>:{<ch>}:members:<id>:<instance>` | hash | who is joined to `<ch>` on the host, for the admin API (see [`crate::members`]) |
+//! | `<p>:{<ch>}:members:<id>:<instance>` | hash | who is joined to `<ch>` on the host, for the admin API (see [`crate::cluster::members`]) |
 //!
 //! The index and the entries share the hash tag `{hosts}`, so in a Redis Cluster they are in
 //! one slot and a reporter writes them in one pipeline. Each host's count hash is one key,
@@ -40,12 +40,12 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
+use crate::cluster::members::MemberMirror;
+use crate::cluster::redis::{RedisError, RedisLink};
 use crate::config::HostConfig;
-use crate::members::MemberMirror;
+use crate::host::presence::Presence;
+use crate::host::relay::NginxWorkers;
 use crate::message::now_ms;
-use crate::presence::Presence;
-use crate::redis::{RedisError, RedisLink};
-use crate::relay::Workers;
 
 /// How far in the past an index score may be for its member still to be looked up (and how
 /// old it must be to be pruned): the clock skew between hosts that is tolerated.
@@ -87,7 +87,7 @@ pub struct HostEntry {
     /// report from the one it already scored.
     pub written_ms: u64,
     /// A random id of this run of the host's sidecar: its member lists
-    /// ([`crate::members`]) are keyed by it, so a restarted host never shows what its
+    /// ([`crate::cluster::members`]) are keyed by it, so a restarted host never shows what its
     /// previous run left. Empty in entries of older versions.
     #[serde(default)]
     pub instance: String,
@@ -196,7 +196,7 @@ fn machine_hostname() -> String {
 #[derive(Clone)]
 pub struct HostLoad {
     /// Viewer counts, from the nginx workers' `Stats`.
-    pub workers: Arc<Workers>,
+    pub workers: Arc<NginxWorkers>,
     /// Publisher sessions and joined users.
     pub presence: Arc<Presence>,
 }
@@ -398,7 +398,7 @@ impl Directory for RedisDirectory {
         channel: &str,
         hosts: &[HostEntry],
     ) -> Result<Vec<JoinedPublisher>, RegistryError> {
-        let members = crate::members::read(&self.link, channel, hosts).await?;
+        let members = crate::cluster::members::read(&self.link, channel, hosts).await?;
         Ok(members
             .into_iter()
             .map(|(key, user)| JoinedPublisher { key, user })
@@ -657,9 +657,9 @@ impl Reporter {
 pub(crate) mod tests {
     use super::*;
     use crate::broker::memory::{MemoryBroker, MemoryOptions};
-    use crate::codec::WireCodec;
     use crate::config::RedisConfig;
-    use crate::relay::{RelayOptions, RelayServer};
+    use crate::host::relay::codec::WireCodec;
+    use crate::host::relay::{RelayOptions, RelayServer};
     use chatup_wire::{ChannelCount, ToSidecar, ToWorker, PROTOCOL_VERSION};
     use futures_util::{SinkExt, StreamExt};
     use std::process::{Child, Command, Stdio};
@@ -833,8 +833,8 @@ pub(crate) mod tests {
         }
     }
 
-    fn identity(sub: &str) -> crate::auth::Identity {
-        crate::auth::tests::identity_of(Some(sub), "{}")
+    fn identity(sub: &str) -> crate::jwt::Identity {
+        crate::jwt::verify::tests::identity_of(Some(sub), "{}")
     }
 
     async fn hash(link: &RedisLink, key: &str) -> HashMap<String, u64> {
@@ -988,8 +988,8 @@ pub(crate) mod tests {
         drop((ann_b, bo_b));
     }
 
-    fn named(sub: &str, name: &str) -> crate::auth::Identity {
-        crate::auth::Identity {
+    fn named(sub: &str, name: &str) -> crate::jwt::Identity {
+        crate::jwt::Identity {
             sub: Some(sub.into()),
             user: format!(r#"{{"name":"{name}"}}"#).into(),
             events: false,
@@ -1047,7 +1047,7 @@ pub(crate) mod tests {
             .await
             .unwrap()
             .is_empty());
-        let key_a = crate::members::key("chatup", "room", "host-a", &ra.info.instance);
+        let key_a = crate::cluster::members::key("chatup", "room", "host-a", &ra.info.instance);
         let ttl: i64 = link
             .run(redis::cmd("PTTL").arg(&key_a).clone())
             .await
@@ -1063,7 +1063,8 @@ pub(crate) mod tests {
             users(&directory.channel_publishers("room", &hosts).await.unwrap()),
             [("sub:1", r#"{"name":"ann"}"#)]
         );
-        let elsewhere = crate::members::key("chatup", "elsewhere", "host-a", &ra.info.instance);
+        let elsewhere =
+            crate::cluster::members::key("chatup", "elsewhere", "host-a", &ra.info.instance);
         let exists: i64 = link
             .run(redis::cmd("EXISTS").arg(&elsewhere).clone())
             .await
@@ -1111,7 +1112,7 @@ pub(crate) mod tests {
         );
 
         // A host that stops removes its lists.
-        let key_b = crate::members::key("chatup", "room", "host-b", &rb.info.instance);
+        let key_b = crate::cluster::members::key("chatup", "room", "host-b", &rb.info.instance);
         rb.deregister().await.unwrap();
         let exists: i64 = link
             .run(redis::cmd("EXISTS").arg(&key_b).clone())

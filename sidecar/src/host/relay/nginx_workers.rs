@@ -1,0 +1,110 @@
+//! The nginx workers connected to the relay and their latest counts: what the load
+//! reports, the dispatcher and the metrics read. Named for nginx's worker processes, not the
+//! chat-host role.
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Mutex, PoisonError};
+
+use chatup_wire::{ChannelCount, Totals};
+
+/// The latest `Stats` of one connected worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NginxWorkerStats {
+    /// The worker's process id, from its `Hello`.
+    pub pid: u32,
+    /// Its subscriber connections.
+    pub subscribers: u32,
+    /// Its subscribers per channel.
+    pub channels: Vec<ChannelCount>,
+    /// What it did for its subscribers during this connection (see [`Totals`]).
+    pub totals: Totals,
+}
+
+/// The connected workers and their latest counts, for load reporting and metrics.
+#[derive(Debug, Default)]
+pub struct NginxWorkers {
+    /// The workers' stats, and what the closed connections reported, under one lock so that
+    /// a scrape never sees a closing connection's totals twice or not at all.
+    table: Mutex<NginxWorkerTable>,
+    /// What the relay sent and why connections ended, for metrics.
+    pub traffic: RelayTraffic,
+}
+
+#[derive(Debug, Default)]
+struct NginxWorkerTable {
+    /// Keyed by relay connection, so a restarted worker reusing a pid is not confused
+    /// with the old one.
+    by_connection: HashMap<u64, NginxWorkerStats>,
+    /// The last totals of every closed connection, added up: the host's totals never go
+    /// down when a worker goes away.
+    retired: Totals,
+}
+
+/// Counters of the relay's own work, read by [`crate::metrics`] at each scrape.
+#[derive(Debug, Default)]
+pub struct RelayTraffic {
+    /// Live messages written to workers.
+    pub live_messages: AtomicU64,
+    /// Messages written to workers in backlogs (answers to `Subscribe`).
+    pub backlog_messages: AtomicU64,
+    /// Connections the worker closed.
+    pub closed: AtomicU64,
+    /// Connections dropped for a protocol or socket error.
+    pub failed: AtomicU64,
+    /// Connections dropped because the worker let its queue overflow.
+    pub overflowed: AtomicU64,
+}
+
+impl NginxWorkers {
+    /// The current workers' stats.
+    pub fn snapshot(&self) -> Vec<NginxWorkerStats> {
+        let table = self.lock();
+        table.by_connection.values().cloned().collect()
+    }
+
+    /// Subscribers on this host, summed over workers.
+    pub fn total_subscribers(&self) -> u64 {
+        let table = self.lock();
+        table
+            .by_connection
+            .values()
+            .map(|w| u64::from(w.subscribers))
+            .sum()
+    }
+
+    /// Connected workers.
+    pub fn connected(&self) -> usize {
+        self.lock().by_connection.len()
+    }
+
+    /// What this host's workers did for their subscribers since this sidecar started:
+    /// the connected workers' totals plus those of every closed connection.
+    pub fn totals(&self) -> Totals {
+        let table = self.lock();
+        table
+            .by_connection
+            .values()
+            .fold(table.retired, |sum, w| sum.plus(w.totals))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, NginxWorkerTable> {
+        self.table.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(super) fn set(&self, conn: u64, mut stats: NginxWorkerStats) {
+        let mut table = self.lock();
+        // A connection's totals only grow; a report that says otherwise changes nothing.
+        if let Some(old) = table.by_connection.get(&conn) {
+            stats.totals = stats.totals.max(old.totals);
+        }
+        table.by_connection.insert(conn, stats);
+    }
+
+    pub(super) fn remove(&self, conn: u64) {
+        let mut table = self.lock();
+        if let Some(gone) = table.by_connection.remove(&conn) {
+            table.retired = table.retired.plus(gone.totals);
+        }
+    }
+}

@@ -1,0 +1,12 @@
+//! JSON Web Tokens, shared by the roles: the keys ([`keys`]), checking publisher tokens
+//! ([`verify`]), and minting tokens ([`mint`]: the `token` subcommand, demo tokens).
+
+pub mod keys;
+pub mod mint;
+pub mod verify;
+
+pub use keys::{
+    warn_boxed, warn_example_key, warn_no_exp, KeyFamily, KeySetupError, LoadedKey,
+    EXAMPLE_PUBLIC_KEY,
+};
+pub use verify::{describe, json_kind, precheck, AuthError, Identity, Verifier};
