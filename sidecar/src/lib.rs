@@ -92,6 +92,3 @@ pub mod shutdown;
 pub mod token;
 
 pub use error::Error;
-
-#[cfg(test)]
-mod tests;
