@@ -107,6 +107,3 @@ pub mod shared;
 pub mod shutdown;
 
 pub use error::Error;
-
-#[cfg(test)]
-mod tests;
