@@ -59,7 +59,8 @@
 //! * [`config`]: the `[relay] [http] [auth] [admin] [limits] [history] [redis] [host]
 //!   [roles] [dispatch] [presence] [plugins] [rate_limit] [blacklist] [webhook]
 //!   [publish_hook] [demo] [log]` settings, layered default < file < `CHATUP_*`
-//!   environment < `--set`.
+//!   environment < `--set` ([`config::load`]). Each section's struct and checks live beside
+//!   what it configures (`host/relay/config.rs`, `plugins/webhook_config.rs`, ...).
 //! * [`server`]: [`server::Sidecar::start`] wires the shared services, then each role,
 //!   then the routes; [`server::Sidecar::run`] serves and shuts down in order.
 //! * [`cli`] (the command line: `run`, `token`, `config`), [`shutdown`] (SIGTERM/SIGINT),

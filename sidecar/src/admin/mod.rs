@@ -9,6 +9,7 @@
 pub mod auth;
 pub mod ban;
 pub mod blacklist;
+pub mod config;
 pub mod messages;
 pub mod metrics;
 pub mod post;

@@ -21,6 +21,7 @@
 //!   whose queue is full is marked overflowed and dropped, never allowed to slow down the
 //!   publishers.
 
+pub mod config;
 pub mod memory;
 pub mod redis;
 

@@ -5,7 +5,9 @@
 pub mod control;
 pub mod members;
 pub mod redis;
+pub mod redis_config;
 pub mod registry;
+pub mod registry_config;
 
 use std::sync::Arc;
 

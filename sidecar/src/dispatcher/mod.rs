@@ -4,6 +4,7 @@
 
 pub mod answer_cache;
 pub mod channels;
+pub mod config;
 pub mod join;
 
 use std::sync::Arc;

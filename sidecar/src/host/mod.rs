@@ -6,7 +6,9 @@
 //! `GET /health` still names this role `worker`: monitors match on it.
 
 pub mod demo;
+pub mod demo_config;
 pub mod presence;
+pub mod presence_config;
 pub mod publish;
 pub mod relay;
 

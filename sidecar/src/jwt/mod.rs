@@ -1,6 +1,7 @@
 //! JSON Web Tokens, shared by the roles: the keys ([`keys`]), checking publisher tokens
 //! ([`verify`]), and minting tokens ([`mint`]: the `token` subcommand, demo tokens).
 
+pub mod config;
 pub mod keys;
 pub mod mint;
 pub mod verify;

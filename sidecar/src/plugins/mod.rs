@@ -25,11 +25,16 @@
 
 pub mod ban;
 pub mod blacklist;
+pub mod blacklist_config;
+pub mod config;
 mod outbound;
 pub mod publish_hook;
+pub mod publish_hook_config;
 pub mod rate_limit;
+pub mod rate_limit_config;
 mod throttle;
 pub mod webhook;
+pub mod webhook_config;
 pub mod words;
 
 use std::any::Any;

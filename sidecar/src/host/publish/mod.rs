@@ -4,6 +4,7 @@
 //! [`idempotency`] checks and scopes the keys that make a retried publish happen once.
 
 pub mod app;
+pub mod config;
 pub mod idempotency;
 pub mod post;
 pub mod sessions;

@@ -27,6 +27,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn, Instrument};
 
 pub mod codec;
+pub mod config;
 pub mod nginx_workers;
 
 pub use nginx_workers::{NginxWorkerStats, NginxWorkers, RelayTraffic};

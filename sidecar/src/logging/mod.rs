@@ -1,10 +1,12 @@
 //! Logging with `tracing` to stderr, as text or JSON lines.
 
+pub mod config;
+
 use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 
-use crate::config::{LogConfig, LogFormat};
+pub use self::config::{LogConfig, LogFormat};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
