@@ -25,7 +25,7 @@ pub use crate::http::config::HttpConfig;
 pub use crate::jwt::config::AuthConfig;
 pub use crate::logging::config::{LogConfig, LogFormat};
 pub use crate::plugins::blacklist_config::BlacklistConfig;
-pub use crate::plugins::config::{PluginsConfig, PLUGIN_NAMES};
+pub use crate::plugins::config::{PluginName, PluginsConfig};
 pub use crate::plugins::publish_hook_config::PublishHookConfig;
 pub use crate::plugins::rate_limit_config::RateLimitConfig;
 pub use crate::plugins::webhook_config::WebhookConfig;
@@ -112,14 +112,14 @@ impl Config {
         self.presence.check()?;
         self.roles.check(&self.redis)?;
         self.plugins.check()?;
-        if self.plugins.has("rate_limit") {
+        if self.plugins.has(PluginName::RateLimit) {
             self.rate_limit.check()?;
         }
         self.blacklist.check()?;
-        if self.plugins.has("webhook") {
+        if self.plugins.has(PluginName::Webhook) {
             self.webhook.check()?;
         }
-        if self.plugins.has("publish_hook") {
+        if self.plugins.has(PluginName::PublishHook) {
             self.publish_hook.check()?;
         }
         self.demo.check()?;

@@ -52,6 +52,7 @@ use crate::message::Body;
 use crate::moderation::Bans;
 
 use self::blacklist::Blacklist;
+use self::config::PluginName;
 use self::publish_hook::PublishHook;
 use self::webhook::Webhook;
 
@@ -201,9 +202,8 @@ pub async fn build_chain(setup: &Setup<'_>) -> Result<Plugins, PluginSetupError>
     let mut plugins: Vec<Arc<dyn Plugin>> = Vec::new();
     let mut blacklist = None;
     for name in &setup.config.plugins.chain {
-        // One arm per name of `config::PLUGIN_NAMES`, each calling its plugin's constructor.
-        match name.as_str() {
-            "blacklist" => {
+        match name {
+            PluginName::Blacklist => {
                 let lists = Blacklist::start(
                     &setup.config.blacklist,
                     setup.redis.clone(),
@@ -218,22 +218,18 @@ pub async fn build_chain(setup: &Setup<'_>) -> Result<Plugins, PluginSetupError>
                 blacklist = Some(lists.clone());
                 plugins.push(lists);
             }
-            "webhook" => plugins.push(Webhook::start(
+            PluginName::Webhook => plugins.push(Webhook::start(
                 &setup.config.webhook,
                 &setup.shutdown,
                 &setup.tracker,
             )?),
-            "publish_hook" => plugins.push(Arc::new(PublishHook::new(
+            PluginName::PublishHook => plugins.push(Arc::new(PublishHook::new(
                 &setup.config.publish_hook,
                 &setup.config.limits,
             )?)),
-            "ban" => plugins.push(Arc::new(ban::BanPlugin::new(setup.bans.clone()))),
-            "rate_limit" => plugins.push(Arc::new(rate_limit::RateLimit::from_setup(setup)?)),
-            other => {
-                return Err(PluginSetupError::Plugin {
-                    name: "chain",
-                    message: format!("unknown plugin {other:?}"),
-                })
+            PluginName::Ban => plugins.push(Arc::new(ban::BanPlugin::new(setup.bans.clone()))),
+            PluginName::RateLimit => {
+                plugins.push(Arc::new(rate_limit::RateLimit::from_setup(setup)?))
             }
         }
     }
@@ -249,7 +245,7 @@ pub async fn build_chain(setup: &Setup<'_>) -> Result<Plugins, PluginSetupError>
 pub async fn admin_blacklist(
     setup: &Setup<'_>,
 ) -> Result<Option<Arc<Blacklist>>, PluginSetupError> {
-    let on = setup.config.plugins.chain.iter().any(|n| n == "blacklist");
+    let on = setup.config.plugins.has(PluginName::Blacklist);
     if !on || !setup.config.roles.admin || setup.redis.is_none() {
         return Ok(None);
     }
