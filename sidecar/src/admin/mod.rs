@@ -19,15 +19,16 @@ use std::sync::Arc;
 
 use axum::extract::rejection::PathRejection;
 use axum::extract::Path;
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Router;
 
 use crate::broker::{Broker, BrokerError};
 use crate::cluster::registry::{Directory, RegistryError};
 use crate::config::Config;
-use crate::host::publish::{HttpError, HttpErrorBody, Limits};
+use crate::host::publish::Limits;
+use crate::http::error::ApiError;
 use crate::jwt::KeySetupError;
 use crate::metrics::PublishedKind;
 use crate::moderation::Moderation;
@@ -185,24 +186,15 @@ pub fn channel_from_path(path: Result<Path<String>, PathRejection>) -> Result<St
     Ok(channel)
 }
 
+impl From<AdminError> for ApiError {
+    fn from(e: AdminError) -> Self {
+        ApiError::new(e.status(), e.code(), e.to_string())
+    }
+}
+
 impl IntoResponse for AdminError {
     fn into_response(self) -> Response {
-        let status = self.status();
-        let message = self.to_string();
-        let body = HttpErrorBody {
-            error: HttpError {
-                code: self.code(),
-                message: &message,
-                until: None,
-            },
-        };
-        let mut response = (status, Json(body)).into_response();
-        if status == StatusCode::UNAUTHORIZED {
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        }
-        response
+        ApiError::from(self).into_response()
     }
 }
 

@@ -44,7 +44,7 @@ use crate::cluster::registry::{
     ChannelCounts, Directory, HostEntry, JoinedPublisher, RegistryError,
 };
 use crate::dispatcher::answer_cache::FreshCache;
-use crate::dispatcher::join::{error_response, with_headers, DispatchError, Dispatcher};
+use crate::dispatcher::join::{with_headers, DispatchError, Dispatcher};
 
 /// Most channels whose answers are kept at once (per kind of answer); past it, stale ones
 /// are dropped, and while all are fresh new ones are answered without being kept.
@@ -228,7 +228,7 @@ fn respond(result: Result<Vec<u8>, DispatchError>) -> Response {
             .into_response(),
         Err(e) => {
             debug!(code = e.code(), "channel info refused: {e}");
-            error_response(&e)
+            e.into_response()
         }
     }
 }

@@ -47,7 +47,7 @@ use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use axum::{Json, Router};
+use axum::Router;
 use serde::Serialize;
 use serde_json::Value;
 use tracing::{debug, Instrument};
@@ -56,7 +56,7 @@ use crate::broker::{Broker, BrokerError};
 use crate::cluster::registry::{ChannelCounts, Directory, HostEntry, RegistryError};
 use crate::config::DispatchConfig;
 use crate::dispatcher::channels::ChannelInfo;
-use crate::host::publish::{HttpError, HttpErrorBody};
+use crate::http::error::ApiError;
 
 /// Largest request body read: a list of host ids.
 const MAX_BODY: usize = 16 * 1024;
@@ -104,6 +104,24 @@ impl DispatchError {
             Self::NoHost(_) | Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
+    }
+}
+
+impl From<DispatchError> for ApiError {
+    /// A 503 says to retry in a second.
+    fn from(e: DispatchError) -> Self {
+        let error = ApiError::new(e.status(), e.code(), e.to_string());
+        if e.status() == StatusCode::SERVICE_UNAVAILABLE {
+            error.retry_after(1)
+        } else {
+            error
+        }
+    }
+}
+
+impl IntoResponse for DispatchError {
+    fn into_response(self) -> Response {
+        ApiError::from(self).into_response()
     }
 }
 
@@ -295,7 +313,7 @@ async fn join(
         Ok(Path(channel)) => channel,
         Err(e) => {
             let e = DispatchError::BadChannel(format!("bad channel in the URL: {e}"));
-            return with_headers(error_response(&e), cors);
+            return with_headers(e.into_response(), cors);
         }
     };
     let span = tracing::info_span!("join", channel);
@@ -318,7 +336,7 @@ async fn join(
             .into_response(),
         Err(e) => {
             span.in_scope(|| debug!(code = e.code(), "join refused: {e}"));
-            error_response(&e)
+            e.into_response()
         }
     };
     with_headers(response, cors)
@@ -356,25 +374,6 @@ pub(crate) fn with_headers(
 ) -> Response {
     for (name, value) in headers {
         response.headers_mut().append(name, value);
-    }
-    response
-}
-
-/// The JSON error answer for `e`; a 503 says to retry in a second.
-pub(crate) fn error_response(e: &DispatchError) -> Response {
-    let message = e.to_string();
-    let body = HttpErrorBody {
-        error: HttpError {
-            code: e.code(),
-            message: &message,
-            until: None,
-        },
-    };
-    let mut response = (e.status(), Json(body)).into_response();
-    if e.status() == StatusCode::SERVICE_UNAVAILABLE {
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     }
     response
 }

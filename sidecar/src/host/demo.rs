@@ -35,7 +35,7 @@ use tracing::info;
 
 use crate::admin::auth::json_content_type;
 use crate::config::{AuthConfig, DemoConfig};
-use crate::host::publish::{HttpError, HttpErrorBody};
+use crate::http::error::ApiError;
 use crate::jwt::mint::{PublisherClaims, SigningKey, SigningKeyError};
 use crate::jwt::{warn_boxed, Verifier};
 
@@ -97,17 +97,15 @@ impl DemoError {
     }
 }
 
+impl From<DemoError> for ApiError {
+    fn from(e: DemoError) -> Self {
+        ApiError::new(e.status(), e.code(), e.to_string())
+    }
+}
+
 impl IntoResponse for DemoError {
     fn into_response(self) -> Response {
-        let message = self.to_string();
-        let body = HttpErrorBody {
-            error: HttpError {
-                code: self.code(),
-                message: &message,
-                until: None,
-            },
-        };
-        (self.status(), Json(body)).into_response()
+        ApiError::from(self).into_response()
     }
 }
 

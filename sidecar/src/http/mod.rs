@@ -1,6 +1,7 @@
 //! The HTTP side of every role: all routes in one place ([`routes`]), the listener
 //! ([`server`]) and `GET /health` ([`health`]).
 
+pub mod error;
 pub mod health;
 pub mod server;
 
@@ -9,14 +10,14 @@ pub use server::{HttpBindError, HttpServer};
 use std::sync::Arc;
 
 use axum::http::{Method, StatusCode, Uri};
-use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Router;
 
 use crate::admin::AdminState;
 use crate::dispatcher::join::Dispatcher;
 use crate::host::demo::DemoTokens;
-use crate::host::publish::{App, HttpError, HttpErrorBody};
+use crate::host::publish::App;
+use error::ApiError;
 use health::Health;
 
 /// All routes, by role: `/health` always; the publisher endpoints (and `/demo/token` with
@@ -54,13 +55,10 @@ pub fn routes(
     router.fallback(not_found)
 }
 
-async fn not_found(method: Method, uri: Uri) -> Response {
-    let body = HttpErrorBody {
-        error: HttpError {
-            code: "not_found",
-            message: &format!("no such endpoint: {method} {}", uri.path()),
-            until: None,
-        },
-    };
-    (StatusCode::NOT_FOUND, Json(body)).into_response()
+async fn not_found(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no such endpoint: {method} {}", uri.path()),
+    )
 }

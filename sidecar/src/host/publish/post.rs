@@ -13,7 +13,7 @@ use std::sync::Arc;
 use axum::body::{to_bytes, Body as HttpBody};
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
@@ -21,10 +21,7 @@ use serde_json::Value;
 use tracing::{debug, Instrument};
 
 use super::idempotency::check_key;
-use super::{
-    body_from_json, check_channel, ErrorCode, HttpError, HttpErrorBody, Outcome, PublishError,
-    Receipt,
-};
+use super::{body_from_json, check_channel, ErrorCode, Outcome, PublishError, Receipt};
 use crate::host::publish::App;
 use crate::message::Body;
 
@@ -48,10 +45,11 @@ pub async fn publish(
     let channel = match channel {
         Ok(Path(channel)) => channel,
         Err(e) => {
-            return error_response(&PublishError::new(
+            return PublishError::new(
                 ErrorCode::BadChannel,
                 format!("bad channel in the URL: {e}"),
-            ))
+            )
+            .into_response()
         }
     };
     let span = tracing::info_span!("publish", channel, sub = tracing::field::Empty);
@@ -84,7 +82,7 @@ pub async fn publish(
             }
             Err(e) => {
                 debug!(code = e.code.as_str(), "publish refused: {}", e.message);
-                error_response(&e)
+                e.into_response()
             }
         }
     }
@@ -213,28 +211,4 @@ fn bearer_token(headers: &HeaderMap) -> Result<&str, PublishError> {
         Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => Ok(token.trim()),
         _ => Err(missing()),
     }
-}
-
-/// The JSON error response for `e`, with `WWW-Authenticate` on 401.
-pub fn error_response(e: &PublishError) -> Response {
-    let status = e.code.status();
-    let body = HttpErrorBody {
-        error: HttpError {
-            code: e.code.as_str(),
-            message: &e.message,
-            until: e.until(),
-        },
-    };
-    let mut response = (status, Json(body)).into_response();
-    if let Some(seconds) = e.retry_after {
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
-    }
-    if status == StatusCode::UNAUTHORIZED {
-        response
-            .headers_mut()
-            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-    }
-    response
 }
