@@ -17,8 +17,6 @@ pub mod stats;
 
 use std::sync::Arc;
 
-use axum::extract::rejection::PathRejection;
-use axum::extract::Path;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -28,6 +26,7 @@ use crate::broker::{Broker, BrokerError};
 use crate::cluster::registry::{Directory, RegistryError};
 use crate::config::Config;
 use crate::host::publish::Limits;
+use crate::http::channel::BadChannelPath;
 use crate::http::error::ApiError;
 use crate::jwt::KeySetupError;
 use crate::metrics::PublishedKind;
@@ -177,13 +176,13 @@ impl From<RegistryError> for AdminError {
     }
 }
 
-/// The `{channel}` of a route, checked with the rule shared by the module and the relay.
-pub fn channel_from_path(path: Result<Path<String>, PathRejection>) -> Result<String, AdminError> {
-    let Path(channel) = path
-        .map_err(|e| AdminError::BadRequest(format!("cannot read the channel in the URL: {e}")))?;
-    chatup_wire::channel::validate(channel.as_bytes())
-        .map_err(|e| AdminError::BadRequest(format!("channel {channel:?}: {e}")))?;
-    Ok(channel)
+impl From<BadChannelPath> for AdminError {
+    fn from(e: BadChannelPath) -> Self {
+        Self::BadRequest(match e {
+            BadChannelPath::Unreadable(e) => format!("cannot read the channel in the URL: {e}"),
+            BadChannelPath::Invalid { channel, reason } => format!("channel {channel:?}: {reason}"),
+        })
+    }
 }
 
 impl From<AdminError> for ApiError {

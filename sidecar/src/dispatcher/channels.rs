@@ -29,8 +29,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -45,6 +44,7 @@ use crate::cluster::registry::{
 };
 use crate::dispatcher::answer_cache::FreshCache;
 use crate::dispatcher::join::{with_headers, DispatchError, Dispatcher};
+use crate::http::channel::ChannelPath;
 
 /// Most channels whose answers are kept at once (per kind of answer); past it, stale ones
 /// are dropped, and while all are fresh new ones are answered without being kept.
@@ -144,12 +144,11 @@ struct UsersAnswer<'a> {
 /// cache-busting parameters).
 async fn counts(
     State(dispatcher): State<Arc<Dispatcher>>,
-    channel: Result<Path<String>, PathRejection>,
+    ChannelPath(channel, ..): ChannelPath<DispatchError>,
     headers: HeaderMap,
 ) -> Response {
     let cors = dispatcher.cors(headers.get(header::ORIGIN));
     let result = async {
-        let channel = checked(channel)?;
         let span = tracing::debug_span!("channel_counts", channel);
         let counts = dispatcher
             .channel_info()
@@ -169,13 +168,12 @@ async fn counts(
 /// `GET /channels/{channel}/users?skip=<n>&limit=<n>`.
 async fn users(
     State(dispatcher): State<Arc<Dispatcher>>,
-    channel: Result<Path<String>, PathRejection>,
+    ChannelPath(channel, ..): ChannelPath<DispatchError>,
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
 ) -> Response {
     let cors = dispatcher.cors(headers.get(header::ORIGIN));
     let result = async {
-        let channel = checked(channel)?;
         // The admin query parser's message names the parameter and what it takes.
         let w = window(raw.as_deref()).map_err(|e| DispatchError::BadRequest(e.to_string()))?;
         let span = tracing::debug_span!("channel_users", channel);
@@ -194,15 +192,6 @@ async fn users(
     }
     .await;
     with_headers(respond(result), cors)
-}
-
-/// The channel of the URL, checked with the rule the module and the relay share.
-fn checked(channel: Result<Path<String>, PathRejection>) -> Result<String, DispatchError> {
-    let Path(channel) =
-        channel.map_err(|e| DispatchError::BadChannel(format!("bad channel in the URL: {e}")))?;
-    chatup_wire::channel::validate(channel.as_bytes())
-        .map_err(|e| DispatchError::BadChannel(format!("channel {channel:?}: {e}")))?;
-    Ok(channel)
 }
 
 fn encode(answer: &impl Serialize) -> Result<Vec<u8>, DispatchError> {

@@ -42,8 +42,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::body::{to_bytes, Body as HttpBody};
-use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -56,6 +55,7 @@ use crate::broker::{Broker, BrokerError};
 use crate::cluster::registry::{ChannelCounts, Directory, HostEntry, RegistryError};
 use crate::config::DispatchConfig;
 use crate::dispatcher::channels::ChannelInfo;
+use crate::http::channel::{BadChannelPath, ChannelPath};
 use crate::http::error::ApiError;
 
 /// Largest request body read: a list of host ids.
@@ -122,6 +122,15 @@ impl From<DispatchError> for ApiError {
 impl IntoResponse for DispatchError {
     fn into_response(self) -> Response {
         ApiError::from(self).into_response()
+    }
+}
+
+impl From<BadChannelPath> for DispatchError {
+    fn from(e: BadChannelPath) -> Self {
+        Self::BadChannel(match e {
+            BadChannelPath::Unreadable(e) => format!("bad channel in the URL: {e}"),
+            BadChannelPath::Invalid { channel, reason } => format!("channel {channel:?}: {reason}"),
+        })
     }
 }
 
@@ -304,17 +313,14 @@ pub fn router(dispatcher: Arc<Dispatcher>) -> Router {
 
 async fn join(
     State(dispatcher): State<Arc<Dispatcher>>,
-    channel: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
+    channel: Result<ChannelPath<DispatchError>, DispatchError>,
     body: HttpBody,
 ) -> Response {
     let cors = dispatcher.cors(headers.get(header::ORIGIN));
     let channel = match channel {
-        Ok(Path(channel)) => channel,
-        Err(e) => {
-            let e = DispatchError::BadChannel(format!("bad channel in the URL: {e}"));
-            return with_headers(e.into_response(), cors);
-        }
+        Ok(ChannelPath(channel, ..)) => channel,
+        Err(e) => return with_headers(e.into_response(), cors),
     };
     let span = tracing::info_span!("join", channel);
     let result = async {

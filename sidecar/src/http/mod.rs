@@ -1,6 +1,7 @@
 //! The HTTP side of every role: all routes in one place ([`routes`]), the listener
 //! ([`server`]) and `GET /health` ([`health`]).
 
+pub mod channel;
 pub mod error;
 pub mod health;
 pub mod server;

@@ -25,6 +25,7 @@ pub use app::{App, WsSettings};
 use crate::broker::{Broker, BrokerError, Once, Publication, Published};
 use crate::config::LimitsConfig;
 use crate::host::presence::PresenceError;
+use crate::http::channel::BadChannelPath;
 use crate::http::error::ApiError;
 use crate::message::{now_ms, Body, Tail};
 use crate::metrics::{Metrics, PublishedKind};
@@ -514,6 +515,16 @@ pub fn body_from_json(object: &Map<String, Value>) -> Result<Body, PublishError>
         (None, None) => Err(bad(
             "missing \"msg\" (the message text) or \"ev\" (an event name)",
         )),
+    }
+}
+
+impl From<BadChannelPath> for PublishError {
+    fn from(e: BadChannelPath) -> Self {
+        let message = match e {
+            BadChannelPath::Unreadable(e) => format!("bad channel in the URL: {e}"),
+            BadChannelPath::Invalid { reason, .. } => reason,
+        };
+        PublishError::new(ErrorCode::BadChannel, message)
     }
 }
 

@@ -11,8 +11,7 @@
 use std::sync::Arc;
 
 use axum::body::{to_bytes, Body as HttpBody};
-use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -21,8 +20,9 @@ use serde_json::Value;
 use tracing::{debug, Instrument};
 
 use super::idempotency::check_key;
-use super::{body_from_json, check_channel, ErrorCode, Outcome, PublishError, Receipt};
+use super::{body_from_json, ErrorCode, Outcome, PublishError, Receipt};
 use crate::host::publish::App;
+use crate::http::channel::ChannelPath;
 use crate::message::Body;
 
 /// The request header naming a publish, as in the IETF draft "The Idempotency-Key HTTP
@@ -38,20 +38,10 @@ struct Accepted<'a> {
 
 pub async fn publish(
     State(app): State<Arc<App>>,
-    channel: Result<Path<String>, PathRejection>,
+    ChannelPath(channel, ..): ChannelPath<PublishError>,
     headers: HeaderMap,
     body: HttpBody,
 ) -> Response {
-    let channel = match channel {
-        Ok(Path(channel)) => channel,
-        Err(e) => {
-            return PublishError::new(
-                ErrorCode::BadChannel,
-                format!("bad channel in the URL: {e}"),
-            )
-            .into_response()
-        }
-    };
     let span = tracing::info_span!("publish", channel, sub = tracing::field::Empty);
     async move {
         match handle(&app, &channel, &headers, body).await {
@@ -102,7 +92,6 @@ async fn handle(
     if let Some(sub) = &identity.sub {
         tracing::Span::current().record("sub", sub.as_str());
     }
-    check_channel(channel)?;
     let key = idempotency_key(headers)?;
 
     let kind = content_kind(headers)?;
