@@ -19,8 +19,6 @@ use std::sync::Arc;
 
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::Router;
 
 use crate::broker::{Broker, BrokerError};
 use crate::cluster::registry::{Directory, RegistryError};
@@ -197,30 +195,9 @@ impl IntoResponse for AdminError {
     }
 }
 
-/// The admin routes.
-pub fn router(state: Arc<AdminState>) -> Router {
-    Router::new()
-        .route("/post", post(post::post))
-        .route("/messages/{channel}", get(messages::messages))
-        .route("/stats", get(stats::hosts))
-        .route("/stats/{channel}", get(stats::channel))
-        .route("/metrics", get(metrics::scrape))
-        .route("/ban", post(ban::ban).delete(ban::unban))
-        .route("/unban", post(ban::unban))
-        .route("/bans/{channel}", get(ban::list))
-        .route(
-            "/blacklist",
-            get(blacklist::get)
-                .post(blacklist::add)
-                .delete(blacklist::remove),
-        )
-        .layer(axum::middleware::map_response(end_with_newline))
-        .with_state(state)
-}
-
 /// Ends JSON answers with a newline, so that in a terminal `curl` leaves the prompt on a
 /// line of its own.
-async fn end_with_newline(response: Response) -> Response {
+pub async fn end_with_newline(response: Response) -> Response {
     let json = response
         .headers()
         .get(header::CONTENT_TYPE)

@@ -32,8 +32,6 @@ use std::time::Duration;
 use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
 use serde::Serialize;
 use serde_json::value::RawValue;
 use tracing::{debug, Instrument};
@@ -116,13 +114,6 @@ impl ChannelInfo {
     }
 }
 
-/// The routes, served with the dispatcher's state (its CORS rule and its [`ChannelInfo`]).
-pub fn routes() -> Router<Arc<Dispatcher>> {
-    Router::new()
-        .route("/channels/{channel}", get(counts))
-        .route("/channels/{channel}/users", get(users))
-}
-
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct CountsAnswer<'a> {
@@ -142,7 +133,7 @@ struct UsersAnswer<'a> {
 
 /// `GET /channels/{channel}`. A query string is ignored (browsers and proxies add
 /// cache-busting parameters).
-async fn counts(
+pub async fn counts(
     State(dispatcher): State<Arc<Dispatcher>>,
     ChannelPath(channel, ..): ChannelPath<DispatchError>,
     headers: HeaderMap,
@@ -166,7 +157,7 @@ async fn counts(
 }
 
 /// `GET /channels/{channel}/users?skip=<n>&limit=<n>`.
-async fn users(
+pub async fn users(
     State(dispatcher): State<Arc<Dispatcher>>,
     ChannelPath(channel, ..): ChannelPath<DispatchError>,
     RawQuery(raw): RawQuery,

@@ -45,8 +45,6 @@ use axum::body::{to_bytes, Body as HttpBody};
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
-use axum::Router;
 use serde::Serialize;
 use serde_json::Value;
 use tracing::{debug, Instrument};
@@ -303,15 +301,8 @@ impl Dispatcher {
     }
 }
 
-/// The `/join/{channel}` route, and the public channel routes of [`crate::dispatcher::channels`].
-pub fn router(dispatcher: Arc<Dispatcher>) -> Router {
-    Router::new()
-        .route("/join/{channel}", post(join).options(preflight))
-        .merge(crate::dispatcher::channels::routes())
-        .with_state(dispatcher)
-}
-
-async fn join(
+/// `POST /join/{channel}`.
+pub async fn join(
     State(dispatcher): State<Arc<Dispatcher>>,
     headers: HeaderMap,
     channel: Result<ChannelPath<DispatchError>, DispatchError>,
@@ -349,7 +340,7 @@ async fn join(
 }
 
 /// Answers a CORS preflight for `POST /join/<ch>`.
-async fn preflight(State(dispatcher): State<Arc<Dispatcher>>, headers: HeaderMap) -> Response {
+pub async fn preflight(State(dispatcher): State<Arc<Dispatcher>>, headers: HeaderMap) -> Response {
     let cors = dispatcher.cors(headers.get(header::ORIGIN));
     let allowed = cors
         .iter()

@@ -27,8 +27,7 @@ use axum::body::{to_bytes, Body as HttpBody};
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
-use axum::{Json, Router};
+use axum::Json;
 use serde::Serialize;
 use serde_json::{Map, Value};
 use tracing::info;
@@ -242,14 +241,8 @@ pub fn warn_open_minting(path: &std::path::Path) {
     warn_boxed(&path.display().to_string(), &texts);
 }
 
-/// The `/demo/token` route.
-pub fn router(tokens: Arc<DemoTokens>) -> Router {
-    Router::new()
-        .route("/demo/token", post(mint))
-        .with_state(tokens)
-}
-
-async fn mint(
+/// `POST /demo/token`.
+pub async fn mint(
     State(tokens): State<Arc<DemoTokens>>,
     headers: HeaderMap,
     body: HttpBody,

@@ -14,16 +14,19 @@ use axum::http::{Method, StatusCode, Uri};
 use axum::routing::{get, post};
 use axum::Router;
 
-use crate::admin::AdminState;
-use crate::dispatcher::join::Dispatcher;
+use crate::admin::{self, AdminState};
+use crate::dispatcher::channels;
+use crate::dispatcher::join::{self, Dispatcher};
+use crate::host;
 use crate::host::demo::DemoTokens;
-use crate::host::publish::App;
+use crate::host::publish::{self, App};
 use error::ApiError;
 use health::Health;
 
-/// All routes, by role: `/health` always; the publisher endpoints (and `/demo/token` with
+/// Every route, by role: `/health` always; the publisher endpoints (and `/demo/token` with
 /// its key) with the chat-host role, `/join` and `/channels` with the dispatcher, the admin
-/// API with `admin`.
+/// API with `admin`. Handlers live beside their role; this is the whole HTTP surface
+/// (`sidecar/openapi.json` documents it, and a test keeps the two equal).
 pub fn routes(
     health: Arc<Health>,
     chat_host: Option<Arc<App>>,
@@ -31,27 +34,53 @@ pub fn routes(
     dispatcher: Option<Arc<Dispatcher>>,
     admin: Option<Arc<AdminState>>,
 ) -> Router {
-    let mut router = Router::new().merge(
-        Router::new()
-            .route("/health", get(health::check))
-            .with_state(health),
-    );
+    let mut router = Router::new()
+        .route("/health", get(health::check))
+        .with_state(health);
     if let Some(app) = chat_host {
         router = router.merge(
             Router::new()
-                .route("/pub", get(crate::host::publish::ws::upgrade))
-                .route("/pub/{channel}", post(crate::host::publish::post::publish))
+                .route("/pub", get(publish::ws::upgrade))
+                .route("/pub/{channel}", post(publish::post::publish))
                 .with_state(app),
         );
     }
     if let Some(demo) = demo {
-        router = router.merge(crate::host::demo::router(demo));
+        router = router.merge(
+            Router::new()
+                .route("/demo/token", post(host::demo::mint))
+                .with_state(demo),
+        );
     }
     if let Some(dispatcher) = dispatcher {
-        router = router.merge(crate::dispatcher::join::router(dispatcher));
+        router = router.merge(
+            Router::new()
+                .route("/join/{channel}", post(join::join).options(join::preflight))
+                .route("/channels/{channel}", get(channels::counts))
+                .route("/channels/{channel}/users", get(channels::users))
+                .with_state(dispatcher),
+        );
     }
     if let Some(admin) = admin {
-        router = router.merge(crate::admin::router(admin));
+        router = router.merge(
+            Router::new()
+                .route("/post", post(admin::post::post))
+                .route("/messages/{channel}", get(admin::messages::messages))
+                .route("/stats", get(admin::stats::hosts))
+                .route("/stats/{channel}", get(admin::stats::channel))
+                .route("/metrics", get(admin::metrics::scrape))
+                .route("/ban", post(admin::ban::ban).delete(admin::ban::unban))
+                .route("/unban", post(admin::ban::unban))
+                .route("/bans/{channel}", get(admin::ban::list))
+                .route(
+                    "/blacklist",
+                    get(admin::blacklist::get)
+                        .post(admin::blacklist::add)
+                        .delete(admin::blacklist::remove),
+                )
+                .layer(axum::middleware::map_response(admin::end_with_newline))
+                .with_state(admin),
+        );
     }
     router.fallback(not_found)
 }
