@@ -30,7 +30,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{RawQuery, State};
-use axum::http::{header, HeaderMap, HeaderValue};
+use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -41,7 +41,7 @@ use crate::cluster::registry::{
     ChannelCounts, Directory, HostEntry, JoinedPublisher, RegistryError,
 };
 use crate::dispatcher::answer_cache::FreshCache;
-use crate::dispatcher::join::{with_headers, DispatchError, Dispatcher};
+use crate::dispatcher::join::{DispatchError, Dispatcher};
 use crate::http::channel::ChannelPath;
 
 /// Most channels whose answers are kept at once (per kind of answer); past it, stale ones
@@ -136,9 +136,7 @@ struct UsersAnswer<'a> {
 pub async fn counts(
     State(dispatcher): State<Arc<Dispatcher>>,
     ChannelPath(channel, ..): ChannelPath<DispatchError>,
-    headers: HeaderMap,
 ) -> Response {
-    let cors = dispatcher.cors(headers.get(header::ORIGIN));
     let result = async {
         let span = tracing::debug_span!("channel_counts", channel);
         let counts = dispatcher
@@ -153,7 +151,7 @@ pub async fn counts(
         })
     }
     .await;
-    with_headers(respond(result), cors)
+    respond(result)
 }
 
 /// `GET /channels/{channel}/users?skip=<n>&limit=<n>`.
@@ -161,9 +159,7 @@ pub async fn users(
     State(dispatcher): State<Arc<Dispatcher>>,
     ChannelPath(channel, ..): ChannelPath<DispatchError>,
     RawQuery(raw): RawQuery,
-    headers: HeaderMap,
 ) -> Response {
-    let cors = dispatcher.cors(headers.get(header::ORIGIN));
     let result = async {
         // The admin query parser's message names the parameter and what it takes.
         let w = window(raw.as_deref()).map_err(|e| DispatchError::BadRequest(e.to_string()))?;
@@ -182,7 +178,7 @@ pub async fn users(
         })
     }
     .await;
-    with_headers(respond(result), cors)
+    respond(result)
 }
 
 fn encode(answer: &impl Serialize) -> Result<Vec<u8>, DispatchError> {

@@ -30,9 +30,9 @@
 //! (malformed body), 503 `no_host` (no live host left after exclusions), 503 `unavailable`
 //! (Redis or the broker cannot be reached); 503s carry `Retry-After: 1`.
 //!
-//! CORS (`dispatch.cors_origins`): empty sends no CORS header; `*` allows any origin;
-//! otherwise a listed `Origin` is echoed, always with `Vary: Origin`. `OPTIONS` answers the
-//! preflight of a POST with `Content-Type: application/json`.
+//! CORS (`dispatch.cors_origins`, [`crate::http::cors`]): empty sends no CORS header; `*`
+//! allows any origin; otherwise a listed `Origin` is echoed, always with `Vary: Origin`.
+//! `OPTIONS` answers the preflight of a POST with `Content-Type: application/json`.
 //!
 //! The same role serves the public channel counts and user lists browsers poll
 //! (`GET /channels/<ch>`, [`crate::dispatcher::channels`]), with the same CORS rule.
@@ -43,7 +43,7 @@ use std::time::Duration;
 
 use axum::body::{to_bytes, Body as HttpBody};
 use axum::extract::State;
-use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde_json::Value;
@@ -61,9 +61,6 @@ const MAX_BODY: usize = 16 * 1024;
 
 /// `host.report_interval_ms`'s default, until [`Dispatcher::with_report_interval`] says.
 const DEFAULT_REPORT_INTERVAL: Duration = Duration::from_secs(1);
-
-/// How long browsers may cache a preflight answer, in seconds.
-const PREFLIGHT_MAX_AGE: &str = "600";
 
 /// Why a join could not be answered.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -275,44 +272,18 @@ impl Dispatcher {
             .map_err(|e| DispatchError::Internal(format!("cannot encode the answer: {e}")))
     }
 
-    /// The CORS headers for a request from `origin` (none when CORS is off or the origin is
-    /// not allowed; `Vary: Origin` whenever the answer depends on it).
-    pub(crate) fn cors(&self, origin: Option<&HeaderValue>) -> Vec<(HeaderName, HeaderValue)> {
-        let allowed = &self.config.cors_origins;
-        if allowed.is_empty() {
-            return Vec::new();
-        }
-        if allowed.iter().any(|o| o == "*") {
-            return vec![(
-                header::ACCESS_CONTROL_ALLOW_ORIGIN,
-                HeaderValue::from_static("*"),
-            )];
-        }
-        let mut headers = vec![(header::VARY, HeaderValue::from_static("origin"))];
-        if let Some(origin) = origin {
-            let listed = origin
-                .to_str()
-                .is_ok_and(|o| allowed.iter().any(|a| a.eq_ignore_ascii_case(o)));
-            if listed {
-                headers.push((header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone()));
-            }
-        }
-        headers
+    /// `dispatch.cors_origins`, for the CORS layer of the routes.
+    pub fn cors_origins(&self) -> &[String] {
+        &self.config.cors_origins
     }
 }
 
 /// `POST /join/{channel}`.
 pub async fn join(
     State(dispatcher): State<Arc<Dispatcher>>,
-    headers: HeaderMap,
-    channel: Result<ChannelPath<DispatchError>, DispatchError>,
+    ChannelPath(channel, ..): ChannelPath<DispatchError>,
     body: HttpBody,
 ) -> Response {
-    let cors = dispatcher.cors(headers.get(header::ORIGIN));
-    let channel = match channel {
-        Ok(ChannelPath(channel, ..)) => channel,
-        Err(e) => return with_headers(e.into_response(), cors),
-    };
     let span = tracing::info_span!("join", channel);
     let result = async {
         let body = to_bytes(body, MAX_BODY).await.map_err(|_| {
@@ -322,7 +293,7 @@ pub async fn join(
     }
     .instrument(span.clone())
     .await;
-    let response = match result {
+    match result {
         Ok(bytes) => (
             [(
                 header::CONTENT_TYPE,
@@ -335,44 +306,13 @@ pub async fn join(
             span.in_scope(|| debug!(code = e.code(), "join refused: {e}"));
             e.into_response()
         }
-    };
-    with_headers(response, cors)
+    }
 }
 
-/// Answers a CORS preflight for `POST /join/<ch>`.
-pub async fn preflight(State(dispatcher): State<Arc<Dispatcher>>, headers: HeaderMap) -> Response {
-    let cors = dispatcher.cors(headers.get(header::ORIGIN));
-    let allowed = cors
-        .iter()
-        .any(|(name, _)| name == header::ACCESS_CONTROL_ALLOW_ORIGIN);
-    let mut response = StatusCode::NO_CONTENT.into_response();
-    if allowed {
-        let h = response.headers_mut();
-        h.insert(
-            header::ACCESS_CONTROL_ALLOW_METHODS,
-            HeaderValue::from_static("POST, OPTIONS"),
-        );
-        h.insert(
-            header::ACCESS_CONTROL_ALLOW_HEADERS,
-            HeaderValue::from_static("content-type"),
-        );
-        h.insert(
-            header::ACCESS_CONTROL_MAX_AGE,
-            HeaderValue::from_static(PREFLIGHT_MAX_AGE),
-        );
-    }
-    with_headers(response, cors)
-}
-
-/// `response` with `headers` added (the CORS ones).
-pub(crate) fn with_headers(
-    mut response: Response,
-    headers: Vec<(HeaderName, HeaderValue)>,
-) -> Response {
-    for (name, value) in headers {
-        response.headers_mut().append(name, value);
-    }
-    response
+/// `OPTIONS /join/{channel}`, the CORS preflight: the CORS layer around the route
+/// ([`crate::http::cors`]) answers it before this is reached; listed so the route shows it.
+pub async fn preflight() -> StatusCode {
+    StatusCode::NO_CONTENT
 }
 
 /// The host ids named in `{"exclude": ..}` / `{"failed": ..}`; an empty body names none.

@@ -2,6 +2,7 @@
 //! ([`server`]) and `GET /health` ([`health`]).
 
 pub mod channel;
+pub mod cors;
 pub mod error;
 pub mod health;
 pub mod server;
@@ -10,7 +11,9 @@ pub use server::{HttpBindError, HttpServer};
 
 use std::sync::Arc;
 
+use axum::handler::Handler;
 use axum::http::{Method, StatusCode, Uri};
+use axum::middleware::from_fn;
 use axum::routing::{get, post};
 use axum::Router;
 
@@ -53,11 +56,25 @@ pub fn routes(
         );
     }
     if let Some(dispatcher) = dispatcher {
+        let cors = cors::layer(dispatcher.cors_origins());
         router = router.merge(
             Router::new()
-                .route("/join/{channel}", post(join::join).options(join::preflight))
-                .route("/channels/{channel}", get(channels::counts))
-                .route("/channels/{channel}/users", get(channels::users))
+                .route(
+                    "/join/{channel}",
+                    post(join::join)
+                        .options(join::preflight)
+                        .layer(cors.clone())
+                        .layer(from_fn(cors::preflight_answer)),
+                )
+                // On GET alone, so that other methods stay 405.
+                .route(
+                    "/channels/{channel}",
+                    get(channels::counts.layer(cors.clone())),
+                )
+                .route(
+                    "/channels/{channel}/users",
+                    get(channels::users.layer(cors)),
+                )
                 .with_state(dispatcher),
         );
     }
