@@ -41,7 +41,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use axum::body::{to_bytes, Body as HttpBody};
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -56,8 +57,8 @@ use crate::dispatcher::channels::ChannelInfo;
 use crate::http::channel::{BadChannelPath, ChannelPath};
 use crate::http::error::ApiError;
 
-/// Largest request body read: a list of host ids.
-const MAX_BODY: usize = 16 * 1024;
+/// Largest request body read: a list of host ids (the route's body limit).
+pub const MAX_BODY: usize = 16 * 1024;
 
 /// `host.report_interval_ms`'s default, until [`Dispatcher::with_report_interval`] says.
 const DEFAULT_REPORT_INTERVAL: Duration = Duration::from_secs(1);
@@ -282,11 +283,11 @@ impl Dispatcher {
 pub async fn join(
     State(dispatcher): State<Arc<Dispatcher>>,
     ChannelPath(channel, ..): ChannelPath<DispatchError>,
-    body: HttpBody,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let span = tracing::info_span!("join", channel);
     let result = async {
-        let body = to_bytes(body, MAX_BODY).await.map_err(|_| {
+        let body = body.map_err(|_| {
             DispatchError::BadRequest(format!("the request body is larger than {MAX_BODY} bytes"))
         })?;
         dispatcher.join(&channel, &body).await

@@ -23,7 +23,8 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use axum::body::{to_bytes, Body as HttpBody};
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -44,8 +45,8 @@ pub const KEY_SETTING: &str = "demo.private_key_file";
 /// Longest name, in characters.
 pub const MAX_NAME_CHARS: usize = 32;
 
-/// Largest request body read: a name.
-const MAX_BODY: usize = 4096;
+/// Largest request body read: a name (the route's body limit).
+pub const MAX_BODY: usize = 4096;
 
 /// Why demo tokens cannot be served; stops the start.
 #[derive(Debug, thiserror::Error)]
@@ -245,7 +246,7 @@ pub fn warn_open_minting(path: &std::path::Path) {
 pub async fn mint(
     State(tokens): State<Arc<DemoTokens>>,
     headers: HeaderMap,
-    body: HttpBody,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Minted>, DemoError> {
     if !matches!(json_content_type(&headers), Ok(true)) {
         let given = headers
@@ -256,7 +257,7 @@ pub async fn mint(
             "send the body as application/json, like {{\"name\": \"alice\"}}, not {given}"
         )));
     }
-    let bytes = to_bytes(body, MAX_BODY).await.map_err(|_| {
+    let bytes = body.map_err(|_| {
         DemoError::BadRequest(format!("the request body is larger than {MAX_BODY} bytes"))
     })?;
     let name = name_of(&bytes)?;

@@ -11,6 +11,7 @@ pub use server::{HttpBindError, HttpServer};
 
 use std::sync::Arc;
 
+use axum::extract::DefaultBodyLimit;
 use axum::handler::Handler;
 use axum::http::{Method, StatusCode, Uri};
 use axum::middleware::from_fn;
@@ -41,17 +42,24 @@ pub fn routes(
         .route("/health", get(health::check))
         .with_state(health);
     if let Some(app) = chat_host {
+        let publish_limit = app.publisher.limits().max_request_bytes();
         router = router.merge(
             Router::new()
                 .route("/pub", get(publish::ws::upgrade))
-                .route("/pub/{channel}", post(publish::post::publish))
+                .route(
+                    "/pub/{channel}",
+                    post(publish::post::publish).layer(DefaultBodyLimit::max(publish_limit)),
+                )
                 .with_state(app),
         );
     }
     if let Some(demo) = demo {
         router = router.merge(
             Router::new()
-                .route("/demo/token", post(host::demo::mint))
+                .route(
+                    "/demo/token",
+                    post(host::demo::mint).layer(DefaultBodyLimit::max(host::demo::MAX_BODY)),
+                )
                 .with_state(demo),
         );
     }
@@ -63,8 +71,12 @@ pub fn routes(
                     "/join/{channel}",
                     post(join::join)
                         .options(join::preflight)
-                        .layer(cors.clone())
-                        .layer(from_fn(cors::preflight_answer)),
+                        // Outermost first.
+                        .layer((
+                            DefaultBodyLimit::max(join::MAX_BODY),
+                            from_fn(cors::preflight_answer),
+                            cors.clone(),
+                        )),
                 )
                 // On GET alone, so that other methods stay 405.
                 .route(

@@ -10,7 +10,8 @@
 
 use std::sync::Arc;
 
-use axum::body::{to_bytes, Body as HttpBody};
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -40,7 +41,7 @@ pub async fn publish(
     State(app): State<Arc<App>>,
     ChannelPath(channel, ..): ChannelPath<PublishError>,
     headers: HeaderMap,
-    body: HttpBody,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let span = tracing::info_span!("publish", channel, sub = tracing::field::Empty);
     async move {
@@ -84,7 +85,7 @@ async fn handle(
     app: &App,
     channel: &str,
     headers: &HeaderMap,
-    body: HttpBody,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Outcome, PublishError> {
     let identity = bearer_token(headers)
         .and_then(|token| Ok(app.publisher.verifier().verify(token)?))
@@ -96,7 +97,8 @@ async fn handle(
 
     let kind = content_kind(headers)?;
     let limit = app.publisher.limits().max_request_bytes();
-    let bytes = to_bytes(body, limit).await.map_err(|_| {
+    // The route's body limit is this one (`http::routes`).
+    let bytes = body.map_err(|_| {
         PublishError::new(
             ErrorCode::TooLong,
             format!("the request body is larger than {limit} bytes"),
