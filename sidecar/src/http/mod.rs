@@ -1,5 +1,6 @@
-//! The HTTP side of every role: all routes in one place ([`routes`]), the listener
-//! ([`server`]) and `GET /health` ([`health`]).
+//! The HTTP side of every role: all routes in one place ([`routes`]), the one error answer
+//! ([`error`]), the checked `{channel}` of the URL ([`channel`]), the dispatcher's CORS
+//! ([`cors`]), the listener ([`server`]) and `GET /health` ([`health`]).
 
 pub mod channel;
 pub mod cors;
