@@ -282,14 +282,19 @@ impl Dispatcher {
 /// `POST /join/{channel}`.
 pub async fn join(
     State(dispatcher): State<Arc<Dispatcher>>,
-    ChannelPath(channel, ..): ChannelPath<DispatchError>,
+    channel: Result<ChannelPath<DispatchError>, DispatchError>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let span = tracing::info_span!("join", channel);
+    let span = tracing::info_span!("join", channel = tracing::field::Empty);
+    if let Ok(ChannelPath(channel, ..)) = &channel {
+        span.record("channel", channel.as_str());
+    }
     let result = async {
         let body = body.map_err(|_| {
             DispatchError::BadRequest(format!("the request body is larger than {MAX_BODY} bytes"))
         })?;
+        // After the body, as the name check of `Dispatcher::join` always was.
+        let ChannelPath(channel, ..) = channel?;
         dispatcher.join(&channel, &body).await
     }
     .instrument(span.clone())

@@ -39,14 +39,21 @@ struct Accepted<'a> {
 
 pub async fn publish(
     State(app): State<Arc<App>>,
-    ChannelPath(channel, ..): ChannelPath<PublishError>,
+    channel: Result<ChannelPath<PublishError>, PublishError>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let span = tracing::info_span!("publish", channel, sub = tracing::field::Empty);
+    let span = tracing::info_span!(
+        "publish",
+        channel = tracing::field::Empty,
+        sub = tracing::field::Empty
+    );
+    if let Ok(ChannelPath(channel, ..)) = &channel {
+        span.record("channel", channel.as_str());
+    }
     async move {
-        match handle(&app, &channel, &headers, body).await {
-            Ok(outcome) => {
+        match handle(&app, channel, &headers, body).await {
+            Ok((channel, outcome)) => {
                 let status = match &outcome {
                     Outcome::Published(published) => {
                         debug!(id = published.id, "published");
@@ -83,16 +90,18 @@ pub async fn publish(
 
 async fn handle(
     app: &App,
-    channel: &str,
+    channel: Result<ChannelPath<PublishError>, PublishError>,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Outcome, PublishError> {
+) -> Result<(String, Outcome), PublishError> {
     let identity = bearer_token(headers)
         .and_then(|token| Ok(app.publisher.verifier().verify(token)?))
         .inspect_err(|e| app.publisher.count_refusal(e.code))?;
     if let Some(sub) = &identity.sub {
         tracing::Span::current().record("sub", sub.as_str());
     }
+    // Checked once the token is: a request without a good token learns nothing more.
+    let ChannelPath(channel, ..) = channel?;
     let key = idempotency_key(headers)?;
 
     let kind = content_kind(headers)?;
@@ -125,9 +134,11 @@ async fn handle(
             body_from_json(&object)?
         }
     };
-    app.publisher
-        .publish_keyed(&identity, channel, body, key)
-        .await
+    let outcome = app
+        .publisher
+        .publish_keyed(&identity, &channel, body, key)
+        .await?;
+    Ok((channel, outcome))
 }
 
 /// The `Idempotency-Key` header, if any (checked by the publisher; unreadable bytes are a
