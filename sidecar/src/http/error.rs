@@ -83,3 +83,35 @@ impl IntoResponse for ApiError {
         response
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn answer(e: ApiError) -> (Response, serde_json::Value) {
+        let response = e.into_response();
+        let (parts, body) = response.into_parts();
+        let bytes = axum::body::to_bytes(body, 4096).await.unwrap();
+        let json = serde_json::from_slice(&bytes).unwrap();
+        (Response::from_parts(parts, axum::body::Body::empty()), json)
+    }
+
+    #[tokio::test]
+    async fn the_body_and_headers_follow_the_error() {
+        let (r, body) = answer(ApiError::new(StatusCode::BAD_REQUEST, "bad_request", "no")).await;
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(
+            body,
+            serde_json::json!({"error": {"code": "bad_request", "message": "no"}})
+        );
+        assert!(r.headers().get(header::WWW_AUTHENTICATE).is_none());
+        assert!(r.headers().get(header::RETRY_AFTER).is_none());
+
+        let (r, _) = answer(ApiError::new(StatusCode::UNAUTHORIZED, "bad_token", "who?")).await;
+        assert_eq!(r.headers()[header::WWW_AUTHENTICATE], "Bearer");
+
+        let busy = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "later");
+        let (r, _) = answer(busy.retry_after(1)).await;
+        assert_eq!(r.headers()[header::RETRY_AFTER], "1");
+    }
+}
