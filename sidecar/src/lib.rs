@@ -51,7 +51,9 @@
 //!   point.
 //! * [`plugins`]: the checks of `plugins.chain` every publish goes through (`ban`,
 //!   `rate_limit`, `blacklist`, `webhook`, `publish_hook`).
-//! * [`http`]: all routes in one place ([`http::routes`]), the listener
+//! * [`http`]: all routes in one place ([`http::routes`]), the one error answer of every
+//!   endpoint ([`http::error::ApiError`]), the checked `{channel}` of the URL
+//!   ([`http::channel::ChannelPath`]), the dispatcher's CORS ([`http::cors`]), the listener
 //!   ([`http::server`]) and `GET /health` ([`http::health`]).
 //! * [`message`]: the message JSON, encoded once; [`message::assemble`] puts `ch`, `id`,
 //!   `ep` in front of the publisher-encoded tail.
@@ -72,7 +74,9 @@
 //! `POST /pub/<ch>` with `Authorization: Bearer <jwt>`, to the nginx workers whose
 //! subscribers watch `<ch>`:
 //!
-//! 1. `http/mod.rs`: [`http::routes`] sends `/pub/{channel}` to the chat host's handler.
+//! 1. `http/mod.rs`: [`http::routes`] sends `/pub/{channel}` to the chat host's handler,
+//!    with the channel checked by `http/channel.rs`; a refusal is answered by
+//!    `http/error.rs`.
 //! 2. `host/publish/post.rs`: [`host::publish::post::publish`] reads the body (text or
 //!    JSON) and the `Idempotency-Key` (`host/publish/idempotency.rs`).
 //! 3. `host/publish/mod.rs`: [`host::publish::Publisher`] checks the token

@@ -15,14 +15,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::auth::{AdminAuth, AdminBody};
-use super::{channel_from_path, AdminError, AdminState};
+use super::{AdminError, AdminState};
+use crate::http::channel::ChannelPath;
 use crate::moderation::{check_call, ModerationError, Who};
 
 /// Entries in one call.
@@ -207,9 +207,8 @@ struct ListedBan {
 pub async fn list(
     _: AdminAuth,
     State(state): State<Arc<AdminState>>,
-    channel: Result<Path<String>, PathRejection>,
+    ChannelPath(channel, ..): ChannelPath<AdminError>,
 ) -> Result<Json<Bans>, AdminError> {
-    let channel = channel_from_path(channel)?;
     let bans = state.moderation.list(&channel).await?;
     Ok(Json(Bans {
         channel,

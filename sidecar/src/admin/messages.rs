@@ -13,8 +13,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
@@ -23,8 +22,9 @@ use tracing::warn;
 
 use super::auth::AdminAuth;
 use super::query::{self, Param};
-use super::{channel_from_path, AdminError, AdminState};
+use super::{AdminError, AdminState};
 use crate::broker::History;
+use crate::http::channel::ChannelPath;
 
 /// Page size without `limit`.
 pub const DEFAULT_LIMIT: u64 = 50;
@@ -97,10 +97,9 @@ fn page<'a>(channel: String, history: &'a History, limit: usize) -> Page<'a> {
 pub async fn messages(
     _: AdminAuth,
     State(state): State<Arc<AdminState>>,
-    channel: Result<Path<String>, PathRejection>,
+    ChannelPath(channel, ..): ChannelPath<AdminError>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, AdminError> {
-    let channel = channel_from_path(channel)?;
     let paging = paging(raw.as_deref())?;
     let history = state
         .broker

@@ -18,17 +18,15 @@ pub mod stats;
 
 use std::sync::Arc;
 
-use axum::extract::rejection::PathRejection;
-use axum::extract::Path;
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
 
 use crate::broker::{Broker, BrokerError};
 use crate::cluster::registry::{Directory, RegistryError};
 use crate::config::Config;
-use crate::host::publish::{HttpError, HttpErrorBody, Limits};
+use crate::host::publish::Limits;
+use crate::http::channel::BadChannelPath;
+use crate::http::error::ApiError;
 use crate::jwt::KeySetupError;
 use crate::metrics::PublishedKind;
 use crate::moderation::Moderation;
@@ -177,60 +175,30 @@ impl From<RegistryError> for AdminError {
     }
 }
 
-/// The `{channel}` of a route, checked with the rule shared by the module and the relay.
-pub fn channel_from_path(path: Result<Path<String>, PathRejection>) -> Result<String, AdminError> {
-    let Path(channel) = path
-        .map_err(|e| AdminError::BadRequest(format!("cannot read the channel in the URL: {e}")))?;
-    chatup_wire::channel::validate(channel.as_bytes())
-        .map_err(|e| AdminError::BadRequest(format!("channel {channel:?}: {e}")))?;
-    Ok(channel)
+impl From<BadChannelPath> for AdminError {
+    fn from(e: BadChannelPath) -> Self {
+        Self::BadRequest(match e {
+            BadChannelPath::Unreadable(e) => format!("cannot read the channel in the URL: {e}"),
+            BadChannelPath::Invalid { channel, reason } => format!("channel {channel:?}: {reason}"),
+        })
+    }
+}
+
+impl From<AdminError> for ApiError {
+    fn from(e: AdminError) -> Self {
+        ApiError::new(e.status(), e.code(), e.to_string())
+    }
 }
 
 impl IntoResponse for AdminError {
     fn into_response(self) -> Response {
-        let status = self.status();
-        let message = self.to_string();
-        let body = HttpErrorBody {
-            error: HttpError {
-                code: self.code(),
-                message: &message,
-                until: None,
-            },
-        };
-        let mut response = (status, Json(body)).into_response();
-        if status == StatusCode::UNAUTHORIZED {
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        }
-        response
+        ApiError::from(self).into_response()
     }
-}
-
-/// The admin routes.
-pub fn router(state: Arc<AdminState>) -> Router {
-    Router::new()
-        .route("/post", post(post::post))
-        .route("/messages/{channel}", get(messages::messages))
-        .route("/stats", get(stats::hosts))
-        .route("/stats/{channel}", get(stats::channel))
-        .route("/metrics", get(metrics::scrape))
-        .route("/ban", post(ban::ban).delete(ban::unban))
-        .route("/unban", post(ban::unban))
-        .route("/bans/{channel}", get(ban::list))
-        .route(
-            "/blacklist",
-            get(blacklist::get)
-                .post(blacklist::add)
-                .delete(blacklist::remove),
-        )
-        .layer(axum::middleware::map_response(end_with_newline))
-        .with_state(state)
 }
 
 /// Ends JSON answers with a newline, so that in a terminal `curl` leaves the prompt on a
 /// line of its own.
-async fn end_with_newline(response: Response) -> Response {
+pub async fn end_with_newline(response: Response) -> Response {
     let json = response
         .headers()
         .get(header::CONTENT_TYPE)

@@ -29,8 +29,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
@@ -39,8 +38,9 @@ use tracing::warn;
 
 use super::auth::AdminAuth;
 use super::query::{self, Param};
-use super::{channel_from_path, AdminError, AdminState};
+use super::{AdminError, AdminState};
 use crate::cluster::registry::{HostEntry, JoinedPublisher};
+use crate::http::channel::ChannelPath;
 
 /// Publishers per page without `limit`.
 pub const DEFAULT_LIMIT: u64 = 100;
@@ -110,10 +110,9 @@ pub fn window_of<'a>(
 pub async fn channel(
     _: AdminAuth,
     State(state): State<Arc<AdminState>>,
-    channel: Result<Path<String>, PathRejection>,
+    ChannelPath(channel, ..): ChannelPath<AdminError>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, AdminError> {
-    let channel = channel_from_path(channel)?;
     let w = window(raw.as_deref())?;
     let hosts = state.directory.hosts().await?;
     let (counts, publishers) = tokio::join!(

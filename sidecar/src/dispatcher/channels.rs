@@ -29,12 +29,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, RawQuery, State};
-use axum::http::{header, HeaderMap, HeaderValue};
+use axum::extract::{RawQuery, State};
+use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
 use serde::Serialize;
 use serde_json::value::RawValue;
 use tracing::{debug, Instrument};
@@ -44,7 +41,8 @@ use crate::cluster::registry::{
     ChannelCounts, Directory, HostEntry, JoinedPublisher, RegistryError,
 };
 use crate::dispatcher::answer_cache::FreshCache;
-use crate::dispatcher::join::{error_response, with_headers, DispatchError, Dispatcher};
+use crate::dispatcher::join::{DispatchError, Dispatcher};
+use crate::http::channel::ChannelPath;
 
 /// Most channels whose answers are kept at once (per kind of answer); past it, stale ones
 /// are dropped, and while all are fresh new ones are answered without being kept.
@@ -116,13 +114,6 @@ impl ChannelInfo {
     }
 }
 
-/// The routes, served with the dispatcher's state (its CORS rule and its [`ChannelInfo`]).
-pub fn routes() -> Router<Arc<Dispatcher>> {
-    Router::new()
-        .route("/channels/{channel}", get(counts))
-        .route("/channels/{channel}/users", get(users))
-}
-
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct CountsAnswer<'a> {
@@ -142,14 +133,11 @@ struct UsersAnswer<'a> {
 
 /// `GET /channels/{channel}`. A query string is ignored (browsers and proxies add
 /// cache-busting parameters).
-async fn counts(
+pub async fn counts(
     State(dispatcher): State<Arc<Dispatcher>>,
-    channel: Result<Path<String>, PathRejection>,
-    headers: HeaderMap,
+    ChannelPath(channel, ..): ChannelPath<DispatchError>,
 ) -> Response {
-    let cors = dispatcher.cors(headers.get(header::ORIGIN));
     let result = async {
-        let channel = checked(channel)?;
         let span = tracing::debug_span!("channel_counts", channel);
         let counts = dispatcher
             .channel_info()
@@ -163,19 +151,16 @@ async fn counts(
         })
     }
     .await;
-    with_headers(respond(result), cors)
+    respond(result)
 }
 
 /// `GET /channels/{channel}/users?skip=<n>&limit=<n>`.
-async fn users(
+pub async fn users(
     State(dispatcher): State<Arc<Dispatcher>>,
-    channel: Result<Path<String>, PathRejection>,
+    ChannelPath(channel, ..): ChannelPath<DispatchError>,
     RawQuery(raw): RawQuery,
-    headers: HeaderMap,
 ) -> Response {
-    let cors = dispatcher.cors(headers.get(header::ORIGIN));
     let result = async {
-        let channel = checked(channel)?;
         // The admin query parser's message names the parameter and what it takes.
         let w = window(raw.as_deref()).map_err(|e| DispatchError::BadRequest(e.to_string()))?;
         let span = tracing::debug_span!("channel_users", channel);
@@ -193,16 +178,7 @@ async fn users(
         })
     }
     .await;
-    with_headers(respond(result), cors)
-}
-
-/// The channel of the URL, checked with the rule the module and the relay share.
-fn checked(channel: Result<Path<String>, PathRejection>) -> Result<String, DispatchError> {
-    let Path(channel) =
-        channel.map_err(|e| DispatchError::BadChannel(format!("bad channel in the URL: {e}")))?;
-    chatup_wire::channel::validate(channel.as_bytes())
-        .map_err(|e| DispatchError::BadChannel(format!("channel {channel:?}: {e}")))?;
-    Ok(channel)
+    respond(result)
 }
 
 fn encode(answer: &impl Serialize) -> Result<Vec<u8>, DispatchError> {
@@ -228,7 +204,7 @@ fn respond(result: Result<Vec<u8>, DispatchError>) -> Response {
             .into_response(),
         Err(e) => {
             debug!(code = e.code(), "channel info refused: {e}");
-            error_response(&e)
+            e.into_response()
         }
     }
 }

@@ -30,9 +30,9 @@
 //! (malformed body), 503 `no_host` (no live host left after exclusions), 503 `unavailable`
 //! (Redis or the broker cannot be reached); 503s carry `Retry-After: 1`.
 //!
-//! CORS (`dispatch.cors_origins`): empty sends no CORS header; `*` allows any origin;
-//! otherwise a listed `Origin` is echoed, always with `Vary: Origin`. `OPTIONS` answers the
-//! preflight of a POST with `Content-Type: application/json`.
+//! CORS (`dispatch.cors_origins`, [`crate::http::cors`]): empty sends no CORS header; `*`
+//! allows any origin; otherwise a listed `Origin` is echoed, always with `Vary: Origin`.
+//! `OPTIONS` answers the preflight of a POST with `Content-Type: application/json`.
 //!
 //! The same role serves the public channel counts and user lists browsers poll
 //! (`GET /channels/<ch>`, [`crate::dispatcher::channels`]), with the same CORS rule.
@@ -41,13 +41,11 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use axum::body::{to_bytes, Body as HttpBody};
-use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
-use axum::{Json, Router};
 use serde::Serialize;
 use serde_json::Value;
 use tracing::{debug, Instrument};
@@ -56,16 +54,14 @@ use crate::broker::{Broker, BrokerError};
 use crate::cluster::registry::{ChannelCounts, Directory, HostEntry, RegistryError};
 use crate::config::DispatchConfig;
 use crate::dispatcher::channels::ChannelInfo;
-use crate::host::publish::{HttpError, HttpErrorBody};
+use crate::http::channel::{BadChannelPath, ChannelPath};
+use crate::http::error::ApiError;
 
-/// Largest request body read: a list of host ids.
-const MAX_BODY: usize = 16 * 1024;
+/// Largest request body read: a list of host ids (the route's body limit).
+pub const MAX_BODY: usize = 16 * 1024;
 
 /// `host.report_interval_ms`'s default, until [`Dispatcher::with_report_interval`] says.
 const DEFAULT_REPORT_INTERVAL: Duration = Duration::from_secs(1);
-
-/// How long browsers may cache a preflight answer, in seconds.
-const PREFLIGHT_MAX_AGE: &str = "600";
 
 /// Why a join could not be answered.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -104,6 +100,33 @@ impl DispatchError {
             Self::NoHost(_) | Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
+    }
+}
+
+impl From<DispatchError> for ApiError {
+    /// A 503 says to retry in a second.
+    fn from(e: DispatchError) -> Self {
+        let error = ApiError::new(e.status(), e.code(), e.to_string());
+        if e.status() == StatusCode::SERVICE_UNAVAILABLE {
+            error.retry_after(1)
+        } else {
+            error
+        }
+    }
+}
+
+impl IntoResponse for DispatchError {
+    fn into_response(self) -> Response {
+        ApiError::from(self).into_response()
+    }
+}
+
+impl From<BadChannelPath> for DispatchError {
+    fn from(e: BadChannelPath) -> Self {
+        Self::BadChannel(match e {
+            BadChannelPath::Unreadable(e) => format!("bad channel in the URL: {e}"),
+            BadChannelPath::Invalid { channel, reason } => format!("channel {channel:?}: {reason}"),
+        })
     }
 }
 
@@ -250,64 +273,33 @@ impl Dispatcher {
             .map_err(|e| DispatchError::Internal(format!("cannot encode the answer: {e}")))
     }
 
-    /// The CORS headers for a request from `origin` (none when CORS is off or the origin is
-    /// not allowed; `Vary: Origin` whenever the answer depends on it).
-    pub(crate) fn cors(&self, origin: Option<&HeaderValue>) -> Vec<(HeaderName, HeaderValue)> {
-        let allowed = &self.config.cors_origins;
-        if allowed.is_empty() {
-            return Vec::new();
-        }
-        if allowed.iter().any(|o| o == "*") {
-            return vec![(
-                header::ACCESS_CONTROL_ALLOW_ORIGIN,
-                HeaderValue::from_static("*"),
-            )];
-        }
-        let mut headers = vec![(header::VARY, HeaderValue::from_static("origin"))];
-        if let Some(origin) = origin {
-            let listed = origin
-                .to_str()
-                .is_ok_and(|o| allowed.iter().any(|a| a.eq_ignore_ascii_case(o)));
-            if listed {
-                headers.push((header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone()));
-            }
-        }
-        headers
+    /// `dispatch.cors_origins`, for the CORS layer of the routes.
+    pub fn cors_origins(&self) -> &[String] {
+        &self.config.cors_origins
     }
 }
 
-/// The `/join/{channel}` route, and the public channel routes of [`crate::dispatcher::channels`].
-pub fn router(dispatcher: Arc<Dispatcher>) -> Router {
-    Router::new()
-        .route("/join/{channel}", post(join).options(preflight))
-        .merge(crate::dispatcher::channels::routes())
-        .with_state(dispatcher)
-}
-
-async fn join(
+/// `POST /join/{channel}`.
+pub async fn join(
     State(dispatcher): State<Arc<Dispatcher>>,
-    channel: Result<Path<String>, PathRejection>,
-    headers: HeaderMap,
-    body: HttpBody,
+    channel: Result<ChannelPath<DispatchError>, DispatchError>,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let cors = dispatcher.cors(headers.get(header::ORIGIN));
-    let channel = match channel {
-        Ok(Path(channel)) => channel,
-        Err(e) => {
-            let e = DispatchError::BadChannel(format!("bad channel in the URL: {e}"));
-            return with_headers(error_response(&e), cors);
-        }
-    };
-    let span = tracing::info_span!("join", channel);
+    let span = tracing::info_span!("join", channel = tracing::field::Empty);
+    if let Ok(ChannelPath(channel, ..)) = &channel {
+        span.record("channel", channel.as_str());
+    }
     let result = async {
-        let body = to_bytes(body, MAX_BODY).await.map_err(|_| {
+        let body = body.map_err(|_| {
             DispatchError::BadRequest(format!("the request body is larger than {MAX_BODY} bytes"))
         })?;
+        // After the body, as the name check of `Dispatcher::join` always was.
+        let ChannelPath(channel, ..) = channel?;
         dispatcher.join(&channel, &body).await
     }
     .instrument(span.clone())
     .await;
-    let response = match result {
+    match result {
         Ok(bytes) => (
             [(
                 header::CONTENT_TYPE,
@@ -318,65 +310,15 @@ async fn join(
             .into_response(),
         Err(e) => {
             span.in_scope(|| debug!(code = e.code(), "join refused: {e}"));
-            error_response(&e)
+            e.into_response()
         }
-    };
-    with_headers(response, cors)
+    }
 }
 
-/// Answers a CORS preflight for `POST /join/<ch>`.
-async fn preflight(State(dispatcher): State<Arc<Dispatcher>>, headers: HeaderMap) -> Response {
-    let cors = dispatcher.cors(headers.get(header::ORIGIN));
-    let allowed = cors
-        .iter()
-        .any(|(name, _)| name == header::ACCESS_CONTROL_ALLOW_ORIGIN);
-    let mut response = StatusCode::NO_CONTENT.into_response();
-    if allowed {
-        let h = response.headers_mut();
-        h.insert(
-            header::ACCESS_CONTROL_ALLOW_METHODS,
-            HeaderValue::from_static("POST, OPTIONS"),
-        );
-        h.insert(
-            header::ACCESS_CONTROL_ALLOW_HEADERS,
-            HeaderValue::from_static("content-type"),
-        );
-        h.insert(
-            header::ACCESS_CONTROL_MAX_AGE,
-            HeaderValue::from_static(PREFLIGHT_MAX_AGE),
-        );
-    }
-    with_headers(response, cors)
-}
-
-/// `response` with `headers` added (the CORS ones).
-pub(crate) fn with_headers(
-    mut response: Response,
-    headers: Vec<(HeaderName, HeaderValue)>,
-) -> Response {
-    for (name, value) in headers {
-        response.headers_mut().append(name, value);
-    }
-    response
-}
-
-/// The JSON error answer for `e`; a 503 says to retry in a second.
-pub(crate) fn error_response(e: &DispatchError) -> Response {
-    let message = e.to_string();
-    let body = HttpErrorBody {
-        error: HttpError {
-            code: e.code(),
-            message: &message,
-            until: None,
-        },
-    };
-    let mut response = (e.status(), Json(body)).into_response();
-    if e.status() == StatusCode::SERVICE_UNAVAILABLE {
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-    }
-    response
+/// `OPTIONS /join/{channel}`, the CORS preflight: the CORS layer around the route
+/// ([`crate::http::cors`]) answers it before this is reached; listed so the route shows it.
+pub async fn preflight() -> StatusCode {
+    StatusCode::NO_CONTENT
 }
 
 /// The host ids named in `{"exclude": ..}` / `{"failed": ..}`; an empty body names none.

@@ -23,19 +23,19 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use axum::body::{to_bytes, Body as HttpBody};
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
-use axum::{Json, Router};
+use axum::Json;
 use serde::Serialize;
 use serde_json::{Map, Value};
 use tracing::info;
 
 use crate::admin::auth::json_content_type;
 use crate::config::{AuthConfig, DemoConfig};
-use crate::host::publish::{HttpError, HttpErrorBody};
+use crate::http::error::ApiError;
 use crate::jwt::mint::{PublisherClaims, SigningKey, SigningKeyError};
 use crate::jwt::{warn_boxed, Verifier};
 
@@ -45,8 +45,8 @@ pub const KEY_SETTING: &str = "demo.private_key_file";
 /// Longest name, in characters.
 pub const MAX_NAME_CHARS: usize = 32;
 
-/// Largest request body read: a name.
-const MAX_BODY: usize = 4096;
+/// Largest request body read: a name (the route's body limit).
+pub const MAX_BODY: usize = 4096;
 
 /// Why demo tokens cannot be served; stops the start.
 #[derive(Debug, thiserror::Error)]
@@ -97,17 +97,15 @@ impl DemoError {
     }
 }
 
+impl From<DemoError> for ApiError {
+    fn from(e: DemoError) -> Self {
+        ApiError::new(e.status(), e.code(), e.to_string())
+    }
+}
+
 impl IntoResponse for DemoError {
     fn into_response(self) -> Response {
-        let message = self.to_string();
-        let body = HttpErrorBody {
-            error: HttpError {
-                code: self.code(),
-                message: &message,
-                until: None,
-            },
-        };
-        (self.status(), Json(body)).into_response()
+        ApiError::from(self).into_response()
     }
 }
 
@@ -244,17 +242,11 @@ pub fn warn_open_minting(path: &std::path::Path) {
     warn_boxed(&path.display().to_string(), &texts);
 }
 
-/// The `/demo/token` route.
-pub fn router(tokens: Arc<DemoTokens>) -> Router {
-    Router::new()
-        .route("/demo/token", post(mint))
-        .with_state(tokens)
-}
-
-async fn mint(
+/// `POST /demo/token`.
+pub async fn mint(
     State(tokens): State<Arc<DemoTokens>>,
     headers: HeaderMap,
-    body: HttpBody,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Minted>, DemoError> {
     if !matches!(json_content_type(&headers), Ok(true)) {
         let given = headers
@@ -265,7 +257,7 @@ async fn mint(
             "send the body as application/json, like {{\"name\": \"alice\"}}, not {given}"
         )));
     }
-    let bytes = to_bytes(body, MAX_BODY).await.map_err(|_| {
+    let bytes = body.map_err(|_| {
         DemoError::BadRequest(format!("the request body is larger than {MAX_BODY} bytes"))
     })?;
     let name = name_of(&bytes)?;

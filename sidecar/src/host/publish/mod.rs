@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use chatup_wire::Position;
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -25,6 +26,8 @@ pub use app::{App, WsSettings};
 use crate::broker::{Broker, BrokerError, Once, Publication, Published};
 use crate::config::LimitsConfig;
 use crate::host::presence::PresenceError;
+use crate::http::channel::BadChannelPath;
+use crate::http::error::ApiError;
 use crate::message::{now_ms, Body, Tail};
 use crate::metrics::{Metrics, PublishedKind};
 use crate::plugins::{Chain, Draft};
@@ -516,19 +519,30 @@ pub fn body_from_json(object: &Map<String, Value>) -> Result<Body, PublishError>
     }
 }
 
-/// `{"error":{"code":..,"message":..}}`, the body of HTTP errors.
-#[derive(Serialize)]
-pub struct HttpErrorBody<'a> {
-    pub error: HttpError<'a>,
+impl From<BadChannelPath> for PublishError {
+    fn from(e: BadChannelPath) -> Self {
+        let message = match e {
+            BadChannelPath::Unreadable(e) => format!("bad channel in the URL: {e}"),
+            BadChannelPath::Invalid { reason, .. } => reason,
+        };
+        PublishError::new(ErrorCode::BadChannel, message)
+    }
 }
 
-#[derive(Serialize)]
-pub struct HttpError<'a> {
-    pub code: &'a str,
-    pub message: &'a str,
-    /// For `banned`: when the ban ends (ms since the Unix epoch; `null`: never).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub until: Option<crate::moderation::Ban>,
+impl From<PublishError> for ApiError {
+    fn from(e: PublishError) -> Self {
+        ApiError {
+            until: e.until(),
+            retry_after: e.retry_after,
+            ..ApiError::new(e.code.status(), e.code.as_str(), e.message)
+        }
+    }
+}
+
+impl IntoResponse for PublishError {
+    fn into_response(self) -> Response {
+        ApiError::from(self).into_response()
+    }
 }
 
 #[cfg(test)]

@@ -10,10 +10,10 @@
 
 use std::sync::Arc;
 
-use axum::body::{to_bytes, Body as HttpBody};
-use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
@@ -21,11 +21,9 @@ use serde_json::Value;
 use tracing::{debug, Instrument};
 
 use super::idempotency::check_key;
-use super::{
-    body_from_json, check_channel, ErrorCode, HttpError, HttpErrorBody, Outcome, PublishError,
-    Receipt,
-};
+use super::{body_from_json, ErrorCode, Outcome, PublishError, Receipt};
 use crate::host::publish::App;
+use crate::http::channel::ChannelPath;
 use crate::message::Body;
 
 /// The request header naming a publish, as in the IETF draft "The Idempotency-Key HTTP
@@ -41,23 +39,21 @@ struct Accepted<'a> {
 
 pub async fn publish(
     State(app): State<Arc<App>>,
-    channel: Result<Path<String>, PathRejection>,
+    channel: Result<ChannelPath<PublishError>, PublishError>,
     headers: HeaderMap,
-    body: HttpBody,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let channel = match channel {
-        Ok(Path(channel)) => channel,
-        Err(e) => {
-            return error_response(&PublishError::new(
-                ErrorCode::BadChannel,
-                format!("bad channel in the URL: {e}"),
-            ))
-        }
-    };
-    let span = tracing::info_span!("publish", channel, sub = tracing::field::Empty);
+    let span = tracing::info_span!(
+        "publish",
+        channel = tracing::field::Empty,
+        sub = tracing::field::Empty
+    );
+    if let Ok(ChannelPath(channel, ..)) = &channel {
+        span.record("channel", channel.as_str());
+    }
     async move {
-        match handle(&app, &channel, &headers, body).await {
-            Ok(outcome) => {
+        match handle(&app, channel, &headers, body).await {
+            Ok((channel, outcome)) => {
                 let status = match &outcome {
                     Outcome::Published(published) => {
                         debug!(id = published.id, "published");
@@ -84,7 +80,7 @@ pub async fn publish(
             }
             Err(e) => {
                 debug!(code = e.code.as_str(), "publish refused: {}", e.message);
-                error_response(&e)
+                e.into_response()
             }
         }
     }
@@ -94,22 +90,24 @@ pub async fn publish(
 
 async fn handle(
     app: &App,
-    channel: &str,
+    channel: Result<ChannelPath<PublishError>, PublishError>,
     headers: &HeaderMap,
-    body: HttpBody,
-) -> Result<Outcome, PublishError> {
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(String, Outcome), PublishError> {
     let identity = bearer_token(headers)
         .and_then(|token| Ok(app.publisher.verifier().verify(token)?))
         .inspect_err(|e| app.publisher.count_refusal(e.code))?;
     if let Some(sub) = &identity.sub {
         tracing::Span::current().record("sub", sub.as_str());
     }
-    check_channel(channel)?;
+    // Checked once the token is: a request without a good token learns nothing more.
+    let ChannelPath(channel, ..) = channel?;
     let key = idempotency_key(headers)?;
 
     let kind = content_kind(headers)?;
     let limit = app.publisher.limits().max_request_bytes();
-    let bytes = to_bytes(body, limit).await.map_err(|_| {
+    // The route's body limit is this one (`http::routes`).
+    let bytes = body.map_err(|_| {
         PublishError::new(
             ErrorCode::TooLong,
             format!("the request body is larger than {limit} bytes"),
@@ -136,9 +134,11 @@ async fn handle(
             body_from_json(&object)?
         }
     };
-    app.publisher
-        .publish_keyed(&identity, channel, body, key)
-        .await
+    let outcome = app
+        .publisher
+        .publish_keyed(&identity, &channel, body, key)
+        .await?;
+    Ok((channel, outcome))
 }
 
 /// The `Idempotency-Key` header, if any (checked by the publisher; unreadable bytes are a
@@ -213,28 +213,4 @@ fn bearer_token(headers: &HeaderMap) -> Result<&str, PublishError> {
         Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => Ok(token.trim()),
         _ => Err(missing()),
     }
-}
-
-/// The JSON error response for `e`, with `WWW-Authenticate` on 401.
-pub fn error_response(e: &PublishError) -> Response {
-    let status = e.code.status();
-    let body = HttpErrorBody {
-        error: HttpError {
-            code: e.code.as_str(),
-            message: &e.message,
-            until: e.until(),
-        },
-    };
-    let mut response = (status, Json(body)).into_response();
-    if let Some(seconds) = e.retry_after {
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
-    }
-    if status == StatusCode::UNAUTHORIZED {
-        response
-            .headers_mut()
-            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-    }
-    response
 }
