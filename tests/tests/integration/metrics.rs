@@ -258,6 +258,12 @@ async fn metrics_count_connections_publishes_deliveries_and_refusals() {
 async fn deliveries_stay_counted_when_the_workers_are_replaced() {
     let env = Chatup::start();
     let mut sub = Subscriber::connect(&env, "/sub/reload").await;
+    // The worker subscribes to the channel after the upgrade: messages published before the
+    // sidecar has that subscription reach the viewer as the backlog (replay), not live.
+    scrape_until(&env, REPORTS, "the worker's subscription", |s| {
+        s.get(r#"chatup_broker_read_seconds_count{broker="memory",op="subscribe"}"#) >= 1.0
+    })
+    .await;
     for i in 1..=4 {
         env.publish("reload", &format!("m{i}")).await;
     }
