@@ -573,11 +573,7 @@ fn nginx_conf(
     relay: &Path,
 ) -> String {
     let d = dir.display();
-    let user = if nix::unistd::geteuid().is_root() {
-        "user root;\n"
-    } else {
-        ""
-    };
+    let user = chatup_tests::env::user_directive();
     format!(
         r#"load_module {module};
 daemon off;

@@ -13,6 +13,16 @@ use super::paths::{module_path, nginx_bin, nginx_conf_dir};
 use super::ports::free_port;
 use crate::process::wait_timeout;
 
+/// The `user` line of an nginx.conf started by root: its workers must be able to open the
+/// relay socket the sidecar (run by the same user) made. Empty for anyone else.
+pub fn user_directive() -> &'static str {
+    if nix::unistd::geteuid().is_root() {
+        "user root;\n"
+    } else {
+        ""
+    }
+}
+
 /// nginx.conf for a test.
 pub(super) fn nginx_conf(
     dir: &Path,
@@ -22,12 +32,7 @@ pub(super) fn nginx_conf(
     relay: &Path,
 ) -> String {
     let d = dir.display();
-    // Workers must be able to open the relay socket the sidecar (run by the same user) made.
-    let user = if nix::unistd::geteuid().is_root() {
-        "user root;\n"
-    } else {
-        ""
-    };
+    let user = user_directive();
     let cache = opts
         .cache_messages
         .map(|n| format!("    chatup_cache_messages {n};\n"))
