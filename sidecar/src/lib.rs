@@ -107,8 +107,11 @@ pub mod message;
 pub mod metrics;
 pub mod moderation;
 pub mod plugins;
+pub mod publish_error;
 pub mod server;
 pub mod shared;
 pub mod shutdown;
+#[cfg(test)]
+mod test_support;
 
 pub use error::Error;

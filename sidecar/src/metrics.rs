@@ -31,9 +31,9 @@ use crate::broker::{
     Backlog, Broker, BrokerError, History, Once, Publication, Published, Subscriber, SubscriberId,
 };
 use crate::host::presence::Presence;
-use crate::host::publish::ErrorCode;
 use crate::host::relay::NginxWorkers;
 use crate::message::Tail;
+use crate::publish_error::ErrorCode;
 
 /// The `Content-Type` of a scrape.
 pub const CONTENT_TYPE: &str = prometheus::TEXT_FORMAT;
@@ -499,11 +499,12 @@ mod tests {
     use super::*;
     use crate::broker::memory::{MemoryBroker, MemoryOptions};
     use crate::host::presence::Session;
-    use crate::host::publish::{Limits, Publisher};
-    use crate::jwt::verify::tests::{good_claims, sign, verifier};
+    use crate::host::publish::Publisher;
     use crate::jwt::Identity;
     use crate::message::Body;
+    use crate::message::Limits;
     use crate::plugins::Chain;
+    use crate::test_support::{good_claims, sign, verifier};
 
     /// A scrape, checked line by line: every line is `# HELP name text`, `# TYPE name type`
     /// or a sample `name{label="value",...} number` of a family whose HELP and TYPE came

@@ -24,10 +24,8 @@ use serde_json::Value;
 
 use super::{AdminError, AdminState};
 use crate::config::{AdminConfig, AuthConfig};
-use crate::jwt::{describe, json_kind, precheck, AuthError, KeySetupError, LoadedKey};
-
-/// The scope a Bearer admin token must carry.
-pub const ADMIN_SCOPE: &str = "chatup:admin";
+use crate::http::content_type::reads_as_json;
+use crate::jwt::{describe, json_kind, precheck, AuthError, KeySetupError, LoadedKey, ADMIN_SCOPE};
 
 /// The public key shipped in `nginx-conf/example-keys/` for admin tokens.
 pub const EXAMPLE_ADMIN_KEY: &str =
@@ -223,7 +221,7 @@ impl FromRequest<std::sync::Arc<AdminState>> for AdminBody {
     ) -> Result<Self, Self::Rejection> {
         let verifier = verifier(state)?;
         let token = bearer(request.headers())?.map(str::to_owned);
-        let json_type = json_content_type(request.headers())?;
+        let json_type = reads_as_json(request.headers());
         let body = Bytes::from_request(request, state)
             .await
             .map_err(|e| AdminError::BadRequest(format!("cannot read the request body: {e}")))?;
@@ -262,51 +260,15 @@ impl FromRequest<std::sync::Arc<AdminState>> for AdminBody {
     }
 }
 
-/// Whether the body may be read as JSON: `application/json`, no type, or the types `curl
-/// --data` and plain-text clients send. Anything else is refused. (`POST /demo/token` reads
-/// its body by the same rule.)
-pub(crate) fn json_content_type(headers: &HeaderMap) -> Result<bool, AdminError> {
-    let Some(value) = headers.get(header::CONTENT_TYPE) else {
-        return Ok(true);
-    };
-    let essence = value
-        .to_str()
-        .unwrap_or("")
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    Ok(matches!(
-        essence.as_str(),
-        "application/json" | "application/x-www-form-urlencoded" | "text/plain" | "application/jwt"
-    ))
-}
-
 /// The example admin key's file, for the startup warning.
 pub fn warn_example_admin_key(path: &Path) {
     crate::jwt::warn_example_key(KEY_SETTING, path, "call the admin API (post, ban, ...)");
 }
 
+/// The example admin key's verifier, for tests.
 #[cfg(test)]
-pub(crate) mod tests {
-    use super::*;
-    use jsonwebtoken::{EncodingKey, Header};
-    use serde_json::json;
-
-    pub(crate) const ADMIN_PRIVATE: &str =
-        include_str!("../../../nginx-conf/example-keys/admin-private.pem");
-
-    pub(crate) fn sign_admin(claims: &Value) -> String {
-        jsonwebtoken::encode(
-            &Header::new(Algorithm::RS256),
-            claims,
-            &EncodingKey::from_rsa_pem(ADMIN_PRIVATE.as_bytes()).unwrap(),
-        )
-        .unwrap()
-    }
-
-    pub(crate) fn admin_verifier(array_tokens: bool) -> AdminVerifier {
+impl AdminVerifier {
+    pub(crate) fn with_example_key(array_tokens: bool) -> Self {
         let config = AdminConfig {
             array_tokens,
             ..AdminConfig::default()
@@ -318,12 +280,15 @@ pub(crate) mod tests {
             &config.algorithms,
         )
         .unwrap();
-        AdminVerifier::new(loaded, &config, EXAMPLE_ADMIN_KEY.as_bytes())
+        Self::new(loaded, &config, EXAMPLE_ADMIN_KEY.as_bytes())
     }
+}
 
-    fn now() -> u64 {
-        jsonwebtoken::get_current_timestamp()
-    }
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_support::{admin_verifier, good_claims, now, sign, sign_admin};
+    use serde_json::json;
 
     #[test]
     fn bearer_tokens_need_the_admin_scope_and_an_expiry() {
@@ -366,16 +331,14 @@ pub(crate) mod tests {
     fn publisher_tokens_are_not_admin_tokens() {
         let v = admin_verifier(true);
         // Signed with the publishers' key, even with the admin scope.
-        let mut claims = crate::jwt::verify::tests::good_claims();
+        let mut claims = good_claims();
         claims["scope"] = json!("chatup:admin");
-        let err = v
-            .verify_bearer(&crate::jwt::verify::tests::sign(&claims))
-            .unwrap_err();
+        let err = v.verify_bearer(&sign(&claims)).unwrap_err();
         assert!(
             matches!(err, AdminError::BadToken(ref m) if m.contains("signature")),
             "{err:?}"
         );
-        let array = crate::jwt::verify::tests::sign(&json!([{"channel": "r", "msg": "x"}]));
+        let array = sign(&json!([{"channel": "r", "msg": "x"}]));
         assert!(matches!(
             v.verify_array_token(&array).unwrap_err(),
             AdminError::BadToken(_)

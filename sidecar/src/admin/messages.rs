@@ -21,10 +21,10 @@ use serde_json::value::RawValue;
 use tracing::warn;
 
 use super::auth::AdminAuth;
-use super::query::{self, Param};
 use super::{AdminError, AdminState};
 use crate::broker::History;
 use crate::http::channel::ChannelPath;
+use crate::http::query::{self, Param};
 
 /// Page size without `limit`.
 pub const DEFAULT_LIMIT: u64 = 50;

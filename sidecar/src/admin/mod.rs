@@ -13,7 +13,6 @@ pub mod config;
 pub mod messages;
 pub mod metrics;
 pub mod post;
-pub mod query;
 pub mod stats;
 
 use std::sync::Arc;
@@ -24,10 +23,11 @@ use axum::response::{IntoResponse, Response};
 use crate::broker::{Broker, BrokerError};
 use crate::cluster::registry::{Directory, RegistryError};
 use crate::config::Config;
-use crate::host::publish::Limits;
 use crate::http::channel::BadChannelPath;
 use crate::http::error::ApiError;
+use crate::http::query::BadQuery;
 use crate::jwt::KeySetupError;
+use crate::message::Limits;
 use crate::metrics::PublishedKind;
 use crate::moderation::Moderation;
 use crate::plugins::blacklist::Blacklist;
@@ -181,6 +181,12 @@ impl From<BadChannelPath> for AdminError {
             BadChannelPath::Unreadable(e) => format!("cannot read the channel in the URL: {e}"),
             BadChannelPath::Invalid { channel, reason } => format!("channel {channel:?}: {reason}"),
         })
+    }
+}
+
+impl From<BadQuery> for AdminError {
+    fn from(e: BadQuery) -> Self {
+        Self::BadRequest(e.0)
     }
 }
 

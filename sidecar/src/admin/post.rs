@@ -30,8 +30,8 @@ use tracing::{info, Instrument};
 use super::auth::AdminBody;
 use super::{AdminError, AdminState};
 use crate::broker::BrokerError;
-use crate::host::publish::{Limits, MAX_EVENT_NAME, RESERVED_EVENTS};
 use crate::message::{now_ms, Body, Tail};
+use crate::message::{Limits, MAX_EVENT_NAME, RESERVED_EVENTS};
 
 /// Most channel × message pairs one call may publish.
 pub const MAX_POSTS: usize = 1000;

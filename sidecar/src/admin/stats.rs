@@ -12,7 +12,8 @@
 //! joined on two hosts counts twice in `pubCount`). `publishers` are the `_public` objects
 //! of the distinct users joined to the channel on any live host, each once, in a stable
 //! order (by user: `sub`, or the `_public` object without one); `total` is how many there
-//! are, `skip` and `limit` (default 0 and [`DEFAULT_LIMIT`], at most [`MAX_LIMIT`]) page
+//! are, `skip` and `limit` (default 0 and [`DEFAULT_LIMIT`](crate::http::user_page::DEFAULT_LIMIT), at most
+//! [`MAX_LIMIT`](crate::http::user_page::MAX_LIMIT)) page
 //! through them.
 //!
 //! `GET /stats`: totals and one entry per live host, sorted by id:
@@ -34,38 +35,13 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
 use serde_json::value::RawValue;
-use tracing::warn;
 
 use super::auth::AdminAuth;
-use super::query::{self, Param};
 use super::{AdminError, AdminState};
-use crate::cluster::registry::{HostEntry, JoinedPublisher};
+use crate::cluster::registry::HostEntry;
 use crate::http::channel::ChannelPath;
-
-/// Publishers per page without `limit`.
-pub const DEFAULT_LIMIT: u64 = 100;
-
-/// Largest `limit`.
-pub const MAX_LIMIT: u64 = 1000;
-
-const PARAMS: [Param; 2] = [Param::any("skip"), Param::limit(MAX_LIMIT)];
-
-/// The checked query of `/stats/<ch>`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Window {
-    pub skip: u64,
-    pub limit: u64,
-}
-
-/// Reads `skip` and `limit` from a raw query string (here and for the public
-/// `GET /channels/<ch>/users`).
-pub fn window(raw: Option<&str>) -> Result<Window, AdminError> {
-    let values = query::integers(&query::pairs(raw)?, &PARAMS)?;
-    Ok(Window {
-        skip: values[0].unwrap_or(0),
-        limit: values[1].unwrap_or(DEFAULT_LIMIT),
-    })
-}
+use crate::http::query;
+use crate::http::user_page::{window, window_of};
 
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -77,33 +53,6 @@ struct ChannelStats<'a> {
     publishers: Vec<&'a RawValue>,
     skip: u64,
     limit: u64,
-}
-
-/// The `_public` objects of `publishers[skip..skip + limit]` (also the page of the public
-/// `GET /channels/<ch>/users`, [`crate::dispatcher::channels`]).
-pub fn window_of<'a>(
-    channel: &str,
-    publishers: &'a [JoinedPublisher],
-    w: Window,
-) -> Vec<&'a RawValue> {
-    let skip = usize::try_from(w.skip).unwrap_or(usize::MAX);
-    let limit = usize::try_from(w.limit).unwrap_or(usize::MAX);
-    publishers
-        .iter()
-        .skip(skip)
-        .take(limit)
-        .filter_map(|p| match serde_json::from_str::<&RawValue>(&p.user) {
-            Ok(raw) => Some(raw),
-            Err(e) => {
-                warn!(
-                    channel,
-                    user = p.key,
-                    "skipping a publisher whose _public is not JSON: {e}"
-                );
-                None
-            }
-        })
-        .collect()
 }
 
 /// `GET /stats/{channel}`.
@@ -193,61 +142,6 @@ pub async fn hosts(
 mod tests {
     use super::*;
     use serde_json::json;
-
-    #[test]
-    fn window_defaults_and_bounds() {
-        assert_eq!(
-            window(None).unwrap(),
-            Window {
-                skip: 0,
-                limit: 100
-            }
-        );
-        assert_eq!(
-            window(Some("skip=2&limit=1")).unwrap(),
-            Window { skip: 2, limit: 1 }
-        );
-        for bad in [
-            "skip=-1",
-            "skip=x",
-            "limit=0",
-            "limit=1001",
-            "limit=",
-            "before=1",
-        ] {
-            assert!(
-                matches!(window(Some(bad)), Err(AdminError::BadRequest(_))),
-                "{bad}"
-            );
-        }
-    }
-
-    #[test]
-    fn the_window_pages_through_the_sorted_list() {
-        let list: Vec<JoinedPublisher> = ["a", "b", "c"]
-            .iter()
-            .map(|n| JoinedPublisher {
-                key: format!("sub:{n}"),
-                user: format!(r#"{{"name":"{n}"}}"#),
-            })
-            .collect();
-        let names = |w: Window| -> Vec<String> {
-            window_of("r", &list, w)
-                .iter()
-                .map(|raw| raw.get().to_owned())
-                .collect()
-        };
-        assert_eq!(
-            names(Window { skip: 0, limit: 2 }),
-            [r#"{"name":"a"}"#, r#"{"name":"b"}"#]
-        );
-        assert_eq!(names(Window { skip: 2, limit: 2 }), [r#"{"name":"c"}"#]);
-        assert!(names(Window {
-            skip: u64::MAX,
-            limit: 2
-        })
-        .is_empty());
-    }
 
     #[test]
     fn totals_sum_the_hosts() {

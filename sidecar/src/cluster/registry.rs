@@ -834,7 +834,7 @@ pub(crate) mod tests {
     }
 
     fn identity(sub: &str) -> crate::jwt::Identity {
-        crate::jwt::verify::tests::identity_of(Some(sub), "{}")
+        crate::test_support::identity_of(Some(sub), "{}")
     }
 
     async fn hash(link: &RedisLink, key: &str) -> HashMap<String, u64> {

@@ -11,9 +11,8 @@
 //!
 //! `subCount` and `pubCount` are summed over the live hosts exactly as in `/join`. `users` are
 //! the `_public` objects of the distinct users joined to the channel on any live host, in the
-//! order of the admin API's `GET /stats/<ch>` (the two share [`crate::admin::stats::window`]
-//! and [`crate::admin::stats::window_of`]); those objects go out with every message anyway,
-//! hence no token. `limit` is 1 to 1000 (default 100).
+//! order of the admin API's `GET /stats/<ch>` (the two share [`crate::http::user_page`]);
+//! those objects go out with every message anyway, hence no token. `limit` is 1 to 1000 (default 100).
 //!
 //! Every viewer's page polls these (a client refreshes counts every ~10 s: 100,000 viewers
 //! are ~10,000 requests a second on the dispatchers), while the numbers change only when
@@ -36,13 +35,13 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use tracing::{debug, Instrument};
 
-use crate::admin::stats::{window, window_of};
 use crate::cluster::registry::{
     ChannelCounts, Directory, HostEntry, JoinedPublisher, RegistryError,
 };
 use crate::dispatcher::answer_cache::FreshCache;
 use crate::dispatcher::join::{DispatchError, Dispatcher};
 use crate::http::channel::ChannelPath;
+use crate::http::user_page::{window, window_of};
 
 /// Most channels whose answers are kept at once (per kind of answer); past it, stale ones
 /// are dropped, and while all are fresh new ones are answered without being kept.

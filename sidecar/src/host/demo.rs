@@ -33,8 +33,8 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use tracing::info;
 
-use crate::admin::auth::json_content_type;
 use crate::config::{AuthConfig, DemoConfig};
+use crate::http::content_type::reads_as_json;
 use crate::http::error::ApiError;
 use crate::jwt::mint::{PublisherClaims, SigningKey, SigningKeyError};
 use crate::jwt::{warn_boxed, Verifier};
@@ -248,7 +248,7 @@ pub async fn mint(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Minted>, DemoError> {
-    if !matches!(json_content_type(&headers), Ok(true)) {
+    if !reads_as_json(&headers) {
         let given = headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
@@ -269,7 +269,7 @@ pub async fn mint(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::jwt::verify::tests::now;
+    use crate::test_support::now;
 
     const KEYS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../nginx-conf/example-keys");
 

@@ -26,6 +26,7 @@ use crate::cluster::registry::{HostInfo, HostLoad, Reporter};
 use crate::config::Config;
 use crate::error::Error;
 use crate::jwt::{warn_example_key, warn_no_exp, Verifier};
+use crate::message::Limits;
 use crate::metrics::PublishedKind;
 use crate::moderation::Moderation;
 use crate::plugins::ban::BanPlugin;
@@ -35,7 +36,7 @@ use crate::shared::Shared;
 use demo::{warn_open_minting, DemoTokens};
 use presence::{EventPump, Presence};
 use publish::sessions::{kick_on_notice, Sessions};
-use publish::{App, Limits, Publisher, WsSettings};
+use publish::{App, Publisher, WsSettings};
 use relay::{NginxWorkers, RelayOptions, RelayServer};
 
 /// The chat host's keys, loaded before anything is bound: a key that does not fit stops

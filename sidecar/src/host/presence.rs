@@ -35,6 +35,7 @@ use tracing::{debug, info, warn};
 use crate::broker::Broker;
 use crate::jwt::Identity;
 use crate::message::{now_ms, Body, Tail};
+use crate::publish_error::{ErrorCode, PublishError};
 
 /// Channels one publisher session may be in at once: bounds what one token can make a host
 /// remember.
@@ -60,6 +61,16 @@ pub enum PresenceError {
     /// The session is already in [`MAX_CHANNELS_PER_SESSION`] channels.
     #[error("this session is already in {MAX_CHANNELS_PER_SESSION} channels; leave one first")]
     TooManyChannels,
+}
+
+impl From<PresenceError> for PublishError {
+    fn from(e: PresenceError) -> Self {
+        let code = match e {
+            PresenceError::BadChannel(_) => ErrorCode::BadChannel,
+            PresenceError::TooManyChannels => ErrorCode::TooManyChannels,
+        };
+        Self::new(code, e.to_string())
+    }
 }
 
 /// How a user is told apart from others: `sub`, else the `_public` JSON. The two kinds are
@@ -597,7 +608,7 @@ mod tests {
     use super::*;
     use crate::broker::memory::{MemoryBroker, MemoryOptions};
     use crate::broker::{Event, Subscriber};
-    use crate::jwt::verify::tests::identity_of as identity;
+    use crate::test_support::identity_of as identity;
 
     fn drain(pump: &mut EventPump) -> Vec<(String, String, Move)> {
         let mut out = Vec::new();

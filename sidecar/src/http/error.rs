@@ -1,7 +1,7 @@
 //! The one error answer of every HTTP endpoint: `{"error":{"code":..,"message":..}}` with
 //! the status of its code, built here and nowhere else. Each role's error type
 //! ([`crate::admin::AdminError`], [`crate::dispatcher::join::DispatchError`],
-//! [`crate::host::demo::DemoError`], [`crate::host::publish::PublishError`]) converts into
+//! [`crate::host::demo::DemoError`], [`crate::publish_error::PublishError`]) converts into
 //! [`ApiError`], which says what goes with it (`Retry-After`, `until`, `WWW-Authenticate`).
 
 use axum::http::{header, HeaderValue, StatusCode};

@@ -5,10 +5,13 @@
 
 pub mod channel;
 pub mod config;
+pub mod content_type;
 pub mod cors;
 pub mod error;
 pub mod health;
+pub mod query;
 pub mod server;
+pub mod user_page;
 
 pub use server::{HttpBindError, HttpServer};
 

@@ -243,7 +243,7 @@ pub fn make_token(args: &TokenArgs, now: u64) -> Result<String, TokenError> {
         let mut claims = json!({
             "iat": now,
             "exp": now.saturating_add(args.ttl),
-            "scope": crate::admin::auth::ADMIN_SCOPE,
+            "scope": super::ADMIN_SCOPE,
         });
         if let Some(sub) = &args.sub {
             claims["sub"] = json!(sub);
@@ -277,7 +277,7 @@ pub fn make_token(args: &TokenArgs, now: u64) -> Result<String, TokenError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::jwt::verify::tests::{now, verifier};
+    use crate::test_support::{now, verifier};
 
     fn args() -> TokenArgs {
         TokenArgs {
@@ -325,7 +325,7 @@ mod tests {
             env!("CARGO_MANIFEST_DIR"),
             "/../nginx-conf/example-keys/admin-private.pem"
         ));
-        let verifier = crate::admin::auth::tests::admin_verifier(true);
+        let verifier = crate::test_support::admin_verifier(true);
         let a = TokenArgs {
             key: admin_key.clone(),
             name: None,

@@ -10,4 +10,8 @@ pub use keys::{
     warn_boxed, warn_example_key, warn_no_exp, KeyFamily, KeySetupError, LoadedKey,
     EXAMPLE_PUBLIC_KEY,
 };
+/// The scope a Bearer admin token must carry (checked by [`crate::admin::auth`], minted by
+/// [`mint`]).
+pub const ADMIN_SCOPE: &str = "chatup:admin";
+
 pub use verify::{describe, json_kind, precheck, AuthError, Identity, Verifier};

@@ -132,7 +132,11 @@ impl Verifier {
         Self::from_key_bytes(cfg, path, &bytes)
     }
 
-    fn from_key_bytes(cfg: &AuthConfig, path: &Path, bytes: &[u8]) -> Result<Self, KeySetupError> {
+    pub(crate) fn from_key_bytes(
+        cfg: &AuthConfig,
+        path: &Path,
+        bytes: &[u8],
+    ) -> Result<Self, KeySetupError> {
         let LoadedKey { key, family } =
             LoadedKey::from_bytes(KEY_SETTING, path, bytes, &cfg.algorithms)?;
         let first = &cfg.algorithms[0];
@@ -295,50 +299,11 @@ pub fn json_kind(v: &Value) -> &'static str {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
+    use crate::test_support::{good_claims, now, sign, verifier};
     use jsonwebtoken::{Algorithm, EncodingKey, Header};
     use serde_json::json;
-
-    pub(crate) const PRIVATE: &str =
-        include_str!("../../../nginx-conf/example-keys/jwt-private.pem");
-
-    pub(crate) fn now() -> u64 {
-        jsonwebtoken::get_current_timestamp()
-    }
-
-    /// An identity as a verified token would give it: `sub` (optional) and the `_public`
-    /// JSON text, never expiring, no events.
-    pub(crate) fn identity_of(sub: Option<&str>, user: &str) -> Identity {
-        Identity {
-            sub: sub.map(str::to_owned),
-            user: user.into(),
-            events: false,
-            expires_at: u64::MAX,
-        }
-    }
-
-    pub(crate) fn sign(claims: &Value) -> String {
-        jsonwebtoken::encode(
-            &Header::new(Algorithm::RS256),
-            claims,
-            &EncodingKey::from_rsa_pem(PRIVATE.as_bytes()).unwrap(),
-        )
-        .unwrap()
-    }
-
-    pub(crate) fn good_claims() -> Value {
-        json!({"exp": now() + 600, "sub": "u1", "_public": {"name": "ann", "color": "red"}})
-    }
-
-    pub(crate) fn verifier() -> Verifier {
-        Verifier::from_key_bytes(
-            &AuthConfig::default(),
-            Path::new("jwt-public.pem"),
-            EXAMPLE_PUBLIC_KEY.as_bytes(),
-        )
-        .unwrap()
-    }
 
     fn b64(v: &Value) -> String {
         URL_SAFE_NO_PAD.encode(serde_json::to_vec(v).unwrap())

@@ -441,7 +441,7 @@ fn prune(map: &mut HashMap<String, HashMap<Who, Ban>>, channel: &str, now: u64) 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::jwt::verify::tests::identity_of as identity;
+    use crate::test_support::identity_of as identity;
 
     fn users(ids: &[&str]) -> Vec<Who> {
         ids.iter().map(|n| Who::User(n.to_string())).collect()

@@ -18,9 +18,9 @@ use tracing::{info, warn};
 
 use crate::broker::Broker;
 use crate::cluster::control::{Control, Kick, Notice};
-use crate::host::publish::PublishError;
 use crate::jwt::Identity;
 use crate::message::{now_ms, Tail};
+use crate::publish_error::PublishError;
 
 pub use bans::{Ban, Bans, Who};
 

@@ -15,9 +15,9 @@
 use async_trait::async_trait;
 
 use super::{Draft, Plugin};
-use crate::host::publish::{ErrorCode, PublishError};
 use crate::jwt::Identity;
 use crate::moderation::{Ban, Bans};
+use crate::publish_error::{ErrorCode, PublishError};
 
 /// Refuses the publishes of banned users.
 pub struct BanPlugin {
@@ -92,9 +92,9 @@ fn utc_timestamp(ms: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::jwt::verify::tests::identity_of as identity;
     use crate::message::Body;
     use crate::moderation::Who;
+    use crate::test_support::identity_of as identity;
     use std::time::Duration;
 
     #[test]

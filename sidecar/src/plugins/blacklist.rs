@@ -40,8 +40,8 @@ use super::words::{normalize, Words};
 use super::{Draft, Plugin};
 use crate::cluster::redis::{RedisError, RedisLink};
 use crate::config::BlacklistConfig;
-use crate::host::publish::{ErrorCode, PublishError};
 use crate::message::Body;
+use crate::publish_error::{ErrorCode, PublishError};
 
 /// Longest managed entry, in characters (after trimming).
 pub const MAX_ENTRY_CHARS: usize = 200;
@@ -550,8 +550,8 @@ mod tests {
     use super::*;
     use crate::cluster::registry::tests::RedisServer;
     use crate::config::RedisConfig;
-    use crate::jwt::verify::tests::{good_claims, sign, verifier};
     use crate::jwt::Identity;
+    use crate::test_support::{good_claims, sign, verifier};
 
     fn identity() -> Identity {
         verifier().verify(&sign(&good_claims())).unwrap()

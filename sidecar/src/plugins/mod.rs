@@ -46,10 +46,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::cluster::redis::RedisLink;
 use crate::config::Config;
-use crate::host::publish::PublishError;
 use crate::jwt::Identity;
 use crate::message::Body;
 use crate::moderation::Bans;
+use crate::publish_error::PublishError;
 
 use self::blacklist::Blacklist;
 use self::config::PluginName;
@@ -272,8 +272,8 @@ impl std::fmt::Debug for Chain {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::host::publish::ErrorCode;
-    use crate::jwt::verify::tests::{good_claims, sign, verifier};
+    use crate::publish_error::ErrorCode;
+    use crate::test_support::{good_claims, sign, verifier};
 
     struct Upper;
     #[async_trait]

@@ -35,8 +35,8 @@ use super::outbound;
 use super::throttle::Throttle;
 use super::{Draft, Plugin, PluginSetupError};
 use crate::config::{LimitsConfig, PublishHookConfig};
-use crate::host::publish::{ErrorCode, PublishError};
 use crate::message::Body;
+use crate::publish_error::{ErrorCode, PublishError};
 
 /// Longest reject message passed on to the publisher, in characters.
 pub const MAX_REJECT_CHARS: usize = 300;
@@ -341,7 +341,7 @@ fn bounded(text: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::jwt::verify::tests::{good_claims, sign, verifier};
+    use crate::test_support::{good_claims, sign, verifier};
 
     const LIMITS: RewriteLimits = RewriteLimits {
         max_message_chars: 10,

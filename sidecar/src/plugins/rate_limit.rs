@@ -43,8 +43,8 @@ use tracing::warn;
 
 use super::{Draft, Hold, Plugin, PluginSetupError, Setup};
 use crate::cluster::redis::RedisLink;
-use crate::host::publish::{ErrorCode, PublishError};
 use crate::jwt::Identity;
+use crate::publish_error::{ErrorCode, PublishError};
 
 /// Reserves a slot or refuses the message; see its header.
 pub const RATE_LIMIT_LUA: &str = include_str!("rate_limit.lua");
@@ -464,8 +464,8 @@ async fn sweep(windows: std::sync::Weak<Windows>, window: Duration, shutdown: Ca
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::jwt::verify::tests::identity_of as identity;
     use crate::message::Body;
+    use crate::test_support::identity_of as identity;
 
     const WINDOW: Duration = Duration::from_secs(10);
 
@@ -654,10 +654,11 @@ mod published_tests {
         Backlog, Broker, BrokerError, History, Once, Publication, Published, Subscriber,
         SubscriberId,
     };
-    use crate::host::publish::{Limits, Outcome, Publisher};
-    use crate::jwt::verify::tests::{identity_of as identity, verifier};
+    use crate::host::publish::{Outcome, Publisher};
+    use crate::message::Limits;
     use crate::message::{Body, Tail};
     use crate::plugins::Chain;
+    use crate::test_support::{identity_of as identity, verifier};
     use chatup_wire::Position;
 
     /// A plugin after the limiter: refuses "reject", withholds "hide".

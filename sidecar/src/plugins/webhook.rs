@@ -40,8 +40,8 @@ use super::throttle::Throttle;
 use super::words::Words;
 use super::{Draft, Plugin, PluginSetupError};
 use crate::config::WebhookConfig;
-use crate::host::publish::PublishError;
 use crate::message::{now_ms, Body};
+use crate::publish_error::PublishError;
 
 /// How long queued posts may still go out after shutdown began.
 pub const GRACE: Duration = Duration::from_secs(2);

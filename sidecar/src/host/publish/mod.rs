@@ -4,7 +4,6 @@
 //! [`idempotency`] checks and scopes the keys that make a retried publish happen once.
 
 pub mod app;
-pub mod config;
 pub mod idempotency;
 pub mod post;
 pub mod sessions;
@@ -12,211 +11,19 @@ pub mod turn;
 pub mod ws;
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
 use chatup_wire::Position;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::jwt::{AuthError, Identity, Verifier};
+use crate::jwt::{Identity, Verifier};
 pub use app::{App, WsSettings};
 
-use crate::broker::{Broker, BrokerError, Once, Publication, Published};
-use crate::config::LimitsConfig;
-use crate::host::presence::PresenceError;
-use crate::http::channel::BadChannelPath;
-use crate::http::error::ApiError;
-use crate::message::{now_ms, Body, Tail};
+use crate::broker::{Broker, Once, Publication, Published};
+use crate::message::{now_ms, Body, Limits, Tail, MAX_EVENT_NAME, RESERVED_EVENTS};
 use crate::metrics::{Metrics, PublishedKind};
 use crate::plugins::{Chain, Draft};
-
-/// Longest event name, in bytes.
-pub const MAX_EVENT_NAME: usize = 64;
-
-/// Event names the platform itself emits; publishers may not impersonate them: `resync`
-/// (the module, on resume), `join` and `leave` (presence, see [`crate::host::presence`]).
-pub const RESERVED_EVENTS: &[&str] = &["resync", "join", "leave"];
-
-/// The error codes publishers see.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorCode {
-    BadToken,
-    TokenExpired,
-    BadRequest,
-    BadChannel,
-    Empty,
-    TooLong,
-    InvalidUtf8,
-    EventsNotAllowed,
-    UnsupportedMediaType,
-    BadIdempotencyKey,
-    TooManyChannels,
-    Banned,
-    RateLimited,
-    Blacklisted,
-    Rejected,
-    HookUnavailable,
-    Unavailable,
-    Internal,
-}
-
-impl ErrorCode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::BadToken => "bad_token",
-            Self::TokenExpired => "token_expired",
-            Self::BadRequest => "bad_request",
-            Self::BadChannel => "bad_channel",
-            Self::Empty => "empty",
-            Self::TooLong => "too_long",
-            Self::InvalidUtf8 => "invalid_utf8",
-            Self::EventsNotAllowed => "events_not_allowed",
-            Self::UnsupportedMediaType => "unsupported_media_type",
-            Self::BadIdempotencyKey => "bad_idempotency_key",
-            Self::TooManyChannels => "too_many_channels",
-            Self::Banned => "banned",
-            Self::RateLimited => "rate_limited",
-            Self::Blacklisted => "blacklisted",
-            Self::Rejected => "rejected",
-            Self::HookUnavailable => "hook_unavailable",
-            Self::Unavailable => "unavailable",
-            Self::Internal => "internal",
-        }
-    }
-
-    /// The HTTP status of `POST /pub/<ch>` for this code.
-    pub fn status(self) -> StatusCode {
-        match self {
-            Self::BadToken | Self::TokenExpired => StatusCode::UNAUTHORIZED,
-            Self::BadRequest
-            | Self::BadChannel
-            | Self::Empty
-            | Self::InvalidUtf8
-            | Self::BadIdempotencyKey
-            | Self::TooManyChannels => StatusCode::BAD_REQUEST,
-            Self::EventsNotAllowed | Self::Banned | Self::Rejected => StatusCode::FORBIDDEN,
-            Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
-            Self::Blacklisted => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::HookUnavailable => StatusCode::SERVICE_UNAVAILABLE,
-            Self::TooLong => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-        }
-    }
-}
-
-/// A refused publish: a code for programs and a message for people.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{code:?}: {message}")]
-pub struct PublishError {
-    pub code: ErrorCode,
-    pub message: String,
-    /// Seconds after which the same publish may succeed (rate limit), sent as
-    /// `Retry-After` / `retryAfter`.
-    pub retry_after: Option<u64>,
-    /// For `banned`: the ban, whose end is sent as `until` (ms since the Unix epoch, `null`
-    /// for ever) so that clients know when they may publish again.
-    pub ban: Option<crate::moderation::Ban>,
-}
-
-impl PublishError {
-    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            message: message.into(),
-            retry_after: None,
-            ban: None,
-        }
-    }
-
-    /// The same error, telling the publisher when to try again.
-    pub fn retry_after(mut self, seconds: u64) -> Self {
-        self.retry_after = Some(seconds);
-        self
-    }
-
-    /// The same error, telling the publisher when its ban ends.
-    pub fn ban(mut self, ban: crate::moderation::Ban) -> Self {
-        self.ban = Some(ban);
-        self
-    }
-
-    /// The ban behind a `banned` error, sent as its end (`until`); none for other errors.
-    pub fn until(&self) -> Option<crate::moderation::Ban> {
-        self.ban
-    }
-}
-
-impl From<&AuthError> for ErrorCode {
-    fn from(e: &AuthError) -> Self {
-        match e {
-            AuthError::BadToken(_) => ErrorCode::BadToken,
-            AuthError::Expired(_) => ErrorCode::TokenExpired,
-        }
-    }
-}
-
-impl From<AuthError> for PublishError {
-    fn from(e: AuthError) -> Self {
-        Self::new(ErrorCode::from(&e), e.to_string())
-    }
-}
-
-impl From<BrokerError> for PublishError {
-    fn from(e: BrokerError) -> Self {
-        let code = match e {
-            BrokerError::Unavailable(_) => ErrorCode::Unavailable,
-            BrokerError::Internal(_) => ErrorCode::Internal,
-        };
-        Self::new(code, e.to_string())
-    }
-}
-
-impl From<PresenceError> for PublishError {
-    fn from(e: PresenceError) -> Self {
-        let code = match e {
-            PresenceError::BadChannel(_) => ErrorCode::BadChannel,
-            PresenceError::TooManyChannels => ErrorCode::TooManyChannels,
-        };
-        Self::new(code, e.to_string())
-    }
-}
-
-/// What publishers may send.
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    /// Longest message text, in characters.
-    pub max_message_chars: usize,
-    /// Largest serialized event `data`, in bytes.
-    pub max_event_bytes: usize,
-    /// How long an idempotency key names its publish: a retry with the key within it gets
-    /// the first answer instead of publishing again.
-    pub idempotency_window: Duration,
-}
-
-impl From<&LimitsConfig> for Limits {
-    fn from(config: &LimitsConfig) -> Self {
-        Self {
-            max_message_chars: config.max_message_chars,
-            max_event_bytes: config.max_event_bytes,
-            idempotency_window: Duration::from_secs(config.idempotency_window_seconds),
-        }
-    }
-}
-
-impl Limits {
-    /// Largest request body or WebSocket frame worth reading: a message of the longest
-    /// allowed text, fully JSON-escaped, or the largest event, plus room for the envelope
-    /// and a token.
-    pub fn max_request_bytes(&self) -> usize {
-        let text = self.max_message_chars.saturating_mul(6);
-        let event = self.max_event_bytes.saturating_mul(2);
-        text.max(event).saturating_add(16 * 1024).max(64 * 1024)
-    }
-}
+use crate::publish_error::{ErrorCode, PublishError};
 
 /// What became of an accepted message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -519,37 +326,11 @@ pub fn body_from_json(object: &Map<String, Value>) -> Result<Body, PublishError>
     }
 }
 
-impl From<BadChannelPath> for PublishError {
-    fn from(e: BadChannelPath) -> Self {
-        let message = match e {
-            BadChannelPath::Unreadable(e) => format!("bad channel in the URL: {e}"),
-            BadChannelPath::Invalid { reason, .. } => reason,
-        };
-        PublishError::new(ErrorCode::BadChannel, message)
-    }
-}
-
-impl From<PublishError> for ApiError {
-    fn from(e: PublishError) -> Self {
-        ApiError {
-            until: e.until(),
-            retry_after: e.retry_after,
-            ..ApiError::new(e.code.status(), e.code.as_str(), e.message)
-        }
-    }
-}
-
-impl IntoResponse for PublishError {
-    fn into_response(self) -> Response {
-        ApiError::from(self).into_response()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::broker::memory::{MemoryBroker, MemoryOptions};
-    use crate::jwt::verify::tests::{good_claims, sign, verifier};
+    use crate::test_support::{good_claims, sign, verifier};
     use serde_json::json;
     use std::time::Duration;
 

@@ -279,7 +279,7 @@ pub async fn kick_on_notice(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::jwt::verify::tests::identity_of as identity;
+    use crate::test_support::identity_of as identity;
     use std::time::Duration;
 
     fn kick(channel: &str, users: &[&str], names: &[&str]) -> Kick {

@@ -11,6 +11,12 @@
 //!
 //! Key order is therefore always `ch, id, ep, t`, then the rest.
 
+pub mod limits;
+pub mod limits_config;
+
+pub use limits::{Limits, MAX_EVENT_NAME, RESERVED_EVENTS};
+pub use limits_config::LimitsConfig;
+
 use bytes::Bytes;
 use serde_json::Value;
 

@@ -1,8 +1,11 @@
-//! The query strings of the admin API's GET endpoints: a few integer parameters, checked
-//! strictly so that a typo (`?limt=5`) or a bad value (`?limit=-1`) is a 400 that names the
-//! parameter instead of a silently different answer.
+//! The query strings of the GET endpoints (the admin API's, the public user list): a few
+//! integer parameters, checked strictly so that a typo (`?limt=5`) or a bad value
+//! (`?limit=-1`) is a 400 that names the parameter instead of a silently different answer.
 
-use super::AdminError;
+/// A query string that cannot be used; each endpoint answers it with 400 `bad_request`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct BadQuery(pub String);
 
 /// An integer query parameter: its name and the values it may take.
 #[derive(Debug, Clone, Copy)]
@@ -36,17 +39,17 @@ impl Param {
 pub type Pairs = Vec<(String, String)>;
 
 /// Decodes a raw query string (`None`: no query at all).
-pub fn pairs(query: Option<&str>) -> Result<Pairs, AdminError> {
+pub fn pairs(query: Option<&str>) -> Result<Pairs, BadQuery> {
     let Some(query) = query else {
         return Ok(Vec::new());
     };
     serde_urlencoded::from_str(query)
-        .map_err(|e| AdminError::BadRequest(format!("cannot read the query string: {e}")))
+        .map_err(|e| BadQuery(format!("cannot read the query string: {e}")))
 }
 
 /// Reads the parameters `params` from `pairs`: `None` for those absent. Unknown or repeated
 /// parameters, and values that are not integers in range, are refused.
-pub fn integers(pairs: &Pairs, params: &[Param]) -> Result<Vec<Option<u64>>, AdminError> {
+pub fn integers(pairs: &Pairs, params: &[Param]) -> Result<Vec<Option<u64>>, BadQuery> {
     let names = || {
         params
             .iter()
@@ -62,18 +65,18 @@ pub fn integers(pairs: &Pairs, params: &[Param]) -> Result<Vec<Option<u64>>, Adm
             } else {
                 names()
             };
-            return Err(AdminError::BadRequest(format!(
+            return Err(BadQuery(format!(
                 "unknown query parameter {name:?}; this endpoint takes {takes}"
             )));
         };
         if values[index].is_some() {
-            return Err(AdminError::BadRequest(format!(
+            return Err(BadQuery(format!(
                 "the query parameter {name:?} is given more than once"
             )));
         }
         let param = params[index];
         let out_of_range = || {
-            AdminError::BadRequest(format!(
+            BadQuery(format!(
                 "the query parameter {:?} must be an integer from {} to {}, not {value:?}",
                 param.name, param.min, param.max
             ))
