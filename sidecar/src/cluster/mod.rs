@@ -12,7 +12,7 @@ pub mod registry_config;
 use std::sync::Arc;
 
 use self::redis::RedisLink;
-use registry::{Directory, HostInfo, HostLoad, LocalDirectory, RedisDirectory};
+use registry::{Directory, HostInfo, HostLoadSource, LocalDirectory, RedisDirectory};
 
 /// Where the dispatcher and the admin API find the hosts: every host reporting to Redis,
 /// or this host alone (`load`: its chat-host role). `None` without either, which the
@@ -20,7 +20,7 @@ use registry::{Directory, HostInfo, HostLoad, LocalDirectory, RedisDirectory};
 pub fn directory(
     redis: Option<&RedisLink>,
     host: &HostInfo,
-    load: Option<HostLoad>,
+    load: Option<Arc<dyn HostLoadSource>>,
 ) -> Option<Arc<dyn Directory>> {
     match (redis, load) {
         (Some(link), _) => Some(Arc::new(RedisDirectory::new(link.clone()))),

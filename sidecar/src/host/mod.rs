@@ -1,12 +1,13 @@
 //! The chat-host role (`roles.chat_host`, formerly `roles.worker`): the relay for this
 //! host's nginx workers ([`relay`]), the publisher endpoints ([`publish`]), who is joined
-//! where ([`presence`]), and the example page's tokens ([`demo`]). [`ChatHost::assemble`]
-//! puts them together.
+//! where ([`presence`]), this host's load as the host registry reads it ([`load`]), and the
+//! example page's tokens ([`demo`]). [`ChatHost::assemble`] puts them together.
 //!
 //! `GET /health` still names this role `worker`: monitors match on it.
 
 pub mod demo;
 pub mod demo_config;
+pub mod load;
 pub mod presence;
 pub mod presence_config;
 pub mod publish;
@@ -22,7 +23,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::broker::Broker;
-use crate::cluster::registry::{HostInfo, HostLoad, Reporter};
+use crate::cluster::registry::{HostInfo, HostLoadSource, Reporter};
 use crate::config::Config;
 use crate::error::Error;
 use crate::jwt::{warn_example_key, warn_no_exp, Verifier};
@@ -34,6 +35,7 @@ use crate::plugins::blacklist::Blacklist;
 use crate::plugins::build_chain;
 use crate::shared::Shared;
 use demo::{warn_open_minting, DemoTokens};
+use load::HostLoad;
 use presence::{EventPump, Presence};
 use publish::sessions::{kick_on_notice, Sessions};
 use publish::{App, Publisher, WsSettings};
@@ -88,7 +90,7 @@ pub struct ChatHost {
     pub demo: Option<Arc<DemoTokens>>,
     /// This host's load: what it reports, and what the dispatcher and admin API read
     /// directly when there is no Redis.
-    pub load: HostLoad,
+    pub load: Arc<dyn HostLoadSource>,
     /// Bans and their effects; joins are checked against bans when the chain has the ban
     /// plugin.
     pub moderation: Arc<Moderation>,
@@ -146,10 +148,10 @@ impl ChatHost {
         metrics.watch_presence(&presence)?;
         let presence_broker = metrics.metered(shared.broker.clone(), Some(PublishedKind::Presence));
         let pump = events.map(|events| (events, presence.clone(), presence_broker));
-        let load = HostLoad {
+        let load: Arc<dyn HostLoadSource> = Arc::new(HostLoad {
             workers: relay.workers(),
             presence: presence.clone(),
-        };
+        });
         let reporter = shared
             .redis
             .as_ref()
