@@ -15,7 +15,8 @@
 //!
 //! * [`host`], the chat host (`roles.chat_host`, formerly `roles.worker`; `/health` still
 //!   calls it `worker`): [`host::relay`], the Unix-socket server for this host's nginx
-//!   workers ([`host::relay::codec`] its frames, [`host::relay::nginx_workers`] the
+//!   workers (`host/relay/connection.rs` one worker's connection, `host/relay/socket.rs`
+//!   the socket file, [`host::relay::codec`] its frames, [`host::relay::nginx_workers`] the
 //!   connected workers and their counts); [`host::publish`], the publisher endpoints
 //!   `GET /pub` (WebSocket, also join/leave) and `POST /pub/<ch>`, and the open sessions by
 //!   user, for kicks; [`host::presence`], who joined which channel here, and the
@@ -57,7 +58,9 @@
 //!   ([`http::server`]) and `GET /health` ([`http::health`]).
 //! * [`message`]: the message JSON, encoded once; [`message::assemble`] puts `ch`, `id`,
 //!   `ep` in front of the publisher-encoded tail.
-//! * [`metrics`]: the Prometheus metrics `GET /metrics` serves (admin API).
+//! * [`metrics`]: the Prometheus metrics `GET /metrics` serves (admin API); what a part
+//!   keeps anyway it registers itself, read at each scrape (the chat host's in
+//!   `host/relay/nginx_workers.rs` and `host/presence.rs`).
 //! * [`config`]: the `[relay] [http] [auth] [admin] [limits] [history] [redis] [host]
 //!   [roles] [dispatch] [presence] [plugins] [rate_limit] [blacklist] [webhook]
 //!   [publish_hook] [demo] [log]` settings, layered default < file < `CHATUP_*`
@@ -86,8 +89,8 @@
 //! 4. `metrics.rs`: the metered broker times the call and counts the publish.
 //! 5. `broker/memory.rs` or `broker/redis.rs`: the broker gives the message its id, keeps
 //!    it in history and fans it out to the channel's subscribers.
-//! 6. `host/relay/mod.rs`: each relay connection subscribed to `<ch>` (an nginx worker
-//!    asked for it) queues the message and writes it as a `Message` frame
+//! 6. `host/relay/connection.rs`: each relay connection subscribed to `<ch>` (an nginx
+//!    worker asked for it) queues the message and writes it as a `Message` frame
 //!    (`host/relay/codec.rs`, `chatup_wire`) to its nginx worker, which sends it to its
 //!    viewers.
 #![forbid(unsafe_code)]

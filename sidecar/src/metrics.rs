@@ -7,15 +7,16 @@
 //!   publisher endpoints);
 //! * every user of the broker gets its own [`Metrics::metered`] handle, which times broker
 //!   calls and, for presence events and the admin API, counts what they publish;
-//! * what already exists elsewhere is read at scrape time rather than copied: subscriber
-//!   counts and delivery totals from the relay's [`NginxWorkers`] (as the nginx workers report
-//!   them), publisher sessions from [`Presence`], relay traffic and Redis pub/sub
-//!   disconnects from their owners' counters. Nothing has to be kept in sync by hand.
+//! * what already exists elsewhere is read at scrape time rather than copied: its owner
+//!   registers it with [`Metrics::read_gauge`], [`Metrics::read_counter`] or
+//!   [`Metrics::read_counters`] (the chat host's subscriber counts, delivery totals and
+//!   relay traffic as the nginx workers report them, in `host/relay/nginx_workers.rs`;
+//!   its publisher sessions, in `host/presence.rs`), and the Redis pub/sub disconnects
+//!   come through [`Metrics::watch_redis`]. Nothing has to be kept in sync by hand.
 //!
 //! Every metric is listed in the README ("Metrics"); a test checks that the two agree.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -30,8 +31,6 @@ use prometheus::{
 use crate::broker::{
     Backlog, Broker, BrokerError, History, Once, Publication, Published, Subscriber, SubscriberId,
 };
-use crate::host::presence::Presence;
-use crate::host::relay::NginxWorkers;
 use crate::message::Tail;
 use crate::publish_error::ErrorCode;
 
@@ -101,7 +100,7 @@ pub struct Metrics {
 
 impl Metrics {
     /// The metrics counted as things happen; the ones read from live state are added with
-    /// the `watch_*` methods once their sources exist.
+    /// the `read_*` and `watch_*` methods once their sources exist.
     pub fn new() -> Result<Self, MetricsError> {
         let registry = Registry::new();
         let published = IntCounterVec::new(
@@ -192,83 +191,41 @@ impl Metrics {
         })
     }
 
-    /// Adds the metrics of the relay and of what the nginx workers report through it.
-    pub fn watch_relay(&self, workers: &Arc<NginxWorkers>) -> Result<(), MetricsError> {
-        let w = workers.clone();
-        self.add(Pulled::single(
-            "chatup_subscribers",
-            "Subscriber connections on this host, as its nginx workers last reported them.",
-            MetricType::GAUGE,
-            move || w.total_subscribers(),
-        ))?;
-        let w = workers.clone();
-        self.add(Pulled::single(
-            "chatup_relay_workers",
-            "nginx workers connected to this sidecar's relay socket.",
-            MetricType::GAUGE,
-            move || w.connected() as u64,
-        ))?;
-        let w = workers.clone();
-        self.add(Pulled::labelled(
-            "chatup_messages_delivered_total",
-            "Messages the nginx workers queued to subscribers, once per subscriber: \
-             source=live as they arrived, source=replay from the cache to a subscriber that \
-             connected or resumed. Reported by the workers about once a second.",
-            MetricType::COUNTER,
-            "source",
-            move || {
-                let totals = w.totals();
-                vec![("live", totals.delivered), ("replay", totals.replayed)]
-            },
-        ))?;
-        let w = workers.clone();
-        self.add(Pulled::single(
-            "chatup_slow_subscriber_closes_total",
-            "Subscribers the nginx workers closed (4000) because they fell too far behind.",
-            MetricType::COUNTER,
-            move || w.totals().slow_closes,
-        ))?;
-        let w = workers.clone();
-        self.add(Pulled::labelled(
-            "chatup_relay_messages_sent_total",
-            "Messages the relay wrote to nginx workers: via=live as published, via=backlog \
-             in answer to a subscription.",
-            MetricType::COUNTER,
-            "via",
-            move || {
-                let t = &w.traffic;
-                vec![
-                    ("live", t.live_messages.load(Ordering::Relaxed)),
-                    ("backlog", t.backlog_messages.load(Ordering::Relaxed)),
-                ]
-            },
-        ))?;
-        let w = workers.clone();
-        self.add(Pulled::labelled(
-            "chatup_relay_disconnects_total",
-            "nginx worker connections that ended, by reason: closed (by the worker), failed \
-             (protocol or socket error), overflow (the worker let its queue fill up).",
-            MetricType::COUNTER,
-            "reason",
-            move || {
-                let t = &w.traffic;
-                vec![
-                    ("closed", t.closed.load(Ordering::Relaxed)),
-                    ("failed", t.failed.load(Ordering::Relaxed)),
-                    ("overflow", t.overflowed.load(Ordering::Relaxed)),
-                ]
-            },
-        ))
+    /// Adds a gauge that `read` gives at each scrape, for a value its owner keeps anyway.
+    pub fn read_gauge(
+        &self,
+        name: &'static str,
+        help: &str,
+        read: impl Fn() -> u64 + Send + Sync + 'static,
+    ) -> Result<(), MetricsError> {
+        self.add(Pulled::single(name, help, MetricType::GAUGE, read))
     }
 
-    /// Adds the number of publisher sessions.
-    pub fn watch_presence(&self, presence: &Arc<Presence>) -> Result<(), MetricsError> {
-        let presence = presence.clone();
-        self.add(Pulled::single(
-            "chatup_publisher_sessions",
-            "Authenticated WebSocket publisher sessions (GET /pub) on this sidecar.",
-            MetricType::GAUGE,
-            move || presence.total(),
+    /// Adds a counter that `read` gives at each scrape, for a count its owner keeps anyway.
+    pub fn read_counter(
+        &self,
+        name: &'static str,
+        help: &str,
+        read: impl Fn() -> u64 + Send + Sync + 'static,
+    ) -> Result<(), MetricsError> {
+        self.add(Pulled::single(name, help, MetricType::COUNTER, read))
+    }
+
+    /// Adds a counter with one label, whose samples (label value, count) `read` gives at
+    /// each scrape.
+    pub fn read_counters(
+        &self,
+        name: &'static str,
+        help: &str,
+        label: &'static str,
+        read: impl Fn() -> Vec<(&'static str, u64)> + Send + Sync + 'static,
+    ) -> Result<(), MetricsError> {
+        self.add(Pulled::labelled(
+            name,
+            help,
+            MetricType::COUNTER,
+            label,
+            read,
         ))
     }
 
@@ -498,8 +455,9 @@ mod tests {
 
     use super::*;
     use crate::broker::memory::{MemoryBroker, MemoryOptions};
-    use crate::host::presence::Session;
+    use crate::host::presence::{Presence, Session};
     use crate::host::publish::Publisher;
+    use crate::host::relay::NginxWorkers;
     use crate::jwt::Identity;
     use crate::message::Body;
     use crate::message::Limits;
@@ -592,11 +550,11 @@ mod tests {
     /// a publisher connected.
     async fn everything() -> (Arc<Metrics>, Session) {
         let metrics = Arc::new(Metrics::new().unwrap());
-        metrics
-            .watch_relay(&Arc::new(NginxWorkers::default()))
+        Arc::new(NginxWorkers::default())
+            .register_metrics(&metrics)
             .unwrap();
         let (presence, _) = Presence::new(false);
-        metrics.watch_presence(&presence).unwrap();
+        presence.register_metrics(&metrics).unwrap();
         metrics.watch_redis(|| 3).unwrap();
         let session = presence.connect(&identity(false));
 

@@ -144,8 +144,8 @@ impl ChatHost {
             config.presence.events,
             Duration::from_millis(config.presence.leave_grace_ms),
         );
-        metrics.watch_relay(&relay.workers())?;
-        metrics.watch_presence(&presence)?;
+        relay.workers().register_metrics(metrics)?;
+        presence.register_metrics(metrics)?;
         let presence_broker = metrics.metered(shared.broker.clone(), Some(PublishedKind::Presence));
         let pump = events.map(|events| (events, presence.clone(), presence_broker));
         let load: Arc<dyn HostLoadSource> = Arc::new(HostLoad {

@@ -36,6 +36,7 @@ use crate::broker::Broker;
 use crate::jwt::Identity;
 use crate::message::{now_ms, Body, Tail};
 use crate::publish_error::{ErrorCode, PublishError};
+use crate::metrics::{Metrics, MetricsError};
 
 /// Channels one publisher session may be in at once: bounds what one token can make a host
 /// remember.
@@ -213,6 +214,16 @@ impl Presence {
     /// Authenticated publisher sessions connected to this host (joined to channels or not).
     pub fn total(&self) -> u64 {
         self.lock().sessions
+    }
+
+    /// Registers the number of publisher sessions, read at each scrape.
+    pub fn register_metrics(self: &Arc<Self>, metrics: &Metrics) -> Result<(), MetricsError> {
+        let presence = self.clone();
+        metrics.read_gauge(
+            "chatup_publisher_sessions",
+            "Authenticated WebSocket publisher sessions (GET /pub) on this sidecar.",
+            move || presence.total(),
+        )
     }
 
     /// Distinct users per channel, for every channel with at least one.

@@ -3,10 +3,12 @@
 //! chat-host role.
 
 use std::collections::HashMap;
-use std::sync::atomic::AtomicU64;
-use std::sync::{Mutex, PoisonError};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use chatup_wire::{ChannelCount, Totals};
+
+use crate::metrics::{Metrics, MetricsError};
 
 /// The latest `Stats` of one connected worker.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,5 +108,69 @@ impl NginxWorkers {
         if let Some(gone) = table.by_connection.remove(&conn) {
             table.retired = table.retired.plus(gone.totals);
         }
+    }
+
+    /// Registers the metrics of the relay and of what the nginx workers report through it,
+    /// read from these stats at each scrape.
+    pub fn register_metrics(self: &Arc<Self>, metrics: &Metrics) -> Result<(), MetricsError> {
+        let w = self.clone();
+        metrics.read_gauge(
+            "chatup_subscribers",
+            "Subscriber connections on this host, as its nginx workers last reported them.",
+            move || w.total_subscribers(),
+        )?;
+        let w = self.clone();
+        metrics.read_gauge(
+            "chatup_relay_workers",
+            "nginx workers connected to this sidecar's relay socket.",
+            move || w.connected() as u64,
+        )?;
+        let w = self.clone();
+        metrics.read_counters(
+            "chatup_messages_delivered_total",
+            "Messages the nginx workers queued to subscribers, once per subscriber: \
+             source=live as they arrived, source=replay from the cache to a subscriber that \
+             connected or resumed. Reported by the workers about once a second.",
+            "source",
+            move || {
+                let totals = w.totals();
+                vec![("live", totals.delivered), ("replay", totals.replayed)]
+            },
+        )?;
+        let w = self.clone();
+        metrics.read_counter(
+            "chatup_slow_subscriber_closes_total",
+            "Subscribers the nginx workers closed (4000) because they fell too far behind.",
+            move || w.totals().slow_closes,
+        )?;
+        let w = self.clone();
+        metrics.read_counters(
+            "chatup_relay_messages_sent_total",
+            "Messages the relay wrote to nginx workers: via=live as published, via=backlog \
+             in answer to a subscription.",
+            "via",
+            move || {
+                let t = &w.traffic;
+                vec![
+                    ("live", t.live_messages.load(Ordering::Relaxed)),
+                    ("backlog", t.backlog_messages.load(Ordering::Relaxed)),
+                ]
+            },
+        )?;
+        let w = self.clone();
+        metrics.read_counters(
+            "chatup_relay_disconnects_total",
+            "nginx worker connections that ended, by reason: closed (by the worker), failed \
+             (protocol or socket error), overflow (the worker let its queue fill up).",
+            "reason",
+            move || {
+                let t = &w.traffic;
+                vec![
+                    ("closed", t.closed.load(Ordering::Relaxed)),
+                    ("failed", t.failed.load(Ordering::Relaxed)),
+                    ("overflow", t.overflowed.load(Ordering::Relaxed)),
+                ]
+            },
+        )
     }
 }

@@ -1,0 +1,879 @@
+//! One nginx worker's relay connection: it reads the worker's frames (`Hello`, then
+//! `Subscribe`, `Unsubscribe`, `Stats`), answers each `Subscribe` with one `Backlog`, writes
+//! the subscribed channels' live messages from its bounded queue in id order, each id once,
+//! and stops when the worker closes, breaks the protocol, overflows its queue, or at
+//! shutdown.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chatup_wire::{
+    BacklogKind, Position, ToSidecar, ToWorker, Totals, MAX_FRAME_LEN, PROTOCOL_VERSION,
+};
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::UnixStream;
+use tokio::sync::mpsc;
+use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use super::codec::{CodecError, WireCodec};
+use super::{NginxWorkerStats, NginxWorkers};
+use crate::broker::{Backlog, Broker, BrokerError, Event, Subscriber};
+
+/// How long a new connection may take to say `Hello`.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long queued messages may take to reach a worker at shutdown.
+const SHUTDOWN_FLUSH: Duration = Duration::from_secs(1);
+
+/// Live events written per batch before flushing the socket.
+const WRITE_BATCH: usize = 256;
+
+/// How often a subscription the broker could not take (Redis down) is tried again. The
+/// worker's connection stays up meanwhile, so its other channels keep flowing.
+const SUBSCRIBE_RETRY: Duration = Duration::from_secs(1);
+
+/// Where a worker stands in a subscribed channel: what has been sent to it.
+#[derive(Debug, Clone, Copy)]
+struct Sent {
+    epoch: u64,
+    /// Highest id sent or already covered by the backlog; live messages up to it are dropped.
+    last_id: u64,
+}
+
+/// Why a connection ends.
+enum Stop {
+    /// The worker closed it.
+    Closed,
+    /// The worker broke the protocol or the socket failed (already logged).
+    Failed,
+    /// The worker could not keep up with its queue.
+    Overflow,
+    /// The sidecar is shutting down.
+    Shutdown,
+}
+
+/// One worker's connection.
+pub(super) struct Connection {
+    /// Number of the connection in this process, for logs and the stats registry.
+    id: u64,
+    /// Frames from the worker.
+    reader: FramedRead<OwnedReadHalf, WireCodec<ToSidecar, ToWorker>>,
+    /// Frames to the worker; written only by this task, so frames never interleave.
+    writer: FramedWrite<OwnedWriteHalf, WireCodec<ToSidecar, ToWorker>>,
+    /// Where subscriptions go.
+    broker: Arc<dyn Broker>,
+    /// Where this worker's `Stats` are kept.
+    workers: Arc<NginxWorkers>,
+    /// This connection's handle in the broker; its queue is `queue`.
+    subscriber: Subscriber,
+    queue: mpsc::Receiver<Event>,
+    /// The channels the worker is subscribed to.
+    channels: HashMap<String, Sent>,
+    /// Subscriptions the broker could not take yet, tried again every [`SUBSCRIBE_RETRY`].
+    pending: HashMap<String, Pending>,
+    /// Whether the last subscription failed, so the log says it once, and once more when
+    /// the broker takes them again.
+    subscribe_failing: bool,
+    /// Cancelled at shutdown: flush what is queued and close.
+    shutdown: CancellationToken,
+}
+
+/// A subscription waiting for the broker.
+struct Pending {
+    want: u32,
+    since: Option<Position>,
+}
+
+impl Connection {
+    pub(super) fn new(
+        id: u64,
+        stream: UnixStream,
+        broker: Arc<dyn Broker>,
+        workers: Arc<NginxWorkers>,
+        queue_size: usize,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let (r, w) = stream.into_split();
+        let (subscriber, queue) = Subscriber::new(queue_size);
+        Self {
+            id,
+            reader: FramedRead::new(r, WireCodec::default()),
+            writer: FramedWrite::new(w, WireCodec::default()),
+            broker,
+            workers,
+            subscriber,
+            queue,
+            channels: HashMap::new(),
+            pending: HashMap::new(),
+            subscribe_failing: false,
+            shutdown,
+        }
+    }
+
+    /// Serves the worker from its `Hello` until the connection stops, then drops its
+    /// subscriptions and stats.
+    pub(super) async fn run(mut self) {
+        let pid = match self.hello().await {
+            Ok(pid) => pid,
+            // A bare connect-and-close is how a starting sidecar probes for a live socket.
+            Err(None) => {
+                debug!("relay connection closed before Hello");
+                return;
+            }
+            Err(Some(why)) => {
+                warn!("closing relay connection: {why}");
+                return;
+            }
+        };
+        tracing::Span::current().record("pid", pid);
+        info!("nginx worker connected");
+        self.workers.set(
+            self.id,
+            NginxWorkerStats {
+                pid,
+                subscribers: 0,
+                channels: Vec::new(),
+                totals: Totals::default(),
+            },
+        );
+
+        let stop = self.serve(pid).await;
+        let traffic = &self.workers.traffic;
+        let ended = match stop {
+            Stop::Closed => Some(&traffic.closed),
+            Stop::Failed => Some(&traffic.failed),
+            Stop::Overflow => Some(&traffic.overflowed),
+            Stop::Shutdown => None,
+        };
+        if let Some(counter) = ended {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+        match stop {
+            Stop::Closed => info!("nginx worker disconnected"),
+            Stop::Failed => {}
+            Stop::Overflow => warn!(
+                queued = self.queue.len(),
+                "nginx worker cannot keep up with its messages; disconnecting it \
+                 (it reconnects and resumes)"
+            ),
+            Stop::Shutdown => {
+                // Deliver what is already queued, briefly, then close.
+                let flush = self.flush_queue();
+                if tokio::time::timeout(SHUTDOWN_FLUSH, flush).await.is_err() {
+                    debug!("worker did not take its last messages in time");
+                }
+                info!("closed relay connection for shutdown");
+            }
+        }
+        for channel in std::mem::take(&mut self.channels).into_keys() {
+            self.broker
+                .unsubscribe(&channel, self.subscriber.id())
+                .await;
+        }
+        self.workers.remove(self.id);
+    }
+
+    /// Waits for `Hello` and checks its version; returns the worker's pid, or why not (`None`
+    /// when the peer just closed).
+    async fn hello(&mut self) -> Result<u32, Option<String>> {
+        let first = tokio::select! {
+            _ = self.shutdown.cancelled() => return Err(Some("shutting down".into())),
+            first = tokio::time::timeout(HELLO_TIMEOUT, self.reader.next()) => first,
+        };
+        match first {
+            Err(_) => Err(Some(format!(
+                "no Hello within {}s",
+                HELLO_TIMEOUT.as_secs()
+            ))),
+            Ok(None) => Err(None),
+            Ok(Some(Err(e))) => Err(Some(e.to_string())),
+            Ok(Some(Ok(ToSidecar::Hello { version, pid }))) if version == PROTOCOL_VERSION => {
+                Ok(pid)
+            }
+            Ok(Some(Ok(ToSidecar::Hello { version, pid }))) => Err(Some(format!(
+                "worker pid {pid} speaks relay protocol version {version}, this sidecar \
+                 speaks {PROTOCOL_VERSION}; upgrade the module and the sidecar together"
+            ))),
+            Ok(Some(Ok(other))) => Err(Some(format!(
+                "the first frame must be Hello, got {}",
+                frame_name(&other)
+            ))),
+        }
+    }
+
+    async fn serve(&mut self, pid: u32) -> Stop {
+        let overflowed = self.subscriber.overflowed().clone();
+        let mut retry = tokio::time::interval(SUBSCRIBE_RETRY);
+        retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return Stop::Shutdown,
+                _ = overflowed.cancelled() => return Stop::Overflow,
+                _ = retry.tick(), if !self.pending.is_empty() => {
+                    for (channel, p) in std::mem::take(&mut self.pending) {
+                        if let Err(stop) = self.subscribe(channel, p.want, p.since).await {
+                            return stop;
+                        }
+                    }
+                }
+                frame = self.reader.next() => {
+                    let frame = match frame {
+                        None => return Stop::Closed,
+                        Some(Err(CodecError::Io(e))) => {
+                            warn!("relay read failed: {e}");
+                            return Stop::Failed;
+                        }
+                        Some(Err(e)) => {
+                            warn!("closing relay connection: {e}");
+                            return Stop::Failed;
+                        }
+                        Some(Ok(frame)) => frame,
+                    };
+                    if let Err(stop) = self.handle_frame(frame, pid).await {
+                        return stop;
+                    }
+                }
+                event = self.queue.recv() => {
+                    let Some(event) = event else { return Stop::Failed };
+                    let mut out = Vec::new();
+                    self.handle_event(event, &mut out);
+                    while out.len() < WRITE_BATCH {
+                        match self.queue.try_recv() {
+                            Ok(event) => self.handle_event(event, &mut out),
+                            Err(_) => break,
+                        }
+                    }
+                    if let Err(stop) = self.send(out).await {
+                        return stop;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn handle_frame(&mut self, frame: ToSidecar, pid: u32) -> Result<(), Stop> {
+        match frame {
+            ToSidecar::Hello { .. } => {
+                warn!("closing relay connection: a second Hello");
+                Err(Stop::Failed)
+            }
+            ToSidecar::Subscribe {
+                channel,
+                want,
+                since,
+            } => self.subscribe(channel, want, since).await,
+            ToSidecar::Unsubscribe { channel } => {
+                self.pending.remove(&channel);
+                if self.channels.remove(&channel).is_some() {
+                    self.broker
+                        .unsubscribe(&channel, self.subscriber.id())
+                        .await;
+                    debug!(channel, "unsubscribed");
+                }
+                Ok(())
+            }
+            ToSidecar::Stats {
+                subscribers,
+                totals,
+                channels,
+            } => {
+                debug!(
+                    subscribers,
+                    channels = channels.len(),
+                    delivered = totals.delivered,
+                    "worker stats"
+                );
+                self.workers.set(
+                    self.id,
+                    NginxWorkerStats {
+                        pid,
+                        subscribers,
+                        channels,
+                        totals,
+                    },
+                );
+                Ok(())
+            }
+        }
+    }
+
+    async fn subscribe(
+        &mut self,
+        channel: String,
+        want: u32,
+        since: Option<Position>,
+    ) -> Result<(), Stop> {
+        if let Err(e) = chatup_wire::channel::validate(channel.as_bytes()) {
+            warn!(channel, "ignoring Subscribe with a bad channel name: {e}");
+            return Ok(());
+        }
+        let backlog = match self
+            .broker
+            .subscribe(&channel, want, since, &self.subscriber)
+            .await
+        {
+            Ok(b) => {
+                if std::mem::replace(&mut self.subscribe_failing, false) {
+                    info!(channel, "subscribing works again");
+                }
+                b
+            }
+            Err(BrokerError::Unavailable(e)) => {
+                // Only this channel waits; the worker's others keep flowing.
+                if !std::mem::replace(&mut self.subscribe_failing, true) {
+                    warn!(
+                        channel,
+                        "cannot subscribe: {e}; retrying every {}s",
+                        SUBSCRIBE_RETRY.as_secs()
+                    );
+                } else {
+                    debug!(channel, "cannot subscribe yet: {e}");
+                }
+                self.pending.insert(channel, Pending { want, since });
+                return Ok(());
+            }
+            Err(e) => {
+                // The worker keeps its subscribers and retries on reconnect.
+                error!(channel, "cannot subscribe: {e}; closing relay connection");
+                return Err(Stop::Failed);
+            }
+        };
+        let backlog = fit_backlog(&channel, backlog);
+        debug!(
+            channel,
+            since = %since.map(|p| p.to_string()).unwrap_or_default(),
+            kind = ?backlog.kind,
+            messages = backlog.messages.len(),
+            "subscribed"
+        );
+        self.channels.insert(
+            channel.clone(),
+            Sent {
+                epoch: backlog.epoch,
+                last_id: backlog.head,
+            },
+        );
+        self.send(vec![ToWorker::Backlog {
+            channel,
+            epoch: backlog.epoch,
+            kind: backlog.kind,
+            messages: backlog.messages,
+        }])
+        .await
+    }
+
+    /// Turns a live event into frames for the worker, dropping what it already has.
+    fn handle_event(&mut self, event: Event, out: &mut Vec<ToWorker>) {
+        match event {
+            Event::Message(p) => {
+                let Some(sent) = self.channels.get_mut(&*p.channel) else {
+                    return; // Unsubscribed since it was queued.
+                };
+                if p.epoch != sent.epoch {
+                    out.push(ToWorker::EpochReset {
+                        channel: p.channel.to_string(),
+                        epoch: p.epoch,
+                    });
+                    *sent = Sent {
+                        epoch: p.epoch,
+                        last_id: 0,
+                    };
+                }
+                if p.id <= sent.last_id {
+                    return;
+                }
+                sent.last_id = p.id;
+                out.push(ToWorker::Message {
+                    channel: p.channel.to_string(),
+                    epoch: p.epoch,
+                    id: p.id,
+                    payload: p.payload.to_vec(),
+                });
+            }
+            Event::EpochReset { channel, epoch } => {
+                let Some(sent) = self.channels.get_mut(&*channel) else {
+                    return;
+                };
+                if sent.epoch != epoch {
+                    *sent = Sent { epoch, last_id: 0 };
+                    out.push(ToWorker::EpochReset {
+                        channel: channel.to_string(),
+                        epoch,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Writes frames, giving up if the worker stops reading long enough for its queue to
+    /// overflow, or at shutdown.
+    async fn send(&mut self, frames: Vec<ToWorker>) -> Result<(), Stop> {
+        if frames.is_empty() {
+            return Ok(());
+        }
+        let (mut live, mut backlog) = (0, 0);
+        for frame in &frames {
+            match frame {
+                ToWorker::Message { .. } => live += 1,
+                ToWorker::Backlog { messages, .. } => backlog += messages.len() as u64,
+                ToWorker::EpochReset { .. } => {}
+            }
+        }
+        let traffic = &self.workers.traffic;
+        let overflowed = self.subscriber.overflowed().clone();
+        let writer = &mut self.writer;
+        let write = async move {
+            for frame in frames {
+                writer.feed(frame).await?;
+            }
+            writer.flush().await
+        };
+        tokio::select! {
+            result = write => {
+                if result.is_ok() {
+                    traffic.live_messages.fetch_add(live, Ordering::Relaxed);
+                    traffic.backlog_messages.fetch_add(backlog, Ordering::Relaxed);
+                }
+                result.map_err(|e| {
+                    warn!("relay write failed: {e}");
+                    Stop::Failed
+                })
+            }
+            _ = overflowed.cancelled() => Err(Stop::Overflow),
+            _ = self.shutdown.cancelled() => Err(Stop::Shutdown),
+        }
+    }
+
+    /// Sends everything still queued (used at shutdown).
+    async fn flush_queue(&mut self) {
+        let mut out = Vec::new();
+        while let Ok(event) = self.queue.try_recv() {
+            self.handle_event(event, &mut out);
+        }
+        for frame in out {
+            if self.writer.feed(frame).await.is_err() {
+                return;
+            }
+        }
+        let _ = self.writer.flush().await;
+    }
+}
+
+/// Drops the oldest backlog messages that would push the frame past the protocol's limit
+/// (only possible with a very large history); a resume then reports `Truncated`.
+fn fit_backlog(channel: &str, mut backlog: Backlog) -> Backlog {
+    // kind byte, channel, epoch, backlog kind, count; then id and length per message.
+    let fixed = 1 + 2 + channel.len() + 8 + 1 + 4;
+    let mut size = fixed
+        + backlog
+            .messages
+            .iter()
+            .map(|e| 12 + e.payload.len())
+            .sum::<usize>();
+    let mut drop = 0;
+    while size > MAX_FRAME_LEN && drop < backlog.messages.len() {
+        size -= 12 + backlog.messages[drop].payload.len();
+        drop += 1;
+    }
+    if drop > 0 {
+        warn!(
+            channel,
+            dropped = drop,
+            "backlog exceeds the relay frame limit of {MAX_FRAME_LEN} bytes; \
+             sending only the newest messages"
+        );
+        backlog.messages.drain(..drop);
+        if backlog.kind == BacklogKind::Continued {
+            backlog.kind = BacklogKind::Truncated;
+        }
+    }
+    backlog
+}
+
+fn frame_name(frame: &ToSidecar) -> &'static str {
+    match frame {
+        ToSidecar::Hello { .. } => "Hello",
+        ToSidecar::Subscribe { .. } => "Subscribe",
+        ToSidecar::Unsubscribe { .. } => "Unsubscribe",
+        ToSidecar::Stats { .. } => "Stats",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use chatup_wire::{ChannelCount, Entry};
+    use tokio_util::codec::Framed;
+
+    use super::super::test_support::{closed, connect, next, publish, start, subscribe, Worker};
+    use super::*;
+
+    #[tokio::test]
+    async fn subscribe_gets_backlog_then_live_messages() {
+        let f = start(1024).await;
+        for i in 0..7 {
+            publish(&f.broker, "room", &format!("m{i}")).await;
+        }
+        let mut w = connect(&f.path).await;
+        w.send(subscribe("room", 3, None)).await.unwrap();
+        let ToWorker::Backlog {
+            channel,
+            epoch,
+            kind,
+            messages,
+        } = next(&mut w).await
+        else {
+            panic!("expected a backlog");
+        };
+        assert_eq!(channel, "room");
+        assert_eq!(kind, BacklogKind::Recent);
+        assert_eq!(
+            messages.iter().map(|e| e.id).collect::<Vec<_>>(),
+            vec![5, 6, 7]
+        );
+        let payload = String::from_utf8(messages[2].payload.clone()).unwrap();
+        assert_eq!(
+            payload,
+            format!(r#"{{"ch":"room","id":7,"ep":{epoch},"t":1,"user":{{}},"msg":"m6"}}"#)
+        );
+
+        publish(&f.broker, "room", "live").await;
+        match next(&mut w).await {
+            ToWorker::Message {
+                channel,
+                epoch: e,
+                id,
+                payload,
+            } => {
+                assert_eq!((channel.as_str(), e, id), ("room", epoch, 8));
+                assert!(String::from_utf8(payload)
+                    .unwrap()
+                    .contains("\"msg\":\"live\""));
+            }
+            other => panic!("expected a message, got {other:?}"),
+        }
+
+        // Resume from a position: Continued with exactly what follows.
+        let mut w2 = connect(&f.path).await;
+        w2.send(subscribe("room", 0, Some(Position { epoch, id: 6 })))
+            .await
+            .unwrap();
+        match next(&mut w2).await {
+            ToWorker::Backlog { kind, messages, .. } => {
+                assert_eq!(kind, BacklogKind::Continued);
+                assert_eq!(
+                    messages,
+                    vec![
+                        Entry {
+                            id: 7,
+                            payload: messages[0].payload.clone()
+                        },
+                        Entry {
+                            id: 8,
+                            payload: messages[1].payload.clone()
+                        }
+                    ]
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // Too old: Truncated; other epoch: EpochChanged; both with the whole history (4..=8).
+        for (since, expect) in [
+            (Position { epoch, id: 1 }, BacklogKind::Truncated),
+            (
+                Position {
+                    epoch: epoch ^ 1,
+                    id: 8,
+                },
+                BacklogKind::EpochChanged,
+            ),
+        ] {
+            w2.send(subscribe("room", 0, Some(since))).await.unwrap();
+            match next(&mut w2).await {
+                ToWorker::Backlog { kind, messages, .. } => {
+                    assert_eq!(kind, expect);
+                    assert_eq!(
+                        messages.iter().map(|e| e.id).collect::<Vec<_>>(),
+                        vec![4, 5, 6, 7, 8]
+                    );
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        f.shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn live_stream_has_no_gap_or_duplicate_while_publishing() {
+        let f = start(100_000).await;
+        let mut w = connect(&f.path).await;
+        let broker = f.broker.clone();
+        let publisher = tokio::spawn(async move {
+            for i in 0..500 {
+                publish(&broker, "busy", &i.to_string()).await;
+                if i % 10 == 0 {
+                    tokio::task::yield_now().await;
+                }
+            }
+        });
+        w.send(subscribe("busy", 100, None)).await.unwrap();
+        publisher.await.unwrap();
+        let mut ids = match next(&mut w).await {
+            ToWorker::Backlog { messages, .. } => messages.iter().map(|e| e.id).collect::<Vec<_>>(),
+            other => panic!("{other:?}"),
+        };
+        while ids.last() != Some(&500) {
+            match next(&mut w).await {
+                ToWorker::Message { id, .. } => ids.push(id),
+                other => panic!("{other:?}"),
+            }
+        }
+        let first = ids.first().copied().unwrap_or(1);
+        assert_eq!(ids, (first..=500).collect::<Vec<_>>());
+        f.shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn resubscribing_does_not_repeat_messages_and_unsubscribe_stops_them() {
+        let f = start(1024).await;
+        let mut w = connect(&f.path).await;
+        w.send(subscribe("a", 10, None)).await.unwrap();
+        assert!(matches!(next(&mut w).await, ToWorker::Backlog { .. }));
+        publish(&f.broker, "a", "1").await;
+        assert!(matches!(
+            next(&mut w).await,
+            ToWorker::Message { id: 1, .. }
+        ));
+        w.send(subscribe("a", 10, None)).await.unwrap();
+        assert!(
+            matches!(next(&mut w).await, ToWorker::Backlog { ref messages, .. } if messages.len() == 1)
+        );
+        publish(&f.broker, "a", "2").await;
+        assert!(matches!(
+            next(&mut w).await,
+            ToWorker::Message { id: 2, .. }
+        ));
+
+        w.send(ToSidecar::Unsubscribe {
+            channel: "a".into(),
+        })
+        .await
+        .unwrap();
+        // A frame after the Unsubscribe proves it was handled before the next publish.
+        w.send(subscribe("b", 0, None)).await.unwrap();
+        assert!(
+            matches!(next(&mut w).await, ToWorker::Backlog { ref channel, .. } if channel == "b")
+        );
+        publish(&f.broker, "a", "3").await;
+        publish(&f.broker, "b", "x").await;
+        match next(&mut w).await {
+            ToWorker::Message { channel, id, .. } => assert_eq!((channel.as_str(), id), ("b", 1)),
+            other => panic!("{other:?}"),
+        }
+        f.shutdown.cancel();
+    }
+
+    fn totals(delivered: u64, replayed: u64, slow_closes: u64) -> Totals {
+        Totals {
+            delivered,
+            replayed,
+            slow_closes,
+        }
+    }
+
+    fn stats(subscribers: u32, totals: Totals) -> ToSidecar {
+        ToSidecar::Stats {
+            subscribers,
+            totals,
+            channels: vec![ChannelCount {
+                channel: "room".into(),
+                subscribers,
+            }],
+        }
+    }
+
+    /// Sends a frame after the ones already sent and waits for its answer: the relay has
+    /// handled everything before it.
+    async fn sync(w: &mut Worker) {
+        w.send(subscribe("sync", 0, None)).await.unwrap();
+        assert!(
+            matches!(next(w).await, ToWorker::Backlog { ref channel, .. } if channel == "sync")
+        );
+    }
+
+    async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+        for _ in 0..500 {
+            if done() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("{what} did not happen within 5s");
+    }
+
+    #[tokio::test]
+    async fn stats_are_kept_per_worker_and_dropped_on_disconnect() {
+        let f = start(16).await;
+        let mut w = connect(&f.path).await;
+        w.send(stats(3, totals(10, 2, 1))).await.unwrap();
+        sync(&mut w).await;
+        let snapshot = f.workers.snapshot();
+        assert_eq!(snapshot.len(), 1);
+        assert_eq!(snapshot[0].pid, 4242);
+        assert_eq!(snapshot[0].subscribers, 3);
+        assert_eq!(f.workers.total_subscribers(), 3);
+        assert_eq!(f.workers.connected(), 1);
+        assert_eq!(f.workers.totals(), totals(10, 2, 1));
+        drop(w);
+        wait_until("the disconnect", || f.workers.snapshot().is_empty()).await;
+        assert_eq!(f.workers.connected(), 0);
+        assert_eq!(f.workers.traffic.closed.load(Ordering::Relaxed), 1);
+        f.shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn host_totals_add_up_connections_and_never_go_down() {
+        let f = start(16).await;
+        let mut a = connect(&f.path).await;
+        let mut b = connect(&f.path).await;
+        a.send(stats(1, totals(10, 2, 1))).await.unwrap();
+        b.send(stats(1, totals(5, 0, 0))).await.unwrap();
+        sync(&mut a).await;
+        sync(&mut b).await;
+        assert_eq!(f.workers.totals(), totals(15, 2, 1));
+        // A report lower than the last one of its connection is not believed.
+        a.send(stats(1, totals(4, 3, 0))).await.unwrap();
+        sync(&mut a).await;
+        assert_eq!(f.workers.totals(), totals(15, 3, 1));
+        // A closed connection's totals stay counted; its successor counts from zero.
+        drop(a);
+        wait_until("the disconnect", || f.workers.connected() == 1).await;
+        assert_eq!(f.workers.totals(), totals(15, 3, 1));
+        let mut again = connect(&f.path).await;
+        again.send(stats(1, totals(2, 0, 0))).await.unwrap();
+        sync(&mut again).await;
+        assert_eq!(f.workers.totals(), totals(17, 3, 1));
+        f.shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn messages_written_to_workers_are_counted() {
+        let f = start(1024).await;
+        for i in 0..3 {
+            publish(&f.broker, "room", &format!("old {i}")).await;
+        }
+        let mut w = connect(&f.path).await;
+        w.send(subscribe("room", 2, None)).await.unwrap();
+        assert!(matches!(next(&mut w).await, ToWorker::Backlog { .. }));
+        for i in 0..4 {
+            publish(&f.broker, "room", &format!("new {i}")).await;
+            assert!(matches!(next(&mut w).await, ToWorker::Message { .. }));
+        }
+        let traffic = &f.workers.traffic;
+        wait_until("the count", || {
+            traffic.live_messages.load(Ordering::Relaxed) == 4
+        })
+        .await;
+        assert_eq!(traffic.backlog_messages.load(Ordering::Relaxed), 2);
+        f.shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn refuses_missing_hello_and_wrong_version() {
+        let f = start(16).await;
+        let stream = UnixStream::connect(&f.path).await.unwrap();
+        let mut w: Worker = Framed::new(stream, WireCodec::default());
+        w.send(subscribe("room", 0, None)).await.unwrap();
+        assert!(closed(&mut w).await);
+
+        // A newer worker, and one from before the current version (an old module).
+        for version in [PROTOCOL_VERSION + 1, PROTOCOL_VERSION - 1] {
+            let stream = UnixStream::connect(&f.path).await.unwrap();
+            let mut w: Worker = Framed::new(stream, WireCodec::default());
+            w.send(ToSidecar::Hello { version, pid: 1 }).await.unwrap();
+            assert!(closed(&mut w).await, "version {version} accepted");
+        }
+        assert!(f.workers.snapshot().is_empty());
+
+        // Garbage after a good Hello closes too.
+        let mut w = connect(&f.path).await;
+        w.get_mut()
+            .try_write(&[0, 0, 0, 1, 0x7f])
+            .expect("write garbage");
+        assert!(closed(&mut w).await);
+        f.shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn bad_channel_names_are_ignored() {
+        let f = start(16).await;
+        let mut w = connect(&f.path).await;
+        w.send(subscribe("bad name", 0, None)).await.unwrap();
+        w.send(subscribe("good", 0, None)).await.unwrap();
+        assert!(
+            matches!(next(&mut w).await, ToWorker::Backlog { ref channel, .. } if channel == "good")
+        );
+        f.shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_worker_that_does_not_read_is_disconnected() {
+        let f = start(4).await;
+        let mut w = connect(&f.path).await;
+        w.send(subscribe("flood", 0, None)).await.unwrap();
+        assert!(matches!(next(&mut w).await, ToWorker::Backlog { .. }));
+        // Stop reading; publish far more than the socket buffers and the queue hold.
+        let big = "x".repeat(900);
+        for _ in 0..5000 {
+            publish(&f.broker, "flood", &big).await;
+        }
+        // The publisher was never blocked (we got here), and the worker gets dropped.
+        assert!(closed(&mut w).await);
+        let overflowed = &f.workers.traffic.overflowed;
+        wait_until("the count", || overflowed.load(Ordering::Relaxed) == 1).await;
+        // A reconnect resumes where it stopped.
+        let mut w = connect(&f.path).await;
+        w.send(subscribe("flood", 0, None)).await.unwrap();
+        assert!(matches!(next(&mut w).await, ToWorker::Backlog { .. }));
+        f.shutdown.cancel();
+    }
+
+    #[test]
+    fn oversized_backlogs_keep_the_newest_messages() {
+        let big = vec![b'x'; 6 << 20];
+        let backlog = Backlog {
+            epoch: 1,
+            head: 3,
+            kind: BacklogKind::Continued,
+            messages: (1..=3)
+                .map(|id| Entry {
+                    id,
+                    payload: big.clone(),
+                })
+                .collect(),
+        };
+        let fitted = fit_backlog("c", backlog);
+        assert_eq!(fitted.kind, BacklogKind::Truncated);
+        assert_eq!(
+            fitted.messages.iter().map(|e| e.id).collect::<Vec<_>>(),
+            vec![2, 3]
+        );
+        let mut out = Vec::new();
+        chatup_wire::encode(
+            &ToWorker::Backlog {
+                channel: "c".into(),
+                epoch: 1,
+                kind: fitted.kind,
+                messages: fitted.messages,
+            },
+            &mut out,
+        )
+        .unwrap();
+    }
+}
