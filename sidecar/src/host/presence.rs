@@ -855,15 +855,20 @@ mod tests {
         assert_eq!(presence.publishers("r"), 0);
     }
 
-    #[tokio::test]
-    async fn a_lingering_user_leaves_when_the_grace_ends() {
-        let (presence, pump) = Presence::with_leave_grace(true, Duration::from_millis(200));
-        let mut pumping = Pumping::start(&presence, pump).await;
+    /// Ann joins "r" and her session drops (rather than being closed): she lingers.
+    async fn ann_drops_out(presence: &Arc<Presence>) {
         let ann = identity(Some("1"), r#"{"n":"ann"}"#);
         let mut s = presence.connect(&ann);
         s.join(&ann, "r").unwrap().unwrap().await.unwrap();
         s.dropped();
         drop(s);
+    }
+
+    #[tokio::test]
+    async fn a_lingering_user_leaves_when_the_grace_ends() {
+        let (presence, pump) = Presence::with_leave_grace(true, Duration::from_millis(200));
+        let mut pumping = Pumping::start(&presence, pump).await;
+        ann_drops_out(&presence).await;
         assert_eq!(presence.publishers("r"), 1);
         let got = pumping.next_two().await;
         assert!(got[1].ends_with(r#""ev":"leave"}"#), "{}", got[1]);
@@ -875,11 +880,7 @@ mod tests {
     async fn a_shutdown_ends_every_grace_at_once() {
         let (presence, pump) = Presence::with_leave_grace(true, Duration::from_secs(60));
         let mut pumping = Pumping::start(&presence, pump).await;
-        let ann = identity(Some("1"), r#"{"n":"ann"}"#);
-        let mut s = presence.connect(&ann);
-        s.join(&ann, "r").unwrap().unwrap().await.unwrap();
-        s.dropped();
-        drop(s);
+        ann_drops_out(&presence).await;
         pumping.stop().await;
         let mut got = Vec::new();
         while let Ok(Event::Message(p)) = pumping.rx.try_recv() {
