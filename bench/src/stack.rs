@@ -574,6 +574,7 @@ fn nginx_conf(
 ) -> String {
     let d = dir.display();
     let user = chatup_tests::env::user_directive();
+    let temp_paths = chatup_tests::env::temp_paths(dir);
     format!(
         r#"load_module {module};
 daemon off;
@@ -589,12 +590,7 @@ events {{
 
 http {{
     access_log off;
-    client_body_temp_path {d}/temp/client_body;
-    proxy_temp_path {d}/temp/proxy;
-    fastcgi_temp_path {d}/temp/fastcgi;
-    uwsgi_temp_path {d}/temp/uwsgi;
-    scgi_temp_path {d}/temp/scgi;
-
+{temp_paths}
     chatup_relay_socket {relay};
     chatup_cache_messages {cache};
 

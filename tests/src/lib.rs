@@ -42,7 +42,7 @@ pub use process::ChildGuard;
 pub use raw::{Frame, RawWs};
 pub use recorder::{Recorder, Reply};
 pub use redis::{Frozen, RedisCluster, RedisSentinel, RedisServer};
-pub use ws::{Event, Publisher, Subscriber};
+pub use ws::{two_host_room, Event, Publisher, Subscriber};
 
 use std::time::Duration;
 

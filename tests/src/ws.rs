@@ -2,6 +2,7 @@
 //! Pings from the server are answered automatically while reading.
 
 use std::net::SocketAddr;
+use std::ops::RangeInclusive;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -435,4 +436,66 @@ impl Chatup {
         }
         panic!("40 connections did not reach every worker of {workers:?}");
     }
+
+    /// Connects to `path` on every worker ([`Self::subscribers_on_every_worker`]) and checks
+    /// that each connection gets the messages `ids` of `ch`, in order, each with the text
+    /// "m<id>", then nothing for `quiet`.
+    pub async fn expect_on_every_worker(
+        &self,
+        path: &str,
+        ch: &str,
+        ids: RangeInclusive<u64>,
+        quiet: Duration,
+    ) {
+        let n = ids.clone().count();
+        for (mut sub, _) in self.subscribers_on_every_worker(path).await {
+            let msgs = sub.recv_n(n).await;
+            for (m, id) in msgs.iter().zip(ids.clone()) {
+                crate::assert_message(m, ch, id, &format!("m{id}"));
+            }
+            sub.expect_no_message(quiet).await;
+        }
+    }
+
+    /// Publishes `texts` on `ch`, a channel that has had none yet, and checks that each of
+    /// `subs` gets them all, the last with its id and text. Returns the epoch of the last ack.
+    pub async fn publish_to_all(
+        &self,
+        subs: &mut [(Subscriber, u32)],
+        ch: &str,
+        texts: &[String],
+    ) -> u64 {
+        let mut ep = 0;
+        for text in texts {
+            ep = self.publish(ch, text).await["ep"].as_u64().expect("ep");
+        }
+        let last = texts.last().expect("something to publish");
+        for (sub, _) in subs.iter_mut() {
+            let msgs = sub.recv_n(texts.len()).await;
+            crate::assert_message(&msgs[texts.len() - 1], ch, texts.len() as u64, last);
+        }
+        ep
+    }
+}
+
+/// The people that two-host tests count in "room": three viewers (two on `a`, one on `b`),
+/// and publisher sessions: alice on both hosts, bob on `a` and carol on `b` in "room", dave
+/// on `b` in "other". They stay connected while the returned values live.
+pub async fn two_host_room(a: &Chatup, b: &Chatup) -> ([Subscriber; 3], Vec<Publisher>) {
+    let viewers = [
+        Subscriber::connect(a, "/sub/room").await,
+        Subscriber::connect(a, "/sub/room").await,
+        Subscriber::connect(b, "/sub/room").await,
+    ];
+    let mut sessions = Vec::new();
+    for (env, name, channel) in [
+        (a, "alice", "room"),
+        (b, "alice", "room"),
+        (a, "bob", "room"),
+        (b, "carol", "room"),
+        (b, "dave", "other"),
+    ] {
+        sessions.push(Publisher::joined(env, name, channel).await);
+    }
+    (viewers, sessions)
 }

@@ -629,6 +629,70 @@ mod tests {
         out
     }
 
+    /// `presence`'s pump running into a memory broker, and a viewer of "r" reading what it
+    /// publishes.
+    struct Pumping {
+        /// The broker the pump publishes to, kept for the test's length.
+        _broker: Arc<MemoryBroker>,
+        /// The viewer's registration, kept so that the broker goes on delivering to `rx`.
+        _subscriber: Subscriber,
+        /// What the viewer of "r" receives.
+        rx: mpsc::Receiver<Event>,
+        /// Stops the pump.
+        shutdown: CancellationToken,
+        /// The pump's task, awaited by `stop`.
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    impl Pumping {
+        async fn start(presence: &Arc<Presence>, pump: Option<EventPump>) -> Self {
+            let broker = MemoryBroker::new(MemoryOptions {
+                history_size: 10,
+                ttl: Duration::from_secs(60),
+            });
+            let (subscriber, rx) = Subscriber::new(16);
+            broker.subscribe("r", 0, None, &subscriber).await.unwrap();
+            let shutdown = CancellationToken::new();
+            let task = tokio::spawn(pump.unwrap().run(
+                presence.clone(),
+                broker.clone(),
+                shutdown.clone(),
+            ));
+            Self {
+                _broker: broker,
+                _subscriber: subscriber,
+                rx,
+                shutdown,
+                task,
+            }
+        }
+
+        /// The next two messages' payloads, each within 5 s.
+        async fn next_two(&mut self) -> Vec<String> {
+            let mut got = Vec::new();
+            for _ in 0..2 {
+                let event = tokio::time::timeout(Duration::from_secs(5), self.rx.recv())
+                    .await
+                    .unwrap()
+                    .unwrap();
+                let Event::Message(p) = event else {
+                    panic!("{event:?}")
+                };
+                got.push(String::from_utf8(p.payload.to_vec()).unwrap());
+            }
+            got
+        }
+
+        /// Shuts the pump down and waits (at most 5 s) for it to end.
+        async fn stop(&mut self) {
+            self.shutdown.cancel();
+            tokio::time::timeout(Duration::from_secs(5), &mut self.task)
+                .await
+                .unwrap()
+                .unwrap();
+        }
+    }
+
     #[test]
     fn users_are_counted_once_per_channel_and_events_follow_first_and_last() {
         let (presence, pump) = Presence::new(true);
@@ -813,74 +877,35 @@ mod tests {
         assert_eq!(presence.publishers("r"), 0);
     }
 
-    #[tokio::test]
-    async fn a_lingering_user_leaves_when_the_grace_ends() {
-        let broker = MemoryBroker::new(MemoryOptions {
-            history_size: 10,
-            ttl: Duration::from_secs(60),
-        });
-        let (subscriber, mut rx) = Subscriber::new(16);
-        broker.subscribe("r", 0, None, &subscriber).await.unwrap();
-        let (presence, pump) = Presence::with_leave_grace(true, Duration::from_millis(200));
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(pump.unwrap().run(
-            presence.clone(),
-            broker.clone(),
-            shutdown.clone(),
-        ));
+    /// Ann joins "r" and her session drops (rather than being closed): she lingers.
+    async fn ann_drops_out(presence: &Arc<Presence>) {
         let ann = identity(Some("1"), r#"{"n":"ann"}"#);
         let mut s = presence.connect(&ann);
         s.join(&ann, "r").unwrap().unwrap().await.unwrap();
         s.dropped();
         drop(s);
+    }
+
+    #[tokio::test]
+    async fn a_lingering_user_leaves_when_the_grace_ends() {
+        let (presence, pump) = Presence::with_leave_grace(true, Duration::from_millis(200));
+        let mut pumping = Pumping::start(&presence, pump).await;
+        ann_drops_out(&presence).await;
         assert_eq!(presence.publishers("r"), 1);
-        let mut got = Vec::new();
-        for _ in 0..2 {
-            let event = tokio::time::timeout(Duration::from_secs(5), rx.recv())
-                .await
-                .unwrap()
-                .unwrap();
-            let Event::Message(p) = event else {
-                panic!("{event:?}")
-            };
-            got.push(String::from_utf8(p.payload.to_vec()).unwrap());
-        }
+        let got = pumping.next_two().await;
         assert!(got[1].ends_with(r#""ev":"leave"}"#), "{}", got[1]);
         assert_eq!(presence.publishers("r"), 0);
-        shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(5), task)
-            .await
-            .unwrap()
-            .unwrap();
+        pumping.stop().await;
     }
 
     #[tokio::test]
     async fn a_shutdown_ends_every_grace_at_once() {
-        let broker = MemoryBroker::new(MemoryOptions {
-            history_size: 10,
-            ttl: Duration::from_secs(60),
-        });
-        let (subscriber, mut rx) = Subscriber::new(16);
-        broker.subscribe("r", 0, None, &subscriber).await.unwrap();
         let (presence, pump) = Presence::with_leave_grace(true, Duration::from_secs(60));
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(pump.unwrap().run(
-            presence.clone(),
-            broker.clone(),
-            shutdown.clone(),
-        ));
-        let ann = identity(Some("1"), r#"{"n":"ann"}"#);
-        let mut s = presence.connect(&ann);
-        s.join(&ann, "r").unwrap().unwrap().await.unwrap();
-        s.dropped();
-        drop(s);
-        shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(5), task)
-            .await
-            .unwrap()
-            .unwrap();
+        let mut pumping = Pumping::start(&presence, pump).await;
+        ann_drops_out(&presence).await;
+        pumping.stop().await;
         let mut got = Vec::new();
-        while let Ok(Event::Message(p)) = rx.try_recv() {
+        while let Ok(Event::Message(p)) = pumping.rx.try_recv() {
             got.push(String::from_utf8(p.payload.to_vec()).unwrap());
         }
         assert_eq!(got.len(), 2, "{got:?}");
@@ -890,34 +915,13 @@ mod tests {
 
     #[tokio::test]
     async fn the_pump_publishes_events_in_order() {
-        let broker = MemoryBroker::new(MemoryOptions {
-            history_size: 10,
-            ttl: Duration::from_secs(60),
-        });
-        let (subscriber, mut rx) = Subscriber::new(16);
-        broker.subscribe("r", 0, None, &subscriber).await.unwrap();
         let (presence, pump) = Presence::new(true);
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(pump.unwrap().run(
-            presence.clone(),
-            broker.clone(),
-            shutdown.clone(),
-        ));
+        let mut pumping = Pumping::start(&presence, pump).await;
         let ann = identity(Some("1"), r#"{"n":"ann"}"#);
         let mut s = presence.connect(&ann);
         s.join(&ann, "r").unwrap();
         drop(s);
-        let mut got = Vec::new();
-        for _ in 0..2 {
-            let event = tokio::time::timeout(Duration::from_secs(5), rx.recv())
-                .await
-                .unwrap()
-                .unwrap();
-            let Event::Message(p) = event else {
-                panic!("{event:?}")
-            };
-            got.push(String::from_utf8(p.payload.to_vec()).unwrap());
-        }
+        let got = pumping.next_two().await;
         assert!(
             got[0].ends_with(r#","user":{"n":"ann"},"ev":"join"}"#),
             "{}",
@@ -928,10 +932,6 @@ mod tests {
             "{}",
             got[1]
         );
-        shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(5), task)
-            .await
-            .unwrap()
-            .unwrap();
+        pumping.stop().await;
     }
 }

@@ -16,6 +16,7 @@ use super::sidecar::{health_ok, spawn_sidecar};
 use super::READY_TIMEOUT;
 use crate::process::{signal_pid, terminate, wait_ready, ChildGuard, STOP_TIMEOUT};
 use crate::procfs;
+use crate::redis::RedisCluster;
 
 /// A running nginx + sidecar pair for one test.
 pub struct Chatup {
@@ -59,6 +60,15 @@ impl Chatup {
         }
         env.start_nginx();
         env
+    }
+
+    /// Two hosts on `cluster`: "a" on 127.0.0.2 and "b" on 127.0.0.3.
+    pub fn two_on_cluster(cluster: &RedisCluster) -> (Self, Self) {
+        let nodes = cluster.nodes();
+        let start = |address: &str, id: &str| {
+            Self::start_with(Options::host_on_cluster(address, id, &nodes))
+        };
+        (start("127.0.0.2", "a"), start("127.0.0.3", "b"))
     }
 
     /// A path inside this test's temp folder.

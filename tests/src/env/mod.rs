@@ -25,7 +25,7 @@ pub mod sidecar;
 pub use chatup::Chatup;
 pub use dispatcher::Dispatcher;
 pub use nginx_conf::{
-    nginx_config_test, nginx_config_test_with_relay_socket, nginx_test, user_directive,
+    nginx_config_test, nginx_config_test_with_relay_socket, nginx_test, temp_paths, user_directive,
 };
 pub use options::Options;
 pub use paths::{

@@ -23,6 +23,20 @@ pub fn user_directive() -> &'static str {
     }
 }
 
+/// The `*_temp_path` lines of an nginx.conf whose files live in `dir` (under `temp/`, which
+/// the caller makes): nginx's defaults are under its prefix, not writable by a test.
+pub fn temp_paths(dir: &Path) -> String {
+    let d = dir.display();
+    format!(
+        "    client_body_temp_path {d}/temp/client_body;
+    proxy_temp_path {d}/temp/proxy;
+    fastcgi_temp_path {d}/temp/fastcgi;
+    uwsgi_temp_path {d}/temp/uwsgi;
+    scgi_temp_path {d}/temp/scgi;
+"
+    )
+}
+
 /// nginx.conf for a test.
 pub(super) fn nginx_conf(
     dir: &Path,
@@ -33,6 +47,7 @@ pub(super) fn nginx_conf(
 ) -> String {
     let d = dir.display();
     let user = user_directive();
+    let temp_paths = temp_paths(dir);
     let cache = opts
         .cache_messages
         .map(|n| format!("    chatup_cache_messages {n};\n"))
@@ -51,12 +66,7 @@ events {{
 
 http {{
     access_log {d}/access.log;
-    client_body_temp_path {d}/temp/client_body;
-    proxy_temp_path {d}/temp/proxy;
-    fastcgi_temp_path {d}/temp/fastcgi;
-    uwsgi_temp_path {d}/temp/uwsgi;
-    scgi_temp_path {d}/temp/scgi;
-
+{temp_paths}
     chatup_relay_socket {relay};
 {cache}{http_extra}
     map $http_upgrade $chatup_connection_upgrade {{

@@ -13,7 +13,7 @@ use chatup_tests::token::{
 use chatup_tests::{
     assert_key_order, Chatup, Dispatcher, HttpResponse, Options, Publisher, RedisServer,
 };
-use chatup_tests::{Subscriber, WAIT};
+use chatup_tests::{two_host_room, Subscriber, WAIT};
 use serde_json::{json, Value};
 
 /// `method path` through `env`'s nginx.
@@ -505,24 +505,10 @@ async fn stats_list_the_publishers_of_every_live_host_once() {
     };
     let a = host("127.0.0.2", "a");
     let mut b = host("127.0.0.3", "b");
-    let _viewers = [
-        Subscriber::connect(&a, "/sub/room").await,
-        Subscriber::connect(&a, "/sub/room").await,
-        Subscriber::connect(&b, "/sub/room").await,
-    ];
     let mut on_a = Subscriber::connect(&a, "/sub/announce").await;
     let mut on_b = Subscriber::connect(&b, "/sub/announce").await;
     // alice is on both hosts; bob on a; carol on b; dave on b, in another channel.
-    let mut sessions = Vec::new();
-    for (env, name, channel) in [
-        (&a, "alice", "room"),
-        (&b, "alice", "room"),
-        (&a, "bob", "room"),
-        (&b, "carol", "room"),
-        (&b, "dave", "other"),
-    ] {
-        sessions.push(Publisher::joined(env, name, channel).await);
-    }
+    let (_viewers, mut sessions) = two_host_room(&a, &b).await;
 
     let stats = poll(&a, "/stats/room", WAIT, |s| {
         s["total"] == 3 && s["subCount"] == 3

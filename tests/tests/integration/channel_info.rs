@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use chatup_tests::token::token;
+use chatup_tests::{two_host_room, Subscriber, WAIT};
 use chatup_tests::{Chatup, Dispatcher, HttpResponse, Options, Publisher, RedisServer};
-use chatup_tests::{Subscriber, WAIT};
 use serde_json::{json, Value};
 
 async fn get(env: &Chatup, path: &str) -> HttpResponse {
@@ -215,22 +215,8 @@ async fn counts_and_users_merge_over_two_hosts_with_redis() {
     };
     let a = host("127.0.0.2", "a");
     let b = host("127.0.0.3", "b");
-    let _viewers = [
-        Subscriber::connect(&a, "/sub/room").await,
-        Subscriber::connect(&a, "/sub/room").await,
-        Subscriber::connect(&b, "/sub/room").await,
-    ];
     // alice is on both hosts; bob on a; carol on b; dave on b in another channel.
-    let mut sessions = Vec::new();
-    for (env, name, channel) in [
-        (&a, "alice", "room"),
-        (&b, "alice", "room"),
-        (&a, "bob", "room"),
-        (&b, "carol", "room"),
-        (&b, "dave", "other"),
-    ] {
-        sessions.push(Publisher::joined(env, name, channel).await);
-    }
+    let (_viewers, _sessions) = two_host_room(&a, &b).await;
 
     // pubCount counts per host (alice twice), as /join does; users lists each user once.
     let counts = poll(&a, "/channels/room", |c| {

@@ -405,11 +405,7 @@ async fn a_ban_with_an_expiry_lapses() {
 #[tokio::test]
 async fn a_ban_kicks_across_hosts_on_a_redis_cluster() {
     let cluster = RedisCluster::start();
-    let nodes = cluster.nodes();
-    let start =
-        |address: &str, id: &str| Chatup::start_with(Options::host_on_cluster(address, id, &nodes));
-    let a = start("127.0.0.2", "a");
-    let b = start("127.0.0.3", "b");
+    let (a, b) = Chatup::two_on_cluster(&cluster);
     // The control channel is a sharded one, on the shard of its hash tag.
     let control = cluster.node(cluster.node_index_for("chatup:{control}"));
     eventually(WAIT, "both hosts listening for kicks", || async {
@@ -602,6 +598,13 @@ async fn a_ban_by_name_in_the_original_format_kicks_and_refuses_a_user_who_has_a
     );
 }
 
+/// Makes a ban (`POST`) or lifts one (`DELETE`) through `env`'s admin API, and checks the
+/// whole answer.
+async fn ban_call(env: &Chatup, method: &str, body: Value, answer: Value) {
+    let resp = env.admin(method, "/ban", Some(&body)).await;
+    assert_eq!(resp.json(), answer);
+}
+
 #[tokio::test]
 async fn bans_by_user_and_by_name_match_only_their_kind_and_lift_by_kind() {
     let redis = RedisServer::start();
@@ -616,17 +619,13 @@ async fn bans_by_user_and_by_name_match_only_their_kind_and_lift_by_kind() {
     let mut named_on_b = joined_as(&b, &named_like_her_id, "room").await;
 
     // By user id: only the token whose `sub` is u-17.
-    let resp = a
-        .admin(
-            "POST",
-            "/ban",
-            Some(&json!({"channel": "room", "users": ["u-17"]})),
-        )
-        .await;
-    assert_eq!(
-        resp.json(),
-        json!({"banned": [{"channel": "room", "user": "u-17", "until": null}]})
-    );
+    ban_call(
+        &a,
+        "POST",
+        json!({"channel": "room", "users": ["u-17"]}),
+        json!({"banned": [{"channel": "room", "user": "u-17", "until": null}]}),
+    )
+    .await;
     let (code, _) = zoe_on_b.expect_close(WAIT).await;
     assert_eq!(code, Some(4502));
     other_on_b.publish("room", "another Zoe").await;
@@ -634,17 +633,13 @@ async fn bans_by_user_and_by_name_match_only_their_kind_and_lift_by_kind() {
     assert_refused(&a.post_text("room", &zoe, b"x").await, 403, "banned");
 
     // By name: every Zoe, on every host; lifted by name, the ban by user stays.
-    let resp = a
-        .admin(
-            "POST",
-            "/ban",
-            Some(&json!({"channel": "room", "names": ["Zoe"]})),
-        )
-        .await;
-    assert_eq!(
-        resp.json(),
-        json!({"banned": [{"channel": "room", "name": "Zoe", "until": null}]})
-    );
+    ban_call(
+        &a,
+        "POST",
+        json!({"channel": "room", "names": ["Zoe"]}),
+        json!({"banned": [{"channel": "room", "name": "Zoe", "until": null}]}),
+    )
+    .await;
     let (code, _) = other_on_b.expect_close(WAIT).await;
     assert_eq!(code, Some(4502));
     assert_refused(&b.post_text("room", &other_zoe, b"x").await, 403, "banned");
@@ -654,17 +649,13 @@ async fn bans_by_user_and_by_name_match_only_their_kind_and_lift_by_kind() {
         listed.json()["bans"],
         json!([{"user": "u-17", "until": null}, {"name": "Zoe", "until": null}])
     );
-    let resp = b
-        .admin(
-            "DELETE",
-            "/ban",
-            Some(&json!({"channel": "room", "names": ["Zoe"]})),
-        )
-        .await;
-    assert_eq!(
-        resp.json(),
-        json!({"unbanned": [{"channel": "room", "name": "Zoe"}]})
-    );
+    ban_call(
+        &b,
+        "DELETE",
+        json!({"channel": "room", "names": ["Zoe"]}),
+        json!({"unbanned": [{"channel": "room", "name": "Zoe"}]}),
+    )
+    .await;
     let back = a.post_text("room", &other_zoe, b"back").await;
     assert_eq!(back.status, 200, "{}", back.text());
     assert_refused(&a.post_text("room", &zoe, b"x").await, 403, "banned");

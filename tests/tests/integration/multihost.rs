@@ -195,11 +195,7 @@ async fn redis_restart_during_traffic_loses_nothing_accepted_and_repeats_nothing
 #[tokio::test]
 async fn a_redis_cluster_carries_a_room_across_two_hosts_on_one_shard() {
     let cluster = RedisCluster::start();
-    let nodes = cluster.nodes();
-    let start =
-        |address: &str, id: &str| Chatup::start_with(Options::host_on_cluster(address, id, &nodes));
-    let a = start("127.0.0.2", "a");
-    let b = start("127.0.0.3", "b");
+    let (a, b) = Chatup::two_on_cluster(&cluster);
     let rooms = ["alpha", "beta", "gamma", "delta"];
     let mut subs = Vec::new();
     for room in rooms {

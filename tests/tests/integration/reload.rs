@@ -10,16 +10,8 @@ const CLOSE_WAIT: Duration = Duration::from_secs(10);
 async fn reload_closes_with_1001_and_resume_loses_nothing() {
     let env = Chatup::start();
     let mut subs = env.subscribers_on_every_worker("/sub/rl").await;
-    let mut ep = 0;
-    for i in 1..=3u64 {
-        ep = env.publish("rl", &format!("m{i}")).await["ep"]
-            .as_u64()
-            .expect("ep");
-    }
-    for (sub, _) in &mut subs {
-        let msgs = sub.recv_n(3).await;
-        assert_message(&msgs[2], "rl", 3, "m3");
-    }
+    let texts: Vec<String> = (1..=3).map(|i| format!("m{i}")).collect();
+    let ep = env.publish_to_all(&mut subs, "rl", &texts).await;
 
     let old = env.reload();
     for (sub, worker) in &mut subs {
@@ -39,15 +31,13 @@ async fn reload_closes_with_1001_and_resume_loses_nothing() {
         let since = sub.since_of("rl").expect("a position");
         assert_eq!(since, format!("rl:{ep}:3"), "worker {worker}");
     }
-    for (mut again, _) in env
-        .subscribers_on_every_worker(&format!("/sub/rl?since=rl:{ep}:3"))
-        .await
-    {
-        let msgs = again.recv_n(2).await;
-        assert_message(&msgs[0], "rl", 4, "m4");
-        assert_message(&msgs[1], "rl", 5, "m5");
-        again.expect_no_message(Duration::from_millis(300)).await;
-    }
+    env.expect_on_every_worker(
+        &format!("/sub/rl?since=rl:{ep}:3"),
+        "rl",
+        4..=5,
+        Duration::from_millis(300),
+    )
+    .await;
     let alerts = env.grep_error_log("open socket");
     assert!(alerts.is_empty(), "open sockets left at reload: {alerts:?}");
 }

@@ -20,15 +20,8 @@ async fn new_subscribers_get_the_cached_messages() {
     let env = Chatup::start();
     publish_n(&env, "hist", 1, 5).await;
     // Every worker replays them (each has its own cache), so try a few connections.
-    for (mut sub, worker) in env.subscribers_on_every_worker("/sub/hist").await {
-        let msgs = sub.recv_n(5).await;
-        for (i, m) in msgs.iter().enumerate() {
-            let id = i as u64 + 1;
-            assert_message(m, "hist", id, &format!("m{id}"));
-        }
-        sub.expect_no_message(QUIET).await;
-        let _ = worker;
-    }
+    env.expect_on_every_worker("/sub/hist", "hist", 1..=5, QUIET)
+        .await;
 }
 
 #[tokio::test]
@@ -110,15 +103,13 @@ async fn resume_on_every_worker() {
     // Each worker has its own cache: resuming must work whichever worker takes the socket.
     let env = Chatup::start();
     let ep = publish_n(&env, "every", 1, 6).await;
-    for (mut sub, _) in env
-        .subscribers_on_every_worker(&format!("/sub/every?since=every:{ep}:4"))
-        .await
-    {
-        let msgs = sub.recv_n(2).await;
-        assert_message(&msgs[0], "every", 5, "m5");
-        assert_message(&msgs[1], "every", 6, "m6");
-        sub.expect_no_message(QUIET).await;
-    }
+    env.expect_on_every_worker(
+        &format!("/sub/every?since=every:{ep}:4"),
+        "every",
+        5..=6,
+        QUIET,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -189,23 +180,15 @@ async fn a_channel_left_by_every_subscriber_is_fresh_when_joined_again() {
     drop(first);
     tokio::time::sleep(Duration::from_millis(500)).await;
     publish_n(&env, "again", 3, 4).await;
-    for (mut sub, worker) in env.subscribers_on_every_worker("/sub/again").await {
-        let msgs = sub.recv_n(4).await;
-        for (m, id) in msgs.iter().zip(1..) {
-            assert_message(m, "again", id, &format!("m{id}"));
-        }
-        sub.expect_no_message(QUIET).await;
-        let _ = worker;
-    }
-    for (mut sub, _) in env
-        .subscribers_on_every_worker(&format!("/sub/again?since=again:{ep}:2"))
-        .await
-    {
-        let msgs = sub.recv_n(2).await;
-        assert_message(&msgs[0], "again", 3, "m3");
-        assert_message(&msgs[1], "again", 4, "m4");
-        sub.expect_no_message(QUIET).await;
-    }
+    env.expect_on_every_worker("/sub/again", "again", 1..=4, QUIET)
+        .await;
+    env.expect_on_every_worker(
+        &format!("/sub/again?since=again:{ep}:2"),
+        "again",
+        3..=4,
+        QUIET,
+    )
+    .await;
 }
 
 #[tokio::test]
