@@ -42,7 +42,8 @@
 //! * [`cluster`]: what the hosts know of each other: [`cluster::redis`], the connection to
 //!   Redis (server, Cluster or Sentinel) with the bound on every call;
 //!   [`cluster::registry`], the live hosts and their load (this host alone or every host
-//!   reporting to Redis); [`cluster::members`], who is joined where on every host, for the
+//!   reporting to Redis; the chat host feeds it through
+//!   [`cluster::registry::HostLoadSource`]); [`cluster::members`], who is joined where on every host, for the
 //!   admin API's channel stats; [`cluster::control`], the control bus (kick banned
 //!   publishers on every host).
 //! * [`jwt`]: [`jwt::keys`], key families and loading, and the warnings about example keys;
@@ -55,9 +56,13 @@
 //! * [`http`]: all routes in one place ([`http::routes`]), the one error answer of every
 //!   endpoint ([`http::error::ApiError`]), the checked `{channel}` of the URL
 //!   ([`http::channel::ChannelPath`]), the dispatcher's CORS ([`http::cors`]), the listener
-//!   ([`http::server`]) and `GET /health` ([`http::health`]).
+//!   ([`http::server`]), `GET /health` ([`http::health`]), and the query strings and
+//!   user-list paging of the read endpoints ([`http::query`], [`http::user_page`]).
 //! * [`message`]: the message JSON, encoded once; [`message::assemble`] puts `ch`, `id`,
-//!   `ep` in front of the publisher-encoded tail.
+//!   `ep` in front of the publisher-encoded tail; [`message::Limits`], what one message
+//!   may hold (`[limits]`).
+//! * [`publish_error`]: the one catalog of why a publish is refused ([`publish_error::ErrorCode`]),
+//!   used by the chat host, the admin API's `/post`, the plugins and the metrics.
 //! * [`metrics`]: the Prometheus metrics `GET /metrics` serves (admin API); what a part
 //!   keeps anyway it registers itself, read at each scrape (the chat host's in
 //!   `host/relay/nginx_workers.rs` and `host/presence.rs`).
@@ -83,9 +88,9 @@
 //! 2. `host/publish/post.rs`: [`host::publish::post::publish`] reads the body (text or
 //!    JSON) and the `Idempotency-Key` (`host/publish/idempotency.rs`).
 //! 3. `host/publish/mod.rs`: [`host::publish::Publisher`] checks the token
-//!    (`jwt/verify.rs`), the channel and the [`host::publish::Limits`], runs the plugin
+//!    (`jwt/verify.rs`), the channel and the [`message::Limits`], runs the plugin
 //!    chain (`plugins/mod.rs` and one file per plugin), and encodes the message's tail once
-//!    (`message.rs`).
+//!    (`message/mod.rs`).
 //! 4. `metrics.rs`: the metered broker times the call and counts the publish.
 //! 5. `broker/memory.rs` or `broker/redis.rs`: the broker gives the message its id, keeps
 //!    it in history and fans it out to the channel's subscribers.

@@ -35,8 +35,8 @@ use tracing::{debug, info, warn};
 use crate::broker::Broker;
 use crate::jwt::Identity;
 use crate::message::{now_ms, Body, Tail};
-use crate::publish_error::{ErrorCode, PublishError};
 use crate::metrics::{Metrics, MetricsError};
+use crate::publish_error::{ErrorCode, PublishError};
 
 /// Channels one publisher session may be in at once: bounds what one token can make a host
 /// remember.
