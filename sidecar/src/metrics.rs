@@ -460,7 +460,6 @@ mod tests {
     use crate::host::relay::NginxWorkers;
     use crate::jwt::Identity;
     use crate::message::Body;
-    use crate::message::Limits;
     use crate::plugins::Chain;
     use crate::test_support::{good_claims, sign, verifier};
 
@@ -656,11 +655,7 @@ mod tests {
         let publisher = Publisher::new(
             metrics.metered(memory(), None),
             Arc::new(verifier()),
-            Limits {
-                max_message_chars: 5,
-                max_event_bytes: 10,
-                idempotency_window: Duration::from_secs(300),
-            },
+            crate::test_support::TIGHT_LIMITS,
             Chain::default(),
         )
         .with_metrics(metrics.clone());

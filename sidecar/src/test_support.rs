@@ -70,3 +70,11 @@ pub fn verifier() -> Verifier {
 pub fn admin_verifier(array_tokens: bool) -> AdminVerifier {
     AdminVerifier::with_example_key(array_tokens)
 }
+
+/// Limits small enough that a test reaches them with a few characters: 5 per message,
+/// 10 bytes of event data.
+pub const TIGHT_LIMITS: crate::message::Limits = crate::message::Limits {
+    max_message_chars: 5,
+    max_event_bytes: 10,
+    idempotency_window: std::time::Duration::from_secs(300),
+};

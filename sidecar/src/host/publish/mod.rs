@@ -341,11 +341,7 @@ mod tests {
                 ttl: Duration::from_secs(60),
             }),
             Arc::new(verifier()),
-            Limits {
-                max_message_chars: 5,
-                max_event_bytes: 10,
-                idempotency_window: Duration::from_secs(300),
-            },
+            crate::test_support::TIGHT_LIMITS,
             Chain::default(),
         )
     }
