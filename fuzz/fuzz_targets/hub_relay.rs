@@ -1,9 +1,11 @@
-//! A worker's hub fed arbitrary relay frames while subscribers come and go: no panic,
-//! nothing is ever queued for a subscriber after its close frame, and its totals never go
-//! down.
+//! A worker's hub fed arbitrary relay frames while subscribers of every transport come and
+//! go: no panic, nothing is ever queued for a subscriber after its close frame (or a poll's
+//! complete answer), a poll's `since` parses back, and its totals never go down.
 #![no_main]
 
-use chatup_module_core::hub::{Hub, Subscription};
+use chatup_module_core::hub::{Delivery, Hub, Subscription};
+use chatup_module_core::since;
+use chatup_module_core::sse::Framing;
 use chatup_wire::{decode, Position, ToWorker};
 use libfuzzer_sys::fuzz_target;
 
@@ -21,7 +23,13 @@ fuzz_target!(|data: &[u8]| {
             channel: ch.to_string(),
             since,
         }];
-        keys.push(hub.add_subscriber(i as u8, subs, 64 + usize::from(selector)));
+        let delivery = match (usize::from(selector >> 3) + i) % 4 {
+            0 => Delivery::WebSocket,
+            1 => Delivery::EventStream(Framing::Raw),
+            2 => Delivery::EventStream(Framing::Chunked),
+            _ => Delivery::Poll,
+        };
+        keys.push(hub.add_subscriber(i as u8, subs, 64 + usize::from(selector), delivery));
     }
     let mut closed = std::collections::HashSet::new();
     let mut at = 0;
@@ -46,6 +54,9 @@ fuzz_target!(|data: &[u8]| {
             let Some(sub) = hub.subscriber(key) else {
                 continue;
             };
+            if sub.delivery() == Delivery::Poll {
+                assert!(since::parse(sub.since().as_bytes()).is_ok(), "{}", sub.since());
+            }
             let mut bytes = Vec::new();
             sub.outbox.gather(&mut bytes, usize::MAX);
             sub.outbox.consume(bytes.len());

@@ -17,7 +17,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
-pub use chatup_module_core::{backoff, cache, conf, handshake, hub, outbox, ws};
+pub use chatup_module_core::{backoff, cache, conf, handshake, hub, outbox, since, sse, ws};
 
 #[cfg(not(test))]
 mod ffi;

@@ -143,7 +143,7 @@ impl ChannelCache {
     pub fn replay(
         &self,
         since: Option<Position>,
-    ) -> (Option<Resync>, impl Iterator<Item = &Frame>) {
+    ) -> (Option<Resync>, impl Iterator<Item = (u64, &Frame)>) {
         let (resync, after) = match since {
             None => (None, 0),
             Some(p) if p.epoch != self.epoch => (Some(Resync::EpochChanged), 0),
@@ -163,7 +163,7 @@ impl ChannelCache {
             .entries
             .iter()
             .filter(move |c| c.id > after)
-            .map(|c| &c.frame);
+            .map(|c| (c.id, &c.frame));
         (resync, frames)
     }
 }
@@ -188,7 +188,7 @@ mod tests {
     fn replayed(c: &ChannelCache, since: Option<Position>) -> (Option<Resync>, Vec<String>) {
         let (resync, frames) = c.replay(since);
         let ids = frames
-            .map(|f| String::from_utf8(f.to_vec()).unwrap())
+            .map(|(_, f)| String::from_utf8(f.to_vec()).unwrap())
             .collect();
         (resync, ids)
     }

@@ -1,11 +1,24 @@
-//! Checking a subscriber's upgrade request: headers, channels from the path and the `since`
-//! resume points. Every refusal says why, with the HTTP status it deserves.
+//! Checking a subscriber's request: which transport it asks for (a WebSocket upgrade, an
+//! SSE stream or a long poll), its headers, channels from the path and where it resumes
+//! from. Every refusal says why, with the HTTP status it deserves.
 
 use chatup_wire::channel::{self, ChannelNameError};
 use chatup_wire::Position;
 
 use crate::hub::Subscription;
+use crate::since::{self, SinceError};
 use crate::ws;
+
+/// How a subscriber receives its messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// RFC 6455 over HTTP/1.1.
+    WebSocket,
+    /// `text/event-stream`: one event per message, for `EventSource`.
+    EventStream,
+    /// One JSON answer per request: at once, or when something arrives, or at the timeout.
+    Poll,
+}
 
 /// The request facts the checks need, borrowed from nginx's request.
 #[derive(Debug, Default, Clone, Copy)]
@@ -16,6 +29,10 @@ pub struct UpgradeRequest<'a> {
     pub connection: Option<&'a [u8]>,
     pub version: Option<&'a [u8]>,
     pub key: Option<&'a [u8]>,
+    /// `Accept`: `text/event-stream` asks for SSE.
+    pub accept: Option<&'a [u8]>,
+    /// `Last-Event-ID`: where an `EventSource` resumes after it reconnected on its own.
+    pub last_event_id: Option<&'a [u8]>,
     /// The URI path after the location prefix.
     pub channels: &'a [u8],
     /// The raw query string.
@@ -25,6 +42,8 @@ pub struct UpgradeRequest<'a> {
 /// What an accepted request turns into.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Accepted {
+    pub transport: Transport,
+    /// `Sec-WebSocket-Accept`; empty for the other transports.
     pub accept_key: String,
     pub subscriptions: Vec<Subscription>,
 }
@@ -33,12 +52,16 @@ pub struct Accepted {
 pub enum HandshakeError {
     #[error("a subscriber endpoint only answers GET")]
     Method,
-    #[error("WebSocket needs HTTP/1.1")]
+    #[error("WebSocket needs HTTP/1.1 (SSE and long-poll work over any HTTP version)")]
     HttpVersion,
     #[error(
-        "this is a WebSocket endpoint: send \"Upgrade: websocket\" and \"Connection: Upgrade\""
+        "this subscriber endpoint answers a WebSocket upgrade (\"Upgrade: websocket\" and \
+         \"Connection: Upgrade\"), an SSE request (\"Accept: text/event-stream\" or \
+         ?transport=sse) or a long poll (?transport=poll)"
     )]
     NotUpgrade,
+    #[error("transport {0:?} is not one of ws, sse, poll")]
+    Transport(String),
     #[error("unsupported Sec-WebSocket-Version; this server speaks 13")]
     WsVersion,
     #[error("missing or invalid Sec-WebSocket-Key (base64 of 16 bytes)")]
@@ -53,6 +76,8 @@ pub enum HandshakeError {
     DuplicateChannel(String),
     #[error("since: {0}")]
     Since(String),
+    #[error("Last-Event-ID: {0}")]
+    LastEventId(String),
 }
 
 impl HandshakeError {
@@ -65,11 +90,68 @@ impl HandshakeError {
     }
 }
 
-/// Checks an upgrade request; on success gives the accept key and the subscriptions.
+/// The transport a request asks for: `?transport=` first, then its headers.
+pub fn transport_of(req: &UpgradeRequest<'_>) -> Result<Transport, HandshakeError> {
+    if let Some(name) = since::query_arg(req.args, b"transport") {
+        return match name {
+            b"ws" | b"websocket" => Ok(Transport::WebSocket),
+            b"sse" => Ok(Transport::EventStream),
+            b"poll" => Ok(Transport::Poll),
+            other => Err(HandshakeError::Transport(
+                String::from_utf8_lossy(other).into_owned(),
+            )),
+        };
+    }
+    if req.upgrade.is_some_and(|v| has_token(v, b"websocket")) {
+        return Ok(Transport::WebSocket);
+    }
+    if req.accept.is_some_and(accepts_event_stream) {
+        return Ok(Transport::EventStream);
+    }
+    Err(HandshakeError::NotUpgrade)
+}
+
+/// Checks a subscriber's request; on success gives its transport, the accept key (for a
+/// WebSocket) and the subscriptions.
 pub fn check(req: &UpgradeRequest<'_>, max_channels: usize) -> Result<Accepted, HandshakeError> {
     if !req.is_get {
         return Err(HandshakeError::Method);
     }
+    let transport = transport_of(req)?;
+    let accept_key = match transport {
+        Transport::WebSocket => check_websocket(req)?,
+        Transport::EventStream | Transport::Poll => String::new(),
+    };
+    let channels = channels_from_path(req.channels, max_channels)?;
+    let mut subscriptions: Vec<Subscription> = channels
+        .into_iter()
+        .map(|channel| Subscription {
+            channel,
+            since: None,
+        })
+        .collect();
+    let since = parse_since(req.args)?;
+    apply_since(&mut subscriptions, since, HandshakeError::Since)?;
+    if transport == Transport::EventStream {
+        if let Some(id) = req.last_event_id {
+            // What the stream said last wins over the URL it was first opened with.
+            let positions =
+                since::parse(id).map_err(|e| HandshakeError::LastEventId(e.to_string()))?;
+            for sub in &mut subscriptions {
+                sub.since = None;
+            }
+            apply_since(&mut subscriptions, positions, HandshakeError::LastEventId)?;
+        }
+    }
+    Ok(Accepted {
+        transport,
+        accept_key,
+        subscriptions,
+    })
+}
+
+/// The WebSocket-only checks; gives the accept key.
+fn check_websocket(req: &UpgradeRequest<'_>) -> Result<String, HandshakeError> {
     if !req.is_http11 {
         return Err(HandshakeError::HttpVersion);
     }
@@ -85,29 +167,32 @@ pub fn check(req: &UpgradeRequest<'_>, max_channels: usize) -> Result<Accepted, 
     if !ws::key_is_valid(key) {
         return Err(HandshakeError::Key);
     }
-    let channels = channels_from_path(req.channels, max_channels)?;
-    let since = parse_since(req.args)?;
-    let mut subscriptions: Vec<Subscription> = channels
-        .into_iter()
-        .map(|channel| Subscription {
-            channel,
-            since: None,
-        })
-        .collect();
-    for (name, position) in since {
+    Ok(ws::accept_key(key))
+}
+
+/// Sets each subscription's resume point; `error` wraps what is wrong.
+fn apply_since(
+    subscriptions: &mut [Subscription],
+    positions: Vec<(String, Position)>,
+    error: fn(String) -> HandshakeError,
+) -> Result<(), HandshakeError> {
+    for (name, position) in positions {
         let sub = subscriptions
             .iter_mut()
             .find(|s| s.channel == name)
-            .ok_or_else(|| HandshakeError::Since(format!("channel {name:?} is not in the path")))?;
+            .ok_or_else(|| error(format!("channel {name:?} is not in the path")))?;
         if sub.since.replace(position).is_some() {
-            return Err(HandshakeError::Since(format!(
-                "channel {name:?} appears twice"
-            )));
+            return Err(error(format!("channel {name:?} appears twice")));
         }
     }
-    Ok(Accepted {
-        accept_key: ws::accept_key(key),
-        subscriptions,
+    Ok(())
+}
+
+/// Whether an `Accept` value lists `text/event-stream`.
+fn accepts_event_stream(value: &[u8]) -> bool {
+    value.split(|&b| b == b',').any(|t| {
+        let media = t.split(|&b| b == b';').next().unwrap_or(t);
+        trim(media).eq_ignore_ascii_case(b"text/event-stream")
     })
 }
 
@@ -135,48 +220,13 @@ pub fn channels_from_path(path: &[u8], max: usize) -> Result<Vec<String>, Handsh
 
 /// The `since` query argument: `<ch>:<epoch>:<id>[,...]`, percent-encoded or not.
 pub fn parse_since(args: &[u8]) -> Result<Vec<(String, Position)>, HandshakeError> {
-    let Some(raw) = args
-        .split(|&b| b == b'&')
-        .find_map(|kv| kv.strip_prefix(b"since="))
-    else {
+    let Some(raw) = since::query_arg(args, b"since") else {
         return Ok(Vec::new());
     };
-    let decoded =
-        percent_decode(raw).ok_or_else(|| HandshakeError::Since("bad percent-encoding".into()))?;
-    let text = std::str::from_utf8(&decoded)
-        .map_err(|_| HandshakeError::Since("not valid UTF-8".into()))?;
-    let mut out = Vec::new();
-    for entry in text.split(',').filter(|e| !e.is_empty()) {
-        let bad = || HandshakeError::Since(format!("{entry:?} is not <channel>:<epoch>:<id>"));
-        let mut parts = entry.split(':');
-        let (Some(name), Some(epoch), Some(id), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return Err(bad());
-        };
-        channel::validate(name.as_bytes())?;
-        let epoch: u64 = epoch.parse().map_err(|_| bad())?;
-        let id: u64 = id.parse().map_err(|_| bad())?;
-        out.push((name.to_owned(), Position { epoch, id }));
-    }
-    Ok(out)
-}
-
-fn percent_decode(raw: &[u8]) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(raw.len());
-    let mut i = 0;
-    while let Some(&b) = raw.get(i) {
-        if b == b'%' {
-            let hex = raw.get(i + 1..i + 3)?;
-            let hex = std::str::from_utf8(hex).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(if b == b'+' { b' ' } else { b });
-            i += 1;
-        }
-    }
-    Some(out)
+    since::parse_query_value(raw).map_err(|e| match e {
+        SinceError::Channel(e) => HandshakeError::Channel(e),
+        other => HandshakeError::Since(other.to_string()),
+    })
 }
 
 /// Whether a comma-separated header value holds `token` (case-insensitive).
@@ -210,8 +260,134 @@ mod tests {
             connection: Some(b"keep-alive, Upgrade"),
             version: Some(b"13"),
             key: Some(b"dGhlIHNhbXBsZSBub25jZQ=="),
+            accept: None,
+            last_event_id: None,
             channels: b"room1/room2",
             args: b"",
+        }
+    }
+
+    /// What an `EventSource` sends: no upgrade headers, maybe not even HTTP/1.1.
+    fn event_source<'a>() -> UpgradeRequest<'a> {
+        UpgradeRequest {
+            is_get: true,
+            is_http11: false,
+            accept: Some(b"text/event-stream"),
+            channels: b"room1/room2",
+            ..UpgradeRequest::default()
+        }
+    }
+
+    fn since_of(accepted: &Accepted) -> Vec<Option<(u64, u64)>> {
+        accepted
+            .subscriptions
+            .iter()
+            .map(|s| s.since.map(|p| (p.epoch, p.id)))
+            .collect()
+    }
+
+    #[test]
+    fn chooses_the_transport_from_the_query_then_the_headers() {
+        assert_eq!(check(&good(), 16).unwrap().transport, Transport::WebSocket);
+        let sse = check(&event_source(), 16).unwrap();
+        assert_eq!(sse.transport, Transport::EventStream);
+        assert_eq!(sse.accept_key, "");
+        for (args, transport) in [
+            (&b"transport=sse"[..], Transport::EventStream),
+            (b"since=room1:1:2&transport=poll", Transport::Poll),
+            (b"transport=ws", Transport::WebSocket),
+        ] {
+            let req = UpgradeRequest { args, ..good() };
+            assert_eq!(check(&req, 16).unwrap().transport, transport);
+        }
+        let poll = UpgradeRequest {
+            args: b"transport=poll",
+            ..UpgradeRequest::default()
+        };
+        let poll = UpgradeRequest {
+            is_get: true,
+            channels: b"a",
+            ..poll
+        };
+        assert_eq!(check(&poll, 16).unwrap().transport, Transport::Poll);
+        let accept_list = UpgradeRequest {
+            accept: Some(b"text/html, Text/Event-Stream ; q=0.5"),
+            ..event_source()
+        };
+        assert_eq!(
+            check(&accept_list, 16).unwrap().transport,
+            Transport::EventStream
+        );
+    }
+
+    #[test]
+    fn a_request_that_asks_for_no_transport_is_told_the_three() {
+        let plain = UpgradeRequest {
+            accept: Some(b"text/html"),
+            ..event_source()
+        };
+        let err = check(&plain, 16).unwrap_err();
+        assert_eq!(err, HandshakeError::NotUpgrade);
+        let text = err.to_string();
+        for needle in ["Upgrade: websocket", "text/event-stream", "transport=poll"] {
+            assert!(text.contains(needle), "{text}");
+        }
+        let bad = UpgradeRequest {
+            args: b"transport=comet",
+            ..event_source()
+        };
+        assert_eq!(
+            check(&bad, 16).unwrap_err().to_string(),
+            "transport \"comet\" is not one of ws, sse, poll"
+        );
+    }
+
+    #[test]
+    fn last_event_id_resumes_every_channel_and_wins_over_since() {
+        let req = UpgradeRequest {
+            args: b"since=room1:1:1",
+            last_event_id: Some(b"room1:5:10,room2:6:20"),
+            ..event_source()
+        };
+        assert_eq!(
+            since_of(&check(&req, 16).unwrap()),
+            vec![Some((5, 10)), Some((6, 20))]
+        );
+        let partial = UpgradeRequest {
+            args: b"since=room1:1:1,room2:2:2",
+            last_event_id: Some(b"room2:6:20"),
+            ..event_source()
+        };
+        assert_eq!(
+            since_of(&check(&partial, 16).unwrap()),
+            vec![None, Some((6, 20))]
+        );
+        // A WebSocket has no Last-Event-ID: the header is not its business.
+        let ws = UpgradeRequest {
+            last_event_id: Some(b"junk"),
+            ..good()
+        };
+        assert!(check(&ws, 16).is_ok());
+    }
+
+    #[test]
+    fn a_bad_last_event_id_says_what_is_wrong() {
+        for (id, needle) in [
+            (&b"room1:5"[..], "is not <channel>:<epoch>:<id>"),
+            (b"room3:1:1", "\"room3\" is not in the path"),
+            (b"room1:1:1,room1:1:2", "appears twice"),
+            (b"room1:x:1", "is not <channel>:<epoch>:<id>"),
+            (b"\xff", "UTF-8"),
+        ] {
+            let req = UpgradeRequest {
+                last_event_id: Some(id),
+                ..event_source()
+            };
+            let err = check(&req, 16).unwrap_err();
+            assert_eq!(err.status(), 400);
+            let text = err.to_string();
+            assert!(text.starts_with("Last-Event-ID: "), "{text}");
+            assert!(text.contains(needle), "{text}");
         }
     }
 

@@ -18,6 +18,8 @@ use slab::Slab;
 
 use crate::cache::{CacheLimits, ChannelCache, Frame, Resync};
 use crate::outbox::Outbox;
+use crate::since;
+use crate::sse::{self, Framing};
 use crate::ws::{self, Opcode};
 
 /// Index of a subscriber in its worker's hub.
@@ -52,12 +54,30 @@ impl Channel {
     }
 }
 
+/// How a subscriber's messages go out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// WebSocket frames.
+    WebSocket,
+    /// SSE events, framed as nginx chose when it sent the header.
+    EventStream(Framing),
+    /// Kept (as WebSocket frames) until the FFI layer answers the poll with their payloads.
+    Poll,
+}
+
+const NO_POSITION: Position = Position { epoch: 0, id: 0 };
+
 #[derive(Debug)]
 pub struct Subscriber<H> {
     pub handle: H,
     pub outbox: Outbox,
     channels: Vec<Box<str>>,
-    /// Set once a close frame is queued; nothing else is queued after it.
+    /// Where the subscriber stands on each of `channels` (same order), for SSE event ids and
+    /// poll answers (epoch 0: nowhere yet). Empty for a WebSocket, whose client keeps them.
+    positions: Vec<Position>,
+    delivery: Delivery,
+    /// Set once a close frame is queued; nothing else is queued after it. For a poll: its
+    /// answer is complete (full, or the worker is closing) and goes now.
     closing: Option<u16>,
     max_unsent: usize,
     /// Already in the hub's list of subscribers to flush.
@@ -69,6 +89,101 @@ impl<H> Subscriber<H> {
         self.closing
     }
 
+    pub fn delivery(&self) -> Delivery {
+        self.delivery
+    }
+
+    /// Where the subscriber stands on its channels, as SSE ids and poll answers say it.
+    pub fn since(&self) -> String {
+        let mut out = String::new();
+        since::encode(
+            self.channels
+                .iter()
+                .map(|c| &**c)
+                .zip(self.positions.iter().copied()),
+            &mut out,
+        );
+        out
+    }
+
+    /// A poll's answer: the messages queued and where they leave the subscriber. Empties the
+    /// outbox.
+    pub fn take_poll_answer(&mut self) -> Vec<u8> {
+        let since = self.since();
+        let body = sse::poll_body(self.outbox.frames().map(|f| ws::payload_of(f)), &since);
+        self.outbox.clear();
+        body
+    }
+
+    fn set_position(&mut self, channel: &str, position: Position) {
+        if let Some(slot) = self.channels.iter().position(|c| &**c == channel) {
+            if let Some(p) = self.positions.get_mut(slot) {
+                *p = position;
+            }
+        }
+    }
+
+    /// Queues message `id` of `channel` (its WebSocket `frame`). `shared` is the SSE event
+    /// every single-channel subscriber of this delivery gets alike, built once.
+    fn offer(
+        &mut self,
+        channel: &str,
+        position: Position,
+        frame: &Frame,
+        shared: &mut SharedEvents,
+        totals: &mut Totals,
+    ) -> bool {
+        match self.delivery {
+            Delivery::WebSocket => self.enqueue(frame, totals),
+            Delivery::Poll => {
+                let queued = self.enqueue(frame, totals);
+                if queued {
+                    self.set_position(channel, position);
+                }
+                queued
+            }
+            Delivery::EventStream(framing) => {
+                if self.closing.is_some() {
+                    return false;
+                }
+                self.set_position(channel, position);
+                let event = if self.channels.len() == 1 {
+                    shared.get(framing, || {
+                        sse::message_event(&self.since(), ws::payload_of(frame), framing)
+                    })
+                } else {
+                    sse::message_event(&self.since(), ws::payload_of(frame), framing)
+                };
+                self.enqueue(&event, totals)
+            }
+        }
+    }
+
+    /// Queues a resync notice (its WebSocket `frame`) of `channel`, moving the subscriber to
+    /// `position` first when given.
+    fn offer_notice(
+        &mut self,
+        channel: &str,
+        position: Option<Position>,
+        frame: &Frame,
+        totals: &mut Totals,
+    ) {
+        if let Some(p) = position {
+            if self.delivery != Delivery::WebSocket {
+                self.set_position(channel, p);
+            }
+        }
+        match self.delivery {
+            Delivery::WebSocket | Delivery::Poll => {
+                self.enqueue(frame, totals);
+            }
+            Delivery::EventStream(framing) => {
+                let event = sse::message_event(&self.since(), ws::payload_of(frame), framing);
+                self.enqueue(&event, totals);
+            }
+        }
+    }
+
     /// Queues a frame, or starts closing with 4000 (counted in `totals`) when the subscriber
     /// is too far behind. Returns whether the frame was queued.
     fn enqueue(&mut self, frame: &Frame, totals: &mut Totals) -> bool {
@@ -76,6 +191,11 @@ impl<H> Subscriber<H> {
             return false;
         }
         if self.outbox.unsent() + frame.len() > self.max_unsent {
+            if self.delivery == Delivery::Poll {
+                // The answer is full: it goes now, and the next poll resumes after it.
+                self.closing = Some(chatup_wire::close::NORMAL);
+                return false;
+            }
             self.start_close(
                 chatup_wire::close::SLOW_CONSUMER,
                 "too slow: reconnect and resume",
@@ -87,14 +207,41 @@ impl<H> Subscriber<H> {
         true
     }
 
-    /// Drops what was not started and queues a close frame.
+    /// Drops what was not started and queues a close frame (or SSE close event); a poll
+    /// keeps what it has, to answer with.
     fn start_close(&mut self, code: u16, reason: &str) {
         if self.closing.is_some() {
             return;
         }
-        self.outbox.drop_unstarted();
-        self.outbox.push(Arc::from(ws::close_frame(code, reason)));
+        match self.delivery {
+            Delivery::WebSocket => {
+                self.outbox.drop_unstarted();
+                self.outbox.push(Arc::from(ws::close_frame(code, reason)));
+            }
+            Delivery::EventStream(framing) => {
+                self.outbox.drop_unstarted();
+                self.outbox.push(sse::close_event(code, reason, framing));
+            }
+            Delivery::Poll => {}
+        }
         self.closing = Some(code);
+    }
+}
+
+/// The SSE event of one message for subscribers to that channel alone, built on first use.
+#[derive(Default)]
+struct SharedEvents {
+    raw: Option<Frame>,
+    chunked: Option<Frame>,
+}
+
+impl SharedEvents {
+    fn get(&mut self, framing: Framing, build: impl FnOnce() -> Frame) -> Frame {
+        let slot = match framing {
+            Framing::Raw => &mut self.raw,
+            Framing::Chunked => &mut self.chunked,
+        };
+        slot.get_or_insert_with(build).clone()
     }
 }
 
@@ -111,8 +258,10 @@ pub struct Hub<H> {
     dirty: Vec<SubscriberKey>,
     /// The subscriber counts changed since the last `Stats` frame.
     counts_changed: bool,
-    /// The ping frame, shared by every subscriber's outbox.
+    /// The ping frame, shared by every WebSocket subscriber's outbox.
     ping: Frame,
+    /// The SSE ping comment, raw and chunked.
+    sse_pings: [Frame; 2],
     /// What this worker did for its subscribers since it started.
     totals: Totals,
     /// `totals` as of the last `Stats` frame queued for the sidecar.
@@ -133,6 +282,7 @@ impl<H: Copy> Hub<H> {
             dirty: Vec::new(),
             counts_changed: false,
             ping: Arc::from(ws::frame(Opcode::Ping, b"")),
+            sse_pings: [sse::ping(Framing::Raw), sse::ping(Framing::Chunked)],
             totals: Totals::default(),
             reported: Totals::default(),
             window_start: Totals::default(),
@@ -162,11 +312,30 @@ impl<H: Copy> Hub<H> {
         handle: H,
         subscriptions: Vec<Subscription>,
         max_unsent: usize,
+        delivery: Delivery,
     ) -> SubscriberKey {
+        let positions = if delivery == Delivery::WebSocket {
+            Vec::new()
+        } else {
+            subscriptions
+                .iter()
+                .map(|s| s.since.unwrap_or(NO_POSITION))
+                .collect()
+        };
+        let mut outbox = Outbox::default();
+        if let Delivery::EventStream(framing) = delivery {
+            outbox.push(sse::preamble(framing));
+        }
         let key = self.subscribers.insert(Subscriber {
             handle,
-            outbox: Outbox::default(),
-            channels: Vec::with_capacity(subscriptions.len()),
+            outbox,
+            // Known before the replays, which move the positions.
+            channels: subscriptions
+                .iter()
+                .map(|s| s.channel.as_str().into())
+                .collect(),
+            positions,
+            delivery,
             closing: None,
             max_unsent,
             marked: false,
@@ -195,7 +364,6 @@ impl<H: Copy> Hub<H> {
             } else {
                 channel.waiting.push((key, since));
             }
-            self.subscribers[key].channels.push(name);
         }
         self.mark(key);
         self.counts_changed = true;
@@ -230,9 +398,18 @@ impl<H: Copy> Hub<H> {
         }
     }
 
-    /// Queues a ping for one subscriber.
+    /// Queues a ping for one subscriber (a comment for SSE; nothing for a poll).
     pub fn send_ping(&mut self, key: SubscriberKey) {
-        self.send_to(key, self.ping.clone());
+        let Some(sub) = self.subscribers.get(key) else {
+            return;
+        };
+        let ping = match sub.delivery {
+            Delivery::WebSocket => self.ping.clone(),
+            Delivery::EventStream(Framing::Raw) => self.sse_pings[0].clone(),
+            Delivery::EventStream(Framing::Chunked) => self.sse_pings[1].clone(),
+            Delivery::Poll => return,
+        };
+        self.send_to(key, ping);
     }
 
     /// Queues a close frame for a subscriber, after which nothing else is sent to it.
@@ -365,7 +542,7 @@ impl<H: Copy> Hub<H> {
                 if epoch != ch.cache.epoch() {
                     reset_epoch(ch, &channel, epoch, subscribers, dirty, totals);
                 }
-                deliver(ch, id, &payload, subscribers, dirty, totals);
+                deliver(ch, &channel, id, &payload, subscribers, dirty, totals);
             }
             ToWorker::Backlog {
                 channel,
@@ -396,11 +573,19 @@ impl<H: Copy> Hub<H> {
             reset_epoch(ch, name, epoch, subscribers, dirty, totals);
         } else if kind == BacklogKind::Truncated {
             let notice = resync_frame(name, Resync::HistoryTruncated, epoch);
-            broadcast(&ch.members, &notice, subscribers, dirty, totals);
+            broadcast(&ch.members, name, None, &notice, subscribers, dirty, totals);
         }
         // Members get the messages they missed (a relay reconnect) as if live.
         for entry in messages {
-            deliver(ch, entry.id, &entry.payload, subscribers, dirty, totals);
+            deliver(
+                ch,
+                name,
+                entry.id,
+                &entry.payload,
+                subscribers,
+                dirty,
+                totals,
+            );
         }
         for (key, since) in std::mem::take(&mut ch.waiting) {
             let Some(sub) = subscribers.get_mut(key) else {
@@ -431,11 +616,35 @@ fn replay_to<H>(
     totals: &mut Totals,
 ) -> Member {
     let (resync, frames) = cache.replay(since);
-    if let Some(reason) = resync {
-        sub.enqueue(&resync_frame(name, reason, cache.epoch()), totals);
+    let mut frames = frames.peekable();
+    if sub.delivery != Delivery::WebSocket {
+        // Where the replay starts from: the resume point, when it is honoured; else just
+        // before the first message replayed (or the channel's end, when there is none).
+        let start = match since {
+            Some(p) if resync.is_none() => p,
+            _ => Position {
+                epoch: cache.epoch(),
+                id: frames
+                    .peek()
+                    .map_or(cache.last_id(), |(id, _)| id.saturating_sub(1)),
+            },
+        };
+        sub.set_position(name, start);
     }
-    for frame in frames {
-        if sub.enqueue(frame, totals) {
+    if let Some(reason) = resync {
+        sub.offer_notice(
+            name,
+            None,
+            &resync_frame(name, reason, cache.epoch()),
+            totals,
+        );
+    }
+    for (id, frame) in frames {
+        let position = Position {
+            epoch: cache.epoch(),
+            id,
+        };
+        if sub.offer(name, position, frame, &mut SharedEvents::default(), totals) {
             totals.replayed += 1;
         }
     }
@@ -450,6 +659,7 @@ fn replay_to<H>(
 /// delivered).
 fn deliver<H>(
     ch: &mut Channel,
+    name: &str,
     id: u64,
     payload: &[u8],
     subscribers: &mut Slab<Subscriber<H>>,
@@ -461,12 +671,17 @@ fn deliver<H>(
     }
     let frame: Frame = Arc::from(ws::frame(Opcode::Text, payload));
     ch.cache.push(id, frame.clone());
+    let position = Position {
+        epoch: ch.cache.epoch(),
+        id,
+    };
+    let mut shared = SharedEvents::default();
     for m in &ch.members {
         if id <= m.skip_through {
             continue;
         }
         if let Some(sub) = subscribers.get_mut(m.key) {
-            if sub.enqueue(&frame, totals) {
+            if sub.offer(name, position, &frame, &mut shared, totals) {
                 totals.delivered += 1;
             }
             mark(sub, m.key, dirty);
@@ -488,20 +703,32 @@ fn reset_epoch<H>(
         m.skip_through = 0;
     }
     let notice = resync_frame(name, Resync::EpochChanged, epoch);
-    broadcast(&ch.members, &notice, subscribers, dirty, totals);
+    let start = Position { epoch, id: 0 };
+    broadcast(
+        &ch.members,
+        name,
+        Some(start),
+        &notice,
+        subscribers,
+        dirty,
+        totals,
+    );
 }
 
-/// Queues a frame for every member of a channel.
+/// Queues a resync notice of channel `name` for every member, moving them to `position`
+/// first when given.
 fn broadcast<H>(
     members: &[Member],
-    frame: &Frame,
+    name: &str,
+    position: Option<Position>,
+    notice: &Frame,
     subscribers: &mut Slab<Subscriber<H>>,
     dirty: &mut Vec<SubscriberKey>,
     totals: &mut Totals,
 ) {
     for m in members {
         if let Some(sub) = subscribers.get_mut(m.key) {
-            sub.enqueue(frame, totals);
+            sub.offer_notice(name, position, notice, totals);
             mark(sub, m.key, dirty);
         }
     }
@@ -516,6 +743,9 @@ pub fn resync_frame(channel: &str, reason: Resync, epoch: u64) -> Frame {
     );
     Arc::from(ws::frame(Opcode::Text, json.as_bytes()))
 }
+
+#[cfg(test)]
+mod transport_tests;
 
 #[cfg(test)]
 mod tests {
@@ -599,7 +829,7 @@ mod tests {
         let mut hub = Hub::new(3);
         hub.relay_connected(7);
         assert_eq!(relay_frames(&mut hub).len(), 1); // hello
-        let a = hub.add_subscriber(1u32, vec![sub("room", None)], BIG);
+        let a = hub.add_subscriber(1u32, vec![sub("room", None)], BIG, Delivery::WebSocket);
         assert_eq!(
             relay_frames(&mut hub),
             vec![ToSidecar::Subscribe {
@@ -614,7 +844,7 @@ mod tests {
         hub.handle_relay_frame(msg("room", 9, 6));
         assert_eq!(received(&mut hub, a), strings(&["m6"]));
         // A second subscriber is served from the cache, no new Subscribe.
-        let b = hub.add_subscriber(2, vec![sub("room", None)], BIG);
+        let b = hub.add_subscriber(2, vec![sub("room", None)], BIG, Delivery::WebSocket);
         assert!(relay_frames(&mut hub).is_empty());
         assert_eq!(received(&mut hub, b), strings(&["m4", "m5", "m6"]));
     }
@@ -623,22 +853,22 @@ mod tests {
     fn resume_and_duplicates() {
         let mut hub = Hub::new(10);
         hub.relay_connected(1);
-        let a = hub.add_subscriber(1u32, vec![sub("c", None)], BIG);
+        let a = hub.add_subscriber(1u32, vec![sub("c", None)], BIG, Delivery::WebSocket);
         hub.handle_relay_frame(backlog("c", 9, BacklogKind::Recent, &[1, 2, 3]));
         received(&mut hub, a);
         hub.handle_relay_frame(msg("c", 9, 3)); // duplicate
         assert!(received(&mut hub, a).is_empty());
-        let b = hub.add_subscriber(2, vec![sub("c", Some((9, 2)))], BIG);
+        let b = hub.add_subscriber(2, vec![sub("c", Some((9, 2)))], BIG, Delivery::WebSocket);
         assert_eq!(received(&mut hub, b), strings(&["m3"]));
         // Resumed ahead of this worker: ids up to 5 were seen elsewhere.
-        let ahead = hub.add_subscriber(3, vec![sub("c", Some((9, 5)))], BIG);
+        let ahead = hub.add_subscriber(3, vec![sub("c", Some((9, 5)))], BIG, Delivery::WebSocket);
         assert!(received(&mut hub, ahead).is_empty());
         for id in 4..=6 {
             hub.handle_relay_frame(msg("c", 9, id));
         }
         assert_eq!(received(&mut hub, ahead), strings(&["m6"]));
         assert_eq!(received(&mut hub, b), strings(&["m4", "m5", "m6"]));
-        let old = hub.add_subscriber(4, vec![sub("c", Some((8, 2)))], BIG);
+        let old = hub.add_subscriber(4, vec![sub("c", Some((8, 2)))], BIG, Delivery::WebSocket);
         let got = received(&mut hub, old);
         assert!(
             got[0].contains(r#""reason":"epoch_changed","ep":9"#),
@@ -651,12 +881,17 @@ mod tests {
     fn relay_reconnect_resubscribes_from_the_last_position_and_fills_the_gap() {
         let mut hub = Hub::new(10);
         hub.relay_connected(1);
-        let a = hub.add_subscriber(1u32, vec![sub("c", None), sub("d", None)], BIG);
+        let a = hub.add_subscriber(
+            1u32,
+            vec![sub("c", None), sub("d", None)],
+            BIG,
+            Delivery::WebSocket,
+        );
         hub.handle_relay_frame(backlog("c", 9, BacklogKind::Recent, &[1, 2]));
         received(&mut hub, a);
         hub.relay_disconnected();
         // Nothing is sent while the relay is down.
-        hub.add_subscriber(2, vec![sub("e", None)], BIG);
+        hub.add_subscriber(2, vec![sub("e", None)], BIG, Delivery::WebSocket);
         assert!(relay_frames(&mut hub).is_empty());
         hub.relay_connected(1);
         let mut frames = relay_frames(&mut hub);
@@ -695,8 +930,8 @@ mod tests {
     fn last_subscriber_leaving_unsubscribes() {
         let mut hub = Hub::new(10);
         hub.relay_connected(1);
-        let a = hub.add_subscriber(1u32, vec![sub("c", None)], BIG);
-        let b = hub.add_subscriber(2, vec![sub("c", None)], BIG);
+        let a = hub.add_subscriber(1u32, vec![sub("c", None)], BIG, Delivery::WebSocket);
+        let b = hub.add_subscriber(2, vec![sub("c", None)], BIG, Delivery::WebSocket);
         relay_frames(&mut hub);
         hub.remove_subscriber(a);
         assert!(relay_frames(&mut hub).is_empty());
@@ -729,8 +964,8 @@ mod tests {
     fn slow_subscriber_is_closed_with_4000_and_others_keep_going() {
         let mut hub = Hub::new(10);
         hub.relay_connected(1);
-        let slow = hub.add_subscriber(1u32, vec![sub("c", None)], 10);
-        let fast = hub.add_subscriber(2, vec![sub("c", None)], BIG);
+        let slow = hub.add_subscriber(1u32, vec![sub("c", None)], 10, Delivery::WebSocket);
+        let fast = hub.add_subscriber(2, vec![sub("c", None)], BIG, Delivery::WebSocket);
         hub.handle_relay_frame(backlog("c", 9, BacklogKind::Recent, &[]));
         for id in 1..=5 {
             hub.handle_relay_frame(msg("c", 9, id));
@@ -773,13 +1008,13 @@ mod tests {
     fn messages_are_counted_once_per_subscriber_that_gets_them() {
         let mut hub = Hub::new(10);
         hub.relay_connected(1);
-        let a = hub.add_subscriber(1u32, vec![sub("c", None)], BIG);
+        let a = hub.add_subscriber(1u32, vec![sub("c", None)], BIG, Delivery::WebSocket);
         // The first backlog reaches `a` from the cache: replayed.
         hub.handle_relay_frame(backlog("c", 9, BacklogKind::Recent, &[1, 2]));
         assert_eq!(received(&mut hub, a).len(), 2);
-        let b = hub.add_subscriber(2, vec![sub("c", None)], BIG);
+        let b = hub.add_subscriber(2, vec![sub("c", None)], BIG, Delivery::WebSocket);
         // Resumed at 2: nothing to replay, and ids up to 4 come to `ahead` from elsewhere.
-        let ahead = hub.add_subscriber(3, vec![sub("c", Some((9, 4)))], BIG);
+        let ahead = hub.add_subscriber(3, vec![sub("c", Some((9, 4)))], BIG, Delivery::WebSocket);
         assert_eq!(
             hub.totals(),
             Totals {
@@ -818,7 +1053,7 @@ mod tests {
     fn stats_go_out_when_only_the_totals_changed() {
         let mut hub = Hub::new(10);
         hub.relay_connected(1);
-        let a = hub.add_subscriber(1u32, vec![sub("c", None)], BIG);
+        let a = hub.add_subscriber(1u32, vec![sub("c", None)], BIG, Delivery::WebSocket);
         hub.handle_relay_frame(backlog("c", 9, BacklogKind::Recent, &[]));
         hub.report_stats();
         relay_frames(&mut hub);
@@ -840,7 +1075,7 @@ mod tests {
     fn totals_of_all_relay_connections_add_up_to_what_the_worker_did() {
         let mut hub = Hub::new(10);
         hub.relay_connected(1);
-        let a = hub.add_subscriber(1u32, vec![sub("c", None)], BIG);
+        let a = hub.add_subscriber(1u32, vec![sub("c", None)], BIG, Delivery::WebSocket);
         hub.handle_relay_frame(backlog("c", 9, BacklogKind::Recent, &[1]));
         hub.handle_relay_frame(msg("c", 9, 2));
         hub.report_stats();
@@ -851,7 +1086,7 @@ mod tests {
         hub.handle_relay_frame(msg("c", 9, 3));
         hub.relay_disconnected();
         // While the relay is down a newcomer is served from the cache.
-        hub.add_subscriber(2, vec![sub("c", None)], BIG);
+        hub.add_subscriber(2, vec![sub("c", None)], BIG, Delivery::WebSocket);
         hub.report_stats();
         assert!(relay_frames(&mut hub).is_empty());
         hub.relay_connected(1);
@@ -879,7 +1114,12 @@ mod tests {
     #[test]
     fn dirty_list_names_each_subscriber_once() {
         let mut hub = Hub::new(10);
-        let a = hub.add_subscriber(5u32, vec![sub("c", None), sub("d", None)], BIG);
+        let a = hub.add_subscriber(
+            5u32,
+            vec![sub("c", None), sub("d", None)],
+            BIG,
+            Delivery::WebSocket,
+        );
         hub.relay_connected(1);
         hub.handle_relay_frame(backlog("c", 1, BacklogKind::Recent, &[1]));
         hub.handle_relay_frame(backlog("d", 1, BacklogKind::Recent, &[1]));
@@ -893,8 +1133,8 @@ mod tests {
     #[test]
     fn pings_share_one_frame() {
         let mut hub = Hub::new(10);
-        let a = hub.add_subscriber(1u32, vec![sub("c", None)], BIG);
-        let b = hub.add_subscriber(2u32, vec![sub("c", None)], BIG);
+        let a = hub.add_subscriber(1u32, vec![sub("c", None)], BIG, Delivery::WebSocket);
+        let b = hub.add_subscriber(2u32, vec![sub("c", None)], BIG, Delivery::WebSocket);
         hub.send_ping(a);
         hub.send_ping(b);
         assert_eq!(received(&mut hub, a), strings(&["opcode 0x89"]));
@@ -906,7 +1146,7 @@ mod tests {
     fn messages_for_unknown_channels_or_before_the_backlog_are_ignored() {
         let mut hub = Hub::new(10);
         hub.relay_connected(1);
-        let a = hub.add_subscriber(1u32, vec![sub("c", None)], BIG);
+        let a = hub.add_subscriber(1u32, vec![sub("c", None)], BIG, Delivery::WebSocket);
         hub.handle_relay_frame(msg("c", 9, 1));
         hub.handle_relay_frame(msg("zzz", 9, 1));
         assert!(received(&mut hub, a).is_empty());

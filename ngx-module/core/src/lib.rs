@@ -16,4 +16,6 @@ pub mod conf;
 pub mod handshake;
 pub mod hub;
 pub mod outbox;
+pub mod since;
+pub mod sse;
 pub mod ws;

@@ -76,6 +76,16 @@ impl Outbox {
         }
     }
 
+    /// The queued frames, oldest first (a long poll answers with them, unwritten).
+    pub fn frames(&self) -> impl Iterator<Item = &Frame> {
+        self.frames.iter()
+    }
+
+    /// Forgets everything queued.
+    pub fn clear(&mut self) {
+        *self = Self::default();
+    }
+
     /// Drops every frame not started yet, keeping the rest of a half-written one so the
     /// stream stays well-framed.
     pub fn drop_unstarted(&mut self) {

@@ -221,6 +221,18 @@ pub fn frame(opcode: Opcode, payload: &[u8]) -> Vec<u8> {
     out
 }
 
+/// The payload of a frame built by [`frame`] (the message JSON of a cached frame, for the
+/// transports that carry it without WebSocket framing).
+pub fn payload_of(frame: &[u8]) -> &[u8] {
+    let header = match frame.get(1).map(|b| b & 0x7f) {
+        Some(126) => 4,
+        Some(127) => 10,
+        Some(_) => 2,
+        None => return &[],
+    };
+    frame.get(header..).unwrap_or(&[])
+}
+
 /// A close frame with `code` and a reason cut to fit a control frame (on a char boundary).
 pub fn close_frame(code: u16, reason: &str) -> Vec<u8> {
     let mut cut = reason.len().min(MAX_CONTROL_PAYLOAD - 2);
@@ -411,5 +423,15 @@ mod tests {
         let long = close_frame(4000, &"é".repeat(100));
         assert!(long.len() - 2 <= MAX_CONTROL_PAYLOAD);
         assert!(std::str::from_utf8(&long[4..]).is_ok());
+    }
+
+    #[test]
+    fn payload_of_undoes_frame() {
+        for len in [0, 1, 125, 126, 65535, 65536, 70000] {
+            let payload = vec![b'x'; len];
+            assert_eq!(payload_of(&frame(Opcode::Text, &payload)), &payload[..]);
+        }
+        assert_eq!(payload_of(&[]), b"");
+        assert_eq!(payload_of(&[0x81, 127, 0]), b"");
     }
 }

@@ -17,6 +17,13 @@ pub enum ConfError {
     Duration(String),
     #[error("\"{0}\" must not be 0")]
     Zero(String),
+    #[error("\"{0}\" is longer than the {1} a held poll may last")]
+    TooLong(String, &'static str),
+    #[error(
+        "\"{0}\" is not an origin: give \"*\", or origins such as \"https://chat.example.com\" \
+         (scheme://host[:port], no path), separated by spaces"
+    )]
+    Origin(String),
     #[error("is duplicate")]
     Duplicate,
     #[error("needs a prefix location such as \"location /sub/ {{ chatup_subscribe; }}\"")]

@@ -9,6 +9,8 @@
 //! | `chatup_ping_interval`  | http, server, location  | `30s` (`off` disables)   |
 //! | `chatup_max_channels`   | http, server, location  | `16`                     |
 //! | `chatup_max_unsent`     | http, server, location  | `1m`                     |
+//! | `chatup_poll_timeout`   | http, server, location  | `25s`                    |
+//! | `chatup_allow_origin`   | http, server, location  | none (no CORS headers)   |
 //!
 //! Values are parsed by plain functions ([`value`]), and the one-value directives are listed
 //! in [`MAIN_SETTINGS`] and [`LOC_SETTINGS`], from which the module crate builds nginx's
@@ -28,7 +30,7 @@ pub use error::{ConfError, ConfWarning};
 pub use socket_dir::{check_relay_socket_dir, DirState};
 pub use value::{
     parse_cache_messages, parse_duration_ms, parse_max_channels, parse_nonzero_size, parse_number,
-    parse_size, parse_socket_path,
+    parse_origins, parse_poll_timeout_ms, parse_size, parse_socket_path,
 };
 
 pub const DEFAULT_RELAY_SOCKET: &str = "/run/chatup/relay.sock";
@@ -37,6 +39,7 @@ pub const DEFAULT_CACHE_BYTES: usize = 256 << 10;
 pub const DEFAULT_PING_INTERVAL_MS: u64 = 30_000;
 pub const DEFAULT_MAX_CHANNELS: usize = 16;
 pub const DEFAULT_MAX_UNSENT: usize = 1 << 20;
+pub const DEFAULT_POLL_TIMEOUT_MS: u64 = 25_000;
 
 #[derive(Debug, Default)]
 pub struct MainConf {
@@ -72,6 +75,10 @@ pub struct LocConf {
     pub ping_interval_ms: Option<u64>,
     pub max_channels: Option<usize>,
     pub max_unsent: Option<usize>,
+    /// How long a long poll with nothing to answer is held.
+    pub poll_timeout_ms: Option<u64>,
+    /// Origins whose pages may read SSE streams and poll answers (`*`: any).
+    pub allow_origin: Option<Vec<String>>,
 }
 
 impl LocConf {
@@ -85,6 +92,24 @@ impl LocConf {
 
     pub fn max_unsent(&self) -> usize {
         self.max_unsent.unwrap_or(DEFAULT_MAX_UNSENT)
+    }
+
+    pub fn poll_timeout_ms(&self) -> u64 {
+        self.poll_timeout_ms.unwrap_or(DEFAULT_POLL_TIMEOUT_MS)
+    }
+
+    /// The `Access-Control-Allow-Origin` for a request from `origin`: `*`, the origin when it
+    /// is allowed, or nothing.
+    pub fn cors_origin<'a>(&'a self, origin: Option<&'a [u8]>) -> Option<&'a [u8]> {
+        let allowed = self.allow_origin.as_deref()?;
+        if allowed.iter().any(|a| a == "*") {
+            return Some(b"*");
+        }
+        let origin = origin?;
+        allowed
+            .iter()
+            .any(|a| a.as_bytes() == origin)
+            .then_some(origin)
     }
 
     /// `chatup_subscribe` in the prefix location `prefix`, written at `at` (`file:line`).
@@ -103,6 +128,10 @@ impl LocConf {
         self.ping_interval_ms = self.ping_interval_ms.or(prev.ping_interval_ms);
         self.max_channels = self.max_channels.or(prev.max_channels);
         self.max_unsent = self.max_unsent.or(prev.max_unsent);
+        self.poll_timeout_ms = self.poll_timeout_ms.or(prev.poll_timeout_ms);
+        if self.allow_origin.is_none() {
+            self.allow_origin.clone_from(&prev.allow_origin);
+        }
     }
 
     /// [`check_sole_handler`] for a subscribe location, once its whole block is parsed.
@@ -162,7 +191,7 @@ pub const MAIN_SETTINGS: [Setting<MainConf>; 3] = [
 ];
 
 /// The directives allowed at every level (`http`, `server`, `location`), inherited inwards.
-pub const LOC_SETTINGS: [Setting<LocConf>; 3] = [
+pub const LOC_SETTINGS: [Setting<LocConf>; 5] = [
     Setting {
         name: c"chatup_ping_interval",
         set: |lc, v| store(&mut lc.ping_interval_ms, parse_duration_ms(v)),
@@ -174,6 +203,14 @@ pub const LOC_SETTINGS: [Setting<LocConf>; 3] = [
     Setting {
         name: c"chatup_max_unsent",
         set: |lc, v| store(&mut lc.max_unsent, parse_nonzero_size(v)),
+    },
+    Setting {
+        name: c"chatup_poll_timeout",
+        set: |lc, v| store(&mut lc.poll_timeout_ms, parse_poll_timeout_ms(v)),
+    },
+    Setting {
+        name: c"chatup_allow_origin",
+        set: |lc, v| store(&mut lc.allow_origin, parse_origins(v)),
     },
 ];
 
@@ -291,5 +328,49 @@ mod tests {
             (lc.ping_interval_ms(), lc.max_channels(), lc.max_unsent()),
             (0, 3, 1 << 20)
         );
+    }
+
+    #[test]
+    fn poll_timeout_and_origins_are_checked() {
+        let set = |name, v: &str| setter(&LOC_SETTINGS, name)(&mut LocConf::default(), v);
+        assert!(set("chatup_poll_timeout", "30s").is_ok());
+        assert_eq!(
+            set("chatup_poll_timeout", "10m").unwrap_err().to_string(),
+            "\"10m\" is longer than the 5m a held poll may last"
+        );
+        assert!(set("chatup_poll_timeout", "off").is_err());
+        assert!(set("chatup_allow_origin", "*").is_ok());
+        assert!(set(
+            "chatup_allow_origin",
+            "https://a.example http://b.example:8080"
+        )
+        .is_ok());
+        for bad in [
+            "a.example",
+            "https://a.example/path",
+            "* https://a.example",
+            "",
+        ] {
+            let err = set("chatup_allow_origin", bad).unwrap_err().to_string();
+            assert!(err.contains("is not an origin"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn cors_answers_only_allowed_origins() {
+        let mut lc = LocConf::default();
+        assert_eq!(lc.cors_origin(Some(b"https://a.example")), None);
+        lc.allow_origin = Some(vec!["https://a.example".into()]);
+        assert_eq!(
+            lc.cors_origin(Some(b"https://a.example")),
+            Some(&b"https://a.example"[..])
+        );
+        assert_eq!(lc.cors_origin(Some(b"https://evil.example")), None);
+        assert_eq!(lc.cors_origin(None), None);
+        lc.allow_origin = Some(vec!["*".into()]);
+        assert_eq!(lc.cors_origin(None), Some(&b"*"[..]));
+        let mut child = LocConf::default();
+        child.merge(&lc);
+        assert_eq!(child.cors_origin(None), Some(&b"*"[..]));
     }
 }

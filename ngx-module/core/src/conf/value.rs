@@ -73,6 +73,48 @@ pub fn parse_duration_ms(value: &str) -> Result<u64, ConfError> {
     Ok(ms)
 }
 
+/// Longest a long poll may be held: past a few minutes, proxies and browsers time out.
+pub const MAX_POLL_TIMEOUT_MS: u64 = 300_000;
+
+pub fn parse_poll_timeout_ms(value: &str) -> Result<u64, ConfError> {
+    if value == "off" {
+        return Err(ConfError::Duration(value.into()));
+    }
+    let ms = parse_duration_ms(value)?;
+    if ms > MAX_POLL_TIMEOUT_MS {
+        return Err(ConfError::TooLong(value.into(), "5m"));
+    }
+    Ok(ms)
+}
+
+/// `*`, or space-separated origins (`scheme://host[:port]`), as browsers send `Origin`.
+pub fn parse_origins(value: &str) -> Result<Vec<String>, ConfError> {
+    let origins: Vec<String> = value.split_ascii_whitespace().map(str::to_owned).collect();
+    if origins.is_empty() {
+        return Err(ConfError::Origin(value.into()));
+    }
+    for origin in &origins {
+        if origin == "*" {
+            if origins.len() > 1 {
+                return Err(ConfError::Origin(value.into()));
+            }
+            continue;
+        }
+        let Some((scheme, host)) = origin.split_once("://") else {
+            return Err(ConfError::Origin(origin.clone()));
+        };
+        let scheme_ok = !scheme.is_empty() && scheme.bytes().all(|b| b.is_ascii_lowercase());
+        let host_ok = !host.is_empty()
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b));
+        if !scheme_ok || !host_ok {
+            return Err(ConfError::Origin(origin.clone()));
+        }
+    }
+    Ok(origins)
+}
+
 pub fn parse_socket_path(value: &str) -> Result<String, ConfError> {
     if !value.starts_with('/') {
         return Err(ConfError::RelativePath(value.into()));

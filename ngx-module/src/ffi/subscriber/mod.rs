@@ -1,4 +1,6 @@
-//! A subscriber: a viewer's WebSocket connection, from its HTTP request to its close.
+//! A subscriber: a viewer's connection, from its HTTP request to its close. A WebSocket and
+//! an SSE stream (over HTTP/1.x) go through every phase below; a long poll keeps its request
+//! to the end ([`poll`]).
 //!
 //! Lifecycle, by phase (one file each):
 //! 1. [`upgrade`]: nginx calls [`content_handler`] for a request to a `chatup_subscribe`
@@ -33,8 +35,10 @@
 
 mod close;
 mod events;
+mod poll;
 mod read;
 mod release;
+mod stream;
 mod timer;
 mod upgrade;
 mod write;
@@ -45,6 +49,7 @@ use ngx::ffi::{ngx_connection_t, ngx_event_t, ngx_http_request_t};
 use ngx::http::HttpModule;
 
 use crate::ffi::module::Module;
+use crate::handshake::Transport;
 use crate::hub::SubscriberKey;
 
 pub use close::close_now;
@@ -63,6 +68,9 @@ pub struct SubscriberConn {
     /// Part of a client frame carried over to the next read.
     inbuf: Vec<u8>,
     ping_interval_ms: u32,
+    /// What the subscriber reads and how it is answered: a WebSocket reads frames and is
+    /// pinged, an SSE stream reads nothing, a poll is never released and answers once.
+    transport: Transport,
     /// The client sent a frame since the last ping.
     heard: bool,
     /// A ping was sent and its answer is due before the next one.

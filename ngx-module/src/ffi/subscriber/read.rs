@@ -8,6 +8,7 @@ use ngx::ngx_log_error;
 
 use super::{close::finalize, write::flush, SubscriberConn};
 use crate::ffi::worker::with_worker;
+use crate::handshake::Transport;
 use crate::ws::{self, ClientFrame, Opcode};
 
 /// Bytes read from a client per recv.
@@ -56,6 +57,10 @@ pub(super) unsafe fn handle_input(conn: *mut SubscriberConn, bytes: &[u8]) {
     // SAFETY: conn is live (caller's contract) and only touched from this thread.
     let conn = unsafe { &mut *conn };
     if conn.input_done {
+        return;
+    }
+    if conn.transport != Transport::WebSocket {
+        // An SSE client has nothing to say after its request: whatever comes is ignored.
         return;
     }
     conn.inbuf.extend_from_slice(bytes);

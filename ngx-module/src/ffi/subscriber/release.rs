@@ -16,6 +16,7 @@ use super::{
     SubscriberConn, ACTION,
 };
 use crate::ffi::cancel_timer;
+use crate::handshake::Transport;
 
 thread_local! {
     /// Whether this worker already said that some module keeps subscribers' requests alive.
@@ -32,7 +33,7 @@ pub(super) unsafe fn try_release(conn: *mut SubscriberConn) {
     // SAFETY: conn is live (caller's contract); while r is set, it is the live request.
     unsafe {
         let r = (*conn).r;
-        if r.is_null() {
+        if r.is_null() || (*conn).transport == Transport::Poll {
             return;
         }
         let c = (*conn).c;

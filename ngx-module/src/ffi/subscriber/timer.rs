@@ -1,4 +1,5 @@
-//! The subscriber's one timer: the ping, or, once closing, the close timeout.
+//! The subscriber's one timer: the ping, or, once closing, the close timeout; a poll's
+//! timeout.
 
 use std::ptr::addr_of_mut;
 
@@ -7,6 +8,7 @@ use ngx::ffi::ngx_event_t;
 
 use super::{attached_of, close::finalize, write::flush, SubscriberConn};
 use crate::ffi::worker::with_worker;
+use crate::handshake::Transport;
 
 /// Longest a closing connection waits for its close frame to drain and the client's reply.
 const CLOSE_TIMEOUT_MS: u64 = 10_000;
@@ -42,7 +44,13 @@ pub(super) unsafe fn on_timer(conn: *mut SubscriberConn) {
             return;
         }
         let key = (*conn).key;
-        if (*conn).ping_due && !(*conn).heard {
+        if (*conn).transport == Transport::Poll {
+            super::poll::on_timeout(conn);
+            return;
+        }
+        // Only a WebSocket answers pings; a stream's comment only keeps proxies awake.
+        let answers = (*conn).transport == Transport::WebSocket;
+        if answers && (*conn).ping_due && !(*conn).heard {
             with_worker(|w| w.hub.close(key, close::PING_TIMEOUT, "no answer to ping"));
         } else {
             (*conn).heard = false;

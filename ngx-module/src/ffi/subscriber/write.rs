@@ -7,6 +7,7 @@ use ngx::ffi::{ngx_http_output_filter, ngx_int_t, NGX_AGAIN, NGX_ERROR, NGX_OK};
 
 use super::{close::finalize, timer::arm_close_timeout, SubscriberConn};
 use crate::ffi::worker::with_worker;
+use crate::handshake::Transport;
 
 /// Largest single write when several frames are queued.
 const COALESCE_LIMIT: usize = 64 * 1024;
@@ -31,6 +32,9 @@ enum Written {
 pub unsafe fn flush(conn: *mut SubscriberConn) -> bool {
     // SAFETY: conn is live (caller's contract); r (while set) and c belong to it.
     unsafe {
+        if (*conn).transport == Transport::Poll {
+            return super::poll::flush(conn);
+        }
         let r = (*conn).r;
         let c = (*conn).c;
         // The 101 response may still sit in nginx's output chain: it goes first.
@@ -92,8 +96,9 @@ pub unsafe fn flush(conn: *mut SubscriberConn) -> bool {
             }
             Written::Drained { closing: false } => true,
             Written::Drained { closing: true } => {
-                if (*conn).input_done {
-                    // The client's close came first (or it broke the protocol): done.
+                if (*conn).input_done || (*conn).transport != Transport::WebSocket {
+                    // The client's close came first (or it broke the protocol), or the
+                    // transport has no close handshake: done.
                     finalize(conn);
                     return false;
                 }
