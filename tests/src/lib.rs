@@ -29,6 +29,7 @@ pub mod procfs;
 pub mod raw;
 pub mod recorder;
 pub mod redis;
+pub mod sse;
 pub mod token;
 pub mod traffic;
 pub mod ws;
@@ -42,6 +43,7 @@ pub use process::ChildGuard;
 pub use raw::{Frame, RawWs};
 pub use recorder::{Recorder, Reply};
 pub use redis::{Frozen, RedisCluster, RedisSentinel, RedisServer};
+pub use sse::{SseEvent, SseStream};
 pub use ws::{two_host_room, Event, Publisher, Subscriber};
 
 use std::time::Duration;
