@@ -16,6 +16,7 @@ mod failover;
 mod frames;
 mod handshake;
 mod harness_redis;
+mod http2;
 mod idempotency;
 mod limits;
 mod metrics;

@@ -5,12 +5,15 @@ use std::ffi::c_void;
 use std::ptr;
 
 use ngx::ffi::{
-    ngx_event_t, ngx_http_block_reading, ngx_http_close_connection, ngx_http_empty_handler,
-    ngx_http_finalize_request, ngx_http_request_empty_handler, ngx_http_run_posted_requests,
-    ngx_int_t, NGX_HTTP_CLOSE,
+    ngx_close_connection, ngx_connection_t, ngx_event_t, ngx_http_block_reading,
+    ngx_http_close_connection, ngx_http_empty_handler, ngx_http_finalize_request,
+    ngx_http_request_empty_handler, ngx_http_run_posted_requests, ngx_int_t, NGX_HTTP_CLOSE,
 };
 
-use super::{events::on_read_attached, timer::timer_of, write::flush, SubscriberConn};
+use super::{
+    attached_of, events::on_read_attached, filtered::free_output, timer::timer_of, write::flush,
+    SubscriberConn,
+};
 use crate::ffi::worker::forget_subscriber;
 use crate::ffi::{cancel_timer, relay};
 
@@ -33,6 +36,10 @@ pub(super) extern "C" fn on_request_freed(data: *mut c_void) {
             (*rev).handler = Some(ngx_http_empty_handler);
             (*(*c).write).handler = Some(ngx_http_empty_handler);
         }
+        let attached = attached_of((*conn).r);
+        if !attached.is_null() {
+            free_output(std::mem::replace(&mut (*attached).out, ptr::null_mut()));
+        }
         if (*conn).key != usize::MAX {
             forget_subscriber((*conn).key);
             // Its last channels may have been unsubscribed.
@@ -49,10 +56,36 @@ pub(super) extern "C" fn on_request_freed(data: *mut c_void) {
 pub unsafe fn close_now(conn: *mut SubscriberConn) {
     // SAFETY: conn is live (caller's contract); flush reports whether it still is.
     unsafe {
+        let carrier = carrier_of(conn);
         if flush(conn) {
             finalize(conn);
         }
+        // The worker exits right after: the connection an HTTP/2 stream rode on would be
+        // left open (its other streams, if any, go with it).
+        if !carrier.is_null() && (*carrier).fd != -1 {
+            ngx_close_connection(carrier);
+        }
     }
+}
+
+/// The connection under a subscriber that is an HTTP/2 stream (a poll, or a filtered SSE
+/// stream), or null. It lives in the cycle's connection table, so it can be looked at after
+/// the stream is gone.
+///
+/// # Safety
+/// `conn` must be a live subscriber.
+unsafe fn carrier_of(conn: *mut SubscriberConn) -> *mut ngx_connection_t {
+    #[cfg(ngx_feature = "http_v2")]
+    // SAFETY: conn is live; while r is set it is its live request, and a live stream's
+    // HTTP/2 connection is live.
+    unsafe {
+        let r = (*conn).r;
+        if !r.is_null() && !(*r).stream.is_null() {
+            return (*(*(*r).stream).connection).connection;
+        }
+    }
+    let _ = conn;
+    ptr::null_mut()
 }
 
 /// Closes the connection. `conn` is freed when this returns, and the subscriber has left the

@@ -1,6 +1,6 @@
 //! A subscriber: a viewer's connection, from its HTTP request to its close. A WebSocket and
-//! an SSE stream (over HTTP/1.x) go through every phase below; a long poll keeps its request
-//! to the end ([`poll`]).
+//! an SSE stream over HTTP/1.x go through every phase below; a long poll ([`poll`]) and an
+//! SSE stream over HTTP/2 ([`filtered`]) keep their request to the end.
 //!
 //! Lifecycle, by phase (one file each):
 //! 1. [`upgrade`]: nginx calls [`content_handler`] for a request to a `chatup_subscribe`
@@ -35,6 +35,7 @@
 
 mod close;
 mod events;
+mod filtered;
 mod poll;
 mod read;
 mod release;
@@ -79,6 +80,9 @@ pub struct SubscriberConn {
     input_done: bool,
     /// The close timeout is running (on the timer, instead of the ping).
     closing_armed: bool,
+    /// An SSE stream over HTTP/2 (or later): it keeps its request, and its bytes go through
+    /// nginx's output filters ([`filtered`]).
+    filtered: bool,
 }
 
 // What stays of each subscriber once its request is released; keep it small.
@@ -91,6 +95,9 @@ struct Attached {
     /// yet: nginx code still working on the request (a mirror subrequest's upstream, for one)
     /// may delete that one.
     timer: ngx_event_t,
+    /// What a filtered stream has handed to the output filters (null for the others); freed
+    /// with the request.
+    out: *mut filtered::Output,
 }
 
 /// The subscriber of a request this module upgraded.

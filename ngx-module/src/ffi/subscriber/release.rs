@@ -33,7 +33,7 @@ pub(super) unsafe fn try_release(conn: *mut SubscriberConn) {
     // SAFETY: conn is live (caller's contract); while r is set, it is the live request.
     unsafe {
         let r = (*conn).r;
-        if r.is_null() || (*conn).transport == Transport::Poll {
+        if r.is_null() || (*conn).transport == Transport::Poll || (*conn).filtered {
             return;
         }
         let c = (*conn).c;

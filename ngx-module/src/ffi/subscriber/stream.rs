@@ -2,7 +2,10 @@
 //! WebSocket. Its bytes go out raw after release; when nginx chose chunked encoding for the
 //! response, the hub frames each event as a chunk (`sse::Framing`).
 
-use ngx::ffi::{ngx_http_request_t, ngx_http_send_header, ngx_int_t, NGX_ERROR, NGX_OK};
+use ngx::ffi::{
+    ngx_http_request_t, ngx_http_send_header, ngx_int_t, ngx_uint_t, NGX_ERROR,
+    NGX_HTTP_VERSION_11, NGX_OK,
+};
 
 use super::upgrade::{cors_headers, push_header, take_over, Registration};
 use crate::conf::LocConf;
@@ -15,7 +18,7 @@ const CONTENT_TYPE: &str = "text/event-stream; charset=utf-8";
 /// Sends the stream's header and takes the connection over.
 ///
 /// # Safety
-/// `r` must be a live HTTP/1.x main request with no response sent.
+/// `r` must be a live main request with no response sent.
 pub(super) unsafe fn start(
     r: *mut ngx_http_request_t,
     accepted: Accepted,
@@ -40,7 +43,7 @@ pub(super) unsafe fn start(
                 return NGX_ERROR as ngx_int_t;
             }
         }
-        // The stream ends with the connection.
+        // Over HTTP/1.x the stream ends with the connection.
         (*r).set_keepalive(0);
         let rc = ngx_http_send_header(r);
         if rc == NGX_ERROR as ngx_int_t || rc > NGX_OK as ngx_int_t {
@@ -57,6 +60,9 @@ pub(super) unsafe fn start(
             timer_ms: lc.ping_interval_ms(),
             max_unsent: lc.max_unsent(),
         };
+        if (*r).http_version > NGX_HTTP_VERSION_11 as ngx_uint_t {
+            return super::filtered::take_over(r, accepted, registration);
+        }
         take_over(r, accepted, registration)
     }
 }

@@ -124,11 +124,6 @@ unsafe fn handle(r: *mut ngx_http_request_t) -> ngx_int_t {
             Transport::WebSocket => {
                 upgrade_connection(r, accepted, lc.ping_interval_ms(), lc.max_unsent())
             }
-            Transport::EventStream if http_version > NGX_HTTP_VERSION_11 as ngx_uint_t => {
-                let body = "SSE is served over HTTP/1.x here: connect without HTTP/2, \
-                            or use ?transport=poll\n";
-                send_text(r, 505, body, &cors_headers(cors))
-            }
             Transport::EventStream => super::stream::start(r, accepted, lc, cors),
             Transport::Poll => super::poll::start(r, accepted, lc, cors),
         }
@@ -425,6 +420,7 @@ pub(super) unsafe fn register(
             ping_due: false,
             input_done: false,
             closing_armed: false,
+            filtered: false,
         }));
         (*cleanup).handler = Some(on_request_freed);
         (*cleanup).data = conn.cast();

@@ -35,6 +35,9 @@ pub unsafe fn flush(conn: *mut SubscriberConn) -> bool {
         if (*conn).transport == Transport::Poll {
             return super::poll::flush(conn);
         }
+        if (*conn).filtered {
+            return super::filtered::flush(conn);
+        }
         let r = (*conn).r;
         let c = (*conn).c;
         // The 101 response may still sit in nginx's output chain: it goes first.
