@@ -34,7 +34,7 @@ pub struct Backoff {
 impl Backoff {
     /// The delay before the next attempt; `random` is any number (it supplies the jitter).
     /// 0 after a reset (retry at once), then between half the step and the step, the step
-    /// doubling from [`MIN_MS`] to [`MAX_MS`].
+    /// doubling from `MIN_MS` to `MAX_MS`.
     pub fn next_delay_ms(&mut self, random: u64) -> u64 {
         let failures = self.failures;
         self.failures = self.failures.saturating_add(1);

@@ -3,10 +3,14 @@
 //!
 //! - [`conf`]: the directives: their values parsed and checked, their defaults.
 //! - [`ws`]: the WebSocket codec (client frames in, server frames out, accept key).
-//! - [`handshake`]: upgrade checks, channels from the path, `since` resume points.
+//! - [`handshake`]: which transport a viewer's request asks for (WebSocket, SSE, long-poll),
+//!   its checks, channels from the path, `since` and `Last-Event-ID`.
+//! - [`since`]: the one encoding of resume positions (`<ch>:<epoch>:<id>,...`).
+//! - [`sse`]: the bytes of the HTTP transports: SSE events (raw or chunked), a poll's answer.
 //! - [`cache`]: a channel's recent messages as ready-to-send frames, and resume.
 //! - [`outbox`]: a subscriber's unsent frames.
-//! - [`hub`]: a worker's channels, subscribers and relay state.
+//! - [`hub`]: a worker's channels, subscribers (and how each is delivered to) and relay
+//!   state.
 //! - [`backoff`]: relay reconnect delays.
 #![forbid(unsafe_code)]
 

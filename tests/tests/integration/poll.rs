@@ -212,3 +212,33 @@ async fn cors_is_answered_for_the_allowed_origin_only() {
         Some("https://page.example")
     );
 }
+
+#[tokio::test]
+async fn an_answer_holds_at_most_max_unsent_and_the_next_poll_resumes_after_it() {
+    let env = Chatup::start_with(Options::default().sub_location("chatup_max_unsent 1k;"));
+    let text = "x".repeat(300);
+    for i in 1..=10u64 {
+        let ack = env.publish("big", &format!("{i} {text}")).await;
+        assert_eq!(ack["id"], i);
+    }
+    let mut path = "/sub/big?transport=poll".to_owned();
+    let mut got = Vec::new();
+    let mut answers = 0;
+    while got.len() < 10 {
+        let answer = poll(env.nginx_addr(), &path, WAIT).await.json();
+        let batch = ids(&answer);
+        assert!(
+            !batch.is_empty() && batch.len() < 10,
+            "a partial answer: {answer}"
+        );
+        got.extend(batch.into_iter().map(|(_, id)| id));
+        path = format!("/sub/big?transport=poll&since={}", since(&answer));
+        answers += 1;
+    }
+    assert_eq!(
+        got,
+        (1..=10).collect::<Vec<u64>>(),
+        "in order, none lost or repeated"
+    );
+    assert!(answers >= 3, "{answers} answers");
+}

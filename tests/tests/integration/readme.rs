@@ -114,7 +114,11 @@ async fn the_curl_examples_of_the_readme_run_as_written() {
     let chatup =
         Chatup::start_with(Options::default().plugins(&["ban", "rate_limit", "blacklist"]));
     let blocks = curl_blocks();
-    assert_eq!(blocks.len(), 3, "first publish, /join, admin: {blocks:#?}");
+    assert_eq!(
+        blocks.len(),
+        5,
+        "first publish, SSE, long-poll, /join, admin: {blocks:#?}"
+    );
 
     // A first publish and subscribe: the curl subscriber sees what the curl publisher sent.
     let (prelude, commands) = split(&blocks[0]);
@@ -142,8 +146,33 @@ async fn the_curl_examples_of_the_readme_run_as_written() {
     let frames = stop_after(subscriber, &frames_file, needle).await;
     assert!(frames.contains(needle), "{frames:?}");
 
-    // Choosing a host.
+    // The same message over SSE (replayed from the cache), with its resumable id.
     let (prelude, commands) = split(&blocks[1]);
+    assert_eq!(commands.len(), 1, "{commands:?}");
+    let events_file = chatup.path("curl-sse.out");
+    let stream = spawn(&chatup, &prelude, &commands[0], &events_file);
+    let events = stop_after(stream, &events_file, needle).await;
+    assert!(events.starts_with("retry: 2000\n"), "{events:?}");
+    assert!(events.contains("\nid: lobby:"), "{events:?}");
+    assert!(events.contains(needle), "{events:?}");
+
+    // And by long-poll: at once from the cache; the second example's since names an epoch
+    // that is not this run's, so it is answered at once too, with a resync first.
+    let (prelude, commands) = split(&blocks[2]);
+    assert_eq!(commands.len(), 2, "{commands:?}");
+    let polled: Value = serde_json::from_str(&run(&chatup, &prelude, &commands[0])).unwrap();
+    assert_eq!(polled["messages"][0]["msg"], "hello, lobby", "{polled}");
+    assert!(
+        polled["since"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("lobby:")),
+        "{polled}"
+    );
+    let again: Value = serde_json::from_str(&run(&chatup, &prelude, &commands[1])).unwrap();
+    assert_eq!(again["messages"][0]["ev"], "resync", "{again}");
+
+    // Choosing a host.
+    let (prelude, commands) = split(&blocks[3]);
     assert_eq!(commands.len(), 3, "{commands:?}");
     let joined: Value = serde_json::from_str(&run(&chatup, &prelude, &commands[0])).unwrap();
     assert_eq!(joined["channel"], "lobby", "{joined}");
@@ -160,7 +189,7 @@ async fn the_curl_examples_of_the_readme_run_as_written() {
     );
 
     // The admin API.
-    let (prelude, commands) = split(&blocks[2]);
+    let (prelude, commands) = split(&blocks[4]);
     assert!(prelude.contains("ADMIN="), "{prelude}");
     assert!(commands.len() >= 6, "{commands:?}");
     let mut outputs = Vec::new();
