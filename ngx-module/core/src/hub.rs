@@ -40,12 +40,19 @@ struct Member {
     skip_through: u64,
 }
 
+/// Sweeps ([`Hub::sweep_lingering`], one a second) a channel whose last subscriber was an
+/// answered poll stays subscribed: the poller's next request, a moment later, finds it
+/// cached instead of asking the sidecar (and its broker) again.
+pub const POLL_LINGER_SWEEPS: u32 = 30;
+
 #[derive(Debug)]
 struct Channel {
     cache: ChannelCache,
     members: Vec<Member>,
     /// Subscribers that arrived before the sidecar told us anything about the channel.
     waiting: Vec<(SubscriberKey, Option<Position>)>,
+    /// Without subscribers since its last poll was answered: sweeps left before it goes.
+    lingering: Option<u32>,
 }
 
 impl Channel {
@@ -343,7 +350,10 @@ impl<H: Copy> Hub<H> {
         for Subscription { channel, since } in subscriptions {
             let name: Box<str> = channel.into();
             let channel = match self.channels.get_mut(&name) {
-                Some(channel) => channel,
+                Some(channel) => {
+                    channel.lingering = None;
+                    channel
+                }
                 None => {
                     self.send_relay(&ToSidecar::Subscribe {
                         channel: name.to_string(),
@@ -354,6 +364,7 @@ impl<H: Copy> Hub<H> {
                         cache: ChannelCache::new(self.cache_limits),
                         members: Vec::new(),
                         waiting: Vec::new(),
+                        lingering: None,
                     })
                 }
             };
@@ -380,14 +391,54 @@ impl<H: Copy> Hub<H> {
             channel.members.retain(|m| m.key != key);
             channel.waiting.retain(|(k, _)| *k != key);
             if channel.audience() == 0 {
-                self.channels.remove(&name);
-                self.send_relay(&ToSidecar::Unsubscribe {
-                    channel: name.into(),
-                });
+                if sub.delivery == Delivery::Poll {
+                    channel.lingering = Some(POLL_LINGER_SWEEPS);
+                } else {
+                    self.channels.remove(&name);
+                    self.send_relay(&ToSidecar::Unsubscribe {
+                        channel: name.into(),
+                    });
+                }
             }
         }
         self.counts_changed = true;
         Some(sub.handle)
+    }
+
+    /// Whether a poll should be answered now: its answer is complete (full, or the worker is
+    /// closing), or it has messages and every one of its channels is known, so that one
+    /// answer covers them all.
+    pub fn poll_is_ready(&self, key: SubscriberKey) -> bool {
+        let Some(sub) = self.subscribers.get(key) else {
+            return true;
+        };
+        if sub.closing.is_some() {
+            return true;
+        }
+        !sub.outbox.is_empty()
+            && sub
+                .channels
+                .iter()
+                .all(|name| self.channels.get(name).is_none_or(|ch| ch.cache.is_known()))
+    }
+
+    /// Counts down the channels kept for pollers; unsubscribes those whose time is up.
+    pub fn sweep_lingering(&mut self) {
+        let mut expired = Vec::new();
+        for (name, channel) in &mut self.channels {
+            if let Some(left) = channel.lingering.as_mut() {
+                *left = left.saturating_sub(1);
+                if *left == 0 {
+                    expired.push(name.clone());
+                }
+            }
+        }
+        for name in expired {
+            self.channels.remove(&name);
+            self.send_relay(&ToSidecar::Unsubscribe {
+                channel: name.into(),
+            });
+        }
     }
 
     /// Queues a frame for one subscriber (a pong, a ping).
@@ -496,6 +547,7 @@ impl<H: Copy> Hub<H> {
         let channels = self
             .channels
             .iter()
+            .filter(|(_, ch)| ch.audience() > 0)
             .map(|(name, ch)| ChannelCount {
                 channel: name.to_string(),
                 subscribers: ch.audience() as u32,

@@ -149,7 +149,10 @@ extern "C" fn on_stats_timer(ev: *mut ngx_event_t) {
     if unsafe { ngx::ffi::ngx_exiting } != 0 {
         tell_subscribers_to_move();
     }
-    with_worker(|w| w.hub.report_stats());
+    with_worker(|w| {
+        w.hub.sweep_lingering();
+        w.hub.report_stats();
+    });
     relay::flush();
     // SAFETY: ev is the worker's stats timer, alive until exit_process.
     unsafe { ngx::ffi::ngx_add_timer(ev, STATS_INTERVAL_MS as _) };

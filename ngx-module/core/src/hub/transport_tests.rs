@@ -295,3 +295,57 @@ fn closing_a_poll_keeps_its_messages_to_answer_with() {
         serde_json::json!({"messages": [{"ch": "c", "id": 2}], "since": "c:7:2"})
     );
 }
+
+#[test]
+fn a_channel_stays_subscribed_a_while_for_the_next_poll() {
+    let mut hub: Hub<u32> = Hub::new(100);
+    hub.relay_connected(1);
+    let first = hub.add_subscriber(1, vec![sub("c", None)], BIG, Delivery::Poll);
+    hub.handle_relay_frame(backlog("c", 3, 1..3));
+    std::mem::take(hub.relay_output());
+    hub.remove_subscriber(first);
+    assert!(hub.relay_output().is_empty(), "not unsubscribed at once");
+    // The next poll finds the channel cached: it answers without asking the sidecar.
+    let next = hub.add_subscriber(2, vec![sub("c", Some((3, 1)))], BIG, Delivery::Poll);
+    assert!(hub.relay_output().is_empty(), "no new Subscribe");
+    assert_eq!(
+        poll_answer(&mut hub, next),
+        serde_json::json!({"messages": [{"ch": "c", "id": 2}], "since": "c:3:2"})
+    );
+    hub.remove_subscriber(next);
+    for _ in 1..super::POLL_LINGER_SWEEPS {
+        hub.sweep_lingering();
+    }
+    assert!(hub.relay_output().is_empty());
+    assert_eq!(hub.channel_count(), 1);
+    hub.sweep_lingering();
+    assert_eq!(hub.channel_count(), 0, "gone once its time is up");
+    assert!(!hub.relay_output().is_empty(), "and unsubscribed");
+}
+
+#[test]
+fn a_stream_leaving_unsubscribes_at_once() {
+    let mut hub = hub_with(&[]);
+    let key = hub.add_subscriber(1, vec![sub("w", None)], BIG, SSE);
+    hub.handle_relay_frame(backlog("w", 1, 1..1));
+    hub.remove_subscriber(key);
+    assert_eq!(hub.channel_count(), 0);
+}
+
+#[test]
+fn a_poll_waits_for_all_its_channels_before_answering() {
+    let mut hub: Hub<u32> = Hub::new(100);
+    hub.relay_connected(1);
+    let key = hub.add_subscriber(1, vec![sub("a", None), sub("b", None)], BIG, Delivery::Poll);
+    assert!(!hub.poll_is_ready(key));
+    hub.handle_relay_frame(backlog("a", 1, 1..2));
+    assert!(!hub.poll_is_ready(key), "b is still on its way");
+    hub.handle_relay_frame(backlog("b", 2, 1..2));
+    assert!(hub.poll_is_ready(key));
+    assert_eq!(poll_answer(&mut hub, key)["since"], "a:1:1,b:2:1");
+    hub.close(key, 1001, "going away");
+    assert!(
+        hub.poll_is_ready(key),
+        "a closing poll answers with what it has"
+    );
+}

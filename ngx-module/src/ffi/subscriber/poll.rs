@@ -95,19 +95,14 @@ unsafe fn finish(conn: *mut SubscriberConn) {
     }
 }
 
-/// Whether the poll has messages to answer with, or must answer now.
+/// Whether the poll has its answer (see `Hub::poll_is_ready`).
 ///
 /// # Safety
 /// `conn` must be a live subscriber.
 unsafe fn is_ready(conn: *mut SubscriberConn) -> bool {
     // SAFETY: caller's contract.
     let key = unsafe { (*conn).key };
-    with_worker(|w| {
-        w.hub
-            .subscriber(key)
-            .is_none_or(|s| !s.outbox.is_empty() || s.closing().is_some())
-    })
-    .unwrap_or(true)
+    with_worker(|w| w.hub.poll_is_ready(key)).unwrap_or(true)
 }
 
 /// Takes the poll out of the hub and sends its answer; returns the output's status for
