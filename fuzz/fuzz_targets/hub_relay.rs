@@ -50,7 +50,11 @@ fuzz_target!(|data: &[u8]| {
             hub.relay_disconnected();
             hub.relay_connected(1);
         }
+        if step % 3 == 0 {
+            hub.sweep_lingering();
+        }
         for (key, _) in hub.take_dirty() {
+            let _ = hub.poll_is_ready(key);
             let Some(sub) = hub.subscriber(key) else {
                 continue;
             };
