@@ -66,6 +66,9 @@ pub struct LoadArgs {
     pub concurrency: usize,
     #[arg(long, value_enum, default_value = "ws")]
     pub transport: Transport,
+    /// Channels nobody publishes to that every subscriber watches besides its room.
+    #[arg(long, default_value_t = 0)]
+    pub quiet_channels: usize,
 }
 
 /// A line from a load process.
@@ -258,11 +261,15 @@ async fn child_main(args: LoadArgs) -> Result<(), BenchError> {
     let permits = Rc::new(Semaphore::new(args.concurrency.max(1)));
     for i in 0..args.count {
         let global = args.first + i;
-        let path = format!(
+        let mut path = format!(
             "{}{}",
             args.sub_path,
             room_channel(&args.channel_prefix, global % rooms)
         );
+        for q in 0..args.quiet_channels {
+            path.push('/');
+            path.push_str(&room_channel(&format!("{}quiet", args.channel_prefix), q));
+        }
         let source = (!args.sources.is_empty()).then(|| args.sources[global % args.sources.len()]);
         let state = state.clone();
         let permits = permits.clone();
@@ -433,6 +440,7 @@ pub struct LoadPlan {
     pub source_base: u8,
     pub concurrency: usize,
     pub transport: Transport,
+    pub quiet_channels: usize,
 }
 
 impl LoadPlan {
@@ -492,6 +500,7 @@ impl Fleet {
                 .args(["--sources", &sources_arg.join(",")])
                 .args(["--concurrency", &plan.concurrency.to_string()])
                 .args(["--transport", plan.transport.name()])
+                .args(["--quiet-channels", &plan.quiet_channels.to_string()])
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .kill_on_drop(true)
@@ -667,6 +676,7 @@ mod tests {
             source_base: 2,
             concurrency: 10,
             transport: Transport::Ws,
+            quiet_channels: 0,
         };
         assert_eq!(plan.process_count(), 4);
         let sources = plan.sources();

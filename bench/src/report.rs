@@ -375,6 +375,7 @@ const SERVER: Fixed = &[
 
 const IDLE: Fixed = &[
     ("transport", &["transport"]),
+    ("quiet channels per viewer", &["quiet_channels"]),
     ("subscribers", &["subscribers"]),
     ("nginx workers", &["server", "workers"]),
     ("hosts", &["server", "hosts"]),
@@ -441,6 +442,7 @@ const FAILOVER: Fixed = &[
 /// Fanout and rooms.
 const DELIVERY: Fixed = &[
     ("transport", &["transport"]),
+    ("quiet channels per viewer", &["quiet_channels"]),
     ("subscribers", &["subscribers"]),
     ("rooms", &["rooms"]),
     ("nginx workers", &["server", "workers"]),

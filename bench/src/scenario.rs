@@ -60,6 +60,7 @@ impl Scenario {
                         message: a.message.clone(),
                         publishers: a.publishers,
                         transport,
+                        quiet_channels: a.viewers.quiet_channels,
                     };
                     results.push(deliver(&a.target, spec).await?);
                 }
@@ -74,6 +75,7 @@ impl Scenario {
                         message: a.message.clone(),
                         publishers: a.publishers,
                         transport,
+                        quiet_channels: a.viewers.quiet_channels,
                     };
                     results.push(deliver(&a.target, spec).await?);
                 }
@@ -93,6 +95,10 @@ pub struct ViewerArgs {
     /// in this order, on a fresh stack, and prints one result line each.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "ws")]
     pub transport: Vec<Transport>,
+    /// Channels nobody publishes to that every viewer watches besides its room: an SSE
+    /// viewer's event ids then name every channel, so its events are its own.
+    #[arg(long, default_value_t = 0)]
+    pub quiet_channels: usize,
 }
 
 /// Where the load goes and how it is spread.
@@ -372,6 +378,7 @@ impl Target {
         rooms: usize,
         subscribers: usize,
         transport: Transport,
+        quiet_channels: usize,
     ) -> LoadPlan {
         LoadPlan {
             targets: self.hosts.clone(),
@@ -383,6 +390,7 @@ impl Target {
             source_base: self.args.source_base,
             concurrency: self.args.concurrency,
             transport,
+            quiet_channels,
         }
     }
 
@@ -491,7 +499,8 @@ pub async fn idle(args: &IdleArgs, transport: Transport) -> Result<Value, BenchE
     let workers = target.worker_pids();
     let rss_before = sum_rss(&workers);
     let prefix = run_prefix("idle");
-    let plan = target.load_plan(&prefix, args.rooms, args.subscribers, transport);
+    let quiet = args.viewers.quiet_channels;
+    let plan = target.load_plan(&prefix, args.rooms, args.subscribers, transport, quiet);
     let mut fleet = Fleet::spawn(&plan)?;
     let steal_start = CpuTimes::now();
     let connect_seconds = connect_all(&mut fleet, "idle", args.subscribers).await?;
@@ -507,7 +516,7 @@ pub async fn idle(args: &IdleArgs, transport: Transport) -> Result<Value, BenchE
     fleet.stop().await;
     let connected = p.connected.max(1);
     let per_sub = rss_after.saturating_sub(rss_before) as f64 / connected as f64;
-    Ok(json!({
+    let mut result = json!({
         "scenario": "idle",
         "transport": transport,
         "server": target.describe(),
@@ -524,7 +533,11 @@ pub async fn idle(args: &IdleArgs, transport: Transport) -> Result<Value, BenchE
         "rss_per_subscriber_bytes": if workers.is_empty() { Value::Null } else { round(per_sub, 0).into() },
         "steal_pct": round(steal, 1),
         "errors": p.errors,
-    }))
+    });
+    if quiet > 0 {
+        result["quiet_channels"] = quiet.into();
+    }
+    Ok(result)
 }
 
 /// A delivery run: rooms × subscribers, a rate per room.
@@ -536,6 +549,7 @@ struct DeliverySpec {
     message: MessageArgs,
     publishers: usize,
     transport: Transport,
+    quiet_channels: usize,
 }
 
 impl DeliverySpec {
@@ -563,7 +577,13 @@ async fn deliver(target_args: &TargetArgs, spec: DeliverySpec) -> Result<Value, 
     let target = Target::open(target_args)?;
     let token = target.publisher_token().await?;
     let prefix = run_prefix(spec.name);
-    let plan = target.load_plan(&prefix, spec.rooms, spec.subscribers, spec.transport);
+    let plan = target.load_plan(
+        &prefix,
+        spec.rooms,
+        spec.subscribers,
+        spec.transport,
+        spec.quiet_channels,
+    );
     let mut fleet = Fleet::spawn(&plan)?;
     let connect_seconds = connect_all(&mut fleet, spec.name, spec.subscribers).await?;
 
@@ -659,6 +679,9 @@ async fn deliver(target_args: &TargetArgs, spec: DeliverySpec) -> Result<Value, 
             result[format!("{name}_cpu_s")] = round(used.as_secs_f64(), 3).into();
             result[format!("{name}_cpu_us_per_{what}")] = per(used, count);
         }
+    }
+    if spec.quiet_channels > 0 {
+        result["quiet_channels"] = spec.quiet_channels.into();
     }
     if spec.transport == Transport::Poll {
         let requests = report.progress.requests;
@@ -802,6 +825,7 @@ pub async fn floor(args: FloorArgs) -> Result<Value, BenchError> {
         source_base: args.source_base,
         concurrency: 100,
         transport: Transport::Ws,
+        quiet_channels: 0,
     };
     let mut fleet = Fleet::spawn(&plan)?;
     let connect_seconds = connect_all(&mut fleet, "floor", args.subscribers).await?;

@@ -127,8 +127,11 @@ fn websocket_sse_and_poll_viewers_side_by_side() {
         "0.5",
         "--transport",
         "sse",
+        "--quiet-channels",
+        "2",
     ]);
     assert_eq!(idle["transport"], "sse", "{idle}");
+    assert_eq!(idle["quiet_channels"], 2, "{idle}");
     assert_eq!(idle["connected"], 300, "{idle}");
     assert_eq!(idle["closed_while_idle"], 0, "{idle}");
     let after = idle["worker_rss_after_kb"].as_u64().unwrap();
@@ -303,7 +306,7 @@ fn rooms_idle_publish_and_floor_report_their_figures() {
 
 #[test]
 fn bad_input_is_refused_with_a_reason() {
-    let cases: [(&[&str], &str); 9] = [
+    let cases: [(&[&str], &str); 10] = [
         (
             &["fanout", "--transport", "smoke"],
             "invalid value 'smoke' for '--transport",
@@ -316,6 +319,21 @@ fn bad_input_is_refused_with_a_reason() {
         (
             &["publish", "--transport", "sse"],
             "unexpected argument '--transport'",
+        ),
+        // More channels than the module's chatup_max_channels (16): its refusal is shown.
+        (
+            &[
+                "fanout",
+                "--subscribers",
+                "2",
+                "--duration",
+                "1",
+                "--transport",
+                "sse",
+                "--quiet-channels",
+                "16",
+            ],
+            "no subscriber could connect: the server answered \"HTTP/1.1 400",
         ),
         (&["fanout", "--duration", "0"], "is not a number of seconds"),
         (
