@@ -27,6 +27,9 @@ pub struct SseClient {
     chunked: bool,
     /// Bytes of the current chunk not yet read; 0 when a size line comes next.
     left: usize,
+    /// The last chunk came (the server ended the stream, usually right after its close
+    /// event, which must still be read).
+    ended: bool,
 }
 
 impl SseClient {
@@ -55,6 +58,7 @@ impl SseClient {
             done: 0,
             chunked,
             left: 0,
+            ended: false,
         };
         client.take_in(&buf[head_len..end])?;
         Ok(client)
@@ -79,6 +83,9 @@ impl SseClient {
             self.done = 0;
             if self.text.len() > MAX_EVENT {
                 return Err(io::Error::other("an over-long event"));
+            }
+            if self.ended {
+                return Err(io::ErrorKind::UnexpectedEof.into());
             }
             let mut buf = [0u8; 4096];
             let n = self.stream.read(&mut buf).await?;
@@ -116,7 +123,8 @@ impl SseClient {
             }
             self.left = chunk_size(line)?;
             if self.left == 0 {
-                return Err(io::ErrorKind::UnexpectedEof.into());
+                self.ended = true;
+                break;
             }
         }
         self.raw.drain(..at);
@@ -192,7 +200,8 @@ mod tests {
         assert_eq!(read_event(b"event: close"), Event::Close(1005));
     }
 
-    /// The same stream, chunked and cut at every byte, gives each message once.
+    /// The same stream, chunked and cut at every byte, gives each message once, then the
+    /// close event that comes with the last chunk.
     #[test]
     fn split_chunks_count_each_message_once() {
         let events = "retry: 2000\n\nid: c:1:1\ndata: {\"id\":1}\n\n: ping\n\n\
@@ -201,6 +210,8 @@ mod tests {
         for part in [&events[..20], &events[20..21], &events[21..]] {
             body.extend_from_slice(format!("{:x}\r\n{part}\r\n", part.len()).as_bytes());
         }
+        let close = "event: close\ndata: {\"code\":1001,\"reason\":\"\"}\n\n";
+        let last = format!("{:x}\r\n{close}\r\n0\r\n\r\n", close.len());
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -220,13 +231,24 @@ mod tests {
                     s.write_all(&[byte]).await.unwrap();
                     s.flush().await.unwrap();
                 }
+                s.write_all(last.as_bytes()).await.unwrap();
             });
             let mut client = SseClient::connect(addr, None, "h", "/sub/c").await.unwrap();
             let mut got = Vec::new();
-            while let Ok(Frame::Text(d)) = client.next_frame().await {
-                got.push(String::from_utf8_lossy(d).into_owned());
+            loop {
+                match client.next_frame().await {
+                    Ok(Frame::Text(d)) => got.push(String::from_utf8_lossy(d).into_owned()),
+                    Ok(other) => got.push(format!("{other:?}")),
+                    Err(e) => {
+                        got.push(format!("{:?}", e.kind()));
+                        break;
+                    }
+                }
             }
-            assert_eq!(got, vec!["{\"id\":1}", "{\"id\":2}"]);
+            assert_eq!(
+                got,
+                ["{\"id\":1}", "{\"id\":2}", "Close(1001)", "UnexpectedEof"]
+            );
             server.await.unwrap();
         });
     }
