@@ -23,7 +23,8 @@ use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::{mpsc, Semaphore};
 
 use crate::payload::{now_ns, read_delivery};
-use crate::wsclient::{Frame, WsClient};
+use crate::viewer::{Transport, Viewer};
+use crate::wsclient::Frame;
 use crate::BenchError;
 
 /// Subscribers one load process holds at most (the file limit is 20,000).
@@ -63,6 +64,11 @@ pub struct LoadArgs {
     /// Handshakes in flight at once.
     #[arg(long, default_value_t = 200)]
     pub concurrency: usize,
+    #[arg(long, value_enum, default_value = "ws")]
+    pub transport: Transport,
+    /// Channels nobody publishes to that every subscriber watches besides its room.
+    #[arg(long, default_value_t = 0)]
+    pub quiet_channels: usize,
 }
 
 /// A line from a load process.
@@ -90,9 +96,11 @@ pub struct Progress {
     pub connected: u64,
     pub failed: u64,
     pub received: u64,
+    /// Long polls answered (0 for the other transports).
+    pub requests: u64,
     /// Subscribers the server closed (or whose connection broke) after the upgrade.
     pub closed: u64,
-    /// The first few distinct connect errors.
+    /// The first few distinct errors (connecting, or reading after).
     pub errors: Vec<String>,
 }
 
@@ -101,6 +109,7 @@ impl Progress {
         self.connected += other.connected;
         self.failed += other.failed;
         self.received += other.received;
+        self.requests += other.requests;
         self.closed += other.closed;
         for e in &other.errors {
             self.note_error(e);
@@ -122,6 +131,8 @@ pub struct LoadReport {
     pub lost: u64,
     /// Messages received twice or out of order.
     pub duplicates: u64,
+    /// Times a subscriber's next id skipped one or more (each a missed message).
+    pub gaps: u64,
     /// Close codes (or "io" for a broken connection) and how many subscribers got them.
     pub close_codes: BTreeMap<String, u64>,
     /// Publish-to-deliver latency in µs, hdrhistogram V2, base64, one per chat host (in
@@ -135,6 +146,7 @@ impl LoadReport {
         self.progress.add(&other.progress);
         self.lost += other.lost;
         self.duplicates += other.duplicates;
+        self.gaps += other.gaps;
         for (code, n) in &other.close_codes {
             *self.close_codes.entry(code.clone()).or_default() += n;
         }
@@ -151,6 +163,7 @@ struct SubStat {
     /// Distinct ids received in order.
     ids: Vec<(u64, u64)>,
     duplicates: u64,
+    gaps: u64,
 }
 
 impl SubStat {
@@ -158,6 +171,9 @@ impl SubStat {
         if id < self.next {
             self.duplicates += 1;
             return;
+        }
+        if self.next != 0 && id > self.next {
+            self.gaps += 1;
         }
         // Runs of consecutive ids, so a subscriber's memory does not grow per message.
         match self.ids.last_mut() {
@@ -245,11 +261,15 @@ async fn child_main(args: LoadArgs) -> Result<(), BenchError> {
     let permits = Rc::new(Semaphore::new(args.concurrency.max(1)));
     for i in 0..args.count {
         let global = args.first + i;
-        let path = format!(
+        let mut path = format!(
             "{}{}",
             args.sub_path,
             room_channel(&args.channel_prefix, global % rooms)
         );
+        for q in 0..args.quiet_channels {
+            path.push('/');
+            path.push_str(&room_channel(&format!("{}quiet", args.channel_prefix), q));
+        }
         let source = (!args.sources.is_empty()).then(|| args.sources[global % args.sources.len()]);
         let state = state.clone();
         let permits = permits.clone();
@@ -260,10 +280,11 @@ async fn child_main(args: LoadArgs) -> Result<(), BenchError> {
             .get(target)
             .cloned()
             .unwrap_or_else(|| addr.to_string());
+        let transport = args.transport;
         tokio::task::spawn_local(async move {
             let permit = permits.acquire().await.ok();
-            let connected =
-                WsClient::connect(addr, source, &host, &path, (global as u64) << 8 | 7).await;
+            let seed = (global as u64) << 8 | 7;
+            let connected = Viewer::connect(transport, addr, source, &host, &path, seed).await;
             drop(permit);
             match connected {
                 Ok(client) => subscribe(client, &state, i, target).await,
@@ -316,7 +337,7 @@ async fn child_main(args: LoadArgs) -> Result<(), BenchError> {
 
 /// Subscriber `i` (of this process) on chat host `target`: counts what it receives until
 /// the connection ends, then how it ended.
-async fn subscribe(mut client: WsClient, state: &Shared, i: usize, target: usize) {
+async fn subscribe(mut client: Viewer, state: &Shared, i: usize, target: usize) {
     {
         let mut st = state.borrow_mut();
         st.progress.connected += 1;
@@ -336,8 +357,12 @@ async fn subscribe(mut client: WsClient, state: &Shared, i: usize, target: usize
                     st.latency[target].saturating_record(us.clamp(1, MAX_LATENCY_US));
                 }
             }
+            Ok(Frame::Answered) => state.borrow_mut().progress.requests += 1,
             Ok(Frame::Close(code)) => break code.to_string(),
-            Err(_) => break "io".to_owned(),
+            Err(e) => {
+                state.borrow_mut().progress.note_error(&e.to_string());
+                break "io".to_owned();
+            }
         }
     };
     let mut st = state.borrow_mut();
@@ -359,8 +384,10 @@ fn report(
         .collect();
     let mut lost = 0;
     let mut duplicates = 0;
+    let mut gaps = 0;
     for sub in st.subs.iter().filter(|s| s.connected) {
         duplicates += sub.duplicates;
+        gaps += sub.gaps;
         if let Some((first, last)) = ranges[sub.room] {
             lost += id_count((first, last)) - sub.received_within(first, last);
         }
@@ -377,6 +404,7 @@ fn report(
         progress: st.progress.clone(),
         lost,
         duplicates,
+        gaps,
         close_codes: st.close_codes.clone(),
         latency,
     })
@@ -411,6 +439,8 @@ pub struct LoadPlan {
     /// First source address is 127.0.0.<source_base>.
     pub source_base: u8,
     pub concurrency: usize,
+    pub transport: Transport,
+    pub quiet_channels: usize,
 }
 
 impl LoadPlan {
@@ -469,6 +499,8 @@ impl Fleet {
                 .args(["--count", &count.to_string()])
                 .args(["--sources", &sources_arg.join(",")])
                 .args(["--concurrency", &plan.concurrency.to_string()])
+                .args(["--transport", plan.transport.name()])
+                .args(["--quiet-channels", &plan.quiet_channels.to_string()])
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .kill_on_drop(true)
@@ -626,6 +658,7 @@ mod tests {
         }
         assert_eq!(s.ids, vec![(1, 3), (5, 6), (9, 9)]);
         assert_eq!(s.duplicates, 2);
+        assert_eq!(s.gaps, 2, "4 missing after 3, 7 and 8 after 6");
         assert_eq!(s.received_within(1, 9), 6);
         assert_eq!(s.received_within(2, 5), 3);
         assert_eq!(s.received_within(10, 20), 0);
@@ -642,6 +675,8 @@ mod tests {
             processes: 0,
             source_base: 2,
             concurrency: 10,
+            transport: Transport::Ws,
+            quiet_channels: 0,
         };
         assert_eq!(plan.process_count(), 4);
         let sources = plan.sources();

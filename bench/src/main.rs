@@ -8,21 +8,27 @@
 //! - [`publish`]: publishers on the real path (`/pub` through nginx to the sidecar).
 //! - [`floor`]: the minimal server that measures what the kernel alone costs per delivery.
 //! - [`report`]: the results section of BENCHMARKS.md, targets marked met or missed.
-//! - [`wsclient`], [`payload`], [`procfs`]: the lean subscriber client, the message stamp,
-//!   and what is read from /proc (CPU, RSS, steal).
+//! - [`viewer`], [`wsclient`], [`sseclient`], [`pollclient`]: the lean subscriber clients,
+//!   one per transport.
+//! - [`payload`], [`procfs`]: the message stamp, and what is read from /proc (CPU, RSS,
+//!   steal).
 //!
-//! Progress goes to stderr once a second; the result is one JSON line on stdout.
+//! Progress goes to stderr once a second; the result is one JSON line on stdout (one per
+//! transport when several are asked for).
 #![forbid(unsafe_code)]
 
 mod failover;
 mod floor;
 mod load;
 mod payload;
+mod pollclient;
 mod procfs;
 mod publish;
 mod report;
 mod scenario;
+mod sseclient;
 mod stack;
+mod viewer;
 mod wsclient;
 
 use std::process::ExitCode;
@@ -105,9 +111,20 @@ fn run_scenario(scenario: scenario::Scenario) -> Result<(), BenchError> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let mut line = runtime.block_on(scenario.run())?;
-    line["machine"] = procfs::machine_summary().into();
-    line["command"] = std::env::args().collect::<Vec<_>>().join(" ").into();
-    println!("{line}");
+    let lines = runtime.block_on(scenario.run())?;
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let mut gaps = 0;
+    for mut line in lines {
+        line["machine"] = procfs::machine_summary().into();
+        line["command"] = command.clone().into();
+        gaps += line["gaps"].as_u64().unwrap_or(0);
+        println!("{line}");
+    }
+    // The figures are printed all the same; a skipped id is a server bug, not noise.
+    if gaps > 0 {
+        return Err(BenchError::Protocol(format!(
+            "viewers missed messages: {gaps} gaps in their ids"
+        )));
+    }
     Ok(())
 }

@@ -49,7 +49,8 @@ pub fn read_delivery(frame: &[u8]) -> Option<Delivery> {
     Some(Delivery { id, sent_ns })
 }
 
-fn digits_after(haystack: &[u8], key: &[u8]) -> Option<u64> {
+/// The number right after the first `key` in `haystack`.
+pub fn digits_after(haystack: &[u8], key: &[u8]) -> Option<u64> {
     let at = find(haystack, key)? + key.len();
     let mut value: u64 = 0;
     let mut any = false;

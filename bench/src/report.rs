@@ -136,8 +136,15 @@ fn f(v: &Value, path: &[&str]) -> Option<f64> {
     lookup(v, path)?.as_f64()
 }
 
+/// The targets are the WebSocket's; runs of other transports (and older results, which
+/// do not say) are shown beside them.
+fn is_ws(v: &Value) -> bool {
+    v["transport"].as_str().unwrap_or("ws") == "ws"
+}
+
 fn is_fanout_5000(v: &Value) -> bool {
-    v["scenario"] == "fanout"
+    is_ws(v)
+        && v["scenario"] == "fanout"
         && v["subscribers"] == 5000
         && v["server"]["workers"] == 1
         && f(v, &["rate_per_room"]) == Some(10.0)
@@ -154,7 +161,10 @@ fn hosts(v: &Value) -> u64 {
 }
 
 fn is_fanout_100_at_1000(v: &Value) -> bool {
-    v["scenario"] == "fanout" && v["subscribers"] == 100 && f(v, &["rate_per_room"]) == Some(1000.0)
+    is_ws(v)
+        && v["scenario"] == "fanout"
+        && v["subscribers"] == 100
+        && f(v, &["rate_per_room"]) == Some(1000.0)
 }
 
 fn is_sidecar_path(v: &Value) -> bool {
@@ -166,7 +176,7 @@ fn is_redis_path(v: &Value) -> bool {
 }
 
 fn is_idle_50k(v: &Value) -> bool {
-    v["scenario"] == "idle" && v["subscribers"] == 50_000 && v["server"]["workers"] == 4
+    is_ws(v) && v["scenario"] == "idle" && v["subscribers"] == 50_000 && v["server"]["workers"] == 4
 }
 
 fn is_publish_one_sidecar(v: &Value) -> bool {
@@ -364,6 +374,8 @@ const SERVER: Fixed = &[
 ];
 
 const IDLE: Fixed = &[
+    ("transport", &["transport"]),
+    ("quiet channels per viewer", &["quiet_channels"]),
     ("subscribers", &["subscribers"]),
     ("nginx workers", &["server", "workers"]),
     ("hosts", &["server", "hosts"]),
@@ -429,6 +441,8 @@ const FAILOVER: Fixed = &[
 
 /// Fanout and rooms.
 const DELIVERY: Fixed = &[
+    ("transport", &["transport"]),
+    ("quiet channels per viewer", &["quiet_channels"]),
     ("subscribers", &["subscribers"]),
     ("rooms", &["rooms"]),
     ("nginx workers", &["server", "workers"]),
@@ -436,12 +450,19 @@ const DELIVERY: Fixed = &[
     ("published", &["published"]),
     ("deliveries", &["deliveries"]),
     ("deliveries/s", &["deliveries_per_s"]),
+    ("polls answered", &["polls_answered"]),
+    ("polls answered/s", &["polls_answered_per_s"]),
     ("lost", &["lost"]),
     ("duplicates", &["duplicates"]),
+    ("gaps in a viewer's ids", &["gaps"]),
     ("closed by the server", &["closed"]),
     (
         "nginx CPU per delivery (µs)",
         &["nginx_cpu_us_per_delivery"],
+    ),
+    (
+        "nginx CPU per poll answered (µs)",
+        &["nginx_cpu_us_per_poll"],
     ),
     (
         "sidecar CPU per message (µs)",
@@ -547,6 +568,15 @@ mod tests {
             md.contains("| zero loss in every scenario | 0 | 0.00 | yes |"),
             "{md}"
         );
+        // An SSE run of the same load is shown, not judged against the WebSocket's target.
+        let mut sse = fanout(9.0, 20.0, 0);
+        sse["transport"] = "sse".into();
+        let md = render(&[fanout(4.0, 20.0, 0), sse], Path::new("r.jsonl"));
+        assert!(
+            md.contains("nginx CPU per delivery | ≤ 5 µs | 4.00 µs | yes |"),
+            "{md}"
+        );
+        assert!(md.contains("| transport | sse |"), "{md}");
         let lossy = render(&[fanout(4.0, 10.0, 3)], Path::new("r.jsonl"));
         assert!(
             lossy.contains("| zero loss in every scenario | 0 | 3.00 | **no** |"),

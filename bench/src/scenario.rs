@@ -21,6 +21,7 @@ use crate::load::{id_count, room_channel, Fleet, LoadPlan};
 use crate::procfs::{self, CpuMeter, CpuTimes};
 use crate::publish::{self, Pace, PublishPlan};
 use crate::stack::{redact, Broker, Stack, StackArgs};
+use crate::viewer::Transport;
 use crate::BenchError;
 
 #[derive(Debug, clap::Subcommand)]
@@ -40,36 +41,64 @@ pub enum Scenario {
 }
 
 impl Scenario {
-    pub async fn run(self) -> Result<Value, BenchError> {
+    /// Runs the scenario: one result, or one per `--transport`, each on a fresh stack.
+    pub async fn run(self) -> Result<Vec<Value>, BenchError> {
+        let mut results = Vec::new();
         match self {
-            Scenario::Idle(a) => idle(a).await,
+            Scenario::Idle(a) => {
+                for &transport in &a.viewers.transport {
+                    results.push(idle(&a, transport).await?);
+                }
+            }
             Scenario::Fanout(a) => {
-                let spec = DeliverySpec {
-                    name: "fanout",
-                    rooms: 1,
-                    subscribers: a.subscribers,
-                    rate_per_room: a.rate,
-                    message: a.message,
-                    publishers: a.publishers,
-                };
-                deliver(a.target, spec).await
+                for &transport in &a.viewers.transport {
+                    let spec = DeliverySpec {
+                        name: "fanout",
+                        rooms: 1,
+                        subscribers: a.subscribers,
+                        rate_per_room: a.rate,
+                        message: a.message.clone(),
+                        publishers: a.publishers,
+                        transport,
+                        quiet_channels: a.viewers.quiet_channels,
+                    };
+                    results.push(deliver(&a.target, spec).await?);
+                }
             }
             Scenario::Rooms(a) => {
-                let spec = DeliverySpec {
-                    name: "rooms",
-                    rooms: a.rooms,
-                    subscribers: a.rooms * a.per_room,
-                    rate_per_room: a.rate,
-                    message: a.message,
-                    publishers: a.publishers,
-                };
-                deliver(a.target, spec).await
+                for &transport in &a.viewers.transport {
+                    let spec = DeliverySpec {
+                        name: "rooms",
+                        rooms: a.rooms,
+                        subscribers: a.rooms * a.per_room,
+                        rate_per_room: a.rate,
+                        message: a.message.clone(),
+                        publishers: a.publishers,
+                        transport,
+                        quiet_channels: a.viewers.quiet_channels,
+                    };
+                    results.push(deliver(&a.target, spec).await?);
+                }
             }
-            Scenario::Publish(a) => publish_flood(a).await,
-            Scenario::Floor(a) => floor(a).await,
-            Scenario::Failover(a) => crate::failover::failover(a).await,
+            Scenario::Publish(a) => results.push(publish_flood(a).await?),
+            Scenario::Floor(a) => results.push(floor(a).await?),
+            Scenario::Failover(a) => results.push(crate::failover::failover(a).await?),
         }
+        Ok(results)
     }
+}
+
+/// How the viewers of a scenario subscribe.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ViewerArgs {
+    /// Viewer transports, comma-separated (ws, sse, poll): the scenario runs once for each,
+    /// in this order, on a fresh stack, and prints one result line each.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "ws")]
+    pub transport: Vec<Transport>,
+    /// Channels nobody publishes to that every viewer watches besides its room: an SSE
+    /// viewer's event ids then name every channel, so its events are its own.
+    #[arg(long, default_value_t = 0)]
+    pub quiet_channels: usize,
 }
 
 /// Where the load goes and how it is spread.
@@ -134,6 +163,8 @@ pub struct IdleArgs {
     /// Seconds to hold them before reading memory.
     #[arg(long, default_value_t = 3.0, value_parser = parse_pause)]
     pub hold: f64,
+    #[command(flatten)]
+    pub viewers: ViewerArgs,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -151,6 +182,8 @@ pub struct FanoutArgs {
     /// Publisher sockets sharing the rate.
     #[arg(long, default_value_t = 1)]
     pub publishers: usize,
+    #[command(flatten)]
+    pub viewers: ViewerArgs,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -171,6 +204,8 @@ pub struct RoomsArgs {
     /// Publisher sockets sharing the rate.
     #[arg(long, default_value_t = 4)]
     pub publishers: usize,
+    #[command(flatten)]
+    pub viewers: ViewerArgs,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -337,7 +372,14 @@ impl Target {
             .collect()
     }
 
-    fn load_plan(&self, prefix: &str, rooms: usize, subscribers: usize) -> LoadPlan {
+    fn load_plan(
+        &self,
+        prefix: &str,
+        rooms: usize,
+        subscribers: usize,
+        transport: Transport,
+        quiet_channels: usize,
+    ) -> LoadPlan {
         LoadPlan {
             targets: self.hosts.clone(),
             sub_path: self.args.sub_path.clone(),
@@ -347,6 +389,8 @@ impl Target {
             processes: self.args.processes,
             source_base: self.args.source_base,
             concurrency: self.args.concurrency,
+            transport,
+            quiet_channels,
         }
     }
 
@@ -450,12 +494,14 @@ async fn connect_all(fleet: &mut Fleet, scenario: &str, total: usize) -> Result<
     Ok(seconds)
 }
 
-pub async fn idle(args: IdleArgs) -> Result<Value, BenchError> {
+pub async fn idle(args: &IdleArgs, transport: Transport) -> Result<Value, BenchError> {
     let target = Target::open(&args.target)?;
     let workers = target.worker_pids();
     let rss_before = sum_rss(&workers);
     let prefix = run_prefix("idle");
-    let mut fleet = Fleet::spawn(&target.load_plan(&prefix, args.rooms, args.subscribers))?;
+    let quiet = args.viewers.quiet_channels;
+    let plan = target.load_plan(&prefix, args.rooms, args.subscribers, transport, quiet);
+    let mut fleet = Fleet::spawn(&plan)?;
     let steal_start = CpuTimes::now();
     let connect_seconds = connect_all(&mut fleet, "idle", args.subscribers).await?;
     tokio::time::sleep(Duration::from_secs_f64(args.hold)).await;
@@ -470,8 +516,9 @@ pub async fn idle(args: IdleArgs) -> Result<Value, BenchError> {
     fleet.stop().await;
     let connected = p.connected.max(1);
     let per_sub = rss_after.saturating_sub(rss_before) as f64 / connected as f64;
-    Ok(json!({
+    let mut result = json!({
         "scenario": "idle",
+        "transport": transport,
         "server": target.describe(),
         "subscribers": args.subscribers,
         "rooms": args.rooms,
@@ -486,7 +533,11 @@ pub async fn idle(args: IdleArgs) -> Result<Value, BenchError> {
         "rss_per_subscriber_bytes": if workers.is_empty() { Value::Null } else { round(per_sub, 0).into() },
         "steal_pct": round(steal, 1),
         "errors": p.errors,
-    }))
+    });
+    if quiet > 0 {
+        result["quiet_channels"] = quiet.into();
+    }
+    Ok(result)
 }
 
 /// A delivery run: rooms × subscribers, a rate per room.
@@ -497,6 +548,8 @@ struct DeliverySpec {
     rate_per_room: f64,
     message: MessageArgs,
     publishers: usize,
+    transport: Transport,
+    quiet_channels: usize,
 }
 
 impl DeliverySpec {
@@ -515,16 +568,23 @@ impl DeliverySpec {
     }
 }
 
-async fn deliver(target_args: TargetArgs, spec: DeliverySpec) -> Result<Value, BenchError> {
+async fn deliver(target_args: &TargetArgs, spec: DeliverySpec) -> Result<Value, BenchError> {
     if spec.rooms == 0 || spec.subscribers == 0 {
         return Err(BenchError::Setup(
             "rooms and subscribers must be at least 1".into(),
         ));
     }
-    let target = Target::open(&target_args)?;
+    let target = Target::open(target_args)?;
     let token = target.publisher_token().await?;
     let prefix = run_prefix(spec.name);
-    let mut fleet = Fleet::spawn(&target.load_plan(&prefix, spec.rooms, spec.subscribers))?;
+    let plan = target.load_plan(
+        &prefix,
+        spec.rooms,
+        spec.subscribers,
+        spec.transport,
+        spec.quiet_channels,
+    );
+    let mut fleet = Fleet::spawn(&plan)?;
     let connect_seconds = connect_all(&mut fleet, spec.name, spec.subscribers).await?;
 
     let nginx_cpu = CpuMeter::start(&target.worker_pids());
@@ -582,6 +642,7 @@ async fn deliver(target_args: TargetArgs, spec: DeliverySpec) -> Result<Value, B
     let published: u64 = stats.published.values().copied().map(id_count).sum();
     let mut result = json!({
         "scenario": spec.name,
+        "transport": spec.transport,
         "server": target.describe(),
         "subscribers": spec.subscribers,
         "rooms": spec.rooms,
@@ -598,6 +659,7 @@ async fn deliver(target_args: TargetArgs, spec: DeliverySpec) -> Result<Value, B
         "deliveries_per_s": round(delivered as f64 / spec.message.duration, 0),
         "lost": report.lost,
         "duplicates": report.duplicates,
+        "gaps": report.gaps,
         "closed": report.close_codes,
         "latency_ms": percentiles_ms(&latency),
         "ack_latency_ms": percentiles_ms(&stats.ack_latency),
@@ -605,6 +667,7 @@ async fn deliver(target_args: TargetArgs, spec: DeliverySpec) -> Result<Value, B
         "machine_busy_pct": round(machine_end.busy_pct_since(&machine_start), 1),
         "window_s": round(window, 2),
         "load_cpu_us_per_delivery": per(load_used, delivered),
+        "errors": report.progress.errors,
     });
     // `<name>_cpu_s` and `<name>_cpu_us_per_<what>`, for the processes that were measured.
     for (name, meter, used, what, count) in [
@@ -616,6 +679,15 @@ async fn deliver(target_args: TargetArgs, spec: DeliverySpec) -> Result<Value, B
             result[format!("{name}_cpu_s")] = round(used.as_secs_f64(), 3).into();
             result[format!("{name}_cpu_us_per_{what}")] = per(used, count);
         }
+    }
+    if spec.quiet_channels > 0 {
+        result["quiet_channels"] = spec.quiet_channels.into();
+    }
+    if spec.transport == Transport::Poll {
+        let requests = report.progress.requests;
+        result["polls_answered"] = requests.into();
+        result["polls_answered_per_s"] = round(requests as f64 / spec.message.duration, 0).into();
+        result["nginx_cpu_us_per_poll"] = per(nginx_used, requests);
     }
     if per_host.len() > 1 {
         // Host 0 takes the publishers; the others get every message through the broker.
@@ -752,6 +824,8 @@ pub async fn floor(args: FloorArgs) -> Result<Value, BenchError> {
         processes: args.processes,
         source_base: args.source_base,
         concurrency: 100,
+        transport: Transport::Ws,
+        quiet_channels: 0,
     };
     let mut fleet = Fleet::spawn(&plan)?;
     let connect_seconds = connect_all(&mut fleet, "floor", args.subscribers).await?;

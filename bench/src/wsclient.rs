@@ -20,7 +20,7 @@ const MAX_FRAME: usize = 1 << 20;
 pub enum ConnectError {
     #[error("connect: {0}")]
     Io(#[from] io::Error),
-    #[error("the server answered {0:?} instead of 101")]
+    #[error("the server answered {0:?}")]
     Refused(String),
     #[error("the server closed the connection during the handshake")]
     Eof,
@@ -34,6 +34,8 @@ pub enum Frame<'a> {
     Text(&'a [u8]),
     /// The server closed with this code (1005 when it gave none).
     Close(u16),
+    /// A long poll was answered (its messages come next); only polls say this.
+    Answered,
 }
 
 pub struct WsClient {
@@ -57,6 +59,48 @@ pub async fn tcp_connect(addr: SocketAddr, source: Option<IpAddr>) -> io::Result
     Ok(stream)
 }
 
+/// Reads until `buf[..*end]` holds a whole response head and returns its length (the
+/// bytes after it, up to `end`, are the body's first).
+pub async fn read_head(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    end: &mut usize,
+) -> Result<usize, ConnectError> {
+    loop {
+        if let Some(pos) = find(&buf[..*end], b"\r\n\r\n") {
+            return Ok(pos + 4);
+        }
+        if *end == buf.len() {
+            if buf.len() >= MAX_HEADER {
+                return Err(ConnectError::Refused("an over-long response header".into()));
+            }
+            buf.resize(buf.len() * 2, 0);
+        }
+        let n = stream.read(&mut buf[*end..]).await?;
+        if n == 0 {
+            return Err(ConnectError::Eof);
+        }
+        *end += n;
+    }
+}
+
+/// Refuses a response head whose status is not `code`.
+pub fn expect_status(head: &str, code: &str) -> Result<(), ConnectError> {
+    let status = head.lines().next().unwrap_or_default();
+    match status.strip_prefix("HTTP/1.1 ") {
+        Some(rest) if rest.starts_with(code) => Ok(()),
+        _ => Err(ConnectError::Refused(status.to_owned())),
+    }
+}
+
+/// The value of header `name` in a response head.
+pub fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().skip(1).find_map(|l| {
+        let (n, value) = l.split_once(':')?;
+        n.eq_ignore_ascii_case(name).then(|| value.trim())
+    })
+}
+
 impl WsClient {
     /// Connects and upgrades `GET path` on `addr`.
     pub async fn connect(
@@ -78,34 +122,11 @@ impl WsClient {
         stream.write_all(request.as_bytes()).await?;
         let mut buf = vec![0u8; 2048];
         let mut end = 0;
-        let head_len = loop {
-            if end == buf.len() {
-                if buf.len() >= MAX_HEADER {
-                    return Err(ConnectError::Refused("an over-long response header".into()));
-                }
-                buf.resize(buf.len() * 2, 0);
-            }
-            let n = stream.read(&mut buf[end..]).await?;
-            if n == 0 {
-                return Err(ConnectError::Eof);
-            }
-            end += n;
-            if let Some(pos) = find(&buf[..end], b"\r\n\r\n") {
-                break pos + 4;
-            }
-        };
+        let head_len = read_head(&mut stream, &mut buf, &mut end).await?;
         let head = String::from_utf8_lossy(&buf[..head_len]);
-        let status = head.lines().next().unwrap_or_default();
-        if !status.starts_with("HTTP/1.1 101") {
-            return Err(ConnectError::Refused(status.to_owned()));
-        }
+        expect_status(&head, "101")?;
         let expected = chatup_tests::raw::accept_for(&key);
-        let accept_ok = head.lines().any(|l| {
-            l.split_once(':').is_some_and(|(name, value)| {
-                name.eq_ignore_ascii_case("sec-websocket-accept") && value.trim() == expected
-            })
-        });
-        if !accept_ok {
+        if header(&head, "sec-websocket-accept") != Some(expected.as_str()) {
             return Err(ConnectError::BadAccept);
         }
         Ok(Self {

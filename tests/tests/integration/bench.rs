@@ -14,6 +14,13 @@ fn bench(args: &[&str]) -> Output {
 
 /// Runs a scenario that must succeed and returns its one-line JSON result.
 fn result_of(args: &[&str]) -> Value {
+    let mut results = results_of(args);
+    assert_eq!(results.len(), 1, "one JSON line expected, got {results:?}");
+    results.remove(0)
+}
+
+/// Runs a scenario that must succeed and returns its JSON result lines.
+fn results_of(args: &[&str]) -> Vec<Value> {
     let out = bench(args);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -22,9 +29,10 @@ fn result_of(args: &[&str]) -> Value {
         "chatup-bench {args:?} failed ({}):\n{stderr}",
         out.status
     );
-    let lines: Vec<&str> = stdout.lines().collect();
-    assert_eq!(lines.len(), 1, "one JSON line expected, got:\n{stdout}");
-    serde_json::from_str(lines[0]).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+    stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {stdout}")))
+        .collect()
 }
 
 #[test]
@@ -60,6 +68,75 @@ fn fanout_delivers_everything_to_every_subscriber() {
         "{r}"
     );
     assert!(r["command"].as_str().unwrap().contains("fanout"), "{r}");
+}
+
+#[test]
+fn websocket_sse_and_poll_viewers_side_by_side() {
+    let runs = results_of(&[
+        "fanout",
+        "--workers",
+        "1",
+        "--subscribers",
+        "100",
+        "--rate",
+        "20",
+        "--duration",
+        "1",
+        "--transport",
+        "ws,sse,poll",
+    ]);
+    let transports: Vec<&str> = runs
+        .iter()
+        .map(|r| r["transport"].as_str().unwrap())
+        .collect();
+    assert_eq!(transports, ["ws", "sse", "poll"]);
+    for r in &runs {
+        assert_eq!(r["connected"], 100, "{r}");
+        let published = r["published"].as_u64().expect("published");
+        assert!(
+            published >= 10,
+            "20 msg/s for 1 s published {published}: {r}"
+        );
+        assert_eq!(r["deliveries"], published * 100, "{r}");
+        assert_eq!(r["lost"], 0, "{r}");
+        assert_eq!(r["duplicates"], 0, "{r}");
+        assert_eq!(r["gaps"], 0, "{r}");
+        assert_eq!(r["latency_ms"]["count"], r["deliveries"], "{r}");
+        assert!(
+            r["nginx_cpu_us_per_delivery"].as_f64().unwrap() > 0.0,
+            "{r}"
+        );
+    }
+    // Every poll answer carries at least one message, so there are at most as many polls as
+    // deliveries; at least one per poller.
+    let polls = runs[2]["polls_answered"].as_u64().expect("polls answered");
+    assert!(
+        (100..=runs[2]["deliveries"].as_u64().unwrap()).contains(&polls),
+        "{}",
+        runs[2]
+    );
+    assert!(runs[0].get("polls_answered").is_none(), "{}", runs[0]);
+
+    let idle = result_of(&[
+        "idle",
+        "--workers",
+        "1",
+        "--subscribers",
+        "300",
+        "--hold",
+        "0.5",
+        "--transport",
+        "sse",
+        "--quiet-channels",
+        "2",
+    ]);
+    assert_eq!(idle["transport"], "sse", "{idle}");
+    assert_eq!(idle["quiet_channels"], 2, "{idle}");
+    assert_eq!(idle["connected"], 300, "{idle}");
+    assert_eq!(idle["closed_while_idle"], 0, "{idle}");
+    let after = idle["worker_rss_after_kb"].as_u64().unwrap();
+    let before = idle["worker_rss_before_kb"].as_u64().unwrap();
+    assert!(after > before, "300 SSE viewers cost no memory? {idle}");
 }
 
 #[test]
@@ -229,7 +306,35 @@ fn rooms_idle_publish_and_floor_report_their_figures() {
 
 #[test]
 fn bad_input_is_refused_with_a_reason() {
-    let cases: [(&[&str], &str); 6] = [
+    let cases: [(&[&str], &str); 10] = [
+        (
+            &["fanout", "--transport", "smoke"],
+            "invalid value 'smoke' for '--transport",
+        ),
+        (
+            &["idle", "--transport", "ws,"],
+            "[possible values: ws, sse, poll]",
+        ),
+        // Publishers and the floor have no viewers to choose a transport for.
+        (
+            &["publish", "--transport", "sse"],
+            "unexpected argument '--transport'",
+        ),
+        // More channels than the module's chatup_max_channels (16): its refusal is shown.
+        (
+            &[
+                "fanout",
+                "--subscribers",
+                "2",
+                "--duration",
+                "1",
+                "--transport",
+                "sse",
+                "--quiet-channels",
+                "16",
+            ],
+            "no subscriber could connect: the server answered \"HTTP/1.1 400",
+        ),
         (&["fanout", "--duration", "0"], "is not a number of seconds"),
         (
             &["fanout", "--url", "https://example.com"],
