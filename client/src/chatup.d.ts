@@ -257,8 +257,23 @@ export interface ChatUpOptions {
   countSettle?: number;
   /** Join the room on the publisher socket, so the user counts as a chatter and others see join/leave (default true). */
   presence?: boolean;
-  /** Replacements for the globals, for other runtimes and tests. */
-  WebSocket?: typeof WebSocket;
+  /**
+   * The viewer transports to use, best first (default `['websocket', 'sse', 'poll']`); one
+   * name pins it. Those the page lacks (no `WebSocket`, no `EventSource`) are skipped.
+   */
+  transports?: Transport[];
+  /**
+   * Failed attempts in a row (not opened, or closed before a first message and before
+   * `stableAfter`) after which a transport gives way to the next one (default 3).
+   */
+  transportFailures?: number;
+  /** After falling back, how long until the best transport is tried again, ms (default 300000). */
+  transportRetryAfter?: number;
+  /** Where the transport that worked is remembered for the session (default `sessionStorage`; null: not kept). */
+  storage?: Pick<Storage, 'getItem' | 'setItem'> | null;
+  /** Replacements for the globals, for other runtimes and tests (null: as if absent). */
+  WebSocket?: typeof WebSocket | null;
+  EventSource?: typeof EventSource | null;
   /** Where `online` events come from (default `window`): one cuts a reconnect wait short. */
   network?: EventTarget | null;
   fetch?: typeof fetch;
@@ -271,7 +286,20 @@ export interface ChatUpOptions {
   origin?: string | null;
 }
 
+/** How the room's messages reach the page. */
+export type Transport = 'websocket' | 'sse' | 'poll';
+
+/** The viewer transports, best first. */
+export declare const TRANSPORTS: readonly Transport[];
+
+/** The client moved to another transport after the one before kept failing. */
+export interface TransportChange {
+  transport: Transport;
+  previous: Transport;
+}
+
 export interface ChatUpEvents {
+  transport: TransportChange;
   message: ChatMessage;
   event: ChatEvent;
   status: StatusChange;
@@ -298,6 +326,8 @@ export declare class ChatUp {
   readonly user: PublicUser | null;
   /** The last counts, or null before the first. */
   readonly counts: Counts | null;
+  /** The viewer transport in use (or tried next). */
+  readonly transport: Transport;
 
   /**
    * Joins the room; resolves once messages flow (and a given token was accepted). Rejects

@@ -7,8 +7,9 @@
 //   await chat.init();
 //   await chat.say('hello');
 //
-// A room is watched through a subscriber WebSocket (`/sub/<room>[/<more>]`, served by nginx)
-// and written to through a publisher WebSocket (`/pub`, the sidecar). The dispatcher
+// A room is watched through a subscriber connection (`/sub/<room>[/<more>]`, served by nginx:
+// a WebSocket, or where that fails an SSE stream, or long-polls) and written to through a
+// publisher WebSocket (`/pub`, the sidecar; `POST /pub/<room>` without WebSocket). The dispatcher
 // (`POST /join/<room>`) names the host to use and gives the recent history; `GET
 // /channels/<room>` gives the viewer and chatter counts. Both sockets reconnect on their own,
 // with exponential backoff and full jitter; the subscriber resumes with `since`, so a message
@@ -27,7 +28,8 @@
 // sends it again with the same key until `sendTimeout`; the server publishes a key once, so a
 // retry can never post the message twice.
 //
-// No dependencies; runs in browsers and in Node 22+ (or with `WebSocket` and `fetch` given).
+// No dependencies; runs in browsers and in Node 22+ (or with `WebSocket`, `EventSource` and
+// `fetch` given).
 
 /** The client's state, as one value for a status line. */
 export const Status = Object.freeze({
@@ -220,6 +222,40 @@ export function hostEndpoints(host, dispatcherURL) {
   return { id: host.id, sub: ws(host.sub), pub: ws(host.pub) };
 }
 
+/** A WebSocket URL of a host as the plain HTTP URL of the same place (SSE, polls, POST). */
+function httpURL(wsURL) {
+  const url = new URL(wsURL);
+  if (url.protocol === 'ws:') url.protocol = 'http:';
+  else if (url.protocol === 'wss:') url.protocol = 'https:';
+  return url.href;
+}
+
+/** The viewer transports, best first. */
+export const TRANSPORTS = Object.freeze(['websocket', 'sse', 'poll']);
+
+/** Where the transport that worked is remembered for the session. */
+const TRANSPORT_KEY = 'chatup.transport';
+
+/** The page's sessionStorage, when it has one it may use. */
+function sessionStore() {
+  try {
+    return globalThis.sessionStorage || null;
+  } catch {
+    return null;
+  }
+}
+
+/** The `_public` object of a JWT, read without checking it (the server checks it). */
+function publicOf(token) {
+  try {
+    const part = token.split('.')[1].replace(/-/g, '+').replace(/_/g, '/');
+    const json = JSON.parse(decodeURIComponent(escape(atob(part))));
+    return json && typeof json._public === 'object' ? json._public : null;
+  } catch {
+    return null;
+  }
+}
+
 /** What a request's timer gives in a race with the request. */
 const TIMED_OUT = Symbol('timed out');
 
@@ -239,6 +275,9 @@ const DEFAULTS = {
   countInterval: 10000,
   countSettle: 3000,
   presence: true,
+  transports: TRANSPORTS,
+  transportFailures: 3,
+  transportRetryAfter: 300000,
 };
 
 /** `ms` as a short text for a person: "1.2 s". */
@@ -256,7 +295,9 @@ function socketError(what, url, openedAt, end) {
   if (openedAt === null) {
     return new ChatUpError(
       'host_unreachable',
-      `${what} to ${url} could not be opened (${how}): the chat host is down or unreachable, or a proxy in front of it does not pass WebSocket upgrades`,
+      `${what} to ${url} could not be opened (${how}): the chat host is down or unreachable${
+        url.startsWith('ws') ? ', or a proxy in front of it does not pass WebSocket upgrades' : ''
+      }`,
     );
   }
   return new ChatUpError('connection_lost', `${what} to ${url} closed (${how})`);
@@ -323,6 +364,7 @@ export class ChatUp {
       if (options[key] !== undefined) this.options[key] = options[key];
     }
     this._WebSocket = options.WebSocket || globalThis.WebSocket;
+    this._EventSource = options.EventSource || globalThis.EventSource;
     this._fetch = options.fetch || (globalThis.fetch && globalThis.fetch.bind(globalThis));
     this._random = options.random || Math.random;
     // The page's origin: a cross-origin dispatcher that answers but cannot be read is
@@ -333,8 +375,28 @@ export class ChatUp {
     this._onOnline = () => {
       for (const wake of [...this._sleepers]) wake();
     };
-    if (!this._WebSocket) throw new TypeError('no WebSocket here: pass options.WebSocket');
     if (!this._fetch) throw new TypeError('no fetch here: pass options.fetch');
+    const wanted = this.options.transports;
+    if (!Array.isArray(wanted) || wanted.length === 0) {
+      throw new TypeError(`transports must be a non-empty array of ${TRANSPORTS.join(', ')}`);
+    }
+    for (const t of wanted) {
+      if (!TRANSPORTS.includes(t)) throw new TypeError(`transports: "${t}" is not one of ${TRANSPORTS.join(', ')}`);
+    }
+    if (new Set(wanted).size !== wanted.length) throw new TypeError('transports must not repeat a transport');
+    const present = { websocket: !!this._WebSocket, sse: !!this._EventSource, poll: true };
+    const usable = wanted.filter((t) => present[t]);
+    if (usable.length === 0) {
+      throw new TypeError(`none of the transports ${wanted.join(', ')} is available here: pass options.WebSocket or options.EventSource`);
+    }
+    this._storage = options.storage !== undefined ? options.storage : sessionStore();
+    /** The viewer transports this page can use, best first, and the one in use. */
+    this._transport = { list: usable, index: 0, failures: 0, since: 0 };
+    const remembered = this._readTransport();
+    if (remembered) {
+      this._transport.index = remembered.index;
+      this._transport.since = remembered.since;
+    }
 
     this._listeners = new Map();
     this._points = new ResumePoints();
@@ -407,6 +469,11 @@ export class ChatUp {
   /** The `_public` object of the authenticated user, or null. */
   get user() {
     return this._pub.user;
+  }
+
+  /** The viewer transport in use (or tried next): `websocket`, `sse` or `poll`. */
+  get transport() {
+    return this._transport.list[this._transport.index];
   }
 
   /** The last counts: `{channel, subCount, pubCount}`, or null before the first. */
@@ -488,6 +555,8 @@ export class ChatUp {
         pub.reauthRef = pub.nextRef++;
         pub.socket.send(JSON.stringify({ ref: pub.reauthRef, token }));
       }, (e) => this._authFailed(new ChatUpError('bad_token', `the token function failed: ${e.message}`)));
+    } else if (this._started && !this._WebSocket) {
+      this._startPublisher();
     } else if (this._started) {
       if (pub.state === 'authError' || pub.state === 'banned' || pub.state === 'none') pub.state = 'waiting';
       this._update();
@@ -538,6 +607,7 @@ export class ChatUp {
       const e = pub.authError;
       return Promise.reject(new ChatUpError(e ? e.code : 'bad_token', e ? e.message : 'the token was refused'));
     }
+    if (pub.state === 'http') return this._postPublish(channel, body, key);
     return new Promise((resolve, reject) => {
       const entry = {
         kind: 'publish',
@@ -651,7 +721,63 @@ export class ChatUp {
     await this._joinDispatcher([]);
     this._startCounts();
     this._runSubscriber();
-    if (this._pub.jwt !== null) this._runPublisher();
+    if (this._pub.jwt !== null) this._startPublisher();
+  }
+
+  /** The publisher: a WebSocket session, or, without WebSocket, `POST /pub/<ch>` per message. */
+  _startPublisher() {
+    if (this._WebSocket) {
+      this._runPublisher();
+      return;
+    }
+    const pub = this._pub;
+    pub.state = 'http';
+    this._tokenValue().then((token) => {
+      pub.user = publicOf(token);
+      pub.everAuthenticated = true;
+      this._update();
+      for (const waiter of pub.authWaiters.splice(0)) waiter.resolve();
+    }, (e) => this._authFailed(new ChatUpError('bad_token', `the token function failed: ${e.message}`)));
+  }
+
+  /** One message by `POST /pub/<ch>`, sent again with its key while the outcome is unknown. */
+  async _postPublish(channel, body, key) {
+    const pub = this._pub;
+    const deadline = Date.now() + this.options.sendTimeout;
+    let lastError = null;
+    for (let attempt = 1; ; attempt += 1) {
+      if (this._closed) throw new ChatUpError('closed', 'the client was closed');
+      let response = null;
+      try {
+        const token = await this._tokenValue();
+        response = await this._fetch(`${httpURL(this._host.pub)}/${channel}`, {
+          method: 'POST',
+          headers: { 'Content-Type': 'application/json', Authorization: `Bearer ${token}`, 'Idempotency-Key': key },
+          body: JSON.stringify(body),
+        });
+      } catch (e) {
+        lastError = new ChatUpError('unavailable', `POST /pub/${channel} failed: ${e.message}`);
+      }
+      if (response) {
+        let answer = null;
+        try {
+          answer = await response.json();
+        } catch {
+          answer = null;
+        }
+        if (response.ok && answer) return answer;
+        const err = answer && answer.error ? answer.error : { code: 'bad_response', message: `POST /pub/${channel} answered ${response.status}` };
+        const retryAfter = Number(response.headers.get('Retry-After')) || undefined;
+        lastError = new ChatUpError(err.code, err.message, { until: err.until ?? null, retryAfter });
+        if (err.code !== 'unavailable') throw lastError;
+      }
+      const delay = Math.max(MIN_RETRY_DELAY, backoffDelay(attempt, this.options.reconnectDelay, this.options.maxReconnectDelay, this._random));
+      if (Date.now() + delay > deadline) {
+        throw new ChatUpError('timeout', `no answer within ${this.options.sendTimeout} ms (last: ${lastError.code}: ${lastError.message}); say it again with its idempotencyKey to be sure`, { idempotencyKey: key });
+      }
+      await this._sleep(delay);
+      if (pub.state !== 'http') throw lastError;
+    }
   }
 
   /**
@@ -766,15 +892,7 @@ export class ChatUp {
   _pump(ws, onFrame) {
     return new Promise((resolve) => {
       ws.onmessage = (event) => {
-        if (typeof event.data !== 'string') return;
-        let frame;
-        try {
-          frame = JSON.parse(event.data);
-        } catch {
-          this._emit('error', new ChatUpError('bad_frame', `a frame that is not JSON: ${event.data.slice(0, 80)}`));
-          return;
-        }
-        if (frame && typeof frame === 'object') onFrame(frame);
+        if (typeof event.data === 'string') this._frameOf(event.data, onFrame);
       };
       ws.onclose = (event) => resolve({ code: event.code || 1006, reason: event.reason || '' });
       // Closed before this handler was in place (CLOSING or CLOSED): no close event will come.
@@ -786,20 +904,25 @@ export class ChatUp {
     const sub = this._sub;
     while (!this._closed) {
       const host = this._host;
+      const transport = this._pickTransport();
       const since = this._points.since(this.channels);
-      const url = host.sub + this.channels.join('/') + (since ? `?since=${since}` : '');
       let openedAt = null;
+      let delivered = false;
+      const onFrame = (frame) => {
+        delivered = true;
+        this._deliver(frame);
+      };
       let end;
       try {
-        const ws = await this._open(url, sub);
+        const pump = await this._openViewer(transport, host, since, sub);
         openedAt = Date.now();
         sub.open = true;
         sub.openFailures = 0;
-        this._connected();
+        this._connected(`watching over ${transport}`);
         // The counts so far were taken before this socket counted (the join answer, or the
         // room before a reconnect or host switch).
         this._settleCounts();
-        end = await this._pump(ws, (frame) => this._deliver(frame));
+        end = await pump(onFrame);
       } catch (e) {
         if (!(e instanceof OpenFailed)) throw e;
         end = { code: e.code, reason: e.reason || '' };
@@ -812,9 +935,201 @@ export class ChatUp {
         this._stop(new ChatUpError('refused', `the server closed the room's connection with ${end.code}: ${end.reason}`));
         return;
       }
-      const error = socketError('the room\'s connection', host.sub, openedAt, end);
+      const worked = openedAt !== null && (delivered || Date.now() - openedAt >= this.options.stableAfter);
+      const fellBack = this._transportEnded(worked);
+      const url = transport === 'websocket' ? host.sub : httpURL(host.sub);
+      const what = transport === 'websocket' ? 'the room\'s connection' : `the room's ${transport} connection`;
+      const error = socketError(what, url, openedAt, end);
+      if (fellBack) {
+        // The next transport gets its own chance at once (still with a short backoff).
+        sub.attempt = 0;
+      }
       if (!(await this._afterFailure(sub, host, openedAt, error))) return;
     }
+  }
+
+  /** The transport to try now: back to the best one once `transportRetryAfter` has passed. */
+  _pickTransport() {
+    const t = this._transport;
+    if (t.index > 0 && Date.now() - t.since >= this.options.transportRetryAfter) {
+      t.index = 0;
+      t.failures = 0;
+      this._saveTransport();
+    }
+    return t.list[t.index];
+  }
+
+  /**
+   * Counts a connection that ended: one that never opened, or closed before its first message
+   * (and before `stableAfter`), is a failure of its transport; more than `transportFailures`
+   * in a row move to the next one. Returns whether it moved.
+   */
+  _transportEnded(worked) {
+    const t = this._transport;
+    if (worked) {
+      t.failures = 0;
+      this._saveTransport();
+      return false;
+    }
+    t.failures += 1;
+    if (t.failures <= this.options.transportFailures || t.index >= t.list.length - 1) return false;
+    t.index += 1;
+    t.failures = 0;
+    t.since = Date.now();
+    this._saveTransport();
+    this._emit('transport', { transport: t.list[t.index], previous: t.list[t.index - 1] });
+    return true;
+  }
+
+  _readTransport() {
+    try {
+      const saved = JSON.parse(this._storage.getItem(`${TRANSPORT_KEY}:${this.dispatcherURL}`));
+      const index = this._transport.list.indexOf(saved.transport);
+      if (index < 0 || typeof saved.since !== 'number') return null;
+      return { index, since: saved.since };
+    } catch {
+      return null;
+    }
+  }
+
+  _saveTransport() {
+    try {
+      const t = this._transport;
+      const value = JSON.stringify({ transport: t.list[t.index], since: t.since });
+      this._storage.setItem(`${TRANSPORT_KEY}:${this.dispatcherURL}`, value);
+    } catch {
+      // No storage (or full): the choice lasts as long as this client.
+    }
+  }
+
+  /**
+   * Opens the room's connection over `transport`; resolves with a pump (`onFrame` gets each
+   * message; resolves `{code, reason}` when the connection ends), rejects with OpenFailed.
+   */
+  async _openViewer(transport, host, since, side) {
+    const path = this.channels.join('/');
+    if (transport === 'websocket') {
+      const ws = await this._open(host.sub + path + (since ? `?since=${since}` : ''), side);
+      return (onFrame) => this._pump(ws, onFrame);
+    }
+    if (transport === 'sse') {
+      return this._openSSE(`${httpURL(host.sub)}${path}?transport=sse${since ? `&since=${since}` : ''}`, side);
+    }
+    return this._openPoll(`${httpURL(host.sub)}${path}?transport=poll`, since, side);
+  }
+
+  /** An EventSource whose reconnects the client makes itself (backoff, host switches, since). */
+  _openSSE(url, side) {
+    return new Promise((resolve, reject) => {
+      let es;
+      try {
+        es = new this._EventSource(url);
+      } catch (e) {
+        reject(new OpenFailed(1006, e.message));
+        return;
+      }
+      let ended = null;
+      let timer = null;
+      side.socket = {
+        close: (code = CloseCode.NORMAL, reason = '') => {
+          es.close();
+          clearTimeout(timer);
+          if (ended) ended({ code, reason });
+          else reject(new OpenFailed(code, reason));
+        },
+      };
+      timer = setTimeout(() => {
+        es.close();
+        reject(new OpenFailed(1006, `no stream within ${this.options.connectTimeout} ms (connectTimeout)`));
+      }, this.options.connectTimeout);
+      es.onerror = () => {
+        clearTimeout(timer);
+        es.close();
+        reject(new OpenFailed(1006, 'the SSE stream did not open'));
+      };
+      es.onopen = () => {
+        clearTimeout(timer);
+        resolve((onFrame) => new Promise((done) => {
+          ended = done;
+          es.onmessage = (event) => this._frameOf(event.data, onFrame);
+          es.addEventListener('close', (event) => {
+            let close = {};
+            try {
+              close = JSON.parse(event.data);
+            } catch {
+              // A close event without its JSON: an ordinary drop.
+            }
+            es.close();
+            done({ code: close.code || 1006, reason: close.reason || '' });
+          });
+          es.onerror = () => {
+            es.close();
+            done({ code: 1006, reason: 'the SSE stream ended' });
+          };
+        }));
+      };
+    });
+  }
+
+  /**
+   * Long-polls: resolves with a pump once the first poll is answered; each answer's `since` is
+   * the next poll's.
+   */
+  async _openPoll(base, since, side) {
+    let controller = null;
+    let closedWith = null;
+    side.socket = {
+      close: (code = CloseCode.NORMAL, reason = '') => {
+        closedWith = { code, reason };
+        if (controller) controller.abort();
+      },
+    };
+    const poll = async (at) => {
+      controller = new AbortController();
+      // The server holds a poll up to chatup_poll_timeout (25 s): wait longer than that.
+      const timer = setTimeout(() => controller.abort(), 60000);
+      try {
+        const response = await this._fetch(base + (at ? `&since=${at}` : ''), {
+          signal: controller.signal,
+          cache: 'no-store',
+        });
+        if (!response.ok) throw new OpenFailed(1006, `the poll was answered ${response.status}`);
+        const answer = await response.json();
+        if (!answer || !Array.isArray(answer.messages)) throw new OpenFailed(1006, 'a poll answer that is not chatup\'s');
+        return answer;
+      } catch (e) {
+        if (closedWith) throw new OpenFailed(closedWith.code, closedWith.reason);
+        if (e instanceof OpenFailed) throw e;
+        throw new OpenFailed(1006, e.message);
+      } finally {
+        clearTimeout(timer);
+      }
+    };
+    const first = await poll(since);
+    return async (onFrame) => {
+      let answer = first;
+      for (;;) {
+        for (const frame of answer.messages) if (frame && typeof frame === 'object') onFrame(frame);
+        const next = typeof answer.since === 'string' && answer.since ? answer.since : this._points.since(this.channels);
+        try {
+          answer = await poll(next);
+        } catch (e) {
+          return { code: e.code, reason: e.reason || e.message };
+        }
+      }
+    };
+  }
+
+  /** Parses one message's JSON and hands it on. */
+  _frameOf(data, onFrame) {
+    let frame;
+    try {
+      frame = JSON.parse(data);
+    } catch {
+      this._emit('error', new ChatUpError('bad_frame', `a frame that is not JSON: ${String(data).slice(0, 80)}`));
+      return;
+    }
+    if (frame && typeof frame === 'object') onFrame(frame);
   }
 
   /**
@@ -1126,7 +1441,9 @@ export class ChatUp {
 
   _whenAuthenticated() {
     const pub = this._pub;
-    if (pub.state === 'authenticated' && !pub.awaitingAuth) return Promise.resolve();
+    if ((pub.state === 'authenticated' && !pub.awaitingAuth) || (pub.state === 'http' && pub.everAuthenticated)) {
+      return Promise.resolve();
+    }
     if (pub.state === 'authError' || pub.state === 'banned') {
       const e = pub.state === 'banned' ? new ChatUpError('banned', pub.banReason, { until: pub.banUntil }) : pub.authError;
       return Promise.reject(e || new ChatUpError('bad_token', 'the token was refused'));
@@ -1140,11 +1457,11 @@ export class ChatUp {
     return new Promise((resolve, reject) => this._connectedWaiters.push({ resolve, reject }));
   }
 
-  _connected() {
+  _connected(reason = '') {
     this._everConnected = true;
     this._failing = false;
     this._hostState = 'ok';
-    this._update();
+    this._update(reason);
     for (const waiter of this._connectedWaiters.splice(0)) waiter.resolve(this);
   }
 
@@ -1203,6 +1520,9 @@ export class ChatUp {
     switch (pub.state) {
       case 'authenticated':
         return pub.banReason ? Status.BANNED : Status.AUTHENTICATED;
+      case 'http':
+        if (pub.banReason) return Status.BANNED;
+        return pub.everAuthenticated ? Status.AUTHENTICATED : Status.CONNECTED;
       case 'connecting':
         return pub.everAuthenticated ? Status.RECONNECTING : Status.CONNECTED;
       case 'waiting':

@@ -61,6 +61,53 @@ export function makeWorld() {
     }
   }
 
+  class FakeEventSource {
+    constructor(url) {
+      this.url = url;
+      this.kind = 'sse';
+      this.readyState = 0;
+      this.closedByClient = false;
+      this.listeners = new Map();
+      sockets.push(this);
+    }
+
+    addEventListener(name, handler) {
+      this.listeners.set(name, handler);
+    }
+
+    close() {
+      this.readyState = 2;
+      this.closedByClient = true;
+    }
+
+    // The server's side.
+    accept() {
+      this.readyState = 1;
+      this.onopen && this.onopen();
+    }
+
+    refuse() {
+      this.readyState = 2;
+      this.onerror && this.onerror({});
+    }
+
+    push(frame) {
+      this.onmessage && this.onmessage({ data: typeof frame === 'string' ? frame : JSON.stringify(frame) });
+    }
+
+    /** The `close` event the module sends before it ends a stream, then the end. */
+    serverClose(code, reason = '') {
+      const handler = this.listeners.get('close');
+      if (handler) handler({ data: JSON.stringify({ code, reason }) });
+      this.drop();
+    }
+
+    drop() {
+      if (this.readyState === 2) return;
+      this.onerror && this.onerror({});
+    }
+  }
+
   async function fetch(url, init = {}) {
     const u = new URL(url);
     const request = {
@@ -68,6 +115,7 @@ export function makeWorld() {
       path: u.pathname + u.search,
       body: init.body ? JSON.parse(init.body) : undefined,
       mode: init.mode || 'cors',
+      headers: init.headers || {},
       signal: init.signal || null,
     };
     requests.push(request);
@@ -92,6 +140,7 @@ export function makeWorld() {
 
   return {
     WebSocket: FakeWebSocket,
+    EventSource: FakeEventSource,
     fetch,
     sockets,
     requests,

@@ -10,7 +10,11 @@ async function example(): Promise<void> {
     additionalChannels: ['news'],
     reconnectDelay: 250,
     countSettle: 2000,
+    transports: ['sse', 'poll'],
   });
+  chat.on('transport', ({ transport, previous }) => console.log(transport, previous, chat.transport === 'poll'));
+  // @ts-expect-error: not a transport
+  new ChatUp({ dispatcherURL: 'https://chat.example.com', room: 'lobby', transports: ['comet'] });
   const stop: () => void = chat.on('message', (m: ChatMessage) => console.log(m.user?.name, m.msg, m.id));
   // @ts-expect-error: user is absent on admin posts without one
   chat.on('message', (m: ChatMessage) => console.log(m.user.name));

@@ -89,6 +89,9 @@ pub struct Subscriber<H> {
     max_unsent: usize,
     /// Already in the hub's list of subscribers to flush.
     marked: bool,
+    /// A poll that does not know where some channel stands (no `since` for it): answered
+    /// as soon as its channels are known, empty or not, so that it learns where they stand.
+    answer_when_known: bool,
 }
 
 impl<H> Subscriber<H> {
@@ -346,6 +349,8 @@ impl<H: Copy> Hub<H> {
             closing: None,
             max_unsent,
             marked: false,
+            answer_when_known: delivery == Delivery::Poll
+                && subscriptions.iter().any(|s| s.since.is_none()),
         });
         for Subscription { channel, since } in subscriptions {
             let name: Box<str> = channel.into();
@@ -406,8 +411,8 @@ impl<H: Copy> Hub<H> {
     }
 
     /// Whether a poll should be answered now: its answer is complete (full, or the worker is
-    /// closing), or it has messages and every one of its channels is known, so that one
-    /// answer covers them all.
+    /// closing), or every one of its channels is known (so that one answer covers them all)
+    /// and it has messages, or it must learn where a channel stands.
     pub fn poll_is_ready(&self, key: SubscriberKey) -> bool {
         let Some(sub) = self.subscribers.get(key) else {
             return true;
@@ -415,7 +420,7 @@ impl<H: Copy> Hub<H> {
         if sub.closing.is_some() {
             return true;
         }
-        !sub.outbox.is_empty()
+        (!sub.outbox.is_empty() || sub.answer_when_known)
             && sub
                 .channels
                 .iter()

@@ -279,3 +279,30 @@ fn the_page_says_why_it_cannot_connect() {
         None
     });
 }
+
+/// The example page without WebSocket chats over SSE, without WebSocket and EventSource over
+/// long-poll, and neither loses nor repeats a message across an nginx reload.
+#[test]
+fn the_page_chats_without_websocket() {
+    let root = repo_root();
+    let demo_key = root.join("nginx-conf/example-keys/jwt-private.pem");
+    let chatup = Chatup::start_with(
+        Options::default()
+            .workers(2)
+            .server(&example_locations(&root))
+            .sidecar_set(&format!("demo.private_key_file={}", demo_key.display())),
+    );
+    let env = [
+        ("CHATUP_URL", chatup.public_url()),
+        ("CHATUP_FEED_TOKEN", token("feeder")),
+    ];
+    run_script("transports", &env, |verb| {
+        match verb {
+            "reload" => {
+                chatup.reload();
+            }
+            other => panic!("unknown control request {other:?}"),
+        }
+        None
+    });
+}

@@ -349,3 +349,25 @@ fn a_poll_waits_for_all_its_channels_before_answering() {
         "a closing poll answers with what it has"
     );
 }
+
+#[test]
+fn a_poll_without_since_is_answered_once_its_channels_are_known_even_empty() {
+    let mut hub: Hub<u32> = Hub::new(100);
+    hub.relay_connected(1);
+    let fresh = hub.add_subscriber(1, vec![sub("e", None)], BIG, Delivery::Poll);
+    assert!(!hub.poll_is_ready(fresh), "not before the channel is known");
+    hub.handle_relay_frame(backlog("e", 4, 1..1));
+    assert!(
+        hub.poll_is_ready(fresh),
+        "empty, but it learns where the channel stands"
+    );
+    assert_eq!(
+        poll_answer(&mut hub, fresh),
+        serde_json::json!({"messages": [], "since": "e:4:0"})
+    );
+    let resuming = hub.add_subscriber(2, vec![sub("e", Some((4, 0)))], BIG, Delivery::Poll);
+    assert!(
+        !hub.poll_is_ready(resuming),
+        "nothing after its since: held"
+    );
+}
