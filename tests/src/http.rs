@@ -308,4 +308,66 @@ impl crate::Chatup {
         );
         resp.json()
     }
+
+    /// Publishes `m<from>` to `m<to>` on `ch`, checking each gets the id of its number;
+    /// returns the channel's epoch.
+    pub async fn publish_n(&self, ch: &str, from: u64, to: u64) -> u64 {
+        let mut ep = 0;
+        for i in from..=to {
+            let ack = self.publish(ch, &format!("m{i}")).await;
+            assert_eq!(ack["id"], i, "{ack}");
+            ep = ack["ep"].as_u64().expect("ep");
+        }
+        ep
+    }
+}
+
+/// Connects to `addr` (with a receive buffer of `rcvbuf` bytes when given, set before
+/// connecting so that a client that stops reading pushes back at once), sends `request` and
+/// reads up to the end of the response head: the stream, the bytes read (the head and what
+/// followed it) and where the head ends.
+pub async fn send_and_read_head(
+    addr: SocketAddr,
+    request: &[u8],
+    rcvbuf: Option<u32>,
+    deadline: Instant,
+) -> Result<(TcpStream, Vec<u8>, usize), String> {
+    let socket = tokio::net::TcpSocket::new_v4().map_err(|e| e.to_string())?;
+    if let Some(size) = rcvbuf {
+        socket
+            .set_recv_buffer_size(size)
+            .map_err(|e| e.to_string())?;
+    }
+    let mut stream = timeout_at(deadline, socket.connect(addr))
+        .await
+        .map_err(|_| "connect timed out".to_owned())?
+        .map_err(|e| format!("connect: {e}"))?;
+    timeout_at(deadline, stream.write_all(request))
+        .await
+        .map_err(|_| "write timed out".to_owned())?
+        .map_err(|e| format!("write: {e}"))?;
+    // Read the head only: the body (or frames) may follow it in the same packet.
+    let mut buf = Vec::new();
+    loop {
+        if let Some(end) = head_end(&buf) {
+            return Ok((stream, buf, end));
+        }
+        let mut chunk = [0u8; 4096];
+        match timeout_at(deadline, stream.read(&mut chunk)).await {
+            Err(_) => {
+                return Err(format!(
+                    "no response head in time (got {:?})",
+                    String::from_utf8_lossy(&buf)
+                ))
+            }
+            Ok(Err(e)) => return Err(format!("read: {e}")),
+            Ok(Ok(0)) => {
+                return Err(format!(
+                    "connection closed before a response head (got {:?})",
+                    String::from_utf8_lossy(&buf)
+                ))
+            }
+            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 use tokio::time::{timeout_at, Instant};
 
 use crate::http::{self, HttpResponse};
@@ -182,47 +182,10 @@ impl RawWs {
         rcvbuf: Option<u32>,
     ) -> Result<Self, Result<HttpResponse, String>> {
         let deadline = Instant::now() + crate::WAIT;
-        let socket = TcpSocket::new_v4().map_err(|e| Err(e.to_string()))?;
-        if let Some(size) = rcvbuf {
-            socket
-                .set_recv_buffer_size(size)
-                .map_err(|e| Err(e.to_string()))?;
-        }
-        let mut stream = timeout_at(deadline, socket.connect(addr))
+        let (mut stream, mut buf, end) = http::send_and_read_head(addr, request, rcvbuf, deadline)
             .await
-            .map_err(|_| Err("connect timed out".to_owned()))?
-            .map_err(|e| Err(format!("connect: {e}")))?;
+            .map_err(Err)?;
         let local_port = stream.local_addr().map_err(|e| Err(e.to_string()))?.port();
-        timeout_at(deadline, stream.write_all(request))
-            .await
-            .map_err(|_| Err("write timed out".to_owned()))?
-            .map_err(|e| Err(format!("write: {e}")))?;
-        // Read the head only: frames may follow the 101 in the same packet.
-        let mut buf = Vec::new();
-        let end = loop {
-            if let Some(end) = http::head_end(&buf) {
-                break end;
-            }
-            let mut chunk = [0u8; 4096];
-            let n = match timeout_at(deadline, stream.read(&mut chunk)).await {
-                Err(_) => {
-                    return Err(Err(format!(
-                        "no response head within {:?} (got {:?})",
-                        crate::WAIT,
-                        String::from_utf8_lossy(&buf)
-                    )))
-                }
-                Ok(Err(e)) => return Err(Err(format!("read: {e}"))),
-                Ok(Ok(n)) => n,
-            };
-            if n == 0 {
-                return Err(Err(format!(
-                    "connection closed before a response head (got {:?})",
-                    String::from_utf8_lossy(&buf)
-                )));
-            }
-            buf.extend_from_slice(&chunk[..n]);
-        };
         let (status, _) = http::parse_head(&buf[..end]).map_err(Err)?;
         if status != 101 {
             // Read the rest of the error response (body).

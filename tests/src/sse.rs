@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
 use tokio::time::{timeout_at, Instant};
 
 use crate::http::{self, HttpResponse};
@@ -84,33 +84,9 @@ impl SseStream {
         rcvbuf: Option<u32>,
     ) -> Result<Self, Result<HttpResponse, String>> {
         let deadline = Instant::now() + crate::WAIT;
-        let socket = TcpSocket::new_v4().map_err(|e| Err(e.to_string()))?;
-        if let Some(size) = rcvbuf {
-            socket
-                .set_recv_buffer_size(size)
-                .map_err(|e| Err(e.to_string()))?;
-        }
-        let mut stream = timeout_at(deadline, socket.connect(addr))
+        let (mut stream, mut buf, end) = http::send_and_read_head(addr, request, rcvbuf, deadline)
             .await
-            .map_err(|_| Err("connect timed out".to_owned()))?
-            .map_err(|e| Err(format!("connect: {e}")))?;
-        timeout_at(deadline, stream.write_all(request))
-            .await
-            .map_err(|_| Err("write timed out".to_owned()))?
-            .map_err(|e| Err(format!("write: {e}")))?;
-        let mut buf = Vec::new();
-        let end = loop {
-            if let Some(end) = http::head_end(&buf) {
-                break end;
-            }
-            let mut chunk = [0u8; 4096];
-            match timeout_at(deadline, stream.read(&mut chunk)).await {
-                Ok(Ok(0)) => return Err(Err("closed before a response head".to_owned())),
-                Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
-                Ok(Err(e)) => return Err(Err(format!("read: {e}"))),
-                Err(_) => return Err(Err("no response head in time".to_owned())),
-            }
-        };
+            .map_err(Err)?;
         let (status, headers) = http::parse_head(&buf[..end]).map_err(Err)?;
         let response = HttpResponse {
             status,

@@ -8,16 +8,6 @@ use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(10);
 
-async fn publish_n(env: &Chatup, ch: &str, from: u64, to: u64) -> u64 {
-    let mut ep = 0;
-    for i in from..=to {
-        let ack = env.publish(ch, &format!("m{i}")).await;
-        assert_eq!(ack["id"], i, "{ack}");
-        ep = ack["ep"].as_u64().expect("ep");
-    }
-    ep
-}
-
 fn ids(answer: &Value) -> Vec<(String, u64)> {
     answer["messages"]
         .as_array()
@@ -39,7 +29,7 @@ fn since(answer: &Value) -> String {
 #[tokio::test]
 async fn a_poll_answers_at_once_then_holds_until_a_message_comes() {
     let env = Chatup::start();
-    let ep = publish_n(&env, "p", 1, 3).await;
+    let ep = env.publish_n("p", 1, 3).await;
     let first = poll(env.nginx_addr(), "/sub/p?transport=poll", WAIT).await;
     assert_eq!(first.status, 200);
     assert_eq!(first.header("content-type"), Some("application/json"));
@@ -56,7 +46,7 @@ async fn a_poll_answers_at_once_then_holds_until_a_message_comes() {
     let held = tokio::spawn(async move { poll(addr, &path, WAIT).await });
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!held.is_finished(), "nothing new: the poll is held");
-    publish_n(&env, "p", 4, 4).await;
+    env.publish_n("p", 4, 4).await;
     let answer = held.await.unwrap().json();
     assert_eq!(ids(&answer), vec![("p".into(), 4)]);
     assert_eq!(since(&answer), format!("p:{ep}:4"));
@@ -65,7 +55,7 @@ async fn a_poll_answers_at_once_then_holds_until_a_message_comes() {
 #[tokio::test]
 async fn a_held_poll_ends_empty_at_the_timeout_with_the_same_since() {
     let env = Chatup::start_with(Options::default().sub_location("chatup_poll_timeout 500ms;"));
-    let ep = publish_n(&env, "t", 1, 1).await;
+    let ep = env.publish_n("t", 1, 1).await;
     let started = Instant::now();
     let path = format!("/sub/t?transport=poll&since=t:{ep}:1");
     let answer = poll(env.nginx_addr(), &path, WAIT).await.json();
@@ -82,15 +72,15 @@ async fn a_held_poll_ends_empty_at_the_timeout_with_the_same_since() {
 #[tokio::test]
 async fn nothing_is_lost_between_polls_on_many_channels() {
     let env = Chatup::start();
-    let ep_a = publish_n(&env, "a", 1, 1).await;
-    let ep_b = publish_n(&env, "b", 1, 1).await;
+    let ep_a = env.publish_n("a", 1, 1).await;
+    let ep_b = env.publish_n("b", 1, 1).await;
     let first = poll(env.nginx_addr(), "/sub/a/b?transport=poll", WAIT)
         .await
         .json();
     assert_eq!(since(&first), format!("a:{ep_a}:1,b:{ep_b}:1"));
     // Published between two polls.
-    publish_n(&env, "b", 2, 3).await;
-    publish_n(&env, "a", 2, 2).await;
+    env.publish_n("b", 2, 3).await;
+    env.publish_n("a", 2, 2).await;
     let path = format!("/sub/a/b?transport=poll&since={}", since(&first));
     let mut got = Vec::new();
     let mut at = since(&first);
@@ -109,7 +99,7 @@ async fn nothing_is_lost_between_polls_on_many_channels() {
 #[tokio::test]
 async fn a_stale_since_gets_a_resync_in_the_answer() {
     let env = Chatup::start();
-    let ep = publish_n(&env, "r", 1, 2).await;
+    let ep = env.publish_n("r", 1, 2).await;
     let path = format!("/sub/r?transport=poll&since=r:{}:1", ep + 1);
     let answer = poll(env.nginx_addr(), &path, WAIT).await.json();
     let messages = answer["messages"].as_array().unwrap();
@@ -121,7 +111,7 @@ async fn a_stale_since_gets_a_resync_in_the_answer() {
 #[tokio::test]
 async fn a_reload_answers_held_polls_at_once() {
     let env = Chatup::start();
-    let ep = publish_n(&env, "h", 1, 1).await;
+    let ep = env.publish_n("h", 1, 1).await;
     let addr = env.nginx_addr();
     let path = format!("/sub/h?transport=poll&since=h:{ep}:1");
     let held = tokio::spawn(async move { poll(addr, &path, WAIT).await });
@@ -166,7 +156,7 @@ async fn cors_is_answered_for_the_allowed_origin_only() {
     let env = Chatup::start_with(
         Options::default().sub_location("chatup_allow_origin \"https://page.example\";"),
     );
-    publish_n(&env, "c", 1, 1).await;
+    env.publish_n("c", 1, 1).await;
     let get = |origin: &str| {
         format!(
             "GET /sub/c?transport=poll HTTP/1.1\r\nHost: x\r\nOrigin: {origin}\r\n\

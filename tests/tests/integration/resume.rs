@@ -5,20 +5,10 @@ use std::time::Duration;
 
 const QUIET: Duration = Duration::from_millis(300);
 
-async fn publish_n(env: &Chatup, ch: &str, from: u64, to: u64) -> u64 {
-    let mut ep = 0;
-    for i in from..=to {
-        let ack = env.publish(ch, &format!("m{i}")).await;
-        assert_eq!(ack["id"], i, "{ack}");
-        ep = ack["ep"].as_u64().expect("ep");
-    }
-    ep
-}
-
 #[tokio::test]
 async fn new_subscribers_get_the_cached_messages() {
     let env = Chatup::start();
-    publish_n(&env, "hist", 1, 5).await;
+    env.publish_n("hist", 1, 5).await;
     // Every worker replays them (each has its own cache), so try a few connections.
     env.expect_on_every_worker("/sub/hist", "hist", 1..=5, QUIET)
         .await;
@@ -27,7 +17,7 @@ async fn new_subscribers_get_the_cached_messages() {
 #[tokio::test]
 async fn cache_messages_bounds_the_replay() {
     let env = Chatup::start_with(Options::default().cache_messages(3));
-    publish_n(&env, "small", 1, 10).await;
+    env.publish_n("small", 1, 10).await;
     let mut sub = Subscriber::connect(&env, "/sub/small").await;
     let msgs = sub.recv_n(3).await;
     for (m, id) in msgs.iter().zip(8..) {
@@ -35,7 +25,7 @@ async fn cache_messages_bounds_the_replay() {
     }
     sub.expect_no_message(QUIET).await;
     // Live messages still arrive, and a later subscriber gets the newest 3.
-    publish_n(&env, "small", 11, 12).await;
+    env.publish_n("small", 11, 12).await;
     let live = sub.recv_n(2).await;
     assert_message(&live[0], "small", 11, "m11");
     assert_message(&live[1], "small", 12, "m12");
@@ -50,7 +40,7 @@ async fn cache_messages_bounds_the_replay() {
 #[tokio::test]
 async fn cache_messages_zero_replays_nothing() {
     let env = Chatup::start_with(Options::default().cache_messages(0));
-    publish_n(&env, "none", 1, 3).await;
+    env.publish_n("none", 1, 3).await;
     let mut sub = Subscriber::connect(&env, "/sub/none").await;
     // Publish until one arrives (the worker's subscription may still be on its way).
     let mut first = None;
@@ -72,21 +62,21 @@ async fn cache_messages_zero_replays_nothing() {
 async fn resume_after_reconnect_loses_nothing_and_duplicates_nothing() {
     let env = Chatup::start();
     let mut sub = Subscriber::connect(&env, "/sub/res").await;
-    publish_n(&env, "res", 1, 3).await;
+    env.publish_n("res", 1, 3).await;
     let msgs = sub.recv_n(3).await;
     assert_message(&msgs[2], "res", 3, "m3");
     let since = sub.since_of("res").expect("a position");
     sub.close(1000).await;
     drop(sub);
 
-    publish_n(&env, "res", 4, 6).await;
+    env.publish_n("res", 4, 6).await;
     let mut again = Subscriber::connect(&env, &format!("/sub/res?since={since}")).await;
     let msgs = again.recv_n(3).await;
     for (m, id) in msgs.iter().zip(4..) {
         assert_message(m, "res", id, &format!("m{id}"));
     }
     again.expect_no_message(QUIET).await;
-    publish_n(&env, "res", 7, 7).await;
+    env.publish_n("res", 7, 7).await;
     assert_message(&again.recv().await, "res", 7, "m7");
     again.expect_no_message(QUIET).await;
 
@@ -94,7 +84,7 @@ async fn resume_after_reconnect_loses_nothing_and_duplicates_nothing() {
     let since = again.since_of("res").expect("a position");
     let mut up_to_date = Subscriber::connect(&env, &format!("/sub/res?since={since}")).await;
     up_to_date.expect_no_message(QUIET).await;
-    publish_n(&env, "res", 8, 8).await;
+    env.publish_n("res", 8, 8).await;
     assert_message(&up_to_date.recv().await, "res", 8, "m8");
 }
 
@@ -102,7 +92,7 @@ async fn resume_after_reconnect_loses_nothing_and_duplicates_nothing() {
 async fn resume_on_every_worker() {
     // Each worker has its own cache: resuming must work whichever worker takes the socket.
     let env = Chatup::start();
-    let ep = publish_n(&env, "every", 1, 6).await;
+    let ep = env.publish_n("every", 1, 6).await;
     env.expect_on_every_worker(
         &format!("/sub/every?since=every:{ep}:4"),
         "every",
@@ -115,7 +105,7 @@ async fn resume_on_every_worker() {
 #[tokio::test]
 async fn resume_with_another_epoch_gets_resync_epoch_changed() {
     let env = Chatup::start();
-    let ep = publish_n(&env, "epo", 1, 3).await;
+    let ep = env.publish_n("epo", 1, 3).await;
     let wrong = if ep > 1 { ep - 1 } else { ep + 1 };
     let mut sub = Subscriber::connect(&env, &format!("/sub/epo?since=epo:{wrong}:2")).await;
     let first = sub.recv().await;
@@ -130,7 +120,7 @@ async fn resume_with_another_epoch_gets_resync_epoch_changed() {
 #[tokio::test]
 async fn resume_from_before_the_cache_gets_resync_history_truncated() {
     let env = Chatup::start_with(Options::default().cache_messages(3));
-    let ep = publish_n(&env, "trunc", 1, 10).await;
+    let ep = env.publish_n("trunc", 1, 10).await;
     let mut sub = Subscriber::connect(&env, &format!("/sub/trunc?since=trunc:{ep}:2")).await;
     let first = sub.recv().await;
     assert_eq!(assert_resync(&first, "trunc", "history_truncated"), ep);
@@ -151,8 +141,8 @@ async fn resume_from_before_the_cache_gets_resync_history_truncated() {
 #[tokio::test]
 async fn since_applies_per_channel() {
     let env = Chatup::start();
-    let ep = publish_n(&env, "one", 1, 4).await;
-    publish_n(&env, "two", 1, 2).await;
+    let ep = env.publish_n("one", 1, 4).await;
+    env.publish_n("two", 1, 2).await;
     let mut sub = Subscriber::connect(&env, &format!("/sub/one/two?since=one:{ep}:3")).await;
     let got = sub.recv_n(3).await;
     let one: Vec<_> = got.iter().filter(|m| m["ch"] == "one").collect();
@@ -171,7 +161,7 @@ async fn a_channel_left_by_every_subscriber_is_fresh_when_joined_again() {
     // cached must not be served stale to the next subscriber.
     let env = Chatup::start();
     let mut first = env.subscribers_on_every_worker("/sub/again").await;
-    let ep = publish_n(&env, "again", 1, 2).await;
+    let ep = env.publish_n("again", 1, 2).await;
     for (sub, _) in &mut first {
         let msgs = sub.recv_n(2).await;
         assert_message(&msgs[1], "again", 2, "m2");
@@ -179,7 +169,7 @@ async fn a_channel_left_by_every_subscriber_is_fresh_when_joined_again() {
     }
     drop(first);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    publish_n(&env, "again", 3, 4).await;
+    env.publish_n("again", 3, 4).await;
     env.expect_on_every_worker("/sub/again", "again", 1..=4, QUIET)
         .await;
     env.expect_on_every_worker(
@@ -196,7 +186,7 @@ async fn subscribers_leaving_do_not_disturb_the_others() {
     let env = Chatup::start();
     let mut stay = env.subscribers_on_every_worker("/sub/share").await;
     let mut leave = env.subscribers_on_every_worker("/sub/share").await;
-    publish_n(&env, "share", 1, 1).await;
+    env.publish_n("share", 1, 1).await;
     for (sub, _) in leave.iter_mut().chain(stay.iter_mut()) {
         assert_message(&sub.recv().await, "share", 1, "m1");
     }
@@ -205,7 +195,7 @@ async fn subscribers_leaving_do_not_disturb_the_others() {
     }
     drop(leave);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    publish_n(&env, "share", 2, 3).await;
+    env.publish_n("share", 2, 3).await;
     for (sub, _) in &mut stay {
         let msgs = sub.recv_n(2).await;
         assert_message(&msgs[0], "share", 2, "m2");

@@ -7,20 +7,10 @@ use std::time::Duration;
 
 const QUIET: Duration = Duration::from_millis(300);
 
-async fn publish_n(env: &Chatup, ch: &str, from: u64, to: u64) -> u64 {
-    let mut ep = 0;
-    for i in from..=to {
-        let ack = env.publish(ch, &format!("m{i}")).await;
-        assert_eq!(ack["id"], i, "{ack}");
-        ep = ack["ep"].as_u64().expect("ep");
-    }
-    ep
-}
-
 #[tokio::test]
 async fn a_stream_replays_then_delivers_live_with_resumable_ids() {
     let env = Chatup::start();
-    let ep = publish_n(&env, "news", 1, 3).await;
+    let ep = env.publish_n("news", 1, 3).await;
     let mut sse = SseStream::open(env.nginx_addr(), "/sub/news", &[]).await;
     let head = &sse.response;
     assert!(head
@@ -44,7 +34,7 @@ async fn a_stream_replays_then_delivers_live_with_resumable_ids() {
         );
         assert_eq!(m["msg"], format!("m{id}"));
     }
-    publish_n(&env, "news", 4, 4).await;
+    env.publish_n("news", 4, 4).await;
     let live = sse.expect_event().await;
     assert_eq!(live.id, Some(format!("news:{ep}:4")));
     assert_eq!(live.json()["msg"], "m4");
@@ -53,7 +43,7 @@ async fn a_stream_replays_then_delivers_live_with_resumable_ids() {
 #[tokio::test]
 async fn transport_sse_in_the_query_needs_no_accept_header_and_since_resumes() {
     let env = Chatup::start();
-    let ep = publish_n(&env, "q", 1, 4).await;
+    let ep = env.publish_n("q", 1, 4).await;
     let req = format!("GET /sub/q?transport=sse&since=q:{ep}:2 HTTP/1.1\r\nHost: x\r\n\r\n");
     let Ok(mut sse) = SseStream::try_open(env.nginx_addr(), req.as_bytes(), None).await else {
         panic!("?transport=sse opens a stream");
@@ -71,8 +61,8 @@ async fn transport_sse_in_the_query_needs_no_accept_header_and_since_resumes() {
 #[tokio::test]
 async fn last_event_id_resumes_every_channel_and_wins_over_since() {
     let env = Chatup::start();
-    let ep_a = publish_n(&env, "a", 1, 2).await;
-    let ep_b = publish_n(&env, "b", 1, 2).await;
+    let ep_a = env.publish_n("a", 1, 2).await;
+    let ep_b = env.publish_n("b", 1, 2).await;
     let mut sse = SseStream::open(env.nginx_addr(), "/sub/a/b", &[]).await;
     let replay = sse.expect_messages(4).await;
     let last_id = replay.last().unwrap().id.clone().expect("an id");
@@ -80,7 +70,7 @@ async fn last_event_id_resumes_every_channel_and_wins_over_since() {
     drop(sse);
 
     // Published while the stream was away: on one channel only.
-    publish_n(&env, "b", 3, 4).await;
+    env.publish_n("b", 3, 4).await;
     // The URL still says where the stream first started; Last-Event-ID is where it stopped.
     let header = format!("Last-Event-ID: {last_id}");
     let path = format!("/sub/a/b?since=a:{ep_a}:0,b:{ep_b}:0");
@@ -129,7 +119,7 @@ async fn a_bad_last_event_id_is_a_400_that_says_why() {
 #[tokio::test]
 async fn a_lost_epoch_arrives_as_a_resync_event() {
     let env = Chatup::start();
-    let ep = publish_n(&env, "r", 1, 2).await;
+    let ep = env.publish_n("r", 1, 2).await;
     let header = format!("Last-Event-ID: r:{}:1", ep + 1);
     let mut sse = SseStream::open(env.nginx_addr(), "/sub/r", &[&header]).await;
     let notice = sse.expect_event().await;
@@ -158,7 +148,7 @@ async fn pings_are_comments_and_a_silent_client_stays() {
             pings += 1;
         }
     }
-    publish_n(&env, "quiet", 1, 1).await;
+    env.publish_n("quiet", 1, 1).await;
     assert_eq!(sse.expect_event().await.json()["msg"], "m1");
 }
 
@@ -199,7 +189,7 @@ async fn a_stream_that_stops_reading_is_closed_with_4000() {
 #[tokio::test]
 async fn a_reload_ends_the_stream_with_1001_and_last_event_id_loses_nothing() {
     let env = Chatup::start();
-    let ep = publish_n(&env, "live", 1, 2).await;
+    let ep = env.publish_n("live", 1, 2).await;
     let mut sse = SseStream::open(env.nginx_addr(), "/sub/live", &[]).await;
     let replay = sse.expect_messages(2).await;
     let mut last_id = replay[1].id.clone().unwrap();
@@ -215,7 +205,7 @@ async fn a_reload_ends_the_stream_with_1001_and_last_event_id_loses_nothing() {
         last_id = e.id.clone().unwrap();
     }
 
-    publish_n(&env, "live", 3, 5).await;
+    env.publish_n("live", 3, 5).await;
     let header = format!("Last-Event-ID: {last_id}");
     let mut again = SseStream::open(env.nginx_addr(), "/sub/live", &[&header]).await;
     let ids: Vec<u64> = again
