@@ -15,7 +15,10 @@ fuzz_target!(|data: &[u8]| {
         Some(at) => (&data[..at], Some(&data[at + 1..])),
         None => (data, None),
     };
-    let split = request.iter().position(|&b| b == b'?').unwrap_or(request.len());
+    let split = request
+        .iter()
+        .position(|&b| b == b'?')
+        .unwrap_or(request.len());
     let (path, args) = request.split_at(split);
     let websocket = selector & 1 == 0;
     let req = UpgradeRequest {

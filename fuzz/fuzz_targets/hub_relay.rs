@@ -59,7 +59,11 @@ fuzz_target!(|data: &[u8]| {
                 continue;
             };
             if sub.delivery() == Delivery::Poll {
-                assert!(since::parse(sub.since().as_bytes()).is_ok(), "{}", sub.since());
+                assert!(
+                    since::parse(sub.since().as_bytes()).is_ok(),
+                    "{}",
+                    sub.since()
+                );
             }
             let mut bytes = Vec::new();
             sub.outbox.gather(&mut bytes, usize::MAX);
