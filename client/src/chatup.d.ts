@@ -269,6 +269,8 @@ export interface ChatUpOptions {
   transportFailures?: number;
   /** After falling back, how long until the best transport is tried again, ms (default 300000). */
   transportRetryAfter?: number;
+  /** How long a long poll may go unanswered before it is given up, ms (default 60000): keep it above nginx's `chatup_poll_timeout`. */
+  pollTimeout?: number;
   /** Where the transport that worked is remembered for the session (default `sessionStorage`; null: not kept). */
   storage?: Pick<Storage, 'getItem' | 'setItem'> | null;
   /** Replacements for the globals, for other runtimes and tests (null: as if absent). */

@@ -278,6 +278,7 @@ const DEFAULTS = {
   transports: TRANSPORTS,
   transportFailures: 3,
   transportRetryAfter: 300000,
+  pollTimeout: 60000,
 };
 
 /** `ms` as a short text for a person: "1.2 s". */
@@ -1086,8 +1087,8 @@ export class ChatUp {
     };
     const poll = async (at) => {
       controller = new AbortController();
-      // The server holds a poll up to chatup_poll_timeout (25 s): wait longer than that.
-      const timer = setTimeout(() => controller.abort(), 60000);
+      // The server holds a poll up to chatup_poll_timeout (25 s): pollTimeout is longer.
+      const timer = setTimeout(() => controller.abort(), this.options.pollTimeout);
       try {
         const response = await this._fetch(base + (at ? `&since=${at}` : ''), {
           signal: controller.signal,
