@@ -263,8 +263,8 @@ export interface ChatUpOptions {
    */
   transports?: Transport[];
   /**
-   * Failed attempts in a row (not opened, or closed before a first message and before
-   * `stableAfter`) after which a transport gives way to the next one (default 3).
+   * Failed attempts in a row (not opened, or broken with 1006 before a first message and
+   * before `stableAfter`) after which a transport gives way to the next one (default 3).
    */
   transportFailures?: number;
   /** After falling back, how long until the best transport is tried again, ms (default 300000). */

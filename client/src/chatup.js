@@ -936,7 +936,9 @@ export class ChatUp {
         this._stop(new ChatUpError('refused', `the server closed the room's connection with ${end.code}: ${end.reason}`));
         return;
       }
-      const worked = openedAt !== null && (delivered || Date.now() - openedAt >= this.options.stableAfter);
+      // A close with a code (1001 at a reload, 4000) is the server's doing, not the path's.
+      const worked = openedAt !== null
+        && (delivered || end.code !== 1006 || Date.now() - openedAt >= this.options.stableAfter);
       const fellBack = this._transportEnded(worked);
       const url = transport === 'websocket' ? host.sub : httpURL(host.sub);
       const what = transport === 'websocket' ? 'the room\'s connection' : `the room's ${transport} connection`;
@@ -961,8 +963,8 @@ export class ChatUp {
   }
 
   /**
-   * Counts a connection that ended: one that never opened, or closed before its first message
-   * (and before `stableAfter`), is a failure of its transport; more than `transportFailures`
+   * Counts a connection that ended: one that never opened, or broke (1006) before its first
+   * message and before `stableAfter`, is a failure of its transport; more than `transportFailures`
    * in a row move to the next one. Returns whether it moved.
    */
   _transportEnded(worked) {

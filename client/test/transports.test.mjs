@@ -164,3 +164,21 @@ test('without WebSocket, say() posts to /pub/<room> with the token and its key',
   await assert.rejects(chat.say('no'), (e) => e instanceof ChatUpError && e.code === 'banned');
   chat.close();
 });
+
+test('a close with a code before any message (a reload) does not count against the transport', async () => {
+  const world = withJoin(makeWorld());
+  const { chat } = client(world, { transportFailures: 0 });
+  const ready = chat.init();
+  const first = await world.nextSocket('/sub/');
+  first.accept();
+  await ready;
+  first.serverClose(1001, 'server going away');
+  const second = await world.nextSocket('/sub/', 1);
+  assert.equal(second.kind, undefined, 'a WebSocket again');
+  second.accept();
+  second.serverClose(1006);
+  // Broken before a first message: that one counts, and with transportFailures 0 it moves.
+  const third = await world.nextSocket('/sub/', 2);
+  assert.equal(third.kind, 'sse');
+  chat.close();
+});
