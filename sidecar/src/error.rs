@@ -10,6 +10,7 @@ use crate::jwt::KeySetupError;
 use crate::logging::LogError;
 use crate::metrics::MetricsError;
 use crate::plugins::PluginSetupError;
+use crate::private::PrivateSetupError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -17,6 +18,8 @@ pub enum Error {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Key(#[from] KeySetupError),
+    #[error(transparent)]
+    Private(#[from] PrivateSetupError),
     #[error(transparent)]
     Relay(#[from] RelayError),
     #[error(transparent)]

@@ -115,6 +115,7 @@ pub mod message;
 pub mod metrics;
 pub mod moderation;
 pub mod plugins;
+pub mod private;
 pub mod publish_error;
 pub mod server;
 pub mod shared;

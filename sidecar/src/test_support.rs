@@ -14,6 +14,10 @@ use crate::jwt::{Identity, Verifier, EXAMPLE_PUBLIC_KEY};
 /// The private half of the example publisher key.
 pub const PRIVATE: &str = include_str!("../../nginx-conf/example-keys/jwt-private.pem");
 
+/// The private half of the example subscribe key.
+pub const SUBSCRIBE_PRIVATE: &str =
+    include_str!("../../nginx-conf/example-keys/subscribe-private.pem");
+
 /// The private half of the example admin key.
 pub const ADMIN_PRIVATE: &str = include_str!("../../nginx-conf/example-keys/admin-private.pem");
 
@@ -49,6 +53,27 @@ pub fn sign(claims: &Value) -> String {
 /// An admin token with `claims`, signed with the example admin key.
 pub fn sign_admin(claims: &Value) -> String {
     sign_with(ADMIN_PRIVATE, claims)
+}
+
+/// A subscribe token with `claims`, signed with the example subscribe key.
+pub fn sign_subscribe(claims: &Value) -> String {
+    sign_with(SUBSCRIBE_PRIVATE, claims)
+}
+
+/// Private channels matching `patterns`, their tokens checked with the example subscribe
+/// key and the default settings.
+pub fn subscribe_channels(patterns: &[&str]) -> crate::private::PrivateChannels {
+    let cfg = crate::private::PrivateConfig {
+        channels: patterns.iter().map(|p| (*p).to_owned()).collect(),
+        ..Default::default()
+    };
+    let verifier = crate::private::SubscribeVerifier::from_key_bytes(
+        &cfg,
+        Path::new("subscribe-public.pem"),
+        crate::private::token::EXAMPLE_SUBSCRIBE_KEY.as_bytes(),
+    )
+    .unwrap();
+    crate::private::PrivateChannels::with_verifier(cfg.policy().unwrap(), verifier)
 }
 
 /// The claims of a valid publisher token: user `u1`, named ann, ten minutes left.

@@ -25,6 +25,9 @@ pub const SLOW_CONSUMER: u16 = 4000;
 /// The client answered no ping for too long: reconnect and resume.
 pub const PING_TIMEOUT: u16 = 4001;
 
+/// The viewer's subscribe token expired: fetch a new one, then reconnect and resume.
+pub const SUBSCRIBE_TOKEN_EXPIRED: u16 = 4002;
+
 /// The token is missing, malformed, badly signed or signed with a refused algorithm.
 pub const BAD_TOKEN: u16 = 4500;
 /// The token has expired (or is not valid yet): get a new one before reconnecting.
@@ -33,6 +36,9 @@ pub const TOKEN_EXPIRED: u16 = 4501;
 pub const BANNED: u16 = 4502;
 /// The request itself is wrong (bad channel name, first frame not a token, ...).
 pub const BAD_REQUEST: u16 = 4503;
+/// The channel is private and this viewer was not admitted to it: subscribe again only
+/// with a subscribe token that opens it.
+pub const PRIVATE_CHANNEL: u16 = 4504;
 
 /// Whether a client that got `code` should reconnect (with backoff) and resume.
 pub fn should_reconnect(code: u16) -> bool {
@@ -48,7 +54,14 @@ mod tests {
 
     #[test]
     fn ranges_tell_whether_to_reconnect() {
-        for code in [NORMAL, GOING_AWAY, SLOW_CONSUMER, PING_TIMEOUT, 4499] {
+        for code in [
+            NORMAL,
+            GOING_AWAY,
+            SLOW_CONSUMER,
+            PING_TIMEOUT,
+            SUBSCRIBE_TOKEN_EXPIRED,
+            4499,
+        ] {
             assert!(should_reconnect(code), "{code}");
         }
         for code in [
@@ -57,6 +70,7 @@ mod tests {
             BAD_TOKEN,
             BANNED,
             BAD_REQUEST,
+            PRIVATE_CHANNEL,
             4999,
         ] {
             assert!(!should_reconnect(code), "{code}");

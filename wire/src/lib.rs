@@ -13,9 +13,12 @@
 //!
 //! Worker → sidecar ([`ToSidecar`]): `Hello`, `Subscribe` (with the worker's resume point
 //! when it already holds messages of that channel), `Unsubscribe`, `Stats` (subscriber
-//! counts and the worker's delivery [`Totals`]).
-//! Sidecar → worker ([`ToWorker`]): `Message`, `Backlog` (the answer to every `Subscribe`),
-//! `EpochReset`.
+//! counts and the worker's delivery [`Totals`]), `Admit` (a viewer's request for private
+//! channels, with its token) and `Left` (an admitted viewer is gone).
+//! Sidecar → worker ([`ToWorker`]): `Policy` (which channels are private, right after
+//! `Hello`), `Message`, `Backlog` (the answer to every `Subscribe`), `EpochReset`,
+//! `Admitted` (the answer to every `Admit`) and `CloseViewer` (an admitted viewer must go:
+//! its token expired, or its user was banned).
 //!
 //! The crate has no I/O: callers own their buffers and call [`encode`] and [`decode`].
 //! Decoding never panics on any input; malformed frames give a [`WireError`].
@@ -25,9 +28,10 @@ use std::fmt;
 
 pub mod channel;
 pub mod close;
+pub mod private;
 
 /// Bumped whenever a frame changes shape; a sidecar refuses a worker that speaks another.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// Largest frame either side accepts (kind byte + body). A backlog of a full history of
 /// large messages stays well under it; anything bigger is a broken peer.
@@ -154,6 +158,15 @@ pub enum ToSidecar {
         totals: Totals,
         channels: Vec<ChannelCount>,
     },
+    /// A viewer asks for private `channels` (only those of its request) with `token`; held
+    /// until the sidecar answers `Admitted` with the same `id` (unique per connection).
+    Admit {
+        id: u64,
+        channels: Vec<String>,
+        token: String,
+    },
+    /// The viewer admitted as `id` is gone.
+    Left { id: u64 },
 }
 
 /// Frames the sidecar sends to an nginx worker.
@@ -175,6 +188,19 @@ pub enum ToWorker {
     },
     /// The channel's history was lost while subscribed; ids restart in `epoch`.
     EpochReset { channel: String, epoch: u64 },
+    /// The private channel patterns ([`private::Policy`]); the first frame on every
+    /// connection. Subscribers already there on a channel that is now private and that
+    /// were not admitted are closed.
+    Policy { private: Vec<String> },
+    /// The answer to `Admit`: `status` 0 admits the viewer; otherwise it is the HTTP status
+    /// the request is refused with, and `reason` says why.
+    Admitted {
+        id: u64,
+        status: u16,
+        reason: String,
+    },
+    /// Close the viewer admitted as `id` with this WebSocket close `code` and `reason`.
+    CloseViewer { id: u64, code: u16, reason: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -249,9 +275,14 @@ const HELLO: u8 = 0x01;
 const SUBSCRIBE: u8 = 0x02;
 const UNSUBSCRIBE: u8 = 0x03;
 const STATS: u8 = 0x04;
+const ADMIT: u8 = 0x05;
+const LEFT: u8 = 0x06;
 const MESSAGE: u8 = 0x81;
 const BACKLOG: u8 = 0x82;
 const EPOCH_RESET: u8 = 0x83;
+const POLICY: u8 = 0x84;
+const ADMITTED: u8 = 0x85;
+const CLOSE_VIEWER: u8 = 0x86;
 
 impl Frame for ToSidecar {
     fn encode_body(&self, out: &mut Vec<u8>) -> Result<u8, WireError> {
@@ -297,6 +328,20 @@ impl Frame for ToSidecar {
                     out.extend_from_slice(&c.subscribers.to_be_bytes());
                 }
                 STATS
+            }
+            Self::Admit {
+                id,
+                channels,
+                token,
+            } => {
+                out.extend_from_slice(&id.to_be_bytes());
+                put_strings(out, channels)?;
+                put_str(out, token)?;
+                ADMIT
+            }
+            Self::Left { id } => {
+                out.extend_from_slice(&id.to_be_bytes());
+                LEFT
             }
         })
     }
@@ -345,6 +390,12 @@ impl Frame for ToSidecar {
                     channels,
                 }
             }
+            ADMIT => Self::Admit {
+                id: r.u64()?,
+                channels: r.strings()?,
+                token: r.string()?,
+            },
+            LEFT => Self::Left { id: r.u64()? },
             other => return Err(WireError::UnknownKind(other)),
         };
         r.finish()?;
@@ -388,6 +439,22 @@ impl Frame for ToWorker {
                 out.extend_from_slice(&epoch.to_be_bytes());
                 EPOCH_RESET
             }
+            Self::Policy { private } => {
+                put_strings(out, private)?;
+                POLICY
+            }
+            Self::Admitted { id, status, reason } => {
+                out.extend_from_slice(&id.to_be_bytes());
+                out.extend_from_slice(&status.to_be_bytes());
+                put_str(out, reason)?;
+                ADMITTED
+            }
+            Self::CloseViewer { id, code, reason } => {
+                out.extend_from_slice(&id.to_be_bytes());
+                out.extend_from_slice(&code.to_be_bytes());
+                put_str(out, reason)?;
+                CLOSE_VIEWER
+            }
         })
     }
 
@@ -424,6 +491,19 @@ impl Frame for ToWorker {
                 channel: r.string()?,
                 epoch: r.u64()?,
             },
+            POLICY => Self::Policy {
+                private: r.strings()?,
+            },
+            ADMITTED => Self::Admitted {
+                id: r.u64()?,
+                status: r.u16()?,
+                reason: r.string()?,
+            },
+            CLOSE_VIEWER => Self::CloseViewer {
+                id: r.u64()?,
+                code: r.u16()?,
+                reason: r.string()?,
+            },
             other => return Err(WireError::UnknownKind(other)),
         };
         r.finish()?;
@@ -436,6 +516,12 @@ fn put_str(out: &mut Vec<u8>, s: &str) -> Result<(), WireError> {
     out.extend_from_slice(&len.to_be_bytes());
     out.extend_from_slice(s.as_bytes());
     Ok(())
+}
+
+fn put_strings(out: &mut Vec<u8>, list: &[String]) -> Result<(), WireError> {
+    let count = u16::try_from(list.len()).map_err(|_| WireError::TooLarge(list.len()))?;
+    out.extend_from_slice(&count.to_be_bytes());
+    list.iter().try_for_each(|s| put_str(out, s))
 }
 
 fn put_bytes(out: &mut Vec<u8>, b: &[u8]) -> Result<(), WireError> {
@@ -484,6 +570,15 @@ impl<'a> Reader<'a> {
         std::str::from_utf8(raw)
             .map(str::to_owned)
             .map_err(|_| WireError::InvalidUtf8)
+    }
+    fn strings(&mut self) -> Result<Vec<String>, WireError> {
+        let count = self.u16()? as usize;
+        // Each string takes at least 2 bytes: a bogus count cannot make us allocate.
+        let mut list = Vec::with_capacity(count.min(self.0.len() / 2));
+        for _ in 0..count {
+            list.push(self.string()?);
+        }
+        Ok(list)
     }
     fn bytes(&mut self) -> Result<&'a [u8], WireError> {
         let len = self.u32()? as usize;
@@ -586,6 +681,43 @@ mod tests {
             channel: "room".into(),
             epoch: 8,
         });
+        roundtrip(ToSidecar::Admit {
+            id: 7,
+            channels: vec!["user.alice".into(), "members-x".into()],
+            token: "a.b.c".into(),
+        });
+        roundtrip(ToSidecar::Admit {
+            id: u64::MAX,
+            channels: vec![],
+            token: String::new(),
+        });
+        roundtrip(ToSidecar::Left { id: 9 });
+        roundtrip(ToWorker::Policy {
+            private: vec!["user.{sub}".into(), "members-*".into()],
+        });
+        roundtrip(ToWorker::Policy { private: vec![] });
+        roundtrip(ToWorker::Admitted {
+            id: 7,
+            status: 0,
+            reason: String::new(),
+        });
+        roundtrip(ToWorker::Admitted {
+            id: 8,
+            status: 403,
+            reason: "not yours".into(),
+        });
+        roundtrip(ToWorker::CloseViewer {
+            id: 7,
+            code: 4002,
+            reason: "token expired".into(),
+        });
+    }
+
+    #[test]
+    fn huge_declared_string_lists_do_not_allocate() {
+        // A Policy claiming 65,535 patterns in a 2-byte body.
+        let buf = vec![0, 0, 0, 3, POLICY, 0xff, 0xff];
+        assert_eq!(decode::<ToWorker>(&buf), Err(WireError::Truncated));
     }
 
     #[test]

@@ -29,6 +29,7 @@ pub use crate::plugins::config::{PluginName, PluginsConfig};
 pub use crate::plugins::publish_hook_config::PublishHookConfig;
 pub use crate::plugins::rate_limit_config::RateLimitConfig;
 pub use crate::plugins::webhook_config::WebhookConfig;
+pub use crate::private::config::PrivateConfig;
 
 /// The sidecar's whole configuration. Every key is optional; see the field docs for why each
 /// exists and its default.
@@ -38,6 +39,7 @@ pub struct Config {
     pub relay: RelayConfig,
     pub http: HttpConfig,
     pub auth: AuthConfig,
+    pub private: PrivateConfig,
     pub limits: LimitsConfig,
     pub history: HistoryConfig,
     pub redis: RedisConfig,
@@ -103,6 +105,7 @@ impl Config {
     /// only when it is in `plugins.chain`.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.auth.check()?;
+        self.private.check()?;
         self.admin.check()?;
         self.relay.check()?;
         self.limits.check()?;

@@ -1,7 +1,7 @@
 //! The chat-host role (`roles.chat_host`, formerly `roles.worker`): the relay for this
 //! host's nginx workers ([`relay`]), the publisher endpoints ([`publish`]), who is joined
-//! where ([`presence`]), this host's load as the host registry reads it ([`load`]), and the
-//! example page's tokens ([`demo`]). [`ChatHost::assemble`] puts them together.
+//! where ([`presence`]), who may watch private channels ([`viewers`]), this host's load as
+//! the host registry reads it ([`load`]), and the example page's tokens ([`demo`]). [`ChatHost::assemble`] puts them together.
 //!
 //! `GET /health` still names this role `worker`: monitors match on it.
 
@@ -12,6 +12,7 @@ pub mod presence;
 pub mod presence_config;
 pub mod publish;
 pub mod relay;
+pub mod viewers;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -40,6 +41,9 @@ use presence::{EventPump, Presence};
 use publish::sessions::{kick_on_notice, Sessions};
 use publish::{App, Publisher, WsSettings};
 use relay::{NginxWorkers, RelayOptions, RelayServer};
+use viewers::Viewers;
+
+use crate::private::PrivateChannels;
 
 /// The chat host's keys, loaded before anything is bound: a key that does not fit stops
 /// the start.
@@ -132,6 +136,10 @@ impl ChatHost {
             shared.shutdown.clone(),
         ));
         let metrics = &shared.metrics;
+        let private = PrivateChannels::from_config(&config.private)?;
+        if !private.policy().is_empty() {
+            info!(channels = ?private.policy().patterns(), "private channels");
+        }
         let relay = RelayServer::bind(
             RelayOptions {
                 socket: config.relay.socket.clone(),
@@ -139,7 +147,8 @@ impl ChatHost {
                 queue_size: config.relay.queue_size,
             },
             metrics.metered(shared.broker.clone(), None),
-        )?;
+        )?
+        .with_viewers(Viewers::new(private, moderation.clone()));
         let (presence, events) = Presence::with_leave_grace(
             config.presence.events,
             Duration::from_millis(config.presence.leave_grace_ms),

@@ -128,6 +128,8 @@ impl Host {
             })
             .await
             .unwrap();
+        let policy = tokio::time::timeout(Duration::from_secs(5), worker.next()).await;
+        assert!(matches!(policy, Ok(Some(Ok(ToWorker::Policy { .. })))));
         let (presence, _) = Presence::new(false);
         let load: Arc<dyn HostLoadSource> = Arc::new(HostLoad {
             workers,

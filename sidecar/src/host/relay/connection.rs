@@ -1,13 +1,14 @@
-//! One nginx worker's relay connection: it reads the worker's frames (`Hello`, then
-//! `Subscribe`, `Unsubscribe`, `Stats`), answers each `Subscribe` with one `Backlog`, writes
-//! the subscribed channels' live messages from its bounded queue in id order, each id once,
-//! and stops when the worker closes, breaks the protocol, overflows its queue, or at
-//! shutdown.
+//! One nginx worker's relay connection: it answers the worker's `Hello` with the private
+//! channel `Policy`, reads its frames (`Subscribe`, `Unsubscribe`, `Stats`, `Admit`,
+//! `Left`), answers each `Subscribe` with one `Backlog` and each `Admit` with one
+//! `Admitted`, writes the subscribed channels' live messages from its bounded queue in id
+//! order, each id once, closes admitted viewers whose token expired (`CloseViewer`), and
+//! stops when the worker closes, breaks the protocol, overflows its queue, or at shutdown.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use chatup_wire::{
     BacklogKind, Position, ToSidecar, ToWorker, Totals, MAX_FRAME_LEN, PROTOCOL_VERSION,
@@ -23,6 +24,9 @@ use tracing::{debug, error, info, warn};
 use super::codec::{CodecError, WireCodec};
 use super::{NginxWorkerStats, NginxWorkers};
 use crate::broker::{Backlog, Broker, BrokerError, Event, Subscriber};
+use crate::host::viewers::Viewers;
+use crate::jwt::Identity;
+use crate::private::{Grant, Refusal};
 
 /// How long a new connection may take to say `Hello`.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -36,6 +40,20 @@ const WRITE_BATCH: usize = 256;
 /// How often a subscription the broker could not take (Redis down) is tried again. The
 /// worker's connection stays up meanwhile, so its other channels keep flowing.
 const SUBSCRIBE_RETRY: Duration = Duration::from_secs(1);
+
+/// How often admitted viewers' tokens are checked for expiry.
+const EXPIRY_SWEEP: Duration = Duration::from_secs(1);
+
+/// An admission's outcome, back from its task.
+type Verdict = (u64, Vec<String>, Result<Grant, Refusal>);
+
+/// A viewer this connection's worker admitted to private channels.
+struct AdmittedViewer {
+    /// The private channels of its request.
+    channels: Vec<String>,
+    /// Who it is, and when its token expires.
+    identity: Identity,
+}
 
 /// Where a worker stands in a subscribed channel: what has been sent to it.
 #[derive(Debug, Clone, Copy)]
@@ -81,6 +99,12 @@ pub(super) struct Connection {
     subscribe_failing: bool,
     /// Cancelled at shutdown: flush what is queued and close.
     shutdown: CancellationToken,
+    /// Admits viewers to private channels (`None`: every channel is public).
+    viewers: Option<Arc<Viewers>>,
+    /// Admissions answered by their tasks, to be written in this task.
+    verdicts: (mpsc::Sender<Verdict>, mpsc::Receiver<Verdict>),
+    /// The worker's viewers admitted to private channels, by admission id.
+    admitted: HashMap<u64, AdmittedViewer>,
 }
 
 /// A subscription waiting for the broker.
@@ -97,6 +121,7 @@ impl Connection {
         workers: Arc<NginxWorkers>,
         queue_size: usize,
         shutdown: CancellationToken,
+        viewers: Option<Arc<Viewers>>,
     ) -> Self {
         let (r, w) = stream.into_split();
         let (subscriber, queue) = Subscriber::new(queue_size);
@@ -112,6 +137,9 @@ impl Connection {
             pending: HashMap::new(),
             subscribe_failing: false,
             shutdown,
+            viewers,
+            verdicts: mpsc::channel(1024),
+            admitted: HashMap::new(),
         }
     }
 
@@ -131,6 +159,15 @@ impl Connection {
             }
         };
         tracing::Span::current().record("pid", pid);
+        let private = self
+            .viewers
+            .as_ref()
+            .map(|v| v.policy().patterns().to_vec())
+            .unwrap_or_default();
+        if self.send(vec![ToWorker::Policy { private }]).await.is_err() {
+            warn!("closing relay connection: cannot send the private channel policy");
+            return;
+        }
         info!("nginx worker connected");
         self.workers.set(
             self.id,
@@ -210,10 +247,22 @@ impl Connection {
         let overflowed = self.subscriber.overflowed().clone();
         let mut retry = tokio::time::interval(SUBSCRIBE_RETRY);
         retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut expiry = tokio::time::interval(EXPIRY_SWEEP);
+        expiry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = self.shutdown.cancelled() => return Stop::Shutdown,
                 _ = overflowed.cancelled() => return Stop::Overflow,
+                Some((id, channels, verdict)) = self.verdicts.1.recv() => {
+                    if let Err(stop) = self.answer_admission(id, channels, verdict).await {
+                        return stop;
+                    }
+                }
+                _ = expiry.tick(), if !self.admitted.is_empty() => {
+                    if let Err(stop) = self.close_expired().await {
+                        return stop;
+                    }
+                }
                 _ = retry.tick(), if !self.pending.is_empty() => {
                     for (channel, p) in std::mem::take(&mut self.pending) {
                         if let Err(stop) = self.subscribe(channel, p.want, p.since).await {
@@ -299,7 +348,82 @@ impl Connection {
                 );
                 Ok(())
             }
+            ToSidecar::Admit {
+                id,
+                channels,
+                token,
+            } => {
+                let Some(viewers) = self.viewers.clone() else {
+                    let refusal = Refusal::Unavailable("no channel is private on this host".into());
+                    return self.answer_admission(id, channels, Err(refusal)).await;
+                };
+                // The ban store may take a while: the connection goes on meanwhile.
+                let verdicts = self.verdicts.0.clone();
+                tokio::spawn(async move {
+                    let verdict = viewers.admit(&token, &channels).await;
+                    let _ = verdicts.send((id, channels, verdict)).await;
+                });
+                Ok(())
+            }
+            ToSidecar::Left { id } => {
+                if let Some(gone) = self.admitted.remove(&id) {
+                    debug!(id, channels = ?gone.channels, "private viewer left");
+                }
+                Ok(())
+            }
         }
+    }
+
+    /// Tells the worker whether its viewer `id` is admitted, and keeps it if it is.
+    async fn answer_admission(
+        &mut self,
+        id: u64,
+        channels: Vec<String>,
+        verdict: Result<Grant, Refusal>,
+    ) -> Result<(), Stop> {
+        let (status, reason) = match verdict {
+            Ok(grant) => {
+                debug!(id, ?channels, sub = ?grant.identity.sub, "private viewer admitted");
+                self.admitted.insert(
+                    id,
+                    AdmittedViewer {
+                        channels,
+                        identity: grant.identity,
+                    },
+                );
+                (0, String::new())
+            }
+            Err(refusal) => {
+                debug!(id, ?channels, "private viewer refused: {refusal}");
+                (refusal.status(), format!("{}: {refusal}", refusal.code()))
+            }
+        };
+        self.send(vec![ToWorker::Admitted { id, status, reason }])
+            .await
+    }
+
+    /// Closes the admitted viewers whose token has expired (with the configured leeway
+    /// already spent by the verifier at admission, none more here).
+    async fn close_expired(&mut self) -> Result<(), Stop> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let expired: Vec<u64> = self
+            .admitted
+            .iter()
+            .filter(|(_, v)| v.identity.expires_at <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        let mut frames = Vec::with_capacity(expired.len());
+        for id in expired {
+            self.admitted.remove(&id);
+            frames.push(ToWorker::CloseViewer {
+                id,
+                code: chatup_wire::close::SUBSCRIBE_TOKEN_EXPIRED,
+                reason: "subscribe token expired".into(),
+            });
+        }
+        self.send(frames).await
     }
 
     async fn subscribe(
@@ -421,7 +545,10 @@ impl Connection {
             match frame {
                 ToWorker::Message { .. } => live += 1,
                 ToWorker::Backlog { messages, .. } => backlog += messages.len() as u64,
-                ToWorker::EpochReset { .. } => {}
+                ToWorker::EpochReset { .. }
+                | ToWorker::Policy { .. }
+                | ToWorker::Admitted { .. }
+                | ToWorker::CloseViewer { .. } => {}
             }
         }
         let traffic = &self.workers.traffic;
@@ -501,6 +628,8 @@ fn frame_name(frame: &ToSidecar) -> &'static str {
         ToSidecar::Subscribe { .. } => "Subscribe",
         ToSidecar::Unsubscribe { .. } => "Unsubscribe",
         ToSidecar::Stats { .. } => "Stats",
+        ToSidecar::Admit { .. } => "Admit",
+        ToSidecar::Left { .. } => "Left",
     }
 }
 

@@ -43,6 +43,7 @@ mod test_support;
 pub use nginx_workers::{NginxWorkerStats, NginxWorkers, RelayTraffic};
 
 use crate::broker::Broker;
+use crate::host::viewers::Viewers;
 use connection::Connection;
 use socket::SocketFile;
 
@@ -88,6 +89,8 @@ pub struct RelayServer {
     broker: Arc<dyn Broker>,
     /// Stats of the connected workers, shared with whoever reports this host's load.
     workers: Arc<NginxWorkers>,
+    /// Admits viewers to private channels (`None`: none is private).
+    viewers: Option<Arc<Viewers>>,
 }
 
 impl RelayServer {
@@ -101,7 +104,14 @@ impl RelayServer {
             options,
             broker,
             workers: Arc::default(),
+            viewers: None,
         })
+    }
+
+    /// Admits viewers of private channels with `viewers` (without: every channel is public).
+    pub fn with_viewers(mut self, viewers: Arc<Viewers>) -> Self {
+        self.viewers = Some(viewers);
+        self
     }
 
     pub fn path(&self) -> &Path {
@@ -134,6 +144,7 @@ impl RelayServer {
                         self.workers.clone(),
                         self.options.queue_size,
                         shutdown.clone(),
+                        self.viewers.clone(),
                     );
                     tracker.spawn(connection.run().instrument(span));
                 }

@@ -80,6 +80,11 @@ pub(super) async fn connect(path: &Path) -> Worker {
     })
     .await
     .unwrap();
+    // The first answer: which channels are private (none here).
+    match tokio::time::timeout(Duration::from_secs(5), w.next()).await {
+        Ok(Some(Ok(ToWorker::Policy { private }))) => assert!(private.is_empty()),
+        other => panic!("expected the Policy frame first, got {other:?}"),
+    }
     w
 }
 

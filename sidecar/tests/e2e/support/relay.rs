@@ -22,6 +22,10 @@ pub async fn worker(socket: &PathBuf, channel: &str) -> Worker {
     })
     .await
     .unwrap();
+    match next_frame(&mut w).await {
+        ToWorker::Policy { .. } => {}
+        other => panic!("expected the Policy frame first, got {other:?}"),
+    }
     w.send(ToSidecar::Subscribe {
         channel: channel.into(),
         want: 10,
