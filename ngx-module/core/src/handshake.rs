@@ -1,6 +1,7 @@
 //! Checking a subscriber's request: which transport it asks for (a WebSocket upgrade, an
-//! SSE stream or a long poll), its headers, channels from the path and where it resumes
-//! from. Every refusal says why, with the HTTP status it deserves.
+//! SSE stream or a long poll), its headers, channels from the path, where it resumes from and
+//! the subscribe token it carries (for private channels). Every refusal says why, with the
+//! HTTP status it deserves.
 
 use chatup_wire::channel::{self, ChannelNameError};
 use chatup_wire::Position;
@@ -33,6 +34,8 @@ pub struct UpgradeRequest<'a> {
     pub accept: Option<&'a [u8]>,
     /// `Last-Event-ID`: where an `EventSource` resumes after it reconnected on its own.
     pub last_event_id: Option<&'a [u8]>,
+    /// `Authorization`: `Bearer <subscribe token>`, for clients that can set headers.
+    pub authorization: Option<&'a [u8]>,
     /// The URI path after the location prefix.
     pub channels: &'a [u8],
     /// The raw query string.
@@ -46,7 +49,12 @@ pub struct Accepted {
     /// `Sec-WebSocket-Accept`; empty for the other transports.
     pub accept_key: String,
     pub subscriptions: Vec<Subscription>,
+    /// The subscribe token (`?token=`, else `Authorization: Bearer`), for private channels.
+    pub token: Option<String>,
 }
+
+/// Longest subscribe token accepted, in bytes.
+pub const MAX_TOKEN_LEN: usize = 8192;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HandshakeError {
@@ -78,6 +86,8 @@ pub enum HandshakeError {
     Since(String),
     #[error("Last-Event-ID: {0}")]
     LastEventId(String),
+    #[error("token: {0}")]
+    Token(&'static str),
 }
 
 impl HandshakeError {
@@ -143,11 +153,54 @@ pub fn check(req: &UpgradeRequest<'_>, max_channels: usize) -> Result<Accepted, 
             apply_since(&mut subscriptions, positions, HandshakeError::LastEventId)?;
         }
     }
+    let token = token_of(req)?;
     Ok(Accepted {
         transport,
         accept_key,
         subscriptions,
+        token,
     })
+}
+
+/// The subscribe token: `?token=` (browsers cannot set headers on a WebSocket or an
+/// `EventSource`), else `Authorization: Bearer`. A JWT is plain base64url and dots: anything
+/// else is refused here, with the reason.
+pub fn token_of(req: &UpgradeRequest<'_>) -> Result<Option<String>, HandshakeError> {
+    let raw = match since::query_arg(req.args, b"token") {
+        Some(raw) => raw,
+        None => match req.authorization {
+            None => return Ok(None),
+            Some(value) => {
+                let value = trim(value);
+                let split = value
+                    .iter()
+                    .position(u8::is_ascii_whitespace)
+                    .unwrap_or(value.len());
+                if !value[..split].eq_ignore_ascii_case(b"bearer") {
+                    return Err(HandshakeError::Token(
+                        "the Authorization header must be \"Bearer <token>\"",
+                    ));
+                }
+                trim(&value[split..])
+            }
+        },
+    };
+    if raw.is_empty() {
+        return Err(HandshakeError::Token("it is empty"));
+    }
+    if raw.len() > MAX_TOKEN_LEN {
+        return Err(HandshakeError::Token("it is longer than 8192 bytes"));
+    }
+    if !raw
+        .iter()
+        .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'='))
+    {
+        return Err(HandshakeError::Token(
+            "a JWT holds only base64url characters and '.'",
+        ));
+    }
+    // Checked to be ASCII just above.
+    Ok(Some(String::from_utf8_lossy(raw).into_owned()))
 }
 
 /// The WebSocket-only checks; gives the accept key.
@@ -262,6 +315,7 @@ mod tests {
             key: Some(b"dGhlIHNhbXBsZSBub25jZQ=="),
             accept: None,
             last_event_id: None,
+            authorization: None,
             channels: b"room1/room2",
             args: b"",
         }
@@ -544,5 +598,46 @@ mod tests {
             channels_from_path(b"/a//b/", 4).unwrap(),
             vec!["a".to_string(), "b".to_string()]
         );
+    }
+
+    #[test]
+    fn the_token_comes_from_the_query_else_the_authorization_header() {
+        let mut req = event_source();
+        assert_eq!(check(&req, 16).unwrap().token, None);
+        req.args = b"since=room1:1:2&token=aaa.bbb.ccc";
+        assert_eq!(check(&req, 16).unwrap().token.as_deref(), Some("aaa.bbb.ccc"));
+        req.authorization = Some(b"Bearer xxx.yyy.zzz");
+        assert_eq!(
+            check(&req, 16).unwrap().token.as_deref(),
+            Some("aaa.bbb.ccc"),
+            "the query wins"
+        );
+        req.args = b"";
+        assert_eq!(check(&req, 16).unwrap().token.as_deref(), Some("xxx.yyy.zzz"));
+        req.authorization = Some(b"  bearer   xxx.yyy.zzz ");
+        assert_eq!(check(&req, 16).unwrap().token.as_deref(), Some("xxx.yyy.zzz"));
+        let mut ws = good();
+        ws.args = b"token=a.b.c";
+        assert_eq!(check(&ws, 16).unwrap().token.as_deref(), Some("a.b.c"));
+    }
+
+    #[test]
+    fn bad_tokens_are_refused_with_a_reason() {
+        let refused = |args: &'static [u8], auth: Option<&'static [u8]>| {
+            let mut req = event_source();
+            req.args = args;
+            req.authorization = auth;
+            let err = check(&req, 16).unwrap_err();
+            assert_eq!(err.status(), 400);
+            err.to_string()
+        };
+        assert!(refused(b"token=", None).contains("empty"));
+        assert!(refused(b"token=a%20b", None).contains("base64url"));
+        assert!(refused(b"", Some(b"Basic dXNlcg==")).contains("Bearer"));
+        assert!(refused(b"", Some(b"Bearer ")).contains("empty"));
+        let long = format!("token={}", "a".repeat(MAX_TOKEN_LEN + 1));
+        let mut req = event_source();
+        req.args = long.as_bytes();
+        assert!(check(&req, 16).unwrap_err().to_string().contains("8192"));
     }
 }

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use chatup_wire::{BacklogKind, ChannelCount, Entry, Position, ToSidecar, ToWorker, Totals};
 use slab::Slab;
 
+use crate::admission::{AdmissionError, Admissions};
 use crate::cache::{CacheLimits, ChannelCache, Frame, Resync};
 use crate::outbox::Outbox;
 use crate::since;
@@ -92,6 +93,8 @@ pub struct Subscriber<H> {
     /// A poll that does not know where some channel stands (no `since` for it): answered
     /// as soon as its channels are known, empty or not, so that it learns where they stand.
     answer_when_known: bool,
+    /// The sidecar admitted it to private channels under this id (it hears when it leaves).
+    admission: Option<u64>,
 }
 
 impl<H> Subscriber<H> {
@@ -276,6 +279,8 @@ pub struct Hub<H> {
     totals: Totals,
     /// `totals` as of the last `Stats` frame queued for the sidecar.
     reported: Totals,
+    /// Private channels: the policy, held requests, admitted viewers.
+    admissions: Admissions,
     /// `reported` when the current relay connection began: its `Stats` count from here, so
     /// that the sidecar, adding up connections, counts nothing twice.
     window_start: Totals,
@@ -296,7 +301,52 @@ impl<H: Copy> Hub<H> {
             totals: Totals::default(),
             reported: Totals::default(),
             window_start: Totals::default(),
+            admissions: Admissions::default(),
         }
+    }
+
+    /// Private channels: what a request needs, the verdicts to answer.
+    pub fn admissions(&mut self) -> &mut Admissions {
+        &mut self.admissions
+    }
+
+    /// Asks the sidecar whether `token` opens `channels`; the verdict comes back through
+    /// [`Admissions::take_verdicts`] under the returned id.
+    pub fn request_admission(
+        &mut self,
+        channels: Vec<String>,
+        token: String,
+    ) -> Result<u64, AdmissionError> {
+        if !self.relay_up {
+            return Err(AdmissionError::SidecarDown);
+        }
+        let id = self.admissions.start();
+        self.send_relay(&ToSidecar::Admit {
+            id,
+            channels,
+            token,
+        });
+        Ok(id)
+    }
+
+    /// The subscriber `key` is the viewer the sidecar admitted as `id`.
+    pub fn set_admission(&mut self, key: SubscriberKey, id: u64) {
+        if let Some(sub) = self.subscribers.get_mut(key) {
+            sub.admission = Some(id);
+            self.admissions.admit(id, key);
+        }
+    }
+
+    /// A viewer admitted as `id` never became a subscriber (its request failed).
+    pub fn admitted_viewer_gone(&mut self, id: u64) {
+        if !self.admissions.is_admitted(id) {
+            self.send_relay(&ToSidecar::Left { id });
+        }
+    }
+
+    /// Fails the held requests (the worker is going away).
+    pub fn fail_admissions(&mut self, error: &AdmissionError) {
+        self.admissions.fail_pending(error);
     }
 
     pub fn subscriber_count(&self) -> usize {
@@ -351,6 +401,7 @@ impl<H: Copy> Hub<H> {
             marked: false,
             answer_when_known: delivery == Delivery::Poll
                 && subscriptions.iter().any(|s| s.since.is_none()),
+            admission: None,
         });
         for Subscription { channel, since } in subscriptions {
             let name: Box<str> = channel.into();
@@ -389,6 +440,10 @@ impl<H: Copy> Hub<H> {
     /// Forgets a subscriber; channels left without subscribers are unsubscribed.
     pub fn remove_subscriber(&mut self, key: SubscriberKey) -> Option<H> {
         let sub = self.subscribers.try_remove(key)?;
+        if let Some(id) = sub.admission {
+            self.admissions.left(id);
+            self.send_relay(&ToSidecar::Left { id });
+        }
         for name in sub.channels {
             let Some(channel) = self.channels.get_mut(&name) else {
                 continue;
@@ -535,11 +590,26 @@ impl<H: Copy> Hub<H> {
         }
         self.window_start = self.reported;
         self.counts_changed = true;
+        // The sidecar that admitted them is gone with its connection: they come back with
+        // their token (or a fresh one) and resume.
+        let admitted: Vec<SubscriberKey> = self
+            .admissions
+            .admitted_ids()
+            .filter_map(|id| self.admissions.subscriber_of(id))
+            .collect();
+        for key in admitted {
+            self.close(
+                key,
+                chatup_wire::close::GOING_AWAY,
+                "chatup-sidecar reconnected: subscribe again",
+            );
+        }
     }
 
     pub fn relay_disconnected(&mut self) {
         self.relay_up = false;
         self.relay_out.clear();
+        self.admissions.fail_pending(&AdmissionError::SidecarDown);
     }
 
     /// Queues a `Stats` frame when counts or totals changed since the last one.
@@ -615,6 +685,43 @@ impl<H: Copy> Hub<H> {
                     }
                 }
             }
+            ToWorker::Policy { private } => {
+                if self.admissions.set_policy(&private) {
+                    self.close_unadmitted();
+                }
+            }
+            ToWorker::Admitted { id, status, reason } => {
+                if self.admissions.answered(id, status, reason) {
+                    self.send_relay(&ToSidecar::Left { id });
+                }
+            }
+            ToWorker::CloseViewer { id, code, reason } => {
+                if let Some(key) = self.admissions.subscriber_of(id) {
+                    self.close(key, code, &reason);
+                }
+            }
+        }
+    }
+
+    /// Closes the subscribers on a channel the policy makes private that no admission let
+    /// in (they came before the policy was known, or it changed), before anything of the
+    /// channel reaches them.
+    fn close_unadmitted(&mut self) {
+        let Some(policy) = self.admissions.policy() else {
+            return;
+        };
+        let outsiders: Vec<SubscriberKey> = self
+            .subscribers
+            .iter()
+            .filter(|(_, s)| s.admission.is_none() && s.channels.iter().any(|c| policy.is_private(c)))
+            .map(|(key, _)| key)
+            .collect();
+        for key in outsiders {
+            self.close(
+                key,
+                chatup_wire::close::PRIVATE_CHANNEL,
+                "private channel: subscribe with a token",
+            );
         }
     }
 

@@ -11,9 +11,12 @@
 //! - [`outbox`]: a subscriber's unsent frames.
 //! - [`hub`]: a worker's channels, subscribers (and how each is delivered to) and relay
 //!   state.
+//! - [`admission`]: private channels: which need a subscribe token, the requests waiting
+//!   for the sidecar's verdict, the admitted viewers.
 //! - [`backoff`]: relay reconnect delays.
 #![forbid(unsafe_code)]
 
+pub mod admission;
 pub mod backoff;
 pub mod cache;
 pub mod conf;
