@@ -18,7 +18,9 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
-pub use chatup_module_core::{backoff, cache, conf, handshake, hub, outbox, since, sse, ws};
+pub use chatup_module_core::{
+    admission, backoff, cache, conf, handshake, hub, outbox, since, sse, ws,
+};
 
 #[cfg(not(test))]
 mod ffi;

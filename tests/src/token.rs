@@ -69,6 +69,33 @@ pub fn sign_admin(payload: &Value) -> String {
     sign_with_pem(payload, Algorithm::RS256, pem)
 }
 
+pub fn example_subscribe_private_key() -> PathBuf {
+    example_keys().join("subscribe-private.pem")
+}
+
+pub fn example_subscribe_public_key() -> PathBuf {
+    example_keys().join("subscribe-public.pem")
+}
+
+/// Signs `claims` with RS256 and the example subscribe key.
+pub fn sign_subscribe(claims: &Value) -> String {
+    static KEY: OnceLock<Vec<u8>> = OnceLock::new();
+    let pem = KEY.get_or_init(|| {
+        std::fs::read(example_subscribe_private_key()).expect("read the example subscribe key")
+    });
+    sign_with_pem(claims, Algorithm::RS256, pem)
+}
+
+/// A subscribe token for `sub` opening `channels`, valid for `ttl` seconds.
+pub fn subscribe_token(sub: &str, channels: &[&str], ttl: i64) -> String {
+    sign_subscribe(&json!({
+        "sub": sub,
+        "exp": now() + ttl,
+        "channels": channels,
+        "_public": {"name": sub},
+    }))
+}
+
 /// A valid admin Bearer token (an hour, `"scope": "chatup:admin"`).
 pub fn admin_token() -> String {
     sign_admin(&json!({"exp": now() + 3600, "iat": now(), "scope": "chatup:admin"}))

@@ -112,8 +112,8 @@ impl Admissions {
     pub(crate) fn set_policy(&mut self, patterns: &[String]) -> bool {
         // A pattern this worker cannot read makes every channel private: better refused
         // than shown to whom it is not for.
-        let policy = Policy::parse(patterns)
-            .unwrap_or_else(|_| Policy::parse(&["*"]).unwrap_or_default());
+        let policy =
+            Policy::parse(patterns).unwrap_or_else(|_| Policy::parse(&["*"]).unwrap_or_default());
         let changed = self.policy.as_ref() != Some(&policy);
         self.policy = Some(policy);
         changed

@@ -605,7 +605,10 @@ mod tests {
         let mut req = event_source();
         assert_eq!(check(&req, 16).unwrap().token, None);
         req.args = b"since=room1:1:2&token=aaa.bbb.ccc";
-        assert_eq!(check(&req, 16).unwrap().token.as_deref(), Some("aaa.bbb.ccc"));
+        assert_eq!(
+            check(&req, 16).unwrap().token.as_deref(),
+            Some("aaa.bbb.ccc")
+        );
         req.authorization = Some(b"Bearer xxx.yyy.zzz");
         assert_eq!(
             check(&req, 16).unwrap().token.as_deref(),
@@ -613,9 +616,15 @@ mod tests {
             "the query wins"
         );
         req.args = b"";
-        assert_eq!(check(&req, 16).unwrap().token.as_deref(), Some("xxx.yyy.zzz"));
+        assert_eq!(
+            check(&req, 16).unwrap().token.as_deref(),
+            Some("xxx.yyy.zzz")
+        );
         req.authorization = Some(b"  bearer   xxx.yyy.zzz ");
-        assert_eq!(check(&req, 16).unwrap().token.as_deref(), Some("xxx.yyy.zzz"));
+        assert_eq!(
+            check(&req, 16).unwrap().token.as_deref(),
+            Some("xxx.yyy.zzz")
+        );
         let mut ws = good();
         ws.args = b"token=a.b.c";
         assert_eq!(check(&ws, 16).unwrap().token.as_deref(), Some("a.b.c"));

@@ -713,7 +713,9 @@ impl<H: Copy> Hub<H> {
         let outsiders: Vec<SubscriberKey> = self
             .subscribers
             .iter()
-            .filter(|(_, s)| s.admission.is_none() && s.channels.iter().any(|c| policy.is_private(c)))
+            .filter(|(_, s)| {
+                s.admission.is_none() && s.channels.iter().any(|c| policy.is_private(c))
+            })
             .map(|(key, _)| key)
             .collect();
         for key in outsiders {

@@ -183,6 +183,8 @@ fn disconnect(reason: &str) {
         // SAFETY: c is the relay connection, now forgotten by the worker state.
         unsafe { ngx_close_connection(c) };
     }
+    // Requests waiting for the sidecar's verdict get a 503 now.
+    subscriber::answer_verdicts();
     fail(&format!("relay lost: {reason}"));
 }
 
@@ -292,6 +294,7 @@ extern "C" fn on_read(ev: *mut ngx_event_t) {
                     // SAFETY: the hub only hands out connections that are alive.
                     unsafe { subscriber::flush(conn) };
                 }
+                subscriber::answer_verdicts();
             }
             Some(Err(err)) => {
                 if let Some(log) = with_worker(|w| w.relay.log) {

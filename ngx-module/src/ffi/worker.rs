@@ -10,6 +10,7 @@ use ngx::ngx_log_error;
 use super::module::Module;
 use super::subscriber::{self, SubscriberConn};
 use super::{free_timer, new_timer, relay};
+use crate::admission::AdmissionError;
 use crate::cache::CacheLimits;
 use crate::hub::{Hub, SubscriberKey};
 
@@ -142,6 +143,7 @@ fn tell_subscribers_to_move() {
         // SAFETY: the hub only holds connections that are alive.
         unsafe { subscriber::flush(conn) };
     }
+    subscriber::fail_admissions(&AdmissionError::GoingAway);
 }
 
 extern "C" fn on_stats_timer(ev: *mut ngx_event_t) {

@@ -66,6 +66,17 @@ impl Default for Options {
 }
 
 impl Options {
+    /// Makes the channels matching `patterns` private, their subscribe tokens checked with
+    /// the example subscribe key ([`crate::token::subscribe_token`] signs them).
+    pub fn private(mut self, patterns: &[&str]) -> Self {
+        self.sidecar_set
+            .push(format!("private.channels={}", patterns.join(",")));
+        self.sidecar_set.push(format!(
+            "private.public_key_file={}",
+            crate::token::example_subscribe_public_key().display()
+        ));
+        self
+    }
     pub fn cache_messages(mut self, n: u32) -> Self {
         self.cache_messages = Some(n);
         self

@@ -26,6 +26,7 @@ mod ping;
 mod plugins;
 mod poll;
 mod presence;
+mod private;
 mod readme;
 mod reload;
 mod restart;

@@ -33,6 +33,7 @@
 //! - the connection and its pool: nginx, with the request (`ngx_http_close_request`) while
 //!   attached, `ngx_http_close_connection` from `finalize` once released.
 
+mod admit;
 mod close;
 mod events;
 mod filtered;
@@ -53,6 +54,7 @@ use crate::ffi::module::Module;
 use crate::handshake::Transport;
 use crate::hub::SubscriberKey;
 
+pub use admit::{answer_verdicts, fail_all as fail_admissions};
 pub use close::close_now;
 pub use upgrade::content_handler;
 pub use write::flush;

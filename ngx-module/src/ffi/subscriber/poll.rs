@@ -31,12 +31,14 @@ pub(super) unsafe fn start(
     accepted: Accepted,
     lc: &LocConf,
     cors: Option<&[u8]>,
+    admission: Option<u64>,
 ) -> ngx_int_t {
     let registration = Registration {
         transport: Transport::Poll,
         delivery: Delivery::Poll,
         timer_ms: lc.poll_timeout_ms(),
         max_unsent: lc.max_unsent(),
+        admission,
     };
     // SAFETY: r is live (caller's contract).
     unsafe {
@@ -140,7 +142,7 @@ unsafe fn answer(conn: *mut SubscriberConn, cors: Option<&[u8]>) -> ngx_int_t {
 ///
 /// # Safety
 /// `r` must be a live request of a subscribe location.
-unsafe fn allowed_origin(r: *mut ngx_http_request_t) -> Option<Vec<u8>> {
+pub(super) unsafe fn allowed_origin(r: *mut ngx_http_request_t) -> Option<Vec<u8>> {
     // SAFETY: r is live (caller's contract).
     let req = unsafe { Request::from_ngx_http_request(r) };
     let lc: &LocConf = Module::location_conf(req)?;

@@ -24,6 +24,7 @@ pub(super) unsafe fn start(
     accepted: Accepted,
     lc: &LocConf,
     cors: Option<&[u8]>,
+    admission: Option<u64>,
 ) -> ngx_int_t {
     // SAFETY: r is live (caller's contract); the header values live in its pool.
     unsafe {
@@ -59,6 +60,7 @@ pub(super) unsafe fn start(
             delivery: Delivery::EventStream(framing),
             timer_ms: lc.ping_interval_ms(),
             max_unsent: lc.max_unsent(),
+            admission,
         };
         if (*r).http_version > NGX_HTTP_VERSION_11 as ngx_uint_t {
             return super::filtered::take_over(r, accepted, registration);

@@ -15,11 +15,14 @@ use ngx::http::{HttpModule, HttpModuleLocationConf, Request};
 use ngx::{ngx_log_error, ngx_string};
 
 use super::{
+    admit,
     close::on_request_freed,
     events::{on_attached_timer, on_read_attached, on_write_attached},
     read::handle_input,
     Attached, SubscriberConn, ACTION,
 };
+use crate::admission::{AdmissionError, Gate};
+use crate::conf::LocConf;
 use crate::ffi::module::Module;
 use crate::ffi::relay;
 use crate::ffi::worker::with_worker;
@@ -59,6 +62,7 @@ unsafe fn handle(r: *mut ngx_http_request_t) -> ngx_int_t {
     let mut key = None;
     let mut accept = None;
     let mut last_event_id = None;
+    let mut authorization = None;
     let mut origin = None;
     for (name, value) in req.headers_in_iterator() {
         let name = name.as_bytes();
@@ -77,6 +81,8 @@ unsafe fn handle(r: *mut ngx_http_request_t) -> ngx_int_t {
             last_event_id = value;
         } else if name.eq_ignore_ascii_case(b"origin") {
             origin = value;
+        } else if name.eq_ignore_ascii_case(b"authorization") {
+            authorization = value;
         }
     }
     let cors = lc.cors_origin(origin);
@@ -105,6 +111,7 @@ unsafe fn handle(r: *mut ngx_http_request_t) -> ngx_int_t {
         key,
         accept,
         last_event_id,
+        authorization,
         channels,
         args,
     };
@@ -113,19 +120,51 @@ unsafe fn handle(r: *mut ngx_http_request_t) -> ngx_int_t {
         // SAFETY: r is live and no response was sent yet.
         Err(err) => return unsafe { refuse(r, &err, cors) },
     };
-    if with_worker(|_| ()).is_none() {
+    let Some(gate) = with_worker(|w| w.hub.admissions().gate(&accepted.subscriptions)) else {
         let body = "chatup is not running in this nginx worker\n";
         // SAFETY: as above.
         return unsafe { send_text(r, 503, body, &cors_headers(cors)) };
-    }
+    };
     // SAFETY: r is live and no response was sent yet.
     unsafe {
-        match accepted.transport {
-            Transport::WebSocket => {
-                upgrade_connection(r, accepted, lc.ping_interval_ms(), lc.max_unsent())
+        match (gate, accepted.token.clone()) {
+            (Gate::Public, _) | (Gate::Unknown, None) => dispatch(r, accepted, lc, cors, None),
+            (Gate::Unknown, Some(_)) => admit::refuse(r, &AdmissionError::PolicyUnknown, cors),
+            (Gate::Private(channels), None) => {
+                let first = channels.into_iter().next().unwrap_or_default();
+                admit::refuse(r, &AdmissionError::NoToken(first), cors)
             }
-            Transport::EventStream => super::stream::start(r, accepted, lc, cors),
-            Transport::Poll => super::poll::start(r, accepted, lc, cors),
+            (Gate::Private(channels), Some(token)) => {
+                admit::hold(r, accepted, channels, token, cors)
+            }
+        }
+    }
+}
+
+/// Answers an accepted request by its transport; `admission` is the id under which the
+/// sidecar admitted it to private channels.
+///
+/// # Safety
+/// `r` must be a live main request with no response sent.
+pub(super) unsafe fn dispatch(
+    r: *mut ngx_http_request_t,
+    accepted: handshake::Accepted,
+    lc: &LocConf,
+    cors: Option<&[u8]>,
+    admission: Option<u64>,
+) -> ngx_int_t {
+    // SAFETY: caller's contract.
+    unsafe {
+        match accepted.transport {
+            Transport::WebSocket => upgrade_connection(
+                r,
+                accepted,
+                lc.ping_interval_ms(),
+                lc.max_unsent(),
+                admission,
+            ),
+            Transport::EventStream => super::stream::start(r, accepted, lc, cors, admission),
+            Transport::Poll => super::poll::start(r, accepted, lc, cors, admission),
         }
     }
 }
@@ -300,6 +339,7 @@ unsafe fn upgrade_connection(
     accepted: handshake::Accepted,
     ping_interval_ms: u64,
     max_unsent: usize,
+    admission: Option<u64>,
 ) -> ngx_int_t {
     // SAFETY: r is live (caller's contract); all pointers below come from it.
     unsafe {
@@ -321,6 +361,7 @@ unsafe fn upgrade_connection(
             delivery: Delivery::WebSocket,
             timer_ms: ping_interval_ms,
             max_unsent,
+            admission,
         };
         take_over(r, accepted, registered)
     }
@@ -333,6 +374,8 @@ pub(super) struct Registration {
     /// The first run of its timer (the ping, or a poll's timeout); 0: none.
     pub timer_ms: u64,
     pub max_unsent: usize,
+    /// The sidecar admitted it to private channels under this id.
+    pub admission: Option<u64>,
 }
 
 /// Registers the subscriber of a request whose response header is sent (a 101, or an SSE
@@ -426,12 +469,16 @@ pub(super) unsafe fn register(
         (*cleanup).data = conn.cast();
 
         let key = with_worker(|w| {
-            w.hub.add_subscriber(
+            let key = w.hub.add_subscriber(
                 conn,
                 accepted.subscriptions,
                 registration.max_unsent,
                 registration.delivery,
-            )
+            );
+            if let Some(id) = registration.admission {
+                w.hub.set_admission(key, id);
+            }
+            key
         })?;
         (*conn).key = key;
         // A channel new to this worker was just subscribed: tell the sidecar now.

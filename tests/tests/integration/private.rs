@@ -1,0 +1,215 @@
+//! Private channels: a subscribe token opens them, checked by the sidecar before nginx
+//! answers; every refusal is an HTTP status with its reason, before any 101 or event
+//! stream, and nothing of the channel is sent. Public channels need nothing.
+
+use chatup_tests::sse::{poll, sse_request, SseStream};
+use chatup_tests::token::{now, sign, sign_subscribe, subscribe_token, token_signed_by_other_key};
+use chatup_tests::ws::Subscriber;
+use chatup_tests::{Chatup, HttpResponse, Options};
+use serde_json::json;
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn private_env() -> Chatup {
+    Chatup::start_with(Options::default().private(&["user.{sub}", "members-*"]))
+}
+
+/// A WebSocket subscribe to `path` that must be refused; its response.
+async fn refused_ws(env: &Chatup, path: &str) -> HttpResponse {
+    match Subscriber::try_connect(env, path).await {
+        Err(Ok(resp)) => resp,
+        Err(Err(e)) => panic!("subscribe to {path} failed instead of a refusal: {e}"),
+        Ok(_) => panic!("subscribe to {path} was accepted"),
+    }
+}
+
+#[tokio::test]
+async fn every_bad_token_is_refused_before_the_101_with_its_reason() {
+    let env = private_env();
+    env.publish_n("members-club", 1, 2).await;
+    let alice = |channels: &[&str]| subscribe_token("alice", channels, 600);
+    let forged = {
+        let good = alice(&["members-club"]);
+        let other = subscribe_token("mallory", &["members-*"], 600);
+        let mut parts: Vec<&str> = good.split('.').collect();
+        parts[1] = other.split('.').nth(1).unwrap();
+        parts.join(".")
+    };
+    let cases: Vec<(&str, String, u16, &str)> = vec![
+        ("missing", String::new(), 401, "token_required"),
+        (
+            "expired",
+            sign_subscribe(&json!({"sub": "alice", "exp": now() - 600, "channels": ["*"]})),
+            401,
+            "token_expired",
+        ),
+        ("forged", forged, 401, "signature"),
+        (
+            "wrong key (a publisher token)",
+            sign(&json!({"sub": "alice", "exp": now() + 600, "channels": ["*"]})),
+            401,
+            "signature",
+        ),
+        (
+            "other key",
+            token_signed_by_other_key(&json!({"sub": "alice", "exp": now() + 600})),
+            401,
+            "signature",
+        ),
+        (
+            "other channel",
+            alice(&["members-other"]),
+            403,
+            "does not open",
+        ),
+        (
+            "someone else's own channel",
+            alice(&["*"]),
+            403,
+            "does not open",
+        ),
+        ("not a JWT", "a%20b".into(), 400, "base64url"),
+    ];
+    for (what, token, status, reason) in cases {
+        let channel = if what == "someone else's own channel" {
+            "user.bob"
+        } else {
+            "members-club"
+        };
+        let path = if token.is_empty() {
+            format!("/sub/{channel}")
+        } else {
+            format!("/sub/{channel}?token={token}")
+        };
+        let resp = refused_ws(&env, &path).await;
+        assert_eq!(resp.status, status, "{what}: {}", resp.text());
+        assert!(
+            resp.text().contains(reason),
+            "{what}: {reason:?} not in {:?}",
+            resp.text()
+        );
+        assert!(
+            !resp.text().contains("\"msg\""),
+            "{what}: nothing of the channel is sent"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_good_token_opens_its_channels_and_public_ones_need_none() {
+    let env = private_env();
+    let ep = env.publish_n("members-club", 1, 3).await;
+    env.publish_n("lobby", 1, 1).await;
+    let token = subscribe_token("alice", &["members-club"], 600);
+    // One request, a private and a public channel, and the user's own channel.
+    let path = format!("/sub/members-club/lobby/user.alice?token={token}");
+    let mut sub = Subscriber::connect(&env, &path).await;
+    let replay = sub.recv_n(4).await;
+    let got: Vec<(String, u64)> = replay
+        .iter()
+        .map(|m| {
+            (
+                m["ch"].as_str().unwrap().to_owned(),
+                m["id"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert!(got.contains(&("members-club".into(), 3)), "{got:?}");
+    assert!(got.contains(&("lobby".into(), 1)), "{got:?}");
+    env.publish("user.alice", "for alice").await;
+    let dm = sub.recv().await;
+    assert_eq!(
+        (dm["ch"].as_str(), dm["msg"].as_str()),
+        (Some("user.alice"), Some("for alice"))
+    );
+    // A public channel needs no token at all.
+    let mut public = Subscriber::connect(&env, "/sub/lobby").await;
+    assert_eq!(public.recv().await["id"], 1);
+    // The same token in a header (for clients that can set one) and with since.
+    let resp = poll(
+        env.nginx_addr(),
+        &format!("/sub/members-club?transport=poll&since=members-club:{ep}:2&token={token}"),
+        WAIT,
+    )
+    .await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(resp.json()["messages"][0]["id"], 3);
+}
+
+#[tokio::test]
+async fn sse_and_long_poll_are_refused_and_admitted_alike() {
+    let env = private_env();
+    env.publish_n("members-club", 1, 2).await;
+    let good = subscribe_token("alice", &["members-*"], 600);
+    let other = subscribe_token("alice", &["members-other"], 600);
+
+    let refused = poll(env.nginx_addr(), "/sub/members-club?transport=poll", WAIT).await;
+    assert_eq!(refused.status, 401);
+    assert!(
+        refused.text().contains("token_required"),
+        "{}",
+        refused.text()
+    );
+    assert_eq!(refused.header("www-authenticate"), Some("Bearer"));
+    let refused = poll(
+        env.nginx_addr(),
+        &format!("/sub/members-club?transport=poll&token={other}"),
+        WAIT,
+    )
+    .await;
+    assert_eq!(refused.status, 403, "{}", refused.text());
+
+    let req = sse_request(
+        "/sub/members-club",
+        &[&format!("Authorization: Bearer {other}")],
+    );
+    match SseStream::try_open(env.nginx_addr(), &req, None).await {
+        Err(Ok(resp)) => {
+            assert_eq!(resp.status, 403, "{}", resp.text());
+            assert!(resp.text().contains("does not open"), "{}", resp.text());
+        }
+        Err(Err(e)) => panic!("SSE refusal failed: {e}"),
+        Ok(_) => panic!("an SSE stream opened with a token for another channel"),
+    }
+    let header = format!("Authorization: Bearer {good}");
+    let mut sse = SseStream::open(env.nginx_addr(), "/sub/members-club", &[&header]).await;
+    let replay = sse.expect_messages(2).await;
+    assert_eq!(replay[1].json()["id"], 2);
+    let answer = poll(
+        env.nginx_addr(),
+        &format!("/sub/members-club?transport=poll&token={good}"),
+        WAIT,
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+}
+
+#[tokio::test]
+async fn a_viewer_whose_token_expires_is_closed_with_4002() {
+    let env = private_env();
+    let token = subscribe_token("alice", &["members-club"], 2);
+    let mut sub = Subscriber::connect(&env, &format!("/sub/members-club?token={token}")).await;
+    let (code, _) = sub.expect_close(Duration::from_secs(8)).await;
+    assert_eq!(code, Some(4002), "fetch a new token, reconnect and resume");
+}
+
+#[tokio::test]
+async fn a_banned_user_may_not_watch_a_private_channel() {
+    let env = private_env();
+    let resp = env
+        .admin(
+            "POST",
+            "/ban",
+            Some(&json!({"channel": "members-club", "users": ["alice"]})),
+        )
+        .await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let token = subscribe_token("alice", &["members-club"], 600);
+    let resp = refused_ws(&env, &format!("/sub/members-club?token={token}")).await;
+    assert_eq!(resp.status, 403);
+    assert!(resp.text().contains("banned"), "{}", resp.text());
+    // Another user still may.
+    let bob = subscribe_token("bob", &["members-club"], 600);
+    Subscriber::connect(&env, &format!("/sub/members-club?token={bob}")).await;
+}
