@@ -29,7 +29,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the sidecar (the default).
     Run,
-    /// Print a signed publisher token (JWT) to stdout.
+    /// Print a signed token (JWT) to stdout: a publisher's, an admin's (`--admin`) or a
+    /// viewer's subscribe token (`--subscribe`).
     Token(TokenArgs),
     /// Print the effective configuration (defaults, file, environment, --set) as TOML.
     Config,

@@ -1,5 +1,6 @@
-//! `chatup-sidecar token`: mints a publisher token, an admin token (`--admin`) or a signed
-//! admin request body (`--payload`), for tests, demos and scripts.
+//! `chatup-sidecar token`: mints a publisher token, an admin token (`--admin`), a subscribe
+//! token for private channels (`--subscribe`) or a signed admin request body (`--payload`),
+//! for tests, demos and scripts.
 //!
 //! Production tokens come from the site's own backend, which holds the private key; this
 //! command signs the same claims so that anything can be tried end to end from a shell.
@@ -20,12 +21,20 @@ pub struct TokenArgs {
     #[arg(long, value_name = "PEM")]
     pub key: PathBuf,
     /// Display name, put in `_public` as "name" (publisher tokens).
-    #[arg(long, required_unless_present_any = ["admin", "payload"])]
+    #[arg(long, required_unless_present_any = ["admin", "payload", "subscribe"])]
     pub name: Option<String>,
     /// Mint an admin API token (`"scope": "chatup:admin"`) instead of a publisher token;
     /// sign it with the admin key.
     #[arg(long, conflicts_with_all = ["name", "public", "events", "payload"])]
     pub admin: bool,
+    /// Mint a subscribe token, which opens private channels to a viewer: `--sub` (whose own
+    /// channel it opens) and each `--channel`; sign it with the subscribe key
+    /// (`private.public_key_file`'s pair).
+    #[arg(long, requires = "sub", conflicts_with_all = ["admin", "payload", "events", "iss", "aud"])]
+    pub subscribe: bool,
+    /// A private channel the subscribe token opens, by name or `prefix*`; repeat for more.
+    #[arg(long = "channel", value_name = "CHANNEL", requires = "subscribe")]
+    pub channels: Vec<String>,
     /// Sign exactly this JSON as the payload, e.g. an array of admin requests to send as
     /// the body of POST /post or /ban (no expiry is added).
     #[arg(long, value_name = "JSON", conflicts_with_all = ["name", "public", "events", "sub", "iss", "aud"])]
@@ -252,16 +261,33 @@ pub fn make_token(args: &TokenArgs, now: u64) -> Result<String, TokenError> {
     }
 
     let mut public = Map::new();
-    if let Some(name) = &args.name {
-        public.insert("name".into(), Value::String(name.clone()));
-    }
-    if let Some(extra) = &args.public {
-        match serde_json::from_str::<Value>(extra) {
-            Ok(Value::Object(extra)) => public.extend(extra),
-            Ok(other) => return Err(TokenError::Public(format!("got {other}"))),
-            Err(e) => return Err(TokenError::Public(e.to_string())),
+    let public_of = |public: &mut Map<String, Value>| -> Result<(), TokenError> {
+        if let Some(name) = &args.name {
+            public.insert("name".into(), Value::String(name.clone()));
         }
+        if let Some(extra) = &args.public {
+            match serde_json::from_str::<Value>(extra) {
+                Ok(Value::Object(extra)) => public.extend(extra),
+                Ok(other) => return Err(TokenError::Public(format!("got {other}"))),
+                Err(e) => return Err(TokenError::Public(e.to_string())),
+            }
+        }
+        Ok(())
+    };
+    if args.subscribe {
+        public_of(&mut public)?;
+        let mut claims = json!({
+            "sub": args.sub,
+            "iat": now,
+            "exp": now.saturating_add(args.ttl),
+            "channels": args.channels,
+        });
+        if !public.is_empty() {
+            claims["_public"] = Value::Object(public);
+        }
+        return sign(&claims);
     }
+    public_of(&mut public)?;
     let claims = PublisherClaims {
         public,
         sub: args.sub.as_deref(),
@@ -287,6 +313,8 @@ mod tests {
             )),
             name: Some("ann".into()),
             admin: false,
+            subscribe: false,
+            channels: Vec::new(),
             payload: None,
             sub: None,
             ttl: 3600,
@@ -354,6 +382,38 @@ mod tests {
         assert!(verifier
             .verify_bearer(&make_token(&args(), now()).unwrap())
             .is_err());
+    }
+
+    #[test]
+    fn subscribe_tokens_open_their_channels_and_the_own_channel() {
+        let a = TokenArgs {
+            key: PathBuf::from(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../nginx-conf/example-keys/subscribe-private.pem"
+            )),
+            name: None,
+            subscribe: true,
+            sub: Some("alice".into()),
+            channels: vec!["members-*".into()],
+            ..args()
+        };
+        let token = make_token(&a, now()).unwrap();
+        let private = crate::test_support::subscribe_channels(&["user.{sub}", "members-*"]);
+        let wanted = ["user.alice".to_owned(), "members-club".to_owned()];
+        let grant = private.check(&token, &wanted).unwrap();
+        assert_eq!(grant.identity.sub.as_deref(), Some("alice"));
+        assert_eq!(&*grant.identity.user, "{}");
+        assert!(private.check(&token, &["user.bob".to_owned()]).is_err());
+        // Signed with the publishers' key, it opens nothing.
+        let wrong = make_token(
+            &TokenArgs {
+                key: args().key,
+                ..a
+            },
+            now(),
+        )
+        .unwrap();
+        assert_eq!(private.check(&wrong, &wanted).unwrap_err().status(), 401);
     }
 
     #[test]

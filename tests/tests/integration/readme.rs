@@ -110,14 +110,18 @@ async fn stop_after(mut child: Child, out: &Path, needle: &str) -> String {
 
 #[tokio::test]
 async fn the_curl_examples_of_the_readme_run_as_written() {
-    // The plugins of a default configuration, as scripts/run has them.
-    let chatup =
-        Chatup::start_with(Options::default().plugins(&["ban", "rate_limit", "blacklist"]));
+    // The plugins of a default configuration, and the private channels, as scripts/run has
+    // them.
+    let chatup = Chatup::start_with(
+        Options::default()
+            .plugins(&["ban", "rate_limit", "blacklist"])
+            .private(&["user.{sub}", "members-*"]),
+    );
     let blocks = curl_blocks();
     assert_eq!(
         blocks.len(),
-        5,
-        "first publish, SSE, long-poll, /join, admin: {blocks:#?}"
+        6,
+        "first publish, SSE, long-poll, private channels, /join, admin: {blocks:#?}"
     );
 
     // A first publish and subscribe: the curl subscriber sees what the curl publisher sent.
@@ -171,8 +175,27 @@ async fn the_curl_examples_of_the_readme_run_as_written() {
     let again: Value = serde_json::from_str(&run(&chatup, &prelude, &commands[1])).unwrap();
     assert_eq!(again["messages"][0]["ev"], "resync", "{again}");
 
-    // Choosing a host.
+    // Private channels: refused without the subscribe token, answered with it.
     let (prelude, commands) = split(&blocks[3]);
+    assert!(prelude.contains("SUBTOKEN="), "{prelude}");
+    assert_eq!(commands.len(), 2, "{commands:?}");
+    let refused = run(&chatup, &prelude, &commands[0]);
+    assert!(
+        refused.starts_with("token_required: channel \"user.alice\" is private"),
+        "{refused}"
+    );
+    let admitted: Value = serde_json::from_str(&run(&chatup, &prelude, &commands[1]))
+        .unwrap_or_else(|e| panic!("the admitted poll answers JSON ({e})"));
+    assert_eq!(admitted["messages"], json!([]), "{admitted}");
+    assert!(
+        admitted["since"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("user.alice:") && s.contains(",members-club:")),
+        "{admitted}"
+    );
+
+    // Choosing a host.
+    let (prelude, commands) = split(&blocks[4]);
     assert_eq!(commands.len(), 3, "{commands:?}");
     let joined: Value = serde_json::from_str(&run(&chatup, &prelude, &commands[0])).unwrap();
     assert_eq!(joined["channel"], "lobby", "{joined}");
@@ -189,7 +212,7 @@ async fn the_curl_examples_of_the_readme_run_as_written() {
     );
 
     // The admin API.
-    let (prelude, commands) = split(&blocks[4]);
+    let (prelude, commands) = split(&blocks[5]);
     assert!(prelude.contains("ADMIN="), "{prelude}");
     assert!(commands.len() >= 6, "{commands:?}");
     let mut outputs = Vec::new();
