@@ -31,7 +31,7 @@ pub enum Command {
     Run,
     /// Print a signed token (JWT) to stdout: a publisher's, an admin's (`--admin`) or a
     /// viewer's subscribe token (`--subscribe`).
-    Token(TokenArgs),
+    Token(Box<TokenArgs>),
     /// Print the effective configuration (defaults, file, environment, --set) as TOML.
     Config,
 }
