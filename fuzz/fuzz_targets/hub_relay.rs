@@ -1,6 +1,8 @@
 //! A worker's hub fed arbitrary relay frames while subscribers of every transport come and
 //! go: no panic, nothing is ever queued for a subscriber after its close frame (or a poll's
-//! complete answer), a poll's `since` parses back, and its totals never go down.
+//! complete answer), a poll's `since` parses back, its totals never go down, and private
+//! channel frames (`Policy`, `Admitted`, `CloseViewer`) find admitted viewers and held
+//! requests in any order.
 #![no_main]
 
 use chatup_module_core::hub::{Delivery, Hub, Subscription};
@@ -31,6 +33,11 @@ fuzz_target!(|data: &[u8]| {
         };
         keys.push(hub.add_subscriber(i as u8, subs, 64 + usize::from(selector), delivery));
     }
+    // One viewer admitted to its private channel, one request still held.
+    if let Ok(id) = hub.request_admission(vec!["a".into()], "t.o.k".into()) {
+        hub.set_admission(keys[0], id);
+    }
+    let _ = hub.request_admission(vec!["b".into()], "t.o.k".into());
     let mut closed = std::collections::HashSet::new();
     let mut at = 0;
     let mut step = 0usize;
@@ -52,6 +59,9 @@ fuzz_target!(|data: &[u8]| {
         }
         if step % 3 == 0 {
             hub.sweep_lingering();
+        }
+        for (id, _) in hub.admissions().take_verdicts() {
+            hub.admitted_viewer_gone(id);
         }
         for (key, _) in hub.take_dirty() {
             let _ = hub.poll_is_ready(key);

@@ -914,6 +914,9 @@ pub fn resync_frame(channel: &str, reason: Resync, epoch: u64) -> Frame {
 mod transport_tests;
 
 #[cfg(test)]
+mod admission_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use chatup_wire::decode;
