@@ -20,7 +20,9 @@
 //!   connected workers and their counts); [`host::publish`], the publisher endpoints
 //!   `GET /pub` (WebSocket, also join/leave) and `POST /pub/<ch>`, and the open sessions by
 //!   user, for kicks; [`host::presence`], who joined which channel here, and the
-//!   `join`/`leave` events; [`host::demo`], `POST /demo/token` for the example page.
+//!   `join`/`leave` events; [`host::viewers`], whether a viewer may watch a private
+//!   channel (its subscribe token, then bans), asked by the nginx workers over the relay;
+//!   [`host::demo`], `POST /demo/token` for the example page.
 //!   [`host::ChatHost::assemble`] puts them together.
 //! * [`dispatcher`] (`roles.dispatcher`): [`dispatcher::join`], `POST /join/<ch>`, the
 //!   least-loaded host for a client with the channel's counts and recent history;
@@ -51,6 +53,8 @@
 //!   `token` subcommand and the demo tokens' signing.
 //! * [`moderation`]: bans (memory or Redis) and what a ban sets off; the admin API's entry
 //!   point.
+//! * [`private`]: private channels: `[private]` (which channels, the key of their
+//!   subscribe tokens) and [`private::token`], the subscribe tokens that open them.
 //! * [`plugins`]: the checks of `plugins.chain` every publish goes through (`ban`,
 //!   `rate_limit`, `blacklist`, `webhook`, `publish_hook`).
 //! * [`http`]: all routes in one place ([`http::routes`]), the one error answer of every
@@ -66,7 +70,7 @@
 //! * [`metrics`]: the Prometheus metrics `GET /metrics` serves (admin API); what a part
 //!   keeps anyway it registers itself, read at each scrape (the chat host's in
 //!   `host/relay/nginx_workers.rs` and `host/presence.rs`).
-//! * [`config`]: the `[relay] [http] [auth] [admin] [limits] [history] [redis] [host]
+//! * [`config`]: the `[relay] [http] [auth] [private] [admin] [limits] [history] [redis] [host]
 //!   [roles] [dispatch] [presence] [plugins] [rate_limit] [blacklist] [webhook]
 //!   [publish_hook] [demo] [log]` settings, layered default < file < `CHATUP_*`
 //!   environment < `--set` ([`config::load`]). Each section's struct and checks live beside

@@ -5,7 +5,9 @@
 //! Lifecycle, by phase (one file each):
 //! 1. [`upgrade`]: nginx calls [`content_handler`] for a request to a `chatup_subscribe`
 //!    location. A refused handshake gets its status and a text body, and the request ends as
-//!    any other. An accepted one gets the 101, a boxed [`SubscriberConn`] and a hub entry
+//!    any other. A request for a private channel is first held ([`admit`]: its `Held` in the
+//!    request's pool, with a timer and a pool cleanup) until the sidecar's verdict, then
+//!    refused, or goes on from here. An accepted one gets the 101, a boxed [`SubscriberConn`] and a hub entry
 //!    (its channels and outbox). The request's module ctx ([`Attached`], in the request's
 //!    pool) points at the subscriber and holds the ping timer (`on_attached_timer`); a
 //!    cleanup on the request's pool (`on_request_freed`) is registered; the request's count
