@@ -140,6 +140,12 @@ impl ChatHost {
         if !private.policy().is_empty() {
             info!(channels = ?private.policy().patterns(), "private channels");
         }
+        let viewers = Viewers::new(private, moderation.clone());
+        shared.tracker.spawn(viewers::kick_on_notice(
+            shared.control.subscribe(),
+            viewers.clone(),
+            shared.shutdown.clone(),
+        ));
         let relay = RelayServer::bind(
             RelayOptions {
                 socket: config.relay.socket.clone(),
@@ -148,7 +154,7 @@ impl ChatHost {
             },
             metrics.metered(shared.broker.clone(), None),
         )?
-        .with_viewers(Viewers::new(private, moderation.clone()));
+        .with_viewers(viewers.clone());
         let (presence, events) = Presence::with_leave_grace(
             config.presence.events,
             Duration::from_millis(config.presence.leave_grace_ms),

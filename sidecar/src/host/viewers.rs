@@ -1,14 +1,52 @@
 //! Viewers of private channels on this host: whether one may watch (its subscribe token,
 //! then the channel's bans), asked by an nginx worker before it answers the viewer's
-//! request (`Admit`).
+//! request (`Admit`); and the kicks that close admitted viewers (a ban, on every host: the
+//! control bus brings it here, [`kick_on_notice`], and each relay connection closes its
+//! matching viewers).
 
 use std::sync::Arc;
 
 use chatup_wire::private::Policy;
-use tracing::debug;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
 
+use crate::cluster::control::Notice;
+use crate::jwt::Identity;
 use crate::moderation::{Moderation, ModerationError};
 use crate::private::{Grant, PrivateChannels, Refusal};
+
+/// Kicks a slow relay connection may fall behind by before it misses some.
+const KICK_QUEUE: usize = 256;
+
+/// Close the admitted viewers these users or names are, in `channel` (or in every channel).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ViewerKick {
+    /// `None`: every private channel.
+    pub channel: Option<String>,
+    /// By the token's `sub`.
+    pub users: Vec<String>,
+    /// By the token's `_public.name`.
+    pub names: Vec<String>,
+    /// The close code and reason the viewers get.
+    pub code: u16,
+    pub reason: String,
+}
+
+impl ViewerKick {
+    /// Whether a viewer of `channels` with `identity` is kicked.
+    pub fn matches(&self, channels: &[String], identity: &Identity) -> bool {
+        let here = self
+            .channel
+            .as_ref()
+            .is_none_or(|c| channels.iter().any(|v| v == c));
+        let who = identity.user_id().is_some_and(|u| self.users.contains(&u))
+            || identity
+                .public_name()
+                .is_some_and(|n| self.names.contains(&n));
+        here && who
+    }
+}
 
 /// Admits viewers to private channels.
 pub struct Viewers {
@@ -17,6 +55,8 @@ pub struct Viewers {
     /// Bans: a banned user may not watch a private channel either (with `ban` in
     /// `plugins.chain`, as for joins).
     moderation: Arc<Moderation>,
+    /// Kicks for every relay connection of this host.
+    kicks: broadcast::Sender<ViewerKick>,
 }
 
 impl Viewers {
@@ -24,7 +64,19 @@ impl Viewers {
         Arc::new(Self {
             private,
             moderation,
+            kicks: broadcast::channel(KICK_QUEUE).0,
         })
+    }
+
+    /// The kicks a relay connection acts on.
+    pub fn kicks(&self) -> broadcast::Receiver<ViewerKick> {
+        self.kicks.subscribe()
+    }
+
+    /// Closes the matching admitted viewers on every relay connection of this host.
+    pub fn kick(&self, kick: ViewerKick) {
+        // No receiver: no nginx worker is connected, nobody to close.
+        let _ = self.kicks.send(kick);
     }
 
     /// The private channel patterns each nginx worker is sent.
@@ -57,5 +109,73 @@ impl Viewers {
             }
         }
         Ok(grant)
+    }
+}
+
+/// Turns the control bus's kicks (a ban, sent by whichever host the admin API ran on) into
+/// viewer kicks on this host, until `shutdown`.
+pub async fn kick_on_notice(
+    mut notices: broadcast::Receiver<Notice>,
+    viewers: Arc<Viewers>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let notice = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            notice = notices.recv() => notice,
+        };
+        match notice {
+            Ok(Notice::Kick(kick)) => {
+                if !viewers.policy().is_private(&kick.channel) {
+                    continue;
+                }
+                let reason = match kick.until {
+                    Some(until) => format!("banned until {until}"),
+                    None => "banned".to_owned(),
+                };
+                viewers.kick(ViewerKick {
+                    channel: Some(kick.channel),
+                    users: kick.users,
+                    names: kick.names,
+                    code: chatup_wire::close::BANNED,
+                    reason,
+                });
+            }
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                warn!(
+                    missed,
+                    "control notices came faster than viewers were kicked; some were missed"
+                );
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_support::identity_of;
+
+    #[test]
+    fn a_kick_matches_by_user_or_name_in_its_channel() {
+        let kick = ViewerKick {
+            channel: Some("members-x".into()),
+            users: vec!["u1".into()],
+            names: vec!["Zoe".into()],
+            code: 4502,
+            reason: "banned".into(),
+        };
+        let here = vec!["members-x".to_owned(), "lobby".to_owned()];
+        let elsewhere = vec!["members-y".to_owned()];
+        assert!(kick.matches(&here, &identity_of(Some("u1"), "{}")));
+        assert!(kick.matches(&here, &identity_of(Some("u2"), r#"{"name":"Zoe"}"#)));
+        assert!(!kick.matches(&here, &identity_of(Some("u2"), r#"{"name":"Ann"}"#)));
+        assert!(!kick.matches(&elsewhere, &identity_of(Some("u1"), "{}")));
+        let everywhere = ViewerKick {
+            channel: None,
+            ..kick
+        };
+        assert!(everywhere.matches(&elsewhere, &identity_of(Some("u1"), "{}")));
     }
 }

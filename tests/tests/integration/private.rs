@@ -213,3 +213,58 @@ async fn a_banned_user_may_not_watch_a_private_channel() {
     let bob = subscribe_token("bob", &["members-club"], 600);
     Subscriber::connect(&env, &format!("/sub/members-club?token={bob}")).await;
 }
+
+#[tokio::test]
+async fn a_ban_closes_the_users_private_viewers_on_every_host() {
+    use chatup_tests::RedisServer;
+    let redis = RedisServer::start();
+    let host = |address: &str, id: &str| {
+        Options::default()
+            .address(address)
+            .host_id(id)
+            .redis(&redis.url())
+            .private(&["user.{sub}", "members-*"])
+    };
+    let a = Chatup::start_with(host("127.0.0.2", "a"));
+    let b = Chatup::start_with(host("127.0.0.3", "b"));
+    let alice = subscribe_token("alice", &["members-club"], 600);
+    let bob = subscribe_token("bob", &["members-club"], 600);
+    // Alice watches on host B (her own channel too), Bob on B, Alice also on A.
+    let mut alice_b =
+        Subscriber::connect(&b, &format!("/sub/members-club/user.alice?token={alice}")).await;
+    let mut alice_own = Subscriber::connect(&b, &format!("/sub/user.alice?token={alice}")).await;
+    let mut bob_b = Subscriber::connect(&b, &format!("/sub/members-club?token={bob}")).await;
+    let mut alice_a = Subscriber::connect(&a, &format!("/sub/members-club?token={alice}")).await;
+
+    // Banned from members-club through host A's admin API, for a minute.
+    let resp = a
+        .admin(
+            "POST",
+            "/ban",
+            Some(&json!({"channel": "members-club", "users": ["alice"], "expire": 60})),
+        )
+        .await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    for (what, sub) in [("on host B", &mut alice_b), ("on host A", &mut alice_a)] {
+        let (code, _) = sub.expect_close(WAIT).await;
+        assert_eq!(code, Some(4502), "alice's viewer {what}");
+    }
+    // Not banned from her own channel, and Bob is not banned at all: he sees the ban's
+    // rmUserMsg, then what follows.
+    alice_own
+        .expect_no_message(Duration::from_millis(300))
+        .await;
+    let removal = bob_b.recv().await;
+    assert_eq!(
+        (removal["ev"].as_str(), removal["data"].as_str()),
+        (Some("rmUserMsg"), Some("alice"))
+    );
+    b.publish("members-club", "still here").await;
+    assert_eq!(bob_b.recv().await["msg"], "still here");
+    // She cannot come back while the ban lasts, on either host.
+    for env in [&a, &b] {
+        let resp = refused_ws(env, &format!("/sub/members-club?token={alice}")).await;
+        assert_eq!(resp.status, 403, "{}", resp.text());
+        assert!(resp.text().starts_with("banned"), "{}", resp.text());
+    }
+}

@@ -16,7 +16,7 @@ use chatup_wire::{
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
@@ -24,7 +24,7 @@ use tracing::{debug, error, info, warn};
 use super::codec::{CodecError, WireCodec};
 use super::{NginxWorkerStats, NginxWorkers};
 use crate::broker::{Backlog, Broker, BrokerError, Event, Subscriber};
-use crate::host::viewers::Viewers;
+use crate::host::viewers::{ViewerKick, Viewers};
 use crate::jwt::Identity;
 use crate::private::{Grant, Refusal};
 
@@ -105,6 +105,8 @@ pub(super) struct Connection {
     verdicts: (mpsc::Sender<Verdict>, mpsc::Receiver<Verdict>),
     /// The worker's viewers admitted to private channels, by admission id.
     admitted: HashMap<u64, AdmittedViewer>,
+    /// Kicks of admitted viewers (bans), from every host.
+    kicks: Option<broadcast::Receiver<ViewerKick>>,
 }
 
 /// A subscription waiting for the broker.
@@ -137,6 +139,7 @@ impl Connection {
             pending: HashMap::new(),
             subscribe_failing: false,
             shutdown,
+            kicks: viewers.as_ref().map(|v| v.kicks()),
             viewers,
             verdicts: mpsc::channel(1024),
             admitted: HashMap::new(),
@@ -255,6 +258,11 @@ impl Connection {
                 _ = overflowed.cancelled() => return Stop::Overflow,
                 Some((id, channels, verdict)) = self.verdicts.1.recv() => {
                     if let Err(stop) = self.answer_admission(id, channels, verdict).await {
+                        return stop;
+                    }
+                }
+                kick = next_kick(&mut self.kicks) => {
+                    if let Err(stop) = self.kick(kick).await {
                         return stop;
                     }
                 }
@@ -400,6 +408,29 @@ impl Connection {
         };
         self.send(vec![ToWorker::Admitted { id, status, reason }])
             .await
+    }
+
+    /// Closes the admitted viewers a kick names.
+    async fn kick(&mut self, kick: ViewerKick) -> Result<(), Stop> {
+        let kicked: Vec<u64> = self
+            .admitted
+            .iter()
+            .filter(|(_, v)| kick.matches(&v.channels, &v.identity))
+            .map(|(id, _)| *id)
+            .collect();
+        let mut frames = Vec::with_capacity(kicked.len());
+        for id in kicked {
+            self.admitted.remove(&id);
+            frames.push(ToWorker::CloseViewer {
+                id,
+                code: kick.code,
+                reason: kick.reason.clone(),
+            });
+        }
+        if !frames.is_empty() {
+            info!(channel = ?kick.channel, closed = frames.len(), "closed kicked viewers");
+        }
+        self.send(frames).await
     }
 
     /// Closes the admitted viewers whose token has expired (with the configured leeway
@@ -620,6 +651,25 @@ fn fit_backlog(channel: &str, mut backlog: Backlog) -> Backlog {
         }
     }
     backlog
+}
+
+/// The next kick, or never without private channels.
+async fn next_kick(kicks: &mut Option<broadcast::Receiver<ViewerKick>>) -> ViewerKick {
+    let Some(receiver) = kicks else {
+        return std::future::pending().await;
+    };
+    loop {
+        match receiver.recv().await {
+            Ok(kick) => return kick,
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                warn!(
+                    missed,
+                    "viewer kicks came faster than this connection took them"
+                );
+            }
+            Err(broadcast::error::RecvError::Closed) => return std::future::pending().await,
+        }
+    }
 }
 
 fn frame_name(frame: &ToSidecar) -> &'static str {
