@@ -1,14 +1,17 @@
-//! Who is joined to which channel on every host, for `GET /stats/<ch>` of the admin API.
+//! Who is joined to which channel on every host, for `GET /stats/<ch>` of the admin API,
+//! and who watches which private channel ([`MemberList::Viewers`]).
 //!
 //! [`Presence`](crate::host::presence::Presence) knows the publishers joined on its own host
-//! only. With Redis, each worker's [`Reporter`](crate::cluster::registry::Reporter) mirrors them
-//! with a [`MemberMirror`], and [`read`] gathers a channel's lists from the live hosts.
+//! only, [`Viewers`](crate::host::viewers::Viewers) the viewers admitted there. With Redis,
+//! each worker's [`Reporter`](crate::cluster::registry::Reporter) mirrors both with a
+//! [`MemberMirror`] each, and [`read`] gathers a channel's lists from the live hosts.
 //!
 //! Redis keys (`<p>` is `redis.key_prefix`):
 //!
 //! | key | type | what |
 //! |-----|------|------|
 //! | `<p>:{<ch>}:members:<host id>:<instance>` | hash, `PEXPIRE` [`MemberMirror::expiry`] | field: user key (`sub:<sub>` or `public:<_public>`); value: the user's `_public` JSON |
+//! | `<p>:{<ch>}:viewers:<host id>:<instance>` | hash, the same expiry | a private channel's admitted viewers; field: `sub:<sub>`; value: `{"sub":…,"user":<_public>}` |
 //!
 //! Cost is kept low:
 //!
@@ -52,14 +55,46 @@ const MIN_EXPIRY: Duration = Duration::from_secs(60);
 /// The expiry is this many `host.ttl_ms`, when that is more than [`MIN_EXPIRY`].
 const EXPIRY_TTLS: u32 = 20;
 
+/// Which list of a channel: its joined publishers, or its admitted viewers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemberList {
+    Publishers,
+    Viewers,
+}
+
+impl MemberList {
+    fn segment(self) -> &'static str {
+        match self {
+            Self::Publishers => "members",
+            Self::Viewers => "viewers",
+        }
+    }
+}
+
 /// The hash holding `host`'s (run `instance`) members of `channel`.
 pub fn key(prefix: &str, channel: &str, host: &str, instance: &str) -> String {
-    format!("{prefix}:{{{channel}}}:members:{host}:{instance}")
+    list_key(MemberList::Publishers, prefix, channel, host, instance)
+}
+
+/// The hash holding `host`'s (run `instance`) `list` of `channel`.
+pub fn list_key(
+    list: MemberList,
+    prefix: &str,
+    channel: &str,
+    host: &str,
+    instance: &str,
+) -> String {
+    format!(
+        "{prefix}:{{{channel}}}:{}:{host}:{instance}",
+        list.segment()
+    )
 }
 
 /// This host's members as written to Redis, and what the next report must send.
 #[derive(Debug)]
 pub struct MemberMirror {
+    /// Which list it mirrors.
+    list: MemberList,
     /// `redis.key_prefix`.
     prefix: Arc<str>,
     /// This host's id.
@@ -79,7 +114,19 @@ pub struct MemberMirror {
 impl MemberMirror {
     /// A mirror for this host; `host_ttl` is `host.ttl_ms`.
     pub fn new(prefix: &str, host: &str, instance: &str, host_ttl: Duration) -> Self {
+        Self::of(MemberList::Publishers, prefix, host, instance, host_ttl)
+    }
+
+    /// A mirror of this host's `list`.
+    pub fn of(
+        list: MemberList,
+        prefix: &str,
+        host: &str,
+        instance: &str,
+        host_ttl: Duration,
+    ) -> Self {
         Self {
+            list,
             prefix: prefix.into(),
             host: host.into(),
             instance: instance.into(),
@@ -101,7 +148,7 @@ impl MemberMirror {
     }
 
     fn key(&self, channel: &str) -> String {
-        key(&self.prefix, channel, &self.host, &self.instance)
+        list_key(self.list, &self.prefix, channel, &self.host, &self.instance)
     }
 
     /// Brings Redis in line with `current` (from
@@ -245,6 +292,16 @@ pub async fn read(
     channel: &str,
     hosts: &[HostEntry],
 ) -> Result<Vec<(String, String)>, RedisError> {
+    read_list(link, MemberList::Publishers, channel, hosts).await
+}
+
+/// Like [`read`], for `list`.
+pub async fn read_list(
+    link: &RedisLink,
+    list: MemberList,
+    channel: &str,
+    hosts: &[HostEntry],
+) -> Result<Vec<(String, String)>, RedisError> {
     let mut hosts: Vec<&HostEntry> = hosts.iter().filter(|h| !h.instance.is_empty()).collect();
     if hosts.is_empty() {
         return Ok(Vec::new());
@@ -253,8 +310,13 @@ pub async fn read(
     // Every key carries the channel's hash tag: one slot, one pipeline.
     let mut pipe = redis::pipe();
     for host in &hosts {
-        pipe.cmd("HGETALL")
-            .arg(key(link.key_prefix(), channel, &host.id, &host.instance));
+        pipe.cmd("HGETALL").arg(list_key(
+            list,
+            link.key_prefix(),
+            channel,
+            &host.id,
+            &host.instance,
+        ));
     }
     let mut conn = link.commands();
     let lists: Vec<HashMap<String, String>> = link.bounded(pipe.query_async(&mut conn)).await?;

@@ -8,6 +8,7 @@ use crate::cluster::members::Members;
 use crate::cluster::registry::{ChannelCounts, HostLoadSource, JoinedPublisher};
 use crate::host::presence::Presence;
 use crate::host::relay::NginxWorkers;
+use crate::host::viewers::Viewers;
 
 /// Where this host's numbers come from.
 #[derive(Clone)]
@@ -16,6 +17,8 @@ pub struct HostLoad {
     pub workers: Arc<NginxWorkers>,
     /// Publisher sessions and joined users.
     pub presence: Arc<Presence>,
+    /// Who watches private channels.
+    pub viewers: Arc<Viewers>,
 }
 
 impl HostLoadSource for HostLoad {
@@ -72,5 +75,13 @@ impl HostLoadSource for HostLoad {
 
     fn all_members(&self) -> Members {
         self.presence.all_members()
+    }
+
+    fn viewers(&self, channel: &str) -> Vec<JoinedPublisher> {
+        self.viewers.of_channel(channel)
+    }
+
+    fn all_viewers(&self) -> Members {
+        self.viewers.all()
     }
 }

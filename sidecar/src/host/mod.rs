@@ -166,6 +166,7 @@ impl ChatHost {
         let load: Arc<dyn HostLoadSource> = Arc::new(HostLoad {
             workers: relay.workers(),
             presence: presence.clone(),
+            viewers,
         });
         let reporter = shared
             .redis

@@ -4,7 +4,8 @@
 //! control bus brings it here, [`kick_on_notice`], and each relay connection closes its
 //! matching viewers).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use chatup_wire::private::Policy;
 use tokio::sync::broadcast;
@@ -12,6 +13,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::cluster::control::Notice;
+use crate::cluster::members::Members;
+use crate::cluster::registry::JoinedPublisher;
 use crate::jwt::Identity;
 use crate::moderation::{Moderation, ModerationError};
 use crate::private::{Grant, PrivateChannels, Refusal};
@@ -57,6 +60,9 @@ pub struct Viewers {
     moderation: Arc<Moderation>,
     /// Kicks for every relay connection of this host.
     kicks: broadcast::Sender<ViewerKick>,
+    /// Who watches which private channel here: per channel, user key (`sub:<sub>`) →
+    /// (`{"sub":…,"user":…}`, how many of that user's viewers).
+    watching: Mutex<HashMap<String, HashMap<Arc<str>, (Arc<str>, u32)>>>,
 }
 
 impl Viewers {
@@ -65,7 +71,104 @@ impl Viewers {
             private,
             moderation,
             kicks: broadcast::channel(KICK_QUEUE).0,
+            watching: Mutex::default(),
         })
+    }
+
+    fn watching(&self) -> MutexGuard<'_, HashMap<String, HashMap<Arc<str>, (Arc<str>, u32)>>> {
+        // The map stays whole whatever panicked while holding it.
+        self.watching.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// An admitted viewer of `channels` now watches.
+    pub fn watch(&self, channels: &[String], identity: &Identity) {
+        let Some(sub) = identity.user_id() else {
+            return;
+        };
+        let key: Arc<str> = format!("sub:{sub}").into();
+        let entry: Arc<str> = format!(
+            "{{\"sub\":{},\"user\":{}}}",
+            serde_json::Value::String(sub),
+            identity.user
+        )
+        .into();
+        let mut watching = self.watching();
+        for channel in channels {
+            let users = watching.entry(channel.clone()).or_default();
+            users
+                .entry(key.clone())
+                .or_insert_with(|| (entry.clone(), 0))
+                .1 += 1;
+        }
+    }
+
+    /// An admitted viewer of `channels` is gone.
+    pub fn unwatch(&self, channels: &[String], identity: &Identity) {
+        let Some(sub) = identity.user_id() else {
+            return;
+        };
+        let key = format!("sub:{sub}");
+        let mut watching = self.watching();
+        for channel in channels {
+            let Some(users) = watching.get_mut(channel) else {
+                continue;
+            };
+            if let Some((_, count)) = users.get_mut(key.as_str()) {
+                *count -= 1;
+                if *count == 0 {
+                    users.remove(key.as_str());
+                }
+            }
+            if users.is_empty() {
+                watching.remove(channel);
+            }
+        }
+    }
+
+    /// Who watches the private `channel` here, each user once.
+    pub fn of_channel(&self, channel: &str) -> Vec<JoinedPublisher> {
+        self.watching()
+            .get(channel)
+            .map(|users| {
+                users
+                    .iter()
+                    .map(|(key, (user, _))| JoinedPublisher {
+                        key: key.to_string(),
+                        user: user.to_string(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Every private channel's viewers here, for the registry.
+    pub fn all(&self) -> Members {
+        self.watching()
+            .iter()
+            .map(|(channel, users)| {
+                let users = users
+                    .iter()
+                    .map(|(key, (user, _))| (key.clone(), user.clone()))
+                    .collect();
+                (channel.clone(), users)
+            })
+            .collect()
+    }
+
+    /// Viewers of `private` with bans in memory (tests).
+    #[cfg(test)]
+    pub fn in_memory(private: PrivateChannels) -> Arc<Self> {
+        let broker =
+            crate::broker::memory::MemoryBroker::new(crate::broker::memory::MemoryOptions {
+                history_size: 10,
+                ttl: std::time::Duration::from_secs(60),
+            });
+        let control = crate::cluster::control::Control::memory();
+        let bans = crate::moderation::Bans::memory();
+        Self::new(
+            private,
+            Arc::new(Moderation::new(bans, control, broker, true)),
+        )
     }
 
     /// The kicks a relay connection acts on.
@@ -155,7 +258,29 @@ pub async fn kick_on_notice(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_support::identity_of;
+    use crate::test_support::{identity_of, subscribe_channels};
+
+    #[test]
+    fn viewers_are_listed_once_per_user_while_one_of_their_sockets_watches() {
+        let viewers = Viewers::in_memory(subscribe_channels(&["members-*"]));
+        let alice = identity_of(Some("alice"), r#"{"name":"Alice"}"#);
+        let two = vec!["members-a".to_owned(), "members-b".to_owned()];
+        viewers.watch(&two, &alice);
+        viewers.watch(&two[..1], &alice);
+        let listed = viewers.of_channel("members-a");
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].key, "sub:alice");
+        assert_eq!(listed[0].user, r#"{"sub":"alice","user":{"name":"Alice"}}"#);
+        viewers.unwatch(&two, &alice);
+        assert_eq!(
+            viewers.of_channel("members-a").len(),
+            1,
+            "one socket still watches"
+        );
+        assert!(viewers.of_channel("members-b").is_empty());
+        viewers.unwatch(&two[..1], &alice);
+        assert!(viewers.all().is_empty());
+    }
 
     #[test]
     fn a_kick_matches_by_user_or_name_in_its_channel() {

@@ -29,4 +29,15 @@ pub trait HostLoadSource: Send + Sync + 'static {
 
     /// Every channel's joined publishers: what the [`Reporter`](super::Reporter) mirrors.
     fn all_members(&self) -> Members;
+
+    /// The viewers admitted to the private `channel` on this host, in no order.
+    fn viewers(&self, _channel: &str) -> Vec<JoinedPublisher> {
+        Vec::new()
+    }
+
+    /// Every private channel's admitted viewers: what the reporter mirrors beside
+    /// [`all_members`](Self::all_members).
+    fn all_viewers(&self) -> Members {
+        Members::new()
+    }
 }

@@ -49,6 +49,16 @@ impl Directory for LocalDirectory {
         members.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(members)
     }
+
+    async fn channel_viewers(
+        &self,
+        channel: &str,
+        _hosts: &[HostEntry],
+    ) -> Result<Vec<JoinedPublisher>, RegistryError> {
+        let mut viewers = self.load.viewers(channel);
+        viewers.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(viewers)
+    }
 }
 
 #[cfg(test)]

@@ -125,6 +125,16 @@ pub trait Directory: Send + Sync + 'static {
     ) -> Result<Vec<JoinedPublisher>, RegistryError> {
         Ok(Vec::new())
     }
+
+    /// The distinct viewers admitted to the private `channel` on `hosts`, sorted by key
+    /// (`sub:<sub>`), each `user` a `{"sub":…,"user":<_public>}` object.
+    async fn channel_viewers(
+        &self,
+        _channel: &str,
+        _hosts: &[HostEntry],
+    ) -> Result<Vec<JoinedPublisher>, RegistryError> {
+        Ok(Vec::new())
+    }
 }
 
 /// This host's fixed description, from `[host]` and the HTTP address.

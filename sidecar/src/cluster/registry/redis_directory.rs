@@ -30,6 +30,7 @@ use crate::cluster::redis::RedisLink;
 use crate::message::now_ms;
 
 use super::{ChannelCounts, Directory, HostEntry, JoinedPublisher, RegistryError};
+use crate::cluster::members::MemberList;
 
 /// How far in the past an index score may be for its member still to be looked up (and how
 /// old it must be to be pruned): the clock skew between hosts that is tolerated.
@@ -148,6 +149,20 @@ impl Directory for RedisDirectory {
     ) -> Result<Vec<JoinedPublisher>, RegistryError> {
         let members = crate::cluster::members::read(&self.link, channel, hosts).await?;
         Ok(members
+            .into_iter()
+            .map(|(key, user)| JoinedPublisher { key, user })
+            .collect())
+    }
+
+    async fn channel_viewers(
+        &self,
+        channel: &str,
+        hosts: &[HostEntry],
+    ) -> Result<Vec<JoinedPublisher>, RegistryError> {
+        let viewers =
+            crate::cluster::members::read_list(&self.link, MemberList::Viewers, channel, hosts)
+                .await?;
+        Ok(viewers
             .into_iter()
             .map(|(key, user)| JoinedPublisher { key, user })
             .collect())

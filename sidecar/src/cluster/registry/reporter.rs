@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
-use crate::cluster::members::MemberMirror;
+use crate::cluster::members::{MemberList, MemberMirror};
 use crate::cluster::redis::RedisLink;
 use crate::config::HostConfig;
 use crate::message::now_ms;
@@ -44,6 +44,8 @@ pub struct Reporter {
     failing: bool,
     /// Who is joined where, mirrored for the admin API's channel stats.
     members: MemberMirror,
+    /// Who watches which private channel, mirrored the same way.
+    viewers: MemberMirror,
 }
 
 impl fmt::Debug for Reporter {
@@ -65,6 +67,13 @@ impl Reporter {
         let keys = Keys::new(link.key_prefix());
         let ttl = Duration::from_millis(config.ttl_ms);
         let members = MemberMirror::new(link.key_prefix(), &info.id, &info.instance, ttl);
+        let viewers = MemberMirror::of(
+            MemberList::Viewers,
+            link.key_prefix(),
+            &info.id,
+            &info.instance,
+            ttl,
+        );
         Self {
             link,
             keys,
@@ -76,6 +85,7 @@ impl Reporter {
             dirty: true,
             failing: false,
             members,
+            viewers,
         }
     }
 
@@ -142,9 +152,20 @@ impl Reporter {
             }
             Err(e) => Err(e),
         };
+        let result = match result {
+            Ok(()) => {
+                let current = self.load.all_viewers();
+                self.viewers
+                    .write(&self.link, current)
+                    .await
+                    .map_err(RegistryError::from)
+            }
+            Err(e) => Err(e),
+        };
         if result.is_err() {
             self.dirty = true;
             self.members.mark_dirty();
+            self.viewers.mark_dirty();
         }
         result
     }
@@ -267,6 +288,7 @@ impl Reporter {
             )
             .await?;
         self.members.remove_all(&self.link).await?;
+        self.viewers.remove_all(&self.link).await?;
         Ok(())
     }
 }

@@ -134,6 +134,9 @@ impl Host {
         let load: Arc<dyn HostLoadSource> = Arc::new(HostLoad {
             workers,
             presence: presence.clone(),
+            viewers: crate::host::viewers::Viewers::in_memory(
+                crate::private::PrivateChannels::none(),
+            ),
         });
         Self {
             _dir: dir,

@@ -215,6 +215,11 @@ impl Connection {
                 .unsubscribe(&channel, self.subscriber.id())
                 .await;
         }
+        // The worker closes its admitted viewers when the connection comes back.
+        let admitted: Vec<u64> = self.admitted.keys().copied().collect();
+        for id in admitted {
+            self.forget_viewer(id);
+        }
         self.workers.remove(self.id);
     }
 
@@ -374,7 +379,7 @@ impl Connection {
                 Ok(())
             }
             ToSidecar::Left { id } => {
-                if let Some(gone) = self.admitted.remove(&id) {
+                if let Some(gone) = self.forget_viewer(id) {
                     debug!(id, channels = ?gone.channels, "private viewer left");
                 }
                 Ok(())
@@ -392,6 +397,9 @@ impl Connection {
         let (status, reason) = match verdict {
             Ok(grant) => {
                 debug!(id, ?channels, sub = ?grant.identity.sub, "private viewer admitted");
+                if let Some(viewers) = &self.viewers {
+                    viewers.watch(&channels, &grant.identity);
+                }
                 self.admitted.insert(
                     id,
                     AdmittedViewer {
@@ -410,6 +418,15 @@ impl Connection {
             .await
     }
 
+    /// Forgets an admitted viewer: it left, or is being closed.
+    fn forget_viewer(&mut self, id: u64) -> Option<AdmittedViewer> {
+        let gone = self.admitted.remove(&id)?;
+        if let Some(viewers) = &self.viewers {
+            viewers.unwatch(&gone.channels, &gone.identity);
+        }
+        Some(gone)
+    }
+
     /// Closes the admitted viewers a kick names.
     async fn kick(&mut self, kick: ViewerKick) -> Result<(), Stop> {
         let kicked: Vec<u64> = self
@@ -420,7 +437,7 @@ impl Connection {
             .collect();
         let mut frames = Vec::with_capacity(kicked.len());
         for id in kicked {
-            self.admitted.remove(&id);
+            self.forget_viewer(id);
             frames.push(ToWorker::CloseViewer {
                 id,
                 code: kick.code,
@@ -447,7 +464,7 @@ impl Connection {
             .collect();
         let mut frames = Vec::with_capacity(expired.len());
         for id in expired {
-            self.admitted.remove(&id);
+            self.forget_viewer(id);
             frames.push(ToWorker::CloseViewer {
                 id,
                 code: chatup_wire::close::SUBSCRIBE_TOKEN_EXPIRED,
