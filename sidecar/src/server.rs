@@ -64,7 +64,8 @@ impl Sidecar {
     pub async fn start(config: &Config, ws: WsSettings) -> Result<Self, Error> {
         // Keys first: one that does not fit stops the start before anything is bound.
         let host_keys = HostKeys::load(config)?;
-        let admin_keys = if config.roles.admin {
+        // The dispatcher shows the users of private channels to the operator (admin) too.
+        let admin_keys = if config.roles.admin || config.roles.dispatcher {
             admin::verifier(config)?
         } else {
             None
@@ -97,10 +98,13 @@ impl Sidecar {
             &host_info,
             chat_host.as_ref().map(|host| host.load.clone()),
         );
-        let dispatcher = dispatcher::assemble(config, directory.as_ref(), &shared);
+        let operators = admin_keys
+            .clone()
+            .map(|keys| keys as Arc<dyn crate::jwt::OperatorTokens>);
+        let dispatcher = dispatcher::assemble(config, directory.as_ref(), &shared, operators);
         let admin = admin::assemble(
             config,
-            admin_keys,
+            admin_keys.filter(|_| config.roles.admin),
             directory.as_ref(),
             &shared,
             limits,

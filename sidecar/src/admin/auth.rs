@@ -34,6 +34,12 @@ pub const EXAMPLE_ADMIN_KEY: &str =
 /// The config key naming the admin key file.
 const KEY_SETTING: &str = "admin.public_key_file";
 
+impl crate::jwt::OperatorTokens for AdminVerifier {
+    fn is_operator(&self, token: &str) -> bool {
+        self.verify_bearer(token).is_ok()
+    }
+}
+
 /// Checks admin tokens.
 pub struct AdminVerifier {
     /// The admin key.

@@ -5,7 +5,8 @@
 //!
 //! ```json
 //! {"channel":"lobby","subCount":120,"pubCount":4,"total":3,
-//!  "publishers":[{"name":"alice"},{"name":"bob"}],"skip":0,"limit":100}
+//!  "publishers":[{"name":"alice"},{"name":"bob"}],"skip":0,"limit":100,
+//!  "viewerTotal":0,"viewers":[]}
 //! ```
 //!
 //! `subCount` and `pubCount` are summed over the live hosts, as `/join` gives them (a user
@@ -14,7 +15,10 @@
 //! order (by user: `sub`, or the `_public` object without one); `total` is how many there
 //! are, `skip` and `limit` (default 0 and [`DEFAULT_LIMIT`](crate::http::user_page::DEFAULT_LIMIT), at most
 //! [`MAX_LIMIT`](crate::http::user_page::MAX_LIMIT)) page
-//! through them.
+//! through them. `viewers` lists who watches a private channel (`[private] channels`): one
+//! `{"sub":…,"user":<_public>}` per user admitted on any live host, sorted by `sub`, paged by
+//! the same `skip` and `limit`, `viewerTotal` of them (a public channel has none: its
+//! viewers are anonymous).
 //!
 //! `GET /stats`: totals and one entry per live host, sorted by id:
 //!
@@ -53,6 +57,8 @@ struct ChannelStats<'a> {
     publishers: Vec<&'a RawValue>,
     skip: u64,
     limit: u64,
+    viewer_total: usize,
+    viewers: Vec<&'a RawValue>,
 }
 
 /// `GET /stats/{channel}`.
@@ -64,12 +70,14 @@ pub async fn channel(
 ) -> Result<Response, AdminError> {
     let w = window(raw.as_deref())?;
     let hosts = state.directory.hosts().await?;
-    let (counts, publishers) = tokio::join!(
+    let (counts, publishers, viewers) = tokio::join!(
         state.directory.channel_counts(&channel, &hosts),
-        state.directory.channel_publishers(&channel, &hosts)
+        state.directory.channel_publishers(&channel, &hosts),
+        state.directory.channel_viewers(&channel, &hosts)
     );
-    let (counts, publishers) = (counts?, publishers?);
+    let (counts, publishers, viewers) = (counts?, publishers?, viewers?);
     let page = window_of(&channel, &publishers, w);
+    let viewer_page = window_of(&channel, &viewers, w);
     Ok(Json(ChannelStats {
         sub_count: counts.subscribers,
         pub_count: counts.publishers,
@@ -77,6 +85,8 @@ pub async fn channel(
         publishers: page,
         skip: w.skip,
         limit: w.limit,
+        viewer_total: viewers.len(),
+        viewers: viewer_page,
         channel,
     })
     .into_response())

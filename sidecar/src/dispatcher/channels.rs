@@ -21,6 +21,16 @@
 //! channels; the list of live hosts is cached the same way. Successful answers carry
 //! `Cache-Control: public, max-age=1`, so a CDN or an nginx `proxy_cache` can absorb more.
 //!
+//! A private channel's users (`[private] channels`) are shown only to the operator:
+//! without `Authorization: Bearer <admin token>` the answer is 403 `private_channel`; with
+//! it, the answer adds `viewerTotal` and `viewers` (who watches, `{"sub":…,"user":…}`,
+//! paged like `users`) and is never cached (`Cache-Control: no-store`).
+//!
+//! A private channel's users (`[private] channels`) are shown only to the operator:
+//! without `Authorization: Bearer <admin token>` the answer is 403 `private_channel`; with
+//! it, the answer adds `viewerTotal` and `viewers` (who watches, `{"sub":…,"user":…}`,
+//! paged like `users`) and is never cached (`Cache-Control: no-store`).
+//!
 //! CORS is that of `/join` (`dispatch.cors_origins`). Errors are
 //! `{"error":{"code":..,"message":..}}`: 400 `bad_channel`, 400 `bad_request` (a bad `skip` or
 //! `limit`, named), 503 `unavailable` with `Retry-After: 1` (Redis cannot be reached).
@@ -29,7 +39,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{RawQuery, State};
-use axum::http::{header, HeaderValue};
+use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -122,12 +132,18 @@ struct CountsAnswer<'a> {
 }
 
 #[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
 struct UsersAnswer<'a> {
     channel: &'a str,
     total: usize,
     users: Vec<&'a RawValue>,
     skip: u64,
     limit: u64,
+    /// Private channels only (the operator's answer): who watches.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    viewer_total: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    viewers: Option<Vec<&'a RawValue>>,
 }
 
 /// `GET /channels/{channel}`. A query string is ignored (browsers and proxies add
@@ -158,7 +174,11 @@ pub async fn users(
     State(dispatcher): State<Arc<Dispatcher>>,
     ChannelPath(channel, ..): ChannelPath<DispatchError>,
     RawQuery(raw): RawQuery,
+    headers: HeaderMap,
 ) -> Response {
+    if dispatcher.is_private(&channel) {
+        return private_users(&dispatcher, &channel, raw.as_deref(), &headers).await;
+    }
     let result = async {
         // The admin query parser's message names the parameter and what it takes.
         let w = window(raw.as_deref()).map_err(|e| DispatchError::BadRequest(e.to_string()))?;
@@ -174,10 +194,67 @@ pub async fn users(
             users: window_of(&channel, &users, w),
             skip: w.skip,
             limit: w.limit,
+            viewer_total: None,
+            viewers: None,
         })
     }
     .await;
     respond(result)
+}
+
+/// The users of a private channel: for the operator's token only, with who watches, never
+/// cached.
+async fn private_users(
+    dispatcher: &Arc<Dispatcher>,
+    channel: &str,
+    raw: Option<&str>,
+    headers: &HeaderMap,
+) -> Response {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if !token.is_some_and(|t| dispatcher.is_operator(t)) {
+        let refusal = DispatchError::Private(format!(
+            "channel {channel:?} is private: who is in it is shown only with the operator's              token (Authorization: Bearer <admin token>)"
+        ));
+        debug!(code = refusal.code(), "channel users refused: {refusal}");
+        return refusal.into_response();
+    }
+    let result = async {
+        let w = window(raw).map_err(|e| DispatchError::BadRequest(e.to_string()))?;
+        let directory = dispatcher.directory();
+        let hosts = directory.hosts().await?;
+        let (users, viewers) = tokio::join!(
+            directory.channel_publishers(channel, &hosts),
+            directory.channel_viewers(channel, &hosts)
+        );
+        let (users, viewers) = (users?, viewers?);
+        encode(&UsersAnswer {
+            channel,
+            total: users.len(),
+            users: window_of(channel, &users, w),
+            skip: w.skip,
+            limit: w.limit,
+            viewer_total: Some(viewers.len()),
+            viewers: Some(window_of(channel, &viewers, w)),
+        })
+    }
+    .await;
+    match result {
+        Ok(bytes) => (
+            [
+                (
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                ),
+                (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+            ],
+            bytes,
+        )
+            .into_response(),
+        Err(e) => e.into_response(),
+    }
 }
 
 fn encode(answer: &impl Serialize) -> Result<Vec<u8>, DispatchError> {

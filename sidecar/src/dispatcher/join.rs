@@ -24,7 +24,9 @@
 //! `sub`, `pub` and `post` are where to append the channel (`sub`, `post`) or connect
 //! (`pub`). When the host has no `public_url`, `url` is `""` and the three are bare paths,
 //! to resolve against the dispatcher's own origin. `history` holds the channel's last
-//! `dispatch.history` messages, oldest first, exactly as subscribers receive them.
+//! `dispatch.history` messages, oldest first, exactly as subscribers receive them; for a
+//! private channel (`[private] channels`) it is always empty: its messages are for the
+//! viewers the chat host admits.
 //!
 //! Errors are `{"error":{"code":..,"message":..}}`: 400 `bad_channel`, 400 `bad_request`
 //! (malformed body), 503 `no_host` (no live host left after exclusions), 503 `unavailable`
@@ -39,6 +41,8 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
+
+use chatup_wire::private::Policy;
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -56,6 +60,7 @@ use crate::config::DispatchConfig;
 use crate::dispatcher::channels::ChannelInfo;
 use crate::http::channel::{BadChannelPath, ChannelPath};
 use crate::http::error::ApiError;
+use crate::jwt::OperatorTokens;
 
 /// Largest request body read: a list of host ids (the route's body limit).
 pub const MAX_BODY: usize = 16 * 1024;
@@ -81,6 +86,9 @@ pub enum DispatchError {
     /// Something that should not happen.
     #[error("{0}")]
     Internal(String),
+    /// The channel is private and the caller is not the operator.
+    #[error("{0}")]
+    Private(String),
 }
 
 impl DispatchError {
@@ -91,6 +99,7 @@ impl DispatchError {
             Self::NoHost(_) => "no_host",
             Self::Unavailable(_) => "unavailable",
             Self::Internal(_) => "internal",
+            Self::Private(_) => "private_channel",
         }
     }
 
@@ -99,6 +108,7 @@ impl DispatchError {
             Self::BadChannel(_) | Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::NoHost(_) | Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Private(_) => StatusCode::FORBIDDEN,
         }
     }
 }
@@ -166,6 +176,11 @@ pub struct Dispatcher {
     pending: Mutex<HashMap<String, Pending>>,
     /// The cached answers of `GET /channels/<ch>` and `/users`.
     channel_info: Arc<ChannelInfo>,
+    /// Private channels: `/join` sends no history of them, and only the operator sees their
+    /// users.
+    private: Policy,
+    /// Tells the operator's token, for the users of private channels.
+    operators: Option<Arc<dyn OperatorTokens>>,
 }
 
 impl Dispatcher {
@@ -180,7 +195,37 @@ impl Dispatcher {
             broker,
             config,
             pending: Mutex::default(),
+            private: Policy::default(),
+            operators: None,
         }
+    }
+
+    /// Keeps private channels private: no history in `/join`, users only for `operators`.
+    pub fn with_private(
+        mut self,
+        private: Policy,
+        operators: Option<Arc<dyn OperatorTokens>>,
+    ) -> Self {
+        self.private = private;
+        self.operators = operators;
+        self
+    }
+
+    /// Whether `channel` is private.
+    pub fn is_private(&self, channel: &str) -> bool {
+        self.private.is_private(channel)
+    }
+
+    /// Whether `token` is the operator's.
+    pub fn is_operator(&self, token: &str) -> bool {
+        self.operators
+            .as_ref()
+            .is_some_and(|o| o.is_operator(token))
+    }
+
+    /// The directory (for the operator's uncached answers).
+    pub fn directory(&self) -> &Arc<dyn Directory> {
+        &self.directory
     }
 
     /// Serves the public channel answers fresh for `interval` (`host.report_interval_ms`):
@@ -250,7 +295,8 @@ impl Dispatcher {
             return Err(DispatchError::NoHost(message));
         };
         let history = async {
-            if self.config.history == 0 {
+            // A private channel's messages are for admitted viewers only.
+            if self.config.history == 0 || self.private.is_private(channel) {
                 return Ok(Vec::new());
             }
             self.broker

@@ -12,15 +12,19 @@ use std::time::Duration;
 
 use crate::cluster::registry::Directory;
 use crate::config::Config;
+use crate::jwt::OperatorTokens;
 use crate::shared::Shared;
 use join::Dispatcher;
 
 /// The dispatcher, or `None` when this process does not play the role or has no hosts to
 /// choose from (no chat-host role and no Redis: refused by the configuration check).
+/// `operators` tells the operator's token (the admin key), who alone sees the users of
+/// private channels.
 pub fn assemble(
     config: &Config,
     directory: Option<&Arc<dyn Directory>>,
     shared: &Shared,
+    operators: Option<Arc<dyn OperatorTokens>>,
 ) -> Option<Arc<Dispatcher>> {
     let directory = directory.filter(|_| config.roles.dispatcher)?;
     Some(Arc::new(
@@ -29,6 +33,8 @@ pub fn assemble(
             shared.metrics.metered(shared.broker.clone(), None),
             config.dispatch.clone(),
         )
-        .with_report_interval(Duration::from_millis(config.host.report_interval_ms)),
+        .with_report_interval(Duration::from_millis(config.host.report_interval_ms))
+        // Checked when the configuration was loaded.
+        .with_private(config.private.policy().unwrap_or_default(), operators),
     ))
 }

@@ -15,3 +15,11 @@ pub use keys::{
 pub const ADMIN_SCOPE: &str = "chatup:admin";
 
 pub use verify::{describe, json_kind, precheck, AuthError, Identity, Verifier};
+
+/// Tells an operator's (admin) Bearer token from any other, for shared endpoints that show
+/// operators more than the public (the dispatcher's user lists of private channels). The
+/// admin role's verifier implements it; `server.rs` hands it over.
+pub trait OperatorTokens: Send + Sync + 'static {
+    /// Whether `token` is a valid admin token.
+    fn is_operator(&self, token: &str) -> bool;
+}

@@ -268,3 +268,100 @@ async fn a_ban_closes_the_users_private_viewers_on_every_host() {
         assert!(resp.text().starts_with("banned"), "{}", resp.text());
     }
 }
+
+#[tokio::test]
+async fn the_operator_sees_who_watches_a_private_channel_and_nobody_else_does() {
+    use chatup_tests::token::admin_token;
+    use chatup_tests::RedisServer;
+    let redis = RedisServer::start();
+    let host = |address: &str, id: &str| {
+        Options::default()
+            .address(address)
+            .host_id(id)
+            .redis(&redis.url())
+            .sidecar_set("host.report_interval_ms=200")
+            .private(&["user.{sub}", "members-*"])
+    };
+    let a = Chatup::start_with(host("127.0.0.2", "a"));
+    let b = Chatup::start_with(host("127.0.0.3", "b"));
+    a.publish_n("members-club", 1, 2).await;
+    let alice = subscribe_token("alice", &["members-club"], 600);
+    let bob = subscribe_token("bob", &["members-club"], 600);
+    let _alice_b = Subscriber::connect(&b, &format!("/sub/members-club?token={alice}")).await;
+    let mut bob_a = Subscriber::connect(&a, &format!("/sub/members-club?token={bob}")).await;
+    // Another socket of Alice's, on the other host: she is listed once.
+    let _alice_a = Subscriber::connect(&a, &format!("/sub/members-club?token={alice}")).await;
+
+    let listed = |v: &serde_json::Value| -> Vec<String> {
+        v["viewers"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no viewers in {v}"))
+            .iter()
+            .map(|u| {
+                format!(
+                    "{}/{}",
+                    u["sub"].as_str().unwrap(),
+                    u["user"]["name"].as_str().unwrap()
+                )
+            })
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let stats = a.admin("GET", "/stats/members-club", None).await;
+        assert_eq!(stats.status, 200, "{}", stats.text());
+        let stats = stats.json();
+        if listed(&stats) == ["alice/alice", "bob/bob"] {
+            assert_eq!(stats["viewerTotal"], 2, "{stats}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "viewers never listed: {stats}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The public user list of a private channel: refused without the operator's token.
+    let refused = b.get("/channels/members-club/users", &[]).await;
+    assert_eq!(refused.status, 403, "{}", refused.text());
+    assert_eq!(refused.error_code().as_deref(), Some("private_channel"));
+    let viewer_token = format!("Bearer {alice}");
+    let refused = b
+        .get(
+            "/channels/members-club/users",
+            &[("Authorization", &viewer_token)],
+        )
+        .await;
+    assert_eq!(
+        refused.status, 403,
+        "a subscribe token is not the operator's"
+    );
+    let admin = format!("Bearer {}", admin_token());
+    let users = b
+        .get("/channels/members-club/users", &[("Authorization", &admin)])
+        .await;
+    assert_eq!(users.status, 200, "{}", users.text());
+    assert_eq!(users.header("cache-control"), Some("no-store"));
+    assert_eq!(listed(&users.json()), ["alice/alice", "bob/bob"]);
+    // /join names a host but sends none of a private channel's history.
+    let joined = b.post("/join/members-club", &[], b"").await;
+    assert_eq!(joined.status, 200, "{}", joined.text());
+    assert_eq!(joined.json()["history"], json!([]), "{}", joined.text());
+    let joined = b.post("/join/lobby", &[], b"").await;
+    assert_eq!(joined.status, 200);
+
+    // Bob leaves: he is no longer listed.
+    bob_a.close(1000).await;
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let stats = a.admin("GET", "/stats/members-club", None).await.json();
+        if listed(&stats) == ["alice/alice"] {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "bob still listed: {stats}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
