@@ -22,6 +22,10 @@ use crate::private::{Grant, PrivateChannels, Refusal};
 /// Kicks a slow relay connection may fall behind by before it misses some.
 const KICK_QUEUE: usize = 256;
 
+/// Per private channel, user key (`sub:<sub>`) → (`{"sub":…,"user":…}`, how many of that
+/// user's viewers watch it here).
+type Watching = HashMap<String, HashMap<Arc<str>, (Arc<str>, u32)>>;
+
 /// Close the admitted viewers these users or names are, in `channel` (or in every channel).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ViewerKick {
@@ -62,7 +66,7 @@ pub struct Viewers {
     kicks: broadcast::Sender<ViewerKick>,
     /// Who watches which private channel here: per channel, user key (`sub:<sub>`) →
     /// (`{"sub":…,"user":…}`, how many of that user's viewers).
-    watching: Mutex<HashMap<String, HashMap<Arc<str>, (Arc<str>, u32)>>>,
+    watching: Mutex<Watching>,
 }
 
 impl Viewers {
@@ -75,7 +79,7 @@ impl Viewers {
         })
     }
 
-    fn watching(&self) -> MutexGuard<'_, HashMap<String, HashMap<Arc<str>, (Arc<str>, u32)>>> {
+    fn watching(&self) -> MutexGuard<'_, Watching> {
         // The map stays whole whatever panicked while holding it.
         self.watching.lock().unwrap_or_else(|e| e.into_inner())
     }
