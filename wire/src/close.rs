@@ -39,6 +39,8 @@ pub const BAD_REQUEST: u16 = 4503;
 /// The channel is private and this viewer was not admitted to it: subscribe again only
 /// with a subscribe token that opens it.
 pub const PRIVATE_CHANNEL: u16 = 4504;
+/// The operator removed this user (`DELETE /users/<user>`): do not reconnect.
+pub const USER_REMOVED: u16 = 4505;
 
 /// Whether a client that got `code` should reconnect (with backoff) and resume.
 pub fn should_reconnect(code: u16) -> bool {
@@ -71,6 +73,7 @@ mod tests {
             BANNED,
             BAD_REQUEST,
             PRIVATE_CHANNEL,
+            USER_REMOVED,
             4999,
         ] {
             assert!(!should_reconnect(code), "{code}");

@@ -14,6 +14,7 @@ pub mod messages;
 pub mod metrics;
 pub mod post;
 pub mod stats;
+pub mod users;
 
 use std::sync::Arc;
 

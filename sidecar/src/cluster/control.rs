@@ -15,6 +15,7 @@
 //!
 //! ```json
 //! {"from":"<host instance>","kick":{"channel":"room","users":["u-17"],"names":["Zoe"],"until":1764000000000}}
+//! {"from":"<host instance>","disconnect":{"users":["u-17"]}}
 //! ```
 //!
 //! A host ignores (and logs) notices it does not know, so newer hosts can add kinds.
@@ -46,6 +47,15 @@ const RESUBSCRIBE_EVERY: Duration = Duration::from_secs(1);
 pub enum Notice {
     /// Close the publisher sessions of `users` in `channel` (see [`crate::host::publish::sessions`]).
     Kick(Kick),
+    /// Close every connection of these users: publisher sessions and private viewers
+    /// (`DELETE /users/<user>`).
+    Disconnect(Disconnect),
+}
+
+/// Close every connection of these users, by the token's `sub`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Disconnect {
+    pub users: Vec<String>,
 }
 
 /// Close the sessions of these users and names that joined or published to this channel.
@@ -101,6 +111,8 @@ struct Envelope {
     from: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     kick: Option<Kick>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    disconnect: Option<Disconnect>,
 }
 
 impl Envelope {
@@ -109,12 +121,20 @@ impl Envelope {
             Notice::Kick(kick) => Self {
                 from: from.to_owned(),
                 kick: Some(kick.clone()),
+                ..Self::default()
+            },
+            Notice::Disconnect(disconnect) => Self {
+                from: from.to_owned(),
+                disconnect: Some(disconnect.clone()),
+                ..Self::default()
             },
         }
     }
 
     fn notice(self) -> Option<Notice> {
-        self.kick.map(Notice::Kick)
+        self.kick
+            .map(Notice::Kick)
+            .or(self.disconnect.map(Notice::Disconnect))
     }
 }
 

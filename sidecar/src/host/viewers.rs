@@ -248,6 +248,13 @@ pub async fn kick_on_notice(
                     reason,
                 });
             }
+            Ok(Notice::Disconnect(disconnect)) => viewers.kick(ViewerKick {
+                channel: None,
+                users: disconnect.users,
+                names: Vec::new(),
+                code: chatup_wire::close::USER_REMOVED,
+                reason: "user removed by the operator".into(),
+            }),
             Err(broadcast::error::RecvError::Lagged(missed)) => {
                 warn!(
                     missed,

@@ -21,7 +21,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::handler::Handler;
 use axum::http::{Method, StatusCode, Uri};
 use axum::middleware::from_fn;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::Router;
 
 use crate::admin::{self, AdminState};
@@ -107,6 +107,7 @@ pub fn routes(
                 .route("/ban", post(admin::ban::ban).delete(admin::ban::unban))
                 .route("/unban", post(admin::ban::unban))
                 .route("/bans/{channel}", get(admin::ban::list))
+                .route("/users/{user}", delete(admin::users::remove))
                 .route(
                     "/blacklist",
                     get(admin::blacklist::get)

@@ -153,6 +153,25 @@ impl Moderation {
         self.bans.list(channel).await
     }
 
+    /// Closes every connection of `user` (publisher sessions, private viewers) on every
+    /// host. Their tokens still work until they expire: the operator stops issuing them.
+    pub async fn disconnect(&self, user: &str) -> Result<(), ModerationError> {
+        if user.is_empty() || user.len() > MAX_USER_BYTES {
+            return Err(ModerationError::BadRequest(format!(
+                "a user id is 1 to {MAX_USER_BYTES} bytes"
+            )));
+        }
+        info!(user, "disconnecting a removed user on every host");
+        let notice = Notice::Disconnect(crate::cluster::control::Disconnect {
+            users: vec![user.to_owned()],
+        });
+        self.control.send(notice).await.map_err(|e| {
+            ModerationError::Unavailable(format!(
+                "only this host closed the user's connections ({e}); calling again is safe"
+            ))
+        })
+    }
+
     /// Refuses a join of `channel` by a banned user, when the `ban` plugin is on.
     pub async fn may_join(&self, identity: &Identity, channel: &str) -> Result<(), PublishError> {
         if !self.enforced {

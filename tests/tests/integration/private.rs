@@ -365,3 +365,28 @@ async fn the_operator_sees_who_watches_a_private_channel_and_nobody_else_does() 
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test]
+async fn removing_a_user_closes_their_publishers_and_private_viewers_with_4505() {
+    use chatup_tests::token::token;
+    use chatup_tests::Publisher;
+    let env = private_env();
+    // The publisher token of "alice" has sub "user-alice"; her subscribe token the same.
+    let mut publisher = Publisher::connect_ok(&env, &token("alice")).await;
+    let subscribe = subscribe_token("user-alice", &["members-club"], 600);
+    let mut viewer =
+        Subscriber::connect(&env, &format!("/sub/members-club?token={subscribe}")).await;
+    let bob = subscribe_token("bob", &["members-club"], 600);
+    let mut other = Subscriber::connect(&env, &format!("/sub/members-club?token={bob}")).await;
+
+    let resp = env.admin("DELETE", "/users/user-alice", None).await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(resp.json()["disconnected"], "user-alice");
+    let (code, _) = viewer.expect_close(WAIT).await;
+    assert_eq!(code, Some(4505), "her private viewer");
+    let (code, _) = publisher.expect_close(WAIT).await;
+    assert_eq!(code, Some(4505), "her publisher session");
+    other.expect_no_message(Duration::from_millis(300)).await;
+    let too_long = format!("/users/{}", "x".repeat(300));
+    assert_eq!(env.admin("DELETE", &too_long, None).await.status, 400);
+}

@@ -51,10 +51,12 @@ struct Entry {
 /// Why a session was kicked: what it tells the client before closing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Kicked {
-    /// The channel the session is banned from.
+    /// The channel the session is banned from (empty when the user was removed).
     pub channel: String,
     /// When the ban lapses, in ms since the Unix epoch; `None`: never.
     pub until: Option<u64>,
+    /// The operator removed the user (`DELETE /users/<user>`), from every channel.
+    pub removed: bool,
 }
 
 #[derive(Debug, Default)]
@@ -120,6 +122,7 @@ impl Sessions {
         let why = Kicked {
             channel: kick.channel.clone(),
             until: kick.until,
+            removed: false,
         };
         let map = self.lock();
         let mut kicked = HashSet::new();
@@ -127,6 +130,25 @@ impl Sessions {
             for entry in map.get(&who).into_iter().flatten() {
                 // A session listed by both its user and its name is kicked once.
                 if lock(&entry.channels).contains(&kick.channel) && kicked.insert(entry.id) {
+                    entry.kicked.send_replace(Some(why.clone()));
+                }
+            }
+        }
+        kicked.len()
+    }
+
+    /// Closes every session of `users` (by `sub`); returns how many.
+    pub fn disconnect(&self, users: &[String]) -> usize {
+        let why = Kicked {
+            channel: String::new(),
+            until: None,
+            removed: true,
+        };
+        let map = self.lock();
+        let mut kicked = HashSet::new();
+        for user in users {
+            for entry in map.get(&Who::User(user.clone())).into_iter().flatten() {
+                if kicked.insert(entry.id) {
                     entry.kicked.send_replace(Some(why.clone()));
                 }
             }
@@ -264,6 +286,10 @@ pub async fn kick_on_notice(
                 } else {
                     debug!(channel = kick.channel, users = ?kick.users, names = ?kick.names, "no session here to kick");
                 }
+            }
+            Ok(Notice::Disconnect(disconnect)) => {
+                let closed = sessions.disconnect(&disconnect.users);
+                info!(users = ?disconnect.users, closed, "disconnected removed users' publishers");
             }
             Err(broadcast::error::RecvError::Lagged(missed)) => {
                 warn!(

@@ -317,7 +317,10 @@ async fn serve_present(
                 };
             }
             kicked = registration.kicked() => {
-                debug!(channel = kicked.channel, until = ?kicked.until, "kicked");
+                debug!(channel = kicked.channel, until = ?kicked.until, removed = kicked.removed, "kicked");
+                if kicked.removed {
+                    return End::Close(close::USER_REMOVED, "user removed by the operator".into());
+                }
                 // The ban's terms, as the frame before the close.
                 if socket.send(Message::Text(kicked_text(&kicked).into())).await.is_err() {
                     return End::Gone;
