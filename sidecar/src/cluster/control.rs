@@ -398,11 +398,20 @@ mod tests {
             text,
             r#"{"from":"h1","kick":{"channel":"room","users":["u-17"],"names":["Zoe"],"until":5}}"#
         );
-        let Notice::Kick(k) = &by_name;
+        let Notice::Kick(k) = &by_name else {
+            panic!("a kick")
+        };
         assert_eq!(
             k.whom(),
             [Who::User("u-17".into()), Who::Name("Zoe".into())]
         );
+        let removed = Notice::Disconnect(Disconnect {
+            users: vec!["u-17".into()],
+        });
+        let text = serde_json::to_string(&Envelope::wrap("h1", &removed)).unwrap();
+        assert_eq!(text, r#"{"from":"h1","disconnect":{"users":["u-17"]}}"#);
+        let back: Envelope = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.notice(), Some(removed));
 
         let control = Control::memory();
         let mut rx = control.subscribe();

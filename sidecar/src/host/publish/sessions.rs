@@ -322,6 +322,28 @@ mod tests {
     }
 
     #[test]
+    fn a_removed_user_loses_every_session_by_sub_only() {
+        let sessions = Sessions::new();
+        let ann = sessions.register(&identity(Some("ann"), r#"{"name":"Ann"}"#));
+        let other = sessions.register(&identity(Some("bo"), r#"{"name":"ann"}"#));
+        other.joined("room");
+        assert_eq!(sessions.disconnect(&["ann".into()]), 1);
+        assert_eq!(
+            ann.kicked.borrow().clone(),
+            Some(Kicked {
+                channel: String::new(),
+                until: None,
+                removed: true,
+            })
+        );
+        assert_eq!(
+            other.kicked.borrow().clone(),
+            None,
+            "a name is not a user id"
+        );
+    }
+
+    #[test]
     fn kicks_reach_the_users_sessions_in_that_channel_only() {
         let sessions = Sessions::new();
         let ann = identity(Some("ann"), r#"{"name":"Ann"}"#);
@@ -350,6 +372,7 @@ mod tests {
         let room = Some(Kicked {
             channel: "room".into(),
             until: Some(42),
+            removed: false,
         });
         assert_eq!(is_kicked(&joined), room);
         assert_eq!(is_kicked(&published), room);
@@ -417,7 +440,8 @@ mod tests {
             kicked,
             Kicked {
                 channel: "room".into(),
-                until: Some(42)
+                until: Some(42),
+                removed: false,
             }
         );
         shutdown.cancel();
