@@ -252,6 +252,8 @@ async fn the_curl_examples_of_the_readme_run_as_written() {
         (&heard[4]["data"], &heard[4]["by"]),
         (&json!("Zoe"), &json!("name"))
     );
+    let removed: Value = serde_json::from_str(output_of("/users/")).expect("/users is JSON");
+    assert_eq!(removed["disconnected"], "user-42", "{removed}");
     let health: Value = serde_json::from_str(output_of("/health")).expect("/health is JSON");
     assert_eq!(health["status"], "ok");
     // hello, notice (to two channels), from the backend.
