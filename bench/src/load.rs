@@ -69,6 +69,9 @@ pub struct LoadArgs {
     /// Channels nobody publishes to that every subscriber watches besides its room.
     #[arg(long, default_value_t = 0)]
     pub quiet_channels: usize,
+    /// A subscribe token every subscriber sends (`?token=`), for private channels.
+    #[arg(long)]
+    pub token: Option<String>,
 }
 
 /// A line from a load process.
@@ -270,6 +273,10 @@ async fn child_main(args: LoadArgs) -> Result<(), BenchError> {
             path.push('/');
             path.push_str(&room_channel(&format!("{}quiet", args.channel_prefix), q));
         }
+        if let Some(token) = &args.token {
+            path.push_str("?token=");
+            path.push_str(token);
+        }
         let source = (!args.sources.is_empty()).then(|| args.sources[global % args.sources.len()]);
         let state = state.clone();
         let permits = permits.clone();
@@ -441,6 +448,8 @@ pub struct LoadPlan {
     pub concurrency: usize,
     pub transport: Transport,
     pub quiet_channels: usize,
+    /// The subscribe token of private channels.
+    pub token: Option<String>,
 }
 
 impl LoadPlan {
@@ -501,6 +510,7 @@ impl Fleet {
                 .args(["--concurrency", &plan.concurrency.to_string()])
                 .args(["--transport", plan.transport.name()])
                 .args(["--quiet-channels", &plan.quiet_channels.to_string()])
+                .args(plan.token.iter().flat_map(|t| ["--token", t.as_str()]))
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .kill_on_drop(true)
@@ -677,6 +687,7 @@ mod tests {
             concurrency: 10,
             transport: Transport::Ws,
             quiet_channels: 0,
+            token: None,
         };
         assert_eq!(plan.process_count(), 4);
         let sources = plan.sources();

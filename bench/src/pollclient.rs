@@ -57,7 +57,10 @@ impl PollClient {
             addr,
             source,
             host: host.to_owned(),
-            path: format!("{path}?transport=poll"),
+            path: format!(
+                "{path}{}transport=poll",
+                if path.contains('?') { '&' } else { '?' }
+            ),
             since: None,
             waiting: false,
             reconnect: false,

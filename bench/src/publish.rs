@@ -22,6 +22,31 @@ type Ws =
 
 /// A token valid for a day, signed RS256 with `private_key`, as the bench's user.
 pub fn mint_token(private_key: &Path) -> Result<String, BenchError> {
+    let now = now_ns() / 1_000_000_000;
+    let claims = serde_json::json!({
+        "sub": "chatup-bench",
+        "iat": now,
+        "exp": now + 86_400,
+        "_public": {"name": "bench"},
+    });
+    sign(private_key, &claims)
+}
+
+/// A subscribe token for every private channel (`"channels": ["*"]`), for a day, signed
+/// with `private_key` (RS256). Every viewer of a run shares it: the server verifies it
+/// anew at each connect all the same.
+pub fn mint_subscribe_token(private_key: &Path) -> Result<String, BenchError> {
+    let now = now_ns() / 1_000_000_000;
+    let claims = serde_json::json!({
+        "sub": "chatup-bench",
+        "iat": now,
+        "exp": now + 86_400,
+        "channels": ["*"],
+    });
+    sign(private_key, &claims)
+}
+
+fn sign(private_key: &Path, claims: &serde_json::Value) -> Result<String, BenchError> {
     let pem = std::fs::read(private_key)
         .map_err(|e| BenchError::Setup(format!("read {}: {e}", private_key.display())))?;
     let key = jsonwebtoken::EncodingKey::from_rsa_pem(&pem).map_err(|e| {
@@ -30,16 +55,9 @@ pub fn mint_token(private_key: &Path) -> Result<String, BenchError> {
             private_key.display()
         ))
     })?;
-    let now = now_ns() / 1_000_000_000;
-    let claims = serde_json::json!({
-        "sub": "chatup-bench",
-        "iat": now,
-        "exp": now + 86_400,
-        "_public": {"name": "bench"},
-    });
     jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256),
-        &claims,
+        claims,
         &key,
     )
     .map_err(|e| BenchError::Setup(format!("sign the bench token: {e}")))

@@ -120,6 +120,10 @@ pub struct TargetArgs {
     /// With --url: the RSA private key (PEM) the sidecar's public key matches.
     #[arg(long, value_name = "PEM", requires = "url", conflicts_with = "token")]
     pub key: Option<PathBuf>,
+    /// With --url: a subscribe token every viewer connects with (`?token=`), for a host
+    /// whose channels are private.
+    #[arg(long, value_name = "JWT", requires = "url")]
+    pub subscribe_token: Option<String>,
     /// Subscriber location.
     #[arg(long, default_value = "/sub/")]
     pub sub_path: String,
@@ -364,6 +368,14 @@ impl Target {
         }
     }
 
+    /// The viewers' subscribe token: minted for a private stack, else `--subscribe-token`.
+    fn subscribe_token(&self) -> Result<Option<String>, BenchError> {
+        match self.stack.as_ref().and_then(|s| s.subscribe_key.as_ref()) {
+            Some(key) => publish::mint_subscribe_token(key).map(Some),
+            None => Ok(self.args.subscribe_token.clone()),
+        }
+    }
+
     /// The publisher WebSocket URL of each host.
     fn pub_urls(&self) -> Vec<String> {
         self.hosts
@@ -379,8 +391,8 @@ impl Target {
         subscribers: usize,
         transport: Transport,
         quiet_channels: usize,
-    ) -> LoadPlan {
-        LoadPlan {
+    ) -> Result<LoadPlan, BenchError> {
+        Ok(LoadPlan {
             targets: self.hosts.clone(),
             sub_path: self.args.sub_path.clone(),
             channel_prefix: prefix.to_owned(),
@@ -391,7 +403,8 @@ impl Target {
             concurrency: self.args.concurrency,
             transport,
             quiet_channels,
-        }
+            token: self.subscribe_token()?,
+        })
     }
 
     /// What the result says about the server.
@@ -407,6 +420,9 @@ impl Target {
                     "cache_messages": stack.cache,
                     "plugins": stack.plugins,
                 });
+                if stack.private {
+                    server["private_channels"] = json!(["*"]);
+                }
                 if stack.broker == Broker::Redis {
                     server["redis"] = match &stack.redis_url {
                         None => json!({"started_by_bench": true}),
@@ -500,10 +516,16 @@ pub async fn idle(args: &IdleArgs, transport: Transport) -> Result<Value, BenchE
     let rss_before = sum_rss(&workers);
     let prefix = run_prefix("idle");
     let quiet = args.viewers.quiet_channels;
-    let plan = target.load_plan(&prefix, args.rooms, args.subscribers, transport, quiet);
+    let plan = target.load_plan(&prefix, args.rooms, args.subscribers, transport, quiet)?;
+    let private = plan.token.is_some();
     let mut fleet = Fleet::spawn(&plan)?;
     let steal_start = CpuTimes::now();
+    // The server's CPU while the viewers connect: per connect, what a handshake costs
+    // (with --private, the token's verification included).
+    let nginx_cpu = CpuMeter::start(&workers);
+    let sidecar_cpu = CpuMeter::start(&target.sidecar_pids());
     let connect_seconds = connect_all(&mut fleet, "idle", args.subscribers).await?;
+    let (nginx_used, sidecar_used) = (nginx_cpu.used(), sidecar_cpu.used());
     tokio::time::sleep(Duration::from_secs_f64(args.hold)).await;
     fleet.poll()?;
     let rss_after = sum_rss(&workers);
@@ -527,6 +549,9 @@ pub async fn idle(args: &IdleArgs, transport: Transport) -> Result<Value, BenchE
         "closed_while_idle": p.closed,
         "connect_seconds": round(connect_seconds, 2),
         "connects_per_s": round(p.connected as f64 / connect_seconds, 0),
+        "private": private,
+        "nginx_cpu_us_per_connect": cpu_per(&nginx_cpu, nginx_used, connected),
+        "sidecar_cpu_us_per_connect": cpu_per(&sidecar_cpu, sidecar_used, connected),
         "worker_rss_before_kb": rss_before / 1024,
         "worker_rss_after_kb": rss_after / 1024,
         "workers": per_worker,
@@ -538,6 +563,14 @@ pub async fn idle(args: &IdleArgs, transport: Transport) -> Result<Value, BenchE
         result["quiet_channels"] = quiet.into();
     }
     Ok(result)
+}
+
+/// Microseconds of `used` per one of `count`, or null when the meter reads no process.
+fn cpu_per(meter: &CpuMeter, used: Duration, count: u64) -> Value {
+    if meter.is_empty() {
+        return Value::Null;
+    }
+    round(used.as_secs_f64() * 1e6 / count.max(1) as f64, 2).into()
 }
 
 /// A delivery run: rooms × subscribers, a rate per room.
@@ -583,7 +616,7 @@ async fn deliver(target_args: &TargetArgs, spec: DeliverySpec) -> Result<Value, 
         spec.subscribers,
         spec.transport,
         spec.quiet_channels,
-    );
+    )?;
     let mut fleet = Fleet::spawn(&plan)?;
     let connect_seconds = connect_all(&mut fleet, spec.name, spec.subscribers).await?;
 
@@ -826,6 +859,7 @@ pub async fn floor(args: FloorArgs) -> Result<Value, BenchError> {
         concurrency: 100,
         transport: Transport::Ws,
         quiet_channels: 0,
+        token: None,
     };
     let mut fleet = Fleet::spawn(&plan)?;
     let connect_seconds = connect_all(&mut fleet, "floor", args.subscribers).await?;

@@ -83,6 +83,11 @@ pub struct StackArgs {
         conflicts_with = "url"
     )]
     pub plugins: Vec<String>,
+    /// Make every channel private (`[private] channels = ["*"]`, the subscribe key of
+    /// --keys): each viewer then connects with a subscribe token, which the sidecar
+    /// verifies before nginx answers.
+    #[arg(long, conflicts_with = "url")]
+    pub private: bool,
     /// Keep the stack's temp folder (configs and logs) and print where it is.
     #[arg(long)]
     pub keep: bool,
@@ -98,6 +103,8 @@ pub struct Stack {
     hosts: Vec<Host>,
     redis: Option<RedisServer>,
     pub private_key: PathBuf,
+    /// With --private: the subscribe key's private half, which signs the viewers' token.
+    pub subscribe_key: Option<PathBuf>,
 }
 
 /// One chat host: nginx with the module and its sidecar.
@@ -217,7 +224,14 @@ impl StackArgs {
             hosts: Vec::new(),
             redis: None,
             private_key: keys.join("jwt-private.pem"),
+            subscribe_key: self.private.then(|| keys.join("subscribe-private.pem")),
         };
+        if self.private && !keys.join("subscribe-public.pem").is_file() {
+            return Err(BenchError::Setup(format!(
+                "--private needs subscribe-private.pem and subscribe-public.pem in {}",
+                keys.display()
+            )));
+        }
         if self.keep {
             if let Some(dir) = stack.dir.take() {
                 eprintln!("stack folder kept: {}", dir.keep().display());
@@ -277,6 +291,12 @@ impl StackArgs {
             public = keys.join("jwt-public.pem").display().to_string(),
             chain = self.plugins,
         );
+        if self.private {
+            toml.push_str(&format!(
+                "\n[private]\nchannels = [\"*\"]\npublic_key_file = {:?}\n",
+                keys.join("subscribe-public.pem").display().to_string()
+            ));
+        }
         if let Some(redis) = redis {
             // Keys of their own (this run's prefix) that do not outlive the run by much,
             // for when the Redis is the operator's.

@@ -80,6 +80,9 @@ pub struct Admissions {
     verdicts: Vec<Verdict>,
     /// Admitted viewers, by admission id.
     admitted: HashMap<u64, SubscriberKey>,
+    /// The same, by subscriber: kept here rather than in every subscriber, so that public
+    /// viewers carry nothing for private channels.
+    by_key: HashMap<SubscriberKey, u64>,
 }
 
 impl Admissions {
@@ -161,14 +164,26 @@ impl Admissions {
 
     pub(crate) fn admit(&mut self, id: u64, key: SubscriberKey) {
         self.admitted.insert(id, key);
+        self.by_key.insert(key, id);
+    }
+
+    /// The subscriber `key` leaves: its admission id, if it was admitted.
+    pub(crate) fn left_by_key(&mut self, key: SubscriberKey) -> Option<u64> {
+        if self.by_key.is_empty() {
+            return None;
+        }
+        let id = self.by_key.remove(&key)?;
+        self.admitted.remove(&id);
+        Some(id)
+    }
+
+    /// Whether the subscriber `key` was admitted.
+    pub(crate) fn holds_key(&self, key: SubscriberKey) -> bool {
+        self.by_key.contains_key(&key)
     }
 
     pub(crate) fn subscriber_of(&self, id: u64) -> Option<SubscriberKey> {
         self.admitted.get(&id).copied()
-    }
-
-    pub(crate) fn left(&mut self, id: u64) {
-        self.admitted.remove(&id);
     }
 
     /// Whether `id` names an admitted viewer still in the hub.

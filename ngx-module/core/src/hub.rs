@@ -93,8 +93,6 @@ pub struct Subscriber<H> {
     /// A poll that does not know where some channel stands (no `since` for it): answered
     /// as soon as its channels are known, empty or not, so that it learns where they stand.
     answer_when_known: bool,
-    /// The sidecar admitted it to private channels under this id (it hears when it leaves).
-    admission: Option<u64>,
 }
 
 impl<H> Subscriber<H> {
@@ -331,8 +329,7 @@ impl<H: Copy> Hub<H> {
 
     /// The subscriber `key` is the viewer the sidecar admitted as `id`.
     pub fn set_admission(&mut self, key: SubscriberKey, id: u64) {
-        if let Some(sub) = self.subscribers.get_mut(key) {
-            sub.admission = Some(id);
+        if self.subscribers.contains(key) {
             self.admissions.admit(id, key);
         }
     }
@@ -401,7 +398,6 @@ impl<H: Copy> Hub<H> {
             marked: false,
             answer_when_known: delivery == Delivery::Poll
                 && subscriptions.iter().any(|s| s.since.is_none()),
-            admission: None,
         });
         for Subscription { channel, since } in subscriptions {
             let name: Box<str> = channel.into();
@@ -440,8 +436,8 @@ impl<H: Copy> Hub<H> {
     /// Forgets a subscriber; channels left without subscribers are unsubscribed.
     pub fn remove_subscriber(&mut self, key: SubscriberKey) -> Option<H> {
         let sub = self.subscribers.try_remove(key)?;
-        if let Some(id) = sub.admission {
-            self.admissions.left(id);
+        // Public viewers cost nothing here: the map is empty without private channels.
+        if let Some(id) = self.admissions.left_by_key(key) {
             self.send_relay(&ToSidecar::Left { id });
         }
         for name in sub.channels {
@@ -713,8 +709,8 @@ impl<H: Copy> Hub<H> {
         let outsiders: Vec<SubscriberKey> = self
             .subscribers
             .iter()
-            .filter(|(_, s)| {
-                s.admission.is_none() && s.channels.iter().any(|c| policy.is_private(c))
+            .filter(|(key, s)| {
+                !self.admissions.holds_key(*key) && s.channels.iter().any(|c| policy.is_private(c))
             })
             .map(|(key, _)| key)
             .collect();
