@@ -84,6 +84,14 @@ impl Policy {
         self.patterns.iter().any(|p| p.matches(channel))
     }
 
+    /// The own channel of user `sub` under the first `{sub}` pattern (`user.{sub}` →
+    /// `user.<sub>`), when there is one and the name is a valid channel name.
+    pub fn own_channel(&self, sub: &str) -> Option<String> {
+        let stem = &self.patterns.iter().find(|p| p.shape == Shape::Owned)?.stem;
+        let name = format!("{stem}{sub}");
+        (!sub.is_empty() && channel::validate(name.as_bytes()).is_ok()).then_some(name)
+    }
+
     /// The user whose own channel `channel` is (the `{sub}` part), when a `{sub}` pattern
     /// matches it.
     pub fn owner<'a>(&self, channel: &'a str) -> Option<&'a str> {
@@ -156,6 +164,10 @@ mod tests {
         assert_eq!(p.owner("members-club"), None);
         assert_eq!(p.owner("user."), None);
         assert_eq!(p.patterns(), ["vip", "members-*", "user.{sub}"]);
+        assert_eq!(p.own_channel("alice").as_deref(), Some("user.alice"));
+        assert_eq!(p.own_channel("a:b"), None, "not a channel name");
+        assert_eq!(p.own_channel(""), None);
+        assert_eq!(Policy::parse(&["vip"]).unwrap().own_channel("alice"), None);
     }
 
     #[test]

@@ -8,6 +8,17 @@
 //! 200 {"token":"eyJ…","name":"alice","expiresAt":1763770000000}
 //! ```
 //!
+//! With `demo.subscribe_key_file` (and a `{sub}` pattern in `private.channels`), every
+//! demo user also gets an id ([`demo_user_id`]: the name, lower-cased, with what a channel
+//! name cannot hold turned into `-`), put in the publisher token's `_public.id`, and a
+//! subscribe token for that `sub` which opens the user's own channel, for the example
+//! page's direct messages:
+//!
+//! ```json
+//! 200 {"token":"eyJ…","name":"Alice","expiresAt":…,"id":"alice",
+//!      "subscribeToken":"eyJ…","ownChannel":"user.alice"}
+//! ```
+//!
 //! The token is what a site's backend would mint: `_public: {"name": <name>}`, `iat`, `exp`
 //! (`demo.ttl_seconds` ahead; `expiresAt` is it in ms), `iss`/`aud` from `auth.issuer` and
 //! `auth.audience` when set, no `_events`, and no `sub`, so that rate limits go by the name
@@ -33,14 +44,21 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use tracing::info;
 
-use crate::config::{AuthConfig, DemoConfig};
+use chatup_wire::private::Policy;
+use serde_json::json;
+
+use crate::config::{AuthConfig, DemoConfig, PrivateConfig};
 use crate::http::content_type::reads_as_json;
 use crate::http::error::ApiError;
 use crate::jwt::mint::{PublisherClaims, SigningKey, SigningKeyError};
 use crate::jwt::{warn_boxed, Verifier};
+use crate::private::SubscribeVerifier;
 
 /// The config key naming the key file.
 pub const KEY_SETTING: &str = "demo.private_key_file";
+
+/// The config key naming the subscribe key file.
+pub const SUBSCRIBE_KEY_SETTING: &str = "demo.subscribe_key_file";
 
 /// Longest name, in characters.
 pub const MAX_NAME_CHARS: usize = 32;
@@ -65,6 +83,8 @@ pub enum DemoSetupError {
     },
     #[error("cannot sign a token with {KEY_SETTING} {path}: {reason}")]
     Sign { path: PathBuf, reason: String },
+    #[error("{SUBSCRIBE_KEY_SETTING} {path} cannot sign the demo's subscribe tokens: {reason}")]
+    Subscribe { path: PathBuf, reason: String },
 }
 
 /// Why a demo token was refused.
@@ -113,6 +133,9 @@ impl IntoResponse for DemoError {
 pub struct DemoTokens {
     /// `demo.private_key_file`, with the first of `auth.algorithms`.
     key: SigningKey,
+    /// `demo.subscribe_key_file`, with the first of `private.algorithms`, and the private
+    /// channel policy whose `{sub}` pattern names a user's own channel.
+    subscribe: Option<(SigningKey, Policy)>,
     /// `demo.ttl_seconds`.
     ttl: u64,
     /// `auth.issuer` and `auth.audience`, when set: the verifier requires them.
@@ -129,6 +152,27 @@ pub struct Minted {
     pub name: String,
     /// The token's `exp`, in ms since the Unix epoch.
     pub expires_at: u64,
+    /// With subscribe tokens: the demo user's id (`_public.id`, the subscribe token's `sub`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// With subscribe tokens: one that opens the user's own channel.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subscribe_token: Option<String>,
+    /// With subscribe tokens: the user's own channel.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub own_channel: Option<String>,
+}
+
+/// A demo user's id from its name: lower-cased ASCII letters and digits, `_` and `-` kept,
+/// anything else `-`. Two names may share one (`Zoé` and `Zo-`): demo only.
+pub fn demo_user_id(name: &str) -> String {
+    name.chars()
+        .map(|c| match c {
+            'a'..='z' | '0'..='9' | '_' | '-' => c,
+            'A'..='Z' => c.to_ascii_lowercase(),
+            _ => '-',
+        })
+        .collect()
 }
 
 impl DemoTokens {
@@ -139,6 +183,7 @@ impl DemoTokens {
         demo: &DemoConfig,
         auth: &AuthConfig,
         verifier: &Verifier,
+        private: &PrivateConfig,
     ) -> Result<Option<Self>, DemoSetupError> {
         let path = &demo.private_key_file;
         if path.as_os_str().is_empty() {
@@ -153,8 +198,10 @@ impl DemoTokens {
         };
         let key = SigningKey::read(KEY_SETTING, path, alg, "the first of auth.algorithms")?;
         let non_empty = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+        let subscribe = Self::subscribe_key(demo, private)?;
         let tokens = Self {
             key,
+            subscribe,
             ttl: demo.ttl_seconds,
             issuer: non_empty(&auth.issuer),
             audience: non_empty(&auth.audience),
@@ -175,10 +222,62 @@ impl DemoTokens {
         Ok(Some(tokens))
     }
 
+    /// The subscribe key of `demo.subscribe_key_file`, checked against `[private]`.
+    fn subscribe_key(
+        demo: &DemoConfig,
+        private: &PrivateConfig,
+    ) -> Result<Option<(SigningKey, Policy)>, DemoSetupError> {
+        let path = &demo.subscribe_key_file;
+        if path.as_os_str().is_empty() {
+            return Ok(None);
+        }
+        let mismatch = |reason: String| DemoSetupError::Subscribe {
+            path: path.clone(),
+            reason,
+        };
+        let policy = private.policy().map_err(|e| mismatch(e.to_string()))?;
+        let Some(channel) = policy.own_channel("startup-check") else {
+            return Err(mismatch(
+                "private.channels has no user's own channel (a \"user.{sub}\" pattern) for \
+                 the demo's direct messages"
+                    .into(),
+            ));
+        };
+        let Some(&alg) = private.algorithms.first() else {
+            return Err(mismatch("private.algorithms is empty".into()));
+        };
+        let key = SigningKey::read(
+            SUBSCRIBE_KEY_SETTING,
+            path,
+            alg,
+            "the first of private.algorithms",
+        )?;
+        let verifier =
+            SubscribeVerifier::from_config(private).map_err(|e| mismatch(e.to_string()))?;
+        let now = jsonwebtoken::get_current_timestamp();
+        let probe = key
+            .sign(&json!({"sub": "startup-check", "iat": now, "exp": now + 60}))
+            .map_err(|e| mismatch(e.to_string()))?;
+        let grant = verifier.verify(&probe).map_err(|e| {
+            mismatch(format!(
+                "private.public_key_file {} refuses its tokens ({e})",
+                private.public_key_file.display()
+            ))
+        })?;
+        if !grant.opens(&policy, &channel) {
+            return Err(mismatch(format!("its token does not open {channel}")));
+        }
+        Ok(Some((key, policy)))
+    }
+
     /// A token for `name` (already checked), issued at `now` (seconds since the Unix epoch).
     pub fn mint(&self, name: &str, now: u64) -> Result<Minted, DemoError> {
         let mut public = Map::new();
         public.insert("name".into(), Value::String(name.to_owned()));
+        let id = self.subscribe.as_ref().map(|_| demo_user_id(name));
+        if let Some(id) = &id {
+            public.insert("id".into(), Value::String(id.clone()));
+        }
         let claims = PublisherClaims {
             public,
             issued_at: now,
@@ -191,10 +290,23 @@ impl DemoTokens {
             .key
             .sign(&claims.to_json())
             .map_err(|e| DemoError::Internal(format!("cannot sign the token: {e}")))?;
+        let (subscribe_token, own_channel) = match (&self.subscribe, &id) {
+            (Some((key, policy)), Some(id)) => {
+                let subscribe = key
+                    .sign(&json!({"sub": id, "iat": now, "exp": claims.expires_at(),
+                                   "_public": {"name": name}}))
+                    .map_err(|e| DemoError::Internal(format!("cannot sign the token: {e}")))?;
+                (Some(subscribe), policy.own_channel(id))
+            }
+            _ => (None, None),
+        };
         Ok(Minted {
             token,
             name: name.to_owned(),
             expires_at: claims.expires_at().saturating_mul(1000),
+            id,
+            subscribe_token,
+            own_channel,
         })
     }
 }
@@ -284,6 +396,7 @@ mod tests {
         DemoConfig {
             private_key_file: format!("{KEYS}/{key}").into(),
             ttl_seconds: 600,
+            ..DemoConfig::default()
         }
     }
 
@@ -295,9 +408,14 @@ mod tests {
             ..auth()
         };
         let verifier = Verifier::from_config(&auth).unwrap();
-        let tokens = DemoTokens::from_config(&demo("jwt-private.pem"), &auth, &verifier)
-            .unwrap()
-            .unwrap();
+        let tokens = DemoTokens::from_config(
+            &demo("jwt-private.pem"),
+            &auth,
+            &verifier,
+            &PrivateConfig::default(),
+        )
+        .unwrap()
+        .unwrap();
         let minted = tokens.mint("Ann B.", now()).unwrap();
         assert_eq!(minted.name, "Ann B.");
         assert_eq!(minted.expires_at, (now() + 600) * 1000);
@@ -310,34 +428,111 @@ mod tests {
     }
 
     #[test]
-    fn no_key_no_tokens_and_a_wrong_key_stops_the_start() {
+    fn with_a_subscribe_key_each_user_gets_an_id_and_a_token_for_their_own_channel() {
         let verifier = Verifier::from_config(&auth()).unwrap();
-        let off = DemoConfig::default();
-        assert!(DemoTokens::from_config(&off, &auth(), &verifier)
+        let private = PrivateConfig {
+            channels: vec!["user.{sub}".into()],
+            public_key_file: format!("{KEYS}/subscribe-public.pem").into(),
+            ..PrivateConfig::default()
+        };
+        let config = DemoConfig {
+            subscribe_key_file: format!("{KEYS}/subscribe-private.pem").into(),
+            ..demo("jwt-private.pem")
+        };
+        let tokens = DemoTokens::from_config(&config, &auth(), &verifier, &private)
             .unwrap()
-            .is_none());
-        // The admin key pair's private half: a valid key, but not the publishers' one.
-        let err = DemoTokens::from_config(&demo("admin-private.pem"), &auth(), &verifier)
+            .unwrap();
+        let minted = tokens.mint("Zoé B", now()).unwrap();
+        assert_eq!(minted.id.as_deref(), Some("zo--b"));
+        assert_eq!(minted.own_channel.as_deref(), Some("user.zo--b"));
+        let id = verifier.verify(&minted.token).unwrap();
+        assert_eq!(&*id.user, r#"{"id":"zo--b","name":"Zoé B"}"#);
+        let channels = crate::test_support::subscribe_channels(&["user.{sub}"]);
+        let grant = channels
+            .check(
+                minted.subscribe_token.as_deref().unwrap(),
+                &["user.zo--b".to_owned()],
+            )
+            .unwrap();
+        assert_eq!(grant.identity.sub.as_deref(), Some("zo--b"));
+        assert!(channels
+            .check(
+                minted.subscribe_token.as_deref().unwrap(),
+                &["user.ann".to_owned()]
+            )
+            .is_err());
+
+        // A subscribe key that is not the pair of private.public_key_file, or no own
+        // channel pattern: the start stops, saying why.
+        let wrong = DemoConfig {
+            subscribe_key_file: format!("{KEYS}/jwt-private.pem").into(),
+            ..config.clone()
+        };
+        let err = DemoTokens::from_config(&wrong, &auth(), &verifier, &private)
             .err()
             .unwrap()
             .to_string();
         assert!(
-            err.contains("admin-private.pem") && err.contains("private half"),
+            err.contains("demo.subscribe_key_file") && err.contains("refuses"),
             "{err}"
         );
-        let err = DemoTokens::from_config(&demo("missing.pem"), &auth(), &verifier)
+        let no_own = PrivateConfig {
+            channels: vec!["members-*".into()],
+            ..private
+        };
+        let err = DemoTokens::from_config(&config, &auth(), &verifier, &no_own)
             .err()
             .unwrap()
             .to_string();
+        assert!(err.contains("user.{sub}"), "{err}");
+    }
+
+    #[test]
+    fn no_key_no_tokens_and_a_wrong_key_stops_the_start() {
+        let verifier = Verifier::from_config(&auth()).unwrap();
+        let off = DemoConfig::default();
+        assert!(
+            DemoTokens::from_config(&off, &auth(), &verifier, &PrivateConfig::default())
+                .unwrap()
+                .is_none()
+        );
+        // The admin key pair's private half: a valid key, but not the publishers' one.
+        let err = DemoTokens::from_config(
+            &demo("admin-private.pem"),
+            &auth(),
+            &verifier,
+            &PrivateConfig::default(),
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(
+            err.contains("admin-private.pem") && err.contains("private half"),
+            "{err}"
+        );
+        let err = DemoTokens::from_config(
+            &demo("missing.pem"),
+            &auth(),
+            &verifier,
+            &PrivateConfig::default(),
+        )
+        .err()
+        .unwrap()
+        .to_string();
         assert!(
             err.contains("demo.private_key_file") && err.contains("missing.pem"),
             "{err}"
         );
         // A public key is not a private key.
-        let err = DemoTokens::from_config(&demo("jwt-public.pem"), &auth(), &verifier)
-            .err()
-            .unwrap()
-            .to_string();
+        let err = DemoTokens::from_config(
+            &demo("jwt-public.pem"),
+            &auth(),
+            &verifier,
+            &PrivateConfig::default(),
+        )
+        .err()
+        .unwrap()
+        .to_string();
         assert!(err.contains("not an RSA private key"), "{err}");
     }
 

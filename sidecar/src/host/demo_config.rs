@@ -17,6 +17,11 @@ pub struct DemoConfig {
     pub private_key_file: PathBuf,
     /// How long a demo token is valid, in seconds.
     pub ttl_seconds: u64,
+    /// The private half of `private.public_key_file`'s pair (PEM), signing with the first
+    /// of `private.algorithms`: `/demo/token` then also answers a subscribe token that
+    /// opens the user's own channel (the first `{sub}` pattern of `private.channels`, e.g.
+    /// `user.<id>`), for the example page's direct messages. Empty (the default): none.
+    pub subscribe_key_file: PathBuf,
 }
 
 impl Default for DemoConfig {
@@ -24,6 +29,7 @@ impl Default for DemoConfig {
         Self {
             private_key_file: PathBuf::new(),
             ttl_seconds: 3600,
+            subscribe_key_file: PathBuf::new(),
         }
     }
 }

@@ -78,7 +78,7 @@ impl HostKeys {
         if !config.auth.require_exp {
             warn_no_exp();
         }
-        let demo = DemoTokens::from_config(&config.demo, &config.auth, &verifier)?;
+        let demo = DemoTokens::from_config(&config.demo, &config.auth, &verifier, &config.private)?;
         if demo.is_some() {
             warn_open_minting(&config.demo.private_key_file);
         }
