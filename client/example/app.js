@@ -1,4 +1,6 @@
-// The example chat page: pick a name, join a room with a demo token, chat.
+// The example chat page: pick a name, join a room with a demo token, chat; with the demo's
+// subscribe tokens (scripts/run), also exchange direct messages: each user watches their own
+// private channel (`user.<id>`), and a message to someone goes to theirs.
 //
 // Served by nginx when `scripts/run` runs (http://127.0.0.1:8080/). Demo tokens come from the
 // sidecar's `POST /demo/token`, which only `scripts/run` turns on ([demo] in chatup.toml); a
@@ -45,7 +47,24 @@ let settleTimer = null;
 /** Clears a "try again in N s" line once the N seconds are over. */
 let sendErrorTimer = null;
 
-async function demoToken(name) {
+/** This user's own channel (direct messages come there) and id, when the demo gives them. */
+const me = { ownChannel: '', id: '' };
+
+/**
+ * A demo user's id from a name, as the sidecar makes it (`demo_user_id`): lower-cased ASCII
+ * letters and digits, `_` and `-` kept, any other character `-`.
+ */
+function demoUserId(name) {
+  return [...name].map((c) => (/[a-z0-9_-]/.test(c) ? c : /[A-Z]/.test(c) ? c.toLowerCase() : '-')).join('');
+}
+
+/** The own channel of the user called `name`: this user's, with the id swapped. */
+function channelOf(name) {
+  return me.ownChannel.slice(0, me.ownChannel.length - me.id.length) + demoUserId(name);
+}
+
+/** The demo's answer: the publisher token, and, with direct messages, id and subscribe token. */
+async function demoAnswer(name) {
   const response = await fetch('/demo/token', {
     method: 'POST',
     headers: { 'content-type': 'application/json' },
@@ -56,7 +75,11 @@ async function demoToken(name) {
     const why = answer && answer.error ? answer.error.message : `HTTP ${response.status}`;
     throw new Error(`no demo token: ${why}`);
   }
-  return answer.token;
+  return answer;
+}
+
+async function demoToken(name) {
+  return (await demoAnswer(name)).token;
 }
 
 function clientOptions() {
@@ -89,7 +112,7 @@ function userName(user) {
 
 function showMessage(m) {
   const li = document.createElement('li');
-  li.className = 'message';
+  li.className = m.ch === me.ownChannel && me.ownChannel ? 'message dm' : 'message';
   li.dataset.ch = m.ch;
   li.dataset.id = String(m.id);
   li.dataset.ep = String(m.ep);
@@ -102,10 +125,31 @@ function showMessage(m) {
   const name = document.createElement('span');
   name.className = 'name';
   name.textContent = userName(m.user);
+  // A click on a name answers that user directly.
+  name.addEventListener('click', () => {
+    if (!$('to').hidden && m.user && m.user.name) $('to').value = m.user.name;
+  });
   const text = document.createElement('span');
   text.className = 'text';
   text.textContent = m.msg;
-  li.append(when, name, text);
+  if (li.classList.contains('dm')) {
+    const via = Object.assign(document.createElement('span'), { className: 'via', textContent: 'to you' });
+    li.append(when, name, via, text);
+  } else {
+    li.append(when, name, text);
+  }
+  append(li);
+}
+
+/** A direct message this page sent: shown here, as the other user's page shows it. */
+function showSentDM(to, text) {
+  const li = document.createElement('li');
+  li.className = 'message dm sent';
+  li.dataset.to = to;
+  const when = Object.assign(document.createElement('span'), { className: 'time', textContent: time(Date.now()) });
+  const via = Object.assign(document.createElement('span'), { className: 'via', textContent: `to ${to}` });
+  const line = Object.assign(document.createElement('span'), { className: 'text', textContent: text });
+  li.append(when, via, line);
   append(li);
 }
 
@@ -233,11 +277,23 @@ function showStatus({ status, reason }) {
 async function start(name, room) {
   $('join-error').textContent = '';
   let jwt = null;
+  const direct = {};
   if (name) {
     // Asked again on every connection, so an expired token is replaced on its own.
     jwt = () => demoToken(name);
     try {
-      await demoToken(name);
+      const answer = await demoAnswer(name);
+      if (answer.ownChannel && answer.subscribeToken && answer.ownChannel !== room) {
+        // Direct messages: this user's own channel is watched too, with a subscribe token
+        // the client asks for again before it expires.
+        me.ownChannel = answer.ownChannel;
+        me.id = answer.id;
+        direct.additionalChannels = [answer.ownChannel];
+        direct.getSubscribeToken = async () => (await demoAnswer(name)).subscribeToken;
+      } else if (answer.subscribeToken) {
+        // Watching a private room (someone's own channel, say): only this token may open it.
+        direct.getSubscribeToken = async () => (await demoAnswer(name)).subscribeToken;
+      }
     } catch (e) {
       $('join-error').textContent = e.message;
       return;
@@ -245,7 +301,7 @@ async function start(name, room) {
   }
   try {
     const dispatcherURL = params.get('dispatcher') || location.origin;
-    chat = new ChatUp({ dispatcherURL, room, jwt, ...clientOptions() });
+    chat = new ChatUp({ dispatcherURL, room, jwt, ...direct, ...clientOptions() });
   } catch (e) {
     $('join-error').textContent = e.message;
     return;
@@ -268,6 +324,7 @@ async function start(name, room) {
   $('room-title').textContent = `#${room}`;
   document.title = `#${room} · chatup`;
   $('text').placeholder = name ? `Say something as ${name}` : 'Watching only: join with a name to chat';
+  $('to').hidden = !me.ownChannel;
   try {
     await chat.init();
   } catch (e) {
@@ -290,8 +347,14 @@ $('send-form').addEventListener('submit', async (event) => {
   if (!text.trim() || !chat) return;
   $('send-error').textContent = '';
   input.value = '';
+  const to = $('to').hidden ? '' : $('to').value.trim();
   try {
-    await chat.say(text);
+    if (to) {
+      await chat.say(text, { channel: channelOf(to) });
+      showSentDM(to, text);
+    } else {
+      await chat.say(text);
+    }
   } catch (e) {
     // The server's message may say when already (the rate limit's does).
     const wait = e.retryAfter && !/try again/i.test(e.message) ? ` (try again in ${e.retryAfter} s)` : '';

@@ -306,3 +306,27 @@ fn the_page_chats_without_websocket() {
         None
     });
 }
+
+/// Direct messages on the example page: two users exchange one through their own private
+/// channels; a third cannot watch either.
+#[test]
+fn the_page_exchanges_direct_messages() {
+    let root = repo_root();
+    let keys = root.join("nginx-conf/example-keys");
+    let chatup = Chatup::start_with(
+        Options::default()
+            .workers(2)
+            .server(&example_locations(&root))
+            .private(&["user.{sub}"])
+            .sidecar_set(&format!(
+                "demo.private_key_file={}",
+                keys.join("jwt-private.pem").display()
+            ))
+            .sidecar_set(&format!(
+                "demo.subscribe_key_file={}",
+                keys.join("subscribe-private.pem").display()
+            )),
+    );
+    let env = [("CHATUP_URL", chatup.public_url())];
+    run_script("direct", &env, |verb| panic!("unknown control request {verb:?}"));
+}
