@@ -328,5 +328,7 @@ fn the_page_exchanges_direct_messages() {
             )),
     );
     let env = [("CHATUP_URL", chatup.public_url())];
-    run_script("direct", &env, |verb| panic!("unknown control request {verb:?}"));
+    run_script("direct", &env, |verb| {
+        panic!("unknown control request {verb:?}")
+    });
 }

@@ -390,3 +390,57 @@ async fn removing_a_user_closes_their_publishers_and_private_viewers_with_4505()
     let too_long = format!("/users/{}", "x".repeat(300));
     assert_eq!(env.admin("DELETE", &too_long, None).await.status, 400);
 }
+
+#[tokio::test]
+async fn one_token_opens_the_channel_on_whichever_host_the_dispatcher_names() {
+    use chatup_tests::{Dispatcher, RedisServer};
+    let redis = RedisServer::start();
+    let patterns = ["user.{sub}", "members-*"];
+    let host = |address: &str, id: &str| {
+        Chatup::start_with(Options::host_on_redis(address, id, &redis.url()).private(&patterns))
+    };
+    let a = host("127.0.0.2", "a");
+    let b = host("127.0.0.3", "b");
+    let dispatcher = Dispatcher::start_with(
+        Options::default()
+            .address("127.0.0.4")
+            .redis(&redis.url())
+            .private(&patterns),
+    );
+    a.publish_n("members-club", 1, 3).await;
+    let token = subscribe_token("alice", &["members-club"], 600);
+
+    // Wait until both hosts are listed, then ask for one and, excluding it, the other.
+    let mut seen = Vec::new();
+    let deadline = std::time::Instant::now() + WAIT;
+    while seen.len() < 2 {
+        let exclude = json!({ "exclude": seen.clone() });
+        let resp = dispatcher.join("members-club", Some(&exclude)).await;
+        if resp.status == 200 {
+            let answer = resp.json();
+            // A private channel's history is for admitted viewers only.
+            assert_eq!(answer["history"], json!([]), "{answer}");
+            let id = answer["host"]["id"].as_str().unwrap().to_owned();
+            let sub = answer["host"]["sub"].as_str().unwrap().to_owned();
+            let env = if id == "a" { &a } else { &b };
+            let path = sub.split_once("/sub/").map(|(_, _)| "/sub/").unwrap();
+            let mut viewer =
+                Subscriber::connect(env, &format!("{path}members-club?token={token}")).await;
+            let replay = viewer.recv_n(3).await;
+            assert_eq!(replay[2]["id"], 3, "the replay on host {id}");
+            // Without the token, refused on that host too.
+            let refused = refused_ws(env, "/sub/members-club").await;
+            assert_eq!(refused.status, 401, "{}", refused.text());
+            seen.push(id);
+        }
+        assert!(std::time::Instant::now() < deadline, "hosts seen: {seen:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    seen.sort();
+    assert_eq!(seen, ["a", "b"]);
+    // The dispatcher keeps a private channel's users to the operator.
+    let users = dispatcher
+        .request("GET", "/channels/members-club/users", &[], None)
+        .await;
+    assert_eq!(users.status, 403, "{}", users.text());
+}
