@@ -645,7 +645,8 @@ async fn stats_of_a_single_host_with_the_memory_broker() {
     assert_eq!(
         stats,
         json!({"channel": "room", "subCount": 1, "pubCount": 1, "total": 1,
-               "publishers": [{"name": "alice"}], "skip": 0, "limit": 100})
+               "publishers": [{"name": "alice"}], "skip": 0, "limit": 100,
+               "viewerTotal": 0, "viewers": []})
     );
     let totals = admin_get_ok(&env, "/stats").await;
     assert_eq!(
