@@ -22,6 +22,15 @@
   // another host. Close codes 4500-4999 mean "do not reconnect until something changes" (bad or
   // expired token, banned, bad request).
   //
+  // A private channel (the operator's `[private] channels`) is watched with a subscribe token,
+  // a JWT from the site's backend: `getSubscribeToken` gives it, and it goes in the viewer's
+  // query as `token=` on every transport (a browser cannot set headers on a WebSocket or an
+  // EventSource). The client asks for a new one when the one it has ends within 30 s, and when
+  // the server closes the viewer with 4002 (expired), then reconnects at once and resumes. A
+  // WebSocket or SSE refusal shows a page no status, so when one does not open the client asks
+  // the same URL once as a long poll, which does: a refused token is fetched afresh once, a
+  // forbidden channel or a ban stops the client with the server's reason.
+  //
   // A failure is never silent: when the dispatcher cannot be reached (nothing answers, it
   // refuses this page's origin, or it does not answer within `requestTimeout`) or a socket
   // cannot be opened, the status turns `reconnecting`, the `retry` event says why and when the
@@ -71,6 +80,12 @@
     TOKEN_EXPIRED: 4501,
     BANNED: 4502,
     BAD_REQUEST: 4503,
+    /** A viewer's subscribe token expired: a fresh one, reconnect and resume. */
+    SUBSCRIBE_TOKEN_EXPIRED: 4002,
+    /** The channel became private and this viewer was not admitted. */
+    PRIVATE_CHANNEL: 4504,
+    /** The operator removed this user. */
+    USER_REMOVED: 4505,
   });
 
   /** Whether a socket closed with `code` may be reopened: 4500-4999 say "not until something changes". */
@@ -261,6 +276,32 @@
     }
   }
 
+  /**
+   * When a JWT ends (its `exp` claim, ms since the epoch), read without checking it; null when
+   * it cannot be read.
+   */
+  function expiryOf(token) {
+    try {
+      const part = token.split('.')[1].replace(/-/g, '+').replace(/_/g, '/');
+      const json = JSON.parse(atob(part));
+      return json && typeof json.exp === 'number' && Number.isFinite(json.exp) ? json.exp * 1000 : null;
+    } catch {
+      return null;
+    }
+  }
+
+  /** A subscribe token that ends sooner than this (ms) is replaced before a connection. */
+  const TOKEN_MARGIN = 30000;
+
+  /** The longest the long poll that asks why a viewer was refused may take, ms. */
+  const DIAGNOSE_TIMEOUT = 3000;
+
+  /** `url` with the subscribe token in its query (`token` null: as it is). */
+  function withToken(url, token) {
+    if (token === null) return url;
+    return `${url}${url.includes('?') ? '&' : '?'}token=${encodeURIComponent(token)}`;
+  }
+
   /** What a request's timer gives in a race with the request. */
   const TIMED_OUT = Symbol('timed out');
 
@@ -309,12 +350,17 @@
     return new ChatUpError('connection_lost', `${what} to ${url} closed (${how})`);
   }
 
-  /** A connection that closed before it opened, or a timeout while opening. */
+  /**
+   * A connection that closed before it opened, or a timeout while opening. `refusal`, when the
+   * server said why it refused the viewer: `{kind: 'token', text}` (the subscribe token was
+   * refused: a fresh one may do) or `{kind: 'stop', error}` (retrying cannot help).
+   */
   class OpenFailed extends Error {
-    constructor(code, reason) {
+    constructor(code, reason, refusal = null) {
       super(reason || `closed with ${code}`);
       this.code = code;
       this.reason = reason;
+      this.refusal = refusal;
     }
   }
 
@@ -351,6 +397,10 @@
       }
       if (jwt !== undefined && jwt !== null && typeof jwt !== 'string' && typeof jwt !== 'function') {
         throw new TypeError('jwt must be a token string or a function returning one (or a Promise of one)');
+      }
+      const { getSubscribeToken = null } = options;
+      if (getSubscribeToken !== null && typeof getSubscribeToken !== 'function') {
+        throw new TypeError('getSubscribeToken must be a function returning the subscribe token (or a Promise of it)');
       }
 
       const base = globalThis.location ? globalThis.location.href : undefined;
@@ -426,7 +476,18 @@
       /** Set when an attempt failed since the last connection: the status is then `reconnecting`. */
       this._failing = false;
 
-      this._sub = { socket: null, open: false, attempt: 0, openFailures: 0 };
+      this._sub = {
+        socket: null,
+        open: false,
+        attempt: 0,
+        openFailures: 0,
+        /** A refused subscribe token was replaced by a fresh one since the last connection. */
+        tokenRetried: false,
+        /** The last connection ended with 4002 and was reopened at once. */
+        renewed: false,
+      };
+      /** The subscribe token: the function, and the last token it gave with its end (ms; null: unknown). */
+      this._subToken = { get: getSubscribeToken, value: null, expires: null };
       this._pub = {
         jwt: jwt ?? null,
         socket: null,
@@ -918,12 +979,21 @@
           delivered = true;
           this._deliver(frame);
         };
+        let token;
+        try {
+          token = await this._subscribeToken();
+        } catch (e) {
+          this._stop(e);
+          return;
+        }
+        if (this._closed) return;
         let end;
         try {
-          const pump = await this._openViewer(transport, host, since, sub);
+          const pump = await this._openViewer(transport, host, since, sub, token);
           openedAt = Date.now();
           sub.open = true;
           sub.openFailures = 0;
+          sub.tokenRetried = false;
           this._connected(`watching over ${transport}`);
           // The counts so far were taken before this socket counted (the join answer, or the
           // room before a reconnect or host switch).
@@ -931,12 +1001,42 @@
           end = await pump(onFrame);
         } catch (e) {
           if (!(e instanceof OpenFailed)) throw e;
-          end = { code: e.code, reason: e.reason || '' };
+          end = { code: e.code, reason: e.reason || '', refusal: e.refusal };
+          if (!end.refusal && token !== null && transport !== 'poll' && !this._closed && this._host === host) {
+            // A refused WebSocket or SSE stream shows no status: a long poll of the same URL does.
+            end.refusal = await this._diagnose(host, since, token);
+          }
         }
         sub.open = false;
         sub.socket = null;
         if (this._closed) return;
         if (this._host !== host) continue;
+        if (end.refusal && end.refusal.kind === 'stop') {
+          this._stop(end.refusal.error);
+          return;
+        }
+        if (end.refusal) {
+          // The subscribe token was refused (expired, bad): a fresh one, at once, once.
+          if (sub.tokenRetried) {
+            this._stop(new ChatUpError('bad_token', `the subscribe token was refused, a fresh one too: ${end.refusal.text}`, { status: 401 }));
+            return;
+          }
+          sub.tokenRetried = true;
+          this._dropSubscribeToken();
+          continue;
+        }
+        if (end.code === CloseCode.SUBSCRIBE_TOKEN_EXPIRED) {
+          // A normal renewal: a fresh token and back at once, resuming with since. Once in a
+          // row, unless the connection lasted: a server that keeps closing at once gets backoff.
+          this._dropSubscribeToken();
+          const lasted = openedAt !== null && Date.now() - openedAt >= this.options.stableAfter;
+          if (!sub.renewed || lasted) {
+            sub.renewed = true;
+            continue;
+          }
+        } else {
+          sub.renewed = false;
+        }
         if (!shouldReconnect(end.code)) {
           this._stop(new ChatUpError('refused', `the server closed the room's connection with ${end.code}: ${end.reason}`));
           return;
@@ -1014,16 +1114,109 @@
      * Opens the room's connection over `transport`; resolves with a pump (`onFrame` gets each
      * message; resolves `{code, reason}` when the connection ends), rejects with OpenFailed.
      */
-    async _openViewer(transport, host, since, side) {
+    async _openViewer(transport, host, since, side, token) {
       const path = this.channels.join('/');
       if (transport === 'websocket') {
-        const ws = await this._open(host.sub + path + (since ? `?since=${since}` : ''), side);
+        const ws = await this._open(withToken(host.sub + path + (since ? `?since=${since}` : ''), token), side);
         return (onFrame) => this._pump(ws, onFrame);
       }
       if (transport === 'sse') {
-        return this._openSSE(`${httpURL(host.sub)}${path}?transport=sse${since ? `&since=${since}` : ''}`, side);
+        return this._openSSE(withToken(`${httpURL(host.sub)}${path}?transport=sse${since ? `&since=${since}` : ''}`, token), side);
       }
-      return this._openPoll(`${httpURL(host.sub)}${path}?transport=poll`, since, side);
+      return this._openPoll(`${httpURL(host.sub)}${path}?transport=poll`, since, side, token);
+    }
+
+    /**
+     * The subscribe token for the next viewer request: the one given before while it has more
+     * than 30 s left, else a new one from `getSubscribeToken` (every time when its end cannot be
+     * read). Null without the option. Throws a `bad_token` ChatUpError when the function fails.
+     */
+    async _subscribeToken() {
+      const cache = this._subToken;
+      if (!cache.get) return null;
+      if (cache.value !== null && cache.expires !== null && cache.expires - Date.now() > TOKEN_MARGIN) return cache.value;
+      let token;
+      try {
+        token = await cache.get();
+      } catch (e) {
+        throw new ChatUpError('bad_token', `the subscribe token function failed: ${e && e.message ? e.message : e}`);
+      }
+      if (typeof token !== 'string' || token === '') {
+        throw new ChatUpError('bad_token', `the subscribe token function failed: it gave ${token === '' ? 'an empty string' : typeof token}, not a token string`);
+      }
+      cache.value = token;
+      cache.expires = expiryOf(token);
+      return token;
+    }
+
+    /** Forgets the subscribe token: the next request asks `getSubscribeToken` for a new one. */
+    _dropSubscribeToken() {
+      this._subToken.value = null;
+      this._subToken.expires = null;
+    }
+
+    /**
+     * What a viewer request's refusal (an HTTP answer that is not OK) means: `{kind: 'token',
+     * text}` for a refused subscribe token (401, with a token function to ask for another),
+     * `{kind: 'stop', error}` for a refusal retrying cannot change (403 `forbidden` or `banned`;
+     * 401 without a token function), null for anything else (retried as before).
+     */
+    async _viewerRefusal(response) {
+      if (response.status !== 401 && response.status !== 403) return null;
+      let text = '';
+      try {
+        text = String(await response.text()).trim();
+      } catch {
+        // No body: the status says enough.
+      }
+      const word = text.split(/[:\s]/)[0];
+      const reason = text || `HTTP ${response.status}`;
+      const watched = this.channels.join(', ');
+      if (response.status === 401) {
+        if (this._subToken.get) return { kind: 'token', text: reason };
+        const code = ['token_required', 'bad_token', 'token_expired'].includes(word) ? word : 'token_required';
+        return {
+          kind: 'stop',
+          error: new ChatUpError(code, `the server wants a subscribe token to watch ${watched}: ${reason} (give getSubscribeToken)`, { status: 401 }),
+        };
+      }
+      if (word !== 'forbidden' && word !== 'banned') return null;
+      return { kind: 'stop', error: new ChatUpError(word, `the server refused to let this client watch ${watched}: ${reason}`, { status: 403 }) };
+    }
+
+    /**
+     * Why a WebSocket or SSE viewer with a subscribe token did not open: one long poll of the
+     * same URL (same token and since), whose answer carries the status those cannot show. Its
+     * refusal (see `_viewerRefusal`), or null when it is admitted (the poll is given up at once),
+     * fails otherwise or does not answer within a few seconds.
+     */
+    async _diagnose(host, since, token) {
+      const url = withToken(`${httpURL(host.sub)}${this.channels.join('/')}?transport=poll${since ? `&since=${since}` : ''}`, token);
+      const controller = typeof AbortController === 'function' ? new AbortController() : null;
+      let timer;
+      // Raced as well as aborted: a fetch given in the options may not heed the signal.
+      const timedOut = new Promise((resolve) => {
+        timer = setTimeout(() => {
+          if (controller) controller.abort();
+          resolve(null);
+        }, Math.min(this.options.connectTimeout, DIAGNOSE_TIMEOUT));
+      });
+      const ask = (async () => {
+        const init = { cache: 'no-store' };
+        if (controller) init.signal = controller.signal;
+        const response = await this._fetch(url, init);
+        if (response.ok) {
+          // Admitted: the token is not why. Its messages come on the next attempt.
+          if (controller) controller.abort();
+          return null;
+        }
+        return this._viewerRefusal(response);
+      })().catch(() => null);
+      try {
+        return await Promise.race([ask, timedOut]);
+      } finally {
+        clearTimeout(timer);
+      }
     }
 
     /** An EventSource whose reconnects the client makes itself (backoff, host switches, since). */
@@ -1083,7 +1276,7 @@
      * Long-polls: resolves with a pump once the first poll is answered; each answer's `since` is
      * the next poll's.
      */
-    async _openPoll(base, since, side) {
+    async _openPoll(base, since, side, token) {
       let controller = null;
       let closedWith = null;
       side.socket = {
@@ -1092,16 +1285,30 @@
           if (controller) controller.abort();
         },
       };
+      let firstPoll = true;
       const poll = async (at) => {
         controller = new AbortController();
         // The server holds a poll up to chatup_poll_timeout (25 s): pollTimeout is longer.
         const timer = setTimeout(() => controller.abort(), this.options.pollTimeout);
         try {
-          const response = await this._fetch(base + (at ? `&since=${at}` : ''), {
+          // Each poll carries a token with time left: the first the one given, then as cached.
+          let current = token;
+          if (!firstPoll) {
+            try {
+              current = await this._subscribeToken();
+            } catch (e) {
+              throw new OpenFailed(1006, e.message, { kind: 'stop', error: e });
+            }
+          }
+          firstPoll = false;
+          const response = await this._fetch(withToken(base + (at ? `&since=${at}` : ''), current), {
             signal: controller.signal,
             cache: 'no-store',
           });
-          if (!response.ok) throw new OpenFailed(1006, `the poll was answered ${response.status}`);
+          if (!response.ok) {
+            const refusal = await this._viewerRefusal(response);
+            throw new OpenFailed(1006, refusal && refusal.error ? refusal.error.message : `the poll was answered ${response.status}`, refusal);
+          }
           const answer = await response.json();
           if (!answer || !Array.isArray(answer.messages)) throw new OpenFailed(1006, 'a poll answer that is not chatup\'s');
           return answer;
@@ -1122,7 +1329,7 @@
           try {
             answer = await poll(next);
           } catch (e) {
-            return { code: e.code, reason: e.reason || e.message };
+            return { code: e.code, reason: e.reason || e.message, refusal: e.refusal || null };
           }
         }
       };

@@ -25,6 +25,12 @@ export declare const CloseCode: {
   readonly TOKEN_EXPIRED: 4501;
   readonly BANNED: 4502;
   readonly BAD_REQUEST: 4503;
+  /** A viewer's subscribe token expired: the client fetches a fresh one, reconnects and resumes. */
+  readonly SUBSCRIBE_TOKEN_EXPIRED: 4002;
+  /** The channel became private and this viewer was not admitted. */
+  readonly PRIVATE_CHANNEL: 4504;
+  /** The operator removed this user. */
+  readonly USER_REMOVED: 4505;
 };
 
 /** Whether a socket closed with `code` may be reopened. */
@@ -63,6 +69,10 @@ export type ErrorCode =
   | 'unavailable'
   | 'no_host'
   | 'too_many_channels'
+  // A viewer of a private channel refused: no subscribe token, one that does not open the
+  // channel, or banned from it (with `bad_token`, `token_expired`, `banned`):
+  | 'token_required'
+  | 'forbidden'
   | 'bad_idempotency_key'
   // The client's own:
   | 'not_authenticated'
@@ -218,6 +228,9 @@ export interface JoinHost {
 
 export type TokenSource = string | (() => string | Promise<string>);
 
+/** Gives a subscribe token (a JWT from the site's backend, claims `sub`, `exp`, `channels`). */
+export type SubscribeTokenSource = () => string | Promise<string>;
+
 export interface ChatUpOptions {
   /** Where the dispatcher answers (`POST /join/<room>`, `GET /channels/<room>`), e.g. "https://chat.example.com". */
   dispatcherURL: string;
@@ -227,6 +240,19 @@ export interface ChatUpOptions {
   jwt?: TokenSource | null;
   /** More channels to watch on the same socket (read only). */
   additionalChannels?: string[];
+  /**
+   * Gives the subscribe token that opens private channels (`user.<sub>`, `members-*`, … as
+   * the operator configured): a JWT signed by the site's backend, with `sub`, `exp` and
+   * `channels`. It goes in the viewer URL's query (`token=`) on every transport, because
+   * browsers cannot set headers on a WebSocket or an EventSource. The client keeps the token
+   * and calls the function again before a connection when it ends within 30 s (every time
+   * when its `exp` cannot be read), when the server closes the viewer with 4002 (expired) or
+   * refuses the token (once; refused again: `bad_token`). A function that throws or gives
+   * no string stops the client with `bad_token`; a channel the token does not open stops it
+   * with `forbidden` (`banned` when banned), the server's reason in the message. Default:
+   * none, public channels only.
+   */
+  getSubscribeToken?: SubscribeTokenSource | null;
   /** First reconnect wait ceiling, ms (default 500); doubles per failure. */
   reconnectDelay?: number;
   /** Largest reconnect wait ceiling, ms (default 30000). */

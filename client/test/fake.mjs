@@ -132,10 +132,12 @@ export function makeWorld() {
             if (typeof body === 'string') return JSON.parse(body);
             return body;
           },
+          text: async () => (typeof body === 'string' ? body : JSON.stringify(body)),
         };
       }
     }
-    return { ok: false, status: 404, headers: { get: () => null }, json: async () => ({ error: { code: 'not_found', message: request.path } }) };
+    const missing = { error: { code: 'not_found', message: request.path } };
+    return { ok: false, status: 404, headers: { get: () => null }, json: async () => missing, text: async () => JSON.stringify(missing) };
   }
 
   return {

@@ -13,6 +13,18 @@ async function example(): Promise<void> {
     transports: ['sse', 'poll'],
   });
   chat.on('transport', ({ transport, previous }) => console.log(transport, previous, chat.transport === 'poll'));
+  const watcher = new ChatUp({
+    dispatcherURL: 'https://chat.example.com',
+    room: 'user.alice',
+    additionalChannels: ['members-club'],
+    getSubscribeToken: () => fetch('/my/subscribe-token').then((r) => r.text()),
+  });
+  watcher.init().catch((e: unknown) => {
+    if (e instanceof ChatUpError && (e.code === 'forbidden' || e.code === 'token_required')) console.log(e.message);
+  });
+  console.log(ChatUp.CloseCode.SUBSCRIBE_TOKEN_EXPIRED === 4002);
+  // @ts-expect-error: a function giving the token, not the token
+  new ChatUp({ dispatcherURL: 'https://chat.example.com', room: 'lobby', getSubscribeToken: 'token' });
   // @ts-expect-error: not a transport
   new ChatUp({ dispatcherURL: 'https://chat.example.com', room: 'lobby', transports: ['comet'] });
   const stop: () => void = chat.on('message', (m: ChatMessage) => console.log(m.user?.name, m.msg, m.id));
