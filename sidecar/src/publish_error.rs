@@ -27,6 +27,8 @@ pub enum ErrorCode {
     UnsupportedMediaType,
     BadIdempotencyKey,
     TooManyChannels,
+    /// A `join` of a channel that is another user's own (`user.{sub}` in `private.channels`).
+    Forbidden,
     Banned,
     RateLimited,
     Blacklisted,
@@ -50,6 +52,7 @@ impl ErrorCode {
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::BadIdempotencyKey => "bad_idempotency_key",
             Self::TooManyChannels => "too_many_channels",
+            Self::Forbidden => "forbidden",
             Self::Banned => "banned",
             Self::RateLimited => "rate_limited",
             Self::Blacklisted => "blacklisted",
@@ -70,7 +73,9 @@ impl ErrorCode {
             | Self::InvalidUtf8
             | Self::BadIdempotencyKey
             | Self::TooManyChannels => StatusCode::BAD_REQUEST,
-            Self::EventsNotAllowed | Self::Banned | Self::Rejected => StatusCode::FORBIDDEN,
+            Self::EventsNotAllowed | Self::Forbidden | Self::Banned | Self::Rejected => {
+                StatusCode::FORBIDDEN
+            }
             Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Self::Blacklisted => StatusCode::UNPROCESSABLE_ENTITY,
             Self::HookUnavailable => StatusCode::SERVICE_UNAVAILABLE,

@@ -166,7 +166,7 @@ impl ChatHost {
         let load: Arc<dyn HostLoadSource> = Arc::new(HostLoad {
             workers: relay.workers(),
             presence: presence.clone(),
-            viewers,
+            viewers: viewers.clone(),
         });
         let reporter = shared
             .redis
@@ -186,6 +186,7 @@ impl ChatHost {
             ws,
             moderation: moderation.clone(),
             sessions,
+            private: viewers.policy().clone(),
         });
         Ok(Self {
             app,

@@ -447,3 +447,38 @@ async fn one_token_opens_the_channel_on_whichever_host_the_dispatcher_names() {
         .await;
     assert_eq!(users.status, 403, "{}", users.text());
 }
+
+#[tokio::test]
+async fn only_its_user_joins_a_users_own_channel_but_anyone_writes_to_it() {
+    use chatup_tests::token::token;
+    use chatup_tests::Publisher;
+    let env = private_env();
+    // Publisher tokens of "alice" and "carol" have sub user-alice and user-carol.
+    let mut alice = Publisher::connect_ok(&env, &token("alice")).await;
+    alice.join("user.user-alice").await;
+    let mut carol = Publisher::connect_ok(&env, &token("carol")).await;
+    let reply = carol.request(json!({"join": "user.user-alice"})).await;
+    assert_eq!(reply["code"], "forbidden", "{reply}");
+    assert!(
+        reply["message"]
+            .as_str()
+            .unwrap()
+            .contains("only that user joins it"),
+        "{reply}"
+    );
+    // A direct message: Carol writes to Alice's channel, which Alice watches.
+    let subscribe = subscribe_token("user-alice", &[], 600);
+    let mut inbox =
+        Subscriber::connect(&env, &format!("/sub/user.user-alice?token={subscribe}")).await;
+    let sent = carol.publish("user.user-alice", "hi alice").await;
+    assert!(sent["id"].is_u64(), "{sent}");
+    // Her own join came first (presence events reach the channel's viewers).
+    let mut got = inbox.recv().await;
+    if got["ev"] == "join" {
+        got = inbox.recv().await;
+    }
+    assert_eq!(
+        (got["msg"].as_str(), got["user"]["name"].as_str()),
+        (Some("hi alice"), Some("carol"))
+    );
+}

@@ -48,4 +48,6 @@ pub struct App {
     pub moderation: Arc<Moderation>,
     /// The open WebSocket publisher sessions by user, closed by a kick.
     pub sessions: Arc<Sessions>,
+    /// Private channels: a user's own channel (`user.{sub}`) is joined only by that user.
+    pub private: chatup_wire::private::Policy,
 }

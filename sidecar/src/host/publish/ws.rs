@@ -489,6 +489,18 @@ async fn ban_check(
     if malformed || chatup_wire::channel::validate(channel.as_bytes()).is_err() {
         return None;
     }
+    // Someone's own channel (where their direct messages come) shows only its user's
+    // presence: anyone may write to it, nobody else may appear in it.
+    if let Some(owner) = app.private.owner(channel) {
+        if identity.user_id().as_deref() != Some(owner) {
+            let e = PublishError::new(
+                ErrorCode::Forbidden,
+                format!("channel {channel:?} is {owner:?}'s own: only that user joins it"),
+            );
+            debug!(channel, "join refused: {}", e.message);
+            return Some(Answer::Send(publish_error_text(reference, &e)));
+        }
+    }
     // Counted as joined while the check runs, so a ban made meanwhile kicks the session.
     let was_joined = registration.is_joined(channel);
     registration.joined(channel);
