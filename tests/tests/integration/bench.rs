@@ -2,7 +2,7 @@
 //! itself, the report it writes, and its refusals of bad input.
 
 use chatup_tests::env::build_dir;
-use serde_json::Value;
+use serde_json::{json, Value};
 use std::process::{Command, Output};
 
 fn bench(args: &[&str]) -> Output {
@@ -302,9 +302,35 @@ fn rooms_idle_publish_and_floor_report_their_figures() {
     assert!(text.contains("#### floor"), "{text}");
 }
 
+/// With --private every channel is private and every viewer connects with a subscribe
+/// token the sidecar verifies: all connect, and the result says so.
+#[test]
+fn private_viewers_connect_with_a_subscribe_token() {
+    let runs = results_of(&[
+        "idle",
+        "--workers",
+        "1",
+        "--subscribers",
+        "300",
+        "--hold",
+        "0.2",
+        "--transport",
+        "ws,poll",
+        "--private",
+    ]);
+    assert_eq!(runs.len(), 2);
+    for run in &runs {
+        assert_eq!(run["private"], true, "{run}");
+        assert_eq!(run["server"]["private_channels"], json!(["*"]), "{run}");
+        assert_eq!(run["connected"], 300, "{run}");
+        assert_eq!(run["failed"], 0, "{run}");
+        assert!(run["sidecar_cpu_us_per_connect"].is_number(), "{run}");
+    }
+}
+
 #[test]
 fn bad_input_is_refused_with_a_reason() {
-    let cases: [(&[&str], &str); 10] = [
+    let cases: [(&[&str], &str); 12] = [
         (
             &["fanout", "--transport", "smoke"],
             "invalid value 'smoke' for '--transport",
@@ -343,6 +369,11 @@ fn bad_input_is_refused_with_a_reason() {
             "does not hold nginx",
         ),
         (&["fanout", "--token", "x"], "--url"),
+        (&["idle", "--subscribe-token", "x"], "--url"),
+        (
+            &["idle", "--private", "--url", "http://127.0.0.1:1"],
+            "cannot be used with",
+        ),
         (&["fanout", "--hosts", "2"], "needs --broker redis"),
         (
             &["fanout", "--redis-url", "redis://127.0.0.1:1"],
