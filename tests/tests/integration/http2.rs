@@ -32,12 +32,17 @@ fn certificate(dir: &Path) -> (String, String) {
 
 /// chatup with a second server for viewers, with TLS and HTTP/2; its address.
 fn start_tls(dir: &Path) -> (Chatup, String) {
+    start_tls_with(dir, Options::default())
+}
+
+/// [`start_tls`] with `opts`.
+fn start_tls_with(dir: &Path, opts: Options) -> (Chatup, String) {
     let (cert, key) = certificate(dir);
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free port")
         .port();
-    let env = Chatup::start_with(Options::default().http(&format!(
+    let env = Chatup::start_with(opts.http(&format!(
         "server {{\n    listen 127.0.0.1:{port} ssl;\n    http2 on;\n    \
          ssl_certificate {cert};\n    ssl_certificate_key {key};\n    \
          location /sub/ {{ chatup_subscribe; }}\n}}"
@@ -164,4 +169,39 @@ async fn long_poll_answers_over_http2_with_tls() {
     let lines = again.until("the answer at reload", |l| l.contains("\"messages\""));
     let answer: serde_json::Value = serde_json::from_str(lines.last().unwrap()).unwrap();
     assert_eq!(answer["messages"], serde_json::json!([]));
+}
+
+#[tokio::test]
+async fn private_channels_are_held_and_answered_over_http2() {
+    use chatup_tests::token::subscribe_token;
+    let dir = tempfile::tempdir().unwrap();
+    let (env, tls) = start_tls_with(dir.path(), Options::default().private(&["members-*"]));
+    env.publish("members-h2", "secret").await;
+    let good = subscribe_token("alice", &["members-h2"], 600);
+    let other = subscribe_token("alice", &["members-else"], 600);
+
+    // Refused with the reason, over HTTP/2, nothing of the channel sent.
+    let url = format!("https://{tls}/sub/members-h2?transport=poll&token={other}");
+    let refused = Curl::spawn(&["-w", "\n%{http_code} %{http_version}\n", &url]);
+    let lines = refused.until("the status", |l| l.ends_with(" 2"));
+    assert_eq!(
+        lines.last().map(String::as_str),
+        Some("403 2"),
+        "{lines:#?}"
+    );
+    assert!(lines[0].starts_with("forbidden: "), "{lines:#?}");
+    assert!(!lines.iter().any(|l| l.contains("secret")), "{lines:#?}");
+
+    // Admitted: the stream, held until the sidecar's verdict, then as any other.
+    let url = format!("https://{tls}/sub/members-h2?token={good}");
+    let stream = Curl::spawn(&["-i", "-H", "Accept: text/event-stream", &url]);
+    let head = stream.until("a status line", |l| l.starts_with("HTTP/"));
+    assert_eq!(head.last().map(|l| l.trim_end()), Some("HTTP/2 200"));
+    stream.until("the replay", |l| l.contains("\"secret\""));
+    env.publish("members-h2", "live").await;
+    stream.until("the live message", |l| l.contains("\"live\""));
+    let url = format!("https://{tls}/sub/members-h2?transport=poll&token={good}");
+    let poll = Curl::spawn(&[&url]);
+    let lines = poll.until("the answer", |l| l.contains("\"messages\""));
+    assert!(lines.last().unwrap().contains("\"secret\""), "{lines:#?}");
 }
