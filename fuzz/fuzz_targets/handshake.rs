@@ -44,7 +44,7 @@ fuzz_target!(|data: &[u8]| {
     };
     if let Ok(accepted) = check(&req, 8) {
         assert!(!accepted.subscriptions.is_empty() && accepted.subscriptions.len() <= 8);
-        if let Some(token) = &accepted.token {
+        if let Some(Ok(token)) = &accepted.token {
             assert!(!token.is_empty() && token.len() <= MAX_TOKEN_LEN);
             assert!(token
                 .bytes()

@@ -482,3 +482,27 @@ async fn only_its_user_joins_a_users_own_channel_but_anyone_writes_to_it() {
         (Some("hi alice"), Some("carol"))
     );
 }
+
+#[tokio::test]
+async fn a_public_channel_ignores_a_sites_own_authorization_and_token() {
+    let env = private_env();
+    env.publish_n("lobby", 1, 1).await;
+    // Behind a site's HTTP basic authentication every request carries its Authorization,
+    // and a page may add a token of its own: neither concerns a public channel.
+    let basic = "Authorization: Basic dXNlcjpwYXNz";
+    let mut sse =
+        SseStream::open(env.nginx_addr(), "/sub/lobby?token=not%20a%20jwt", &[basic]).await;
+    assert_eq!(sse.expect_messages(1).await[0].json()["id"], 1);
+    let mut ws = Subscriber::connect(&env, "/sub/lobby?token=%%%").await;
+    assert_eq!(ws.recv().await["id"], 1);
+    // On a private channel, basic authentication is no token at all.
+    let req = sse_request("/sub/members-club", &[basic]);
+    match SseStream::try_open(env.nginx_addr(), &req, None).await {
+        Err(Ok(resp)) => {
+            assert_eq!(resp.status, 401, "{}", resp.text());
+            assert!(resp.text().starts_with("token_required"), "{}", resp.text());
+        }
+        Err(Err(e)) => panic!("{e}"),
+        Ok(_) => panic!("a private channel opened without a subscribe token"),
+    }
+}

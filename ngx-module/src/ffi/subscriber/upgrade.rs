@@ -134,7 +134,10 @@ unsafe fn handle(r: *mut ngx_http_request_t) -> ngx_int_t {
                 let first = channels.into_iter().next().unwrap_or_default();
                 admit::refuse(r, &AdmissionError::NoToken(first), cors)
             }
-            (Gate::Private(channels), Some(token)) => {
+            (Gate::Private(_), Some(Err(reason))) => {
+                refuse(r, &HandshakeError::Token(reason), cors)
+            }
+            (Gate::Private(channels), Some(Ok(token))) => {
                 admit::hold(r, accepted, channels, token, cors)
             }
         }
