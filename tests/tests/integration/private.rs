@@ -15,6 +15,22 @@ fn private_env() -> Chatup {
     Chatup::start_with(Options::default().private(&["user.{sub}", "members-*"]))
 }
 
+/// A WebSocket subscribe to `path` right after a sidecar restart or a reload: until the
+/// worker hears the sidecar again, a request with a token is answered 503 (retry).
+async fn connect_when_ready(env: &Chatup, path: &str) -> Subscriber {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        match Subscriber::try_connect(env, path).await {
+            Ok(sub) => return sub,
+            Err(Ok(resp)) if resp.status == 503 && std::time::Instant::now() < deadline => {
+                assert_eq!(resp.header("retry-after"), Some("1"), "{}", resp.text());
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(other) => panic!("subscribe to {path}: {:?}", other.map(|r| r.text())),
+        }
+    }
+}
+
 /// A WebSocket subscribe to `path` that must be refused; its response.
 async fn refused_ws(env: &Chatup, path: &str) -> HttpResponse {
     match Subscriber::try_connect(env, path).await {
@@ -505,4 +521,46 @@ async fn a_public_channel_ignores_a_sites_own_authorization_and_token() {
         Err(Err(e)) => panic!("{e}"),
         Ok(_) => panic!("a private channel opened without a subscribe token"),
     }
+}
+
+#[tokio::test]
+async fn an_admitted_viewer_comes_back_after_a_sidecar_restart_and_a_reload() {
+    let mut env = private_env();
+    let ep = env.publish_n("members-club", 1, 2).await;
+    let token = subscribe_token("alice", &["members-club"], 600);
+    let mut viewer = Subscriber::connect(&env, &format!("/sub/members-club?token={token}")).await;
+    assert_eq!(viewer.recv_n(2).await[1]["id"], 2);
+
+    // The restarted sidecar no longer knows the viewer: it is closed with 1001, comes back
+    // with its token through a fresh admission, and resumes (the memory broker's history
+    // starts again: the resume point names the old epoch, so a resync comes first).
+    env.restart_sidecar();
+    let (code, _) = viewer.expect_close(WAIT).await;
+    assert_eq!(code, Some(1001));
+    let since = format!("members-club:{ep}:2");
+    let mut again = connect_when_ready(
+        &env,
+        &format!("/sub/members-club?since={since}&token={token}"),
+    )
+    .await;
+    env.publish("members-club", "after the restart").await;
+    let mut got = again.recv().await;
+    if got["ev"] == "resync" {
+        got = again.recv().await;
+    }
+    assert_eq!(got["msg"], "after the restart", "{got}");
+
+    // An nginx reload: 1001, then back through a new worker's admission.
+    env.reload();
+    let (code, _) = again.expect_close(WAIT).await;
+    assert_eq!(code, Some(1001));
+    let mut third = connect_when_ready(&env, &format!("/sub/members-club?token={token}")).await;
+    env.publish("members-club", "after the reload").await;
+    let texts: Vec<String> = third
+        .recv_n(2)
+        .await
+        .iter()
+        .filter_map(|m| m["msg"].as_str().map(str::to_owned))
+        .collect();
+    assert!(texts.contains(&"after the reload".to_owned()), "{texts:?}");
 }
