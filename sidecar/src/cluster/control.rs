@@ -138,6 +138,31 @@ impl Envelope {
     }
 }
 
+/// Hands every notice of `notices` to `act` until `shutdown` (or the bus closes); a receiver
+/// that fell behind says how many it missed. How each part of a host follows the bus.
+pub async fn follow_notices(
+    mut notices: broadcast::Receiver<Notice>,
+    shutdown: CancellationToken,
+    act: impl Fn(Notice),
+) {
+    loop {
+        let notice = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            notice = notices.recv() => notice,
+        };
+        match notice {
+            Ok(notice) => act(notice),
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                warn!(
+                    missed,
+                    "control notices came faster than they were handled; some were missed"
+                );
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
 /// Why a notice could not be sent to the other hosts.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ControlError {

@@ -10,9 +10,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use chatup_wire::private::Policy;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::debug;
 
-use crate::cluster::control::Notice;
+use crate::cluster::control::{follow_notices, Notice};
 use crate::cluster::members::Members;
 use crate::cluster::registry::JoinedPublisher;
 use crate::jwt::Identity;
@@ -222,48 +222,36 @@ impl Viewers {
 /// Turns the control bus's kicks (a ban, sent by whichever host the admin API ran on) into
 /// viewer kicks on this host, until `shutdown`.
 pub async fn kick_on_notice(
-    mut notices: broadcast::Receiver<Notice>,
+    notices: broadcast::Receiver<Notice>,
     viewers: Arc<Viewers>,
     shutdown: CancellationToken,
 ) {
-    loop {
-        let notice = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            notice = notices.recv() => notice,
-        };
-        match notice {
-            Ok(Notice::Kick(kick)) => {
-                if !viewers.policy().is_private(&kick.channel) {
-                    continue;
-                }
-                let reason = match kick.until {
-                    Some(until) => format!("banned until {until}"),
-                    None => "banned".to_owned(),
-                };
-                viewers.kick(ViewerKick {
-                    channel: Some(kick.channel),
-                    users: kick.users,
-                    names: kick.names,
-                    code: chatup_wire::close::BANNED,
-                    reason,
-                });
+    follow_notices(notices, shutdown, |notice| match notice {
+        Notice::Kick(kick) => {
+            if !viewers.policy().is_private(&kick.channel) {
+                return;
             }
-            Ok(Notice::Disconnect(disconnect)) => viewers.kick(ViewerKick {
-                channel: None,
-                users: disconnect.users,
-                names: Vec::new(),
-                code: chatup_wire::close::USER_REMOVED,
-                reason: "user removed by the operator".into(),
-            }),
-            Err(broadcast::error::RecvError::Lagged(missed)) => {
-                warn!(
-                    missed,
-                    "control notices came faster than viewers were kicked; some were missed"
-                );
-            }
-            Err(broadcast::error::RecvError::Closed) => return,
+            let reason = match kick.until {
+                Some(until) => format!("banned until {until}"),
+                None => "banned".to_owned(),
+            };
+            viewers.kick(ViewerKick {
+                channel: Some(kick.channel),
+                users: kick.users,
+                names: kick.names,
+                code: chatup_wire::close::BANNED,
+                reason,
+            });
         }
-    }
+        Notice::Disconnect(disconnect) => viewers.kick(ViewerKick {
+            channel: None,
+            users: disconnect.users,
+            names: Vec::new(),
+            code: chatup_wire::close::USER_REMOVED,
+            reason: "user removed by the operator".into(),
+        }),
+    })
+    .await;
 }
 
 #[cfg(test)]

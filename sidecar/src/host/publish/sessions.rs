@@ -19,9 +19,9 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
-use crate::cluster::control::{Kick, Notice};
+use crate::cluster::control::{follow_notices, Kick, Notice};
 use crate::host::presence::MAX_CHANNELS_PER_SESSION;
 use crate::jwt::Identity;
 use crate::moderation::Who;
@@ -269,37 +269,25 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// Kicks this host's sessions as the control bus says, until `shutdown`.
 pub async fn kick_on_notice(
-    mut notices: broadcast::Receiver<Notice>,
+    notices: broadcast::Receiver<Notice>,
     sessions: Arc<Sessions>,
     shutdown: CancellationToken,
 ) {
-    loop {
-        let notice = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            notice = notices.recv() => notice,
-        };
-        match notice {
-            Ok(Notice::Kick(kick)) => {
-                let closed = sessions.kick(&kick);
-                if closed > 0 {
-                    info!(channel = kick.channel, users = ?kick.users, names = ?kick.names, closed, "kicked banned publishers");
-                } else {
-                    debug!(channel = kick.channel, users = ?kick.users, names = ?kick.names, "no session here to kick");
-                }
+    follow_notices(notices, shutdown, |notice| match notice {
+        Notice::Kick(kick) => {
+            let closed = sessions.kick(&kick);
+            if closed > 0 {
+                info!(channel = kick.channel, users = ?kick.users, names = ?kick.names, closed, "kicked banned publishers");
+            } else {
+                debug!(channel = kick.channel, users = ?kick.users, names = ?kick.names, "no session here to kick");
             }
-            Ok(Notice::Disconnect(disconnect)) => {
-                let closed = sessions.disconnect(&disconnect.users);
-                info!(users = ?disconnect.users, closed, "disconnected removed users' publishers");
-            }
-            Err(broadcast::error::RecvError::Lagged(missed)) => {
-                warn!(
-                    missed,
-                    "control notices came faster than they were handled; some were missed"
-                );
-            }
-            Err(broadcast::error::RecvError::Closed) => return,
         }
-    }
+        Notice::Disconnect(disconnect) => {
+            let closed = sessions.disconnect(&disconnect.users);
+            info!(users = ?disconnect.users, closed, "disconnected removed users' publishers");
+        }
+    })
+    .await;
 }
 
 #[cfg(test)]
