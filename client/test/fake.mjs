@@ -2,6 +2,8 @@
 // the test opens, answers and closes by hand, and a dispatcher that answers from a table.
 // The end-to-end tests (test/e2e/) run the client against the real servers instead.
 
+import { ChatUp } from '../src/chatup.js';
+
 export function makeWorld() {
   const sockets = [];
   const requests = [];
@@ -184,3 +186,35 @@ export async function waitFor(predicate, what, timeout = 2000) {
 }
 
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/** Where the fake dispatcher answers. */
+export const DISPATCHER = 'http://chat.test:8080/';
+
+/**
+ * A client of room `lobby` in `world`, with fast retries and no count polling; what it emits
+ * is collected in `messages`, `statuses` and `retries`.
+ */
+export function client(world, options = {}) {
+  const chat = new ChatUp({
+    dispatcherURL: DISPATCHER,
+    room: 'lobby',
+    WebSocket: world.WebSocket,
+    EventSource: world.EventSource,
+    fetch: world.fetch,
+    storage: null,
+    reconnectDelay: 2,
+    maxReconnectDelay: 5,
+    random: () => 0.5,
+    countInterval: 0,
+    countSettle: 0,
+    hostFailures: 100,
+    ...options,
+  });
+  const messages = [];
+  const statuses = [];
+  const retries = [];
+  chat.on('message', (m) => messages.push(m));
+  chat.on('status', (s) => statuses.push(s));
+  chat.on('retry', (r) => retries.push(r));
+  return { chat, messages, statuses, retries };
+}

@@ -4,9 +4,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { ChatUp, ChatUpError, CloseCode, Status, shouldReconnect } from '../src/chatup.js';
-import { makeWorld, joinAnswer, msg, waitFor, sleep } from './fake.mjs';
-
-const DISPATCHER = 'http://chat.test:8080/';
+import { makeWorld, joinAnswer, msg, waitFor, sleep, client } from './fake.mjs';
 
 /** A JWT-shaped token (unsigned: the client only reads `exp`) ending `inSeconds` from now. */
 function token(name, inSeconds = 3600) {
@@ -25,30 +23,6 @@ function tokens(...list) {
   return fn;
 }
 
-function client(world, options = {}) {
-  const chat = new ChatUp({
-    dispatcherURL: DISPATCHER,
-    room: 'lobby',
-    WebSocket: world.WebSocket,
-    EventSource: world.EventSource,
-    fetch: world.fetch,
-    storage: null,
-    reconnectDelay: 2,
-    maxReconnectDelay: 5,
-    random: () => 0.5,
-    countInterval: 0,
-    countSettle: 0,
-    hostFailures: 100,
-    ...options,
-  });
-  const messages = [];
-  const statuses = [];
-  const retries = [];
-  chat.on('message', (m) => messages.push(m));
-  chat.on('status', (s) => statuses.push(s));
-  chat.on('retry', (r) => retries.push(r));
-  return { chat, messages, statuses, retries };
-}
 
 function withJoin(world) {
   world.route('POST', '/join/lobby', () => joinAnswer('h1'));

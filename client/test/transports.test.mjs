@@ -4,30 +4,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { ChatUp, ChatUpError, Status } from '../src/chatup.js';
-import { makeWorld, joinAnswer, msg, waitFor } from './fake.mjs';
+import { makeWorld, joinAnswer, msg, waitFor, client } from './fake.mjs';
 
-const DISPATCHER = 'http://chat.test:8080/';
-
-function client(world, options = {}) {
-  const chat = new ChatUp({
-    dispatcherURL: DISPATCHER,
-    room: 'lobby',
-    WebSocket: world.WebSocket,
-    EventSource: world.EventSource,
-    fetch: world.fetch,
-    storage: null,
-    reconnectDelay: 2,
-    maxReconnectDelay: 5,
-    random: () => 0.5,
-    countInterval: 0,
-    countSettle: 0,
-    hostFailures: 100,
-    ...options,
-  });
-  const messages = [];
-  chat.on('message', (m) => messages.push(m));
-  return { chat, messages };
-}
 
 /** A sessionStorage stand-in. */
 function storage() {

@@ -11,8 +11,16 @@ use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(10);
 
+/// Each user's own channel and the members rooms are private.
+const PATTERNS: [&str; 2] = ["user.{sub}", "members-*"];
+
 fn private_env() -> Chatup {
-    Chatup::start_with(Options::default().private(&["user.{sub}", "members-*"]))
+    Chatup::start_with(Options::default().private(&PATTERNS))
+}
+
+/// A chat host of a multi-host test on `redis`, with the same private channels.
+fn private_host(address: &str, id: &str, redis: &chatup_tests::RedisServer) -> Chatup {
+    Chatup::start_with(Options::host_on_redis(address, id, &redis.url()).private(&PATTERNS))
 }
 
 /// A WebSocket subscribe to `path` right after a sidecar restart or a reload: until the
@@ -234,15 +242,8 @@ async fn a_banned_user_may_not_watch_a_private_channel() {
 async fn a_ban_closes_the_users_private_viewers_on_every_host() {
     use chatup_tests::RedisServer;
     let redis = RedisServer::start();
-    let host = |address: &str, id: &str| {
-        Options::default()
-            .address(address)
-            .host_id(id)
-            .redis(&redis.url())
-            .private(&["user.{sub}", "members-*"])
-    };
-    let a = Chatup::start_with(host("127.0.0.2", "a"));
-    let b = Chatup::start_with(host("127.0.0.3", "b"));
+    let a = private_host("127.0.0.2", "a", &redis);
+    let b = private_host("127.0.0.3", "b", &redis);
     let alice = subscribe_token("alice", &["members-club"], 600);
     let bob = subscribe_token("bob", &["members-club"], 600);
     // Alice watches on host B (her own channel too), Bob on B, Alice also on A.
@@ -290,16 +291,8 @@ async fn the_operator_sees_who_watches_a_private_channel_and_nobody_else_does() 
     use chatup_tests::token::admin_token;
     use chatup_tests::RedisServer;
     let redis = RedisServer::start();
-    let host = |address: &str, id: &str| {
-        Options::default()
-            .address(address)
-            .host_id(id)
-            .redis(&redis.url())
-            .sidecar_set("host.report_interval_ms=200")
-            .private(&["user.{sub}", "members-*"])
-    };
-    let a = Chatup::start_with(host("127.0.0.2", "a"));
-    let b = Chatup::start_with(host("127.0.0.3", "b"));
+    let a = private_host("127.0.0.2", "a", &redis);
+    let b = private_host("127.0.0.3", "b", &redis);
     a.publish_n("members-club", 1, 2).await;
     let alice = subscribe_token("alice", &["members-club"], 600);
     let bob = subscribe_token("bob", &["members-club"], 600);
@@ -411,17 +404,13 @@ async fn removing_a_user_closes_their_publishers_and_private_viewers_with_4505()
 async fn one_token_opens_the_channel_on_whichever_host_the_dispatcher_names() {
     use chatup_tests::{Dispatcher, RedisServer};
     let redis = RedisServer::start();
-    let patterns = ["user.{sub}", "members-*"];
-    let host = |address: &str, id: &str| {
-        Chatup::start_with(Options::host_on_redis(address, id, &redis.url()).private(&patterns))
-    };
-    let a = host("127.0.0.2", "a");
-    let b = host("127.0.0.3", "b");
+    let a = private_host("127.0.0.2", "a", &redis);
+    let b = private_host("127.0.0.3", "b", &redis);
     let dispatcher = Dispatcher::start_with(
         Options::default()
             .address("127.0.0.4")
             .redis(&redis.url())
-            .private(&patterns),
+            .private(&PATTERNS),
     );
     a.publish_n("members-club", 1, 3).await;
     let token = subscribe_token("alice", &["members-club"], 600);

@@ -45,6 +45,20 @@ fn connected_hub(patterns: &[&str]) -> Hub<u32> {
     hub
 }
 
+/// Asks the sidecar to admit a viewer of `members-x`; the admission id.
+fn hold(hub: &mut Hub<u32>) -> u64 {
+    hub.request_admission(vec!["members-x".into()], "a.b.c".into())
+        .unwrap()
+}
+
+/// A WebSocket viewer of `members-x` the sidecar admitted: its admission id and key.
+fn admitted_viewer(hub: &mut Hub<u32>) -> (u64, usize) {
+    let id = hold(hub);
+    let key = hub.add_subscriber(1, subs(&["members-x"]), BIG, Delivery::WebSocket);
+    hub.set_admission(key, id);
+    (id, key)
+}
+
 #[test]
 fn the_gate_knows_only_once_the_policy_came() {
     let mut hub = Hub::<u32>::new(100);
@@ -64,9 +78,7 @@ fn the_gate_knows_only_once_the_policy_came() {
 #[test]
 fn a_held_request_gets_its_verdict_and_a_late_admission_is_undone() {
     let mut hub = connected_hub(&["members-*"]);
-    let id = hub
-        .request_admission(vec!["members-x".into()], "a.b.c".into())
-        .unwrap();
+    let id = hold(&mut hub);
     assert_eq!(
         relay_frames(&mut hub),
         vec![ToSidecar::Admit {
@@ -82,9 +94,7 @@ fn a_held_request_gets_its_verdict_and_a_late_admission_is_undone() {
     });
     assert_eq!(hub.admissions().take_verdicts(), vec![(id, Ok(()))]);
 
-    let refused = hub
-        .request_admission(vec!["members-x".into()], "a.b.c".into())
-        .unwrap();
+    let refused = hold(&mut hub);
     hub.handle_relay_frame(ToWorker::Admitted {
         id: refused,
         status: 403,
@@ -96,9 +106,7 @@ fn a_held_request_gets_its_verdict_and_a_late_admission_is_undone() {
     );
 
     // The client went away before the verdict: the sidecar hears it left.
-    let gone = hub
-        .request_admission(vec!["members-x".into()], "a.b.c".into())
-        .unwrap();
+    let gone = hold(&mut hub);
     assert!(hub.admissions().forget(gone));
     relay_frames(&mut hub);
     hub.handle_relay_frame(ToWorker::Admitted {
@@ -113,9 +121,7 @@ fn a_held_request_gets_its_verdict_and_a_late_admission_is_undone() {
 #[test]
 fn without_the_relay_nothing_waits() {
     let mut hub = connected_hub(&["members-*"]);
-    let held = hub
-        .request_admission(vec!["members-x".into()], "a.b.c".into())
-        .unwrap();
+    let held = hold(&mut hub);
     hub.relay_disconnected();
     let verdicts = hub.admissions().take_verdicts();
     assert_eq!(verdicts.len(), 1);
@@ -130,11 +136,7 @@ fn without_the_relay_nothing_waits() {
 #[test]
 fn an_admitted_viewer_is_closed_by_the_sidecar_and_heard_leaving() {
     let mut hub = connected_hub(&["members-*"]);
-    let id = hub
-        .request_admission(vec!["members-x".into()], "a.b.c".into())
-        .unwrap();
-    let key = hub.add_subscriber(1, subs(&["members-x"]), BIG, Delivery::WebSocket);
-    hub.set_admission(key, id);
+    let (id, key) = admitted_viewer(&mut hub);
     assert!(hub.admissions().is_admitted(id));
     hub.handle_relay_frame(ToWorker::CloseViewer {
         id,
@@ -188,11 +190,7 @@ fn a_policy_that_makes_a_channel_private_shuts_out_who_was_not_admitted() {
 #[test]
 fn a_relay_reconnect_sends_admitted_viewers_to_be_admitted_again() {
     let mut hub = connected_hub(&["members-*"]);
-    let id = hub
-        .request_admission(vec!["members-x".into()], "a.b.c".into())
-        .unwrap();
-    let key = hub.add_subscriber(1, subs(&["members-x"]), BIG, Delivery::WebSocket);
-    hub.set_admission(key, id);
+    let (id, key) = admitted_viewer(&mut hub);
     hub.relay_disconnected();
     hub.relay_connected(1);
     assert_eq!(
