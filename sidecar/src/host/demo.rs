@@ -487,6 +487,15 @@ mod tests {
         assert!(err.contains("user.{sub}"), "{err}");
     }
 
+    /// Why `demo` cannot start, with the example publisher key and no private channels.
+    fn setup_error(demo: &DemoConfig) -> String {
+        let verifier = Verifier::from_config(&auth()).unwrap();
+        DemoTokens::from_config(demo, &auth(), &verifier, &PrivateConfig::default())
+            .err()
+            .unwrap()
+            .to_string()
+    }
+
     #[test]
     fn no_key_no_tokens_and_a_wrong_key_stops_the_start() {
         let verifier = Verifier::from_config(&auth()).unwrap();
@@ -497,42 +506,18 @@ mod tests {
                 .is_none()
         );
         // The admin key pair's private half: a valid key, but not the publishers' one.
-        let err = DemoTokens::from_config(
-            &demo("admin-private.pem"),
-            &auth(),
-            &verifier,
-            &PrivateConfig::default(),
-        )
-        .err()
-        .unwrap()
-        .to_string();
+        let err = setup_error(&demo("admin-private.pem"));
         assert!(
             err.contains("admin-private.pem") && err.contains("private half"),
             "{err}"
         );
-        let err = DemoTokens::from_config(
-            &demo("missing.pem"),
-            &auth(),
-            &verifier,
-            &PrivateConfig::default(),
-        )
-        .err()
-        .unwrap()
-        .to_string();
+        let err = setup_error(&demo("missing.pem"));
         assert!(
             err.contains("demo.private_key_file") && err.contains("missing.pem"),
             "{err}"
         );
         // A public key is not a private key.
-        let err = DemoTokens::from_config(
-            &demo("jwt-public.pem"),
-            &auth(),
-            &verifier,
-            &PrivateConfig::default(),
-        )
-        .err()
-        .unwrap()
-        .to_string();
+        let err = setup_error(&demo("jwt-public.pem"));
         assert!(err.contains("not an RSA private key"), "{err}");
     }
 
