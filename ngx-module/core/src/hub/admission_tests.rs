@@ -190,7 +190,7 @@ fn a_policy_that_makes_a_channel_private_shuts_out_who_was_not_admitted() {
 #[test]
 fn a_relay_reconnect_sends_admitted_viewers_to_be_admitted_again() {
     let mut hub = connected_hub(&["members-*"]);
-    let (id, key) = admitted_viewer(&mut hub);
+    let (_, key) = admitted_viewer(&mut hub);
     hub.relay_disconnected();
     hub.relay_connected(1);
     assert_eq!(
