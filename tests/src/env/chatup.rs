@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use super::nginx_conf::nginx_conf;
 use super::options::Options;
-use super::paths::{example_keys, nginx_bin};
+use super::paths::example_keys;
 use super::ports::free_port_on;
 use super::sidecar::{health_ok, spawn_sidecar};
 use super::READY_TIMEOUT;
@@ -241,7 +241,7 @@ impl Chatup {
     // ---- nginx ----------------------------------------------------------------------
 
     fn nginx_command(&self) -> Command {
-        let mut cmd = Command::new(nginx_bin());
+        let mut cmd = Command::new(&self.opts.nginx.binary);
         cmd.arg("-p")
             .arg(self.dir.path())
             .arg("-c")

@@ -102,7 +102,7 @@ http {{
     }}
 }}
 "#,
-        module = module_path().display(),
+        module = opts.nginx.module.display(),
         workers = opts.workers,
         relay = relay.display(),
         http_extra = indent(&opts.http_extra, 4),
@@ -165,8 +165,25 @@ pub fn nginx_config_test_with_relay_socket(
 /// Runs `nginx -t -c <conf>` with the conf's folder as prefix (where relative `include`s
 /// are found). Returns (success, output).
 pub fn nginx_test(conf: &Path) -> (bool, String) {
+    run_nginx_test(&nginx_bin(), conf)
+}
+
+/// Runs `binary -t` on `conf_text`, written to a temp folder that is also its prefix.
+/// Returns (success, output).
+pub fn nginx_test_with(binary: &Path, conf_text: &str) -> (bool, String) {
+    let dir = tempfile::Builder::new()
+        .prefix("chatup-conftest-")
+        .tempdir()
+        .expect("create a temp folder");
+    fs::create_dir(dir.path().join("logs")).expect("create logs/");
+    let conf = dir.path().join("nginx.conf");
+    fs::write(&conf, conf_text).expect("write nginx.conf");
+    run_nginx_test(binary, &conf)
+}
+
+fn run_nginx_test(binary: &Path, conf: &Path) -> (bool, String) {
     let dir = conf.parent().expect("the conf is in a folder");
-    let mut child = Command::new(nginx_bin())
+    let mut child = Command::new(binary)
         .arg("-t")
         .arg("-p")
         .arg(dir)

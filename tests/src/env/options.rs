@@ -3,7 +3,9 @@
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 
+use super::paths::{module_path, nginx_bin};
 use super::ports::parse_loopback;
+use std::path::PathBuf;
 
 /// What a test changes in the default setup.
 #[derive(Debug, Clone)]
@@ -41,6 +43,25 @@ pub struct Options {
     /// `presence.leave_grace_ms`. The harness default is 0: tests close a publisher and
     /// wait for its `leave` at once; tests of the grace set it.
     pub leave_grace_ms: u64,
+    /// The nginx binary and the module it loads: `build/` by default; the distro tests run
+    /// the system's nginx with the module built for it.
+    pub nginx: NginxBuild,
+}
+
+/// An nginx binary and the chatup module built for it.
+#[derive(Debug, Clone)]
+pub struct NginxBuild {
+    pub binary: PathBuf,
+    pub module: PathBuf,
+}
+
+impl Default for NginxBuild {
+    fn default() -> Self {
+        Self {
+            binary: nginx_bin(),
+            module: module_path(),
+        }
+    }
 }
 
 impl Default for Options {
@@ -61,6 +82,7 @@ impl Default for Options {
             host_id: None,
             plugins: vec!["ban".to_owned()],
             leave_grace_ms: 0,
+            nginx: NginxBuild::default(),
         }
     }
 }
@@ -75,6 +97,11 @@ impl Options {
             "private.public_key_file={}",
             crate::token::example_subscribe_public_key().display()
         ));
+        self
+    }
+    /// Runs `binary` with `module` instead of build/'s.
+    pub fn nginx_build(mut self, binary: PathBuf, module: PathBuf) -> Self {
+        self.nginx = NginxBuild { binary, module };
         self
     }
     pub fn cache_messages(mut self, n: u32) -> Self {

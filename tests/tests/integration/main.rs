@@ -12,6 +12,7 @@ mod config;
 mod delivery;
 mod demo_tokens;
 mod dispatch;
+mod distro;
 mod failover;
 mod frames;
 mod handshake;
