@@ -34,3 +34,4 @@ mod resume;
 mod sidecar_cli;
 mod slow;
 mod sse;
+mod tls;
