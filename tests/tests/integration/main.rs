@@ -35,3 +35,4 @@ mod resume;
 mod sidecar_cli;
 mod slow;
 mod sse;
+mod tls;
