@@ -199,6 +199,24 @@ impl Subscriber {
         })
     }
 
+    /// Subscribes to `path` on the nginx at `addr` (one the harness did not start); panics
+    /// unless the upgrade succeeds.
+    pub async fn connect_to(addr: SocketAddr, path: &str) -> Self {
+        match connect_ws(addr, path).await {
+            Ok((ws, local_port)) => Self {
+                ws,
+                local_port,
+                raw: Vec::new(),
+            },
+            Err(Ok(resp)) => panic!(
+                "subscribe to {path} refused: {} {}",
+                resp.status,
+                resp.text()
+            ),
+            Err(Err(e)) => panic!("subscribe to {path} failed: {e}"),
+        }
+    }
+
     /// The next event within `timeout`, or None.
     pub async fn next(&mut self, timeout: Duration) -> Option<Event> {
         let ev = next_event(&mut self.ws, timeout).await;
