@@ -165,7 +165,7 @@ pub fn nginx_config_test_with_relay_socket(
 /// Runs `nginx -t -c <conf>` with the conf's folder as prefix (where relative `include`s
 /// are found). Returns (success, output).
 pub fn nginx_test(conf: &Path) -> (bool, String) {
-    run_nginx_test(&nginx_bin(), conf)
+    nginx_test_using(&nginx_bin(), conf)
 }
 
 /// Runs `binary -t` on `conf_text`, written to a temp folder that is also its prefix.
@@ -178,10 +178,11 @@ pub fn nginx_test_with(binary: &Path, conf_text: &str) -> (bool, String) {
     fs::create_dir(dir.path().join("logs")).expect("create logs/");
     let conf = dir.path().join("nginx.conf");
     fs::write(&conf, conf_text).expect("write nginx.conf");
-    run_nginx_test(binary, &conf)
+    nginx_test_using(binary, &conf)
 }
 
-fn run_nginx_test(binary: &Path, conf: &Path) -> (bool, String) {
+/// [`nginx_test`] with another nginx binary.
+pub fn nginx_test_using(binary: &Path, conf: &Path) -> (bool, String) {
     let dir = conf.parent().expect("the conf is in a folder");
     let mut child = Command::new(binary)
         .arg("-t")

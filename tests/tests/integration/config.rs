@@ -311,6 +311,17 @@ fn fill_listen(
 /// module's path, the relay socket, the listen addresses (free loopback ports) and the
 /// certificate (one made for the test). Returns (success, output).
 fn nginx_t_filled(conf: &str) -> (bool, String) {
+    let module = chatup_tests::env::module_path();
+    nginx_t_filled_for(&chatup_tests::env::nginx_bin(), Some(&module), conf)
+}
+
+/// [`nginx_t_filled`] with the nginx binary `nginx`, loading `module`, or with the sample's
+/// own `load_module` line when `None` (the module installed where the samples expect it).
+pub(crate) fn nginx_t_filled_for(
+    nginx: &std::path::Path,
+    module: Option<&std::path::Path>,
+    conf: &str,
+) -> (bool, String) {
     let dir = tempfile::tempdir().expect("create a temp folder");
     // The default access and error logs, relative to the prefix.
     std::fs::create_dir(dir.path().join("logs")).expect("create logs/");
@@ -328,11 +339,8 @@ fn nginx_t_filled(conf: &str) -> (bool, String) {
         .map(|l| {
             let t = l.trim_start();
             let indent = &l[..l.len() - t.len()];
-            if t.starts_with("load_module ") {
-                format!(
-                    "{indent}load_module {};",
-                    chatup_tests::env::module_path().display()
-                )
+            if let (true, Some(module)) = (t.starts_with("load_module "), module) {
+                format!("{indent}load_module {};", module.display())
             } else if t.starts_with("chatup_relay_socket ") {
                 format!(
                     "{indent}chatup_relay_socket {}/relay.sock;",
@@ -352,7 +360,7 @@ fn nginx_t_filled(conf: &str) -> (bool, String) {
         .collect();
     let path = dir.path().join("nginx.conf");
     std::fs::write(&path, text).expect("write nginx.conf");
-    chatup_tests::env::nginx_test(&path)
+    chatup_tests::env::nginx_test_using(nginx, &path)
 }
 
 /// Every `.conf` under nginx-conf/ passes `nginx -t` with only its placeholders filled,

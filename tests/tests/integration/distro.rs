@@ -8,6 +8,9 @@ use std::time::Duration;
 
 const QUIET: Duration = Duration::from_millis(300);
 const DEBIAN_NGINX: &str = "/usr/sbin/nginx";
+/// Where Debian's nginx finds modules, the samples load chatup's from, and the package
+/// installs it.
+const INSTALLED_MODULE: &str = "/usr/lib/nginx/modules/ngx_http_chatup_module.so";
 
 /// These tests change what is installed on the machine (Debian's nginx, chatup's packages):
 /// one at a time.
@@ -66,9 +69,14 @@ pub fn install_debian_nginx() {
     );
 }
 
-/// Builds the module for Debian's nginx with scripts/module-for-nginx; returns its path.
-pub fn module_for_debian_nginx() -> PathBuf {
-    let out = run(Command::new(repo_root().join("scripts/module-for-nginx")).arg(DEBIAN_NGINX));
+/// Builds the module for Debian's nginx with scripts/module-for-nginx (`--install`: also
+/// into Debian's modules folder); returns the path of the build.
+pub fn module_for_debian_nginx(install: bool) -> PathBuf {
+    let mut cmd = Command::new(repo_root().join("scripts/module-for-nginx"));
+    if install {
+        cmd.arg("--install");
+    }
+    let out = run(cmd.arg(DEBIAN_NGINX));
     assert!(
         out.contains("loads it"),
         "scripts/module-for-nginx did not check the load:\n{out}"
@@ -91,7 +99,20 @@ async fn debian_nginx_serves_publish_subscribe_replay_and_resume() {
     }
     let _one = SYSTEM.lock().await;
     install_debian_nginx();
-    let module = module_for_debian_nginx();
+    let module = module_for_debian_nginx(true);
+
+    // Installed where the samples load it from: nginx-conf/chatup.conf passes Debian's
+    // `nginx -t` with its load_module line as written.
+    let installed = Path::new(INSTALLED_MODULE);
+    assert!(installed.exists(), "--install put it in {INSTALLED_MODULE}");
+    let sample = std::fs::read_to_string(chatup_tests::env::nginx_conf_dir().join("chatup.conf"))
+        .expect("chatup.conf");
+    let (ok, out) = crate::config::nginx_t_filled_for(Path::new(DEBIAN_NGINX), None, &sample);
+    let _ = std::fs::remove_file(installed);
+    assert!(
+        ok && !out.contains("[warn]"),
+        "chatup.conf, as written, in Debian's nginx:\n{out}"
+    );
 
     // The vendored module is for another version: Debian's nginx refuses it, clearly.
     let vendored = chatup_tests::env::module_path();
@@ -434,8 +455,23 @@ async fn debian_packages_install_serve_upgrade_and_remove() {
         groups.split_whitespace().any(|g| g == "chatup"),
         "www-data in chatup: {groups}"
     );
+    assert!(
+        Path::new(INSTALLED_MODULE).exists(),
+        "the samples' module path"
+    );
     let addr: std::net::SocketAddr = ([127, 0, 0, 1], nginx_port).into();
     round_trip(addr, "debpkg", "hello from the package").await;
+
+    // The packaged TLS site, made for this nginx's version, passes its `nginx -t` (with a
+    // certificate and ports filled in).
+    let tls_site = std::fs::read_to_string("/etc/nginx/sites-available/chatup-tls")
+        .expect("the package brings the TLS site");
+    let conf = format!(
+        "include /etc/nginx/modules-enabled/*.conf;\nevents {{ }}\nhttp {{\n{}\n}}\n",
+        tls_site.replace("include snippets/", "include /etc/nginx/snippets/")
+    );
+    let (ok, out) = crate::config::nginx_t_filled_for(Path::new(DEBIAN_NGINX), None, &conf);
+    assert!(ok && !out.contains("[warn]"), "the chatup-tls site:\n{out}");
 
     // Upgrade: the operator's edits stay, and it still serves (after the restart and reload
     // that systemd and the nginx-reload trigger would make).
@@ -476,7 +512,7 @@ async fn debian_packages_install_serve_upgrade_and_remove() {
         .args(["remove", "-y", "-qq", SIDECAR_DEB, MODULE_DEB])
         .env("DEBIAN_FRONTEND", "noninteractive"));
     assert!(!Path::new("/usr/bin/chatup-sidecar").exists());
-    assert!(!Path::new("/usr/lib/nginx/modules/ngx_http_chatup_module.so").exists());
+    assert!(!Path::new(INSTALLED_MODULE).exists());
     let toml_after = std::fs::read_to_string(SIDECAR_TOML).expect("chatup.toml kept");
     assert_eq!(toml_after, toml, "removal keeps chatup.toml as edited");
     assert_eq!(std::fs::read_to_string(SITE).expect("site kept"), site);
