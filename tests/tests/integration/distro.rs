@@ -530,3 +530,58 @@ async fn debian_packages_install_serve_upgrade_and_remove() {
     assert!(Path::new(MODULE_LINK).is_symlink(), "{MODULE_LINK} back");
     system_nginx_test();
 }
+
+/// scripts/module-for-nginx with an nginx it cannot build for: each failure says why and
+/// what to do, and exits non-zero.
+#[test]
+fn module_for_nginx_explains_what_it_cannot_match() {
+    let script = repo_root().join("scripts/module-for-nginx");
+    let fails = |cmd: &mut Command| {
+        let out = cmd.output().expect("run scripts/module-for-nginx");
+        assert!(!out.status.success(), "{cmd:?} succeeded");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+
+    let err = fails(Command::new(&script).arg("/nonexistent/nginx"));
+    assert!(err.contains("no nginx at /nonexistent/nginx"), "{err}");
+
+    // An nginx of a version whose source is nowhere here (not packaged, not vendored).
+    let dir = tempfile::tempdir().expect("temp folder");
+    let fake = dir.path().join("nginx");
+    std::fs::write(
+        &fake,
+        "#!/bin/sh\necho 'nginx version: nginx/1.19.0' >&2\n\
+         echo \"configure arguments: --with-compat --prefix=/opt/nginx --with-http_xslt_module=dynamic\" >&2\n",
+    )
+    .expect("write a fake nginx");
+    run(Command::new("chmod").arg("+x").arg(&fake));
+    let err = fails(&mut Command::new(&script).arg(&fake));
+    assert!(
+        err.contains("cannot find the source of nginx 1.19.0") && err.contains("NGINX_SOURCE_DIR"),
+        "{err}"
+    );
+    assert!(
+        err.contains("left out: --with-http_xslt_module=dynamic"),
+        "says which arguments it drops: {err}"
+    );
+
+    // A source tree of another version.
+    let err = fails(
+        Command::new(&script)
+            .arg(&fake)
+            .env("NGINX_SOURCE_DIR", dir.path()),
+    );
+    assert!(err.contains("is not an nginx source tree"), "{err}");
+    std::fs::create_dir_all(dir.path().join("src/core")).expect("mkdir");
+    std::fs::write(
+        dir.path().join("src/core/nginx.h"),
+        "#define NGINX_VERSION      \"1.20.2\"\n",
+    )
+    .expect("write nginx.h");
+    let err = fails(
+        Command::new(&script)
+            .arg(&fake)
+            .env("NGINX_SOURCE_DIR", dir.path()),
+    );
+    assert!(err.contains("is nginx 1.20.2, not 1.19.0"), "{err}");
+}
