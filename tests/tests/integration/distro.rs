@@ -555,7 +555,7 @@ fn module_for_nginx_explains_what_it_cannot_match() {
     )
     .expect("write a fake nginx");
     run(Command::new("chmod").arg("+x").arg(&fake));
-    let err = fails(&mut Command::new(&script).arg(&fake));
+    let err = fails(Command::new(&script).arg(&fake));
     assert!(
         err.contains("cannot find the source of nginx 1.19.0") && err.contains("NGINX_SOURCE_DIR"),
         "{err}"
