@@ -1,8 +1,9 @@
 //! Publishers on the real path: WebSocket `/pub` through nginx to the sidecar, each message
-//! answered by an ack with its id. Paced (a fixed rate, for delivery scenarios) or flooding
-//! (a window of messages in flight, for the publish scenario).
+//! answered by an ack with its id, or `POST /pub/<channel>` on keep-alive HTTP/1.1
+//! connections (pipelined), the token sent with every request. Paced (a fixed rate, for
+//! delivery scenarios) or flooding (a window of messages in flight, for the publish scenario).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -10,6 +11,7 @@ use std::time::{Duration, Instant};
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use serde_json::Value;
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -124,9 +126,30 @@ pub enum Pace {
     Window(usize),
 }
 
+/// How publishers reach the sidecar.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Via {
+    /// WebSocket `/pub`: the token is sent once per socket.
+    Ws,
+    /// `POST /pub/<channel>` on keep-alive HTTP/1.1 connections (as many requests pipelined
+    /// as the window allows), the token sent with every request.
+    Http,
+}
+
+impl Via {
+    pub fn name(self) -> &'static str {
+        match self {
+            Via::Ws => "ws",
+            Via::Http => "http",
+        }
+    }
+}
+
 /// What every publisher socket shares.
 #[derive(Debug, Clone)]
 pub struct PublishPlan {
+    /// WebSocket `/pub`, or `POST /pub/<channel>` on the same host and path.
+    pub via: Via,
     /// `ws://host:port/pub` of each chat host publishers use; socket k uses the
     /// (k mod n)-th.
     pub urls: Vec<String>,
@@ -209,6 +232,9 @@ pub async fn run(plan: &PublishPlan) -> Result<PublishStats, BenchError> {
         return Err(BenchError::Setup("no publisher URL".into()));
     }
     let stats = Arc::new(Mutex::new(PublishStats::new()));
+    if plan.via == Via::Http {
+        return run_http(plan, stats).await;
+    }
     let mut sockets = Vec::with_capacity(plan.sockets);
     for k in 0..plan.sockets.max(1) {
         sockets.push(open(&plan.urls[k % plan.urls.len()], &plan.token).await?);
@@ -325,4 +351,234 @@ async fn run_socket(
     let _ = sink.close().await;
     reader.abort();
     Ok(())
+}
+
+/// [`run`] over HTTP: one keep-alive connection per publisher.
+async fn run_http(
+    plan: &PublishPlan,
+    stats: Arc<Mutex<PublishStats>>,
+) -> Result<PublishStats, BenchError> {
+    let mut connections = Vec::with_capacity(plan.sockets);
+    for k in 0..plan.sockets.max(1) {
+        let (host, path) = http_target(&plan.urls[k % plan.urls.len()])?;
+        let stream = tokio::net::TcpStream::connect(&host)
+            .await
+            .map_err(|e| BenchError::Setup(format!("publisher connect to {host}: {e}")))?;
+        let _ = stream.set_nodelay(true);
+        connections.push((stream, host, path));
+    }
+    let start = Instant::now();
+    let n = connections.len();
+    let mut tasks = Vec::new();
+    for (k, (stream, host, path)) in connections.into_iter().enumerate() {
+        tasks.push(tokio::spawn(run_connection(
+            stream,
+            HttpTarget { host, path },
+            k,
+            n,
+            plan.clone(),
+            stats.clone(),
+            start,
+        )));
+    }
+    for task in tasks {
+        task.await
+            .map_err(|e| BenchError::Protocol(format!("publisher task: {e}")))??;
+    }
+    let mut stats = match stats.lock() {
+        Ok(mut st) => std::mem::replace(&mut *st, PublishStats::new()),
+        Err(_) => return Err(BenchError::Protocol("publisher stats poisoned".into())),
+    };
+    stats.elapsed = start.elapsed();
+    Ok(stats)
+}
+
+/// Where a publisher's requests go: `host:port` and the `/pub` path.
+struct HttpTarget {
+    host: String,
+    path: String,
+}
+
+/// `ws://host:port/pub` → (`host:port`, `/pub`).
+fn http_target(ws_url: &str) -> Result<(String, String), BenchError> {
+    let rest = ws_url.strip_prefix("ws://").ok_or_else(|| {
+        BenchError::Setup(format!("HTTP publishing needs a ws:// URL, not {ws_url}"))
+    })?;
+    let (host, path) = rest.split_once('/').unwrap_or((rest, "pub"));
+    Ok((host.to_owned(), format!("/{}", path.trim_end_matches('/'))))
+}
+
+async fn run_connection(
+    stream: tokio::net::TcpStream,
+    target: HttpTarget,
+    k: usize,
+    connections: usize,
+    plan: PublishPlan,
+    stats: Arc<Mutex<PublishStats>>,
+    start: Instant,
+) -> Result<(), BenchError> {
+    let (read, mut write) = stream.into_split();
+    // Requests sent and not answered yet, in order: (sent at, channel index).
+    let in_flight: Arc<Mutex<VecDeque<(Instant, usize)>>> = Arc::default();
+    let window = match plan.pace {
+        Pace::Window(w) => w.max(1),
+        Pace::Rate(_) => usize::MAX >> 4,
+    };
+    let permits = Arc::new(Semaphore::new(window));
+    let reader = {
+        let in_flight = in_flight.clone();
+        let stats = stats.clone();
+        let permits = permits.clone();
+        let channels = plan.channels.clone();
+        tokio::spawn(async move {
+            let mut read = BufReader::new(read);
+            while let Ok((status, body)) = read_response(&mut read).await {
+                let Some((sent, ch)) = in_flight.lock().ok().and_then(|mut q| q.pop_front()) else {
+                    return;
+                };
+                permits.add_permits(1);
+                let body: Value = serde_json::from_slice(&body).unwrap_or_default();
+                let reply = if status == 200 {
+                    serde_json::json!({"type": "ack", "id": body["id"]})
+                } else {
+                    serde_json::json!({"code": body["error"]["code"]})
+                };
+                let Ok(mut st) = stats.lock() else { return };
+                st.record(&reply, sent, &channels[ch]);
+            }
+        })
+    };
+
+    let mut sent: u64 = 0;
+    let rate = match plan.pace {
+        Pace::Rate(r) => Some(r / connections as f64),
+        Pace::Window(_) => None,
+    };
+    let io_err = |e: std::io::Error| BenchError::Protocol(format!("HTTP publisher: {e}"));
+    while start.elapsed() < plan.duration {
+        if let Some(rate) = rate {
+            let due = (start.elapsed().as_secs_f64() * rate) as u64;
+            if sent >= due {
+                let next = Duration::from_secs_f64((sent + 1) as f64 / rate);
+                tokio::time::sleep_until((start + next.min(plan.duration)).into()).await;
+                continue;
+            }
+        }
+        match tokio::time::timeout(Duration::from_secs(5), permits.acquire()).await {
+            Ok(Ok(p)) => p.forget(),
+            _ => {
+                return Err(BenchError::Protocol(
+                    "the sidecar stopped answering (5 s without an answer)".into(),
+                ))
+            }
+        }
+        let ch = (sent as usize * connections + k) % plan.channels.len();
+        let text = message_text(now_ns(), plan.size);
+        let request = format!(
+            "POST {}/{} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\n\
+             Content-Type: text/plain\r\nContent-Length: {}\r\n\r\n{text}",
+            target.path,
+            plan.channels[ch],
+            target.host,
+            plan.token,
+            text.len()
+        );
+        if let Ok(mut q) = in_flight.lock() {
+            q.push_back((Instant::now(), ch));
+        }
+        write.write_all(request.as_bytes()).await.map_err(io_err)?;
+        sent += 1;
+    }
+    if let Ok(mut st) = stats.lock() {
+        st.sent += sent;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while in_flight.lock().map(|q| !q.is_empty()).unwrap_or(false) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let _ = write.shutdown().await;
+    reader.abort();
+    Ok(())
+}
+
+/// Reads one HTTP/1.1 response: its status and body (`Content-Length` or chunked).
+async fn read_response<R: AsyncBufRead + Unpin>(r: &mut R) -> Result<(u16, Vec<u8>), BenchError> {
+    let bad = |what: &str| BenchError::Protocol(format!("HTTP publisher: {what}"));
+    let mut line = String::new();
+    if r.read_line(&mut line).await? == 0 {
+        return Err(bad("the connection closed"));
+    }
+    let status: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| bad(&format!("not a status line: {line:?}")))?;
+    let (mut length, mut chunked) = (0usize, false);
+    loop {
+        line.clear();
+        if r.read_line(&mut line).await? == 0 {
+            return Err(bad("the connection closed in a response head"));
+        }
+        let header = line.trim_end();
+        if header.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = header.split_once(':') {
+            let value = value.trim();
+            if name.eq_ignore_ascii_case("content-length") {
+                length = value.parse().map_err(|_| bad("a bad Content-Length"))?;
+            } else if name.eq_ignore_ascii_case("transfer-encoding") {
+                chunked = value.eq_ignore_ascii_case("chunked");
+            }
+        }
+    }
+    let mut body = Vec::new();
+    if chunked {
+        loop {
+            line.clear();
+            r.read_line(&mut line).await?;
+            let size = usize::from_str_radix(line.trim_end().split(';').next().unwrap_or(""), 16)
+                .map_err(|_| bad("a bad chunk size"))?;
+            let start = body.len();
+            body.resize(start + size, 0);
+            r.read_exact(&mut body[start..]).await?;
+            line.clear();
+            r.read_line(&mut line).await?;
+            if size == 0 {
+                break;
+            }
+        }
+    } else {
+        body.resize(length, 0);
+        r.read_exact(&mut body).await?;
+    }
+    Ok((status, body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn responses_are_read_with_a_length_or_in_chunks() {
+        let wire: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\n{\"id\":1}\
+HTTP/1.1 429 Too Many Requests\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{\"a\":\r\n2\r\n1}\r\n0\r\n\r\n";
+        let mut r = BufReader::new(wire);
+        assert_eq!(
+            read_response(&mut r).await.unwrap(),
+            (200, b"{\"id\":1}".to_vec())
+        );
+        assert_eq!(
+            read_response(&mut r).await.unwrap(),
+            (429, b"{\"a\":1}".to_vec())
+        );
+        assert!(read_response(&mut r).await.is_err(), "then the end");
+    }
+
+    #[test]
+    fn the_http_target_comes_from_the_ws_url() {
+        let (host, path) = http_target("ws://127.0.0.1:8080/pub").unwrap();
+        assert_eq!((host.as_str(), path.as_str()), ("127.0.0.1:8080", "/pub"));
+        assert!(http_target("wss://x/pub").is_err());
+    }
 }

@@ -225,6 +225,11 @@ pub struct PublishArgs {
     /// Channels the messages go to, in turn.
     #[arg(long, default_value_t = 10)]
     pub channels: usize,
+    /// How publishers send: a WebSocket on `/pub` (the token sent once), or
+    /// `POST /pub/<channel>` on keep-alive connections (the token with every request;
+    /// `--window` requests pipelined on each).
+    #[arg(long, value_enum, default_value = "ws")]
+    pub via: publish::Via,
     #[command(flatten)]
     pub message: MessageArgs,
 }
@@ -629,6 +634,7 @@ async fn deliver(target_args: &TargetArgs, spec: DeliverySpec) -> Result<Value, 
     // Publishers use the first host only: with several hosts, the subscribers on the
     // others get every message through the broker.
     let plan = PublishPlan {
+        via: publish::Via::Ws,
         urls: target.pub_urls().into_iter().take(1).collect(),
         token,
         channels: (0..spec.rooms).map(|r| room_channel(&prefix, r)).collect(),
@@ -760,6 +766,7 @@ pub async fn publish_flood(args: PublishArgs) -> Result<Value, BenchError> {
     let prefix = run_prefix("publish");
     // Publisher sockets go to the hosts in turn.
     let plan = PublishPlan {
+        via: args.via,
         urls: target.pub_urls(),
         token: target.publisher_token().await?,
         channels: (0..args.channels)
@@ -775,8 +782,11 @@ pub async fn publish_flood(args: PublishArgs) -> Result<Value, BenchError> {
     let redis_cpu = CpuMeter::start(&target.redis_pids());
     let machine_start = CpuTimes::now();
     eprintln!(
-        "[publish] {} sockets, {} in flight each, for {} s",
-        args.publishers, args.window, args.message.duration
+        "[publish] {} {} publishers, {} in flight each, for {} s",
+        args.publishers,
+        args.via.name(),
+        args.window,
+        args.message.duration
     );
     let stats = publish::run(&plan).await?;
     let (sidecar_used, nginx_used, redis_used) =
@@ -790,6 +800,7 @@ pub async fn publish_flood(args: PublishArgs) -> Result<Value, BenchError> {
     let secs = stats.elapsed.as_secs_f64().max(1e-9);
     let mut result = json!({
         "scenario": "publish",
+        "via": args.via.name(),
         "server": target.describe(),
         "publishers": args.publishers,
         "window": args.window,
