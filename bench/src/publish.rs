@@ -353,26 +353,17 @@ async fn run_socket(
     Ok(())
 }
 
-/// [`run`] over HTTP: one keep-alive connection per publisher.
+/// [`run`] over HTTP: one keep-alive connection at a time per publisher.
 async fn run_http(
     plan: &PublishPlan,
     stats: Arc<Mutex<PublishStats>>,
 ) -> Result<PublishStats, BenchError> {
-    let mut connections = Vec::with_capacity(plan.sockets);
-    for k in 0..plan.sockets.max(1) {
-        let (host, path) = http_target(&plan.urls[k % plan.urls.len()])?;
-        let stream = tokio::net::TcpStream::connect(&host)
-            .await
-            .map_err(|e| BenchError::Setup(format!("publisher connect to {host}: {e}")))?;
-        let _ = stream.set_nodelay(true);
-        connections.push((stream, host, path));
-    }
     let start = Instant::now();
-    let n = connections.len();
+    let n = plan.sockets.max(1);
     let mut tasks = Vec::new();
-    for (k, (stream, host, path)) in connections.into_iter().enumerate() {
-        tasks.push(tokio::spawn(run_connection(
-            stream,
+    for k in 0..n {
+        let (host, path) = http_target(&plan.urls[k % plan.urls.len()])?;
+        tasks.push(tokio::spawn(run_publisher(
             HttpTarget { host, path },
             k,
             n,
@@ -408,15 +399,47 @@ fn http_target(ws_url: &str) -> Result<(String, String), BenchError> {
     Ok((host.to_owned(), format!("/{}", path.trim_end_matches('/'))))
 }
 
-async fn run_connection(
-    stream: tokio::net::TcpStream,
+/// Requests sent on one connection before it is closed and another opened: nginx's
+/// default `keepalive_requests` (it closes the connection after that many, dropping what
+/// was pipelined behind the last).
+const REQUESTS_PER_CONNECTION: u64 = 1000;
+
+/// One publisher: connections one after the other until the run's end.
+async fn run_publisher(
     target: HttpTarget,
     k: usize,
-    connections: usize,
+    publishers: usize,
     plan: PublishPlan,
     stats: Arc<Mutex<PublishStats>>,
     start: Instant,
 ) -> Result<(), BenchError> {
+    let mut sent: u64 = 0;
+    while start.elapsed() < plan.duration {
+        let stream = tokio::net::TcpStream::connect(&target.host)
+            .await
+            .map_err(|e| BenchError::Setup(format!("publisher connect to {}: {e}", target.host)))?;
+        let _ = stream.set_nodelay(true);
+        sent = run_connection(stream, &target, k, publishers, &plan, &stats, start, sent).await?;
+    }
+    if let Ok(mut st) = stats.lock() {
+        st.sent += sent;
+    }
+    Ok(())
+}
+
+/// Sends on `stream` until [`REQUESTS_PER_CONNECTION`] or the run's end, waits for the
+/// answers, and returns the publisher's count of requests sent so far (from `sent`).
+#[allow(clippy::too_many_arguments)]
+async fn run_connection(
+    stream: tokio::net::TcpStream,
+    target: &HttpTarget,
+    k: usize,
+    publishers: usize,
+    plan: &PublishPlan,
+    stats: &Arc<Mutex<PublishStats>>,
+    start: Instant,
+    mut sent: u64,
+) -> Result<u64, BenchError> {
     let (read, mut write) = stream.into_split();
     // Requests sent and not answered yet, in order: (sent at, channel index).
     let in_flight: Arc<Mutex<VecDeque<(Instant, usize)>>> = Arc::default();
@@ -434,7 +457,7 @@ async fn run_connection(
             let mut read = BufReader::new(read);
             while let Ok((status, body)) = read_response(&mut read).await {
                 let Some((sent, ch)) = in_flight.lock().ok().and_then(|mut q| q.pop_front()) else {
-                    return;
+                    break;
                 };
                 permits.add_permits(1);
                 let body: Value = serde_json::from_slice(&body).unwrap_or_default();
@@ -443,19 +466,20 @@ async fn run_connection(
                 } else {
                     serde_json::json!({"code": body["error"]["code"]})
                 };
-                let Ok(mut st) = stats.lock() else { return };
+                let Ok(mut st) = stats.lock() else { break };
                 st.record(&reply, sent, &channels[ch]);
             }
+            // Closed (or a bad answer): what is still in flight will not be answered here.
+            permits.close();
         })
     };
 
-    let mut sent: u64 = 0;
     let rate = match plan.pace {
-        Pace::Rate(r) => Some(r / connections as f64),
+        Pace::Rate(r) => Some(r / publishers as f64),
         Pace::Window(_) => None,
     };
-    let io_err = |e: std::io::Error| BenchError::Protocol(format!("HTTP publisher: {e}"));
-    while start.elapsed() < plan.duration {
+    let mut on_this = 0;
+    while start.elapsed() < plan.duration && on_this < REQUESTS_PER_CONNECTION {
         if let Some(rate) = rate {
             let due = (start.elapsed().as_secs_f64() * rate) as u64;
             if sent >= due {
@@ -466,13 +490,15 @@ async fn run_connection(
         }
         match tokio::time::timeout(Duration::from_secs(5), permits.acquire()).await {
             Ok(Ok(p)) => p.forget(),
-            _ => {
+            // The server closed the connection: open another.
+            Ok(Err(_)) => break,
+            Err(_) => {
                 return Err(BenchError::Protocol(
                     "the sidecar stopped answering (5 s without an answer)".into(),
                 ))
             }
         }
-        let ch = (sent as usize * connections + k) % plan.channels.len();
+        let ch = (sent as usize * publishers + k) % plan.channels.len();
         let text = message_text(now_ns(), plan.size);
         let request = format!(
             "POST {}/{} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\n\
@@ -486,19 +512,29 @@ async fn run_connection(
         if let Ok(mut q) = in_flight.lock() {
             q.push_back((Instant::now(), ch));
         }
-        write.write_all(request.as_bytes()).await.map_err(io_err)?;
+        if write.write_all(request.as_bytes()).await.is_err() {
+            break;
+        }
         sent += 1;
-    }
-    if let Ok(mut st) = stats.lock() {
-        st.sent += sent;
+        on_this += 1;
     }
     let deadline = Instant::now() + Duration::from_secs(10);
-    while in_flight.lock().map(|q| !q.is_empty()).unwrap_or(false) && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    while in_flight.lock().map(|q| !q.is_empty()).unwrap_or(false)
+        && !reader.is_finished()
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let _ = write.shutdown().await;
     reader.abort();
-    Ok(())
+    // Sent on this connection and never answered: the server closed it first.
+    let lost = in_flight.lock().map(|q| q.len() as u64).unwrap_or(0);
+    if lost > 0 {
+        if let Ok(mut st) = stats.lock() {
+            *st.errors.entry("connection_closed".into()).or_default() += lost;
+        }
+    }
+    Ok(sent)
 }
 
 /// Reads one HTTP/1.1 response: its status and body (`Content-Length` or chunked).

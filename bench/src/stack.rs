@@ -625,8 +625,11 @@ http {{
         default 0;
     }}
 
+    # Kept-alive connections to the sidecar, as nginx-conf/chatup.conf has them: without,
+    # every POST /pub opens one.
     upstream chatup_sidecar {{
         server 127.0.0.1:{sidecar_port};
+        keepalive 64;
     }}
 
     server {{
