@@ -622,8 +622,13 @@ async fn deliver(target_args: &TargetArgs, spec: DeliverySpec) -> Result<Value, 
         spec.transport,
         spec.quiet_channels,
     )?;
+    // Memory before the viewers and once they are all connected (before any message): what
+    // an idle viewer costs the workers and the sidecar.
+    let (workers, sidecars) = (target.worker_pids(), target.sidecar_pids());
+    let rss_before = (sum_rss(&workers), sum_rss(&sidecars));
     let mut fleet = Fleet::spawn(&plan)?;
     let connect_seconds = connect_all(&mut fleet, spec.name, spec.subscribers).await?;
+    let rss_connected = (sum_rss(&workers), sum_rss(&sidecars));
 
     let nginx_cpu = CpuMeter::start(&target.worker_pids());
     let sidecar_cpu = CpuMeter::start(&target.sidecar_pids());
@@ -691,6 +696,7 @@ async fn deliver(target_args: &TargetArgs, spec: DeliverySpec) -> Result<Value, 
         "connected": report.progress.connected,
         "connect_failed": report.progress.failed,
         "connect_seconds": round(connect_seconds, 2),
+        "connects_per_s": round(report.progress.connected as f64 / connect_seconds.max(1e-9), 0),
         "published": published,
         "publish_errors": stats.errors,
         "expected_deliveries": expected,
@@ -717,6 +723,18 @@ async fn deliver(target_args: &TargetArgs, spec: DeliverySpec) -> Result<Value, 
         if !meter.is_empty() {
             result[format!("{name}_cpu_s")] = round(used.as_secs_f64(), 3).into();
             result[format!("{name}_cpu_us_per_{what}")] = per(used, count);
+        }
+    }
+    let connected = report.progress.connected.max(1) as f64;
+    for (name, pids, before, after) in [
+        ("worker", &workers, rss_before.0, rss_connected.0),
+        ("sidecar", &sidecars, rss_before.1, rss_connected.1),
+    ] {
+        if !pids.is_empty() {
+            result[format!("{name}_rss_before_kb")] = (before / 1024).into();
+            result[format!("{name}_rss_connected_kb")] = (after / 1024).into();
+            result[format!("{name}_rss_per_subscriber_bytes")] =
+                round(after.saturating_sub(before) as f64 / connected, 0).into();
         }
     }
     if spec.quiet_channels > 0 {
