@@ -72,6 +72,10 @@ pub struct LoadArgs {
     /// A subscribe token every subscriber sends (`?token=`), for private channels.
     #[arg(long)]
     pub token: Option<String>,
+    /// Reconnect a closed subscriber and resume with `since`, after a random wait of up to
+    /// this many ms (as the browser client's jittered backoff spreads a reconnect storm).
+    #[arg(long)]
+    pub reconnect_ms: Option<u64>,
 }
 
 /// A line from a load process.
@@ -103,6 +107,9 @@ pub struct Progress {
     pub requests: u64,
     /// Subscribers the server closed (or whose connection broke) after the upgrade.
     pub closed: u64,
+    /// Closed subscribers connected again (with `--reconnect-ms`), resuming with `since`.
+    #[serde(default)]
+    pub reconnected: u64,
     /// The first few distinct errors (connecting, or reading after).
     pub errors: Vec<String>,
 }
@@ -114,6 +121,7 @@ impl Progress {
         self.received += other.received;
         self.requests += other.requests;
         self.closed += other.closed;
+        self.reconnected += other.reconnected;
         for e in &other.errors {
             self.note_error(e);
         }
@@ -163,6 +171,8 @@ struct SubStat {
     connected: bool,
     /// The id after the last one received, 0 before the first.
     next: u64,
+    /// The epoch of the last message received.
+    ep: u64,
     /// Distinct ids received in order.
     ids: Vec<(u64, u64)>,
     duplicates: u64,
@@ -239,6 +249,20 @@ pub fn room_channel(prefix: &str, room: usize) -> String {
     format!("{prefix}{room}")
 }
 
+/// A small random source for the reconnect waits (xorshift): no two subscribers of a storm
+/// wait alike, and a run is repeatable.
+struct Jitter(u64);
+
+impl Jitter {
+    /// A number in `0..bound`.
+    fn below(&mut self, bound: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % bound
+    }
+}
+
 /// Entry point of `chatup-bench load`: runs until stdin closes.
 pub fn run_child(args: LoadArgs) -> Result<(), BenchError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -288,18 +312,51 @@ async fn child_main(args: LoadArgs) -> Result<(), BenchError> {
             .cloned()
             .unwrap_or_else(|| addr.to_string());
         let transport = args.transport;
+        let reconnect_ms = args.reconnect_ms;
+        let channel = room_channel(&args.channel_prefix, global % rooms);
         tokio::task::spawn_local(async move {
             let permit = permits.acquire().await.ok();
             let seed = (global as u64) << 8 | 7;
             let connected = Viewer::connect(transport, addr, source, &host, &path, seed).await;
             drop(permit);
-            match connected {
-                Ok(client) => subscribe(client, &state, i, target).await,
+            let mut client = match connected {
+                Ok(client) => client,
                 Err(e) => {
                     let mut st = state.borrow_mut();
                     st.progress.failed += 1;
                     st.progress.note_error(&e.to_string());
+                    return;
                 }
+            };
+            state.borrow_mut().progress.connected += 1;
+            let mut jitter = Jitter(seed | 1);
+            loop {
+                subscribe(client, &state, i, target).await;
+                let Some(spread) = reconnect_ms else { return };
+                // Resume where this subscriber stopped, after a random wait.
+                client = loop {
+                    let wait = jitter.below(spread.max(1));
+                    tokio::time::sleep(Duration::from_millis(wait)).await;
+                    let resume = {
+                        let st = state.borrow();
+                        let sub = &st.subs[i];
+                        let mut resumed = path.clone();
+                        if sub.next > 0 {
+                            resumed.push(if resumed.contains('?') { '&' } else { '?' });
+                            resumed.push_str(&format!(
+                                "since={channel}:{}:{}",
+                                sub.ep,
+                                sub.next - 1
+                            ));
+                        }
+                        resumed
+                    };
+                    match Viewer::connect(transport, addr, source, &host, &resume, seed).await {
+                        Ok(client) => break client,
+                        Err(e) => state.borrow_mut().progress.note_error(&e.to_string()),
+                    }
+                };
+                state.borrow_mut().progress.reconnected += 1;
             }
         });
     }
@@ -345,11 +402,7 @@ async fn child_main(args: LoadArgs) -> Result<(), BenchError> {
 /// Subscriber `i` (of this process) on chat host `target`: counts what it receives until
 /// the connection ends, then how it ended.
 async fn subscribe(mut client: Viewer, state: &Shared, i: usize, target: usize) {
-    {
-        let mut st = state.borrow_mut();
-        st.progress.connected += 1;
-        st.subs[i].connected = true;
-    }
+    state.borrow_mut().subs[i].connected = true;
     let ended = loop {
         match client.next_frame().await {
             Ok(Frame::Text(payload)) => {
@@ -359,6 +412,9 @@ async fn subscribe(mut client: Viewer, state: &Shared, i: usize, target: usize) 
                 let mut st = state.borrow_mut();
                 st.progress.received += 1;
                 st.subs[i].record(delivery.id);
+                if let Some(ep) = delivery.ep {
+                    st.subs[i].ep = ep;
+                }
                 if let Some(sent) = delivery.sent_ns {
                     let us = now_ns().saturating_sub(sent) / 1000;
                     st.latency[target].saturating_record(us.clamp(1, MAX_LATENCY_US));
@@ -450,6 +506,8 @@ pub struct LoadPlan {
     pub quiet_channels: usize,
     /// The subscribe token of private channels.
     pub token: Option<String>,
+    /// Closed subscribers reconnect and resume, spread over this many ms.
+    pub reconnect_ms: Option<u64>,
 }
 
 impl LoadPlan {
@@ -511,6 +569,11 @@ impl Fleet {
                 .args(["--transport", plan.transport.name()])
                 .args(["--quiet-channels", &plan.quiet_channels.to_string()])
                 .args(plan.token.iter().flat_map(|t| ["--token", t.as_str()]))
+                .args(
+                    plan.reconnect_ms
+                        .iter()
+                        .flat_map(|ms| ["--reconnect-ms".to_owned(), ms.to_string()]),
+                )
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .kill_on_drop(true)
@@ -688,6 +751,7 @@ mod tests {
             transport: Transport::Ws,
             quiet_channels: 0,
             token: None,
+            reconnect_ms: None,
         };
         assert_eq!(plan.process_count(), 4);
         let sources = plan.sources();

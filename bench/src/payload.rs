@@ -34,6 +34,8 @@ pub fn message_text(sent_ns: u64, size: usize) -> String {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Delivery {
     pub id: u64,
+    /// The channel's epoch, for resuming with `since`.
+    pub ep: Option<u64>,
     /// When the publisher sent it; `None` for messages the bench did not stamp.
     pub sent_ns: Option<u64>,
 }
@@ -45,8 +47,9 @@ pub fn read_delivery(frame: &[u8]) -> Option<Delivery> {
         return None;
     }
     let id = digits_after(frame, b"\"id\":")?;
+    let ep = digits_after(frame, b"\"ep\":");
     let sent_ns = digits_after(frame, b"\"msg\":\"b");
-    Some(Delivery { id, sent_ns })
+    Some(Delivery { id, ep, sent_ns })
 }
 
 /// The number right after the first `key` in `haystack`.

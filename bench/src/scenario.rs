@@ -61,6 +61,8 @@ impl Scenario {
                         publishers: a.publishers,
                         transport,
                         quiet_channels: a.viewers.quiet_channels,
+                        reload_at: a.reload_at,
+                        reconnect_ms: a.reconnect_ms,
                     };
                     results.push(deliver(&a.target, spec).await?);
                 }
@@ -76,6 +78,8 @@ impl Scenario {
                         publishers: a.publishers,
                         transport,
                         quiet_channels: a.viewers.quiet_channels,
+                        reload_at: None,
+                        reconnect_ms: 0,
                     };
                     results.push(deliver(&a.target, spec).await?);
                 }
@@ -188,6 +192,16 @@ pub struct FanoutArgs {
     pub publishers: usize,
     #[command(flatten)]
     pub viewers: ViewerArgs,
+    /// The reconnect storm: this many seconds into the publishing, reload nginx
+    /// (`nginx -s reload`: the old workers close every viewer with 1001), and report how
+    /// long until every viewer is back, resumed with `since`. Viewers then reconnect after
+    /// a random wait of up to `--reconnect-ms`.
+    #[arg(long, value_parser = parse_seconds)]
+    pub reload_at: Option<f64>,
+    /// With --reload-at: the spread of the viewers' reconnects, in ms (the browser client's
+    /// first retry waits up to its `reconnectDelay`, 500 ms).
+    #[arg(long, default_value_t = 500)]
+    pub reconnect_ms: u64,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -325,6 +339,15 @@ impl Target {
         }
     }
 
+    /// Every host's nginx master: the bench's, else the one `--nginx-pid` names.
+    fn nginx_masters(&self) -> Vec<u32> {
+        match (&self.stack, self.args.nginx_pid) {
+            (Some(stack), _) => stack.nginx_masters(),
+            (None, Some(master)) => vec![master],
+            (None, None) => Vec::new(),
+        }
+    }
+
     fn sidecar_pids(&self) -> Vec<u32> {
         match &self.stack {
             Some(stack) => stack.sidecar_pids(),
@@ -409,6 +432,7 @@ impl Target {
             transport,
             quiet_channels,
             token: self.subscribe_token()?,
+            reconnect_ms: None,
         })
     }
 
@@ -588,6 +612,10 @@ struct DeliverySpec {
     publishers: usize,
     transport: Transport,
     quiet_channels: usize,
+    /// Reload nginx this many seconds into the publishing (the reconnect storm).
+    reload_at: Option<f64>,
+    /// The viewers' reconnect spread, in ms, with `reload_at`.
+    reconnect_ms: u64,
 }
 
 impl DeliverySpec {
@@ -615,13 +643,16 @@ async fn deliver(target_args: &TargetArgs, spec: DeliverySpec) -> Result<Value, 
     let target = Target::open(target_args)?;
     let token = target.publisher_token().await?;
     let prefix = run_prefix(spec.name);
-    let plan = target.load_plan(
+    let mut plan = target.load_plan(
         &prefix,
         spec.rooms,
         spec.subscribers,
         spec.transport,
         spec.quiet_channels,
     )?;
+    if spec.reload_at.is_some() {
+        plan.reconnect_ms = Some(spec.reconnect_ms);
+    }
     // Memory before the viewers and once they are all connected (before any message): what
     // an idle viewer costs the workers and the sidecar.
     let (workers, sidecars) = (target.worker_pids(), target.sidecar_pids());
@@ -652,8 +683,10 @@ async fn deliver(target_args: &TargetArgs, spec: DeliverySpec) -> Result<Value, 
     let started = Instant::now();
     let mut last_received = fleet.totals().received;
     let mut last_print = Instant::now();
+    let mut storm = Storm::default();
     while !publishing.is_finished() {
         fleet.next_event(Duration::from_millis(250)).await?;
+        storm.step(&spec, &target, &fleet, started)?;
         if last_print.elapsed() >= Duration::from_secs(1) {
             let p = fleet.totals();
             eprintln!(
@@ -672,6 +705,12 @@ async fn deliver(target_args: &TargetArgs, spec: DeliverySpec) -> Result<Value, 
         .await
         .map_err(|e| BenchError::Protocol(format!("publisher task: {e}")))??;
     let expected = spec.expected(&stats.published, &prefix);
+    // A storm still under way: until every viewer is back (at most a minute).
+    let give_up = Instant::now() + Duration::from_secs(60);
+    while storm.reloaded.is_some() && storm.all_back.is_none() && Instant::now() < give_up {
+        fleet.next_event(Duration::from_millis(250)).await?;
+        storm.step(&spec, &target, &fleet, started)?;
+    }
     drain(&mut fleet, expected, spec.name).await?;
     let nginx_used = nginx_cpu.used();
     let sidecar_used = sidecar_cpu.used();
@@ -737,6 +776,14 @@ async fn deliver(target_args: &TargetArgs, spec: DeliverySpec) -> Result<Value, 
                 round(after.saturating_sub(before) as f64 / connected, 0).into();
         }
     }
+    if let Some(storm_result) = storm.result(&spec, report.progress.reconnected) {
+        // The old workers' meters stop at the reload: per delivery it would mislead.
+        if let Some(obj) = result.as_object_mut() {
+            obj.remove("nginx_cpu_us_per_delivery");
+            obj.remove("nginx_cpu_s");
+        }
+        result["storm"] = storm_result;
+    }
     if spec.quiet_channels > 0 {
         result["quiet_channels"] = spec.quiet_channels.into();
     }
@@ -751,6 +798,82 @@ async fn deliver(target_args: &TargetArgs, spec: DeliverySpec) -> Result<Value, 
         result["latency_ms_by_host"] = per_host.iter().map(percentiles_ms).collect();
     }
     Ok(result)
+}
+
+/// The reconnect storm of a delivery run: the reload, and when every viewer was back.
+#[derive(Default)]
+struct Storm {
+    /// When nginx was told to reload, and the viewers closed and reconnected by then.
+    reloaded: Option<(Instant, u64, u64)>,
+    /// The sidecar's CPU from the reload until every viewer was back.
+    sidecar_cpu: Option<CpuMeter>,
+    sidecar_used: Duration,
+    /// Seconds from the reload until every viewer had reconnected and resumed.
+    all_back: Option<f64>,
+}
+
+impl Storm {
+    /// Reloads nginx when it is time, and notes when every viewer is back.
+    fn step(
+        &mut self,
+        spec: &DeliverySpec,
+        target: &Target,
+        fleet: &Fleet,
+        started: Instant,
+    ) -> Result<(), BenchError> {
+        let Some(at) = spec.reload_at else {
+            return Ok(());
+        };
+        let p = fleet.totals();
+        match self.reloaded {
+            None if started.elapsed().as_secs_f64() >= at => {
+                let masters = target.nginx_masters();
+                if masters.is_empty() {
+                    return Err(BenchError::Setup(
+                        "--reload-at needs the nginx master (--nginx-pid with --url)".into(),
+                    ));
+                }
+                self.sidecar_cpu = Some(CpuMeter::start(&target.sidecar_pids()));
+                for pid in masters {
+                    let status = std::process::Command::new("kill")
+                        .args(["-HUP", &pid.to_string()])
+                        .status()?;
+                    if !status.success() {
+                        return Err(BenchError::Protocol(format!("kill -HUP {pid} failed")));
+                    }
+                }
+                eprintln!(
+                    "[{}] nginx reloaded; {} viewers to come back",
+                    spec.name, p.connected
+                );
+                self.reloaded = Some((Instant::now(), p.closed, p.reconnected));
+            }
+            Some((at, closed, reconnected)) if self.all_back.is_none() => {
+                let (closed, back) = (p.closed - closed, p.reconnected - reconnected);
+                if closed >= p.connected && back >= closed {
+                    let seconds = at.elapsed().as_secs_f64();
+                    if let Some(meter) = &self.sidecar_cpu {
+                        self.sidecar_used = meter.used();
+                    }
+                    eprintln!("[{}] every viewer back after {seconds:.2} s", spec.name);
+                    self.all_back = Some(seconds);
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn result(&self, spec: &DeliverySpec, reconnected: u64) -> Option<Value> {
+        self.reloaded?;
+        Some(json!({
+            "reload_at_s": spec.reload_at,
+            "reconnect_ms": spec.reconnect_ms,
+            "reconnected": reconnected,
+            "all_back_s": self.all_back.map(|s| round(s, 2)),
+            "sidecar_cpu_ms_until_back": round(self.sidecar_used.as_secs_f64() * 1e3, 1),
+        }))
+    }
 }
 
 /// Waits until `expected` deliveries arrived, or nothing more arrives for 3 s.
@@ -889,6 +1012,7 @@ pub async fn floor(args: FloorArgs) -> Result<Value, BenchError> {
         transport: Transport::Ws,
         quiet_channels: 0,
         token: None,
+        reconnect_ms: None,
     };
     let mut fleet = Fleet::spawn(&plan)?;
     let connect_seconds = connect_all(&mut fleet, "floor", args.subscribers).await?;

@@ -388,6 +388,11 @@ impl Stack {
             .collect()
     }
 
+    /// The nginx master of every host.
+    pub fn nginx_masters(&self) -> Vec<u32> {
+        self.hosts.iter().map(|h| h.nginx.id()).collect()
+    }
+
     /// The nginx workers of every host.
     pub fn worker_pids(&self) -> Vec<u32> {
         self.hosts
