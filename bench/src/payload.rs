@@ -94,6 +94,7 @@ mod tests {
             read_delivery(frame.as_bytes()),
             Some(Delivery {
                 id: 42,
+                ep: Some(1_779_212_345),
                 sent_ns: Some(1_779_000_000_123_456_789)
             })
         );
@@ -108,6 +109,7 @@ mod tests {
             read_delivery(foreign),
             Some(Delivery {
                 id: 7,
+                ep: Some(1),
                 sent_ns: None
             })
         );
