@@ -180,7 +180,10 @@ fn is_idle_50k(v: &Value) -> bool {
 }
 
 fn is_publish_one_sidecar(v: &Value) -> bool {
-    v["scenario"] == "publish" && broker(v) == "memory" && hosts(v) == 1
+    v["scenario"] == "publish"
+        && broker(v) == "memory"
+        && hosts(v) == 1
+        && v["via"].as_str().unwrap_or("ws") == "ws"
 }
 
 const TARGETS: &[Target] = &[
@@ -389,6 +392,7 @@ const IDLE: Fixed = &[
 ];
 
 const PUBLISH: Fixed = &[
+    ("publishers send over", &["via"]),
     ("publisher sockets", &["publishers"]),
     ("in flight per socket", &["window"]),
     ("acked", &["acked"]),
@@ -446,6 +450,15 @@ const DELIVERY: Fixed = &[
     ("subscribers", &["subscribers"]),
     ("rooms", &["rooms"]),
     ("nginx workers", &["server", "workers"]),
+    ("connects/s", &["connects_per_s"]),
+    (
+        "worker RSS per connected viewer (bytes)",
+        &["worker_rss_per_subscriber_bytes"],
+    ),
+    (
+        "sidecar RSS per connected viewer (bytes)",
+        &["sidecar_rss_per_subscriber_bytes"],
+    ),
     ("messages/s per room", &["rate_per_room"]),
     ("published", &["published"]),
     ("deliveries", &["deliveries"]),
@@ -472,6 +485,13 @@ const DELIVERY: Fixed = &[
     (
         "generator CPU per delivery (µs)",
         &["load_cpu_us_per_delivery"],
+    ),
+    ("nginx reloaded at (s)", &["storm", "reload_at_s"]),
+    ("viewers reconnected and resumed", &["storm", "reconnected"]),
+    ("reload to every viewer back (s)", &["storm", "all_back_s"]),
+    (
+        "sidecar CPU until every viewer was back (ms)",
+        &["storm", "sidecar_cpu_ms_until_back"],
     ),
 ];
 
