@@ -421,3 +421,62 @@ fn a_host_that_limits_publishes_per_user_is_reported_up_front() {
     let unlimited = run(&["ban"]);
     assert!(!unlimited.contains(warning), "{unlimited}");
 }
+
+/// The reconnect storm: nginx reloaded under publishing, every viewer closed with 1001
+/// comes back and resumes with `since`, nothing lost or twice.
+#[test]
+fn a_reload_storm_brings_every_viewer_back_without_loss() {
+    let r = result_of(&[
+        "fanout",
+        "--workers",
+        "2",
+        "--subscribers",
+        "300",
+        "--rate",
+        "20",
+        "--duration",
+        "4",
+        "--reload-at",
+        "1.5",
+        "--reconnect-ms",
+        "300",
+    ]);
+    assert_eq!(r["closed"]["1001"], 300, "every viewer moved: {r}");
+    assert_eq!(r["storm"]["reconnected"], 300, "{r}");
+    assert!(r["storm"]["all_back_s"].as_f64().is_some(), "{r}");
+    assert_eq!(r["deliveries"], r["expected_deliveries"], "{r}");
+    assert_eq!(r["lost"], 0, "{r}");
+    assert_eq!(r["duplicates"], 0, "{r}");
+    assert_eq!(r["gaps"], 0, "{r}");
+    assert!(
+        r["worker_rss_per_subscriber_bytes"].as_f64().is_some(),
+        "{r}"
+    );
+}
+
+/// Publishing over HTTP: POST /pub/<channel> on kept-alive connections, through more
+/// requests than nginx serves on one connection (keepalive_requests, 1000).
+#[test]
+fn publish_over_http_acks_every_request() {
+    let r = result_of(&[
+        "publish",
+        "--via",
+        "http",
+        "--publishers",
+        "2",
+        "--window",
+        "4",
+        "--duration",
+        "2",
+    ]);
+    assert_eq!(r["via"], "http", "{r}");
+    let acked = r["acked"].as_u64().unwrap();
+    assert!(acked > 2000, "more than one connection's worth each: {r}");
+    assert_eq!(r["errors"], json!({}), "{r}");
+    assert_eq!(r["unacked"], 0, "{r}");
+    assert_eq!(r["id_gaps"], 0, "{r}");
+    assert!(
+        r["sidecar_cpu_us_per_message"].as_f64().unwrap() > 0.0,
+        "{r}"
+    );
+}
