@@ -90,6 +90,10 @@ pub fn connect() {
                 (*(*c).write).log = log;
                 (*(*c).read).handler = Some(on_read);
                 (*(*c).write).handler = Some(on_write);
+                // Marked idle so that nginx, when the worker starts a graceful shutdown
+                // (reload, quit), calls on_read at once with `close` set: the viewers are
+                // told to move then, not at the next stats tick.
+                (*c).set_idle(1);
                 ngx_handle_read_event((*c).read, 0) == NGX_OK as isize
             };
             if !registered {
@@ -252,6 +256,20 @@ extern "C" fn on_write(_ev: *mut ngx_event_t) {
 }
 
 extern "C" fn on_read(ev: *mut ngx_event_t) {
+    // SAFETY: ev is the relay's read event, whose data is its live connection.
+    let shutting_down = unsafe {
+        let c = (*ev).data.cast::<ngx_connection_t>();
+        let closing = !c.is_null() && (*c).close() != 0;
+        if closing {
+            // Set by nginx's closing of idle connections at a graceful shutdown; the
+            // relay itself stays until the worker exits.
+            (*c).set_close(0);
+        }
+        closing
+    };
+    if shutting_down {
+        super::worker::tell_subscribers_to_move();
+    }
     let mut chunk = vec![0u8; READ_CHUNK];
     loop {
         let Some(c) = with_worker(|w| w.relay.conn) else {

@@ -130,8 +130,10 @@ pub extern "C" fn exit_process(_cycle: *mut ngx_cycle_t) {
 
 /// At reload or quit an old worker lives on while other connections (proxied publishers,
 /// keep-alives) finish; its subscribers must not wait for that: they get 1001 now and
-/// reconnect to a new worker.
-fn tell_subscribers_to_move() {
+/// reconnect to a new worker. Called when nginx closes the idle connections (the relay's is
+/// marked idle) at the start of the shutdown, and by the stats timer while exiting, in case
+/// the relay was down then.
+pub(super) fn tell_subscribers_to_move() {
     let closing = with_worker(|w| {
         if std::mem::replace(&mut w.going_away, true) {
             return Vec::new();
