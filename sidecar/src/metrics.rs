@@ -427,7 +427,10 @@ impl Broker for Metered {
         guards: &[Guard],
     ) -> Result<Guarded, BrokerError> {
         let started = Instant::now();
-        let result = self.inner.publish_guarded(channel, tail, once, guards).await;
+        let result = self
+            .inner
+            .publish_guarded(channel, tail, once, guards)
+            .await;
         self.publish_seconds
             .observe(started.elapsed().as_secs_f64());
         if let (Ok(Guarded::Passed(Publication::New(_))), Some(kind)) = (&result, self.kind) {

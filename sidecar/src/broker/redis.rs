@@ -350,7 +350,11 @@ impl RedisBroker {
             None => invocation.arg(""),
         };
         invocation
-            .arg(if publish.is_some() { "publish" } else { "check" })
+            .arg(if publish.is_some() {
+                "publish"
+            } else {
+                "check"
+            })
             .arg(guards.len());
         for guard in guards {
             add_guard(&mut invocation, guard);
@@ -851,7 +855,10 @@ impl Broker for RedisBroker {
         once: Option<&Once>,
         guards: &[Guard],
     ) -> Result<Guarded, BrokerError> {
-        match self.run_guarded(channel, Some((tail, once)), guards).await? {
+        match self
+            .run_guarded(channel, Some((tail, once)), guards)
+            .await?
+        {
             Reply::Published(publication) => Ok(Guarded::Passed(publication)),
             Reply::Stopped(stopped) => Ok(Guarded::Stopped(stopped)),
             Reply::Passed => Err(BrokerError::Internal(format!(

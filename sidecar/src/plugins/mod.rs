@@ -418,6 +418,56 @@ mod tests {
         }
     }
 
+    /// Stands for a plugin by what the fold looks at.
+    struct Kind(&'static str, bool, bool);
+    #[async_trait]
+    impl Plugin for Kind {
+        fn name(&self) -> &'static str {
+            self.0
+        }
+        async fn check(&self, _: &mut Draft<'_>) -> Result<(), PublishError> {
+            Ok(())
+        }
+        fn guardable(&self) -> bool {
+            self.1
+        }
+        fn local(&self) -> bool {
+            self.2
+        }
+    }
+
+    #[test]
+    fn checks_are_deferred_only_before_local_plugins() {
+        let deferred = |names: &[&'static str]| {
+            let plugins: Vec<Arc<dyn Plugin>> = names
+                .iter()
+                .map(|&name| -> Arc<dyn Plugin> {
+                    match name {
+                        "ban" | "rate_limit" => Arc::new(Kind(name, true, false)),
+                        "blacklist" => Arc::new(Kind(name, false, true)),
+                        _ => Arc::new(Kind(name, false, false)),
+                    }
+                })
+                .collect();
+            Chain::new(plugins).deferred()
+        };
+        assert_eq!(
+            deferred(&["ban", "rate_limit", "blacklist"]),
+            ["ban", "rate_limit"]
+        );
+        assert_eq!(
+            deferred(&["blacklist", "rate_limit", "ban"]),
+            ["rate_limit", "ban"]
+        );
+        assert!(deferred(&["ban", "rate_limit", "publish_hook"]).is_empty());
+        assert!(deferred(&["rate_limit", "webhook", "blacklist"]).is_empty());
+        assert_eq!(
+            deferred(&["ban", "publish_hook", "rate_limit", "blacklist"]),
+            ["rate_limit"]
+        );
+        assert!(deferred(&["blacklist", "publish_hook"]).is_empty());
+    }
+
     #[test]
     fn the_chain_knows_its_plugins_by_type() {
         let chain = Chain::new(vec![Arc::new(Upper)]);

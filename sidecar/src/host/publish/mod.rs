@@ -4,6 +4,8 @@
 //! [`idempotency`] checks and scopes the keys that make a retried publish happen once.
 
 pub mod app;
+#[cfg(test)]
+mod folded_tests;
 pub mod idempotency;
 pub mod post;
 pub mod sessions;
@@ -284,7 +286,11 @@ impl Publisher {
         if draft.guards().is_empty() {
             return None;
         }
-        match self.broker.check_guards(draft.channel, draft.guards()).await {
+        match self
+            .broker
+            .check_guards(draft.channel, draft.guards())
+            .await
+        {
             Ok(None) => None,
             Ok(Some(stopped)) => Some(plugins::refusal(draft.guards(), stopped)),
             Err(e) => Some(e.into()),
