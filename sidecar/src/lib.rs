@@ -40,7 +40,8 @@
 //! * [`broker`]: the [`broker::Broker`] trait (publish with atomic id + history + fan-out,
 //!   subscribe with a gap-free backlog); [`broker::memory`], the single-host engine, and
 //!   [`broker::redis`], the many-host engine (a Lua script per publish, sharded pub/sub on
-//!   a cluster, catch-up from history after a lost connection).
+//!   a cluster, catch-up from history after a lost connection); [`broker::guards`], the
+//!   plugins' checks (bans, the rate limit) the Redis script applies with the publish.
 //! * [`cluster`]: what the hosts know of each other: [`cluster::redis`], the connection to
 //!   Redis (server, Cluster or Sentinel) with the bound on every call;
 //!   [`cluster::registry`], the live hosts and their load (this host alone or every host

@@ -29,7 +29,8 @@ use prometheus::{
 };
 
 use crate::broker::{
-    Backlog, Broker, BrokerError, History, Once, Publication, Published, Subscriber, SubscriberId,
+    Backlog, Broker, BrokerError, Guard, Guarded, History, Once, Publication, Published, Stopped,
+    Subscriber, SubscriberId,
 };
 use crate::message::Tail;
 use crate::publish_error::ErrorCode;
@@ -412,6 +413,39 @@ impl Broker for Metered {
             self.metrics.published(kind);
         }
         result
+    }
+
+    fn applies_guards(&self) -> bool {
+        self.inner.applies_guards()
+    }
+
+    async fn publish_guarded(
+        &self,
+        channel: &str,
+        tail: &Tail,
+        once: Option<&Once>,
+        guards: &[Guard],
+    ) -> Result<Guarded, BrokerError> {
+        let started = Instant::now();
+        let result = self
+            .inner
+            .publish_guarded(channel, tail, once, guards)
+            .await;
+        self.publish_seconds
+            .observe(started.elapsed().as_secs_f64());
+        if let (Ok(Guarded::Passed(Publication::New(_))), Some(kind)) = (&result, self.kind) {
+            self.metrics.published(kind);
+        }
+        result
+    }
+
+    /// Not timed: no message is published.
+    async fn check_guards(
+        &self,
+        channel: &str,
+        guards: &[Guard],
+    ) -> Result<Option<Stopped>, BrokerError> {
+        self.inner.check_guards(channel, guards).await
     }
 
     async fn subscribe(

@@ -20,8 +20,13 @@
 //! * Live events go into each subscriber's bounded queue without ever waiting: a subscriber
 //!   whose queue is full is marked overflowed and dropped, never allowed to slow down the
 //!   publishers.
+//! * [`Broker::publish_guarded`], where the engine can ([`Broker::applies_guards`]: Redis),
+//!   applies checks of the plugin chain ([`guards`]: bans, the rate limit) in the same
+//!   atomic step as the publish, so a publish costs one round trip and the rate limit
+//!   counts exactly what was published.
 
 pub mod config;
+pub mod guards;
 pub mod memory;
 pub mod redis;
 
@@ -36,6 +41,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::message::Tail;
+
+pub use guards::{Guard, Guarded, Stopped};
 
 /// Largest epoch: epochs stay exact as JavaScript numbers.
 pub const MAX_EPOCH: u64 = (1 << 53) - 1;
@@ -229,6 +236,45 @@ pub trait Broker: Send + Sync + 'static {
         tail: &Tail,
         once: &Once,
     ) -> Result<Publication, BrokerError>;
+
+    /// Whether this engine applies [`Guard`]s ([`publish_guarded`](Self::publish_guarded),
+    /// [`check_guards`](Self::check_guards)). When it does not, the plugins check as
+    /// they always did and those two are never called.
+    fn applies_guards(&self) -> bool {
+        false
+    }
+
+    /// Applies `guards` in order and, if none stops the message, publishes it as
+    /// [`publish`](Self::publish) (or [`publish_once`](Self::publish_once) with `once`),
+    /// counting it in the rate limit's window: all one atomic step.
+    async fn publish_guarded(
+        &self,
+        channel: &str,
+        tail: &Tail,
+        once: Option<&Once>,
+        guards: &[Guard],
+    ) -> Result<Guarded, BrokerError> {
+        let _ = (channel, tail, once, guards);
+        Err(BrokerError::Internal(format!(
+            "the {} broker applies no guards",
+            self.name()
+        )))
+    }
+
+    /// Applies `guards` in order without publishing or counting anything: which one, if
+    /// any, would stop a message that a later plugin refused or withheld (so the
+    /// publisher hears of the first refusal in chain order).
+    async fn check_guards(
+        &self,
+        channel: &str,
+        guards: &[Guard],
+    ) -> Result<Option<Stopped>, BrokerError> {
+        let _ = (channel, guards);
+        Err(BrokerError::Internal(format!(
+            "the {} broker applies no guards",
+            self.name()
+        )))
+    }
 
     /// Registers `subscriber` for live events of `channel` and returns what to send first:
     /// the last `want` messages when `since` is `None`, otherwise what follows `since` (see

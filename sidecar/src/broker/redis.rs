@@ -10,8 +10,10 @@
 //!   a string `<epoch>:<id>` naming the message published with it, expiring after the key's
 //!   window.
 //!
-//! Publishing is one script ([`PUBLISH_LUA`]): look up the idempotency key if there is one,
-//! next id, append to the history (trimmed, with an expiry), remember the key, publish. History entries and live messages are
+//! Publishing is one script ([`PUBLISH_LUA`]): apply the guards if there are any (bans,
+//! the rate limit: [`super::guards`]), look up the idempotency key if there is one, next
+//! id, append to the history (trimmed, with an expiry), remember the key, count the message
+//! in the rate limit's window, publish. History entries and live messages are
 //! `<epoch>:<id>:<message JSON>`; the JSON is built by the script exactly as
 //! [`crate::message::assemble`] builds it, so every host forwards the same bytes.
 //!
@@ -55,8 +57,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::{
-    new_epoch, plan_backlog, Backlog, Broker, BrokerError, Delivery, Event, History, Once,
-    Publication, Published, Subscriber, SubscriberId,
+    new_epoch, plan_backlog, Backlog, Broker, BrokerError, Delivery, Event, Guard, Guarded,
+    History, Once, Publication, Published, Stopped, Subscriber, SubscriberId,
 };
 use crate::cluster::redis::{RedisError, RedisLink};
 use crate::message::{assemble, Tail};
@@ -142,6 +144,55 @@ impl RawEntry {
             id: number(&bytes[first + 1..second])?,
             payload: bytes.slice(second + 1..),
         })
+    }
+}
+
+/// What the publish script answered.
+enum Reply {
+    /// Published, or a repeat of an idempotency key.
+    Published(Publication),
+    /// A guard stopped the message.
+    Stopped(Stopped),
+    /// Only the guards were applied (`check`), and they let the message pass.
+    Passed,
+}
+
+/// Adds the keys and arguments of `guard` to a call of [`PUBLISH_LUA`] (see its header).
+fn add_guard(invocation: &mut redis::ScriptInvocation<'_>, guard: &Guard) {
+    match guard {
+        Guard::Ban {
+            hash,
+            legacy_hash,
+            fields,
+            legacy_fields,
+            now_ms,
+        } => {
+            // Both lists are read pairwise by the script: one length for both.
+            let n = fields.len().min(legacy_fields.len());
+            invocation
+                .key(hash)
+                .key(legacy_hash)
+                .arg("ban")
+                .arg(*now_ms)
+                .arg(n)
+                .arg(&fields[..n])
+                .arg(&legacy_fields[..n]);
+        }
+        Guard::Rate {
+            counts,
+            messages,
+            window,
+            member,
+            key,
+        } => {
+            invocation
+                .key(counts)
+                .arg("rate")
+                .arg(*messages)
+                .arg(u64::try_from(window.as_millis()).unwrap_or(u64::MAX))
+                .arg(member)
+                .arg(key.as_deref().unwrap_or(""));
+        }
     }
 }
 
@@ -255,6 +306,22 @@ impl RedisBroker {
         tail: &Tail,
         once: Option<&Once>,
     ) -> Result<Publication, BrokerError> {
+        match self.run_guarded(channel, Some((tail, once)), &[]).await? {
+            Reply::Published(publication) => Ok(publication),
+            _ => Err(BrokerError::Internal(format!(
+                "the publish script stopped a message without guards in {channel}"
+            ))),
+        }
+    }
+
+    /// Runs the publish script with `guards`: publishing `publish` (the tail and the
+    /// idempotency key) if they let it pass, or, without it, only applying them.
+    async fn run_guarded(
+        &self,
+        channel: &str,
+        publish: Option<(&Tail, Option<&Once>)>,
+        guards: &[Guard],
+    ) -> Result<Reply, BrokerError> {
         let channel_json = serde_json::to_string(channel)
             .map_err(|e| BrokerError::Internal(format!("cannot encode the channel name: {e}")))?;
         let publish_command = if self.link.is_cluster() {
@@ -262,31 +329,60 @@ impl RedisBroker {
         } else {
             "PUBLISH"
         };
+        let (tail_bytes, once) = match publish {
+            Some((tail, once)) => (tail.as_bytes(), once),
+            None => (&b""[..], None),
+        };
         let mut invocation = self.publish_script.key(self.meta_key(channel));
         invocation
             .key(self.history_key(channel))
             .arg(channel_json)
-            .arg(tail.as_bytes())
+            .arg(tail_bytes)
             .arg(new_epoch(None))
             .arg(self.options.history_size)
             .arg(self.options.ttl.as_secs().max(1))
             .arg(self.live_channel(channel))
             .arg(publish_command);
-        if let Some(once) = once {
-            invocation
+        match once {
+            Some(once) => invocation
                 .key(self.once_key(channel, &once.key))
-                .arg(once.window.as_secs().max(1));
+                .arg(once.window.as_secs().max(1)),
+            None => invocation.arg(""),
+        };
+        invocation
+            .arg(if publish.is_some() {
+                "publish"
+            } else {
+                "check"
+            })
+            .arg(guards.len());
+        for guard in guards {
+            add_guard(&mut invocation, guard);
         }
         let (epoch, id, mut rest) = self.call(&invocation, "publish", channel).await?;
-        if rest.next().and_then(value_u64) == Some(1) {
-            return Ok(Publication::Repeat(Position { epoch, id }));
-        }
-        Ok(Publication::New(Published {
-            channel: channel.into(),
-            epoch,
-            id,
-            payload: assemble(channel, id, epoch, tail),
-        }))
+        let kind = rest.next().and_then(value_u64);
+        let value = rest.next().and_then(value_u64);
+        Ok(match (kind, publish) {
+            (None, Some((tail, _))) => Reply::Published(Publication::New(Published {
+                channel: channel.into(),
+                epoch,
+                id,
+                payload: assemble(channel, id, epoch, tail),
+            })),
+            (Some(1), Some(_)) => Reply::Published(Publication::Repeat(Position { epoch, id })),
+            (Some(2), _) => Reply::Stopped(Stopped::Banned {
+                until: value.filter(|&until| until != 0),
+            }),
+            (Some(3), _) => Reply::Stopped(Stopped::RateLimited {
+                wait: Duration::from_millis(value.unwrap_or(0)),
+            }),
+            (Some(4), None) => Reply::Passed,
+            _ => {
+                return Err(BrokerError::Internal(format!(
+                    "unexpected reply from the publish script for {channel}"
+                )))
+            }
+        })
     }
 
     /// Runs the read script: epoch, head and up to `count` entries below `before`.
@@ -746,6 +842,43 @@ impl Broker for RedisBroker {
         once: &Once,
     ) -> Result<Publication, BrokerError> {
         self.run_publish(channel, tail, Some(once)).await
+    }
+
+    fn applies_guards(&self) -> bool {
+        true
+    }
+
+    async fn publish_guarded(
+        &self,
+        channel: &str,
+        tail: &Tail,
+        once: Option<&Once>,
+        guards: &[Guard],
+    ) -> Result<Guarded, BrokerError> {
+        match self
+            .run_guarded(channel, Some((tail, once)), guards)
+            .await?
+        {
+            Reply::Published(publication) => Ok(Guarded::Passed(publication)),
+            Reply::Stopped(stopped) => Ok(Guarded::Stopped(stopped)),
+            Reply::Passed => Err(BrokerError::Internal(format!(
+                "the publish script only checked a publish in {channel}"
+            ))),
+        }
+    }
+
+    async fn check_guards(
+        &self,
+        channel: &str,
+        guards: &[Guard],
+    ) -> Result<Option<Stopped>, BrokerError> {
+        match self.run_guarded(channel, None, guards).await? {
+            Reply::Passed => Ok(None),
+            Reply::Stopped(stopped) => Ok(Some(stopped)),
+            Reply::Published(_) => Err(BrokerError::Internal(format!(
+                "the publish script published a message it was to check in {channel}"
+            ))),
+        }
     }
 
     async fn subscribe(

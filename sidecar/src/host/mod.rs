@@ -127,7 +127,16 @@ impl ChatHost {
     ) -> Result<Self, Error> {
         let plugins = build_chain(&shared.plugin_setup(config)).await?;
         let chain = plugins.chain;
-        info!(plugins = ?chain.names(), "plugin chain ready");
+        let folded = if shared.broker.applies_guards() {
+            chain.deferred()
+        } else {
+            Vec::new()
+        };
+        info!(
+            plugins = ?chain.names(),
+            in_the_publish = ?folded,
+            "plugin chain ready"
+        );
         let moderation = shared.moderation(chain.has::<BanPlugin>());
         let sessions = Sessions::new();
         shared.tracker.spawn(kick_on_notice(

@@ -33,6 +33,7 @@ use std::time::Duration;
 use redis::Script;
 
 use super::ModerationError;
+use crate::broker::Guard;
 use crate::cluster::redis::RedisLink;
 use crate::jwt::Identity;
 use crate::message::now_ms;
@@ -318,6 +319,35 @@ impl Bans {
                 b
             }
         }))
+    }
+
+    /// Whether the bans are in Redis, where the broker can read them in its publish
+    /// ([`Self::guard`]).
+    pub fn in_redis(&self) -> bool {
+        matches!(*self.engine, Engine::Redis { .. })
+    }
+
+    /// The lookup of [`Self::ban_of`] as a guard the Redis broker applies in its publish
+    /// (the same fields of the same two hashes, judged by this host's clock). `None` when
+    /// the bans are in memory, or when `identity` has nothing a ban could match.
+    pub fn guard(&self, channel: &str, identity: &Identity) -> Option<Guard> {
+        let Engine::Redis { link, .. } = &*self.engine else {
+            return None;
+        };
+        let whom = Who::of(identity);
+        if whom.is_empty() {
+            return None;
+        }
+        Some(Guard::Ban {
+            hash: key(link, channel),
+            legacy_hash: legacy_key(link, channel),
+            fields: whom.iter().map(Who::field).collect(),
+            legacy_fields: whom
+                .iter()
+                .map(|who| Who::Legacy(who.value().to_owned()).field())
+                .collect(),
+            now_ms: now_ms(),
+        })
     }
 
     /// The bans in force in `channel`, sorted by kind then id.

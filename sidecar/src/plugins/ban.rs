@@ -6,7 +6,8 @@
 //! A token is banned when a ban matches its `sub` (a ban by user) or its `_public.name` (a
 //! ban by name); a token with neither passes. One lookup per publish: in memory, or one
 //! pipeline in Redis; with Redis unreachable the publish fails with `unavailable` (as it
-//! would at the broker).
+//! would at the broker). With the Redis broker the lookup is usually a guard of the
+//! publish itself (see [`super`]): the same hashes read in the publish script.
 //!
 //! Without `ban` in `plugins.chain`, bans are still stored and banned users' sessions are
 //! still kicked when the ban is made, but nothing checks publishes or joins afterwards: a
@@ -15,6 +16,7 @@
 use async_trait::async_trait;
 
 use super::{Draft, Plugin};
+use crate::broker::Guard;
 use crate::jwt::Identity;
 use crate::moderation::{Ban, Bans};
 use crate::publish_error::{ErrorCode, PublishError};
@@ -40,6 +42,14 @@ impl Plugin for BanPlugin {
     async fn check(&self, draft: &mut Draft<'_>) -> Result<(), PublishError> {
         check(&self.bans, draft.identity, draft.channel).await
     }
+
+    fn guardable(&self) -> bool {
+        self.bans.in_redis()
+    }
+
+    fn guard(&self, draft: &Draft<'_>) -> Option<Guard> {
+        self.bans.guard(draft.channel, draft.identity)
+    }
 }
 
 /// `banned` when `identity` is banned from `channel`; `unavailable` when the bans cannot
@@ -47,12 +57,17 @@ impl Plugin for BanPlugin {
 pub async fn check(bans: &Bans, identity: &Identity, channel: &str) -> Result<(), PublishError> {
     match bans.ban_of(channel, identity).await {
         Ok(None) => Ok(()),
-        Ok(Some((_, ban))) => Err(PublishError::new(ErrorCode::Banned, describe(&ban)).ban(ban)),
+        Ok(Some((_, ban))) => Err(refusal(ban)),
         Err(e) => Err(PublishError::new(
             ErrorCode::Unavailable,
             format!("cannot check bans right now: {e}"),
         )),
     }
+}
+
+/// The refusal of a publisher under `ban`: `banned`, with its term.
+pub fn refusal(ban: Ban) -> PublishError {
+    PublishError::new(ErrorCode::Banned, describe(&ban)).ban(ban)
 }
 
 /// "you are banned from this channel until 2026-11-22T10:00:00Z" or "... permanently".

@@ -520,6 +520,11 @@ impl Plugin for Blacklist {
         "blacklist"
     }
 
+    /// Its lists are in this process (kept up to date in the background).
+    fn local(&self) -> bool {
+        true
+    }
+
     async fn check(&self, draft: &mut Draft<'_>) -> Result<(), PublishError> {
         let Body::Text(text) = &draft.body else {
             return Ok(());

@@ -15,6 +15,32 @@
 //! Messages posted through the admin API do not go through the chain: they come from the
 //! operator.
 //!
+//! # Checks folded into the publish
+//!
+//! With the Redis broker, the `ban` and `rate_limit` checks read state that lives beside the
+//! channel's messages (same hash tag, same shard). Such a plugin is [`Plugin::guardable`]:
+//! its check can be handed to the broker as a [`Guard`] that the publish script applies in
+//! the same atomic call as the publish ([`crate::broker::guards`]), so a publish with the
+//! default chain is one round trip to Redis, and the rate limit counts the message in that
+//! same step only if it is published (nothing to give back).
+//!
+//! A guardable plugin is deferred to the publish only when every plugin after it in the
+//! chain is deferred too or [`Plugin::local`]: a pure check on the draft that depends on
+//! nothing but the draft and this process (it may refuse the message or change its body,
+//! and it does not use what an earlier plugin decided; `blacklist`). Those local plugins
+//! then run before the guards are applied, which changes nothing they can see. A plugin
+//! that acts outside the publish or may make it unnecessary otherwise than by refusing
+//! (`publish_hook` asks the operator's backend and may withhold; `webhook` posts to Slack)
+//! is not local, so the guardable plugins before it run as checks of their own, in order,
+//! as they do with the memory broker. So `["ban", "rate_limit", "blacklist"]` folds both
+//! checks into the publish; `["ban", "rate_limit", "publish_hook"]` folds neither;
+//! `["ban", "publish_hook", "rate_limit"]` folds the rate limit alone.
+//!
+//! The answers stay those of the chain's order: a message a later local plugin refuses or
+//! withholds is still checked against the deferred guards (applied without publishing or
+//! counting: [`crate::broker::Broker::check_guards`]), so a banned publisher hears
+//! `banned` rather than `blacklisted`.
+//!
 //! * [`ban`]: refuses publishes (and joins) of users banned from the channel.
 //! * [`rate_limit`]: at most N messages per T seconds per user per channel.
 //! * [`words`]: the whole-word, any-case, any-script matcher of the content plugins.
@@ -44,6 +70,7 @@ use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::broker::{Guard, Stopped};
 use crate::cluster::redis::RedisLink;
 use crate::config::Config;
 use crate::jwt::Identity;
@@ -73,6 +100,9 @@ pub struct Draft<'a> {
     pub key: Option<&'a str>,
     /// What plugins took for this message until it is known whether it was published.
     holds: Vec<Box<dyn Hold>>,
+    /// The checks of the plugins deferred to the publish, in chain order (see the module
+    /// documentation): the broker applies them.
+    guards: Vec<Guard>,
 }
 
 /// Something a plugin took for a message (a slot of the rate limit) that is kept if the
@@ -93,6 +123,7 @@ impl<'a> Draft<'a> {
             broadcast: true,
             key: None,
             holds: Vec::new(),
+            guards: Vec::new(),
         }
     }
 
@@ -110,6 +141,13 @@ impl<'a> Draft<'a> {
         }
     }
 
+    /// The checks deferred to the publish by [`Chain::run_deferring`], in chain order: all
+    /// of them once the chain let the message through; those of the plugins before the
+    /// one that refused it otherwise.
+    pub fn guards(&self) -> &[Guard] {
+        &self.guards
+    }
+
     /// The same draft, for a publish with this (scoped) idempotency key.
     pub fn with_key(mut self, key: Option<&'a str>) -> Self {
         self.key = key;
@@ -125,6 +163,26 @@ pub trait Plugin: Any + Send + Sync {
 
     /// Lets the message go on (possibly changed) or refuses it.
     async fn check(&self, draft: &mut Draft<'_>) -> Result<(), PublishError>;
+
+    /// Whether the check can be a [`Guard`] the broker applies in its publish (the
+    /// plugin's state is in Redis): then, when the chain defers it, [`guard`](Self::guard)
+    /// stands for [`check`](Self::check).
+    fn guardable(&self) -> bool {
+        false
+    }
+
+    /// The check of `draft` as a guard, when [`guardable`](Self::guardable); `None` when
+    /// there is nothing to check (the message passes).
+    fn guard(&self, _draft: &Draft<'_>) -> Option<Guard> {
+        None
+    }
+
+    /// Whether the check is local: it decides from the draft and this process alone, acts
+    /// on nothing outside the publish's answer and does not depend on what the plugins
+    /// before it decided, so it may run before the guards deferred to the publish.
+    fn local(&self) -> bool {
+        false
+    }
 }
 
 /// The configured plugins, in order.
@@ -132,11 +190,33 @@ pub trait Plugin: Any + Send + Sync {
 pub struct Chain {
     /// Run front to back; the first error stops the message.
     plugins: Vec<Arc<dyn Plugin>>,
+    /// Per plugin: whether it may be deferred to the publish as a guard (guardable, and
+    /// only deferred or local plugins after it; see the module documentation).
+    deferrable: Vec<bool>,
 }
 
 impl Chain {
     pub fn new(plugins: Vec<Arc<dyn Plugin>>) -> Self {
-        Self { plugins }
+        let mut deferrable = vec![false; plugins.len()];
+        let mut rest_allows = true;
+        for (i, plugin) in plugins.iter().enumerate().rev() {
+            deferrable[i] = rest_allows && plugin.guardable();
+            rest_allows &= deferrable[i] || plugin.local();
+        }
+        Self {
+            plugins,
+            deferrable,
+        }
+    }
+
+    /// The names of the plugins deferred to the publish when the broker applies guards.
+    pub fn deferred(&self) -> Vec<&'static str> {
+        self.plugins
+            .iter()
+            .zip(&self.deferrable)
+            .filter(|(_, deferred)| **deferred)
+            .map(|(p, _)| p.name())
+            .collect()
     }
 
     /// The names of the plugins, in order.
@@ -157,13 +237,46 @@ impl Chain {
     /// what the plugins before held for it. An accepted one keeps its holds: the caller
     /// settles them once it knows whether the message was published.
     pub async fn run(&self, draft: &mut Draft<'_>) -> Result<(), PublishError> {
-        for plugin in &self.plugins {
+        self.run_deferring(draft, false).await
+    }
+
+    /// [`run`](Self::run), leaving the deferrable plugins' checks (with `defer`: the broker
+    /// applies guards) to the publish as the draft's [`guards`](Draft::guards).
+    pub async fn run_deferring(
+        &self,
+        draft: &mut Draft<'_>,
+        defer: bool,
+    ) -> Result<(), PublishError> {
+        for (plugin, deferrable) in self.plugins.iter().zip(&self.deferrable) {
+            if defer && *deferrable {
+                if let Some(guard) = plugin.guard(draft) {
+                    draft.guards.push(guard);
+                }
+                continue;
+            }
             if let Err(e) = plugin.check(draft).await {
                 draft.settle(false).await;
                 return Err(e);
             }
         }
         Ok(())
+    }
+}
+
+/// The refusal of a message a guard of `guards` stopped, as the guard's plugin words it.
+pub fn refusal(guards: &[Guard], stopped: Stopped) -> PublishError {
+    match stopped {
+        Stopped::Banned { until } => ban::refusal(crate::moderation::Ban { until }),
+        Stopped::RateLimited { wait } => {
+            let limit = guards.iter().find_map(|guard| match guard {
+                Guard::Rate {
+                    messages, window, ..
+                } => Some((*messages, *window)),
+                Guard::Ban { .. } => None,
+            });
+            let (messages, window) = limit.unwrap_or_default();
+            rate_limit::refusal(messages, window, wait)
+        }
     }
 }
 
@@ -303,6 +416,56 @@ mod tests {
                 _ => Ok(()),
             }
         }
+    }
+
+    /// Stands for a plugin by what the fold looks at.
+    struct Kind(&'static str, bool, bool);
+    #[async_trait]
+    impl Plugin for Kind {
+        fn name(&self) -> &'static str {
+            self.0
+        }
+        async fn check(&self, _: &mut Draft<'_>) -> Result<(), PublishError> {
+            Ok(())
+        }
+        fn guardable(&self) -> bool {
+            self.1
+        }
+        fn local(&self) -> bool {
+            self.2
+        }
+    }
+
+    #[test]
+    fn checks_are_deferred_only_before_local_plugins() {
+        let deferred = |names: &[&'static str]| {
+            let plugins: Vec<Arc<dyn Plugin>> = names
+                .iter()
+                .map(|&name| -> Arc<dyn Plugin> {
+                    match name {
+                        "ban" | "rate_limit" => Arc::new(Kind(name, true, false)),
+                        "blacklist" => Arc::new(Kind(name, false, true)),
+                        _ => Arc::new(Kind(name, false, false)),
+                    }
+                })
+                .collect();
+            Chain::new(plugins).deferred()
+        };
+        assert_eq!(
+            deferred(&["ban", "rate_limit", "blacklist"]),
+            ["ban", "rate_limit"]
+        );
+        assert_eq!(
+            deferred(&["blacklist", "rate_limit", "ban"]),
+            ["rate_limit", "ban"]
+        );
+        assert!(deferred(&["ban", "rate_limit", "publish_hook"]).is_empty());
+        assert!(deferred(&["rate_limit", "webhook", "blacklist"]).is_empty());
+        assert_eq!(
+            deferred(&["ban", "publish_hook", "rate_limit", "blacklist"]),
+            ["rate_limit"]
+        );
+        assert!(deferred(&["blacklist", "publish_hook"]).is_empty());
     }
 
     #[test]

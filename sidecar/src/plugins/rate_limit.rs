@@ -28,6 +28,13 @@
 //!   slot back is a `ZREM`; a message with an idempotency key also marks its slot counted
 //!   once published ([`RATE_COMMIT_LUA`]). Redis unreachable: `unavailable`, within
 //!   `redis.timeout_ms`;
+//!
+//!   With the Redis broker and a chain that lets it (see [`super`]), the check is instead a
+//!   [`Guard`] of the publish script ([`crate::broker::redis`]): the same sorted set and
+//!   members, checked and, once the message is published, counted in the same atomic
+//!   call as the publish. Nothing is reserved, so nothing is given back: the set holds
+//!   exactly the published messages (a keyed one as `key:<key>` at once), and a message
+//!   refused by the broker, by a plugin or by this limit takes no place;
 //! * with the memory broker, in this process: the slots' times per channel and user,
 //!   swept every window so idle users take no memory.
 
@@ -42,6 +49,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use super::{Draft, Hold, Plugin, PluginSetupError, Setup};
+use crate::broker::Guard;
 use crate::cluster::redis::RedisLink;
 use crate::jwt::Identity;
 use crate::publish_error::{ErrorCode, PublishError};
@@ -297,18 +305,7 @@ impl Plugin for RateLimit {
             Ok(Reserved::New(member)) => Some(member),
             Ok(Reserved::InFlight) => None,
             Ok(Reserved::Counted) => return Ok(()),
-            Err(Refusal::Full(wait)) => {
-                let seconds = retry_after_seconds(wait);
-                return Err(PublishError::new(
-                    ErrorCode::RateLimited,
-                    format!(
-                        "at most {} messages per {} s in this channel; try again in {seconds} s",
-                        self.messages,
-                        self.window.as_secs()
-                    ),
-                )
-                .retry_after(seconds));
-            }
+            Err(Refusal::Full(wait)) => return Err(refusal(self.messages, self.window, wait)),
             Err(Refusal::Unavailable(e)) => {
                 return Err(PublishError::new(
                     ErrorCode::Unavailable,
@@ -329,6 +326,41 @@ impl Plugin for RateLimit {
         }
         Ok(())
     }
+
+    fn guardable(&self) -> bool {
+        matches!(*self.engine, Engine::Redis { .. })
+    }
+
+    fn guard(&self, draft: &Draft<'_>) -> Option<Guard> {
+        let Engine::Redis { link, .. } = &*self.engine else {
+            return None;
+        };
+        let user = user_of(draft.identity);
+        Some(Guard::Rate {
+            counts: counts_key(link, draft.channel, &user),
+            messages: self.messages,
+            window: self.window,
+            member: match draft.key {
+                Some(key) => counted_member(key),
+                None => format!("{:016x}", rand::random::<u64>()),
+            },
+            key: draft.key.map(str::to_owned),
+        })
+    }
+}
+
+/// The refusal of a message over a limit of `messages` per `window`, a place freeing
+/// after `wait`: `rate_limited`, with the seconds to wait.
+pub fn refusal(messages: u32, window: Duration, wait: Duration) -> PublishError {
+    let seconds = retry_after_seconds(wait);
+    PublishError::new(
+        ErrorCode::RateLimited,
+        format!(
+            "at most {messages} messages per {} s in this channel; try again in {seconds} s",
+            window.as_secs()
+        ),
+    )
+    .retry_after(seconds)
 }
 
 /// Who is counted: the moderation id, or the `_public` text without one.

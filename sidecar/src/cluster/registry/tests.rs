@@ -76,7 +76,7 @@ impl RedisServer {
         RedisLink::connect(&config).await.unwrap().0
     }
 
-    pub(super) fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -232,14 +232,14 @@ pub(super) fn users(list: &[JoinedPublisher]) -> Vec<(&str, &str)> {
 }
 
 /// Three redis-server masters formed into a cluster with redis-cli; killed when dropped.
-pub(super) struct RedisCluster {
+pub(crate) struct RedisCluster {
     nodes: Vec<RedisServer>,
     _dir: tempfile::TempDir,
 }
 
 impl RedisCluster {
     /// Panics, saying what to install, without redis-cli or redis-server.
-    pub(super) fn start() -> Self {
+    pub(crate) fn start() -> Self {
         assert!(
             Command::new("redis-cli")
                 .arg("--version")
@@ -303,12 +303,16 @@ impl RedisCluster {
     }
 
     pub(super) async fn link(&self) -> RedisLink {
-        let config = RedisConfig {
+        RedisLink::connect(&self.config()).await.unwrap().0
+    }
+
+    /// `[redis]` for this cluster.
+    pub(crate) fn config(&self) -> RedisConfig {
+        RedisConfig {
             cluster_nodes: self.nodes.iter().map(RedisServer::url).collect(),
             timeout_ms: 1000,
             ..RedisConfig::default()
-        };
-        RedisLink::connect(&config).await.unwrap().0
+        }
     }
 }
 

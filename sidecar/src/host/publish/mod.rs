@@ -4,6 +4,8 @@
 //! [`idempotency`] checks and scopes the keys that make a retried publish happen once.
 
 pub mod app;
+#[cfg(test)]
+mod folded_tests;
 pub mod idempotency;
 pub mod post;
 pub mod sessions;
@@ -19,10 +21,10 @@ use serde_json::{Map, Value};
 use crate::jwt::{Identity, Verifier};
 pub use app::{App, WsSettings};
 
-use crate::broker::{Broker, Once, Publication, Published};
+use crate::broker::{Broker, Guarded, Once, Publication, Published};
 use crate::message::{now_ms, Body, Limits, Tail, MAX_EVENT_NAME, RESERVED_EVENTS};
 use crate::metrics::{Metrics, PublishedKind};
-use crate::plugins::{Chain, Draft};
+use crate::plugins::{self, Chain, Draft};
 use crate::publish_error::{ErrorCode, PublishError};
 
 /// What became of an accepted message.
@@ -206,9 +208,20 @@ impl Publisher {
         let scoped = key.map(|key| idempotency::scoped(identity, key));
         let mut draft = Draft::new(identity, channel, body).with_key(scoped.as_deref());
         // A refusal in the chain settles the holds there.
-        self.chain.run(&mut draft).await?;
+        // With the Redis broker, `ban` and `rate_limit` usually become guards of the
+        // publish (see `plugins`): one Redis call for the checks and the publish.
+        if let Err(refused) = self
+            .chain
+            .run_deferring(&mut draft, self.broker.applies_guards())
+            .await
+        {
+            return Err(self.deferred_refusal(&draft).await.unwrap_or(refused));
+        }
         if !draft.broadcast {
             draft.settle(false).await;
+            if let Some(refused) = self.deferred_refusal(&draft).await {
+                return Err(refused);
+            }
             return Ok(Outcome::Withheld);
         }
         let tail = match Tail::encode(now_ms(), &identity.user, &draft.body) {
@@ -222,6 +235,23 @@ impl Publisher {
             }
         };
         let step = async {
+            if !draft.guards().is_empty() {
+                let once = scoped.clone().map(|key| Once {
+                    key,
+                    window: self.limits.idempotency_window,
+                });
+                let guarded = self
+                    .broker
+                    .publish_guarded(channel, &tail, once.as_ref(), draft.guards())
+                    .await?;
+                return match guarded {
+                    Guarded::Passed(Publication::New(published)) => {
+                        Ok(Outcome::Published(published))
+                    }
+                    Guarded::Passed(Publication::Repeat(first)) => Ok(Outcome::Repeat(first)),
+                    Guarded::Stopped(stopped) => Err(plugins::refusal(draft.guards(), stopped)),
+                };
+            }
             let Some(key) = scoped.clone() else {
                 return Ok(Outcome::Published(
                     self.broker.publish(channel, &tail).await?,
@@ -246,6 +276,25 @@ impl Publisher {
         // failure counts as not published; if it was, a retry with its key counts once.
         draft.settle(result.is_ok()).await;
         result
+    }
+
+    /// For a message a plugin refused or withheld after the checks deferred to the publish
+    /// (`draft`'s guards): the refusal of the first guard that stops it, which comes first
+    /// in the chain (`unavailable` when they cannot be applied); `None` when they let it
+    /// pass, or there are none. Applying them publishes and counts nothing.
+    async fn deferred_refusal(&self, draft: &Draft<'_>) -> Option<PublishError> {
+        if draft.guards().is_empty() {
+            return None;
+        }
+        match self
+            .broker
+            .check_guards(draft.channel, draft.guards())
+            .await
+        {
+            Ok(None) => None,
+            Ok(Some(stopped)) => Some(plugins::refusal(draft.guards(), stopped)),
+            Err(e) => Some(e.into()),
+        }
     }
 
     fn check_body(&self, identity: &Identity, body: &Body) -> Result<(), PublishError> {
