@@ -810,6 +810,9 @@ struct Storm {
     sidecar_used: Duration,
     /// Seconds from the reload until every viewer had reconnected and resumed.
     all_back: Option<f64>,
+    /// (seconds since the reload, viewers closed, viewers back) every half second: where
+    /// the time goes.
+    timeline: Vec<(f64, u64, u64)>,
 }
 
 impl Storm {
@@ -850,6 +853,14 @@ impl Storm {
             }
             Some((at, closed, reconnected)) if self.all_back.is_none() => {
                 let (closed, back) = (p.closed - closed, p.reconnected - reconnected);
+                let t = at.elapsed().as_secs_f64();
+                if self
+                    .timeline
+                    .last()
+                    .is_none_or(|(last, ..)| t - last >= 0.5)
+                {
+                    self.timeline.push((round(t, 2), closed, back));
+                }
                 if closed >= p.connected && back >= closed {
                     let seconds = at.elapsed().as_secs_f64();
                     if let Some(meter) = &self.sidecar_cpu {
@@ -872,6 +883,7 @@ impl Storm {
             "reconnected": reconnected,
             "all_back_s": self.all_back.map(|s| round(s, 2)),
             "sidecar_cpu_ms_until_back": round(self.sidecar_used.as_secs_f64() * 1e3, 1),
+            "timeline_s_closed_back": self.timeline,
         }))
     }
 }
