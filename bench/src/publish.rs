@@ -252,6 +252,15 @@ pub async fn run(plan: &PublishPlan) -> Result<PublishStats, BenchError> {
             start,
         )));
     }
+    gather(tasks, &stats, start).await
+}
+
+/// Waits for every publisher task and takes what they counted.
+async fn gather(
+    tasks: Vec<tokio::task::JoinHandle<Result<(), BenchError>>>,
+    stats: &Mutex<PublishStats>,
+    start: Instant,
+) -> Result<PublishStats, BenchError> {
     for task in tasks {
         task.await
             .map_err(|e| BenchError::Protocol(format!("publisher task: {e}")))??;
@@ -262,6 +271,28 @@ pub async fn run(plan: &PublishPlan) -> Result<PublishStats, BenchError> {
     };
     stats.elapsed = start.elapsed();
     Ok(stats)
+}
+
+/// How one of `publishers` paces its sends: the messages it may have in flight, and its
+/// share of the rate (None: as fast as answers come back).
+fn pacing(plan: &PublishPlan, publishers: usize) -> (usize, Option<f64>) {
+    match plan.pace {
+        Pace::Window(w) => (w.max(1), None),
+        Pace::Rate(r) => (usize::MAX >> 4, Some(r / publishers as f64)),
+    }
+}
+
+/// With a rate, sleeps until the next send is due and says so (the caller checks the run's
+/// end again); false when a send is due now.
+async fn wait_for_turn(rate: Option<f64>, sent: u64, start: Instant, duration: Duration) -> bool {
+    let Some(rate) = rate else { return false };
+    let due = (start.elapsed().as_secs_f64() * rate) as u64;
+    if sent < due {
+        return false;
+    }
+    let next = Duration::from_secs_f64((sent + 1) as f64 / rate);
+    tokio::time::sleep_until((start + next.min(duration)).into()).await;
+    true
 }
 
 async fn run_socket(
@@ -275,10 +306,7 @@ async fn run_socket(
     let (mut sink, mut stream) = ws.split();
     // ref → (sent at, channel index)
     let in_flight: Arc<Mutex<HashMap<u64, (Instant, usize)>>> = Arc::default();
-    let window = match plan.pace {
-        Pace::Window(w) => w.max(1),
-        Pace::Rate(_) => usize::MAX >> 4,
-    };
+    let (window, rate) = pacing(&plan, sockets);
     let permits = Arc::new(Semaphore::new(window));
 
     let reader = {
@@ -306,18 +334,9 @@ async fn run_socket(
     };
 
     let mut sent: u64 = 0;
-    let rate_per_socket = match plan.pace {
-        Pace::Rate(r) => Some(r / sockets as f64),
-        Pace::Window(_) => None,
-    };
     while start.elapsed() < plan.duration {
-        if let Some(rate_per_socket) = rate_per_socket {
-            let due = (start.elapsed().as_secs_f64() * rate_per_socket) as u64;
-            if sent >= due {
-                let next = Duration::from_secs_f64((sent + 1) as f64 / rate_per_socket);
-                tokio::time::sleep_until((start + next.min(plan.duration)).into()).await;
-                continue;
-            }
+        if wait_for_turn(rate, sent, start, plan.duration).await {
+            continue;
         }
         let permit = match tokio::time::timeout(Duration::from_secs(5), permits.acquire()).await {
             Ok(Ok(p)) => p,
@@ -372,16 +391,7 @@ async fn run_http(
             start,
         )));
     }
-    for task in tasks {
-        task.await
-            .map_err(|e| BenchError::Protocol(format!("publisher task: {e}")))??;
-    }
-    let mut stats = match stats.lock() {
-        Ok(mut st) => std::mem::replace(&mut *st, PublishStats::new()),
-        Err(_) => return Err(BenchError::Protocol("publisher stats poisoned".into())),
-    };
-    stats.elapsed = start.elapsed();
-    Ok(stats)
+    gather(tasks, &stats, start).await
 }
 
 /// Where a publisher's requests go: `host:port` and the `/pub` path.
@@ -443,10 +453,7 @@ async fn run_connection(
     let (read, mut write) = stream.into_split();
     // Requests sent and not answered yet, in order: (sent at, channel index).
     let in_flight: Arc<Mutex<VecDeque<(Instant, usize)>>> = Arc::default();
-    let window = match plan.pace {
-        Pace::Window(w) => w.max(1),
-        Pace::Rate(_) => usize::MAX >> 4,
-    };
+    let (window, rate) = pacing(plan, publishers);
     let permits = Arc::new(Semaphore::new(window));
     let reader = {
         let in_flight = in_flight.clone();
@@ -474,19 +481,10 @@ async fn run_connection(
         })
     };
 
-    let rate = match plan.pace {
-        Pace::Rate(r) => Some(r / publishers as f64),
-        Pace::Window(_) => None,
-    };
     let mut on_this = 0;
     while start.elapsed() < plan.duration && on_this < REQUESTS_PER_CONNECTION {
-        if let Some(rate) = rate {
-            let due = (start.elapsed().as_secs_f64() * rate) as u64;
-            if sent >= due {
-                let next = Duration::from_secs_f64((sent + 1) as f64 / rate);
-                tokio::time::sleep_until((start + next.min(plan.duration)).into()).await;
-                continue;
-            }
+        if wait_for_turn(rate, sent, start, plan.duration).await {
+            continue;
         }
         match tokio::time::timeout(Duration::from_secs(5), permits.acquire()).await {
             Ok(Ok(p)) => p.forget(),

@@ -26,7 +26,7 @@ pub use chatup::Chatup;
 pub use dispatcher::Dispatcher;
 pub use nginx_conf::{
     nginx_config_test, nginx_config_test_with_relay_socket, nginx_test, nginx_test_using,
-    nginx_test_with, temp_paths, user_directive,
+    nginx_test_with, self_signed_certificate, temp_paths, user_directive,
 };
 pub use options::{NginxBuild, Options};
 pub use paths::{

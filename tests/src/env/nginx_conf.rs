@@ -210,3 +210,24 @@ pub fn nginx_test_using(binary: &Path, conf: &Path) -> (bool, String) {
     }
     (status.success(), output)
 }
+
+/// A self-signed certificate for localhost and its key, made in `dir` (`cert.pem`,
+/// `key.pem`) with openssl: for the TLS servers of the tests and the samples' placeholders.
+pub fn self_signed_certificate(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let out = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+        .args(["ec_paramgen_curve:prime256v1", "-noenc", "-days", "1"])
+        .args(["-subj", "/CN=localhost", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl runs");
+    assert!(
+        out.status.success(),
+        "openssl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (cert, key)
+}

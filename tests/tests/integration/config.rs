@@ -252,26 +252,6 @@ fn includes(text: &str) -> Vec<String> {
         .collect()
 }
 
-/// A self-signed certificate and its key in `dir`, for the samples' ssl_certificate lines.
-fn certificate(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    let out = std::process::Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
-        .args(["ec_paramgen_curve:prime256v1", "-noenc", "-days", "1"])
-        .args(["-subj", "/CN=localhost", "-keyout"])
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("openssl runs");
-    assert!(
-        out.status.success(),
-        "openssl: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (cert, key)
-}
-
 /// `listen <address> <parameters>;` with the address on loopback and its port replaced
 /// (the same port of the sample, e.g. 443 for IPv4 and IPv6, gets the same free port).
 fn fill_listen(
@@ -332,7 +312,7 @@ pub(crate) fn nginx_t_filled_for(
             std::fs::write(copy, text).expect("copy locations");
         }
     }
-    let (cert, key) = certificate(dir.path());
+    let (cert, key) = chatup_tests::env::self_signed_certificate(dir.path());
     let mut ports = std::collections::HashMap::new();
     let text: String = conf
         .lines()

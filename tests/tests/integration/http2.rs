@@ -11,25 +11,6 @@ use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(10);
 
-/// A self-signed certificate and key in `dir`.
-fn certificate(dir: &Path) -> (String, String) {
-    let cert = dir.join("cert.pem");
-    let key = dir.join("key.pem");
-    let status = Command::new("openssl")
-        .args([
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-        ])
-        .args(["-subj", "/CN=localhost", "-keyout"])
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .stderr(Stdio::null())
-        .status()
-        .expect("openssl runs");
-    assert!(status.success(), "openssl made a certificate");
-    (cert.display().to_string(), key.display().to_string())
-}
-
 /// chatup with a second server for viewers, with TLS and HTTP/2; its address.
 fn start_tls(dir: &Path) -> (Chatup, String) {
     start_tls_with(dir, Options::default())
@@ -37,7 +18,8 @@ fn start_tls(dir: &Path) -> (Chatup, String) {
 
 /// [`start_tls`] with `opts`.
 fn start_tls_with(dir: &Path, opts: Options) -> (Chatup, String) {
-    let (cert, key) = certificate(dir);
+    let (cert, key) = chatup_tests::env::self_signed_certificate(dir);
+    let (cert, key) = (cert.display(), key.display());
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free port")

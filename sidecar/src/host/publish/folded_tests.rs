@@ -153,6 +153,22 @@ impl Host {
 }
 
 /// Calls of `command` since the last `CONFIG RESETSTAT` of `server`.
+/// A ban as an earlier version stored it: by bare id in the legacy hash, until `until` ms
+/// (0: for ever).
+async fn legacy_ban(host: &Host, id: &str, until: u64) {
+    let _: i64 = host
+        .link
+        .run(
+            redis::cmd("HSET")
+                .arg("chatup:{room}:bans")
+                .arg(id)
+                .arg(until)
+                .clone(),
+        )
+        .await
+        .unwrap();
+}
+
 async fn calls(link: &RedisLink, command: &str) -> u64 {
     let info: String = link
         .run(redis::cmd("INFO").arg("commandstats").clone())
@@ -266,30 +282,10 @@ async fn bans_stop_the_publish_with_their_term_in_chain_order() {
     // Nothing refused was counted: the one message before the ban.
     assert_eq!(host.counted("ann").await.len(), 1);
     // A ban stored by an earlier version (bare id, legacy hash) matches the name too.
-    let _: i64 = host
-        .link
-        .run(
-            redis::cmd("HSET")
-                .arg("chatup:{room}:bans")
-                .arg("bo")
-                .arg(0)
-                .clone(),
-        )
-        .await
-        .unwrap();
+    legacy_ban(&host, "bo", 0).await;
     assert_eq!(host.code(&bo, "hi").await, Err(ErrorCode::Banned));
     // A lapsed ban no longer stops anyone (judged by this host's clock).
-    let _: i64 = host
-        .link
-        .run(
-            redis::cmd("HSET")
-                .arg("chatup:{room}:bans")
-                .arg("bo")
-                .arg(1000)
-                .clone(),
-        )
-        .await
-        .unwrap();
+    legacy_ban(&host, "bo", 1000).await;
     assert_eq!(host.code(&bo, "hi").await, Ok("published"));
     // Lifted: publishes again.
     host.bans
