@@ -156,16 +156,18 @@ export function waitText(page, text, timeout = 20000) {
 
 /**
  * Publishes `feed 1`, `feed 2`, … through `publish(text)` (which resolves `{id, ep}` or
- * throws), retrying each until it is accepted, until `stop()`; `acked` lists what went out.
+ * throws), retrying each until it is accepted, until `stop()`; `acked` lists what went out,
+ * each with `sentAt`, when its first attempt left (`performance.now()`).
  */
 export function feed(publish, pause = 60) {
   const acked = [];
   let feeding = true;
   const done = (async () => {
     for (let n = 1; feeding; n++) {
+      const sentAt = performance.now();
       for (;;) {
         try {
-          acked.push({ text: `feed ${n}`, ...(await publish(`feed ${n}`)) });
+          acked.push({ text: `feed ${n}`, sentAt, ...(await publish(`feed ${n}`)) });
           break;
         } catch {
           // Down for now: try again.
@@ -180,6 +182,15 @@ export function feed(publish, pause = 60) {
     /** Resolves once `n` messages in all were accepted. */
     async until(n) {
       while (acked.length < n) await new Promise((r) => setTimeout(r, 20));
+    },
+    /**
+     * Resolves with the accepted messages first sent after `time` (`performance.now()`),
+     * once there are `n`: a message already on its way at `time` may have arrived before.
+     */
+    async sentAfter(time, n) {
+      const after = () => acked.filter((m) => m.sentAt > time);
+      while (after().length < n) await new Promise((r) => setTimeout(r, 20));
+      return after();
     },
     async stop() {
       feeding = false;
