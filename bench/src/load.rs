@@ -92,9 +92,10 @@ pub enum FromLoad {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case")]
 pub enum ToLoad {
-    /// Report against what was published: channel → (first id, last id).
+    /// Report against what was acked: channel → runs of acked ids (first, last). A message
+    /// whose ack never came is not counted lost when a viewer misses it.
     Report {
-        published: BTreeMap<String, (u64, u64)>,
+        acked: BTreeMap<String, Vec<(u64, u64)>>,
     },
 }
 
@@ -138,7 +139,7 @@ impl Progress {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct LoadReport {
     pub progress: Progress,
-    /// Published messages a connected subscriber never got.
+    /// Acked messages a connected subscriber never got.
     pub lost: u64,
     /// Messages received twice or out of order.
     pub duplicates: u64,
@@ -236,6 +237,47 @@ pub fn new_histogram() -> Histogram<u64> {
 /// How many ids `first..=last` holds.
 pub fn id_count((first, last): (u64, u64)) -> u64 {
     last - first + 1
+}
+
+/// A set of ids kept as sorted runs of consecutive ids, so that the acks of a long run take
+/// a few pairs rather than one entry per message. Acks come mostly in order (the last run
+/// grows), but several publishers of a channel may answer out of order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IdRuns {
+    /// Disjoint, non-adjacent `(first, last)` runs, in order.
+    runs: Vec<(u64, u64)>,
+}
+
+impl IdRuns {
+    /// Adds `id`; false when it was already there.
+    pub fn insert(&mut self, id: u64) -> bool {
+        // The first run that ends at or after `id`.
+        let i = self.runs.partition_point(|&(_, last)| last < id);
+        if self.runs.get(i).is_some_and(|&(first, _)| first <= id) {
+            return false;
+        }
+        let joins_previous = i > 0 && self.runs[i - 1].1 + 1 == id;
+        let joins_next = self.runs.get(i).is_some_and(|&(first, _)| first == id + 1);
+        match (joins_previous, joins_next) {
+            (true, true) => {
+                self.runs[i - 1].1 = self.runs[i].1;
+                self.runs.remove(i);
+            }
+            (true, false) => self.runs[i - 1].1 = id,
+            (false, true) => self.runs[i].0 = id,
+            (false, false) => self.runs.insert(i, (id, id)),
+        }
+        true
+    }
+
+    /// How many ids it holds.
+    pub fn count(&self) -> u64 {
+        self.runs.iter().copied().map(id_count).sum()
+    }
+
+    pub fn runs(&self) -> &[(u64, u64)] {
+        &self.runs
+    }
 }
 
 /// The chat host (index into the plan's targets) of global subscriber `global`: the
@@ -388,8 +430,8 @@ async fn child_main(args: LoadArgs) -> Result<(), BenchError> {
     let mut commands = BufReader::new(tokio::io::stdin()).lines();
     while let Some(line) = commands.next_line().await? {
         match serde_json::from_str::<ToLoad>(&line) {
-            Ok(ToLoad::Report { published }) => {
-                let report = report(&state.borrow(), &args, &published)?;
+            Ok(ToLoad::Report { acked }) => {
+                let report = report(&state.borrow(), &args, &acked)?;
                 crate::emit_line(&FromLoad::Report(report))?;
             }
             Err(e) => eprintln!("chatup-bench load: bad command {line:?}: {e}"),
@@ -436,13 +478,14 @@ async fn subscribe(mut client: Viewer, state: &Shared, i: usize, target: usize) 
 fn report(
     st: &LoadState,
     args: &LoadArgs,
-    published: &BTreeMap<String, (u64, u64)>,
+    acked: &BTreeMap<String, Vec<(u64, u64)>>,
 ) -> Result<LoadReport, BenchError> {
-    let ranges: Vec<Option<(u64, u64)>> = (0..args.rooms.max(1))
+    let no_runs = Vec::new();
+    let rooms: Vec<&Vec<(u64, u64)>> = (0..args.rooms.max(1))
         .map(|room| {
-            published
+            acked
                 .get(&room_channel(&args.channel_prefix, room))
-                .copied()
+                .unwrap_or(&no_runs)
         })
         .collect();
     let mut lost = 0;
@@ -451,7 +494,7 @@ fn report(
     for sub in st.subs.iter().filter(|s| s.connected) {
         duplicates += sub.duplicates;
         gaps += sub.gaps;
-        if let Some((first, last)) = ranges[sub.room] {
+        for &(first, last) in rooms[sub.room] {
             lost += id_count((first, last)) - sub.received_within(first, last);
         }
     }
@@ -665,20 +708,26 @@ impl Fleet {
         }
     }
 
-    /// Asks every process for its report against `published` and adds them up; the
-    /// latency comes merged, and per chat host.
-    pub async fn report(
-        &mut self,
-        published: &BTreeMap<String, (u64, u64)>,
-    ) -> Result<(LoadReport, Histogram<u64>, Vec<Histogram<u64>>), BenchError> {
-        let mut line = serde_json::to_vec(&ToLoad::Report {
-            published: published.clone(),
-        })?;
+    async fn command(&mut self, command: &ToLoad) -> Result<(), BenchError> {
+        let mut line = serde_json::to_vec(command)?;
         line.push(b'\n');
         for stdin in &mut self.stdins {
             stdin.write_all(&line).await?;
             stdin.flush().await?;
         }
+        Ok(())
+    }
+
+    /// Asks every process for its report against `acked` (channel → runs of acked ids) and
+    /// adds them up; the latency comes merged, and per chat host.
+    pub async fn report(
+        &mut self,
+        acked: &BTreeMap<String, Vec<(u64, u64)>>,
+    ) -> Result<(LoadReport, Histogram<u64>, Vec<Histogram<u64>>), BenchError> {
+        self.command(&ToLoad::Report {
+            acked: acked.clone(),
+        })
+        .await?;
         let mut total = LoadReport::default();
         let mut latency = new_histogram();
         let mut per_host: Vec<Histogram<u64>> = Vec::new();
@@ -735,6 +784,22 @@ mod tests {
         assert_eq!(s.received_within(1, 9), 6);
         assert_eq!(s.received_within(2, 5), 3);
         assert_eq!(s.received_within(10, 20), 0);
+    }
+
+    #[test]
+    fn id_runs_merge_out_of_order_ids() {
+        let mut runs = IdRuns::default();
+        for id in [5, 6, 2, 8, 7, 3] {
+            assert!(runs.insert(id), "{id} is new");
+        }
+        assert!(!runs.insert(6), "6 is there already");
+        assert_eq!(runs.runs(), &[(2, 3), (5, 8)]);
+        assert!(runs.insert(4), "4 joins both neighbours");
+        assert_eq!(runs.runs(), &[(2, 8)]);
+        assert!(runs.insert(10));
+        assert!(runs.insert(1));
+        assert_eq!(runs.runs(), &[(1, 8), (10, 10)]);
+        assert_eq!(runs.count(), 9);
     }
 
     #[test]

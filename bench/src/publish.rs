@@ -2,9 +2,16 @@
 //! answered by an ack with its id, or `POST /pub/<channel>` on keep-alive HTTP/1.1
 //! connections (pipelined), the token sent with every request. Paced (a fixed rate, for
 //! delivery scenarios) or flooding (a window of messages in flight, for the publish scenario).
+//!
+//! Publishers outlive a sidecar that goes away (a restart): a WebSocket publisher opens
+//! another socket, an HTTP one another connection, and a gateway answer (502, 503, 504:
+//! nginx found no sidecar) pauses it briefly. A message whose answer never came is counted
+//! (`connection_closed`) and not sent again: whether it was published is the viewers' to
+//! tell, and the bench counts it lost only if it was acked.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -15,7 +22,7 @@ use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufR
 use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::load::new_histogram;
+use crate::load::{new_histogram, IdRuns};
 use crate::payload::{message_text, now_ns};
 use crate::BenchError;
 
@@ -74,10 +81,16 @@ pub struct PublishStats {
     pub errors: BTreeMap<String, u64>,
     /// Channel → (first acked id, last acked id).
     pub published: BTreeMap<String, (u64, u64)>,
-    /// Acked ids per channel, to tell gaps from other publishers' messages.
-    pub acked_per_channel: BTreeMap<String, u64>,
+    /// The acked ids of each channel: what every viewer must get, and, against
+    /// `published`, ids that were published without an ack reaching the bench.
+    pub acked_ids: BTreeMap<String, IdRuns>,
     /// Send-to-ack latency in µs.
     pub ack_latency: Histogram<u64>,
+    /// Sockets (or HTTP connections) opened again after the server closed or broke one
+    /// under a publisher: the sidecar went away.
+    pub reconnects: u64,
+    /// Attempts to open one that failed (the sidecar not back yet).
+    pub failed_reconnects: u64,
     pub elapsed: Duration,
 }
 
@@ -88,9 +101,26 @@ impl PublishStats {
             acked: 0,
             errors: BTreeMap::new(),
             published: BTreeMap::new(),
-            acked_per_channel: BTreeMap::new(),
+            acked_ids: BTreeMap::new(),
             ack_latency: new_histogram(),
+            reconnects: 0,
+            failed_reconnects: 0,
             elapsed: Duration::ZERO,
+        }
+    }
+
+    /// Channel → runs of acked ids, for the viewers' report.
+    pub fn acked_runs(&self) -> BTreeMap<String, Vec<(u64, u64)>> {
+        self.acked_ids
+            .iter()
+            .map(|(ch, ids)| (ch.clone(), ids.runs().to_vec()))
+            .collect()
+    }
+
+    /// Counts `n` messages sent on a connection that ended before their answer came.
+    fn unanswered(&mut self, n: u64) {
+        if n > 0 {
+            *self.errors.entry("connection_closed".into()).or_default() += n;
         }
     }
 
@@ -104,10 +134,10 @@ impl PublishStats {
                 let range = self.published.entry(channel.to_owned()).or_insert((id, id));
                 range.0 = range.0.min(id);
                 range.1 = range.1.max(id);
-                *self
-                    .acked_per_channel
+                self.acked_ids
                     .entry(channel.to_owned())
-                    .or_default() += 1;
+                    .or_default()
+                    .insert(id);
             }
             _ => {
                 let code = reply["code"].as_str().unwrap_or("unknown").to_owned();
@@ -163,9 +193,13 @@ pub struct PublishPlan {
 
 /// Opens a publisher socket and authenticates it.
 async fn open(url: &str, token: &str) -> Result<Ws, BenchError> {
-    let (mut ws, _) = tokio_tungstenite::connect_async(url)
-        .await
-        .map_err(|e| BenchError::Setup(format!("publisher connect to {url}: {e}")))?;
+    let (mut ws, _) = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_tungstenite::connect_async(url),
+    )
+    .await
+    .map_err(|_| BenchError::Setup(format!("publisher connect to {url}: no answer in 10 s")))?
+    .map_err(|e| BenchError::Setup(format!("publisher connect to {url}: {e}")))?;
     ws.send(Message::text(token)).await.map_err(ws_err)?;
     let reply = tokio::time::timeout(Duration::from_secs(10), ws.next())
         .await
@@ -235,6 +269,7 @@ pub async fn run(plan: &PublishPlan) -> Result<PublishStats, BenchError> {
     if plan.via == Via::Http {
         return run_http(plan, stats).await;
     }
+    // The first sockets must open: a wrong address or token fails the run at once.
     let mut sockets = Vec::with_capacity(plan.sockets);
     for k in 0..plan.sockets.max(1) {
         sockets.push(open(&plan.urls[k % plan.urls.len()], &plan.token).await?);
@@ -282,19 +317,74 @@ fn pacing(plan: &PublishPlan, publishers: usize) -> (usize, Option<f64>) {
     }
 }
 
-/// With a rate, sleeps until the next send is due and says so (the caller checks the run's
-/// end again); false when a send is due now.
-async fn wait_for_turn(rate: Option<f64>, sent: u64, start: Instant, duration: Duration) -> bool {
+/// With a rate, sleeps until send number `turn` is due and says so (the caller checks the
+/// run's end again); false when a send is due now.
+async fn wait_for_turn(rate: Option<f64>, turn: u64, start: Instant, duration: Duration) -> bool {
     let Some(rate) = rate else { return false };
     let due = (start.elapsed().as_secs_f64() * rate) as u64;
-    if sent < due {
+    if turn < due {
         return false;
     }
-    let next = Duration::from_secs_f64((sent + 1) as f64 / rate);
+    let next = Duration::from_secs_f64((turn + 1) as f64 / rate);
     tokio::time::sleep_until((start + next.min(duration)).into()).await;
     true
 }
 
+/// The first wait before opening a connection again, doubled after each failure up to
+/// [`RECONNECT_MAX`]: a restarted sidecar answers within a second or so.
+const RECONNECT_FIRST: Duration = Duration::from_millis(25);
+const RECONNECT_MAX: Duration = Duration::from_millis(500);
+
+/// Waits `backoff`, then doubles it (up to [`RECONNECT_MAX`]).
+async fn back_off(backoff: &mut Duration) {
+    tokio::time::sleep(*backoff).await;
+    *backoff = (*backoff * 2).min(RECONNECT_MAX);
+}
+
+/// Opens a publisher socket again after the last one ended, until one opens or the run is
+/// over (`None`).
+async fn reopen(
+    url: &str,
+    token: &str,
+    start: Instant,
+    duration: Duration,
+    stats: &Mutex<PublishStats>,
+) -> Option<Ws> {
+    let mut backoff = RECONNECT_FIRST;
+    while start.elapsed() < duration {
+        match open(url, token).await {
+            Ok(ws) => {
+                if let Ok(mut st) = stats.lock() {
+                    st.reconnects += 1;
+                }
+                return Some(ws);
+            }
+            Err(_) => {
+                if let Ok(mut st) = stats.lock() {
+                    st.failed_reconnects += 1;
+                }
+                back_off(&mut backoff).await;
+            }
+        }
+    }
+    None
+}
+
+/// Where one publisher stands across its sockets.
+struct Sender {
+    /// This publisher's number, and how many share the rate.
+    k: usize,
+    publishers: usize,
+    /// Messages sent so far: the next one's `ref`, and its channel in turn.
+    sent: u64,
+    /// With a rate, the sends due so far: after a break it jumps to the present, so the
+    /// turns missed while the sidecar was away are skipped rather than sent in a burst.
+    turn: u64,
+}
+
+/// One publisher socket for the whole run: when the server closes it or it breaks (the
+/// sidecar went away), another is opened, and what was in flight on the old one is counted
+/// as unanswered.
 async fn run_socket(
     ws: Ws,
     k: usize,
@@ -303,13 +393,51 @@ async fn run_socket(
     stats: Arc<Mutex<PublishStats>>,
     start: Instant,
 ) -> Result<(), BenchError> {
+    let url = &plan.urls[k % plan.urls.len()];
+    let (_, rate) = pacing(&plan, sockets);
+    let mut sender = Sender {
+        k,
+        publishers: sockets,
+        sent: 0,
+        turn: 0,
+    };
+    let mut next = Some(ws);
+    while start.elapsed() < plan.duration {
+        let ws = match next.take() {
+            Some(ws) => ws,
+            None => match reopen(url, &plan.token, start, plan.duration, &stats).await {
+                Some(ws) => ws,
+                None => break,
+            },
+        };
+        if let Some(rate) = rate {
+            let due = (start.elapsed().as_secs_f64() * rate) as u64;
+            sender.turn = sender.turn.max(due);
+        }
+        send_on(ws, &mut sender, &plan, &stats, start).await?;
+    }
+    if let Ok(mut st) = stats.lock() {
+        st.sent += sender.sent;
+    }
+    Ok(())
+}
+
+/// Sends on one socket until the run's end (then waits up to 10 s for the last acks) or
+/// until the socket ends.
+async fn send_on(
+    ws: Ws,
+    sender: &mut Sender,
+    plan: &PublishPlan,
+    stats: &Arc<Mutex<PublishStats>>,
+    start: Instant,
+) -> Result<(), BenchError> {
     let (mut sink, mut stream) = ws.split();
     // ref → (sent at, channel index)
     let in_flight: Arc<Mutex<HashMap<u64, (Instant, usize)>>> = Arc::default();
-    let (window, rate) = pacing(&plan, sockets);
+    let (window, rate) = pacing(plan, sender.publishers);
     let permits = Arc::new(Semaphore::new(window));
 
-    let reader = {
+    let mut reader = {
         let in_flight = in_flight.clone();
         let stats = stats.clone();
         let permits = permits.clone();
@@ -330,25 +458,38 @@ async fn run_socket(
                 let Ok(mut st) = stats.lock() else { return };
                 st.record(&reply, sent, &channels[ch]);
             }
+            // The socket ended: a sender waiting for a permit learns it at once.
+            permits.close();
         })
     };
 
-    let mut sent: u64 = 0;
+    let mut ended = false;
     while start.elapsed() < plan.duration {
-        if wait_for_turn(rate, sent, start, plan.duration).await {
+        let waited = tokio::select! {
+            _ = &mut reader => {
+                ended = true;
+                break;
+            }
+            waited = wait_for_turn(rate, sender.turn, start, plan.duration) => waited,
+        };
+        if waited {
             continue;
         }
         let permit = match tokio::time::timeout(Duration::from_secs(5), permits.acquire()).await {
             Ok(Ok(p)) => p,
-            _ => {
+            Ok(Err(_)) => {
+                ended = true;
+                break;
+            }
+            Err(_) => {
                 return Err(BenchError::Protocol(
                     "the sidecar stopped acking (5 s without an ack)".into(),
                 ))
             }
         };
         permit.forget();
-        let ch = (sent as usize * sockets + k) % plan.channels.len();
-        let r = sent;
+        let ch = (sender.sent as usize * sender.publishers + sender.k) % plan.channels.len();
+        let r = sender.sent;
         let text = message_text(now_ns(), plan.size);
         let frame = format!(
             r#"{{"ref":{r},"ch":"{}","msg":"{text}"}}"#,
@@ -357,18 +498,28 @@ async fn run_socket(
         if let Ok(mut m) = in_flight.lock() {
             m.insert(r, (Instant::now(), ch));
         }
-        sink.send(Message::text(frame)).await.map_err(ws_err)?;
-        sent += 1;
+        sender.sent += 1;
+        sender.turn += 1;
+        if sink.send(Message::text(frame)).await.is_err() {
+            ended = true;
+            break;
+        }
     }
-    if let Ok(mut st) = stats.lock() {
-        st.sent += sent;
+    if !ended {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while in_flight.lock().map(|m| !m.is_empty()).unwrap_or(false)
+            && !reader.is_finished()
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while in_flight.lock().map(|m| !m.is_empty()).unwrap_or(false) && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let _ = sink.close().await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
     reader.abort();
+    let unanswered = in_flight.lock().map(|m| m.len() as u64).unwrap_or(0);
+    if let Ok(mut st) = stats.lock() {
+        st.unanswered(unanswered);
+    }
     Ok(())
 }
 
@@ -414,7 +565,12 @@ fn http_target(ws_url: &str) -> Result<(String, String), BenchError> {
 /// was pipelined behind the last).
 const REQUESTS_PER_CONNECTION: u64 = 1000;
 
-/// One publisher: connections one after the other until the run's end.
+/// How long an HTTP publisher pauses after a gateway answer (502, 503, 504: nginx found
+/// no sidecar) before its next request, so that an outage is not a flood of refusals.
+const GATEWAY_PAUSE: Duration = Duration::from_millis(50);
+
+/// One publisher: connections one after the other until the run's end. The first must
+/// open (a wrong address fails the run at once); a later one that fails is tried again.
 async fn run_publisher(
     target: HttpTarget,
     k: usize,
@@ -424,12 +580,38 @@ async fn run_publisher(
     start: Instant,
 ) -> Result<(), BenchError> {
     let mut sent: u64 = 0;
+    let mut connections: u64 = 0;
+    let mut backoff = RECONNECT_FIRST;
+    // Whether the server closed the last connection under its requests: the next one
+    // opened is a reconnect, as for a WebSocket publisher.
+    let mut closed_early = false;
     while start.elapsed() < plan.duration {
-        let stream = tokio::net::TcpStream::connect(&target.host)
-            .await
-            .map_err(|e| BenchError::Setup(format!("publisher connect to {}: {e}", target.host)))?;
+        let stream = match tokio::net::TcpStream::connect(&target.host).await {
+            Ok(stream) => stream,
+            Err(e) if connections == 0 => {
+                return Err(BenchError::Setup(format!(
+                    "publisher connect to {}: {e}",
+                    target.host
+                )))
+            }
+            Err(_) => {
+                if let Ok(mut st) = stats.lock() {
+                    st.failed_reconnects += 1;
+                }
+                back_off(&mut backoff).await;
+                continue;
+            }
+        };
+        backoff = RECONNECT_FIRST;
+        connections += 1;
+        if closed_early {
+            if let Ok(mut st) = stats.lock() {
+                st.reconnects += 1;
+            }
+        }
         let _ = stream.set_nodelay(true);
-        sent = run_connection(stream, &target, k, publishers, &plan, &stats, start, sent).await?;
+        (sent, closed_early) =
+            run_connection(stream, &target, k, publishers, &plan, &stats, start, sent).await?;
     }
     if let Ok(mut st) = stats.lock() {
         st.sent += sent;
@@ -438,7 +620,8 @@ async fn run_publisher(
 }
 
 /// Sends on `stream` until [`REQUESTS_PER_CONNECTION`] or the run's end, waits for the
-/// answers, and returns the publisher's count of requests sent so far (from `sent`).
+/// answers, and returns the publisher's count of requests sent so far (from `sent`), and
+/// whether the server closed the connection before that.
 #[allow(clippy::too_many_arguments)]
 async fn run_connection(
     stream: tokio::net::TcpStream,
@@ -449,17 +632,20 @@ async fn run_connection(
     stats: &Arc<Mutex<PublishStats>>,
     start: Instant,
     mut sent: u64,
-) -> Result<u64, BenchError> {
+) -> Result<(u64, bool), BenchError> {
     let (read, mut write) = stream.into_split();
     // Requests sent and not answered yet, in order: (sent at, channel index).
     let in_flight: Arc<Mutex<VecDeque<(Instant, usize)>>> = Arc::default();
     let (window, rate) = pacing(plan, publishers);
     let permits = Arc::new(Semaphore::new(window));
+    // Set by the reader on a gateway answer: the sender pauses before its next request.
+    let sidecar_away = Arc::new(AtomicBool::new(false));
     let reader = {
         let in_flight = in_flight.clone();
         let stats = stats.clone();
         let permits = permits.clone();
         let channels = plan.channels.clone();
+        let sidecar_away = sidecar_away.clone();
         tokio::spawn(async move {
             let mut read = BufReader::new(read);
             while let Ok((status, body)) = read_response(&mut read).await {
@@ -468,11 +654,15 @@ async fn run_connection(
                 };
                 permits.add_permits(1);
                 let body: Value = serde_json::from_slice(&body).unwrap_or_default();
-                let reply = if status == 200 {
-                    serde_json::json!({"type": "ack", "id": body["id"]})
-                } else {
-                    serde_json::json!({"code": body["error"]["code"]})
+                let reply = match (status, body["error"]["code"].as_str()) {
+                    (200, _) => serde_json::json!({"type": "ack", "id": body["id"]}),
+                    (_, Some(code)) => serde_json::json!({"code": code}),
+                    // Not the sidecar's answer (nginx's own page): named by its status.
+                    (status, None) => serde_json::json!({"code": format!("http_{status}")}),
                 };
+                if matches!(status, 502..=504) {
+                    sidecar_away.store(true, Ordering::Relaxed);
+                }
                 let Ok(mut st) = stats.lock() else { break };
                 st.record(&reply, sent, &channels[ch]);
             }
@@ -482,14 +672,21 @@ async fn run_connection(
     };
 
     let mut on_this = 0;
+    let mut closed_early = false;
     while start.elapsed() < plan.duration && on_this < REQUESTS_PER_CONNECTION {
         if wait_for_turn(rate, sent, start, plan.duration).await {
             continue;
         }
+        if sidecar_away.swap(false, Ordering::Relaxed) {
+            tokio::time::sleep(GATEWAY_PAUSE).await;
+        }
         match tokio::time::timeout(Duration::from_secs(5), permits.acquire()).await {
             Ok(Ok(p)) => p.forget(),
             // The server closed the connection: open another.
-            Ok(Err(_)) => break,
+            Ok(Err(_)) => {
+                closed_early = true;
+                break;
+            }
             Err(_) => {
                 return Err(BenchError::Protocol(
                     "the sidecar stopped answering (5 s without an answer)".into(),
@@ -510,11 +707,12 @@ async fn run_connection(
         if let Ok(mut q) = in_flight.lock() {
             q.push_back((Instant::now(), ch));
         }
-        if write.write_all(request.as_bytes()).await.is_err() {
-            break;
-        }
         sent += 1;
         on_this += 1;
+        if write.write_all(request.as_bytes()).await.is_err() {
+            closed_early = true;
+            break;
+        }
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     while in_flight.lock().map(|q| !q.is_empty()).unwrap_or(false)
@@ -526,17 +724,17 @@ async fn run_connection(
     let _ = write.shutdown().await;
     reader.abort();
     // Sent on this connection and never answered: the server closed it first.
-    let lost = in_flight.lock().map(|q| q.len() as u64).unwrap_or(0);
-    if lost > 0 {
-        if let Ok(mut st) = stats.lock() {
-            *st.errors.entry("connection_closed".into()).or_default() += lost;
-        }
+    let unanswered = in_flight.lock().map(|q| q.len() as u64).unwrap_or(0);
+    if let Ok(mut st) = stats.lock() {
+        st.unanswered(unanswered);
     }
-    Ok(sent)
+    Ok((sent, closed_early))
 }
 
 /// Reads one HTTP/1.1 response: its status and body (`Content-Length` or chunked).
-async fn read_response<R: AsyncBufRead + Unpin>(r: &mut R) -> Result<(u16, Vec<u8>), BenchError> {
+pub async fn read_response<R: AsyncBufRead + Unpin>(
+    r: &mut R,
+) -> Result<(u16, Vec<u8>), BenchError> {
     let bad = |what: &str| BenchError::Protocol(format!("HTTP publisher: {what}"));
     let mut line = String::new();
     if r.read_line(&mut line).await? == 0 {

@@ -719,7 +719,7 @@ async fn deliver(target_args: &TargetArgs, spec: DeliverySpec) -> Result<Value, 
     let machine_end = CpuTimes::now();
     let window = started.elapsed().as_secs_f64();
 
-    let (report, latency, per_host) = fleet.report(&stats.published).await?;
+    let (report, latency, per_host) = fleet.report(&stats.acked_runs()).await?;
     fleet.stop().await;
     let delivered = report.progress.received;
     let published: u64 = stats.published.values().copied().map(id_count).sum();
@@ -737,6 +737,7 @@ async fn deliver(target_args: &TargetArgs, spec: DeliverySpec) -> Result<Value, 
         "connect_seconds": round(connect_seconds, 2),
         "connects_per_s": round(report.progress.connected as f64 / connect_seconds.max(1e-9), 0),
         "published": published,
+        "acked": stats.acked,
         "publish_errors": stats.errors,
         "expected_deliveries": expected,
         "deliveries": delivered,
@@ -775,6 +776,10 @@ async fn deliver(target_args: &TargetArgs, spec: DeliverySpec) -> Result<Value, 
             result[format!("{name}_rss_per_subscriber_bytes")] =
                 round(after.saturating_sub(before) as f64 / connected, 0).into();
         }
+    }
+    if stats.reconnects + stats.failed_reconnects > 0 {
+        result["publisher_reconnects"] = stats.reconnects.into();
+        result["publisher_failed_reconnects"] = stats.failed_reconnects.into();
     }
     if let Some(storm_result) = storm.result(&spec, report.progress.reconnected) {
         // The old workers' meters stop at the reload: per delivery it would mislead.
@@ -948,7 +953,10 @@ pub async fn publish_flood(args: PublishArgs) -> Result<Value, BenchError> {
     let gaps: u64 = stats
         .published
         .iter()
-        .map(|(ch, range)| id_count(*range).saturating_sub(stats.acked_per_channel[ch]))
+        .map(|(ch, range)| {
+            let acked = stats.acked_ids.get(ch).map_or(0, |ids| ids.count());
+            id_count(*range).saturating_sub(acked)
+        })
         .sum();
     let secs = stats.elapsed.as_secs_f64().max(1e-9);
     let mut result = json!({
@@ -974,6 +982,10 @@ pub async fn publish_flood(args: PublishArgs) -> Result<Value, BenchError> {
     });
     if !redis_cpu.is_empty() {
         result["redis_cpu_us_per_message"] = per(redis_used, stats.acked);
+    }
+    if stats.reconnects + stats.failed_reconnects > 0 {
+        result["reconnects"] = stats.reconnects.into();
+        result["failed_reconnects"] = stats.failed_reconnects.into();
     }
     Ok(result)
 }
@@ -1054,8 +1066,8 @@ pub async fn floor(args: FloorArgs) -> Result<Value, BenchError> {
     let server_used = server_cpu.used();
     let load_used = load_cpu.used();
     let machine_end = CpuTimes::now();
-    let published = BTreeMap::from([(channel_name, (sent.first, sent.last))]);
-    let (report, latency, _) = fleet.report(&published).await?;
+    let sent_ids = BTreeMap::from([(channel_name, vec![(sent.first, sent.last)])]);
+    let (report, latency, _) = fleet.report(&sent_ids).await?;
     fleet.stop().await;
     drop(stdin);
     let _ = tokio::time::timeout(Duration::from_secs(5), server.wait()).await;
