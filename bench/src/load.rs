@@ -97,6 +97,10 @@ pub enum ToLoad {
     Report {
         acked: BTreeMap<String, Vec<(u64, u64)>>,
     },
+    /// From now on, count the viewers that received a message sent at or after
+    /// `sent_after_ns` (the publisher's stamp): after a sidecar restart, the viewers the
+    /// new sidecar's messages reached.
+    Watch { sent_after_ns: u64 },
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -111,6 +115,17 @@ pub struct Progress {
     /// Closed subscribers connected again (with `--reconnect-ms`), resuming with `since`.
     #[serde(default)]
     pub reconnected: u64,
+    /// Subscribers that received a message sent after the mark of [`ToLoad::Watch`].
+    #[serde(default)]
+    pub caught_up: u64,
+    /// The earliest send stamp (Unix ns) of the messages that caught them up, 0 before the
+    /// first: when the first message after the mark was sent.
+    #[serde(default)]
+    pub caught_up_first_sent_ns: u64,
+    /// When the latest of them caught up (Unix ns, 0 before the first): with every
+    /// subscriber caught up, the moment deliveries flowed to all again.
+    #[serde(default)]
+    pub caught_up_last_ns: u64,
     /// The first few distinct errors (connecting, or reading after).
     pub errors: Vec<String>,
 }
@@ -123,6 +138,14 @@ impl Progress {
         self.requests += other.requests;
         self.closed += other.closed;
         self.reconnected += other.reconnected;
+        self.caught_up += other.caught_up;
+        self.caught_up_first_sent_ns =
+            match (self.caught_up_first_sent_ns, other.caught_up_first_sent_ns) {
+                (0, theirs) => theirs,
+                (ours, 0) => ours,
+                (ours, theirs) => ours.min(theirs),
+            };
+        self.caught_up_last_ns = self.caught_up_last_ns.max(other.caught_up_last_ns);
         for e in &other.errors {
             self.note_error(e);
         }
@@ -178,6 +201,8 @@ struct SubStat {
     ids: Vec<(u64, u64)>,
     duplicates: u64,
     gaps: u64,
+    /// Whether it received a message sent after the watch mark ([`ToLoad::Watch`]).
+    caught_up: bool,
 }
 
 impl SubStat {
@@ -218,12 +243,33 @@ struct LoadState {
     close_codes: BTreeMap<String, u64>,
     /// One per chat host.
     latency: Vec<Histogram<u64>>,
+    /// The mark of [`ToLoad::Watch`], once given.
+    watch_after_ns: Option<u64>,
 }
 
 impl LoadState {
     /// Subscribers that have connected or failed to.
     fn attempts_done(&self) -> u64 {
         self.progress.connected + self.progress.failed
+    }
+
+    /// Counts subscriber `i` caught up when a message sent at `sent_ns` is its first since
+    /// the watch mark; `now_ns` is when it arrived.
+    fn note_catch_up(&mut self, i: usize, sent_ns: u64, now_ns: u64) {
+        let Some(after) = self.watch_after_ns else {
+            return;
+        };
+        let sub = &mut self.subs[i];
+        if sent_ns < after || sub.caught_up {
+            return;
+        }
+        sub.caught_up = true;
+        let p = &mut self.progress;
+        p.caught_up += 1;
+        if p.caught_up_first_sent_ns == 0 || sent_ns < p.caught_up_first_sent_ns {
+            p.caught_up_first_sent_ns = sent_ns;
+        }
+        p.caught_up_last_ns = p.caught_up_last_ns.max(now_ns);
     }
 }
 
@@ -326,6 +372,7 @@ async fn child_main(args: LoadArgs) -> Result<(), BenchError> {
         progress: Progress::default(),
         close_codes: BTreeMap::new(),
         latency: args.addr.iter().map(|_| new_histogram()).collect(),
+        watch_after_ns: None,
     }));
     let permits = Rc::new(Semaphore::new(args.concurrency.max(1)));
     for i in 0..args.count {
@@ -434,6 +481,9 @@ async fn child_main(args: LoadArgs) -> Result<(), BenchError> {
                 let report = report(&state.borrow(), &args, &acked)?;
                 crate::emit_line(&FromLoad::Report(report))?;
             }
+            Ok(ToLoad::Watch { sent_after_ns }) => {
+                state.borrow_mut().watch_after_ns = Some(sent_after_ns);
+            }
             Err(e) => eprintln!("chatup-bench load: bad command {line:?}: {e}"),
         }
     }
@@ -458,8 +508,10 @@ async fn subscribe(mut client: Viewer, state: &Shared, i: usize, target: usize) 
                     st.subs[i].ep = ep;
                 }
                 if let Some(sent) = delivery.sent_ns {
-                    let us = now_ns().saturating_sub(sent) / 1000;
+                    let now = now_ns();
+                    let us = now.saturating_sub(sent) / 1000;
                     st.latency[target].saturating_record(us.clamp(1, MAX_LATENCY_US));
+                    st.note_catch_up(i, sent, now);
                 }
             }
             Ok(Frame::Answered) => state.borrow_mut().progress.requests += 1,
@@ -708,6 +760,12 @@ impl Fleet {
         }
     }
 
+    /// Tells every process to count the subscribers that receive a message sent at or
+    /// after `sent_after_ns` ([`Progress::caught_up`]).
+    pub async fn watch(&mut self, sent_after_ns: u64) -> Result<(), BenchError> {
+        self.command(&ToLoad::Watch { sent_after_ns }).await
+    }
+
     async fn command(&mut self, command: &ToLoad) -> Result<(), BenchError> {
         let mut line = serde_json::to_vec(command)?;
         line.push(b'\n');
@@ -800,6 +858,47 @@ mod tests {
         assert!(runs.insert(1));
         assert_eq!(runs.runs(), &[(1, 8), (10, 10)]);
         assert_eq!(runs.count(), 9);
+    }
+
+    #[test]
+    fn subscribers_catch_up_on_messages_sent_after_the_mark() {
+        let mut st = LoadState {
+            subs: vec![SubStat::default(), SubStat::default()],
+            progress: Progress::default(),
+            close_codes: BTreeMap::new(),
+            latency: Vec::new(),
+            watch_after_ns: None,
+        };
+        st.note_catch_up(0, 500, 510);
+        assert_eq!(st.progress.caught_up, 0, "no mark yet");
+        st.watch_after_ns = Some(1000);
+        st.note_catch_up(0, 999, 1005);
+        assert_eq!(st.progress.caught_up, 0, "sent before the mark");
+        st.note_catch_up(0, 1200, 1300);
+        st.note_catch_up(0, 1250, 1350);
+        st.note_catch_up(1, 1100, 1400);
+        let p = &st.progress;
+        assert_eq!(p.caught_up, 2, "each subscriber once");
+        assert_eq!(p.caught_up_first_sent_ns, 1100);
+        assert_eq!(p.caught_up_last_ns, 1400);
+
+        let mut sum = Progress::default();
+        sum.add(&Progress {
+            caught_up: 1,
+            caught_up_first_sent_ns: 2000,
+            caught_up_last_ns: 2100,
+            ..Progress::default()
+        });
+        sum.add(p);
+        sum.add(&Progress::default());
+        assert_eq!(
+            (
+                sum.caught_up,
+                sum.caught_up_first_sent_ns,
+                sum.caught_up_last_ns
+            ),
+            (3, 1100, 2100)
+        );
     }
 
     #[test]

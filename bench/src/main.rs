@@ -2,6 +2,7 @@
 //!
 //! Layout:
 //! - [`scenario`]: idle, fanout, rooms, publish and floor runs, and their one-line JSON result.
+//! - [`restart`]: a fan-out's sidecar restart (`--restart-sidecar-at`) and what it measures.
 //! - [`stack`]: the server under test (hosts the bench starts from `build/`, one with the
 //!   memory broker or several sharing a Redis, or `--url`).
 //! - [`load`]: subscriber load spread over child processes and source addresses.
@@ -25,6 +26,7 @@ mod pollclient;
 mod procfs;
 mod publish;
 mod report;
+mod restart;
 mod scenario;
 mod sseclient;
 mod stack;
@@ -67,8 +69,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    // Boxed: a scenario's arguments are several times larger than the other commands'.
     #[command(flatten)]
-    Scenario(scenario::Scenario),
+    Scenario(Box<scenario::Scenario>),
     /// Writes the results section of BENCHMARKS.md from a file of result lines.
     Report(report::ReportArgs),
     /// (internal) one subscriber load process.
@@ -85,7 +88,7 @@ fn main() -> ExitCode {
         Command::Load(args) => load::run_child(args),
         Command::FloorServer => floor::run_server(),
         Command::Report(args) => report::run(&args),
-        Command::Scenario(scenario) => run_scenario(scenario),
+        Command::Scenario(scenario) => run_scenario(*scenario),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -493,6 +493,35 @@ const DELIVERY: Fixed = &[
         "sidecar CPU until every viewer was back (ms)",
         &["storm", "sidecar_cpu_ms_until_back"],
     ),
+    (
+        "sidecar restarted at (s)",
+        &["restart", "restart_sidecar_at_s"],
+    ),
+    (
+        "SIGTERM to the old sidecar's exit (s)",
+        &["restart", "stop_to_exit_s"],
+    ),
+    (
+        "new sidecar ready after its start (s)",
+        &["restart", "ready_s"],
+    ),
+    (
+        "stop to every worker's relay connected again (s)",
+        &["restart", "relays_back_s"],
+    ),
+    (
+        "stop to every viewer receiving again (s)",
+        &["restart", "recovery_s"],
+    ),
+    (
+        "relay subscriptions the new sidecar received",
+        &["restart", "relay_subscribes"],
+    ),
+    (
+        "new sidecar CPU until every viewer received again (ms)",
+        &["restart", "sidecar_cpu_ms_until_recovered"],
+    ),
+    ("publisher reconnects", &["publisher_reconnects"]),
 ];
 
 /// Every scenario ends with these.

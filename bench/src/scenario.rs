@@ -20,6 +20,7 @@ use crate::floor::{FloorCommand, FloorEvent};
 use crate::load::{id_count, room_channel, Fleet, LoadPlan};
 use crate::procfs::{self, CpuMeter, CpuTimes};
 use crate::publish::{self, Pace, PublishPlan};
+use crate::restart::SidecarRestart;
 use crate::stack::{redact, Broker, Stack, StackArgs};
 use crate::viewer::Transport;
 use crate::BenchError;
@@ -62,6 +63,7 @@ impl Scenario {
                         transport,
                         quiet_channels: a.viewers.quiet_channels,
                         reload_at: a.reload_at,
+                        restart_sidecar_at: a.restart_sidecar_at,
                         reconnect_ms: a.reconnect_ms,
                     };
                     results.push(deliver(&a.target, spec).await?);
@@ -79,6 +81,7 @@ impl Scenario {
                         transport,
                         quiet_channels: a.viewers.quiet_channels,
                         reload_at: None,
+                        restart_sidecar_at: None,
                         reconnect_ms: 0,
                     };
                     results.push(deliver(&a.target, spec).await?);
@@ -198,8 +201,27 @@ pub struct FanoutArgs {
     /// a random wait of up to `--reconnect-ms`.
     #[arg(long, value_parser = parse_seconds)]
     pub reload_at: Option<f64>,
+    /// The sidecar restart: this many seconds into the publishing, stop every host's
+    /// sidecar (SIGTERM) and start a new one with the same configuration as soon as it has
+    /// exited. Viewers stay connected to nginx (its workers' relays reconnect and subscribe
+    /// again from where they stand) and publishers reconnect. The result's `restart` says
+    /// how long until every viewer got a message sent after the new sidecar started
+    /// (`recovery_s`), how long the new one took to listen (`ready_s`) and how many relay
+    /// subscriptions it received (`relay_subscribes`: one per channel per nginx worker).
+    /// Needs the bench's own stack and --broker redis: the memory broker's history and ids
+    /// die with the sidecar, so the new one would start every channel over in a new epoch
+    /// and nothing could resume.
+    #[arg(
+        long,
+        value_parser = parse_seconds,
+        value_name = "S",
+        conflicts_with_all = ["reload_at", "url"]
+    )]
+    pub restart_sidecar_at: Option<f64>,
     /// With --reload-at: the spread of the viewers' reconnects, in ms (the browser client's
-    /// first retry waits up to its `reconnectDelay`, 500 ms).
+    /// first retry waits up to its `reconnectDelay`, 500 ms). With --restart-sidecar-at,
+    /// the same for viewers the server closes then (a private channel's, whose admission
+    /// went with the old sidecar).
     #[arg(long, default_value_t = 500)]
     pub reconnect_ms: u64,
 }
@@ -614,7 +636,9 @@ struct DeliverySpec {
     quiet_channels: usize,
     /// Reload nginx this many seconds into the publishing (the reconnect storm).
     reload_at: Option<f64>,
-    /// The viewers' reconnect spread, in ms, with `reload_at`.
+    /// Restart the sidecars this many seconds into the publishing.
+    restart_sidecar_at: Option<f64>,
+    /// The viewers' reconnect spread, in ms, with `reload_at` or `restart_sidecar_at`.
     reconnect_ms: u64,
 }
 
@@ -640,7 +664,16 @@ async fn deliver(target_args: &TargetArgs, spec: DeliverySpec) -> Result<Value, 
             "rooms and subscribers must be at least 1".into(),
         ));
     }
-    let target = Target::open(target_args)?;
+    if spec.restart_sidecar_at.is_some() && target_args.stack.broker != Broker::Redis {
+        return Err(BenchError::Setup(
+            "--restart-sidecar-at needs --broker redis: the memory broker keeps the channels' \
+             history and ids inside the sidecar, so a new sidecar starts every channel over \
+             in a new epoch and the viewers have nothing to resume from; with Redis the \
+             history outlives the sidecar"
+                .into(),
+        ));
+    }
+    let mut target = Target::open(target_args)?;
     let token = target.publisher_token().await?;
     let prefix = run_prefix(spec.name);
     let mut plan = target.load_plan(
@@ -650,7 +683,7 @@ async fn deliver(target_args: &TargetArgs, spec: DeliverySpec) -> Result<Value, 
         spec.transport,
         spec.quiet_channels,
     )?;
-    if spec.reload_at.is_some() {
+    if spec.reload_at.is_some() || spec.restart_sidecar_at.is_some() {
         plan.reconnect_ms = Some(spec.reconnect_ms);
     }
     // Memory before the viewers and once they are all connected (before any message): what
@@ -684,9 +717,16 @@ async fn deliver(target_args: &TargetArgs, spec: DeliverySpec) -> Result<Value, 
     let mut last_received = fleet.totals().received;
     let mut last_print = Instant::now();
     let mut storm = Storm::default();
+    let channels = 1 + spec.quiet_channels;
+    let mut restart = spec
+        .restart_sidecar_at
+        .map(|at| SidecarRestart::new(at, channels));
     while !publishing.is_finished() {
         fleet.next_event(Duration::from_millis(250)).await?;
         storm.step(&spec, &target, &fleet, started)?;
+        if let (Some(restart), Some(stack)) = (&mut restart, &mut target.stack) {
+            restart.step(stack, &mut fleet, started, spec.name).await?;
+        }
         if last_print.elapsed() >= Duration::from_secs(1) {
             let p = fleet.totals();
             eprintln!(
@@ -710,6 +750,14 @@ async fn deliver(target_args: &TargetArgs, spec: DeliverySpec) -> Result<Value, 
     while storm.reloaded.is_some() && storm.all_back.is_none() && Instant::now() < give_up {
         fleet.next_event(Duration::from_millis(250)).await?;
         storm.step(&spec, &target, &fleet, started)?;
+    }
+    // A recovery from the restart still under way: the same.
+    if let (Some(restart), Some(stack)) = (&mut restart, &mut target.stack) {
+        while !restart.settled() && Instant::now() < give_up {
+            fleet.next_event(Duration::from_millis(250)).await?;
+            restart.step(stack, &mut fleet, started, spec.name).await?;
+        }
+        restart.finish(stack).await?;
     }
     drain(&mut fleet, expected, spec.name).await?;
     let nginx_used = nginx_cpu.used();
@@ -780,6 +828,17 @@ async fn deliver(target_args: &TargetArgs, spec: DeliverySpec) -> Result<Value, 
     if stats.reconnects + stats.failed_reconnects > 0 {
         result["publisher_reconnects"] = stats.reconnects.into();
         result["publisher_failed_reconnects"] = stats.failed_reconnects.into();
+    }
+    if let Some(restart_result) = restart
+        .as_ref()
+        .and_then(|r| r.result(report.progress.closed))
+    {
+        // The meter read the old sidecars, which are gone: per message it would mislead.
+        if let Some(obj) = result.as_object_mut() {
+            obj.remove("sidecar_cpu_us_per_message");
+            obj.remove("sidecar_cpu_s");
+        }
+        result["restart"] = restart_result;
     }
     if let Some(storm_result) = storm.result(&spec, report.progress.reconnected) {
         // The old workers' meters stop at the reload: per delivery it would mislead.

@@ -112,6 +112,8 @@ struct Host {
     /// Stopped before the sidecar (field order), as an operator would.
     nginx: ChildGuard,
     sidecar: ChildGuard,
+    /// The sidecar binary, to start another with the same configuration (a restart).
+    sidecar_program: PathBuf,
     port: u16,
     sidecar_port: u16,
     relay: PathBuf,
@@ -325,16 +327,8 @@ impl StackArgs {
             ),
         )?;
 
-        // The processes stay in the bench's process group, so a Ctrl-C stops them too.
-        let sidecar = ChildGuard::adopt(
-            Command::new(build.join("chatup-sidecar"))
-                .arg("--config")
-                .arg(d.join("chatup.toml"))
-                .stdin(Stdio::null())
-                .stdout(fs::File::create(d.join("sidecar.log"))?)
-                .stderr(fs::File::create(d.join("sidecar.err"))?)
-                .spawn()?,
-        );
+        let sidecar_program = build.join("chatup-sidecar");
+        let sidecar = spawn_sidecar(&sidecar_program, d)?;
         let nginx = ChildGuard::adopt(
             Command::new(build.join("nginx"))
                 .arg("-p")
@@ -351,12 +345,34 @@ impl StackArgs {
         Ok(Host {
             nginx,
             sidecar,
+            sidecar_program,
             port,
             sidecar_port,
             relay,
             folder: d.to_path_buf(),
         })
     }
+}
+
+/// Starts the sidecar of the host in `folder` with its `chatup.toml`; its output goes on
+/// at the end of the folder's logs, so a restarted sidecar's follows the first's.
+fn spawn_sidecar(program: &Path, folder: &Path) -> Result<ChildGuard, BenchError> {
+    let log = |name: &str| {
+        fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(folder.join(name))
+    };
+    // The processes stay in the bench's process group, so a Ctrl-C stops them too.
+    Ok(ChildGuard::adopt(
+        Command::new(program)
+            .arg("--config")
+            .arg(folder.join("chatup.toml"))
+            .stdin(Stdio::null())
+            .stdout(log("sidecar.log")?)
+            .stderr(log("sidecar.err")?)
+            .spawn()?,
+    ))
 }
 
 /// A Redis the sidecars are pointed at.
@@ -409,6 +425,54 @@ impl Stack {
     /// The redis-server the bench started, if it did.
     pub fn redis_pid(&self) -> Option<u32> {
         self.redis.as_ref().map(|r| r.child.id())
+    }
+
+    /// Every host's sidecar HTTP address (its `/metrics`).
+    pub fn sidecar_addrs(&self) -> Vec<SocketAddr> {
+        self.hosts
+            .iter()
+            .map(|h| SocketAddr::from(([127, 0, 0, 1], h.sidecar_port)))
+            .collect()
+    }
+
+    /// Sends SIGTERM to every host's sidecar: the first half of a restart.
+    pub fn terminate_sidecars(&self) {
+        for host in &self.hosts {
+            host.sidecar
+                .signal(nix::sys::signal::Signal::SIGTERM as i32);
+        }
+    }
+
+    /// Whether every host's sidecar has exited.
+    pub fn sidecars_exited(&mut self) -> bool {
+        self.hosts.iter_mut().all(|h| !h.sidecar.running())
+    }
+
+    /// Starts a new sidecar on every host, with the configuration and ports of the one
+    /// before (which must have exited).
+    pub fn start_sidecars(&mut self) -> Result<(), BenchError> {
+        for host in &mut self.hosts {
+            host.sidecar = spawn_sidecar(&host.sidecar_program, &host.folder)?;
+        }
+        Ok(())
+    }
+
+    /// Whether every host's sidecar answers on its HTTP port and has its relay socket; an
+    /// error with its log when one has exited.
+    pub fn sidecars_ready(&mut self) -> Result<bool, BenchError> {
+        for host in &mut self.hosts {
+            still_running(
+                &mut host.sidecar,
+                "chatup-sidecar",
+                &host.folder.join("sidecar.err"),
+            )?;
+            let up =
+                host.relay.exists() && TcpStream::connect(("127.0.0.1", host.sidecar_port)).is_ok();
+            if !up {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 }
 

@@ -330,7 +330,7 @@ fn private_viewers_connect_with_a_subscribe_token() {
 
 #[test]
 fn bad_input_is_refused_with_a_reason() {
-    let cases: [(&[&str], &str); 12] = [
+    let cases: [(&[&str], &str); 15] = [
         (
             &["fanout", "--transport", "smoke"],
             "invalid value 'smoke' for '--transport",
@@ -378,6 +378,25 @@ fn bad_input_is_refused_with_a_reason() {
         (
             &["fanout", "--redis-url", "redis://127.0.0.1:1"],
             "--redis-url needs --broker redis",
+        ),
+        // A restarted sidecar's memory broker would start every channel over.
+        (
+            &["fanout", "--restart-sidecar-at", "1"],
+            "--restart-sidecar-at needs --broker redis",
+        ),
+        (
+            &[
+                "fanout",
+                "--restart-sidecar-at",
+                "1",
+                "--url",
+                "http://127.0.0.1:1",
+            ],
+            "cannot be used with '--url",
+        ),
+        (
+            &["fanout", "--restart-sidecar-at", "1", "--reload-at", "2"],
+            "cannot be used with '--reload-at",
         ),
     ];
     for (args, reason) in cases {
@@ -451,6 +470,68 @@ fn a_reload_storm_brings_every_viewer_back_without_loss() {
     assert!(
         r["worker_rss_per_subscriber_bytes"].as_f64().is_some(),
         "{r}"
+    );
+}
+
+/// The sidecar restarted under publishing: the viewers stay connected to nginx, each
+/// worker's relay subscribes again once per channel (not once per viewer), the publisher
+/// reconnects, and every acked message reaches every viewer exactly once.
+#[test]
+fn a_sidecar_restart_keeps_every_viewer_without_loss() {
+    let r = result_of(&[
+        "fanout",
+        "--broker",
+        "redis",
+        "--workers",
+        "2",
+        "--subscribers",
+        "300",
+        "--rate",
+        "20",
+        "--duration",
+        "4",
+        "--restart-sidecar-at",
+        "1.5",
+    ]);
+    let restart = &r["restart"];
+    assert_eq!(r["connected"], 300, "{r}");
+    assert_eq!(r["closed"], json!({}), "no viewer was closed: {r}");
+    assert_eq!(restart["viewers_closed"], 0, "{r}");
+    // Publishing went on after the restart: most of 20/s for 4 s was acked.
+    let acked = r["acked"].as_u64().expect("acked");
+    assert!(acked >= 60, "acked {acked}: {r}");
+    assert!(
+        r["publisher_reconnects"].as_u64().expect("reconnects") >= 1,
+        "{r}"
+    );
+    // Every acked message to every viewer, once.
+    assert_eq!(r["lost"], 0, "{r}");
+    assert_eq!(r["duplicates"], 0, "{r}");
+    assert_eq!(r["gaps"], 0, "{r}");
+    assert_eq!(r["deliveries"], r["expected_deliveries"], "{r}");
+    assert!(r["deliveries"].as_u64().unwrap() >= acked * 300, "{r}");
+    // The new sidecar heard from both workers, one subscription each to the one room.
+    assert_eq!(restart["relay_workers"], 2, "{r}");
+    assert_eq!(
+        restart["relay_subscribes"], 2,
+        "one per channel per worker: {r}"
+    );
+    assert_eq!(restart["relay_subscribes_per_worker_channel"], 1.0, "{r}");
+    let ready = restart["ready_s"].as_f64().expect("ready_s");
+    let recovery = restart["recovery_s"].as_f64().expect("recovery_s");
+    let first_sent = restart["first_fresh_sent_s"].as_f64().expect("first sent");
+    assert!(ready > 0.0 && ready < recovery, "{r}");
+    assert!(first_sent < recovery && recovery < 2.5, "{r}");
+    assert!(
+        restart["sidecar_cpu_ms_until_recovered"]
+            .as_f64()
+            .expect("CPU")
+            > 0.0,
+        "{r}"
+    );
+    assert!(
+        r.get("sidecar_cpu_us_per_message").is_none(),
+        "the old sidecar's meter stops at the restart: {r}"
     );
 }
 
