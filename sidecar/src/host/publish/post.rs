@@ -144,17 +144,22 @@ pub async fn answer(app: &App, request: PostRequest<'_>) -> PostAnswer {
             }
             Err(e) => {
                 debug!(code = e.code.as_str(), "publish refused: {}", e.message);
-                let error = ApiError::from(e);
-                PostAnswer {
-                    status: error.status,
-                    headers: error.headers(),
-                    body: json(&error.body()),
-                }
+                refusal(e)
             }
         }
     }
     .instrument(span)
     .await
+}
+
+/// The answer to a refused publish.
+pub fn refusal(e: PublishError) -> PostAnswer {
+    let error = ApiError::from(e);
+    PostAnswer {
+        status: error.status,
+        headers: error.headers(),
+        body: json(&error.body()),
+    }
 }
 
 fn json(value: &impl Serialize) -> Vec<u8> {
