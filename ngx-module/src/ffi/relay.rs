@@ -1,7 +1,8 @@
 //! The worker's Unix-socket connection to the sidecar: connect, reconnect (at once, then with
 //! backoff up to 1 s: [`crate::backoff`] says why), read frames into the hub, write what the
-//! hub queued. While it is down, subscribers stay connected; on reconnect the hub
-//! resubscribes from its last positions.
+//! hub queued, answer the requests the frames answer (admissions, publishes). While it is
+//! down, subscribers stay connected; on reconnect the hub resubscribes from its last
+//! positions.
 
 use std::ffi::c_void;
 use std::ptr;
@@ -15,7 +16,7 @@ use ngx::ffi::{
 use ngx::ngx_log_error;
 
 use super::worker::with_worker;
-use super::{free_timer, new_timer, now_ms, subscriber};
+use super::{free_timer, new_timer, now_ms, publish, subscriber};
 use crate::backoff::{Backoff, HEALTHY_AFTER_MS};
 
 const READ_CHUNK: usize = 64 * 1024;
@@ -187,8 +188,9 @@ fn disconnect(reason: &str) {
         // SAFETY: c is the relay connection, now forgotten by the worker state.
         unsafe { ngx_close_connection(c) };
     }
-    // Requests waiting for the sidecar's verdict get a 503 now.
+    // Requests waiting for the sidecar's verdict or answer get a 503 now.
     subscriber::answer_verdicts();
+    publish::answer_waiting();
     fail(&format!("relay lost: {reason}"));
 }
 
@@ -313,6 +315,7 @@ extern "C" fn on_read(ev: *mut ngx_event_t) {
                     unsafe { subscriber::flush(conn) };
                 }
                 subscriber::answer_verdicts();
+                publish::answer_waiting();
             }
             Some(Err(err)) => {
                 if let Some(log) = with_worker(|w| w.relay.log) {
