@@ -129,6 +129,14 @@ pub(super) struct Connection {
     publishes: FuturesUnordered<BoxFuture<'static, PublishAnswer>>,
 }
 
+/// What answers a worker's requests besides its subscriptions.
+pub(super) struct Answerers {
+    /// Admits viewers to private channels (`None`: every channel is public).
+    pub(super) viewers: Option<Arc<Viewers>>,
+    /// Publishes the worker's `chatup_publish` locations (`None`: refused as unavailable).
+    pub(super) app: Option<Arc<App>>,
+}
+
 /// A subscription waiting for the broker.
 struct Pending {
     want: u32,
@@ -143,9 +151,9 @@ impl Connection {
         workers: Arc<NginxWorkers>,
         queue_size: usize,
         shutdown: CancellationToken,
-        viewers: Option<Arc<Viewers>>,
-        app: Option<Arc<App>>,
+        answers: Answerers,
     ) -> Self {
+        let Answerers { viewers, app } = answers;
         let (r, w) = stream.into_split();
         let (subscriber, queue) = Subscriber::new(queue_size);
         Self {

@@ -47,7 +47,7 @@ pub use nginx_workers::{NginxWorkerStats, NginxWorkers, RelayTraffic};
 use crate::broker::Broker;
 use crate::host::publish::App;
 use crate::host::viewers::Viewers;
-use connection::Connection;
+use connection::{Answerers, Connection};
 use socket::SocketFile;
 
 /// Settings of the relay server.
@@ -157,8 +157,10 @@ impl RelayServer {
                         self.workers.clone(),
                         self.options.queue_size,
                         shutdown.clone(),
-                        self.viewers.clone(),
-                        self.app.clone(),
+                        Answerers {
+                            viewers: self.viewers.clone(),
+                            app: self.app.clone(),
+                        },
                     );
                     tracker.spawn(connection.run().instrument(span));
                 }
