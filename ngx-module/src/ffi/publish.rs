@@ -125,7 +125,8 @@ unsafe fn hold(r: *mut ngx_http_request_t) -> Result<(), PublishError> {
     let channel = uri.strip_prefix(lc.prefix.as_slice()).unwrap_or(b"");
     let id = with_worker(|w| w.hub.request_publish(channel, headers, body))
         .ok_or(PublishError::NotRunning)??;
-    relay::flush();
+    // Publishes read in the same turn of the event loop share one write.
+    relay::flush_soon();
     // SAFETY: r is live (caller's contract); what is allocated lives in its pool.
     let held = unsafe {
         let c = (*r).connection;

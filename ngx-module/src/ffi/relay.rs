@@ -29,6 +29,9 @@ pub struct Relay {
     connected_at: u64,
     backoff: Backoff,
     retry_timer: *mut ngx_event_t,
+    /// Posted to write what was queued once the events at hand are handled (several
+    /// publishes read in one turn of the event loop then go out in one write).
+    flush_event: *mut ngx_event_t,
     /// Bytes received that do not make a whole frame yet.
     inbuf: Vec<u8>,
     /// The current outage was already logged at warning level; repeats go to info.
@@ -44,6 +47,7 @@ impl Relay {
             connected_at: 0,
             backoff: Backoff::default(),
             retry_timer: new_timer(Some(on_retry_timer), log),
+            flush_event: new_timer(Some(on_flush_event), log),
             inbuf: Vec::new(),
             outage_logged: false,
         }
@@ -196,10 +200,11 @@ fn disconnect(reason: &str) {
 
 /// Closes the relay for good (worker exit).
 pub fn shut_down() {
-    let Some((c, timer)) = with_worker(|w| {
+    let Some((c, timer, flush_event)) = with_worker(|w| {
         let c = std::mem::replace(&mut w.relay.conn, ptr::null_mut());
         let timer = std::mem::replace(&mut w.relay.retry_timer, ptr::null_mut());
-        (c, timer)
+        let flush_event = std::mem::replace(&mut w.relay.flush_event, ptr::null_mut());
+        (c, timer, flush_event)
     }) else {
         return;
     };
@@ -207,8 +212,33 @@ pub fn shut_down() {
         // SAFETY: c is the relay connection, now forgotten by the worker state.
         unsafe { ngx_close_connection(c) };
     }
-    // SAFETY: the timer came from new_timer and the state no longer refers to it.
-    unsafe { free_timer(timer) };
+    // SAFETY: both came from new_timer and the state no longer refers to them; a posted
+    // event leaves the posted queue before it is freed.
+    unsafe {
+        if !flush_event.is_null() && (*flush_event).posted() != 0 {
+            ngx::ffi::ngx_delete_posted_event(flush_event);
+        }
+        free_timer(flush_event);
+        free_timer(timer);
+    }
+}
+
+/// Writes what the hub queued for the sidecar once the events of this turn of the event
+/// loop are handled.
+pub fn flush_soon() {
+    let Some(ev) = with_worker(|w| w.relay.flush_event) else {
+        return;
+    };
+    if ev.is_null() {
+        return;
+    }
+    // SAFETY: the flush event lives as long as the worker state (freed by shut_down, which
+    // takes it out of the posted queue first); the queue belongs to this thread.
+    unsafe { ngx::ffi::ngx_post_event(ev, ptr::addr_of_mut!(ngx::ffi::ngx_posted_events)) };
+}
+
+extern "C" fn on_flush_event(_ev: *mut ngx_event_t) {
+    flush();
 }
 
 /// Writes what the hub queued for the sidecar.
