@@ -19,7 +19,7 @@ use slab::Slab;
 use crate::admission::{AdmissionError, Admissions};
 use crate::cache::{CacheLimits, ChannelCache, Frame, Resync};
 use crate::outbox::Outbox;
-use crate::publish::{PublishError, PublishHeaders, Publishes};
+use crate::publish::{PublishError, PublishHeaders, Publishes, MAX_RELAY_BACKLOG};
 use crate::since;
 use crate::sse::{self, Framing};
 use crate::ws::{self, Opcode};
@@ -322,6 +322,9 @@ impl<H: Copy> Hub<H> {
     ) -> Result<u64, PublishError> {
         if !self.relay_up {
             return Err(PublishError::SidecarDown);
+        }
+        if self.relay_out.len() > MAX_RELAY_BACKLOG {
+            return Err(PublishError::Backlogged);
         }
         let id = self.publishes.start();
         let frame = ToSidecar::Publish(headers.into_request(id, channel, body));

@@ -7,7 +7,8 @@
 //! The worker answers by itself only what the sidecar cannot: a path that names no channel
 //! (404) or a method other than POST (405), as the sidecar's route would; the relay down
 //! when the request comes or lost while it waits (503, `Retry-After: 1`); no answer within
-//! [`PUBLISH_TIMEOUT_MS`] (504); a body the relay cannot carry (413). Its answers have the
+//! [`PUBLISH_TIMEOUT_MS`] (504); a body the relay cannot carry (413); more than
+//! [`MAX_RELAY_BACKLOG`] bytes already waiting for a sidecar that does not read (503). Its answers have the
 //! sidecar's error shape, `{"error":{"code":..,"message":..}}`.
 
 use std::collections::HashSet;
@@ -17,6 +18,10 @@ use chatup_wire::{PublishAnswer, PublishRequest};
 /// How long a publish may wait for the sidecar's answer, in milliseconds. The sidecar's own
 /// waits (the publish hook, the broker) end well before.
 pub const PUBLISH_TIMEOUT_MS: u64 = 10_000;
+
+/// Bytes that may wait in a worker's relay output before new publishes are refused (503): a
+/// sidecar that stops reading must not make the worker hold every body sent meanwhile.
+pub const MAX_RELAY_BACKLOG: usize = 8 << 20;
 
 /// Why the worker answers a publish by itself.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -35,6 +40,8 @@ pub enum PublishError {
         PUBLISH_TIMEOUT_MS / 1000
     )]
     TimedOut,
+    #[error("chatup-sidecar is not keeping up with this nginx worker; retry")]
+    Backlogged,
     #[error("the server is going away; retry")]
     GoingAway,
     #[error("the request body is larger than the {0} bytes the relay carries")]
@@ -51,7 +58,7 @@ impl PublishError {
         match self {
             Self::NotFound { .. } => 404,
             Self::MethodNotAllowed(_) => 405,
-            Self::NotRunning | Self::SidecarDown | Self::GoingAway => 503,
+            Self::NotRunning | Self::SidecarDown | Self::GoingAway | Self::Backlogged => 503,
             Self::TimedOut => 504,
             Self::TooLarge(_) => 413,
             Self::Unreadable => 500,
@@ -64,9 +71,11 @@ impl PublishError {
         match self {
             Self::NotFound { .. } => "not_found",
             Self::MethodNotAllowed(_) => "method_not_allowed",
-            Self::NotRunning | Self::SidecarDown | Self::GoingAway | Self::TimedOut => {
-                "unavailable"
-            }
+            Self::NotRunning
+            | Self::SidecarDown
+            | Self::GoingAway
+            | Self::TimedOut
+            | Self::Backlogged => "unavailable",
             Self::TooLarge(_) => "too_long",
             Self::Unreadable | Self::BadAnswer(_) => "internal",
         }
@@ -329,6 +338,7 @@ mod tests {
             (PublishError::SidecarDown, 503),
             (PublishError::GoingAway, 503),
             (PublishError::NotRunning, 503),
+            (PublishError::Backlogged, 503),
             (PublishError::TimedOut, 504),
         ] {
             assert_eq!(err.status(), status);

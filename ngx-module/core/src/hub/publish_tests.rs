@@ -97,6 +97,28 @@ fn going_away_fails_waiting_publishes_and_forgotten_ones_stay_quiet() {
 }
 
 #[test]
+fn publishes_are_refused_while_too_much_waits_for_the_sidecar() {
+    let mut hub: Hub<u32> = Hub::new(10);
+    hub.relay_connected(1);
+    // The sidecar stops reading: what the worker could not write stays queued.
+    let body = vec![b'x'; 64 << 10];
+    let mut sent = 0;
+    let refused = loop {
+        match hub.request_publish(b"room", headers(), body.clone()) {
+            Ok(_) => sent += 1,
+            Err(e) => break e,
+        }
+        assert!(sent < 1000, "never refused");
+    };
+    assert_eq!(refused, PublishError::Backlogged);
+    assert_eq!(refused.status(), 503);
+    assert!(hub.relay_output().len() <= crate::publish::MAX_RELAY_BACKLOG + (65 << 10));
+    // Once written, publishing goes on.
+    hub.relay_output().clear();
+    assert!(hub.request_publish(b"room", headers(), body).is_ok());
+}
+
+#[test]
 fn a_body_the_relay_cannot_carry_is_refused_and_sends_nothing() {
     let mut hub: Hub<u32> = Hub::new(10);
     hub.relay_connected(1);
