@@ -72,11 +72,12 @@ unsafe fn handle(r: *mut ngx_http_request_t) -> ngx_int_t {
     let (method, uri) = unsafe { ((*r).method_name.as_bytes(), (*r).uri.as_bytes()) };
     let refusal = match publish::route(method, uri, &lc.prefix) {
         Err(e) => Some(e),
-        // Not worth reading a body the relay cannot take.
+        // Not worth reading a body the relay cannot take; a sidecar that is back is
+        // reached now, not at the worker's next retry.
         Ok(_) => match with_worker(|w| w.hub.relay_is_up()) {
             None => Some(PublishError::NotRunning),
-            Some(false) => Some(PublishError::SidecarDown),
-            Some(true) => None,
+            Some(false) if !relay::connect_if_down() => Some(PublishError::SidecarDown),
+            Some(_) => None,
         },
     };
     if let Some(e) = refusal {

@@ -75,51 +75,79 @@ fn errno_text() -> String {
 
 /// Tries to connect now; on failure schedules the next try.
 pub fn connect() {
-    let Some((path, log)) = with_worker(|w| (w.relay.path.clone(), w.relay.log)) else {
-        return;
-    };
-    match open_socket(&path) {
-        Ok(fd) => {
-            // SAFETY: fd is a connected socket we own; nginx takes it over.
-            let c = unsafe { ngx_get_connection(fd, log) };
-            if c.is_null() {
-                // SAFETY: fd is ours and not registered anywhere.
-                unsafe { libc::close(fd) };
-                fail("no free connection (raise worker_connections)");
-                return;
-            }
-            // SAFETY: c was just handed out by nginx for fd and is ours to set up.
-            let registered = unsafe {
-                (*c).log = log;
-                (*(*c).read).log = log;
-                (*(*c).write).log = log;
-                (*(*c).read).handler = Some(on_read);
-                (*(*c).write).handler = Some(on_write);
-                // Marked idle so that nginx, when the worker starts a graceful shutdown
-                // (reload, quit), calls on_read at once with `close` set: the viewers are
-                // told to move then, not at the next stats tick.
-                (*c).set_idle(1);
-                ngx_handle_read_event((*c).read, 0) == NGX_OK as isize
-            };
-            if !registered {
-                // SAFETY: c is ours; closing releases fd too.
-                unsafe { ngx_close_connection(c) };
-                fail("cannot watch the relay socket");
-                return;
-            }
-            let pid = std::process::id();
-            with_worker(|w| {
-                w.relay.conn = c;
-                w.relay.connected_at = now_ms();
-                w.relay.inbuf.clear();
-                w.relay.outage_logged = false;
-                w.hub.relay_connected(pid);
-            });
-            ngx_log_error!(NGX_LOG_NOTICE, log, "chatup: relay connected to {}", path);
-            flush();
-        }
-        Err(reason) => fail(&reason),
+    if let Err(reason) = try_connect() {
+        fail(&reason);
     }
+}
+
+/// Connects at once if the relay is down, without logging or touching the backoff when it
+/// cannot: a publish that comes while the worker waits to retry finds a sidecar that is back
+/// without waiting for the timer. Returns whether the relay is up.
+pub fn connect_if_down() -> bool {
+    let Some((up, timer)) = with_worker(|w| (!w.relay.conn.is_null(), w.relay.retry_timer)) else {
+        return false;
+    };
+    if up {
+        return true;
+    }
+    if try_connect().is_err() {
+        return false;
+    }
+    if !timer.is_null() {
+        // SAFETY: the retry timer lives as long as the worker state; the relay is up, so the
+        // pending retry must not open a second connection.
+        unsafe { super::cancel_timer(timer) };
+    }
+    true
+}
+
+/// Opens and registers the relay connection; the reason when it cannot.
+fn try_connect() -> Result<(), String> {
+    let Some((path, log, up)) =
+        with_worker(|w| (w.relay.path.clone(), w.relay.log, !w.relay.conn.is_null()))
+    else {
+        return Ok(());
+    };
+    if up {
+        return Ok(());
+    }
+    let fd = open_socket(&path)?;
+    // SAFETY: fd is a connected socket we own; nginx takes it over.
+    let c = unsafe { ngx_get_connection(fd, log) };
+    if c.is_null() {
+        // SAFETY: fd is ours and not registered anywhere.
+        unsafe { libc::close(fd) };
+        return Err("no free connection (raise worker_connections)".to_owned());
+    }
+    // SAFETY: c was just handed out by nginx for fd and is ours to set up.
+    let registered = unsafe {
+        (*c).log = log;
+        (*(*c).read).log = log;
+        (*(*c).write).log = log;
+        (*(*c).read).handler = Some(on_read);
+        (*(*c).write).handler = Some(on_write);
+        // Marked idle so that nginx, when the worker starts a graceful shutdown
+        // (reload, quit), calls on_read at once with `close` set: the viewers are
+        // told to move then, not at the next stats tick.
+        (*c).set_idle(1);
+        ngx_handle_read_event((*c).read, 0) == NGX_OK as isize
+    };
+    if !registered {
+        // SAFETY: c is ours; closing releases fd too.
+        unsafe { ngx_close_connection(c) };
+        return Err("cannot watch the relay socket".to_owned());
+    }
+    let pid = std::process::id();
+    with_worker(|w| {
+        w.relay.conn = c;
+        w.relay.connected_at = now_ms();
+        w.relay.inbuf.clear();
+        w.relay.outage_logged = false;
+        w.hub.relay_connected(pid);
+    });
+    ngx_log_error!(NGX_LOG_NOTICE, log, "chatup: relay connected to {}", path);
+    flush();
+    Ok(())
 }
 
 fn open_socket(path: &str) -> Result<i32, String> {
