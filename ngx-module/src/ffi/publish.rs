@@ -9,7 +9,8 @@
 //! `Published` (read by `relay.rs`) is sent as the response and the request finalized. A
 //! client that goes away meanwhile is noticed (`ngx_http_test_reading`), and nginx freeing
 //! the request removes its entry: a late answer finds nobody and is dropped. The relay down
-//! or lost gets the request a 503, no answer within `PUBLISH_TIMEOUT_MS` a 504.
+//! (after one attempt to connect at once) or lost gets the request a 503, no answer within
+//! `PUBLISH_TIMEOUT_MS` a 504.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
