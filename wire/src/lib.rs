@@ -11,14 +11,25 @@
 //! option  := 0 | 1 value
 //! ```
 //!
+//! The publish frames, field by field:
+//!
+//! ```text
+//! Publish   (0x07) := id:u64 channel:bytes authorization:option<bytes>
+//!                     content_type:option<bytes> idempotency_key:option<bytes> body:bytes
+//! Published (0x87) := id:u64 status:u16 count:u16 (name:str value:str)* body:bytes
+//! ```
+//!
 //! Worker → sidecar ([`ToSidecar`]): `Hello`, `Subscribe` (with the worker's resume point
 //! when it already holds messages of that channel), `Unsubscribe`, `Stats` (subscriber
 //! counts and the worker's delivery [`Totals`]), `Admit` (a viewer's request for private
-//! channels, with its token) and `Left` (an admitted viewer is gone).
+//! channels, with its token), `Left` (an admitted viewer is gone) and `Publish` (a
+//! `POST /pub/<ch>` request the worker answers for the sidecar: [`PublishRequest`]).
 //! Sidecar → worker ([`ToWorker`]): `Policy` (which channels are private, right after
 //! `Hello`), `Message`, `Backlog` (the answer to every `Subscribe`), `EpochReset`,
-//! `Admitted` (the answer to every `Admit`) and `CloseViewer` (an admitted viewer must go:
-//! its token expired, or its user was banned).
+//! `Admitted` (the answer to every `Admit`), `CloseViewer` (an admitted viewer must go:
+//! its token expired, or its user was banned) and `Published` (the answer to every
+//! `Publish`: [`PublishAnswer`]). Answers carry the id of their request and may come in
+//! any order.
 //!
 //! The crate has no I/O: callers own their buffers and call [`encode`] and [`decode`].
 //! Decoding never panics on any input; malformed frames give a [`WireError`].
@@ -31,7 +42,7 @@ pub mod close;
 pub mod private;
 
 /// Bumped whenever a frame changes shape; a sidecar refuses a worker that speaks another.
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// Largest frame either side accepts (kind byte + body). A backlog of a full history of
 /// large messages stays well under it; anything bigger is a broken peer.
@@ -137,6 +148,39 @@ impl Totals {
     }
 }
 
+/// A `POST /pub/<ch>` request as an nginx worker read it: what the sidecar's publish
+/// checks read of an HTTP request, as raw bytes (the sidecar judges them exactly as it
+/// judges the same request on its own HTTP port).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishRequest {
+    /// Unique among the worker's requests waiting on this connection; the answer carries it.
+    pub id: u64,
+    /// The path after the location's prefix (percent-decoded, as nginx has it).
+    pub channel: Vec<u8>,
+    /// The `Authorization` header (the first one), if any.
+    pub authorization: Option<Vec<u8>>,
+    /// The `Content-Type` header, if any.
+    pub content_type: Option<Vec<u8>>,
+    /// The `Idempotency-Key` header, if any.
+    pub idempotency_key: Option<Vec<u8>>,
+    /// The whole request body.
+    pub body: Vec<u8>,
+}
+
+/// The sidecar's answer to a [`PublishRequest`]: the HTTP response the worker sends, its
+/// body being JSON (`{"ch","id","ep"}`, or `{"error":{"code","message"}}`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishAnswer {
+    /// The id of the request.
+    pub id: u64,
+    /// The HTTP status.
+    pub status: u16,
+    /// Headers beyond `Content-Type` and `Content-Length` (`Retry-After`,
+    /// `WWW-Authenticate`).
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
 /// Frames an nginx worker sends to the sidecar.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ToSidecar {
@@ -167,6 +211,8 @@ pub enum ToSidecar {
     },
     /// The viewer admitted as `id` is gone.
     Left { id: u64 },
+    /// A publish to answer with `Published` (same `id`).
+    Publish(PublishRequest),
 }
 
 /// Frames the sidecar sends to an nginx worker.
@@ -201,6 +247,8 @@ pub enum ToWorker {
     },
     /// Close the viewer admitted as `id` with this WebSocket close `code` and `reason`.
     CloseViewer { id: u64, code: u16, reason: String },
+    /// The answer to `Publish`.
+    Published(PublishAnswer),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -277,12 +325,14 @@ const UNSUBSCRIBE: u8 = 0x03;
 const STATS: u8 = 0x04;
 const ADMIT: u8 = 0x05;
 const LEFT: u8 = 0x06;
+const PUBLISH: u8 = 0x07;
 const MESSAGE: u8 = 0x81;
 const BACKLOG: u8 = 0x82;
 const EPOCH_RESET: u8 = 0x83;
 const POLICY: u8 = 0x84;
 const ADMITTED: u8 = 0x85;
 const CLOSE_VIEWER: u8 = 0x86;
+const PUBLISHED: u8 = 0x87;
 
 impl Frame for ToSidecar {
     fn encode_body(&self, out: &mut Vec<u8>) -> Result<u8, WireError> {
@@ -343,6 +393,15 @@ impl Frame for ToSidecar {
                 out.extend_from_slice(&id.to_be_bytes());
                 LEFT
             }
+            Self::Publish(p) => {
+                out.extend_from_slice(&p.id.to_be_bytes());
+                put_bytes(out, &p.channel)?;
+                put_option_bytes(out, p.authorization.as_deref())?;
+                put_option_bytes(out, p.content_type.as_deref())?;
+                put_option_bytes(out, p.idempotency_key.as_deref())?;
+                put_bytes(out, &p.body)?;
+                PUBLISH
+            }
         })
     }
 
@@ -396,6 +455,14 @@ impl Frame for ToSidecar {
                 token: r.string()?,
             },
             LEFT => Self::Left { id: r.u64()? },
+            PUBLISH => Self::Publish(PublishRequest {
+                id: r.u64()?,
+                channel: r.bytes()?.to_vec(),
+                authorization: r.option_bytes()?,
+                content_type: r.option_bytes()?,
+                idempotency_key: r.option_bytes()?,
+                body: r.bytes()?.to_vec(),
+            }),
             other => return Err(WireError::UnknownKind(other)),
         };
         r.finish()?;
@@ -455,6 +522,19 @@ impl Frame for ToWorker {
                 put_str(out, reason)?;
                 CLOSE_VIEWER
             }
+            Self::Published(a) => {
+                out.extend_from_slice(&a.id.to_be_bytes());
+                out.extend_from_slice(&a.status.to_be_bytes());
+                let count = u16::try_from(a.headers.len())
+                    .map_err(|_| WireError::TooLarge(a.headers.len()))?;
+                out.extend_from_slice(&count.to_be_bytes());
+                for (name, value) in &a.headers {
+                    put_str(out, name)?;
+                    put_str(out, value)?;
+                }
+                put_bytes(out, &a.body)?;
+                PUBLISHED
+            }
         })
     }
 
@@ -504,6 +584,22 @@ impl Frame for ToWorker {
                 code: r.u16()?,
                 reason: r.string()?,
             },
+            PUBLISHED => {
+                let id = r.u64()?;
+                let status = r.u16()?;
+                let count = r.u16()? as usize;
+                // Each header takes at least 4 bytes: a bogus count cannot make us allocate.
+                let mut headers = Vec::with_capacity(count.min(r.0.len() / 4));
+                for _ in 0..count {
+                    headers.push((r.string()?, r.string()?));
+                }
+                Self::Published(PublishAnswer {
+                    id,
+                    status,
+                    headers,
+                    body: r.bytes()?.to_vec(),
+                })
+            }
             other => return Err(WireError::UnknownKind(other)),
         };
         r.finish()?;
@@ -531,6 +627,19 @@ fn put_bytes(out: &mut Vec<u8>, b: &[u8]) -> Result<(), WireError> {
     out.extend_from_slice(&(b.len() as u32).to_be_bytes());
     out.extend_from_slice(b);
     Ok(())
+}
+
+fn put_option_bytes(out: &mut Vec<u8>, b: Option<&[u8]>) -> Result<(), WireError> {
+    match b {
+        None => {
+            out.push(0);
+            Ok(())
+        }
+        Some(b) => {
+            out.push(1);
+            put_bytes(out, b)
+        }
+    }
 }
 
 /// A cursor over a frame body.
@@ -583,6 +692,13 @@ impl<'a> Reader<'a> {
     fn bytes(&mut self) -> Result<&'a [u8], WireError> {
         let len = self.u32()? as usize;
         self.take(len)
+    }
+    fn option_bytes(&mut self) -> Result<Option<Vec<u8>>, WireError> {
+        match self.u8()? {
+            0 => Ok(None),
+            1 => Ok(Some(self.bytes()?.to_vec())),
+            other => Err(WireError::InvalidValue("option flag", other)),
+        }
     }
     fn finish(self) -> Result<(), WireError> {
         match self.0.len() {
@@ -711,6 +827,111 @@ mod tests {
             code: 4002,
             reason: "token expired".into(),
         });
+    }
+
+    #[test]
+    fn publish_frames_roundtrip() {
+        roundtrip(ToSidecar::Publish(PublishRequest {
+            id: 1,
+            channel: b"room".to_vec(),
+            authorization: Some(b"Bearer a.b.c".to_vec()),
+            content_type: Some(b"text/plain; charset=utf-8".to_vec()),
+            idempotency_key: Some(b"k-1".to_vec()),
+            body: b"hello".to_vec(),
+        }));
+        // Absent headers, an empty body, and bytes that are not UTF-8 (the sidecar judges
+        // them, as it would on its HTTP port).
+        roundtrip(ToSidecar::Publish(PublishRequest {
+            id: u64::MAX,
+            channel: vec![0xff, b'/'],
+            authorization: None,
+            content_type: Some(vec![]),
+            idempotency_key: None,
+            body: vec![],
+        }));
+        roundtrip(ToWorker::Published(PublishAnswer {
+            id: 7,
+            status: 200,
+            headers: vec![],
+            body: br#"{"ch":"room","id":1,"ep":2}"#.to_vec(),
+        }));
+        roundtrip(ToWorker::Published(PublishAnswer {
+            id: 8,
+            status: 401,
+            headers: vec![
+                ("WWW-Authenticate".into(), "Bearer".into()),
+                ("Retry-After".into(), "1".into()),
+            ],
+            body: br#"{"error":{"code":"bad_token","message":"no"}}"#.to_vec(),
+        }));
+    }
+
+    #[test]
+    fn publish_fields_are_in_their_documented_places() {
+        let mut buf = Vec::new();
+        encode(
+            &ToSidecar::Publish(PublishRequest {
+                id: 2,
+                channel: b"c".to_vec(),
+                authorization: None,
+                content_type: Some(b"t".to_vec()),
+                idempotency_key: None,
+                body: b"xy".to_vec(),
+            }),
+            &mut buf,
+        )
+        .unwrap();
+        let mut expected = vec![0, 0, 0, 28, PUBLISH];
+        expected.extend_from_slice(&2u64.to_be_bytes());
+        expected.extend_from_slice(&[0, 0, 0, 1, b'c']);
+        expected.extend_from_slice(&[0, 1, 0, 0, 0, 1, b't', 0]);
+        expected.extend_from_slice(&[0, 0, 0, 2, b'x', b'y']);
+        assert_eq!(buf, expected);
+
+        let mut buf = Vec::new();
+        encode(
+            &ToWorker::Published(PublishAnswer {
+                id: 3,
+                status: 503,
+                headers: vec![("a".into(), "b".into())],
+                body: b"{}".to_vec(),
+            }),
+            &mut buf,
+        )
+        .unwrap();
+        let mut expected = vec![0, 0, 0, 25, PUBLISHED];
+        expected.extend_from_slice(&3u64.to_be_bytes());
+        expected.extend_from_slice(&[1, 0xf7, 0, 1, 0, 1, b'a', 0, 1, b'b']);
+        expected.extend_from_slice(&[0, 0, 0, 2, b'{', b'}']);
+        assert_eq!(buf, expected);
+    }
+
+    #[test]
+    fn malformed_publish_frames_are_errors() {
+        // A bad option flag for the Authorization header.
+        let mut buf = vec![0, 0, 0, 0, PUBLISH];
+        buf.extend_from_slice(&1u64.to_be_bytes());
+        buf.extend_from_slice(&[0, 0, 0, 1, b'c', 7]);
+        let len = (buf.len() - 4) as u32;
+        buf[..4].copy_from_slice(&len.to_be_bytes());
+        assert_eq!(
+            decode::<ToSidecar>(&buf),
+            Err(WireError::InvalidValue("option flag", 7))
+        );
+        // An answer claiming 65,535 headers in a few bytes.
+        let mut buf = vec![0, 0, 0, 0, PUBLISHED];
+        buf.extend_from_slice(&1u64.to_be_bytes());
+        buf.extend_from_slice(&[0, 200, 0xff, 0xff]);
+        let len = (buf.len() - 4) as u32;
+        buf[..4].copy_from_slice(&len.to_be_bytes());
+        assert_eq!(decode::<ToWorker>(&buf), Err(WireError::Truncated));
+        // A header name that is not UTF-8.
+        let mut buf = vec![0, 0, 0, 0, PUBLISHED];
+        buf.extend_from_slice(&1u64.to_be_bytes());
+        buf.extend_from_slice(&[0, 200, 0, 1, 0, 1, 0xff, 0, 0, 0, 0, 0, 0]);
+        let len = (buf.len() - 4) as u32;
+        buf[..4].copy_from_slice(&len.to_be_bytes());
+        assert_eq!(decode::<ToWorker>(&buf), Err(WireError::InvalidUtf8));
     }
 
     #[test]

@@ -19,6 +19,7 @@ use slab::Slab;
 use crate::admission::{AdmissionError, Admissions};
 use crate::cache::{CacheLimits, ChannelCache, Frame, Resync};
 use crate::outbox::Outbox;
+use crate::publish::{PublishError, PublishHeaders, Publishes, MAX_RELAY_BACKLOG};
 use crate::since;
 use crate::sse::{self, Framing};
 use crate::ws::{self, Opcode};
@@ -279,6 +280,8 @@ pub struct Hub<H> {
     reported: Totals,
     /// Private channels: the policy, held requests, admitted viewers.
     admissions: Admissions,
+    /// `POST /pub/<ch>` requests waiting for the sidecar's answer.
+    publishes: Publishes,
     /// `reported` when the current relay connection began: its `Stats` count from here, so
     /// that the sidecar, adding up connections, counts nothing twice.
     window_start: Totals,
@@ -300,7 +303,41 @@ impl<H: Copy> Hub<H> {
             reported: Totals::default(),
             window_start: Totals::default(),
             admissions: Admissions::default(),
+            publishes: Publishes::default(),
         }
+    }
+
+    /// Publishes waiting for the sidecar: the answers to send.
+    pub fn publishes(&mut self) -> &mut Publishes {
+        &mut self.publishes
+    }
+
+    /// Sends a publish of `body` to `channel` to the sidecar; its answer comes back through
+    /// [`Publishes::take_answers`] under the returned id.
+    pub fn request_publish(
+        &mut self,
+        channel: &[u8],
+        headers: PublishHeaders,
+        body: Vec<u8>,
+    ) -> Result<u64, PublishError> {
+        if !self.relay_up {
+            return Err(PublishError::SidecarDown);
+        }
+        if self.relay_out.len() > MAX_RELAY_BACKLOG {
+            return Err(PublishError::Backlogged);
+        }
+        let id = self.publishes.start();
+        let frame = ToSidecar::Publish(headers.into_request(id, channel, body));
+        if chatup_wire::encode(&frame, &mut self.relay_out).is_err() {
+            self.publishes.forget(id);
+            return Err(PublishError::TooLarge(chatup_wire::MAX_FRAME_LEN));
+        }
+        Ok(id)
+    }
+
+    /// Fails the publishes waiting for the sidecar (the worker is going away).
+    pub fn fail_publishes(&mut self, error: &PublishError) {
+        self.publishes.fail_pending(error);
     }
 
     /// Private channels: what a request needs, the verdicts to answer.
@@ -558,6 +595,11 @@ impl<H: Copy> Hub<H> {
         }
     }
 
+    /// Whether the relay connection is up (frames queued now reach the sidecar).
+    pub fn relay_is_up(&self) -> bool {
+        self.relay_up
+    }
+
     /// Bytes waiting for the sidecar.
     pub fn relay_output(&mut self) -> &mut Vec<u8> {
         &mut self.relay_out
@@ -606,6 +648,7 @@ impl<H: Copy> Hub<H> {
         self.relay_up = false;
         self.relay_out.clear();
         self.admissions.fail_pending(&AdmissionError::SidecarDown);
+        self.publishes.fail_pending(&PublishError::SidecarDown);
     }
 
     /// Queues a `Stats` frame when counts or totals changed since the last one.
@@ -696,6 +739,7 @@ impl<H: Copy> Hub<H> {
                     self.close(key, code, &reason);
                 }
             }
+            ToWorker::Published(answer) => self.publishes.answered(answer),
         }
     }
 
@@ -911,6 +955,8 @@ mod transport_tests;
 
 #[cfg(test)]
 mod admission_tests;
+#[cfg(test)]
+mod publish_tests;
 
 #[cfg(test)]
 mod tests {

@@ -13,6 +13,8 @@
 //!   state.
 //! - [`admission`]: private channels: which need a subscribe token, the requests waiting
 //!   for the sidecar's verdict, the admitted viewers.
+//! - [`publish`]: `POST /pub/<ch>` carried over the relay: the route, the headers the
+//!   sidecar reads, the requests waiting for its answer, the worker's own answers.
 //! - [`backoff`]: relay reconnect delays.
 #![forbid(unsafe_code)]
 
@@ -23,6 +25,7 @@ pub mod conf;
 pub mod handshake;
 pub mod hub;
 pub mod outbox;
+pub mod publish;
 pub mod since;
 pub mod sse;
 pub mod ws;

@@ -15,10 +15,10 @@ use ngx::http::{HttpModuleLocationConf, HttpModuleMainConf, NgxHttpCoreModule};
 use ngx::{ngx_conf_log_error, ngx_log_error, ngx_string};
 
 use super::module::Module;
-use super::subscriber;
+use super::{publish, subscriber};
 use crate::conf::{
-    check_relay_socket_dir, check_sole_handler, ConfError, DirState, LocConf, MainConf, Setting,
-    LOC_SETTINGS, MAIN_SETTINGS,
+    check_relay_socket_dir, check_sole_handler, ConfError, DirState, Handler, LocConf, MainConf,
+    Setting, LOC_SETTINGS, MAIN_SETTINGS,
 };
 
 /// The directive's name and its single argument (empty for a no-argument directive).
@@ -78,6 +78,25 @@ extern "C" fn set_subscribe(
     _cmd: *mut ngx_command_t,
     conf: *mut c_void,
 ) -> *mut c_char {
+    // SAFETY: nginx passes a setter's arguments through.
+    unsafe { set_handler(cf, conf, Handler::Subscribe) }
+}
+
+extern "C" fn set_publish(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: nginx passes a setter's arguments through.
+    unsafe { set_handler(cf, conf, Handler::Publish) }
+}
+
+/// `chatup_subscribe` or `chatup_publish`: this module answers the location.
+///
+/// # Safety
+/// `cf` and `conf` must be what nginx passes to the setter of a location command declared
+/// with `NGX_HTTP_LOC_CONF_OFFSET`.
+unsafe fn set_handler(cf: *mut ngx_conf_t, conf: *mut c_void, handler: Handler) -> *mut c_char {
     // SAFETY: called by nginx while parsing a location block, so cf is valid.
     let cf_ref = unsafe { &*cf };
     let Some(clcf) = NgxHttpCoreModule::location_conf_mut(cf_ref) else {
@@ -94,8 +113,13 @@ extern "C" fn set_subscribe(
         }
     };
     if regex || clcf.named() != 0 || clcf.exact_match() != 0 || clcf.noname() != 0 {
+        let example = match handler {
+            Handler::Subscribe => "/sub/",
+            Handler::Publish => "/pub/",
+        };
+        let err = ConfError::NotPrefixLocation(example, handler.directive());
         // SAFETY: cf is the setter's configuration.
-        return unsafe { conf_result(cf, Err(ConfError::NotPrefixLocation)) };
+        return unsafe { conf_result(cf, Err(err)) };
     }
     let prefix = clcf.name.as_bytes().to_vec();
     // A handler set before this directive (e.g. by `proxy_pass`) would be overwritten
@@ -105,9 +129,12 @@ extern "C" fn set_subscribe(
         // SAFETY: cf is the setter's configuration.
         return unsafe { conf_result(cf, handler_before) };
     }
-    clcf.handler = Some(subscriber::content_handler);
+    clcf.handler = match handler {
+        Handler::Subscribe => Some(subscriber::content_handler),
+        Handler::Publish => Some(publish::content_handler),
+    };
     // SAFETY: while a directive is parsed, cf->conf_file is the file it stands in.
-    let subscribe_at = unsafe {
+    let handler_at = unsafe {
         let file = &*cf_ref.conf_file;
         format!(
             "{}:{}",
@@ -118,22 +145,28 @@ extern "C" fn set_subscribe(
     if let Some(main) = Module::main_conf_mut(cf_ref) {
         main.enabled = true;
     }
-    // SAFETY: this command is declared with NGX_HTTP_LOC_CONF_OFFSET, so conf is our LocConf.
-    unsafe { with_conf::<LocConf>(cf, conf, |lc, _| lc.set_subscribe(prefix, subscribe_at)) }
+    // SAFETY: the command is declared with NGX_HTTP_LOC_CONF_OFFSET (caller's contract), so
+    // conf is our LocConf.
+    unsafe {
+        with_conf::<LocConf>(cf, conf, |lc, _| {
+            lc.set_handler(handler, prefix, handler_at)
+        })
+    }
 }
 
 /// Whether a location's content handler is set, and not by this module.
 fn is_other_handler(handler: ngx_http_handler_pt) -> bool {
-    let ours: ngx_http_handler_pt = Some(subscriber::content_handler);
-    match (handler, ours) {
-        (Some(handler), Some(ours)) => !std::ptr::fn_addr_eq(handler, ours),
-        (handler, _) => handler.is_some(),
-    }
+    let Some(handler) = handler else {
+        return false;
+    };
+    let subscribe: unsafe extern "C" fn(_) -> _ = subscriber::content_handler;
+    let publish: unsafe extern "C" fn(_) -> _ = publish::content_handler;
+    !std::ptr::fn_addr_eq(handler, subscribe) && !std::ptr::fn_addr_eq(handler, publish)
 }
 
-/// Inherits the settings, then refuses a subscribe location whose content handler is
-/// another module's. Only here is it sound: `proxy_pass` & co. may come after
-/// `chatup_subscribe` in the block and overwrite the handler it set.
+/// Inherits the settings, then refuses a subscribe or publish location whose content
+/// handler is another module's. Only here is it sound: `proxy_pass` & co. may come after
+/// `chatup_subscribe` (or `chatup_publish`) in the block and overwrite the handler it set.
 pub extern "C" fn merge_loc_conf(
     cf: *mut ngx_conf_t,
     prev: *mut c_void,
@@ -143,9 +176,9 @@ pub extern "C" fn merge_loc_conf(
     // structs made by this module's create_loc_conf.
     let (prev, conf) = unsafe { (&*prev.cast::<LocConf>(), &mut *conf.cast::<LocConf>()) };
     conf.merge(prev);
-    if !conf.subscribe {
+    let Some(handler) = conf.handler() else {
         return NGX_CONF_OK;
-    }
+    };
     // SAFETY: nginx calls merge_loc_conf with a valid cf whose ctx->loc_conf is the
     // configuration array of the location being merged (ngx_http_merge_locations).
     let cf_ref = unsafe { &*cf };
@@ -155,13 +188,14 @@ pub extern "C" fn merge_loc_conf(
     match conf.check_content_handler(is_other_handler(clcf.handler)) {
         Ok(()) => NGX_CONF_OK,
         Err(err) => {
-            // The parser has left the block: say where chatup_subscribe stands.
+            // The parser has left the block: say where the directive stands.
             ngx_log_error!(
                 NGX_LOG_EMERG,
                 cf_ref.log,
-                "\"chatup_subscribe\" {} in {}",
+                "\"{}\" {} in {}",
+                handler.directive(),
                 err,
-                conf.subscribe_at
+                conf.handler_at
             );
             NGX_CONF_ERROR
         }
@@ -172,7 +206,7 @@ pub extern "C" fn merge_loc_conf(
 pub extern "C" fn init_main_conf(cf: *mut ngx_conf_t, conf: *mut c_void) -> *mut c_char {
     // SAFETY: nginx passes a valid cf and this module's MainConf, made by create_main_conf.
     let (cf_ref, main) = unsafe { (&*cf, &*conf.cast::<MainConf>()) };
-    // Without a subscribe location the workers never connect: nothing to warn of.
+    // Without a subscribe or publish location the workers never connect: nothing to warn of.
     if main.enabled {
         if let Some(warning) = check_relay_socket_dir(main.relay_socket(), DirState::of) {
             ngx_log_error!(NGX_LOG_WARN, cf_ref.log, "{}", warning);
@@ -236,8 +270,8 @@ const fn command(
     }
 }
 
-/// `chatup_subscribe`, the settings, and the terminating null command.
-const COMMAND_COUNT: usize = 2 + MAIN_SETTINGS.len() + LOC_SETTINGS.len();
+/// `chatup_subscribe`, `chatup_publish`, the settings, and the terminating null command.
+const COMMAND_COUNT: usize = 3 + MAIN_SETTINGS.len() + LOC_SETTINGS.len();
 
 /// Appends the commands of `C::SETTINGS` to `table` from `at`; returns the next free slot.
 const fn push_settings<C: Level>(
@@ -272,7 +306,14 @@ const fn commands() -> [ngx_command_t; COMMAND_COUNT] {
         set_subscribe,
         0,
     );
-    let at = push_settings::<MainConf>(&mut table, 1);
+    table[1] = command(
+        ngx_string!("chatup_publish"),
+        NGX_HTTP_LOC_CONF | NGX_CONF_NOARGS,
+        NGX_HTTP_LOC_CONF_OFFSET,
+        set_publish,
+        0,
+    );
+    let at = push_settings::<MainConf>(&mut table, 2);
     let at = push_settings::<LocConf>(&mut table, at);
     // The last entry stays the null command that ends the table.
     assert!(at == COMMAND_COUNT - 1);

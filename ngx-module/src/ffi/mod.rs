@@ -3,11 +3,15 @@
 //!
 //! - [`module`]: the module table; [`directives`]: the setters and the command table.
 //! - [`subscriber`]: a viewer's connection, from the upgrade to its close.
+//! - [`publish`]: a `POST /pub/<ch>` held while the sidecar answers it through the relay.
+//! - [`response`]: complete responses (refusals, poll and publish answers).
 //! - [`relay`]: the connection to the sidecar; [`worker`]: worker start, exit, state.
 
 pub mod directives;
 pub mod module;
+pub mod publish;
 pub mod relay;
+pub mod response;
 pub mod subscriber;
 pub mod worker;
 

@@ -1,7 +1,8 @@
 //! The worker's Unix-socket connection to the sidecar: connect, reconnect (at once, then with
 //! backoff up to 1 s: [`crate::backoff`] says why), read frames into the hub, write what the
-//! hub queued. While it is down, subscribers stay connected; on reconnect the hub
-//! resubscribes from its last positions.
+//! hub queued, answer the requests the frames answer (admissions, publishes). While it is
+//! down, subscribers stay connected; on reconnect the hub resubscribes from its last
+//! positions.
 
 use std::ffi::c_void;
 use std::ptr;
@@ -15,7 +16,7 @@ use ngx::ffi::{
 use ngx::ngx_log_error;
 
 use super::worker::with_worker;
-use super::{free_timer, new_timer, now_ms, subscriber};
+use super::{free_timer, new_timer, now_ms, publish, subscriber};
 use crate::backoff::{Backoff, HEALTHY_AFTER_MS};
 
 const READ_CHUNK: usize = 64 * 1024;
@@ -28,6 +29,9 @@ pub struct Relay {
     connected_at: u64,
     backoff: Backoff,
     retry_timer: *mut ngx_event_t,
+    /// Posted to write what was queued once the events at hand are handled (several
+    /// publishes read in one turn of the event loop then go out in one write).
+    flush_event: *mut ngx_event_t,
     /// Bytes received that do not make a whole frame yet.
     inbuf: Vec<u8>,
     /// The current outage was already logged at warning level; repeats go to info.
@@ -43,6 +47,7 @@ impl Relay {
             connected_at: 0,
             backoff: Backoff::default(),
             retry_timer: new_timer(Some(on_retry_timer), log),
+            flush_event: new_timer(Some(on_flush_event), log),
             inbuf: Vec::new(),
             outage_logged: false,
         }
@@ -70,51 +75,79 @@ fn errno_text() -> String {
 
 /// Tries to connect now; on failure schedules the next try.
 pub fn connect() {
-    let Some((path, log)) = with_worker(|w| (w.relay.path.clone(), w.relay.log)) else {
-        return;
-    };
-    match open_socket(&path) {
-        Ok(fd) => {
-            // SAFETY: fd is a connected socket we own; nginx takes it over.
-            let c = unsafe { ngx_get_connection(fd, log) };
-            if c.is_null() {
-                // SAFETY: fd is ours and not registered anywhere.
-                unsafe { libc::close(fd) };
-                fail("no free connection (raise worker_connections)");
-                return;
-            }
-            // SAFETY: c was just handed out by nginx for fd and is ours to set up.
-            let registered = unsafe {
-                (*c).log = log;
-                (*(*c).read).log = log;
-                (*(*c).write).log = log;
-                (*(*c).read).handler = Some(on_read);
-                (*(*c).write).handler = Some(on_write);
-                // Marked idle so that nginx, when the worker starts a graceful shutdown
-                // (reload, quit), calls on_read at once with `close` set: the viewers are
-                // told to move then, not at the next stats tick.
-                (*c).set_idle(1);
-                ngx_handle_read_event((*c).read, 0) == NGX_OK as isize
-            };
-            if !registered {
-                // SAFETY: c is ours; closing releases fd too.
-                unsafe { ngx_close_connection(c) };
-                fail("cannot watch the relay socket");
-                return;
-            }
-            let pid = std::process::id();
-            with_worker(|w| {
-                w.relay.conn = c;
-                w.relay.connected_at = now_ms();
-                w.relay.inbuf.clear();
-                w.relay.outage_logged = false;
-                w.hub.relay_connected(pid);
-            });
-            ngx_log_error!(NGX_LOG_NOTICE, log, "chatup: relay connected to {}", path);
-            flush();
-        }
-        Err(reason) => fail(&reason),
+    if let Err(reason) = try_connect() {
+        fail(&reason);
     }
+}
+
+/// Connects at once if the relay is down, without logging or touching the backoff when it
+/// cannot: a publish that comes while the worker waits to retry finds a sidecar that is back
+/// without waiting for the timer. Returns whether the relay is up.
+pub fn connect_if_down() -> bool {
+    let Some((up, timer)) = with_worker(|w| (!w.relay.conn.is_null(), w.relay.retry_timer)) else {
+        return false;
+    };
+    if up {
+        return true;
+    }
+    if try_connect().is_err() {
+        return false;
+    }
+    if !timer.is_null() {
+        // SAFETY: the retry timer lives as long as the worker state; the relay is up, so the
+        // pending retry must not open a second connection.
+        unsafe { super::cancel_timer(timer) };
+    }
+    true
+}
+
+/// Opens and registers the relay connection; the reason when it cannot.
+fn try_connect() -> Result<(), String> {
+    let Some((path, log, up)) =
+        with_worker(|w| (w.relay.path.clone(), w.relay.log, !w.relay.conn.is_null()))
+    else {
+        return Ok(());
+    };
+    if up {
+        return Ok(());
+    }
+    let fd = open_socket(&path)?;
+    // SAFETY: fd is a connected socket we own; nginx takes it over.
+    let c = unsafe { ngx_get_connection(fd, log) };
+    if c.is_null() {
+        // SAFETY: fd is ours and not registered anywhere.
+        unsafe { libc::close(fd) };
+        return Err("no free connection (raise worker_connections)".to_owned());
+    }
+    // SAFETY: c was just handed out by nginx for fd and is ours to set up.
+    let registered = unsafe {
+        (*c).log = log;
+        (*(*c).read).log = log;
+        (*(*c).write).log = log;
+        (*(*c).read).handler = Some(on_read);
+        (*(*c).write).handler = Some(on_write);
+        // Marked idle so that nginx, when the worker starts a graceful shutdown
+        // (reload, quit), calls on_read at once with `close` set: the viewers are
+        // told to move then, not at the next stats tick.
+        (*c).set_idle(1);
+        ngx_handle_read_event((*c).read, 0) == NGX_OK as isize
+    };
+    if !registered {
+        // SAFETY: c is ours; closing releases fd too.
+        unsafe { ngx_close_connection(c) };
+        return Err("cannot watch the relay socket".to_owned());
+    }
+    let pid = std::process::id();
+    with_worker(|w| {
+        w.relay.conn = c;
+        w.relay.connected_at = now_ms();
+        w.relay.inbuf.clear();
+        w.relay.outage_logged = false;
+        w.hub.relay_connected(pid);
+    });
+    ngx_log_error!(NGX_LOG_NOTICE, log, "chatup: relay connected to {}", path);
+    flush();
+    Ok(())
 }
 
 fn open_socket(path: &str) -> Result<i32, String> {
@@ -187,17 +220,19 @@ fn disconnect(reason: &str) {
         // SAFETY: c is the relay connection, now forgotten by the worker state.
         unsafe { ngx_close_connection(c) };
     }
-    // Requests waiting for the sidecar's verdict get a 503 now.
+    // Requests waiting for the sidecar's verdict or answer get a 503 now.
     subscriber::answer_verdicts();
+    publish::answer_waiting();
     fail(&format!("relay lost: {reason}"));
 }
 
 /// Closes the relay for good (worker exit).
 pub fn shut_down() {
-    let Some((c, timer)) = with_worker(|w| {
+    let Some((c, timer, flush_event)) = with_worker(|w| {
         let c = std::mem::replace(&mut w.relay.conn, ptr::null_mut());
         let timer = std::mem::replace(&mut w.relay.retry_timer, ptr::null_mut());
-        (c, timer)
+        let flush_event = std::mem::replace(&mut w.relay.flush_event, ptr::null_mut());
+        (c, timer, flush_event)
     }) else {
         return;
     };
@@ -205,8 +240,33 @@ pub fn shut_down() {
         // SAFETY: c is the relay connection, now forgotten by the worker state.
         unsafe { ngx_close_connection(c) };
     }
-    // SAFETY: the timer came from new_timer and the state no longer refers to it.
-    unsafe { free_timer(timer) };
+    // SAFETY: both came from new_timer and the state no longer refers to them; a posted
+    // event leaves the posted queue before it is freed.
+    unsafe {
+        if !flush_event.is_null() && (*flush_event).posted() != 0 {
+            ngx::ffi::ngx_delete_posted_event(flush_event);
+        }
+        free_timer(flush_event);
+        free_timer(timer);
+    }
+}
+
+/// Writes what the hub queued for the sidecar once the events of this turn of the event
+/// loop are handled.
+pub fn flush_soon() {
+    let Some(ev) = with_worker(|w| w.relay.flush_event) else {
+        return;
+    };
+    if ev.is_null() {
+        return;
+    }
+    // SAFETY: the flush event lives as long as the worker state (freed by shut_down, which
+    // takes it out of the posted queue first); the queue belongs to this thread.
+    unsafe { ngx::ffi::ngx_post_event(ev, ptr::addr_of_mut!(ngx::ffi::ngx_posted_events)) };
+}
+
+extern "C" fn on_flush_event(_ev: *mut ngx_event_t) {
+    flush();
 }
 
 /// Writes what the hub queued for the sidecar.
@@ -313,6 +373,7 @@ extern "C" fn on_read(ev: *mut ngx_event_t) {
                     unsafe { subscriber::flush(conn) };
                 }
                 subscriber::answer_verdicts();
+                publish::answer_waiting();
             }
             Some(Err(err)) => {
                 if let Some(log) = with_worker(|w| w.relay.log) {

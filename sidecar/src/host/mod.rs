@@ -197,6 +197,8 @@ impl ChatHost {
             sessions,
             private: viewers.policy().clone(),
         });
+        // The nginx workers' chatup_publish locations publish through the same checks.
+        let relay = relay.with_publisher(app.clone());
         Ok(Self {
             app,
             demo: keys.demo.map(Arc::new),

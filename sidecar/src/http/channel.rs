@@ -36,12 +36,19 @@ where
         let Path(channel) = Path::<String>::from_request_parts(parts, state)
             .await
             .map_err(|e| E::from(BadChannelPath::Unreadable(e)))?;
-        if let Err(e) = chatup_wire::channel::validate(channel.as_bytes()) {
-            return Err(E::from(BadChannelPath::Invalid {
-                channel,
-                reason: e.to_string(),
-            }));
-        }
+        checked(channel.as_bytes()).map_err(E::from)?;
         Ok(Self(channel, PhantomData))
+    }
+}
+
+/// A channel name from a path (already percent-decoded), checked.
+pub fn checked(channel: &[u8]) -> Result<String, BadChannelPath> {
+    match chatup_wire::channel::validate(channel) {
+        // The rule allows ASCII alone.
+        Ok(()) => Ok(String::from_utf8_lossy(channel).into_owned()),
+        Err(e) => Err(BadChannelPath::Invalid {
+            channel: String::from_utf8_lossy(channel).into_owned(),
+            reason: e.to_string(),
+        }),
     }
 }

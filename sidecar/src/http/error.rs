@@ -4,7 +4,7 @@
 //! [`crate::host::demo::DemoError`], [`crate::publish_error::PublishError`]) converts into
 //! [`ApiError`], which says what goes with it (`Retry-After`, `until`, `WWW-Authenticate`).
 
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
@@ -63,23 +63,36 @@ impl ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let body = HttpErrorBody {
+impl ApiError {
+    /// The headers that go with the error besides its JSON type: `Retry-After`,
+    /// `WWW-Authenticate`.
+    pub fn headers(&self) -> Vec<(HeaderName, HeaderValue)> {
+        let mut headers = Vec::new();
+        if let Some(seconds) = self.retry_after {
+            headers.push((header::RETRY_AFTER, HeaderValue::from(seconds)));
+        }
+        if self.www_authenticate {
+            headers.push((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")));
+        }
+        headers
+    }
+
+    /// The JSON body, `{"error":{"code":..,"message":..}}`.
+    pub fn body(&self) -> HttpErrorBody<'_> {
+        HttpErrorBody {
             error: HttpError {
                 code: self.code,
                 message: &self.message,
                 until: self.until,
             },
-        };
-        let mut response = (self.status, Json(body)).into_response();
-        let headers = response.headers_mut();
-        if let Some(seconds) = self.retry_after {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
-        if self.www_authenticate {
-            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, Json(self.body())).into_response();
+        response.headers_mut().extend(self.headers());
         response
     }
 }

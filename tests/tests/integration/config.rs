@@ -93,6 +93,30 @@ fn bad_directive_values_are_refused() {
             "chatup_subscribe",
         ),
         (
+            "publish takes no argument",
+            "",
+            "location /pub/ { chatup_publish now; }",
+            "chatup_publish",
+        ),
+        (
+            "publish in an exact location",
+            "",
+            "location = /pub { chatup_publish; }",
+            "\"chatup_publish\" needs a prefix location such as \"location /pub/ { chatup_publish; }\"",
+        ),
+        (
+            "publish beside subscribe",
+            "",
+            "location /x/ { chatup_subscribe; chatup_publish; }",
+            "\"chatup_publish\" cannot stand in a location that has \"chatup_subscribe\"",
+        ),
+        (
+            "publish with proxy_pass",
+            "",
+            "location /pub/ { chatup_publish; proxy_pass http://127.0.0.1:9; }",
+            "\"chatup_publish\" cannot share location \"/pub/\" with another content handler",
+        ),
+        (
             "relay socket in server",
             "",
             "chatup_relay_socket /tmp/x.sock;",

@@ -28,6 +28,7 @@ mod plugins;
 mod poll;
 mod presence;
 mod private;
+mod publish;
 mod readme;
 mod reload;
 mod restart;

@@ -26,8 +26,10 @@ pub enum ConfError {
     Origin(String),
     #[error("is duplicate")]
     Duplicate,
-    #[error("needs a prefix location such as \"location /sub/ {{ chatup_subscribe; }}\"")]
-    NotPrefixLocation,
+    #[error("needs a prefix location such as \"location {0} {{ {1}; }}\"")]
+    NotPrefixLocation(&'static str, &'static str),
+    #[error("cannot stand in a location that has \"{0}\": each answers its location alone")]
+    TwoHandlers(&'static str),
     #[error("\"{0}\" must be an absolute path")]
     RelativePath(String),
     #[error("\"{0}\" is longer than the {MAX_SOCKET_PATH} bytes a Unix socket path may have")]

@@ -3,6 +3,7 @@
 //! | directive               | context                 | default                  |
 //! |-------------------------|-------------------------|--------------------------|
 //! | `chatup_subscribe`      | location (prefix)       | —                        |
+//! | `chatup_publish`        | location (prefix)       | —                        |
 //! | `chatup_relay_socket`   | http                    | `/run/chatup/relay.sock` |
 //! | `chatup_cache_messages` | http                    | `100`                    |
 //! | `chatup_cache_bytes`    | http                    | `256k`                   |
@@ -15,8 +16,9 @@
 //! Values are parsed by plain functions ([`value`]), and the one-value directives are listed
 //! in [`MAIN_SETTINGS`] and [`LOC_SETTINGS`], from which the module crate builds nginx's
 //! command table; its setters only move values in and out of nginx, so `nginx -t` reports
-//! every mistake ([`ConfError`]) with the directive and what is allowed. Once the `http`
-//! block is parsed, a subscribe location with another module's content handler is refused
+//! every mistake ([`ConfError`]) with the directive and what is allowed. `chatup_subscribe`
+//! and `chatup_publish` each make the module answer their location ([`LocConf::set_handler`]).
+//! Once the `http` block is parsed, such a location with another module's content handler is refused
 //! ([`LocConf::check_content_handler`]), and a relay socket whose folder is missing is
 //! warned of ([`check_relay_socket_dir`]).
 
@@ -46,7 +48,8 @@ pub struct MainConf {
     pub relay_socket: Option<String>,
     pub cache_messages: Option<usize>,
     pub cache_bytes: Option<usize>,
-    /// Some location has `chatup_subscribe`: only then do workers connect to the sidecar.
+    /// Some location has `chatup_subscribe` or `chatup_publish`: only then do workers
+    /// connect to the sidecar.
     pub enabled: bool,
 }
 
@@ -64,13 +67,36 @@ impl MainConf {
     }
 }
 
+/// What the module answers in a location.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handler {
+    /// Viewers (`chatup_subscribe`).
+    Subscribe,
+    /// `POST /pub/<ch>` (`chatup_publish`), through the relay.
+    Publish,
+}
+
+impl Handler {
+    /// The directive that sets it.
+    pub fn directive(self) -> &'static str {
+        match self {
+            Self::Subscribe => "chatup_subscribe",
+            Self::Publish => "chatup_publish",
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct LocConf {
     pub subscribe: bool,
-    /// The location's prefix: what follows it in the URI is the channel list.
+    /// `chatup_publish`: the location's `POST <prefix><ch>` go to the sidecar by the relay.
+    pub publish: bool,
+    /// The location's prefix: what follows it in the URI is the channel list (or, in a
+    /// publish location, the channel).
     pub prefix: Vec<u8>,
-    /// `file:line` of `chatup_subscribe`, for errors found after the block is parsed.
-    pub subscribe_at: String,
+    /// `file:line` of `chatup_subscribe` or `chatup_publish`, for errors found after the
+    /// block is parsed.
+    pub handler_at: String,
     /// Milliseconds; `Some(0)` is `off`.
     pub ping_interval_ms: Option<u64>,
     pub max_channels: Option<usize>,
@@ -112,14 +138,41 @@ impl LocConf {
             .then_some(origin)
     }
 
+    /// What the module answers here, if anything.
+    pub fn handler(&self) -> Option<Handler> {
+        if self.subscribe {
+            Some(Handler::Subscribe)
+        } else if self.publish {
+            Some(Handler::Publish)
+        } else {
+            None
+        }
+    }
+
     /// `chatup_subscribe` in the prefix location `prefix`, written at `at` (`file:line`).
     pub fn set_subscribe(&mut self, prefix: Vec<u8>, at: String) -> Result<(), ConfError> {
-        if self.subscribe {
-            return Err(ConfError::Duplicate);
+        self.set_handler(Handler::Subscribe, prefix, at)
+    }
+
+    /// `chatup_subscribe` or `chatup_publish` in the prefix location `prefix`, written at
+    /// `at` (`file:line`): once, and not both.
+    pub fn set_handler(
+        &mut self,
+        handler: Handler,
+        prefix: Vec<u8>,
+        at: String,
+    ) -> Result<(), ConfError> {
+        match self.handler() {
+            Some(set) if set == handler => return Err(ConfError::Duplicate),
+            Some(set) => return Err(ConfError::TwoHandlers(set.directive())),
+            None => {}
         }
-        self.subscribe = true;
+        match handler {
+            Handler::Subscribe => self.subscribe = true,
+            Handler::Publish => self.publish = true,
+        }
         self.prefix = prefix;
-        self.subscribe_at = at;
+        self.handler_at = at;
         Ok(())
     }
 
@@ -134,9 +187,10 @@ impl LocConf {
         }
     }
 
-    /// [`check_sole_handler`] for a subscribe location, once its whole block is parsed.
+    /// [`check_sole_handler`] for a subscribe or publish location, once its whole block is
+    /// parsed.
     pub fn check_content_handler(&self, other_handler: bool) -> Result<(), ConfError> {
-        if self.subscribe {
+        if self.handler().is_some() {
             check_sole_handler(&self.prefix, other_handler)
         } else {
             Ok(())
@@ -144,7 +198,7 @@ impl LocConf {
     }
 }
 
-/// A subscribe location must answer its requests itself: nginx runs one content handler per
+/// A subscribe (or publish) location must answer its requests itself: nginx runs one content handler per
 /// location, the last one set, so `proxy_pass` & co. would silently win or lose depending on
 /// the order of the directives. `other_handler` says whether another module set the handler
 /// of the location whose prefix is `location`.
@@ -174,7 +228,8 @@ pub struct Setting<C> {
     pub set: fn(&mut C, &str) -> Result<(), ConfError>,
 }
 
-/// The `http`-level directives that take a value (`chatup_subscribe` is the only other one).
+/// The `http`-level directives that take a value (`chatup_subscribe` and `chatup_publish`,
+/// in locations, are the only others).
 pub const MAIN_SETTINGS: [Setting<MainConf>; 3] = [
     Setting {
         name: c"chatup_relay_socket",
@@ -253,9 +308,38 @@ mod tests {
         );
         assert!(lc.subscribe);
         assert_eq!(
-            (lc.prefix.as_slice(), lc.subscribe_at.as_str()),
+            (lc.prefix.as_slice(), lc.handler_at.as_str()),
             (&b"/sub/"[..], "a.conf:3")
         );
+        assert_eq!(lc.handler(), Some(Handler::Subscribe));
+    }
+
+    #[test]
+    fn publish_is_given_once_and_never_beside_subscribe() {
+        let mut lc = LocConf::default();
+        assert_eq!(lc.handler(), None);
+        assert_eq!(
+            lc.set_handler(Handler::Publish, b"/pub/".to_vec(), "a.conf:9".into()),
+            Ok(())
+        );
+        assert_eq!(lc.handler(), Some(Handler::Publish));
+        assert_eq!(
+            (lc.prefix.as_slice(), lc.handler_at.as_str()),
+            (&b"/pub/"[..], "a.conf:9")
+        );
+        assert_eq!(
+            lc.set_handler(Handler::Publish, b"/pub/".to_vec(), "a.conf:10".into()),
+            Err(ConfError::Duplicate)
+        );
+        let err = lc
+            .set_subscribe(b"/pub/".to_vec(), "a.conf:11".into())
+            .unwrap_err();
+        assert_eq!(err, ConfError::TwoHandlers("chatup_publish"));
+        assert!(err.to_string().contains("\"chatup_publish\""), "{err}");
+        assert!(!lc.subscribe);
+        // A publish location has no other content handler either.
+        assert!(lc.check_content_handler(true).is_err());
+        assert_eq!(lc.check_content_handler(false), Ok(()));
     }
 
     #[test]

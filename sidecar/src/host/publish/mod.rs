@@ -1,5 +1,6 @@
 //! Publishing: the checks every message goes through, shared by the WebSocket publisher
-//! (`GET /pub`, [`ws`]) and the one-shot HTTP endpoint (`POST /pub/<ch>`, [`post`]);
+//! (`GET /pub`, [`ws`]) and the one-shot HTTP endpoint (`POST /pub/<ch>`, [`post`], also
+//! reached through an nginx worker's relay connection);
 //! [`sessions`] lists the open WebSocket sessions by user, so a ban can close them;
 //! [`idempotency`] checks and scopes the keys that make a retried publish happen once.
 

@@ -2,8 +2,13 @@
 //! channel `Policy`, reads its frames (`Subscribe`, `Unsubscribe`, `Stats`, `Admit`,
 //! `Left`), answers each `Subscribe` with one `Backlog` and each `Admit` with one
 //! `Admitted`, writes the subscribed channels' live messages from its bounded queue in id
-//! order, each id once, closes admitted viewers whose token expired (`CloseViewer`), and
+//! order, each id once, closes admitted viewers whose token expired (`CloseViewer`),
+//! answers each `Publish` (a `POST /pub/<ch>` the worker read) with one `Published`, and
 //! stops when the worker closes, breaks the protocol, overflows its queue, or at shutdown.
+//!
+//! Publishes run on this connection's task, many at once ([`FuturesUnordered`]), through
+//! the very checks of the HTTP route (`host::publish::post::answer`); their answers go back
+//! as they are ready, in any order, several per write.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -11,9 +16,12 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use chatup_wire::{
-    BacklogKind, Position, ToSidecar, ToWorker, Totals, MAX_FRAME_LEN, PROTOCOL_VERSION,
+    BacklogKind, Position, PublishAnswer, PublishRequest, ToSidecar, ToWorker, Totals,
+    MAX_FRAME_LEN, PROTOCOL_VERSION,
 };
-use futures_util::{SinkExt, StreamExt};
+use futures_util::future::BoxFuture;
+use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
 use tokio::sync::{broadcast, mpsc};
@@ -24,9 +32,13 @@ use tracing::{debug, error, info, warn};
 use super::codec::{CodecError, WireCodec};
 use super::{NginxWorkerStats, NginxWorkers};
 use crate::broker::{Backlog, Broker, BrokerError, Event, Subscriber};
+use crate::host::publish::post::{self, PostAnswer, PostRequest};
+use crate::host::publish::App;
 use crate::host::viewers::{ViewerKick, Viewers};
+use crate::http::channel;
 use crate::jwt::Identity;
 use crate::private::{Grant, Refusal};
+use crate::publish_error::{ErrorCode, PublishError};
 
 /// How long a new connection may take to say `Hello`.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -43,6 +55,10 @@ const SUBSCRIBE_RETRY: Duration = Duration::from_secs(1);
 
 /// How often admitted viewers' tokens are checked for expiry.
 const EXPIRY_SWEEP: Duration = Duration::from_secs(1);
+
+/// Publishes of one worker in progress at once; past it, more are refused as `unavailable`
+/// (nginx's `worker_connections` keeps a sound worker far below).
+const MAX_PUBLISHES: usize = 16_384;
 
 /// An admission's outcome, back from its task.
 type Verdict = (u64, Vec<String>, Result<Grant, Refusal>);
@@ -107,6 +123,18 @@ pub(super) struct Connection {
     admitted: HashMap<u64, AdmittedViewer>,
     /// Kicks of admitted viewers (bans), from every host.
     kicks: Option<broadcast::Receiver<ViewerKick>>,
+    /// Publishes the worker's `chatup_publish` locations (`None`: refused as unavailable).
+    app: Option<Arc<App>>,
+    /// The worker's publishes in progress, each ending in its answer.
+    publishes: FuturesUnordered<BoxFuture<'static, PublishAnswer>>,
+}
+
+/// What answers a worker's requests besides its subscriptions.
+pub(super) struct Answerers {
+    /// Admits viewers to private channels (`None`: every channel is public).
+    pub(super) viewers: Option<Arc<Viewers>>,
+    /// Publishes the worker's `chatup_publish` locations (`None`: refused as unavailable).
+    pub(super) app: Option<Arc<App>>,
 }
 
 /// A subscription waiting for the broker.
@@ -123,8 +151,9 @@ impl Connection {
         workers: Arc<NginxWorkers>,
         queue_size: usize,
         shutdown: CancellationToken,
-        viewers: Option<Arc<Viewers>>,
+        answers: Answerers,
     ) -> Self {
+        let Answerers { viewers, app } = answers;
         let (r, w) = stream.into_split();
         let (subscriber, queue) = Subscriber::new(queue_size);
         Self {
@@ -143,6 +172,8 @@ impl Connection {
             viewers,
             verdicts: mpsc::channel(1024),
             admitted: HashMap::new(),
+            app,
+            publishes: FuturesUnordered::new(),
         }
     }
 
@@ -202,8 +233,12 @@ impl Connection {
                  (it reconnects and resumes)"
             ),
             Stop::Shutdown => {
-                // Deliver what is already queued, briefly, then close.
-                let flush = self.flush_queue();
+                // Answer the publishes under way and deliver what is already queued,
+                // briefly, then close.
+                let flush = async {
+                    self.finish_publishes().await;
+                    self.flush_queue().await;
+                };
                 if tokio::time::timeout(SHUTDOWN_FLUSH, flush).await.is_err() {
                     debug!("worker did not take its last messages in time");
                 }
@@ -261,6 +296,15 @@ impl Connection {
             tokio::select! {
                 _ = self.shutdown.cancelled() => return Stop::Shutdown,
                 _ = overflowed.cancelled() => return Stop::Overflow,
+                Some(first) = self.publishes.next(), if !self.publishes.is_empty() => {
+                    let mut answers = vec![ToWorker::Published(first)];
+                    while let Some(Some(answer)) = self.publishes.next().now_or_never() {
+                        answers.push(ToWorker::Published(answer));
+                    }
+                    if let Err(stop) = self.send(answers).await {
+                        return stop;
+                    }
+                }
                 Some((id, channels, verdict)) = self.verdicts.1.recv() => {
                     if let Err(stop) = self.answer_admission(id, channels, verdict).await {
                         return stop;
@@ -384,7 +428,42 @@ impl Connection {
                 }
                 Ok(())
             }
+            ToSidecar::Publish(request) => {
+                self.workers
+                    .traffic
+                    .publishes
+                    .fetch_add(1, Ordering::Relaxed);
+                let id = request.id;
+                match (&self.app, self.publishes.len() < MAX_PUBLISHES) {
+                    (Some(app), true) => self.publishes.push(publish(app.clone(), request)),
+                    (app, _) => {
+                        let why = if app.is_none() {
+                            "this sidecar does not publish for its nginx workers"
+                        } else {
+                            "too many publishes at once from this nginx worker; retry"
+                        };
+                        let refusal = PublishError::new(ErrorCode::Unavailable, why).retry_after(1);
+                        let answer = answer_frame(id, post::refusal(refusal));
+                        return self.send(vec![ToWorker::Published(answer)]).await;
+                    }
+                }
+                Ok(())
+            }
         }
+    }
+
+    /// Answers the publishes under way (at shutdown: they had their checks started).
+    async fn finish_publishes(&mut self) {
+        let mut answers = Vec::new();
+        while let Some(answer) = self.publishes.next().await {
+            answers.push(ToWorker::Published(answer));
+        }
+        for frame in answers {
+            if self.writer.feed(frame).await.is_err() {
+                return;
+            }
+        }
+        let _ = self.writer.flush().await;
     }
 
     /// Tells the worker whether its viewer `id` is admitted, and keeps it if it is.
@@ -596,7 +675,8 @@ impl Connection {
                 ToWorker::EpochReset { .. }
                 | ToWorker::Policy { .. }
                 | ToWorker::Admitted { .. }
-                | ToWorker::CloseViewer { .. } => {}
+                | ToWorker::CloseViewer { .. }
+                | ToWorker::Published(_) => {}
             }
         }
         let traffic = &self.workers.traffic;
@@ -697,6 +777,45 @@ fn frame_name(frame: &ToSidecar) -> &'static str {
         ToSidecar::Stats { .. } => "Stats",
         ToSidecar::Admit { .. } => "Admit",
         ToSidecar::Left { .. } => "Left",
+        ToSidecar::Publish(_) => "Publish",
+    }
+}
+
+/// One `Publish`, checked and published as the HTTP route would, ending in its answer.
+fn publish(app: Arc<App>, request: PublishRequest) -> BoxFuture<'static, PublishAnswer> {
+    async move {
+        let limit = app.publisher.limits().max_request_bytes();
+        let PublishRequest {
+            id,
+            channel,
+            authorization,
+            content_type,
+            idempotency_key,
+            body,
+        } = request;
+        let request = PostRequest {
+            channel: channel::checked(&channel).map_err(PublishError::from),
+            authorization: authorization.as_deref(),
+            content_type: content_type.as_deref(),
+            idempotency_key: idempotency_key.as_deref(),
+            body: (body.len() <= limit).then(|| body.into()),
+        };
+        answer_frame(id, post::answer(&app, request).await)
+    }
+    .boxed()
+}
+
+/// The `Published` frame of an answer.
+fn answer_frame(id: u64, answer: PostAnswer) -> PublishAnswer {
+    PublishAnswer {
+        id,
+        status: answer.status.as_u16(),
+        headers: answer
+            .headers
+            .iter()
+            .filter_map(|(name, value)| Some((name.to_string(), value.to_str().ok()?.to_owned())))
+            .collect(),
+        body: answer.body,
     }
 }
 
@@ -707,8 +826,152 @@ mod tests {
     use chatup_wire::{ChannelCount, Entry};
     use tokio_util::codec::Framed;
 
-    use super::super::test_support::{closed, connect, next, publish, start, subscribe, Worker};
+    use super::super::test_support::{
+        closed, connect, next, publish, publish_frame, start, start_publishing, subscribe, Worker,
+    };
     use super::*;
+    use crate::test_support::{good_claims, sign};
+
+    /// The JSON body of an answer.
+    fn json(answer: &PublishAnswer) -> serde_json::Value {
+        serde_json::from_slice(&answer.body).expect("a JSON body")
+    }
+
+    fn header<'a>(answer: &'a PublishAnswer, name: &str) -> Option<&'a str> {
+        answer
+            .headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    #[tokio::test]
+    async fn publishes_are_answered_by_id_with_the_http_routes_checks() {
+        let f = start_publishing().await;
+        let mut w = connect(&f.path).await;
+        w.send(subscribe("room", 0, None)).await.unwrap();
+        assert!(matches!(next(&mut w).await, ToWorker::Backlog { .. }));
+        let token = sign(&good_claims());
+        // Many at once, in one write: good ones, and one of each refusal.
+        let texts = ["a", "b", "c", "d", "e"];
+        for (i, text) in texts.iter().enumerate() {
+            w.feed(publish_frame(10 + i as u64, "room", Some(&token), text))
+                .await
+                .unwrap();
+        }
+        w.feed(publish_frame(20, "room", None, "x")).await.unwrap();
+        w.feed(publish_frame(21, "room", Some(&token), "far too long"))
+            .await
+            .unwrap();
+        w.feed(publish_frame(22, "bad name", Some(&token), "x"))
+            .await
+            .unwrap();
+        let mut json_body = publish_frame(23, "room", Some(&token), r#"{"msg":"j"}"#);
+        if let ToSidecar::Publish(p) = &mut json_body {
+            p.content_type = Some(b"application/json; charset=utf-8".to_vec());
+            p.idempotency_key = Some(b"key-1".to_vec());
+        }
+        w.feed(json_body).await.unwrap();
+        w.flush().await.unwrap();
+
+        let mut answers = HashMap::new();
+        let mut messages = HashMap::new();
+        while answers.len() < 9 || messages.len() < 6 {
+            match next(&mut w).await {
+                ToWorker::Published(a) => {
+                    assert!(answers.insert(a.id, a).is_none(), "one answer per id");
+                }
+                ToWorker::Message { id, payload, .. } => {
+                    let payload: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+                    messages.insert(id, payload["msg"].as_str().unwrap().to_owned());
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        // Each accepted publish's answer names the message that carries its own text.
+        for (i, text) in texts.iter().enumerate() {
+            let a = &answers[&(10 + i as u64)];
+            assert_eq!(a.status, 200, "{}", json(a));
+            let body = json(a);
+            assert_eq!(body["ch"], "room");
+            let id = body["id"].as_u64().unwrap();
+            assert_eq!(messages[&id], *text);
+        }
+        assert_eq!(messages[&json(&answers[&23])["id"].as_u64().unwrap()], "j");
+        let refused = |id: u64| {
+            let a = &answers[&id];
+            (
+                a.status,
+                json(a)["error"]["code"].as_str().unwrap().to_owned(),
+            )
+        };
+        assert_eq!(refused(20), (401, "bad_token".into()));
+        assert_eq!(header(&answers[&20], "www-authenticate"), Some("Bearer"));
+        assert_eq!(refused(21), (413, "too_long".into()));
+        assert_eq!(refused(22), (400, "bad_channel".into()));
+        assert_eq!(
+            f.workers.traffic.publishes.load(Ordering::Relaxed),
+            9,
+            "every Publish counted"
+        );
+
+        // A retry with the same key publishes nothing and names the first message.
+        let mut again = publish_frame(24, "room", Some(&token), r#"{"msg":"j"}"#);
+        if let ToSidecar::Publish(p) = &mut again {
+            p.content_type = Some(b"application/json".to_vec());
+            p.idempotency_key = Some(b"key-1".to_vec());
+        }
+        w.send(again).await.unwrap();
+        let ToWorker::Published(a) = next(&mut w).await else {
+            panic!("expected the answer");
+        };
+        assert_eq!((a.id, a.status), (24, 200));
+        assert_eq!(json(&a)["duplicate"], true);
+        assert_eq!(json(&a)["id"], json(&answers[&23])["id"]);
+        f.shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_body_over_the_publishers_limit_is_too_long() {
+        let f = start_publishing().await;
+        let mut w = connect(&f.path).await;
+        let token = sign(&good_claims());
+        let big = "x".repeat(64 * 1024 + 1);
+        w.send(publish_frame(1, "room", Some(&token), &big))
+            .await
+            .unwrap();
+        let ToWorker::Published(a) = next(&mut w).await else {
+            panic!("expected the answer");
+        };
+        assert_eq!(a.status, 413);
+        let message = json(&a)["error"]["message"].as_str().unwrap().to_owned();
+        assert!(message.contains("larger than"), "{message}");
+        // A bad token is still what is said first.
+        w.send(publish_frame(2, "room", Some("nope"), &big))
+            .await
+            .unwrap();
+        let ToWorker::Published(a) = next(&mut w).await else {
+            panic!("expected the answer");
+        };
+        assert_eq!((a.id, a.status), (2, 401));
+        f.shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_relay_without_a_publisher_answers_unavailable() {
+        let f = start(16).await;
+        let mut w = connect(&f.path).await;
+        w.send(publish_frame(5, "room", Some("t"), "x"))
+            .await
+            .unwrap();
+        let ToWorker::Published(a) = next(&mut w).await else {
+            panic!("expected the answer");
+        };
+        assert_eq!((a.id, a.status), (5, 503));
+        assert_eq!(json(&a)["error"]["code"], "unavailable");
+        assert_eq!(header(&a, "retry-after"), Some("1"));
+        f.shutdown.cancel();
+    }
 
     #[tokio::test]
     async fn subscribe_gets_backlog_then_live_messages() {

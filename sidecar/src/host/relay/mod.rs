@@ -16,8 +16,10 @@
 //!
 //! A connection's life: the worker says `Hello` (version checked, within a timeout); then
 //! its `Subscribe` frames are answered with a `Backlog` each and subscribe it in the broker
-//! (retried while the broker is down), its `Stats` are kept in [`NginxWorkers`], and the
-//! broker's live events are written to it in batches, skipping what the backlog covered.
+//! (retried while the broker is down), its `Stats` are kept in [`NginxWorkers`], its
+//! `Publish` frames are answered with a `Published` each (the checks of `POST /pub/<ch>`),
+//! and the broker's live events are written to it in batches, skipping what the backlog
+//! covered.
 //! It ends when the worker closes, breaks the protocol, lets its queue overflow, or at
 //! shutdown (what is queued is flushed first); its subscriptions and stats go with it.
 
@@ -43,8 +45,9 @@ mod test_support;
 pub use nginx_workers::{NginxWorkerStats, NginxWorkers, RelayTraffic};
 
 use crate::broker::Broker;
+use crate::host::publish::App;
 use crate::host::viewers::Viewers;
-use connection::Connection;
+use connection::{Answerers, Connection};
 use socket::SocketFile;
 
 /// Settings of the relay server.
@@ -91,6 +94,8 @@ pub struct RelayServer {
     workers: Arc<NginxWorkers>,
     /// Admits viewers to private channels (`None`: none is private).
     viewers: Option<Arc<Viewers>>,
+    /// Answers the workers' publishes (`None`: refused as unavailable).
+    app: Option<Arc<App>>,
 }
 
 impl RelayServer {
@@ -105,7 +110,15 @@ impl RelayServer {
             broker,
             workers: Arc::default(),
             viewers: None,
+            app: None,
         })
+    }
+
+    /// Answers the workers' `Publish` frames with `app`, as `POST /pub/<ch>` on the HTTP
+    /// port would.
+    pub fn with_publisher(mut self, app: Arc<App>) -> Self {
+        self.app = Some(app);
+        self
     }
 
     /// Admits viewers of private channels with `viewers` (without: every channel is public).
@@ -144,7 +157,10 @@ impl RelayServer {
                         self.workers.clone(),
                         self.options.queue_size,
                         shutdown.clone(),
-                        self.viewers.clone(),
+                        Answerers {
+                            viewers: self.viewers.clone(),
+                            app: self.app.clone(),
+                        },
                     );
                     tracker.spawn(connection.run().instrument(span));
                 }

@@ -56,6 +56,8 @@ pub struct RelayTraffic {
     pub failed: AtomicU64,
     /// Connections dropped because the worker let its queue overflow.
     pub overflowed: AtomicU64,
+    /// `POST /pub/<ch>` requests the workers carried over the relay (`Publish` frames).
+    pub publishes: AtomicU64,
 }
 
 impl NginxWorkers {
@@ -156,6 +158,13 @@ impl NginxWorkers {
                     ("backlog", t.backlog_messages.load(Ordering::Relaxed)),
                 ]
             },
+        )?;
+        let w = self.clone();
+        metrics.read_counter(
+            "chatup_relay_publishes_total",
+            "POST /pub/<channel> requests the nginx workers answered through the relay \
+             (chatup_publish locations), whatever their outcome.",
+            move || w.traffic.publishes.load(Ordering::Relaxed),
         )?;
         let w = self.clone();
         metrics.read_counters(

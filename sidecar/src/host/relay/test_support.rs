@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use chatup_wire::{Position, ToSidecar, ToWorker, PROTOCOL_VERSION};
+use chatup_wire::private::Policy;
+use chatup_wire::{Position, PublishRequest, ToSidecar, ToWorker, PROTOCOL_VERSION};
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::UnixStream;
 use tokio_util::codec::Framed;
@@ -16,7 +17,13 @@ use super::codec::WireCodec;
 use super::{NginxWorkers, RelayOptions, RelayServer};
 use crate::broker::memory::{MemoryBroker, MemoryOptions};
 use crate::broker::Broker;
+use crate::cluster::control::Control;
+use crate::host::presence::Presence;
+use crate::host::publish::sessions::Sessions;
+use crate::host::publish::{App, Publisher, WsSettings};
 use crate::message::{Body, Tail};
+use crate::moderation::{Bans, Moderation};
+use crate::plugins::Chain;
 
 pub(super) type Worker = Framed<UnixStream, WireCodec<ToWorker, ToSidecar>>;
 
@@ -40,13 +47,23 @@ pub(super) struct Fixture {
 
 /// Starts a relay server whose connections queue `queue_size` live events.
 pub(super) async fn start(queue_size: usize) -> Fixture {
+    start_with(queue_size, false).await
+}
+
+/// Starts a relay server that also answers `Publish` frames, with a publisher over the
+/// same broker (default plugins, the example key, messages of at most 5 characters).
+pub(super) async fn start_publishing() -> Fixture {
+    start_with(1024, true).await
+}
+
+async fn start_with(queue_size: usize, publishing: bool) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("relay.sock");
     let broker = MemoryBroker::new(MemoryOptions {
         history_size: 5,
         ttl: Duration::from_secs(3600),
     });
-    let relay = RelayServer::bind(
+    let mut relay = RelayServer::bind(
         RelayOptions {
             socket: path.clone(),
             mode: 0o600,
@@ -58,6 +75,9 @@ pub(super) async fn start(queue_size: usize) -> Fixture {
     let workers = relay.workers();
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
+    if publishing {
+        relay = relay.with_publisher(app(broker.clone(), &shutdown, &tracker));
+    }
     let server = tokio::spawn(relay.run(shutdown.clone(), tracker.clone()));
     Fixture {
         _dir: dir,
@@ -68,6 +88,43 @@ pub(super) async fn start(queue_size: usize) -> Fixture {
         tracker,
         server,
     }
+}
+
+/// What the publisher endpoints share, publishing into `broker`.
+fn app(broker: Arc<MemoryBroker>, shutdown: &CancellationToken, tracker: &TaskTracker) -> Arc<App> {
+    let moderation = Arc::new(Moderation::new(
+        Bans::memory(),
+        Control::memory(),
+        broker.clone(),
+        true,
+    ));
+    Arc::new(App {
+        publisher: Publisher::new(
+            broker,
+            Arc::new(crate::test_support::verifier()),
+            crate::test_support::TIGHT_LIMITS,
+            Chain::default(),
+        ),
+        presence: Presence::new(false).0,
+        shutdown: shutdown.clone(),
+        tracker: tracker.clone(),
+        ws: WsSettings::default(),
+        moderation,
+        sessions: Sessions::new(),
+        private: Policy::default(),
+    })
+}
+
+/// A `Publish` frame of `text/plain` `body` to `channel` with `token` (none: no header).
+pub(super) fn publish_frame(id: u64, channel: &str, token: Option<&str>, body: &str) -> ToSidecar {
+    ToSidecar::Publish(PublishRequest {
+        id,
+        channel: channel.as_bytes().to_vec(),
+        authorization: token.map(|t| format!("Bearer {t}").into_bytes()),
+        content_type: Some(b"text/plain".to_vec()),
+        idempotency_key: None,
+        body: body.as_bytes().to_vec(),
+    })
 }
 
 /// Connects as an nginx worker (pid 4242) and says `Hello`.
