@@ -951,6 +951,26 @@ pub fn resync_frame(channel: &str, reason: Resync, epoch: u64) -> Frame {
 }
 
 #[cfg(test)]
+mod test_support {
+    use super::{Hub, ToSidecar};
+
+    /// The frames the hub queued for the sidecar, taken out of its relay output; a frame
+    /// that does not decode fails the test.
+    pub(super) fn relay_frames(hub: &mut Hub<u32>) -> Vec<ToSidecar> {
+        let buf = std::mem::take(hub.relay_output());
+        let mut out = Vec::new();
+        let mut at = 0;
+        while let Some((f, n)) =
+            chatup_wire::decode::<ToSidecar>(&buf[at..]).expect("a relay frame")
+        {
+            out.push(f);
+            at += n;
+        }
+        out
+    }
+}
+
+#[cfg(test)]
 mod transport_tests;
 
 #[cfg(test)]
@@ -960,8 +980,8 @@ mod publish_tests;
 
 #[cfg(test)]
 mod tests {
+    use super::test_support::relay_frames;
     use super::*;
-    use chatup_wire::decode;
 
     const BIG: usize = 1 << 20;
 
@@ -1016,17 +1036,6 @@ mod tests {
                 other => format!("opcode {other:#x}"),
             });
             rest = &rest[header + len..];
-        }
-        out
-    }
-
-    fn relay_frames(hub: &mut Hub<u32>) -> Vec<ToSidecar> {
-        let buf = std::mem::take(hub.relay_output());
-        let mut out = Vec::new();
-        let mut at = 0;
-        while let Some((f, n)) = decode::<ToSidecar>(&buf[at..]).unwrap() {
-            out.push(f);
-            at += n;
         }
         out
     }

@@ -16,7 +16,7 @@ const REPORTS: Duration = Duration::from_secs(5);
 /// One scrape, checked to be valid Prometheus text: every line is `# HELP name text`,
 /// `# TYPE name type` or a sample `name{label="value",...} value` whose family had its
 /// HELP and TYPE first.
-struct Scrape {
+pub(crate) struct Scrape {
     samples: HashMap<String, f64>,
     types: HashMap<String, String>,
 }
@@ -105,13 +105,13 @@ impl Scrape {
     }
 
     /// A sample's value; 0 when the series is not there yet (a label value never counted).
-    fn get(&self, series: &str) -> f64 {
+    pub(crate) fn get(&self, series: &str) -> f64 {
         self.samples.get(series).copied().unwrap_or(0.0)
     }
 }
 
 /// Scrapes the sidecar directly, without a token.
-async fn scrape(env: &Chatup) -> Scrape {
+pub(crate) async fn scrape(env: &Chatup) -> Scrape {
     let resp = request(
         env.sidecar_addr(),
         &build_request("GET", "/metrics", &[], None),

@@ -17,18 +17,9 @@ const WAIT: Duration = Duration::from_secs(10);
 
 /// `chatup_relay_publishes_total` as the sidecar counts it now.
 async fn relay_publishes(env: &Chatup) -> f64 {
-    let resp = request(
-        env.sidecar_addr(),
-        &build_request("GET", "/metrics", &[], None),
-        WAIT,
-    )
-    .await;
-    assert_eq!(resp.status, 200, "GET /metrics: {}", resp.text());
-    resp.text()
-        .lines()
-        .find_map(|l| l.strip_prefix("chatup_relay_publishes_total "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no chatup_relay_publishes_total in\n{}", resp.text()))
+    crate::metrics::scrape(env)
+        .await
+        .get("chatup_relay_publishes_total")
 }
 
 /// Fails on what a worker must never log while publishing.

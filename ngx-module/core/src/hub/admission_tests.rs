@@ -5,6 +5,7 @@
 use chatup_wire::close;
 use chatup_wire::{BacklogKind, Entry, ToSidecar, ToWorker};
 
+use super::test_support::relay_frames;
 use super::{Delivery, Hub, Subscription};
 use crate::admission::{AdmissionError, Gate};
 
@@ -18,17 +19,6 @@ fn subs(channels: &[&str]) -> Vec<Subscription> {
             since: None,
         })
         .collect()
-}
-
-fn relay_frames(hub: &mut Hub<u32>) -> Vec<ToSidecar> {
-    let buf = std::mem::take(hub.relay_output());
-    let mut at = 0;
-    let mut out = Vec::new();
-    while let Ok(Some((frame, used))) = chatup_wire::decode::<ToSidecar>(&buf[at..]) {
-        at += used;
-        out.push(frame);
-    }
-    out
 }
 
 fn policy(patterns: &[&str]) -> ToWorker {

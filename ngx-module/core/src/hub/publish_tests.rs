@@ -4,19 +4,9 @@
 
 use chatup_wire::{PublishAnswer, ToSidecar, ToWorker};
 
+use super::test_support::relay_frames;
 use super::Hub;
 use crate::publish::{PublishError, PublishHeaders};
-
-fn relay_frames(hub: &mut Hub<u32>) -> Vec<ToSidecar> {
-    let buf = std::mem::take(hub.relay_output());
-    let mut at = 0;
-    let mut out = Vec::new();
-    while let Ok(Some((frame, used))) = chatup_wire::decode::<ToSidecar>(&buf[at..]) {
-        at += used;
-        out.push(frame);
-    }
-    out
-}
 
 fn headers() -> PublishHeaders {
     let mut h = PublishHeaders::default();
