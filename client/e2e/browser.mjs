@@ -112,42 +112,49 @@ test('stopping the sidecar, then an nginx worker: reconnecting, then caught up, 
     return response.json();
   });
   const acked = feeder.acked;
-  await feeder.until(5);
-
-  let from = await shownCount(alice);
-  await control('stop-sidecar');
-  await waitShown(alice, 'reconnecting', from);
-  await waitShown(bob, 'reconnecting', from);
-  await control('start-sidecar');
-  await waitStatus(alice, 'authenticated');
-  await waitStatus(bob, 'authenticated');
-
-  await feeder.until(acked.length + 5);
-  from = await shownCount(alice);
-  await control('kill-worker');
+  // Each page's own count of statuses shown so far: the two pages' histories differ.
+  const shownSoFar = async () => ({ alice: await shownCount(alice), bob: await shownCount(bob) });
   try {
-    const killedAt = performance.now();
-    await waitShown(alice, 'reconnecting', from);
-    await waitShown(bob, 'reconnecting', from);
-    // No worker serves the pages now: these go out while both are away.
-    const missed = await feeder.sentAfter(killedAt, 5);
-    const notYetShown = await listed(alice);
-    assert.ok(!notYetShown.some((m) => m.text === missed[0].text), `"${missed[0].text}" was published while away`);
+    await feeder.until(5);
+
+    let from = await shownSoFar();
+    await control('stop-sidecar');
+    await waitShown(alice, 'reconnecting', from.alice);
+    await waitShown(bob, 'reconnecting', from.bob);
+    await control('start-sidecar');
+    await waitStatus(alice, 'authenticated');
+    await waitStatus(bob, 'authenticated');
+
+    await feeder.until(acked.length + 5);
+    from = await shownSoFar();
+    await control('kill-worker');
+    try {
+      const killedAt = performance.now();
+      await waitShown(alice, 'reconnecting', from.alice);
+      await waitShown(bob, 'reconnecting', from.bob);
+      // No worker serves the pages now: these go out while both are away.
+      const missed = await feeder.sentAfter(killedAt, 5);
+      const notYetShown = await listed(alice);
+      assert.ok(!notYetShown.some((m) => m.text === missed[0].text), `"${missed[0].text}" was published while away`);
+    } finally {
+      // Even when the above fails, so that the tests after this one have a worker.
+      await control('restart-worker');
+    }
+    await waitStatus(alice, 'authenticated');
+    await waitStatus(bob, 'authenticated');
+    await feeder.until(acked.length + 5);
+    await feeder.stop();
+
+    // Sending works again.
+    await send(alice, 'back again');
+    await waitText(bob, 'back again');
+
+    for (const page of [alice, bob]) await assertAllShownOnce(page, acked);
+    assert.ok((await alice.evaluate(() => window.__shown)).includes('reconnecting'));
   } finally {
-    // Even when the above fails, so that the tests after this one have a worker.
-    await control('restart-worker');
+    // A failure above must not leave the feeder posting: node would never exit.
+    await feeder.stop();
   }
-  await waitStatus(alice, 'authenticated');
-  await waitStatus(bob, 'authenticated');
-  await feeder.until(acked.length + 5);
-  await feeder.stop();
-
-  // Sending works again.
-  await send(alice, 'back again');
-  await waitText(bob, 'back again');
-
-  for (const page of [alice, bob]) await assertAllShownOnce(page, acked);
-  assert.ok((await alice.evaluate(() => window.__shown)).includes('reconnecting'));
 });
 
 test('a banned user\'s page stops sending and says why', async () => {
