@@ -291,6 +291,19 @@ fn curl_h2(args: &[&str]) -> (String, String) {
     (status, body.to_owned())
 }
 
+/// [`curl_h2`] POSTing `data` (curl's `--data-binary`: `@path` reads a file) with `auth` and
+/// `content_type`, off the runtime's threads.
+async fn post_h2(url: &str, auth: &str, content_type: &str, data: &str) -> (String, String) {
+    let content_type = format!("Content-Type: {content_type}");
+    let args = [url, auth, &content_type, data].map(str::to_owned);
+    tokio::task::spawn_blocking(move || {
+        let [url, auth, content_type, data] = &args;
+        curl_h2(&["-H", auth, "-H", content_type, "--data-binary", data, url])
+    })
+    .await
+    .expect("curl's thread")
+}
+
 #[tokio::test]
 async fn post_publish_works_over_http2() {
     let dir = tempfile::tempdir().unwrap();
@@ -307,44 +320,14 @@ async fn post_publish_works_over_http2() {
     let body_file = dir.path().join("body.txt");
     std::fs::write(&body_file, &big).unwrap();
     let from_file = format!("@{}", body_file.display());
-    let (status, body) = tokio::task::spawn_blocking({
-        let (url, auth) = (url.clone(), auth.clone());
-        move || {
-            curl_h2(&[
-                "-H",
-                &auth,
-                "-H",
-                "Content-Type: application/json",
-                "--data-binary",
-                r#"{"msg":"over h2"}"#,
-                &url,
-            ])
-        }
-    })
-    .await
-    .unwrap();
+    let (status, body) = post_h2(&url, &auth, "application/json", r#"{"msg":"over h2"}"#).await;
     assert_eq!(status, "HTTP/2 200", "{body}");
     let ack: serde_json::Value = serde_json::from_str(&body).expect("JSON");
     let msg = sub.recv().await;
     assert_eq!((&msg["id"], &msg["msg"]), (&ack["id"], &"over h2".into()));
 
     // A body larger than the body buffer over HTTP/2 too; and GET is 405.
-    let (status, body) = tokio::task::spawn_blocking({
-        let (url, auth) = (url.clone(), auth.clone());
-        move || {
-            curl_h2(&[
-                "-H",
-                &auth,
-                "-H",
-                "Content-Type: text/plain",
-                "--data-binary",
-                &from_file,
-                &url,
-            ])
-        }
-    })
-    .await
-    .unwrap();
+    let (status, body) = post_h2(&url, &auth, "text/plain", &from_file).await;
     assert_eq!(status, "HTTP/2 200", "{body}");
     assert_eq!(sub.recv().await["msg"].as_str(), Some(big.as_str()));
     let (status, body) = tokio::task::spawn_blocking(move || curl_h2(&[&url]))
